@@ -1,0 +1,178 @@
+"""`build`: data -> train -> prune -> QAT -> export and verify each target -> manifest.
+
+Each step is a cached stage (see cache.py). A step whose key is already in the cache is reused
+and says so; only what changed runs. One target failing to export or verify never stops the
+others: it gets a status and a reason in the manifest and the summary.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import report
+from pipeline.cache import Cache, Entry, stage_key, tool_versions
+from pipeline.config import Config
+from pipeline.data import Dataset
+from pipeline.manifest import write_manifest
+from pipeline.stages import VERSIONS
+from pipeline.util import atomic_copy, gzip_size, sha256_file
+from pipeline.verify import verify_artifact
+
+
+class Builder:
+    def __init__(self, cfg: Config, out: Path, log=print):
+        self.cfg, self.out, self.log = cfg, Path(out), log
+        self.cache = Cache(self.out / ".cache")
+        self.tools = tool_versions()
+        self.seed = cfg.build.seed
+        self.stages: dict[str, Entry] = {}
+        self._dataset: Dataset | None = None
+
+    def stage(self, name: str, params: dict, inputs: dict[str, str], produce) -> Entry:
+        kind = name.split(":")[0]
+        key = stage_key(name, VERSIONS[kind], params, inputs, self.tools)
+        entry = self.cache.get(name, key)
+        if entry is not None:
+            self.log(f"{name:<24} cached ({key[:12]})")
+        else:
+            t0 = time.perf_counter()
+            self.log(f"{name:<24} running ({key[:12]})")
+
+            def timed(folder):
+                meta = produce(folder) or {}
+                return {**meta, "seconds": round(time.perf_counter() - t0, 2)}
+
+            entry = self.cache.put(name, key, timed)
+            self.log(f"{name:<24} done in {entry.meta['seconds']:.1f} s")
+        self.stages[name] = entry
+        return entry
+
+    # -- the float and QAT models ------------------------------------------------------------
+
+    def data(self) -> Entry:
+        from pipeline import data as data_mod
+
+        def produce(folder):
+            ds = data_mod.load(self.cfg.data, self.seed)
+            for a in Dataset.ARRAYS:
+                np.save(folder / f"{a}.npy", getattr(ds, a))
+            return {"labels": list(ds.labels), "preprocessing": ds.preprocessing,
+                    "train_samples": len(ds.y_train), "test_samples": len(ds.y_test),
+                    "input_shape": list(ds.x_train.shape[1:])}
+
+        return self.stage("data", {"data": self.cfg.section("data"), "seed": self.seed}, {}, produce)
+
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            e = self.stages["data"]
+            arrays = {a: np.load(e.file(f"{a}.npy"), allow_pickle=False) for a in Dataset.ARRAYS}
+            labels = tuple(self.cfg.model.labels) or tuple(e.meta["labels"])
+            self._dataset = Dataset(**arrays, labels=labels, preprocessing=e.meta["preprocessing"])
+        return self._dataset
+
+    def models(self, need_qat: bool) -> None:
+        from pipeline import stages
+
+        cfg, d = self.cfg, self.data()
+        train = self.stage("train", {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed},
+                           {"data": d.key}, lambda f: stages.train(self.dataset(), cfg, self.seed, f))
+        prune = self.stage("prune", {"prune": cfg.section("prune"), "batch_size": cfg.train.batch_size,
+                                     "seed": self.seed},
+                           {"model": train.key, "data": d.key},
+                           lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), f))
+        if need_qat:
+            self.stage("qat", {"qat": cfg.section("qat"), "sparsity": cfg.prune.sparsity,
+                               "batch_size": cfg.train.batch_size, "seed": self.seed},
+                       {"model": prune.key, "data": d.key},
+                       lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), f))
+
+    # -- targets -----------------------------------------------------------------------------
+
+    def artifact_metadata(self, target) -> dict:
+        d = self.stages["data"].meta
+        return {"model": self.cfg.model.name, "version": self.cfg.model.version, "target": target.name,
+                "labels": list(self.cfg.model.labels or d["labels"]), "preprocessing": d["preprocessing"],
+                "config_hash": self.cfg.digest()}
+
+    def export(self, target) -> Entry:
+        from pipeline import report, stages
+
+        src_name = "qat" if target.source == "qat" else "prune"
+        src = self.stages[src_name]
+        metadata = self.artifact_metadata(target)
+
+        def produce(folder):
+            stages.tf_setup(self.seed)
+            model = stages.load_model(src.file("model.h5"), qat=target.source == "qat")
+            calib = self.dataset().x_cal
+            target.module.export(target, model, calib, folder / target.filename, metadata,
+                                 progress=lambda i, n: report.progress("calibrate", i, n))
+            return {"source": src_name}
+
+        params = {"target": target.name, "options": target.options, "metadata": metadata}
+        return self.stage(f"export:{target.name}", params, {"model": src.key, "data": self.stages["data"].key},
+                          produce)
+
+    def verify(self, target, artifact: Entry) -> Entry:
+        ref, d = self.stages["prune"], self.stages["data"]
+
+        def produce(folder):
+            return verify_artifact(target, artifact.file(target.filename), d.path, ref.file("reference_outputs.npy"),
+                                   self.cfg.build.max_accuracy_drop, ref.meta["accuracy"])
+
+        params = {"target": target.name, "quantization": target.quantization, "runner": target.runner,
+                  "max_accuracy_drop": self.cfg.build.max_accuracy_drop}
+        return self.stage(f"verify:{target.name}", params,
+                          {"artifact": artifact.key, "reference": ref.key, "data": d.key}, produce)
+
+    def publish(self, target, artifact: Entry, result: dict) -> dict:
+        dest = self.out / self.cfg.model.name / target.name / target.filename
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_copy(artifact.file(target.filename), dest)
+        return {"target": target.name, "path": str(dest.relative_to(self.out)), "bytes": dest.stat().st_size,
+                "gzip_bytes": gzip_size(dest), "sha256": sha256_file(dest), **result,
+                "build_seconds": round(artifact.meta.get("seconds", 0.0) + result.get("seconds", 0.0), 2),
+                "stage_keys": {"export": artifact.key}}
+
+    def run(self, targets) -> dict:
+        started = time.time()
+        self.models(need_qat=any(t.source == "qat" for t in targets))
+        rows = []
+        for t in targets:
+            try:
+                artifact = self.export(t)
+            except Exception as e:  # noqa: BLE001 - converters raise anything; one target's failure is data
+                rows.append(failed_build(t, _one_line(e)))
+                clean_target_dir(self.out, self.cfg.model.name, t.name)
+                continue
+            verified = self.verify(t, artifact)
+            rows.append(self.publish(t, artifact, verified.meta))
+        return write_manifest(self, rows, started)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+def failed_build(target, reason: str) -> dict:
+    return {"target": target.name, "status": "failed_build", "reason": reason, "expected_quantization": target.quantization}
+
+
+def clean_target_dir(out: Path, model: str, target: str) -> None:
+    shutil.rmtree(out / model / target, ignore_errors=True)
+
+
+SUMMARY_COLUMNS = [("target", "target"), ("status", "status"), ("quantization", "quantization"),
+                   ("bytes", "bytes"), ("gzip_bytes", "gzip"), ("sparsity", "sparsity"),
+                   ("accuracy", "accuracy"), ("reference_accuracy", "float acc"),
+                   ("top1_agreement", "agreement"), ("max_abs_diff", "max |diff|"),
+                   ("build_seconds", "seconds")]
+
+
+def summary(manifest: dict) -> str:
+    return report.table(manifest["artifacts"], SUMMARY_COLUMNS)

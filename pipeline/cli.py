@@ -1,0 +1,119 @@
+"""Command line. Imports stay light here: `--help` and `targets` must never load TensorFlow."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.errors import PipelineError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse's own errors get the same one-line form and exit code as ours.
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _add_build_options(p) -> None:
+    p.add_argument("--target", help="a target name, a comma list, or 'all' (default: the config's build.targets)")
+    p.add_argument("--config", type=Path, help="TOML build config (default: the embedded digits demo)")
+    p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default: build/)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m pipeline", description=(
+        "Train, prune, quantize and export a model to verified edge artifacts "
+        "(TFLite, ONNX, OpenVINO). Run `build` with no options for the digits demo."))
+    p.add_argument("--version", action="version", version=f"edge-export {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    b = sub.add_parser("build", help="build and verify artifacts", description=(
+        "Run the stages (train, prune, QAT, export, verify), reusing cached stages, and write "
+        "OUT/<model>/<target>/ and OUT/<model>/manifest.json."))
+    _add_build_options(b)
+    sub.add_parser("targets", help="list the deployment targets")
+    c = sub.add_parser("config", help="print the config reference with every default")
+    c.add_argument("--check", type=Path, metavar="FILE", help="validate FILE and print its effective config")
+    return p
+
+
+def cmd_targets(args) -> int:
+    from pipeline import report
+    from targets import TARGETS
+
+    rows = [{"name": t.name, "quantization": t.quantization, "from": t.source, "runtime": t.runner,
+             "description": t.description} for t in TARGETS.values()]
+    print(report.table(rows, [("name", "target"), ("quantization", "quantization"), ("from", "made from"),
+                              ("runtime", "runner"), ("description", "contains")]))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from pipeline import config
+
+    if args.check:
+        import json
+
+        print(json.dumps(config.load(args.check).as_dict(), indent=2))
+    else:
+        print(config.reference())
+    return 0
+
+
+def cmd_build(args) -> int:
+    from pipeline import config
+    from targets import resolve
+
+    cfg = config.load(args.config)
+    targets = resolve(args.target if args.target else cfg.build.targets)
+    _check_out(args.out)
+    from pipeline.build import Builder, summary
+
+    manifest = Builder(cfg, args.out, log=lambda m: print(m, file=sys.stderr)).run(targets)
+    names = {t.name for t in targets}
+    rows = [a for a in manifest["artifacts"] if a["target"] in names]
+    print(summary({"artifacts": rows}))
+    print(f"manifest: {args.out / cfg.model.name / 'manifest.json'}")
+    failed = [a for a in rows if a["status"] != "ok"]
+    for a in failed:
+        print(f"error: {a['target']} {a['status'].replace('_', ' ')}: {a['reason']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _check_out(out: Path) -> None:
+    import os
+
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UsageError(f"output folder {out} cannot be written: choose another with --out")
+
+
+COMMANDS = {"build": cmd_build, "targets": cmd_targets, "config": cmd_config}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = parser().parse_args(argv)
+        if not args.command:
+            parser().print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except PipelineError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are cached; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if debug:
+            raise
+        print(f"internal error: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
+        return 1

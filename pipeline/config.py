@@ -1,0 +1,199 @@
+"""Build configuration: frozen, validated sections, one per stage.
+
+A config file is TOML with the sections below; every key is optional and defaults to the
+embedded demo (a small CNN trained on scikit-learn's handwritten digits). Unknown keys and
+ill-typed values are rejected with the closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "digits-cnn"
+    """Name used for the output folder and inside artifact metadata."""
+    version: str = "0.1.0"
+    """Model version recorded in the manifest and artifact metadata."""
+    filters: int = 16
+    """Filters of the first convolution of the built-in CNN (then 2x and 4x as many)."""
+    labels: tuple[str, ...] = ()
+    """Class names; empty means the data's class indices as strings."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "digits"
+    """`digits` (scikit-learn's 8x8 handwritten digits, ships offline)."""
+    test_fraction: float = 0.25
+    """Held-out fraction used for verification; never trained on."""
+    calibration_samples: int = 300
+    """Training samples used to calibrate post-training quantization."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 32
+    learning_rate: float = 0.002
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    sparsity: float = 0.75
+    """Final fraction of zero weights (polynomial schedule from 0, reached at 60 % of the steps)."""
+    epochs: int = 6
+    learning_rate: float = 0.001
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    epochs: int = 3
+    learning_rate: float = 0.0005
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    targets: tuple[str, ...] = ("tflite-int8",)
+    seed: int = 0
+    max_accuracy_drop: float = 1.0
+    """Accuracy points an artifact may lose against the float model before the build fails."""
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "prune": PruneConfig,
+    "qat": QatConfig,
+    "build": BuildConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
+
+    def section(self, name: str) -> dict:
+        return dataclasses.asdict(getattr(self, name))
+
+    def as_dict(self) -> dict:
+        return {name: self.section(name) for name in SECTIONS}
+
+    def digest(self) -> str:
+        """Identity of the model this config makes; which targets are asked for is not part of it."""
+        d = self.as_dict()
+        d["build"] = {k: v for k, v in d["build"].items() if k != "targets"}
+        return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:16]
+
+    def replace(self, section: str, **values) -> "Config":
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **values)})
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)
+
+
+def closest(name: str, choices) -> str:
+    """' (did you mean X?)' or '' - for error messages."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _coerce(where: str, value, annotation):
+    hint = typing.get_origin(annotation) or annotation
+    if hint is tuple:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{where} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_ranges(cfg: Config) -> None:
+    rules = [
+        ("data.test_fraction", 0 < cfg.data.test_fraction < 1, "between 0 and 1"),
+        ("data.calibration_samples", cfg.data.calibration_samples >= 1, "at least 1"),
+        ("prune.sparsity", 0 <= cfg.prune.sparsity < 1, "in [0, 1)"),
+        ("build.max_accuracy_drop", cfg.build.max_accuracy_drop >= 0, "at least 0"),
+        ("train.epochs", cfg.train.epochs >= 1, "at least 1"),
+        ("train.batch_size", cfg.train.batch_size >= 1, "at least 1"),
+        ("prune.epochs", cfg.prune.epochs >= 1, "at least 1"),
+        ("qat.epochs", cfg.qat.epochs >= 0, "at least 0"),
+        ("model.filters", cfg.model.filters >= 1, "at least 1"),
+    ]
+    for where, ok, what in rules:
+        if not ok:
+            section, key = where.split(".")
+            raise ConfigError(f"{where} must be {what}, got {getattr(getattr(cfg, section), key)!r}")
+
+
+def from_dict(raw: dict, source: str = "config") -> Config:
+    sections = {}
+    for name, values in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{name}]{closest(name, SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table of keys")
+        cls = SECTIONS[name]
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"{source}: unknown key {name}.{key}{closest(key, hints)}")
+            kwargs[key] = _coerce(f"{source}: {name}.{key}", value, hints[key])
+        sections[name] = cls(**kwargs)
+    cfg = Config(**sections)
+    _check_ranges(cfg)
+    return cfg
+
+
+def load(path: str | Path | None) -> Config:
+    if path is None:
+        return from_dict({})
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    return from_dict(raw, source=str(path))
+
+
+def reference() -> str:
+    """The config reference as markdown, generated from the dataclasses (used by README and --help)."""
+    import ast
+    import inspect
+
+    lines = []
+    for name, cls in SECTIONS.items():
+        docs = {}
+        tree = ast.parse(inspect.getsource(cls))
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = nxt.value.value
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name} = {json.dumps(default, default=list)}  {docs.get(f.name, '')}".rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""Every error the pipeline raises on purpose. The CLI turns these into one line and an exit code."""
+
+
+class PipelineError(Exception):
+    """Base class. `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(PipelineError):
+    """Bad command line, config, or input file: the user can fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    pass
+
+
+class DataError(UsageError):
+    pass
+
+
+class ModelLoadError(UsageError):
+    pass
+
+
+class ExportError(PipelineError):
+    """A converter failed to produce an artifact."""
+
+
+class RunnerError(PipelineError):
+    """A runtime failed to load or run an artifact (crash, timeout, bad output)."""
+
+
+class VerificationError(PipelineError):
+    """One or more artifacts failed verification or the accuracy gate."""
+
+
+class CacheError(PipelineError):
+    pass

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install edge-export and its pinned stack into .venv (idempotent). Usage: scripts/install.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# The stamp skips a 70 s re-resolve when nothing changed.
+stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install -q -c constraints.txt -e '.[test]'
+  touch "$stamp"
+fi

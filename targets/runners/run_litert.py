@@ -1,0 +1,58 @@
+"""Runner for .tflite artifacts in ai-edge-litert (LiteRT). Needs only numpy and ai-edge-litert."""
+
+import importlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runner_common  # noqa: E402
+
+
+class TFLiteRuntime:
+    """The TFLite Interpreter API, shared by ai-edge-litert and the legacy tflite-runtime."""
+
+    OPTIONS = {"delegate": "xnnpack (default) or none: the plain builtin kernels"}
+
+    def __init__(self, name: str, module: str, dist: str):
+        self.NAME, self._module, self._dist = name, module, dist
+
+    def version(self):
+        from importlib.metadata import version
+
+        return version(self._dist)
+
+    def load(self, path, args):
+        interp_mod = importlib.import_module(self._module)
+        kwargs = {"model_path": path, "num_threads": args.threads}
+        self.delegate = args.delegate or "xnnpack"
+        if self.delegate == "none":
+            kwargs["experimental_op_resolver_type"] = interp_mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        elif self.delegate != "xnnpack":
+            raise ValueError(f"unknown delegate {self.delegate!r}: use xnnpack or none")
+        interp = interp_mod.Interpreter(**kwargs)
+        interp.allocate_tensors()
+        self._in = [d["index"] for d in interp.get_input_details()]
+        self._out = [d["index"] for d in interp.get_output_details()]
+        return interp
+
+    @staticmethod
+    def _io(d):
+        scale, zero_point = d["quantization"]
+        return {"name": d["name"], "shape": [int(s) for s in d["shape"]], "dtype": d["dtype"].__name__,
+                "scale": float(scale), "zero_point": int(zero_point)}
+
+    def describe(self, interp):
+        return {"inputs": [self._io(d) for d in interp.get_input_details()],
+                "outputs": [self._io(d) for d in interp.get_output_details()],
+                "delegate": self.delegate}
+
+    def infer(self, interp, x):
+        interp.set_tensor(self._in[0], x)
+        interp.invoke()
+        return [interp.get_tensor(i) for i in self._out]
+
+
+RUNTIME = TFLiteRuntime("litert", "ai_edge_litert.interpreter", "ai-edge-litert")
+
+if __name__ == "__main__":
+    sys.exit(runner_common.main(RUNTIME))

@@ -1,0 +1,184 @@
+"""What every runner shares: arguments, input quantization, the timing loop, statistics, JSON.
+
+Runners are copied to boards and run under qemu, so this file needs only the standard library
+and numpy, and must never import the `pipeline` package or TensorFlow.
+
+Protocol: `python run_X.py MODEL [--inputs X.npy] [--outputs Y.npz] [--bench ...]` prints exactly
+one JSON object on the last line of stdout and exits 0 if `ok` is true, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import traceback
+
+import numpy as np
+
+# Markers for the qemu instruction-count plugin: lseek on fd -1 fails harmlessly (EBADF) but
+# the plugin sees the offset and counts guest instructions only between START and STOP.
+QEMU_MARK_START = 0x51454D55
+QEMU_MARK_STOP = 0x51454D56
+
+
+def _mark(offset: int) -> None:
+    try:
+        os.lseek(-1, offset, 0)
+    except OSError:
+        pass
+
+
+def stats_ms(samples_s) -> dict:
+    """Latency statistics in milliseconds from per-inference durations in seconds."""
+    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+    mean = float(ms.mean())
+    return {
+        "min_ms": float(ms.min()),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": mean,
+        "std_ms": float(ms.std()),
+        "max_ms": float(ms.max()),
+        "throughput_per_s": 1e3 / mean if mean > 0 else None,
+        "runs": int(ms.size),
+    }
+
+
+def quantize(x: np.ndarray, dtype: str, scale: float, zero_point: int) -> np.ndarray:
+    """Float samples to the artifact's integer input type (round half to even, as TFLite does)."""
+    info = np.iinfo(dtype)
+    q = np.round(x / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(y: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return (y.astype(np.float32) - zero_point) * scale
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key = line.split(":")[0].strip().lower()
+                if key in ("model name", "hardware", "cpu model"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def conditions(threads: int) -> dict:
+    return {
+        "threads": threads,
+        "cpu": cpu_model(),
+        "os": f"{platform.system()} {platform.release()}",
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+
+
+def parse_args(argv, runtime_options: dict) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Load an artifact, run it, print one JSON result.")
+    p.add_argument("model")
+    p.add_argument("--inputs", help=".npy of float samples (N, ...) in the model's float input layout")
+    p.add_argument("--outputs", help="write float outputs of every sample to this .npz (output_0, ...)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N samples")
+    p.add_argument("--bench", action="store_true", help="time inferences (batch 1)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=100, help="at least this many timed inferences")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="and at least this long")
+    for name, help_text in runtime_options.items():
+        p.add_argument(f"--{name}", default=None, help=help_text)
+    return p.parse_args(argv)
+
+
+def main(runtime, argv=None) -> int:
+    """`runtime` is a module-like object with NAME, options, version(), load(), describe(), infer()."""
+    args = parse_args(sys.argv[1:] if argv is None else argv, getattr(runtime, "OPTIONS", {}))
+    result = {"ok": False, "runtime": runtime.NAME, "model": args.model}
+    try:
+        result["runtime_version"] = runtime.version()
+        t0 = time.perf_counter()
+        session = runtime.load(args.model, args)
+        result["load_ms"] = (time.perf_counter() - t0) * 1e3
+        desc = runtime.describe(session)
+        result.update(desc)
+        result["conditions"] = conditions(args.threads)
+        if args.inputs:
+            x = np.load(args.inputs, allow_pickle=False)
+            if args.limit:
+                x = x[: args.limit]
+            if args.outputs:
+                _predict(runtime, session, desc, x, args.outputs, result)
+            if args.bench:
+                _bench(runtime, session, desc, x, args, result)
+        result["ok"] = True
+    except Exception as e:  # noqa: BLE001 - a runner reports any runtime failure as data, never a traceback
+        result["error"] = f"{type(e).__name__}: {e}".strip()
+        result["traceback"] = traceback.format_exc(limit=3)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0 if result["ok"] else 1
+
+
+def _prepare(desc, x):
+    """Per-sample feeds in the artifact's own input type, made before any timing."""
+    inp = desc["inputs"][0]
+    feeds = []
+    for sample in x:
+        s = sample[None].astype(np.float32)
+        if inp["dtype"] in ("int8", "uint8", "int16") and inp.get("scale"):
+            s = quantize(s, inp["dtype"], inp["scale"], inp["zero_point"])
+        feeds.append(s)
+    return feeds
+
+
+def _float_outputs(desc, outs):
+    res = []
+    for o, det in zip(outs, desc["outputs"]):
+        if det["dtype"] in ("int8", "uint8", "int16") and det.get("scale"):
+            o = dequantize(o, det["scale"], det["zero_point"])
+        res.append(np.asarray(o, dtype=np.float32))
+    return res
+
+
+def _predict(runtime, session, desc, x, path, result):
+    feeds = _prepare(desc, x)
+    outs = [_float_outputs(desc, runtime.infer(session, f)) for f in feeds]
+    arrays = {f"output_{i}": np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))}
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    result["predicted"] = len(feeds)
+
+
+def _bench(runtime, session, desc, x, args, result):
+    feeds = _prepare(desc, x)
+    t0 = time.perf_counter()
+    runtime.infer(session, feeds[0])
+    result["first_inference_ms"] = (time.perf_counter() - t0) * 1e3
+    for i in range(args.warmup):
+        runtime.infer(session, feeds[i % len(feeds)])
+    samples = []
+    start = time.perf_counter()
+    _mark(QEMU_MARK_START)
+    i = 0
+    while len(samples) < args.runs or time.perf_counter() - start < args.min_seconds:
+        t = time.perf_counter()
+        runtime.infer(session, feeds[i % len(feeds)])
+        samples.append(time.perf_counter() - t)
+        i += 1
+    _mark(QEMU_MARK_STOP)
+    result["latency"] = stats_ms(samples)
+    result["warmup"] = args.warmup
+    result["input_samples"] = len(feeds)

@@ -1,0 +1,172 @@
+"""TFLite targets: convert a Keras model with TFLiteConverter, and read a .tflite file back.
+
+`inspect` parses the flatbuffer with the schema that ships in ai-edge-litert (no TensorFlow), so
+the quantization recorded in the manifest is what the file holds, not what was asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+METADATA_KEY = "edge_export"
+
+
+def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None) -> None:
+    """Write `target`'s .tflite of Keras `model` to `out`, with `metadata` embedded."""
+    import tensorflow as tf
+
+    mode = target.options["mode"]
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if mode == "fp16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode == "int8":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+
+        def representative():
+            for i, x in enumerate(calibration):
+                if progress:
+                    progress(i + 1, len(calibration))
+                yield [x[None].astype(np.float32)]
+
+        conv.representative_dataset = representative
+    elif mode != "fp32":
+        raise ValueError(f"unknown tflite mode {mode!r}")
+    from pipeline.stages import stderr_silenced
+
+    with stderr_silenced():  # the MLIR quantizer prints its settings on stderr; errors still raise
+        model_bytes = conv.convert()
+    out.write_bytes(embed_metadata(model_bytes, metadata))
+
+
+def embed_metadata(model_bytes: bytes, metadata: dict) -> bytes:
+    """Add `metadata` as a JSON entry in the model's own metadata table (read back by inspect)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), dtype=np.uint8)
+    m.buffers.append(buf)
+    entry = schema.MetadataT()
+    entry.name = METADATA_KEY
+    entry.buffer = len(m.buffers) - 1
+    m.metadata = [e for e in (m.metadata or []) if e.name != METADATA_KEY.encode()] + [entry]
+    b = flatbuffers.Builder(len(model_bytes) + 1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+_DTYPES = None
+
+
+def _dtype_names():
+    global _DTYPES
+    if _DTYPES is None:
+        from ai_edge_litert import schema_py_generated as schema
+
+        _DTYPES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    return _DTYPES
+
+
+def _op_names():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def inspect(path: str | Path) -> dict:
+    """What the file is: quantization kind, I/O with scale and zero point, ops, sparsity, metadata."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    raw = Path(path).read_bytes()
+    if len(raw) < 8 or raw[4:8] != b"TFL3":
+        raise ValueError(f"{path} is not a TFLite flatbuffer (no TFL3 identifier)")
+    m = schema.ModelT.InitFromPackedBuf(bytearray(raw), 0)
+    dtypes, opnames = _dtype_names(), _op_names()
+    g = m.subgraphs[0]
+
+    def data(t):
+        b = m.buffers[t.buffer]
+        if b.offset and b.offset > 1:
+            return np.frombuffer(raw[b.offset:b.offset + b.size], dtype=np.uint8)
+        return b.data
+
+    const_types, act_types = Counter(), Counter()
+    zeros = total = sparse_tensors = 0
+    io_index = set(g.inputs) | set(g.outputs)
+    for i, t in enumerate(g.tensors):
+        d = data(t)
+        dt = dtypes[t.type]
+        if d is not None and len(d):
+            const_types[dt] += 1
+            if t.sparsity is not None:
+                sparse_tensors += 1
+            elif t.shape is not None and len(t.shape) >= 2 and dt in ("float32", "float16", "int8"):
+                w = np.frombuffer(bytes(d), dtype={"float32": np.float32, "float16": np.float16, "int8": np.int8}[dt])
+                zp = t.quantization.zeroPoint if t.quantization is not None and t.quantization.zeroPoint is not None else None
+                # Per-channel int8 weights are symmetric (zero point 0), so zero is zero.
+                zero = 0 if zp is None or np.all(np.asarray(zp) == 0) else None
+                if zero is not None:
+                    zeros += int(np.count_nonzero(w == zero))
+                    total += w.size
+        elif i not in io_index:
+            act_types[dt] += 1
+
+    def io(i):
+        t = g.tensors[i]
+        q = t.quantization
+        scale = float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) else 0.0
+        zp = int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else 0
+        name = t.name.decode() if isinstance(t.name, bytes) else t.name
+        shape = [int(s) for s in t.shapeSignature] if t.shapeSignature is not None else [int(s) for s in t.shape]
+        return {"name": name, "shape": shape, "dtype": dtypes[t.type], "scale": scale, "zero_point": zp}
+
+    inputs, outputs = [io(i) for i in g.inputs], [io(i) for i in g.outputs]
+    ops = Counter()
+    versions = {}
+    for op in g.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        name = opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        ops[name] += 1
+        versions[name] = max(versions.get(name, 0), code.version)
+    meta = {}
+    for e in m.metadata or []:
+        if (e.name.decode() if isinstance(e.name, bytes) else e.name) == METADATA_KEY:
+            meta = json.loads(bytes(m.buffers[e.buffer].data).decode())
+    return {
+        "format": "tflite",
+        "quantization": classify(const_types, act_types, inputs, outputs),
+        "inputs": inputs,
+        "outputs": outputs,
+        "ops": dict(sorted(ops.items())),
+        "op_versions": dict(sorted(versions.items())),
+        "weight_dtypes": dict(sorted(const_types.items())),
+        "activation_dtypes": dict(sorted(act_types.items())),
+        "sparsity": round(zeros / total, 4) if total else 0.0,
+        "sparse_tensors": sparse_tensors,
+        "metadata": meta,
+    }
+
+
+def classify(const_types: Counter, act_types: Counter, inputs, outputs) -> str:
+    """Name the quantization from the tensor types the file holds (activations exclude the I/O)."""
+    io_types = {t["dtype"] for t in inputs + outputs}
+    if act_types["int8"] and not act_types["float32"]:
+        return "int8" if io_types <= {"int8"} else "int8-float-io"
+    if act_types["int8"]:
+        return "mixed-int8-float"
+    if const_types["int8"]:
+        return "dynamic-range"
+    if const_types["float16"]:
+        return "fp16"
+    return "fp32"

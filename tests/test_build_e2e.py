@@ -1,0 +1,94 @@
+"""The pipeline's specification, end to end: train -> prune -> PQAT -> every target, verified."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_cli
+from pipeline.util import sha256_file
+from targets import TARGETS
+
+pytestmark = pytest.mark.slow
+
+FIELDS = ("target", "path", "bytes", "gzip_bytes", "sha256", "quantization", "inputs", "outputs", "sparsity",
+          "accuracy", "reference_accuracy", "top1_agreement", "max_abs_diff", "status")
+
+
+def manifest(out):
+    return json.loads((out / "tiny-digits" / "manifest.json").read_text())
+
+
+def test_the_default_demo_builds_every_target_verified(small_build):
+    out, proc = small_build
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = manifest(out)
+    assert {a["target"] for a in m["artifacts"]} == set(TARGETS)
+    for a in m["artifacts"]:
+        assert all(k in a for k in FIELDS), a
+        assert a["status"] == "ok", a
+        assert a["quantization"] == TARGETS[a["target"]].quantization
+        f = out / a["path"]
+        assert f.stat().st_size == a["bytes"] and sha256_file(f) == a["sha256"]
+        assert a["reference_accuracy"] - a["accuracy"] <= m["config"]["build"]["max_accuracy_drop"] / 100
+        assert a["target"] in proc.stdout
+    for key in ("config_hash", "seed", "stages", "tools", "started", "finished"):
+        assert key in m
+    assert m["stages"]["prune"]["sparsity"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_int8_is_full_integer_and_much_smaller_than_fp32(small_build):
+    out, _ = small_build
+    arts = {a["target"]: a for a in manifest(out)["artifacts"]}
+    int8 = arts["tflite-int8"]
+    assert [i["dtype"] for i in int8["inputs"] + int8["outputs"]] == ["int8", "int8"]
+    assert int8["inputs"][0]["scale"] > 0
+    assert int8["bytes"] < 0.5 * arts["tflite-fp32"]["bytes"]
+    assert arts["tflite-dynamic"]["inputs"][0]["dtype"] == "float32"
+
+
+def test_artifacts_carry_their_metadata(small_build):
+    from targets import tflite
+
+    out, _ = small_build
+    m = manifest(out)
+    meta = tflite.inspect(out / "tiny-digits" / "tflite-int8" / "model.tflite")["metadata"]
+    assert meta["model"] == "tiny-digits" and meta["config_hash"] == m["config_hash"]
+    assert meta["labels"] == [str(i) for i in range(10)] and meta["preprocessing"]["layout"] == "NHWC"
+
+
+def test_a_second_build_reuses_every_stage_without_importing_tensorflow(small_build, small_config):
+    out, _ = small_build
+    code = ("import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
+            "print('TF-IMPORTED' if 'tensorflow' in sys.modules else 'NO-TF'); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "build", "--config", str(small_config), "--target", "all",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "NO-TF" in proc.stdout
+    assert "running" not in proc.stderr
+    assert proc.stderr.count("cached") == 4 + 2 * len(TARGETS)
+
+
+def test_a_changed_sparsity_reruns_from_prune_on_not_training(small_build, small_config, tmp_path):
+    out, _ = small_build
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(small_config.read_text().replace("sparsity = 0.5", "sparsity = 0.6"))
+    proc = run_cli("build", "--config", cfg, "--target", "tflite-int8", "--out", copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = {line.split()[0]: line.split()[1] for line in proc.stderr.splitlines()
+              if len(line.split()) > 1 and line.split()[1] in ("cached", "running")}
+    assert status["data"] == "cached" and status["train"] == "cached"
+    assert status["prune"] == status["qat"] == status["export:tflite-int8"] == "running"
+
+
+def test_two_clean_builds_give_byte_identical_tflite_files(small_build, small_config, tmp_path):
+    out, _ = small_build
+    proc = run_cli("build", "--config", small_config, "--target", "all", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for t in TARGETS.values():
+        a, b = out / "tiny-digits" / t.name / t.filename, tmp_path / "tiny-digits" / t.name / t.filename
+        assert a.read_bytes() == b.read_bytes(), t.name

@@ -1,0 +1,36 @@
+from collections import Counter
+
+import numpy as np
+
+from pipeline.verify import compare, gate
+from targets.tflite import classify
+
+F32 = [{"dtype": "float32"}]
+I8 = [{"dtype": "int8"}]
+
+
+def test_quantization_is_named_from_the_tensor_types_in_the_file():
+    assert classify(Counter(float32=8), Counter(float32=5), F32, F32) == "fp32"
+    assert classify(Counter(float16=8, float32=8), Counter(float32=5), F32, F32) == "fp16"
+    assert classify(Counter(int8=8, float32=4), Counter(float32=5), F32, F32) == "dynamic-range"
+    assert classify(Counter(int8=8, int32=4), Counter(int8=5), I8, I8) == "int8"
+    assert classify(Counter(int8=8, int32=4), Counter(int8=5), F32, F32) == "int8-float-io"
+
+
+def test_the_gate_names_both_accuracies_and_the_tolerance():
+    reasons = gate({"quantization": "int8", "accuracy": 0.90, "reference_accuracy": 0.97}, "int8", 1.0)
+    assert reasons == ["accuracy 0.9000 vs float model 0.9700: drop of 7.00 points exceeds max_accuracy_drop 1"]
+    assert gate({"quantization": "int8", "accuracy": 0.965, "reference_accuracy": 0.97}, "int8", 1.0) == []
+
+
+def test_a_dynamic_range_file_never_passes_as_int8():
+    reasons = gate({"quantization": "dynamic-range", "accuracy": 0.97, "reference_accuracy": 0.97}, "int8", 1.0)
+    assert reasons == ["file is dynamic-range, not the int8 this target promises"]
+
+
+def test_compare_counts_agreement_and_the_largest_difference():
+    ref = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    out = np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    c = compare(out, ref, np.array([0, 1, 1]))
+    assert c["top1_agreement"] == 2 / 3 and c["accuracy"] == 1.0
+    assert np.isclose(c["max_abs_diff"], 0.2)
