@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -16,7 +17,12 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _add_build_options(p) -> None:
+# Commands that live in their own module: name -> module exposing HELP, add_arguments(p), run(args) -> int.
+# Those modules must import nothing heavy at module level (they load for --help).
+MODULE_COMMANDS: dict[str, str] = {}
+
+
+def add_build_options(p) -> None:
     p.add_argument("--target", help="a target name, a comma list, or 'all' (default: the config's build.targets)")
     p.add_argument("--config", type=Path, help="TOML build config (default: the embedded digits demo)")
     p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default: build/)")
@@ -32,10 +38,13 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build and verify artifacts", description=(
         "Run the stages (train, prune, QAT, export, verify), reusing cached stages, and write "
         "OUT/<model>/<target>/ and OUT/<model>/manifest.json."))
-    _add_build_options(b)
+    add_build_options(b)
     sub.add_parser("targets", help="list the deployment targets")
     c = sub.add_parser("config", help="print the config reference with every default")
     c.add_argument("--check", type=Path, metavar="FILE", help="validate FILE and print its effective config")
+    for name, module in MODULE_COMMANDS.items():
+        mod = importlib.import_module(module)
+        mod.add_arguments(sub.add_parser(name, help=mod.HELP, description=mod.HELP))
     return p
 
 
@@ -62,18 +71,27 @@ def cmd_config(args) -> int:
     return 0
 
 
-def cmd_build(args) -> int:
+def ensure_built(args, default_targets=None):
+    """Build (from the cache where possible) what `args` asks for. Returns (config, targets, manifest rows).
+
+    Shared by every command that works on a build's artifacts (build, bench, release)."""
     from pipeline import config
     from targets import resolve
 
     cfg = config.load(args.config)
-    targets = resolve(args.target if args.target else cfg.build.targets)
+    targets = resolve(args.target or default_targets or cfg.build.targets)
     _check_out(args.out)
-    from pipeline.build import Builder, summary
+    from pipeline.build import Builder
 
     manifest = Builder(cfg, args.out, log=lambda m: print(m, file=sys.stderr)).run(targets)
     names = {t.name for t in targets}
-    rows = [a for a in manifest["artifacts"] if a["target"] in names]
+    return cfg, targets, [a for a in manifest["artifacts"] if a["target"] in names]
+
+
+def cmd_build(args) -> int:
+    from pipeline.build import summary
+
+    cfg, _, rows = ensure_built(args)
     print(summary({"artifacts": rows}))
     print(f"manifest: {args.out / cfg.model.name / 'manifest.json'}")
     failed = [a for a in rows if a["status"] != "ok"]
@@ -103,6 +121,8 @@ def main(argv=None) -> int:
         if not args.command:
             parser().print_help()
             return 2
+        if args.command in MODULE_COMMANDS:
+            return importlib.import_module(MODULE_COMMANDS[args.command]).run(args)
         return COMMANDS[args.command](args)
     except PipelineError as e:
         if debug:
