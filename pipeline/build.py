@@ -18,7 +18,7 @@ from pipeline.cache import Cache, Entry, stage_key, tool_versions
 from pipeline.config import Config
 from pipeline.data import Dataset
 from pipeline.manifest import write_manifest
-from pipeline.stages import VERSIONS
+from pipeline.stages import CODE
 from pipeline.util import atomic_copy, gzip_size, sha256_file
 from pipeline.verify import verify_artifact
 
@@ -32,9 +32,10 @@ class Builder:
         self.stages: dict[str, Entry] = {}
         self._dataset: Dataset | None = None
 
-    def stage(self, name: str, params: dict, inputs: dict[str, str], produce) -> Entry:
+    def stage(self, name: str, params: dict, inputs: dict[str, str], produce, code=()) -> Entry:
+        """`code`: source files beyond CODE[kind] that decide this stage's output (a target's module)."""
         kind = name.split(":")[0]
-        key = stage_key(name, VERSIONS[kind], params, inputs, self.tools)
+        key = stage_key(name, code_hash([*CODE[kind], *code]), params, inputs, self.tools)
         entry = self.cache.get(name, key)
         if entry is not None:
             self.log(f"{name:<24} cached ({key[:12]})")
@@ -59,17 +60,20 @@ class Builder:
         def produce(folder):
             ds = data_mod.load(self.cfg.data, self.seed)
             for a in Dataset.ARRAYS:
-                np.save(folder / f"{a}.npy", getattr(ds, a))
-            return {"labels": list(ds.labels), "preprocessing": ds.preprocessing,
-                    "train_samples": len(ds.y_train), "test_samples": len(ds.y_test),
+                if getattr(ds, a) is not None:
+                    np.save(folder / f"{a}.npy", getattr(ds, a))
+            return {"labels": list(ds.labels), "preprocessing": ds.preprocessing, "labelled": ds.labelled,
+                    "train_samples": len(ds.x_train), "test_samples": len(ds.x_test),
                     "input_shape": list(ds.x_train.shape[1:])}
 
-        return self.stage("data", {"data": self.cfg.section("data"), "seed": self.seed}, {}, produce)
+        source = {"path_sha256": content_hash(self.cfg.data.path)} if self.cfg.data.path else {}
+        return self.stage("data", {"data": self.cfg.section("data"), "seed": self.seed, **source}, {}, produce)
 
     def dataset(self) -> Dataset:
         if self._dataset is None:
             e = self.stages["data"]
-            arrays = {a: np.load(e.file(f"{a}.npy"), allow_pickle=False) for a in Dataset.ARRAYS}
+            arrays = {a: np.load(e.file(f"{a}.npy"), allow_pickle=False) if e.file(f"{a}.npy").exists() else None
+                      for a in Dataset.ARRAYS}
             labels = tuple(self.cfg.model.labels) or tuple(e.meta["labels"])
             self._dataset = Dataset(**arrays, labels=labels, preprocessing=e.meta["preprocessing"])
         return self._dataset
@@ -78,8 +82,10 @@ class Builder:
         from pipeline import stages
 
         cfg, d = self.cfg, self.data()
-        train = self.stage("train", {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed},
-                           {"data": d.key}, lambda f: stages.train(self.dataset(), cfg, self.seed, f))
+        source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
+        train = self.stage("train", {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed,
+                                     **source},
+                           {"data": d.key}, lambda f: stages.train(self.dataset(), cfg, self.seed, f, self.cache.root))
         prune = self.stage("prune", {"prune": cfg.section("prune"), "batch_size": cfg.train.batch_size,
                                      "seed": self.seed},
                            {"model": train.key, "data": d.key},
@@ -101,40 +107,48 @@ class Builder:
     def export(self, target) -> Entry:
         from pipeline import report, stages
 
-        src_name = "qat" if target.source == "qat" else "prune"
+        # A QAT stage that fell back to post-training quantization left no model: use the float one.
+        use_qat = target.source == "qat" and self.stages["qat"].meta.get("method") == "qat"
+        src_name = "qat" if use_qat else "prune"
         src = self.stages[src_name]
         metadata = self.artifact_metadata(target)
 
         def produce(folder):
             stages.tf_setup(self.seed)
-            model = stages.load_model(src.file("model.h5"), qat=target.source == "qat")
+            model = stages.load_model(src.file("model.h5"), qat=use_qat)
             calib = self.dataset().x_cal
             target.module.export(target, model, calib, folder / target.filename, metadata,
                                  progress=lambda i, n: report.progress("calibrate", i, n))
-            return {"source": src_name}
+            return {"source": src_name, "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert"}
 
         params = {"target": target.name, "options": target.options, "metadata": metadata}
         return self.stage(f"export:{target.name}", params, {"model": src.key, "data": self.stages["data"].key},
-                          produce)
+                          produce, code=[_source(target.module)])
 
     def verify(self, target, artifact: Entry) -> Entry:
         ref, d = self.stages["prune"], self.stages["data"]
 
         def produce(folder):
-            return verify_artifact(target, artifact.file(target.filename), d.path, ref.file("reference_outputs.npy"),
-                                   self.cfg.build.max_accuracy_drop, ref.meta["accuracy"])
+            return verify_artifact(target, artifact.file(target.filename), d.path, ref.file("reference_outputs.npz"),
+                                   self.cfg.build, ref.meta["accuracy"])
 
+        b = self.cfg.build
         params = {"target": target.name, "quantization": target.quantization, "runner": target.runner,
-                  "max_accuracy_drop": self.cfg.build.max_accuracy_drop}
+                  "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine]}
         return self.stage(f"verify:{target.name}", params,
-                          {"artifact": artifact.key, "reference": ref.key, "data": d.key}, produce)
+                          {"artifact": artifact.key, "reference": ref.key, "data": d.key}, produce,
+                          code=[_source(target.module), str(target.runner_path.relative_to(ROOT))])
 
     def publish(self, target, artifact: Entry, result: dict) -> dict:
-        dest = self.out / self.cfg.model.name / target.name / target.filename
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_copy(artifact.file(target.filename), dest)
-        return {"target": target.name, "path": str(dest.relative_to(self.out)), "bytes": dest.stat().st_size,
-                "gzip_bytes": gzip_size(dest), "sha256": sha256_file(dest), **result,
+        # Every file of the artifact (an OpenVINO IR is .xml + .bin): bytes and gzip are their sums,
+        # sha256 is of their bytes in `files` order (`cat model.xml model.bin | sha256sum`).
+        dests = [self.out / self.cfg.model.name / target.name / name for name in target.files]
+        dests[0].parent.mkdir(parents=True, exist_ok=True)
+        for name, dest in zip(target.files, dests):
+            atomic_copy(artifact.file(name), dest)
+        return {"target": target.name, "path": str(dests[0].relative_to(self.out)), "files": target.files,
+                "bytes": sum(d.stat().st_size for d in dests), "gzip_bytes": sum(gzip_size(d) for d in dests),
+                "sha256": sha256_file(*dests), **result,
                 "build_seconds": round(artifact.meta.get("seconds", 0.0) + result.get("seconds", 0.0), 2),
                 "stage_keys": {"export": artifact.key}}
 
@@ -152,6 +166,37 @@ class Builder:
             verified = self.verify(t, artifact)
             rows.append(self.publish(t, artifact, verified.meta))
         return write_manifest(self, rows, started)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _source(module) -> str:
+    return str(Path(module.__file__).resolve().relative_to(ROOT))
+
+
+def code_hash(files) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(set(files)):
+        h.update(f.encode() + b"\0" + (ROOT / f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def content_hash(path: str) -> str:
+    """sha256 of a file, or of a folder's files and names: a changed input must give a new key."""
+    import hashlib
+
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(str(f.relative_to(p)).encode() + b"\0" + sha256_file(f).encode())
+        return h.hexdigest()
+    return "missing"
 
 
 def _one_line(e: BaseException) -> str:

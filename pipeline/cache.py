@@ -1,7 +1,7 @@
 """Content-checked stage cache.
 
 An entry is a folder `<root>/<stage>/<key>/` holding the stage's output files and `entry.json`
-(the files' sha256 and the stage's metadata). The key hashes the stage name and version, its
+(the files' sha256 and the stage's metadata). The key hashes the stage name and the hash of its code, its
 parameters, its inputs' keys and the tool versions, so a changed anything gives a new key.
 Entries are built in a temp folder and renamed into place: a killed build leaves only temp
 folders, which are never read. Before reuse every file is re-hashed; a damaged entry is discarded.
@@ -36,8 +36,8 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def stage_key(stage: str, version: int, params: dict, inputs: dict[str, str], tools: dict[str, str]) -> str:
-    blob = canonical_json({"stage": stage, "version": version, "params": params, "inputs": inputs, "tools": tools})
+def stage_key(stage: str, code: str, params: dict, inputs: dict[str, str], tools: dict[str, str]) -> str:
+    blob = canonical_json({"stage": stage, "code": code, "params": params, "inputs": inputs, "tools": tools})
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -26,6 +26,12 @@ def add_build_options(p) -> None:
     p.add_argument("--target", help="a target name, a comma list, or 'all' (default: the config's build.targets)")
     p.add_argument("--config", type=Path, help="TOML build config (default: the embedded digits demo)")
     p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default: build/)")
+    p.add_argument("--model", help="a pretrained model: .keras, .h5/.hdf5, SavedModel folder or .onnx (model.path)")
+    p.add_argument("--data", help="data: .npz, IDX files or their folder, or an image folder (data.path)")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="fail instead of falling back (layers left unpruned/unquantized, PTQ instead of QAT)")
+    p.add_argument("--trust-model", action="store_true", default=None,
+                   help="allow code in the model file (Keras Lambda layers) to run; only for files you trust")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,6 +77,28 @@ def cmd_config(args) -> int:
     return 0
 
 
+def load_config(args):
+    """The config file with the command line's overrides, checked before anything is written."""
+    from pipeline import config
+
+    cfg = config.load(args.config)
+    if args.model:
+        cfg = cfg.replace("model", path=args.model)
+    if args.data:
+        cfg = cfg.replace("data", path=args.data)
+    if args.strict:
+        cfg = cfg.replace("build", strict=True)
+    if args.trust_model:
+        cfg = cfg.replace("model", trust=True)
+    if cfg.model.path:
+        from pipeline.models import kind
+
+        kind(Path(cfg.model.path))
+    if cfg.data.path and not Path(cfg.data.path).exists():
+        raise UsageError(f"data file not found: {cfg.data.path}")
+    return cfg
+
+
 def ensure_built(args, default_targets=None):
     """Build (from the cache where possible) what `args` asks for. Returns (config, targets, manifest rows).
 
@@ -78,7 +106,7 @@ def ensure_built(args, default_targets=None):
     from pipeline import config
     from targets import resolve
 
-    cfg = config.load(args.config)
+    cfg = load_config(args)
     targets = resolve(args.target or default_targets or cfg.build.targets)
     _check_out(args.out)
     from pipeline.build import Builder

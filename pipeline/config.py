@@ -29,16 +29,36 @@ class ModelConfig:
     """Filters of the first convolution of the built-in CNN (then 2x and 4x as many)."""
     labels: tuple[str, ...] = ()
     """Class names; empty means the data's class indices as strings."""
+    path: str = ""
+    """A pretrained model (.keras, .h5/.hdf5, SavedModel folder, .onnx); empty trains the built-in CNN."""
+    fine_tune_epochs: int = 0
+    """Epochs of fine-tuning a pretrained model before pruning (labelled data only)."""
+    trust: bool = False
+    """Allow code inside the model file (Keras Lambda layers) to run. Only for files you trust."""
+    onnx_input_shape: tuple[int, ...] = ()
+    """For an .onnx with dynamic dimensions: the fixed NCHW input shape, e.g. [1, 3, 224, 224]."""
 
 
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "digits"
-    """`digits` (scikit-learn's 8x8 handwritten digits, ships offline)."""
+    """`digits` (scikit-learn's 8x8 handwritten digits, ships offline) when `path` is empty."""
+    path: str = ""
+    """.npz (x_train/y_train/x_test/y_test, or x/y, or x alone), IDX files or their folder, or an image folder."""
     test_fraction: float = 0.25
-    """Held-out fraction used for verification; never trained on."""
+    """Held-out fraction used for verification when the data has no test split; never trained on."""
     calibration_samples: int = 300
-    """Training samples used to calibrate post-training quantization."""
+    """Training samples used to calibrate post-training quantization (a warning below 100)."""
+    resize: tuple[int, ...] = ()
+    """[height, width] to resize images to; empty keeps their size."""
+    channels: str = ""
+    """`gray`, `rgb` or `bgr` for images; empty keeps what the data has."""
+    scale: float = 0.0
+    """Multiply raw pixel values by this; 0 means 1/255 for 8-bit data, 1 otherwise."""
+    mean: tuple[float, ...] = ()
+    """Subtracted per channel after scaling; empty means 0."""
+    std: tuple[float, ...] = ()
+    """Divided per channel after the mean; empty means 1."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,12 @@ class BuildConfig:
     seed: int = 0
     max_accuracy_drop: float = 1.0
     """Accuracy points an artifact may lose against the float model before the build fails."""
+    min_agreement: float = 0.97
+    """Without labels: the top-1 agreement with the float model an artifact must reach."""
+    min_cosine: float = 0.99
+    """Without labels, for non-score outputs: the mean cosine similarity it must reach."""
+    strict: bool = False
+    """Turn every fallback (layers left unpruned or unquantized, PTQ instead of QAT) into an error."""
 
 
 SECTIONS: dict[str, type] = {
@@ -115,12 +141,17 @@ def closest(name: str, choices) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+_NOUNS = {str: "strings", int: "integers", float: "numbers"}
+
+
 def _coerce(where: str, value, annotation):
     hint = typing.get_origin(annotation) or annotation
     if hint is tuple:
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
-        return tuple(value)
+        item = typing.get_args(annotation)[0]
+        ok = (float, int) if item is float else (item,)
+        if not isinstance(value, list | tuple) or not all(isinstance(v, ok) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{where} must be a list of {_NOUNS[item]}, got {value!r}")
+        return tuple(item(v) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
@@ -139,6 +170,13 @@ def _check_ranges(cfg: Config) -> None:
         ("prune.epochs", cfg.prune.epochs >= 1, "at least 1"),
         ("qat.epochs", cfg.qat.epochs >= 0, "at least 0"),
         ("model.filters", cfg.model.filters >= 1, "at least 1"),
+        ("model.fine_tune_epochs", cfg.model.fine_tune_epochs >= 0, "at least 0"),
+        ("data.resize", len(cfg.data.resize) in (0, 2) and all(v > 0 for v in cfg.data.resize), "[height, width]"),
+        ("data.channels", cfg.data.channels in ("", "gray", "rgb", "bgr"), "'gray', 'rgb' or 'bgr'"),
+        ("data.scale", cfg.data.scale >= 0, "at least 0"),
+        ("data.std", all(v > 0 for v in cfg.data.std), "positive"),
+        ("build.min_agreement", 0 <= cfg.build.min_agreement <= 1, "in [0, 1]"),
+        ("build.min_cosine", -1 <= cfg.build.min_cosine <= 1, "in [-1, 1]"),
     ]
     for where, ok, what in rules:
         if not ok:

@@ -1,60 +1,255 @@
-"""Datasets as numpy arrays: float32 samples in NHWC, int labels, a fixed seeded split."""
+"""Datasets as numpy arrays: float32 samples, int labels (or none), a fixed seeded split.
+
+Sources: the built-in digits, an .npz, IDX files (as MNIST and Fashion-MNIST ship them, gzipped
+or not), or an image folder (one subfolder per class, or images directly for unlabelled data).
+Preprocessing (resize, channels, scale, mean/std) is applied here once; training, calibration,
+verification and the runners all see the same arrays, and it is recorded in the manifest.
+"""
 
 from __future__ import annotations
 
+import gzip
+import sys
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import DataConfig
 from pipeline.errors import DataError
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MIN_CALIBRATION = 100
+
 
 @dataclass(frozen=True)
 class Dataset:
     x_train: np.ndarray
-    y_train: np.ndarray
+    y_train: np.ndarray | None
     x_test: np.ndarray
-    y_test: np.ndarray
+    y_test: np.ndarray | None
     x_cal: np.ndarray
     labels: tuple[str, ...]
     preprocessing: dict
 
     ARRAYS = ("x_train", "y_train", "x_test", "y_test", "x_cal")
 
+    @property
+    def labelled(self) -> bool:
+        return self.y_train is not None
 
-def _digits():
+
+@dataclass(frozen=True)
+class Raw:
+    """What a loader found, before preprocessing. `test` is None when the source has no test split."""
+    x: np.ndarray
+    y: np.ndarray | None
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    labels: tuple[str, ...]
+    source: str
+
+
+def _digits() -> Raw:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    # Pixel values are 0..16; the model sees them scaled to [0, 1].
-    x = (d.images.astype(np.float32) / 16.0)[..., None]
-    return x, d.target.astype(np.int64), tuple(str(i) for i in range(10)), {
-        "source": "scikit-learn load_digits", "layout": "NHWC", "scale": 1 / 16, "mean": 0.0, "std": 1.0}
+    # Values are 0..16: scale 1/16 (set in load) puts them in [0, 1].
+    return Raw(d.images.astype(np.float32)[..., None], d.target.astype(np.int64), None, None,
+               tuple(str(i) for i in range(10)), "scikit-learn load_digits")
+
+
+def _npz(path: Path) -> Raw:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz without pickled objects ({e})") from None
+    if {"x_train", "x_test"} <= arrays.keys():
+        return Raw(arrays["x_train"], arrays.get("y_train"), arrays["x_test"], arrays.get("y_test"), (), str(path))
+    if "x" in arrays:
+        return Raw(arrays["x"], arrays.get("y"), None, None, (), str(path))
+    raise DataError(f"{path}: an .npz needs arrays x_train/x_test (with y_train/y_test) or x (with y); "
+                    f"found {sorted(arrays)}")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (the MNIST format): magic 0 0 dtype ndim, then big-endian dims, then data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file ({e})") from None
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in dtypes:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dtype = np.dtype(dtypes[raw[2]])
+    need = int(np.prod(dims)) * dtype.itemsize
+    body = raw[4 + 4 * ndim:]
+    if len(body) != need:
+        raise DataError(f"{path}: IDX file is truncated or padded ({len(body)} data bytes, header says {need})")
+    return np.frombuffer(body, dtype=dtype).reshape(dims)
+
+
+def _idx(path: Path) -> Raw:
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    found = {}
+    for f in files:
+        name = f.name.lower()
+        split = "test" if name.startswith(("t10k", "test")) else "train" if name.startswith("train") else None
+        kind = "images" if "images" in name or "idx3" in name else "labels" if "labels" in name or "idx1" in name else None
+        if split and kind and "idx" in name:
+            found[(split, kind)] = f
+    if ("train", "images") not in found:
+        raise DataError(f"{path}: no IDX training images found (expected train-images-idx3-ubyte[.gz])")
+    x = read_idx(found[("train", "images")])[..., None]
+    y = read_idx(found[("train", "labels")]).astype(np.int64) if ("train", "labels") in found else None
+    xt = read_idx(found[("test", "images")])[..., None] if ("test", "images") in found else None
+    yt = read_idx(found[("test", "labels")]).astype(np.int64) if ("test", "labels") in found else None
+    return Raw(x, y, xt, yt if xt is not None else None, (), str(path))
+
+
+def _image_folder(path: Path, cfg: DataConfig) -> Raw:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    groups = [(i, sorted(p for p in (path / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+              for i, c in enumerate(classes)] if classes else \
+        [(None, sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))]
+    mode = {"gray": "L", "rgb": "RGB", "bgr": "RGB", "": "RGB"}[cfg.channels]
+    xs, ys = [], []
+    for label, files in groups:
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    im = im.convert(mode)
+                    if cfg.resize:
+                        im = im.resize((cfg.resize[1], cfg.resize[0]), Image.BILINEAR)
+                    xs.append(np.asarray(im))
+            except (UnidentifiedImageError, OSError) as e:
+                raise DataError(f"{f}: not a readable image ({e})") from None
+            ys.append(label)
+    if not xs:
+        raise DataError(f"{path}: no images found (expected class subfolders of {', '.join(sorted(IMAGE_SUFFIXES))})")
+    if len({x.shape for x in xs}) > 1:
+        raise DataError(f"{path}: images have different sizes: set data.resize = [height, width]")
+    x = np.stack(xs)
+    x = x[..., None] if x.ndim == 3 else x
+    if cfg.channels == "bgr":
+        x = x[..., ::-1]
+    y = np.asarray(ys, dtype=np.int64) if classes else None
+    return Raw(x, y, None, None, tuple(classes), str(path))
+
+
+def _find(cfg: DataConfig) -> Raw:
+    if not cfg.path:
+        if cfg.source != "digits":
+            raise DataError(f"unknown data source '{cfg.source}': use 'digits' or set data.path")
+        return _digits()
+    path = Path(cfg.path)
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if path.suffix == ".npz":
+        return _npz(path)
+    if "idx" in path.name.lower() or (path.is_dir() and any("idx" in p.name.lower() for p in path.iterdir())):
+        return _idx(path)
+    if path.is_dir():
+        return _image_folder(path, cfg)
+    raise DataError(f"{path}: unknown data format: use .npz, IDX files, or a folder of images")
 
 
 def split(x, y, test_fraction: float, seed: int):
-    """Stratified, seeded split: the same config always holds out the same samples."""
+    """Seeded split (stratified when labelled): the same config always holds out the same samples."""
     rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)] if y is not None else [np.arange(len(x))]
     test = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
+    for idx in groups:
         rng.shuffle(idx)
         test.extend(idx[: max(1, round(len(idx) * test_fraction))])
-    mask = np.zeros(len(y), dtype=bool)
+    mask = np.zeros(len(x), dtype=bool)
     mask[test] = True
-    return x[~mask], y[~mask], x[mask], y[mask]
+    pick = (lambda a: (a[~mask], a[mask])) if y is not None else None
+    yt = pick(y) if pick else (None, None)
+    return x[~mask], yt[0], x[mask], yt[1]
+
+
+def _resize(x: np.ndarray, size) -> np.ndarray:
+    """Bilinear resize of NHWC arrays (images from folders are resized as they are read)."""
+    from PIL import Image
+
+    out = []
+    for img in x:
+        chans = [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize(
+            (size[1], size[0]), Image.BILINEAR)) for c in range(img.shape[-1])]
+        out.append(np.stack(chans, axis=-1))
+    return np.stack(out)
+
+
+def _check(name: str, x: np.ndarray, y: np.ndarray | None, where: str) -> None:
+    if x.size == 0 or len(x) == 0:
+        raise DataError(f"{where}: {name} is empty")
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{where}: {name} has dtype {x.dtype}; samples must be numeric")
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise DataError(f"{where}: {name} contains NaN or inf values: clean the data first")
+    if y is not None:
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{where}: {len(x)} samples but labels of shape {y.shape}; labels must be one int per sample")
+        if y.dtype.kind not in "iu":
+            raise DataError(f"{where}: labels have dtype {y.dtype}; they must be integer class indices")
+        if y.min() < 0:
+            raise DataError(f"{where}: labels must be class indices >= 0")
+
+
+def preprocess(x: np.ndarray, cfg: DataConfig, default_scale: float) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[..., None]
+    if cfg.resize and x.ndim == 4 and tuple(x.shape[1:3]) != tuple(cfg.resize):
+        x = _resize(x, cfg.resize)
+    x = x.astype(np.float32) * np.float32(cfg.scale or default_scale)
+    if cfg.mean:
+        x = x - np.asarray(cfg.mean, dtype=np.float32)
+    if cfg.std:
+        x = x / np.asarray(cfg.std, dtype=np.float32)
+    return x
 
 
 def load(cfg: DataConfig, seed: int) -> Dataset:
-    if cfg.source != "digits":
-        raise DataError(f"unknown data source '{cfg.source}': use 'digits'")
-    x, y, labels, prep = _digits()
-    x_train, y_train, x_test, y_test = split(x, y, cfg.test_fraction, seed)
-    if len(x_test) == 0 or len(x_train) == 0:
+    raw = _find(cfg)
+    where = raw.source
+    _check("x", raw.x, raw.y, where)
+    if raw.x_test is not None:
+        _check("x_test", raw.x_test, raw.y_test, where)
+        if raw.x_test.shape[1:] != raw.x.shape[1:]:
+            raise DataError(f"{where}: test samples are {raw.x_test.shape[1:]} but training samples {raw.x.shape[1:]}")
+        if (raw.y is None) != (raw.y_test is None):
+            raise DataError(f"{where}: labels for only one of train/test: give both or neither")
+    n_channels = raw.x.shape[-1] if raw.x.ndim == 4 else 1
+    for name, vals in (("mean", cfg.mean), ("std", cfg.std)):
+        if vals and len(vals) not in (1, n_channels):
+            raise DataError(f"data.{name} has {len(vals)} values but the samples have {n_channels} channels")
+    default_scale = 1 / 16 if raw.source.startswith("scikit-learn") else 1 / 255 if raw.x.dtype == np.uint8 else 1.0
+    if raw.x_test is None:
+        x_train, y_train, x_test, y_test = split(raw.x, raw.y, cfg.test_fraction, seed)
+    else:
+        x_train, y_train, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
+    if len(x_train) == 0 or len(x_test) == 0:
         raise DataError("data split left no training or no test samples: change data.test_fraction")
+    x_train, x_test = preprocess(x_train, cfg, default_scale), preprocess(x_test, cfg, default_scale)
     rng = np.random.default_rng(seed + 1)
     n_cal = min(cfg.calibration_samples, len(x_train))
+    if n_cal < MIN_CALIBRATION:
+        print(f"warning: only {n_cal} calibration samples (fewer than {MIN_CALIBRATION}): int8 ranges may be poor",
+              file=sys.stderr)
     x_cal = x_train[np.sort(rng.choice(len(x_train), n_cal, replace=False))]
-    prep = dict(prep, calibration_split="train", calibration_samples=n_cal)
+    n_classes = int(max(y_train.max(), y_test.max())) + 1 if y_train is not None else 0
+    labels = raw.labels or tuple(str(i) for i in range(n_classes))
+    prep = {"source": raw.source, "layout": "NHWC" if x_train.ndim == 4 else "N...",
+            "input_shape": list(x_train.shape[1:]), "resize": list(cfg.resize), "channels": cfg.channels or "as stored",
+            "scale": cfg.scale or default_scale, "mean": list(cfg.mean) or [0.0], "std": list(cfg.std) or [1.0],
+            "labelled": y_train is not None, "calibration_split": "train", "calibration_samples": n_cal}
     return Dataset(x_train, y_train, x_test, y_test, x_cal, labels, prep)

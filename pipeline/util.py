@@ -11,11 +11,13 @@ import tempfile
 from pathlib import Path
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(*paths: str | Path) -> str:
+    """sha256 of the file, or of several files' bytes one after the other."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 

@@ -1,4 +1,9 @@
-"""Verify one artifact in its own runtime against the float model, on the held-out split."""
+"""Verify one artifact in its own runtime against the float model, on the held-out split.
+
+With labels and a classifier, the gate is accuracy against the float model. Without labels, or
+for detectors, regressors and embedders, it is agreement with the float model's own outputs:
+top-1 agreement for score outputs (N, classes), mean cosine similarity for the others.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,43 @@ import numpy as np
 from pipeline import runner
 
 
-def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> dict:
-    out = {"top1_agreement": float(np.mean(outputs.argmax(-1) == reference.argmax(-1))),
-           "max_abs_diff": float(np.max(np.abs(outputs - reference)))}
-    if labels is not None:
-        out["accuracy"] = float(np.mean(outputs.argmax(-1) == labels))
+def is_scores(a: np.ndarray) -> bool:
+    return a.ndim == 2 and a.shape[1] > 1
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    cos = np.where(both_zero, 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30))
+    return float(cos.mean())
+
+
+def compare_output(out: np.ndarray, ref: np.ndarray) -> dict:
+    r = {"max_abs_diff": float(np.max(np.abs(out - ref))), "cosine": _cosine(out, ref)}
+    if is_scores(ref):
+        r["top1_agreement"] = float(np.mean(out.argmax(-1) == ref.argmax(-1)))
+        k = min(5, ref.shape[1] - 1)
+        top_o, top_r = np.argsort(-out, axis=1)[:, :k], np.argsort(-ref, axis=1)[:, :k]
+        r[f"top{k}_overlap"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_o, top_r)]))
+    return r
+
+
+def compare(outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None) -> dict:
+    """Summary over all outputs (worst case) plus the per-output figures when there are several."""
+    per = [compare_output(o, r) for o, r in zip(outputs, reference)]
+    out = {"max_abs_diff": max(p["max_abs_diff"] for p in per), "cosine": min(p["cosine"] for p in per)}
+    if "top1_agreement" in per[0]:
+        out["top1_agreement"] = per[0]["top1_agreement"]
+    if labels is not None and is_scores(reference[0]):
+        out["accuracy"] = float(np.mean(outputs[0].argmax(-1) == labels))
+    if len(per) > 1:
+        out["per_output"] = per
     return out
 
 
-def gate(result: dict, expected_quantization: str, max_drop_points: float) -> list[str]:
-    """Every reason the artifact must not ship; empty if it passes."""
+def gate(result: dict, expected_quantization: str, build) -> list[str]:
+    """Every reason the artifact must not ship; empty if it passes. `build` is the [build] config."""
     reasons = []
     q = result.get("quantization")
     if q != expected_quantization:
@@ -27,31 +59,49 @@ def gate(result: dict, expected_quantization: str, max_drop_points: float) -> li
     acc, ref = result.get("accuracy"), result.get("reference_accuracy")
     if acc is not None and ref is not None:
         drop = (ref - acc) * 100
-        if drop > max_drop_points:
+        if drop > build.max_accuracy_drop:
             reasons.append(f"accuracy {acc:.4f} vs float model {ref:.4f}: drop of {drop:.2f} points "
-                           f"exceeds max_accuracy_drop {max_drop_points:g}")
+                           f"exceeds max_accuracy_drop {build.max_accuracy_drop:g}")
+    elif result.get("top1_agreement") is not None:
+        if result["top1_agreement"] < build.min_agreement:
+            reasons.append(f"top-1 agreement with the float model {result['top1_agreement']:.4f} "
+                           f"is below min_agreement {build.min_agreement:g}")
+    elif result.get("cosine") is not None and result["cosine"] < build.min_cosine:
+        reasons.append(f"cosine similarity with the float model {result['cosine']:.4f} "
+                       f"is below min_cosine {build.min_cosine:g}")
     return reasons
 
 
-def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, max_drop: float,
-                    reference_accuracy: float) -> dict:
-    result = {"expected_quantization": target.quantization, "reference_accuracy": reference_accuracy}
+def load_outputs(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return [z[f"output_{i}"] for i in range(len(z.files))]
+
+
+def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, build,
+                    reference_accuracy: float | None) -> dict:
+    result = {"expected_quantization": target.quantization, "reference_accuracy": reference_accuracy,
+              "gate": "accuracy" if reference_accuracy is not None else "agreement"}
     try:
         info = target.module.inspect(artifact)
     except (ValueError, OSError) as e:
         return {**result, "status": "failed_verification", "reason": f"cannot read artifact: {e}"}
     result.update({k: info[k] for k in ("quantization", "inputs", "outputs", "sparsity", "ops")})
+    result.update({k: info[k] for k in ("opset",) if k in info})  # ONNX files: the opset they need
     with tempfile.TemporaryDirectory() as tmp:
         outs = Path(tmp) / "outputs.npz"
         run = runner.run(target.runner_path, artifact, ["--inputs", data_dir / "x_test.npy", "--outputs", outs])
         result["runtime"] = f"{run.get('runtime')} {run.get('runtime_version')}"
         if not run["ok"]:
             return {**result, "status": "failed_verification", "reason": f"{run.get('runtime', 'runtime')}: {run['error']}"}
-        with np.load(outs, allow_pickle=False) as z:
-            outputs = z["output_0"]
-    result.update(compare(outputs, np.load(reference, allow_pickle=False),
-                          np.load(data_dir / "y_test.npy", allow_pickle=False)))
-    reasons = gate(result, target.quantization, max_drop)
+        outputs = load_outputs(outs)
+    ref = load_outputs(reference)
+    if len(outputs) != len(ref) or any(o.shape != r.shape for o, r in zip(outputs, ref)):
+        return {**result, "status": "failed_verification",
+                "reason": f"outputs {[o.shape for o in outputs]} do not match the float model's {[r.shape for r in ref]}"}
+    labels = data_dir / "y_test.npy"
+    result.update(compare(outputs, ref, np.load(labels, allow_pickle=False)
+                          if labels.exists() and reference_accuracy is not None else None))
+    reasons = gate(result, target.quantization, build)
     result["status"] = "failed_verification" if reasons else "ok"
     if reasons:
         result["reason"] = "; ".join(reasons)

@@ -8,10 +8,27 @@ turn out to have when it is read back. Importing this module must stay cheap (no
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 RUNNERS = Path(__file__).parent / "runners"
+
+
+def telemetry_off() -> None:
+    """Keep the runtimes from reporting usage. Must run before they are imported; children inherit it.
+
+    onnxruntime >= 1.2x queues 1DS events for Microsoft's collector (~/.cache/Microsoft/DeveloperTools)
+    unless ORT_DISABLE_TELEMETRY is set when it loads. openvino and nncf send events through the
+    `openvino_telemetry` package (client id in ~/intel) unless an opt-out file exists; no variable
+    turns that off, but when the package cannot be imported both use their built-in stubs.
+    """
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    sys.modules.setdefault("openvino_telemetry", None)
+
+
+telemetry_off()
 
 
 @dataclass(frozen=True)
@@ -26,6 +43,13 @@ class Target:
     quantization: str
     """What `inspect` must read back from the file; anything else fails verification."""
     options: dict = field(default_factory=dict)
+    companions: tuple[str, ...] = ()
+    """Files written beside `filename` that belong to the artifact (an OpenVINO IR's model.bin)."""
+
+    @property
+    def files(self) -> list[str]:
+        """Every file of the artifact, `filename` first: what is published, sized and hashed."""
+        return [self.filename, *self.companions]
 
     @property
     def module(self):
@@ -47,6 +71,16 @@ TARGETS: dict[str, Target] = {
                "model.tflite", "float", "run_litert.py", "dynamic-range", {"mode": "dynamic"}),
         Target("tflite-int8", "tflite", "TFLite full integer from the QAT model: int8 weights, activations, I/O",
                "model.tflite", "qat", "run_litert.py", "int8", {"mode": "int8"}),
+        Target("onnx-fp32", "onnx", "ONNX (tf2onnx), float32 weights and activations, NHWC input", "model.onnx",
+               "float", "run_onnxruntime.py", "fp32", {"mode": "fp32", "opset": 17}),
+        Target("onnx-int8", "onnx", "ONNX static QDQ: int8 per-channel weights and activations, float32 I/O",
+               "model.onnx", "float", "run_onnxruntime.py", "int8-qdq", {"mode": "int8", "opset": 17}),
+        Target("openvino-fp32", "openvino", "OpenVINO IR, float32 weights", "model.xml", "float",
+               "run_openvino.py", "fp32", {"mode": "fp32", "opset": 17}, companions=("model.bin",)),
+        Target("openvino-fp16", "openvino", "OpenVINO IR, float16 weights, float32 I/O", "model.xml", "float",
+               "run_openvino.py", "fp16", {"mode": "fp16", "opset": 17}, companions=("model.bin",)),
+        Target("openvino-int8", "openvino", "OpenVINO IR quantized by NNCF: int8 weights, FakeQuantize on activations",
+               "model.xml", "float", "run_openvino.py", "int8", {"mode": "int8", "opset": 17}, companions=("model.bin",)),
     ]
 }
 

@@ -30,8 +30,9 @@ def test_the_default_demo_builds_every_target_verified(small_build):
         assert all(k in a for k in FIELDS), a
         assert a["status"] == "ok", a
         assert a["quantization"] == TARGETS[a["target"]].quantization
-        f = out / a["path"]
-        assert f.stat().st_size == a["bytes"] and sha256_file(f) == a["sha256"]
+        files = [(out / a["path"]).parent / name for name in a["files"]]  # an OpenVINO IR is .xml + .bin
+        assert a["files"] == TARGETS[a["target"]].files and all(f.exists() for f in files)
+        assert sum(f.stat().st_size for f in files) == a["bytes"] and sha256_file(*files) == a["sha256"]
         assert a["reference_accuracy"] - a["accuracy"] <= m["config"]["build"]["max_accuracy_drop"] / 100
         assert a["target"] in proc.stdout
     for key in ("config_hash", "seed", "stages", "tools", "started", "finished"):
@@ -85,10 +86,11 @@ def test_a_changed_sparsity_reruns_from_prune_on_not_training(small_build, small
     assert status["prune"] == status["qat"] == status["export:tflite-int8"] == "running"
 
 
-def test_two_clean_builds_give_byte_identical_tflite_files(small_build, small_config, tmp_path):
+def test_two_clean_builds_give_byte_identical_files(small_build, small_config, tmp_path):
     out, _ = small_build
     proc = run_cli("build", "--config", small_config, "--target", "all", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for t in TARGETS.values():
-        a, b = out / "tiny-digits" / t.name / t.filename, tmp_path / "tiny-digits" / t.name / t.filename
-        assert a.read_bytes() == b.read_bytes(), t.name
+        for name in t.files:
+            a, b = out / "tiny-digits" / t.name / name, tmp_path / "tiny-digits" / t.name / name
+            assert a.read_bytes() == b.read_bytes(), f"{t.name} {name}"

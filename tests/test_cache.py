@@ -6,14 +6,14 @@ TOOLS = {"tensorflow": "2.21.0"}
 
 
 def test_the_key_changes_with_every_ingredient():
-    base = stage_key("prune", 1, {"sparsity": 0.75}, {"model": "abc"}, TOOLS)
-    assert base == stage_key("prune", 1, {"sparsity": 0.75}, {"model": "abc"}, TOOLS)
+    base = stage_key("prune", "c1", {"sparsity": 0.75}, {"model": "abc"}, TOOLS)
+    assert base == stage_key("prune", "c1", {"sparsity": 0.75}, {"model": "abc"}, TOOLS)
     variants = [
-        stage_key("qat", 1, {"sparsity": 0.75}, {"model": "abc"}, TOOLS),
-        stage_key("prune", 2, {"sparsity": 0.75}, {"model": "abc"}, TOOLS),
-        stage_key("prune", 1, {"sparsity": 0.5}, {"model": "abc"}, TOOLS),
-        stage_key("prune", 1, {"sparsity": 0.75}, {"model": "abd"}, TOOLS),
-        stage_key("prune", 1, {"sparsity": 0.75}, {"model": "abc"}, {"tensorflow": "2.22.0"}),
+        stage_key("qat", "c1", {"sparsity": 0.75}, {"model": "abc"}, TOOLS),
+        stage_key("prune", "c2", {"sparsity": 0.75}, {"model": "abc"}, TOOLS),
+        stage_key("prune", "c1", {"sparsity": 0.5}, {"model": "abc"}, TOOLS),
+        stage_key("prune", "c1", {"sparsity": 0.75}, {"model": "abd"}, TOOLS),
+        stage_key("prune", "c1", {"sparsity": 0.75}, {"model": "abc"}, {"tensorflow": "2.22.0"}),
     ]
     assert len({base, *variants}) == 6
 

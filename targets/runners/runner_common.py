@@ -10,6 +10,7 @@ one JSON object on the last line of stdout and exits 0 if `ok` is true, 1 otherw
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -34,8 +35,14 @@ def _mark(offset: int) -> None:
 
 
 def stats_ms(samples_s) -> dict:
-    """Latency statistics in milliseconds from per-inference durations in seconds."""
+    """Latency statistics in milliseconds from per-inference durations in seconds.
+
+    Percentiles interpolate linearly between samples (numpy's default); std is the population
+    standard deviation. Throughput is sequential batch-1 inferences per second, 1000 / mean.
+    """
     ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+    if ms.size == 0:
+        raise ValueError("no timing samples")
     mean = float(ms.mean())
     return {
         "min_ms": float(ms.min()),
@@ -74,14 +81,40 @@ def cpu_model() -> str:
 
 
 def conditions(threads: int) -> dict:
+    """What a latency figure depends on besides the model, recorded with every result."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count()
     return {
         "threads": threads,
+        "batch": 1,
         "cpu": cpu_model(),
+        "cpus_available": cpus,
+        # Other load on the machine skews every figure; recorded so a noisy run can be spotted.
+        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "os": f"{platform.system()} {platform.release()}",
         "arch": platform.machine(),
         "python": platform.python_version(),
         "numpy": np.__version__,
     }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since it started, in MiB.
+
+    Not getrusage's ru_maxrss: Linux carries the parent's high-water mark over fork and exec, so
+    a runner started from a process holding TensorFlow would report TensorFlow's memory.
+    /proc/self/status VmHWM belongs to the runner's own address space.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def parse_args(argv, runtime_options: dict) -> argparse.Namespace:
@@ -92,7 +125,7 @@ def parse_args(argv, runtime_options: dict) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="use only the first N samples")
     p.add_argument("--bench", action="store_true", help="time inferences (batch 1)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=10, help="untimed inferences after the first one")
     p.add_argument("--runs", type=int, default=100, help="at least this many timed inferences")
     p.add_argument("--min-seconds", type=float, default=1.0, help="and at least this long")
     for name, help_text in runtime_options.items():
@@ -101,10 +134,14 @@ def parse_args(argv, runtime_options: dict) -> argparse.Namespace:
 
 
 def main(runtime, argv=None) -> int:
-    """`runtime` is a module-like object with NAME, options, version(), load(), describe(), infer()."""
+    """`runtime` is a module-like object with NAME, OPTIONS, version(), load(), describe(), infer(),
+    and optionally prepare(session, x) -> what infer() takes: a runtime's own input object (e.g. a
+    tensor bound to the numpy array), made before timing so per-call conversion is not timed."""
     args = parse_args(sys.argv[1:] if argv is None else argv, getattr(runtime, "OPTIONS", {}))
     result = {"ok": False, "runtime": runtime.NAME, "model": args.model}
     try:
+        if args.bench and not args.inputs:
+            raise ValueError("--bench needs --inputs: latency is measured on real samples")
         result["runtime_version"] = runtime.version()
         t0 = time.perf_counter()
         session = runtime.load(args.model, args)
@@ -112,10 +149,16 @@ def main(runtime, argv=None) -> int:
         desc = runtime.describe(session)
         result.update(desc)
         result["conditions"] = conditions(args.threads)
+        if "delegate" in desc:
+            result["conditions"]["delegate"] = desc["delegate"]
         if args.inputs:
             x = np.load(args.inputs, allow_pickle=False)
             if args.limit:
                 x = x[: args.limit]
+            if len(x) == 0:
+                raise ValueError(f"{args.inputs} holds no samples")
+            result["input"] = {"file": os.path.basename(args.inputs), "samples": int(len(x)),
+                               "sample_shape": list(x.shape[1:]), "dtype": str(x.dtype)}
             if args.outputs:
                 _predict(runtime, session, desc, x, args.outputs, result)
             if args.bench:
@@ -124,21 +167,22 @@ def main(runtime, argv=None) -> int:
     except Exception as e:  # noqa: BLE001 - a runner reports any runtime failure as data, never a traceback
         result["error"] = f"{type(e).__name__}: {e}".strip()
         result["traceback"] = traceback.format_exc(limit=3)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     sys.stdout.write("\n" + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0 if result["ok"] else 1
 
 
-def _prepare(desc, x):
+def _prepare(runtime, session, desc, x):
     """Per-sample feeds in the artifact's own input type, made before any timing."""
     inp = desc["inputs"][0]
+    native = getattr(runtime, "prepare", None)
     feeds = []
     for sample in x:
         s = sample[None].astype(np.float32)
         if inp["dtype"] in ("int8", "uint8", "int16") and inp.get("scale"):
             s = quantize(s, inp["dtype"], inp["scale"], inp["zero_point"])
-        feeds.append(s)
+        feeds.append(native(session, s) if native else s)
     return feeds
 
 
@@ -152,7 +196,7 @@ def _float_outputs(desc, outs):
 
 
 def _predict(runtime, session, desc, x, path, result):
-    feeds = _prepare(desc, x)
+    feeds = _prepare(runtime, session, desc, x)
     outs = [_float_outputs(desc, runtime.infer(session, f)) for f in feeds]
     arrays = {f"output_{i}": np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))}
     tmp = path + ".tmp"
@@ -163,22 +207,40 @@ def _predict(runtime, session, desc, x, path, result):
 
 
 def _bench(runtime, session, desc, x, args, result):
-    feeds = _prepare(desc, x)
+    """First inference, warm-up, then at least `runs` timed inferences lasting at least `min_seconds`.
+
+    Each inference is timed alone (batch 1), cycling through the real samples so caches see
+    varied data as in use. Inputs are quantized before timing; outputs are fetched inside it,
+    as an application must. Python's garbage collector is paused while timing (as timeit does):
+    a collection pause is the harness's cost, not the runtime's.
+    """
+    feeds = _prepare(runtime, session, desc, x)
     t0 = time.perf_counter()
     runtime.infer(session, feeds[0])
     result["first_inference_ms"] = (time.perf_counter() - t0) * 1e3
     for i in range(args.warmup):
-        runtime.infer(session, feeds[i % len(feeds)])
+        runtime.infer(session, feeds[(i + 1) % len(feeds)])
+    n, runs, min_seconds = len(feeds), args.runs, args.min_seconds
+    # Locals, not attribute lookups, inside the timed window: a model can take 2 us.
+    clock, infer = time.perf_counter, runtime.infer
     samples = []
-    start = time.perf_counter()
-    _mark(QEMU_MARK_START)
-    i = 0
-    while len(samples) < args.runs or time.perf_counter() - start < args.min_seconds:
-        t = time.perf_counter()
-        runtime.infer(session, feeds[i % len(feeds)])
-        samples.append(time.perf_counter() - t)
-        i += 1
-    _mark(QEMU_MARK_STOP)
+    record = samples.append
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = clock()
+        _mark(QEMU_MARK_START)
+        i = 0
+        while i < runs or clock() - start < min_seconds:
+            x = feeds[i % n]
+            t = clock()
+            infer(session, x)
+            record(clock() - t)
+            i += 1
+        _mark(QEMU_MARK_STOP)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     result["latency"] = stats_ms(samples)
     result["warmup"] = args.warmup
-    result["input_samples"] = len(feeds)
+    result["input_samples"] = n

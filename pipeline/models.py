@@ -1,0 +1,141 @@
+"""Bring-your-own models: load .keras, .h5/.hdf5, SavedModel folders and .onnx as tf_keras models.
+
+Runs inside a stage (TensorFlow already imported by stages.tf_setup). Foreign files are treated as
+untrusted: Keras safe mode, no Lambda layers from HDF5 unless `model.trust`, and every way a file
+can be broken ends in one ModelLoadError line naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ModelLoadError
+
+SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
+
+
+def kind(path: Path) -> str:
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "savedmodel"
+        raise ModelLoadError(f"{path}: a folder without saved_model.pb is not a SavedModel")
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: the model file is empty")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ModelLoadError(f"{path}: unknown model format '{suffix}': use {', '.join(SUFFIXES)} or a SavedModel folder")
+    return {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".onnx": "onnx"}[suffix]
+
+
+def _h5_has_lambda(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            config = f.attrs.get("model_config")
+    except OSError as e:
+        raise ModelLoadError(f"{path}: not a readable HDF5 model file ({e})") from None
+    if config is None:
+        raise ModelLoadError(f"{path}: HDF5 file holds no Keras model (weights only?): save the whole model")
+    config = config.decode() if isinstance(config, bytes) else config
+    return '"class_name": "Lambda"' in config or "'class_name': 'Lambda'" in config
+
+
+def load(path: str | Path, trust: bool = False, onnx_input_shape=(), workdir: Path | None = None):
+    """Returns (tf_keras model, info dict for the manifest)."""
+    import tf_keras
+
+    path = Path(path)
+    k = kind(path)
+    info = {"path": str(path), "format": k}
+    try:
+        if k == "keras":
+            model = tf_keras.models.load_model(path, compile=False, safe_mode=not trust)
+        elif k == "h5":
+            if _h5_has_lambda(path) and not trust:
+                raise ModelLoadError(f"{path}: contains Lambda layers whose code would run on load; "
+                                     "pass --trust-model only if you trust this file")
+            model = tf_keras.models.load_model(path, compile=False)
+        elif k == "savedmodel":
+            model = tf_keras.models.load_model(path, compile=False)
+        else:
+            model, info = _from_onnx(path, onnx_input_shape, workdir), {**info, "converter": "onnx2tf"}
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{path}: cannot load as a {k} model ({type(e).__name__}: {first})") from None
+    if not isinstance(model, tf_keras.Model):
+        raise ModelLoadError(f"{path}: loaded object is not a Keras model; save it with Keras or export ONNX")
+    if len(model.inputs) != 1:
+        raise ModelLoadError(f"{path}: the model has {len(model.inputs)} inputs; only single-input models are supported")
+    info["input_shape"] = [None if d is None else int(d) for d in model.input_shape]
+    return model, info
+
+
+def _onnx_shape(path: Path, override) -> tuple[str, list[int]]:
+    import onnx
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(m)
+    except Exception as e:  # noqa: BLE001 - onnx raises many unrelated types for a bad file
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
+    init = {i.name for i in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in init]
+    if len(inputs) != 1:
+        raise ModelLoadError(f"{path}: the model has {len(inputs)} inputs; only single-input models are supported")
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inputs[0].type.tensor_type.shape.dim]
+    if override:
+        if len(override) != len(dims):
+            raise ModelLoadError(f"model.onnx_input_shape has {len(override)} dims but the model input has {len(dims)}")
+        dims = list(override)
+    if any(d <= 0 for d in dims):
+        raise ModelLoadError(f"{path}: input '{inputs[0].name}' has dynamic dimensions {dims}: "
+                             "set model.onnx_input_shape, e.g. [1, 3, 224, 224]")
+    return inputs[0].name, dims
+
+
+def _from_onnx(path: Path, override, workdir: Path | None):
+    """onnx2tf turns the NCHW ONNX graph into an NHWC tf_keras model (TFOpLambda layers)."""
+    import onnx2tf
+
+    name, dims = _onnx_shape(path, override)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        # onnx2tf overwrites its input with the simplified graph: hand it a copy, never the user's file.
+        shutil.copyfile(path, tmp / "model.onnx")
+        # For 3-channel inputs onnx2tf runs a sanity inference on sample images it would download;
+        # a seeded random file of that name in its working folder keeps it offline.
+        np.save(tmp / "calibration_image_sample_data_20x128x128x3_float32.npy",
+                np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+        cwd, path_env = os.getcwd(), os.environ.get("PATH", "")
+        os.chdir(tmp)
+        # onnx2tf fixes the input shape and simplifies by running the `onnxsim` program; without it
+        # on PATH it silently keeps the dynamic shape. It sits beside our interpreter.
+        os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_env])
+        try:
+            model = onnx2tf.convert(input_onnx_file_path="model.onnx", output_folder_path="saved_model",
+                                    overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
+                                    non_verbose=True)
+        finally:
+            os.chdir(cwd)
+            os.environ["PATH"] = path_env
+    return model
+
+
+def describe_outputs(model) -> list[dict]:
+    return [{"name": t.name, "shape": [None if d is None else int(d) for d in t.shape]} for t in model.outputs]
+
+
+def is_classifier(model, n_labels: int) -> bool:
+    """One output whose last dimension is the number of classes: accuracy applies."""
+    return len(model.outputs) == 1 and n_labels > 0 and model.outputs[0].shape[-1] == n_labels

@@ -1,0 +1,159 @@
+"""ONNX targets: tf2onnx from the Keras model, onnxruntime static QDQ quantization, and read-back.
+
+The graph keeps the Keras model's NHWC input (tf2onnx puts the transpose to NCHW inside), so the
+same samples feed every runtime. `inspect` reads the quantization from the file itself: the dtype
+of each Conv/Gemm/MatMul weight initializer (through any DequantizeLinear) and whether
+QuantizeLinear nodes quantize activations. onnxruntime's telemetry is already off when this module
+loads: importing the `targets` package turns it off (see `targets.telemetry_off`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+METADATA_KEY = "edge_export"
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Ops between a weight initializer and the op that uses it (QDQ, layout changes).
+WEIGHT_PATH_OPS = ("DequantizeLinear", "Transpose", "Reshape", "Cast", "Identity")
+
+
+def to_onnx(model, opset: int):
+    """The Keras `model` as an ONNX ModelProto with one input named `input`, batch dimension free."""
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="input"),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    return proto
+
+
+def quantize_qdq(proto, calibration: np.ndarray, progress=None):
+    """Static QDQ: int8 per-channel symmetric weights, int8 activations calibrated (min/max) on `calibration`."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = proto.graph.input[0].name
+
+    class Samples(CalibrationDataReader):
+        def __init__(self):
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(calibration):
+                return None
+            self.i += 1
+            if progress:
+                progress(self.i, len(calibration))
+            return {name: calibration[self.i - 1][None].astype(np.float32)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(proto, pre)  # shape inference + graph optimization (MatMul+Add -> Gemm)
+        quantize_static(pre, out, Samples(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        return onnx.load(out)
+
+
+def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None) -> None:
+    """Write `target`'s .onnx of Keras `model` to `out`, with `metadata` in metadata_props."""
+    mode = target.options["mode"]
+    proto = to_onnx(model, target.options["opset"])
+    if mode == "int8":
+        proto = quantize_qdq(proto, calibration, progress)
+    elif mode != "fp32":
+        raise ValueError(f"unknown onnx mode {mode!r}")
+    # quant_pre_process declares every domain onnxruntime knows (com.microsoft.nchwc, ...): keep
+    # only those the graph uses, so other runtimes do not refuse the file for a domain it never needs.
+    used = {n.domain for n in proto.graph.node} | {""}
+    kept = [o for o in proto.opset_import if o.domain in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+    set_metadata(proto, metadata)
+    Path(out).write_bytes(proto.SerializeToString())
+
+
+def set_metadata(proto, metadata: dict) -> None:
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata, sort_keys=True)
+
+
+def inspect(path: str | Path) -> dict:
+    """What the file is: quantization kind, I/O, ops, opset, sparsity, metadata."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        m = onnx.load(str(path))
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError on a file that is not ONNX
+        raise ValueError(f"{path} is not an ONNX model: {e}") from e
+    if not m.graph.node:
+        raise ValueError(f"{path} is not an ONNX model (no graph)")
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def weight(name):
+        while name not in inits and name in producer and producer[name].op_type in WEIGHT_PATH_OPS:
+            name = producer[name].input[0]
+        return inits.get(name)
+
+    weights = [w for n in g.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1
+               for w in [weight(n.input[1])] if w is not None]
+    weight_types = Counter(_dtype(w.data_type) for w in weights)
+    quantized_activations = sum(1 for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
+    zeros = total = 0
+    for w in weights:
+        # Per-channel QDQ weights are symmetric (zero point 0), so a pruned zero stays 0.
+        a = numpy_helper.to_array(w)
+        zeros += int(np.count_nonzero(a == 0))
+        total += a.size
+    meta = {p.key: p.value for p in m.metadata_props}
+    return {
+        "format": "onnx",
+        "quantization": classify(weight_types, quantized_activations),
+        "inputs": [_io(v) for v in g.input if v.name not in inits],
+        "outputs": [_io(v) for v in g.output],
+        "ops": dict(sorted(Counter(n.op_type for n in g.node).items())),
+        "opset": next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None),
+        "weight_dtypes": dict(sorted(weight_types.items())),
+        "quantized_activations": quantized_activations,
+        "sparsity": round(zeros / total, 4) if total else 0.0,
+        "metadata": json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {},
+    }
+
+
+def classify(weight_types: Counter, quantized_activations: int) -> str:
+    """Name the quantization from the weight dtypes and the QuantizeLinear nodes on activations."""
+    int8 = weight_types["int8"] + weight_types["uint8"]
+    if int8 and weight_types["float32"] + weight_types["float16"]:
+        return "mixed-int8-float"
+    if int8:
+        return "int8-qdq" if quantized_activations else "int8-weight-only"
+    if quantized_activations:
+        return "qdq-float-weights"  # what tf2onnx makes of a QAT model: fake-quant activations, float weights
+    if weight_types["float16"]:
+        return "fp16"
+    return "fp32"
+
+
+def _dtype(elem_type: int) -> str:
+    import onnx
+
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+
+
+def _io(v) -> dict:
+    t = v.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+    return {"name": v.name, "shape": shape, "dtype": _dtype(t.elem_type), "scale": 0.0, "zero_point": 0}

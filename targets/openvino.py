@@ -1,0 +1,183 @@
+"""OpenVINO targets: an IR (model.xml + model.bin) converted from the ONNX export, and read-back.
+
+Route: Keras -> tf2onnx (as the onnx targets) -> `ov.convert_model` on that .onnx -> `ov.save_model`;
+int8 goes through NNCF post-training quantization in between. `inspect` parses the .xml with the
+standard library and the weights from the .bin: the element type of each Convolution/MatMul weight
+constant (through its decompression Convert/Multiply) and the FakeQuantize layers on activations.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+METADATA_KEY = "edge_export"
+WEIGHTED_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
+# Ops between a weight constant and the op that uses it (weight decompression, layout changes).
+WEIGHT_PATH_OPS = ("Convert", "Multiply", "Subtract", "Reshape", "Transpose", "Unsqueeze")
+ELEMENT_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i8": "int8", "u8": "uint8",
+                 "i4": "int4", "u4": "uint4", "i32": "int32", "i64": "int64", "boolean": "bool"}
+PRECISIONS = {"FP32": "float32", "FP16": "float16", "BF16": "bfloat16", "I8": "int8", "U8": "uint8",
+              "I32": "int32", "I64": "int64", "BOOL": "bool"}
+
+
+def import_openvino():
+    """openvino with its telemetry (and nncf's) off: see `targets.telemetry_off`."""
+    from targets import telemetry_off
+
+    telemetry_off()
+    import openvino
+
+    return openvino
+
+
+def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None) -> None:
+    """Write `target`'s IR of Keras `model` to `out` (.xml; the .bin beside it), `metadata` in rt_info."""
+    from targets.onnx import to_onnx
+
+    ov = import_openvino()
+    mode = target.options["mode"]
+    if mode not in ("fp32", "fp16", "int8"):
+        raise ValueError(f"unknown openvino mode {mode!r}")
+    with tempfile.TemporaryDirectory() as tmp:  # kept until saved: the converted model may map the file
+        src = Path(tmp) / "model.onnx"
+        src.write_bytes(to_onnx(model, target.options["opset"]).SerializeToString())
+        ov_model = ov.convert_model(src)
+        if mode == "int8":
+            ov_model = quantize(ov_model, calibration, progress)
+        layout = metadata.get("preprocessing", {}).get("layout", "")
+        param = ov_model.get_parameters()[0]
+        rank = param.get_partial_shape().rank
+        if rank.is_static and len(layout) == rank.get_length():  # e.g. NHWC: recorded on the input
+            param.set_layout(ov.Layout(layout))
+        ov_model.set_rt_info(json.dumps(metadata, sort_keys=True), [METADATA_KEY])
+        # save_model compresses every float weight to fp16 unless told not to: fp32 must stay fp32.
+        ov.save_model(ov_model, str(out), compress_to_fp16=mode == "fp16")
+
+
+def quantize(ov_model, calibration: np.ndarray, progress=None):
+    """NNCF post-training quantization (8-bit, symmetric weights), calibrated on every `calibration` sample."""
+    import contextlib
+    import io
+    import logging
+
+    import_openvino()
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    seen = 0
+
+    def sample(x):
+        nonlocal seen
+        seen += 1
+        if progress and seen <= len(calibration):
+            progress(seen, len(calibration))
+        return x[None].astype(np.float32)
+
+    with contextlib.redirect_stdout(io.StringIO()):  # nncf draws its progress bars on stdout
+        return nncf.quantize(ov_model, nncf.Dataset(calibration, sample), subset_size=len(calibration))
+
+
+def inspect(path: str | Path) -> dict:
+    """What the IR is: quantization kind, I/O, ops, sparsity, metadata. Reads model.xml and model.bin."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise ValueError(f"{path} is not an OpenVINO IR: {e}") from e
+    weights_bin = path.with_suffix(".bin").read_bytes()
+    try:
+        return _read(root, weights_bin)
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path} is not a well-formed OpenVINO IR: {type(e).__name__} {e}") from e
+
+
+def _read(root, weights_bin: bytes) -> dict:
+    layers = {l.get("id"): l for l in root.find("layers")}
+    edges = {(e.get("to-layer"), e.get("to-port")): e.get("from-layer") for e in root.find("edges")}
+
+    def inputs(layer):
+        ports = layer.find("input")
+        return [layers[edges[(layer.get("id"), p.get("id"))]] for p in ports] if ports is not None else []
+
+    def weight(layer):
+        """The largest constant behind the layer's weight input, and whether a zero point is subtracted."""
+        consts, todo, shifted = [], [inputs(layer)[1]], False
+        while todo:
+            src = todo.pop()
+            if src.get("type") == "Const":
+                consts.append(src)
+            elif src.get("type") in WEIGHT_PATH_OPS:
+                shifted |= src.get("type") == "Subtract"
+                todo.extend(inputs(src))
+        return (max(consts, key=lambda c: _size(c)), shifted) if consts else (None, False)
+
+    def on_activation(fq):
+        src = inputs(fq)[0]
+        while src.get("type") == "Convert":
+            src = inputs(src)[0]
+        return src.get("type") != "Const"
+
+    weights = [w for l in layers.values() if l.get("type") in WEIGHTED_OPS for w in [weight(l)] if w[0] is not None]
+    weight_types = Counter(_etype(c) for c, _ in weights)
+    fake_quantize = sum(1 for l in layers.values() if l.get("type") == "FakeQuantize" and on_activation(l))
+    zeros = total = 0
+    for c, shifted in weights:
+        d = c.find("data")
+        dtype = {"float32": np.float32, "float16": np.float16, "int8": np.int8}.get(_etype(c))
+        if dtype is None or shifted:  # a zero point makes the stored zero something else
+            continue
+        a = np.frombuffer(weights_bin, dtype=dtype, count=_size(c), offset=int(d.get("offset")))
+        zeros += int(np.count_nonzero(a == 0))
+        total += a.size
+    rt = root.find("rt_info")
+    meta = rt.find(METADATA_KEY) if rt is not None else None
+    kinds = [l.get("type") for l in layers.values()]
+    return {
+        "format": "openvino-ir",
+        "ir_version": int(root.get("version")),
+        "quantization": classify(weight_types, fake_quantize),
+        "inputs": [_io(l, "output") for l in layers.values() if l.get("type") == "Parameter"],
+        "outputs": [_io(l, "input") for l in layers.values() if l.get("type") == "Result"],
+        "ops": dict(sorted(Counter(k for k in kinds if k not in ("Const", "Parameter", "Result")).items())),
+        "weight_dtypes": dict(sorted(weight_types.items())),
+        "quantized_activations": fake_quantize,
+        "sparsity": round(zeros / total, 4) if total else 0.0,
+        "metadata": json.loads(meta.get("value")) if meta is not None else {},
+    }
+
+
+def classify(weight_types: Counter, fake_quantize: int) -> str:
+    """Name the quantization from the weight constants' element types and FakeQuantize on activations."""
+    int8 = weight_types["int8"] + weight_types["uint8"]
+    if int8 and weight_types["float32"] + weight_types["float16"]:
+        return "mixed-int8-float"
+    if int8:
+        return "int8" if fake_quantize else "int8-weight-only"
+    if fake_quantize:
+        return "fake-quant-float-weights"
+    if weight_types["float16"]:
+        return "fp16"
+    return "fp32"
+
+
+def _etype(const) -> str:
+    t = const.find("data").get("element_type")
+    return ELEMENT_TYPES.get(t, t)
+
+
+def _size(const) -> int:
+    shape = const.find("data").get("shape")
+    return int(np.prod([int(s) for s in shape.split(",")])) if shape else 1
+
+
+def _io(layer, side: str) -> dict:
+    port = layer.find(side).find("port")
+    names = (port.get("names") or layer.get("output_names") or layer.get("name")).split(",")
+    return {"name": names[0], "shape": [int(d.text) for d in port.findall("dim")],
+            "dtype": PRECISIONS.get(port.get("precision"), port.get("precision")), "scale": 0.0, "zero_point": 0}

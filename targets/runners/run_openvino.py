@@ -1,0 +1,60 @@
+"""Runner for OpenVINO IR artifacts (model.xml, model.bin beside it) on the CPU plugin.
+
+Needs only numpy and openvino. Telemetry stays off: `openvino_telemetry` is made unimportable
+before openvino loads, so its built-in stub is used and nothing is sent or written to ~/intel.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runner_common  # noqa: E402
+
+DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i8": "int8", "u8": "uint8",
+          "i32": "int32", "i64": "int64"}
+
+
+class OpenVINORuntime:
+    NAME = "openvino"
+    OPTIONS = {"precision": "f32 (default: float math as exact as the file, for verification) or default "
+                            "(the CPU plugin's own choice: bf16 or fp16 on CPUs that have it)"}
+
+    def version(self):
+        from importlib.metadata import version
+
+        return version("openvino")
+
+    def load(self, path, args):
+        sys.modules.setdefault("openvino_telemetry", None)  # its stub is used instead: nothing is sent
+        import openvino as ov
+
+        self.precision = args.precision or "f32"
+        config = {"INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if self.precision == "f32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        elif self.precision != "default":
+            raise ValueError(f"unknown precision {self.precision!r}: use f32 or default")
+        compiled = ov.Core().compile_model(path, "CPU", config)
+        self._request = compiled.create_infer_request()
+        return compiled
+
+    @staticmethod
+    def _io(port):
+        shape = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
+        t = port.get_element_type().get_type_name()
+        return {"name": port.get_any_name(), "shape": shape, "dtype": DTYPES.get(t, t), "scale": 0.0,
+                "zero_point": 0}
+
+    def describe(self, compiled):
+        return {"inputs": [self._io(p) for p in compiled.inputs], "outputs": [self._io(p) for p in compiled.outputs],
+                "precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
+
+    def infer(self, compiled, x):
+        self._request.infer({0: x})
+        return [self._request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))]
+
+
+RUNTIME = OpenVINORuntime()
+
+if __name__ == "__main__":
+    sys.exit(runner_common.main(RUNTIME))
