@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Debian packages the tests use (root): qemu user-mode emulation and gcc for the emulated Pi boards,
+# openssh-server for the loopback "board" of the SSH runner tests, Fashion-MNIST as real IDX data.
+set -euo pipefail
+pkgs=(qemu-user qemu-user-static gcc libc6-dev openssh-server openssh-client dataset-fashion-mnist)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "missing Debian packages: ${missing[*]} (run this script as root, or the tests that need them skip)" >&2
+  exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
