@@ -137,7 +137,7 @@ class Builder:
                   "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine]}
         return self.stage(f"verify:{target.name}", params,
                           {"artifact": artifact.key, "reference": ref.key, "data": d.key}, produce,
-                          code=[_source(target.module), str(target.runner_path.relative_to(ROOT))])
+                          code=[_source(target.module), *(f"targets/runners/{r}" for r in (target.runner, target.legacy_runner) if r)])
 
     def publish(self, target, artifact: Entry, result: dict) -> dict:
         # Every file of the artifact (an OpenVINO IR is .xml + .bin): bytes and gzip are their sums,
@@ -216,6 +216,7 @@ SUMMARY_COLUMNS = [("target", "target"), ("status", "status"), ("quantization", 
                    ("bytes", "bytes"), ("gzip_bytes", "gzip"), ("sparsity", "sparsity"),
                    ("accuracy", "accuracy"), ("reference_accuracy", "float acc"),
                    ("top1_agreement", "agreement"), ("max_abs_diff", "max |diff|"),
+                   ("legacy_tflite_runtime", "tflite-runtime 2.14"),
                    ("build_seconds", "seconds")]
 
 

@@ -26,7 +26,8 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
             return "-"
         if isinstance(v, float):
             return f"{v:.4g}"
-        return str(v)
+        # Long reasons belong in the manifest; a table cell keeps its start.
+        return str(v) if len(str(v)) <= 48 else str(v)[:47] + "~"
 
     body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
     heads = [h for _, h in columns]

@@ -26,7 +26,7 @@ CODE = {
     "prune": ["pipeline/stages.py"],
     "qat": ["pipeline/stages.py"],
     "export": ["pipeline/stages.py"],
-    "verify": ["pipeline/verify.py", "targets/runners/runner_common.py"],
+    "verify": ["pipeline/verify.py", "pipeline/runner.py", "targets/runners/runner_common.py"],
 }
 
 

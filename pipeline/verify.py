@@ -7,12 +7,14 @@ top-1 agreement for score outputs (N, classes), mean cosine similarity for the o
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import runner
+from targets import RUNNERS
 
 
 def is_scores(a: np.ndarray) -> bool:
@@ -77,6 +79,29 @@ def load_outputs(path: Path) -> list[np.ndarray]:
         return [z[f"output_{i}"] for i in range(len(z.files))]
 
 
+LEGACY_SAMPLES = 32
+
+
+def legacy_check(target, artifact: Path, data_dir: Path, outputs: list[np.ndarray], tmp: Path) -> str:
+    """Does the artifact load and agree in the runtime many deployed boards still have? 'ok' or why not.
+
+    Runs in its own process: tflite-runtime breaks in a process that has imported TensorFlow."""
+    outs = tmp / "legacy.npz"
+    run = runner.run(RUNNERS / target.legacy_runner, artifact,
+                     ["--inputs", data_dir / "x_test.npy", "--limit", LEGACY_SAMPLES, "--outputs", outs])
+    if not run["ok"]:
+        missing = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", run["error"])
+        if missing:
+            return f"fails: no {missing[1]} v{missing[2]} kernel"
+        return f"fails: {run['error'].splitlines()[0][:200]}"
+    legacy = load_outputs(outs)
+    diff = max(float(np.max(np.abs(a - b[: len(a)]))) for a, b in zip(legacy, outputs))
+    agree = float(np.mean(legacy[0].argmax(-1) == outputs[0][: len(legacy[0])].argmax(-1))) if is_scores(legacy[0]) else None
+    if agree is not None and agree < 1.0:
+        return f"loads, but top-1 differs from ai-edge-litert on {1 - agree:.0%} of {len(legacy[0])} samples"
+    return "ok" if diff < 1e-3 else f"ok (max abs diff {diff:.2g} vs ai-edge-litert)"
+
+
 def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, build,
                     reference_accuracy: float | None) -> dict:
     result = {"expected_quantization": target.quantization, "reference_accuracy": reference_accuracy,
@@ -94,6 +119,8 @@ def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, bui
         if not run["ok"]:
             return {**result, "status": "failed_verification", "reason": f"{run.get('runtime', 'runtime')}: {run['error']}"}
         outputs = load_outputs(outs)
+        if target.legacy_runner:
+            result["legacy_tflite_runtime"] = legacy_check(target, artifact, data_dir, outputs, Path(tmp))
     ref = load_outputs(reference)
     if len(outputs) != len(ref) or any(o.shape != r.shape for o, r in zip(outputs, ref)):
         return {**result, "status": "failed_verification",

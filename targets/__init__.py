@@ -45,6 +45,8 @@ class Target:
     options: dict = field(default_factory=dict)
     companions: tuple[str, ...] = ()
     """Files written beside `filename` that belong to the artifact (an OpenVINO IR's model.bin)."""
+    legacy_runner: str = ""
+    """A second runtime that deployed devices still run (tflite-runtime 2.14): checked, recorded, not gated."""
 
     @property
     def files(self) -> list[str]:
@@ -64,13 +66,13 @@ TARGETS: dict[str, Target] = {
     t.name: t
     for t in [
         Target("tflite-fp32", "tflite", "TFLite, float32 weights and activations", "model.tflite",
-               "float", "run_litert.py", "fp32", {"mode": "fp32"}),
+               "float", "run_litert.py", "fp32", {"mode": "fp32"}, legacy_runner="run_tflite_runtime.py"),
         Target("tflite-fp16", "tflite", "TFLite, float16 weights, float32 compute", "model.tflite",
-               "float", "run_litert.py", "fp16", {"mode": "fp16"}),
+               "float", "run_litert.py", "fp16", {"mode": "fp16"}, legacy_runner="run_tflite_runtime.py"),
         Target("tflite-dynamic", "tflite", "TFLite dynamic-range: int8 weights, float activations and I/O",
-               "model.tflite", "float", "run_litert.py", "dynamic-range", {"mode": "dynamic"}),
+               "model.tflite", "float", "run_litert.py", "dynamic-range", {"mode": "dynamic"}, legacy_runner="run_tflite_runtime.py"),
         Target("tflite-int8", "tflite", "TFLite full integer from the QAT model: int8 weights, activations, I/O",
-               "model.tflite", "qat", "run_litert.py", "int8", {"mode": "int8"}),
+               "model.tflite", "qat", "run_litert.py", "int8", {"mode": "int8"}, legacy_runner="run_tflite_runtime.py"),
         Target("onnx-fp32", "onnx", "ONNX (tf2onnx), float32 weights and activations, NHWC input", "model.onnx",
                "float", "run_onnxruntime.py", "fp32", {"mode": "fp32", "opset": 17}),
         Target("onnx-int8", "onnx", "ONNX static QDQ: int8 per-channel weights and activations, float32 I/O",

@@ -94,3 +94,14 @@ def test_two_clean_builds_give_byte_identical_files(small_build, small_config, t
         for name in t.files:
             a, b = out / "tiny-digits" / t.name / name, tmp_path / "tiny-digits" / t.name / name
             assert a.read_bytes() == b.read_bytes(), f"{t.name} {name}"
+
+
+def test_each_tflite_artifact_is_checked_on_the_legacy_tflite_runtime(small_build):
+    out, proc = small_build
+    arts = {a["target"]: a for a in manifest(out)["artifacts"]}
+    # TF 2.21 writes FULLY_CONNECTED v12 for dynamic-range models; tflite-runtime 2.14 has no such kernel.
+    assert arts["tflite-dynamic"]["legacy_tflite_runtime"] == "fails: no FULLY_CONNECTED v12 kernel"
+    assert arts["tflite-fp32"]["legacy_tflite_runtime"] == "ok"
+    assert arts["tflite-int8"]["legacy_tflite_runtime"].startswith("ok")
+    assert "tflite-runtime 2.14" in proc.stdout
+    assert all("legacy_tflite_runtime" not in a for a in arts.values() if not a["target"].startswith("tflite"))
