@@ -19,7 +19,7 @@ from pipeline.config import Config
 from pipeline.data import Dataset
 from pipeline.manifest import write_manifest
 from pipeline.stages import CODE
-from pipeline.util import atomic_copy, gzip_size, sha256_file
+from pipeline.util import atomic_copy, folder_bytes, gzip_size, locked, sha256_file
 from pipeline.verify import verify_artifact
 
 
@@ -86,13 +86,14 @@ class Builder:
         train = self.stage("train", {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed,
                                      **source},
                            {"data": d.key}, lambda f: stages.train(self.dataset(), cfg, self.seed, f, self.cache.root))
+        # `strict` is in the keys of the stages that may fall back: a strict build must re-decide.
         prune = self.stage("prune", {"prune": cfg.section("prune"), "batch_size": cfg.train.batch_size,
-                                     "seed": self.seed},
+                                     "seed": self.seed, "strict": cfg.build.strict},
                            {"model": train.key, "data": d.key},
                            lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), f))
         if need_qat:
             self.stage("qat", {"qat": cfg.section("qat"), "sparsity": cfg.prune.sparsity,
-                               "batch_size": cfg.train.batch_size, "seed": self.seed},
+                               "batch_size": cfg.train.batch_size, "seed": self.seed, "strict": cfg.build.strict},
                        {"model": prune.key, "data": d.key},
                        lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), f))
 
@@ -150,22 +151,46 @@ class Builder:
                 "bytes": sum(d.stat().st_size for d in dests), "gzip_bytes": sum(gzip_size(d) for d in dests),
                 "sha256": sha256_file(*dests), **result,
                 "build_seconds": round(artifact.meta.get("seconds", 0.0) + result.get("seconds", 0.0), 2),
-                "stage_keys": {"export": artifact.key}}
+                "made_from": artifact.meta.get("source"), "method": artifact.meta.get("method"),
+                "fallbacks": self.fallbacks(target),
+                "stage_keys": {"export": artifact.key, "verify": self.stages[f"verify:{target.name}"].key}}
+
+    def fallbacks(self, target) -> list[str]:
+        """What could not be done as asked on the way to this artifact (recorded, never silent)."""
+        stages = ["train", "prune"] + (["qat"] if target.source == "qat" else [])
+        return [f for s in stages if s in self.stages for f in self.stages[s].meta.get("fallbacks", [])]
 
     def run(self, targets) -> dict:
         started = time.time()
         self.models(need_qat=any(t.source == "qat" for t in targets))
-        rows = []
+        done = []
         for t in targets:
             try:
                 artifact = self.export(t)
             except Exception as e:  # noqa: BLE001 - converters raise anything; one target's failure is data
-                rows.append(failed_build(t, _one_line(e)))
-                clean_target_dir(self.out, self.cfg.model.name, t.name)
+                done.append((t, None, _one_line(e)))
                 continue
-            verified = self.verify(t, artifact)
-            rows.append(self.publish(t, artifact, verified.meta))
-        return write_manifest(self, rows, started)
+            done.append((t, artifact, self.verify(t, artifact).meta))
+        # Two builds into one folder: the cache is safe by itself (atomic renames); publishing and
+        # the manifest's read-merge-write are serialised so neither loses the other's artifacts.
+        with locked(self.out / self.cfg.model.name / ".lock"):
+            rows = []
+            for t, artifact, result in done:
+                if artifact is None:
+                    clean_target_dir(self.out, self.cfg.model.name, t.name)
+                    rows.append(failed_build(t, result))
+                else:
+                    rows.append(self.publish(t, artifact, result))
+            manifest = write_manifest(self, rows, started)
+        self.log(self.storage())
+        return manifest
+
+    def storage(self) -> str:
+        new = [e for e in self.stages.values() if not e.reused]
+        added = sum(folder_bytes(e.path) for e in new)
+        return (f"cache: stored {added / 1e6:.1f} MB in {len(new)} new entries; "
+                f"{self.cache.root} holds {folder_bytes(self.cache.root) / 1e6:.1f} MB "
+                f"(`python -m pipeline cache ls|prune --out {self.out}`)")
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ class _Parser(argparse.ArgumentParser):
 
 # Commands that live in their own module: name -> module exposing HELP, add_arguments(p), run(args) -> int.
 # Those modules must import nothing heavy at module level (they load for --help).
-MODULE_COMMANDS: dict[str, str] = {}
+MODULE_COMMANDS: dict[str, str] = {"bench": "pipeline.bench", "release": "pipeline.release",
+                                   "verify": "pipeline.release_verify", "inspect": "pipeline.inspect_cmd",
+                                   "cache": "pipeline.cache_cmd"}
 
 
 def add_build_options(p) -> None:
@@ -28,6 +31,8 @@ def add_build_options(p) -> None:
     p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default: build/)")
     p.add_argument("--model", help="a pretrained model: .keras, .h5/.hdf5, SavedModel folder or .onnx (model.path)")
     p.add_argument("--data", help="data: .npz, IDX files or their folder, or an image folder (data.path)")
+    p.add_argument("--prune", metavar="METHOD", choices=("unstructured", "channels", "block"),
+                   help="pruning method (prune.method): unstructured, channels or block")
     p.add_argument("--strict", action="store_true", default=None,
                    help="fail instead of falling back (layers left unpruned/unquantized, PTQ instead of QAT)")
     p.add_argument("--trust-model", action="store_true", default=None,
@@ -86,6 +91,8 @@ def load_config(args):
         cfg = cfg.replace("model", path=args.model)
     if args.data:
         cfg = cfg.replace("data", path=args.data)
+    if getattr(args, "prune", None):
+        cfg = cfg.replace("prune", method=args.prune)
     if args.strict:
         cfg = cfg.replace("build", strict=True)
     if args.trust_model:
@@ -141,9 +148,27 @@ def _check_out(out: Path) -> None:
 COMMANDS = {"build": cmd_build, "targets": cmd_targets, "config": cmd_config}
 
 
+def _os_error(e: OSError, out: Path | None) -> str:
+    """One line for a failed read or write; a full disk is named as such (numpy's short write has no errno)."""
+    import shutil
+
+    where = f" ({e.filename})" if e.filename else ""
+    full = e.errno == errno.ENOSPC
+    if out is not None and not full:
+        probe = Path(out)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        full = shutil.disk_usage(probe).free < 1 << 20
+    if full:
+        return (f"disk full while writing{where} ({e.strerror or e}): free some space or choose another --out; "
+                "finished stages are cached and nothing half-written was kept")
+    return f"{e.strerror or e}{where}"
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    args = None
     try:
         args = parser().parse_args(argv)
         if not args.command:
@@ -157,6 +182,12 @@ def main(argv=None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if debug:
+            raise
+        print(f"error: {_os_error(e, getattr(args, 'out', None))}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished stages are cached; run the same command again to resume", file=sys.stderr)
         return 130

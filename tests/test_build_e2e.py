@@ -102,6 +102,6 @@ def test_each_tflite_artifact_is_checked_on_the_legacy_tflite_runtime(small_buil
     # TF 2.21 writes FULLY_CONNECTED v12 for dynamic-range models; tflite-runtime 2.14 has no such kernel.
     assert arts["tflite-dynamic"]["legacy_tflite_runtime"] == "fails: no FULLY_CONNECTED v12 kernel"
     assert arts["tflite-fp32"]["legacy_tflite_runtime"] == "ok"
-    assert arts["tflite-int8"]["legacy_tflite_runtime"].startswith("ok")
+    assert arts["tflite-int8"]["legacy_tflite_runtime"].startswith("ok")  # at most one int8 step apart
     assert "tflite-runtime 2.14" in proc.stdout
     assert all("legacy_tflite_runtime" not in a for a in arts.values() if not a["target"].startswith("tflite"))

@@ -1,0 +1,515 @@
+"""`release`: a finished build's verified artifacts as reproducible archives, with checksums, a model
+card and benchmarks. `verify` (release_verify.py) checks such a release on any machine.
+
+    DIST/<model>-<version>/
+      <model>-<version>-<target>.tar.gz  one folder <model>-<version>-<target>/ holding the artifact
+                                         file(s), labels.txt, release.json (checksums of the other
+                                         members, I/O, tolerance) and test_vectors/ (inputs.npy and
+                                         output_<i>.npy: what THIS artifact answered, in its runtime)
+      manifest.json                      the build manifest plus a `release` section
+      MODEL_CARD.md  BENCHMARKS.md
+      SHA256SUMS                         `sha256sum -c SHA256SUMS` checks every other file
+
+The bytes depend only on the build, the version, --bench and SOURCE_DATE_EPOCH: archive entries
+are sorted, dated SOURCE_DATE_EPOCH (else 0), owned by uid/gid 0 with no user names, with fixed
+modes; the gzip header has no time and no file name; no wall-clock time is written anywhere.
+Everything is written to a temp folder that is renamed into place: never a half-written release.
+
+Imports stay light at module level: this module is loaded for `--help`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from pipeline.errors import RunnerError, UsageError, VerificationError
+
+HELP = "package verified artifacts as reproducible archives with test vectors, checksums and a model card"
+
+VECTORS = 12
+"""Held-out samples per archive: the first of each class, then the next ones, this many in all."""
+FLOAT_ATOL = 1e-4
+"""Replay tolerance of a float output. One runtime version replays its own outputs exactly on one
+machine (single thread); the slack is for another CPU: LiteRT float outputs were measured up to
+4e-5 apart between x86 and aarch64. A changed model or a wrong runtime moves them far more."""
+INT_STEPS = 1.5
+"""Replay tolerance of an integer output, in quantization steps: dequantized outputs differ by whole
+steps, so 1.5 x scale allows exactly one step (a rounding difference between kernels), not two."""
+VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+(?:[-+][0-9A-Za-z.-]+)?$")
+RELEASE_JSON = "release.json"
+
+
+def add_arguments(p) -> None:
+    from pipeline.cli import add_build_options
+
+    add_build_options(p)
+    p.add_argument("--version", dest="release_version", required=True, metavar="X.Y.Z",
+                   help="release version, used in the folder and archive names")
+    p.add_argument("--dist", type=Path, default=Path("dist"), help="where the release folder goes (default: dist/)")
+    p.add_argument("--bench", type=Path, metavar="FILE.json",
+                   help="rows written by `bench --json FILE`: latency in the model card and BENCHMARKS.md")
+    p.add_argument("--allow-failed", action="append", default=[], metavar="TARGET",
+                   help="release the other targets although TARGET failed (left out, recorded); repeatable")
+
+
+def run(args) -> int:
+    from pipeline import report
+    from pipeline.cli import _check_out, load_config
+    from targets import resolve
+
+    version = args.release_version
+    if not VERSION_RE.match(version):
+        raise UsageError(f"--version must look like X.Y.Z (e.g. 1.2.0 or 1.2.0-rc.1), not '{version}'")
+    epoch = source_date_epoch()
+    allowed = {t.name for spec in args.allow_failed for t in resolve(spec)}
+    cfg = load_config(args)
+    _check_out(args.dist)
+    bench = load_bench(args.bench, cfg.model.name) if args.bench else []
+    manifest, data, targets = finished_build(args, cfg)
+    rows = {a["target"]: a for a in manifest["artifacts"]}
+    ship, excluded = select(targets, rows, allowed)
+    bench = [r for r in bench if r.get("target") in {t.name for t in ship}]
+    if args.bench and not bench:
+        raise UsageError(f"--bench {args.bench} has no rows for the targets released "
+                         f"({', '.join(t.name for t in ship)})")
+
+    name = f"{manifest['model']}-{version}"
+    final = args.dist / name
+    tmp = args.dist / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        archives = [package(t, rows[t.name], args.out, data, manifest, version, tmp, epoch) for t in ship]
+        write_release_files(tmp, manifest, version, epoch, archives, excluded, bench)
+        replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(report.table(archives, [("target", "target"), ("archive", "archive"), ("bytes", "bytes"),
+                                  ("sha256", "sha256"), ("vectors", "test vectors"), ("runtime", "runtime")]))
+    for e in excluded:
+        print(f"warning: {e['target']} left out ({e['status'].replace('_', ' ')}: {e['reason']})", file=sys.stderr)
+    print(f"release: {final}")
+    return 0
+
+
+def source_date_epoch() -> int:
+    """The one timestamp in the archives (reproducible-builds.org convention), 0 when unset."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    if not raw.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH must be a whole number of seconds, not '{raw}'")
+    return int(raw)
+
+
+# -- the build -----------------------------------------------------------------------------------
+
+def finished_build(args, cfg):
+    """(manifest, data cache entry, targets) of the build in --out, building only if something is missing.
+
+    The manifest in --out is the record of what was built and verified, so it is used as it is
+    (a second release of one build never rebuilds, and gives the same bytes); the build runs
+    (from the cache) only when the manifest is missing, of another config, lacks a requested
+    target, or a file or the held-out data no longer matches it.
+    """
+    import argparse
+
+    from pipeline.cli import ensure_built
+    from targets import resolve
+
+    path = args.out / cfg.model.name / "manifest.json"
+    manifest = _current(path, cfg)
+    built = [a["target"] for a in manifest["artifacts"]] if manifest else []
+    targets = resolve(args.target or built or cfg.build.targets)
+    data = _usable(manifest, args.out, targets)
+    if data is None:
+        ensure_built(argparse.Namespace(**{**vars(args), "target": ",".join(t.name for t in targets)}))
+        manifest = _current(path, cfg)
+        data = _usable(manifest, args.out, targets)
+        if data is None:
+            raise VerificationError(f"the build in {args.out} does not match its manifest {path} even after "
+                                    f"rebuilding: is another build writing there?")
+    return manifest, data, targets
+
+
+def _current(path: Path, cfg) -> dict | None:
+    from pipeline import manifest
+
+    m = manifest.read(path)
+    return m if m and m.get("config_hash") == cfg.digest() else None
+
+
+def _usable(manifest: dict | None, out: Path, targets):
+    """The data stage's cache entry if the manifest covers every target with files that match it, else None."""
+    from pipeline.cache import Cache
+    from pipeline.util import sha256_file
+
+    if manifest is None:
+        return None
+    rows = {a["target"]: a for a in manifest["artifacts"]}
+    for t in targets:
+        row = rows.get(t.name)
+        if row is None:
+            return None
+        # A failed build has no file: that is a result (release refuses it), not something missing.
+        if row["status"] == "failed_build":
+            continue
+        # The manifest's sha256 is of the artifact's files one after the other (build.publish).
+        paths = [(out / row["path"]).parent / f for f in t.files]
+        if not all(p.is_file() for p in paths) or sha256_file(*paths) != row["sha256"]:
+            return None
+    return Cache(out / ".cache").get("data", manifest["stages"]["data"]["key"])
+
+
+def select(targets, rows: dict, allowed: set[str]):
+    """(targets to ship, excluded rows): a failed target stops the release unless --allow-failed names it."""
+    failed = [rows[t.name] for t in targets if rows[t.name]["status"] != "ok"]
+    refused = [a for a in failed if a["target"] not in allowed]
+    if refused:
+        why = "; ".join(f"{a['target']} {a['status'].replace('_', ' ')}: {a.get('reason', '?')}" for a in refused)
+        flags = " ".join(f"--allow-failed {a['target']}" for a in refused)
+        raise VerificationError(f"not releasing: {why} (pass {flags} to release the others without it)")
+    ship = [t for t in targets if rows[t.name]["status"] == "ok"]
+    if not ship:
+        raise VerificationError("nothing to release: every requested target failed")
+    excluded = [{"target": a["target"], "status": a["status"], "reason": a.get("reason", "")} for a in failed]
+    return ship, excluded
+
+
+# -- one archive per target ----------------------------------------------------------------------
+
+def pick_vectors(y, n: int) -> list[int]:
+    """Indices into the held-out split of `n` samples: the first of each class (if labelled), then the next ones."""
+    import numpy as np
+
+    first = np.unique(y, return_index=True)[1] if y is not None else np.array([], dtype=int)
+    rest = np.setdiff1d(np.arange(n), first)
+    return sorted(int(i) for i in np.concatenate([first, rest])[:VECTORS])
+
+
+def tolerance(outputs: list[dict]) -> list[dict]:
+    """How far a replay of each output may be from the recorded one (see FLOAT_ATOL and INT_STEPS)."""
+    tol = []
+    for i, o in enumerate(outputs):
+        if "int" in str(o.get("dtype", "")) and o.get("scale"):
+            tol.append({"output": f"output_{i}", "max_abs_diff": INT_STEPS * o["scale"],
+                        "rule": f"one quantization step of the {o['dtype']} output (scale {o['scale']:.6g})"})
+        else:
+            tol.append({"output": f"output_{i}", "max_abs_diff": FLOAT_ATOL, "rule": "float output, absolute"})
+    return tol
+
+
+def package(target, row: dict, out: Path, data, manifest: dict, version: str, dist: Path, epoch: int) -> dict:
+    """Run the artifact on the test vectors in its runtime and write its archive into `dist`."""
+    import io
+    import json
+    import tempfile
+
+    import numpy as np
+
+    from pipeline import runner
+    from pipeline.util import sha256_file
+
+    main = out / row["path"]
+    files = {f: main.parent / f for f in target.files}
+    x = np.load(data.file("x_test.npy"), allow_pickle=False)
+    y = np.load(data.file("y_test.npy"), allow_pickle=False) if data.file("y_test.npy").exists() else None
+    idx = pick_vectors(y, len(x))
+    x = x[idx].astype(np.float32)
+    with tempfile.TemporaryDirectory() as work:
+        inputs, outputs = Path(work) / "inputs.npy", Path(work) / "outputs.npz"
+        np.save(inputs, x)
+        res = runner.run(target.runner_path, main, ["--inputs", inputs, "--outputs", outputs, "--threads", "1"])
+        if not res["ok"]:
+            raise RunnerError(f"{target.name}: cannot make test vectors: "
+                              f"{res.get('runtime', 'runtime')}: {res['error']}")
+        with np.load(outputs, allow_pickle=False) as z:
+            expected = {k: z[k] for k in sorted(z.files)}
+    tol = tolerance(res.get("outputs") or [])
+    if {t["output"] for t in tol} != set(expected):
+        raise RunnerError(f"{target.name}: the runner described outputs {[t['output'] for t in tol]} "
+                          f"but wrote {sorted(expected)}")
+    # Every array as .npy: an .npz is a zip whose entries carry the time it was written.
+    vectors = {"test_vectors/inputs.npy": x, **{f"test_vectors/{k}.npy": v for k, v in expected.items()}}
+    for rel, arr in vectors.items():
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        files[rel] = buf.getvalue()
+    files["labels.txt"] = "".join(f"{label}\n" for label in manifest["labels"]).encode()
+    digests = {rel: sha256_file(src) if isinstance(src, Path) else _sha256(src) for rel, src in files.items()}
+    meta = {
+        "model": manifest["model"], "model_version": manifest["model_version"], "release": version,
+        "config_hash": manifest["config_hash"], "target": target.name, "family": target.family,
+        "artifact": target.filename, "quantization": row["quantization"], "files": digests,
+        "inputs": row.get("inputs"), "outputs": row.get("outputs"), "preprocessing": manifest["preprocessing"],
+        "runner": target.runner, "runtime": f"{res.get('runtime')} {res.get('runtime_version')}", "threads": 1,
+        "test_vectors": {
+            "inputs": "test_vectors/inputs.npy",
+            "about": "float32 held-out samples, preprocessed, in the float input layout; the runner quantizes "
+                     "them for an integer input; outputs are float32 (integer outputs dequantized)",
+            "held_out_indices": idx, "true_labels": None if y is None else [int(v) for v in y[idx]],
+            "tolerance": tol,
+        },
+    }
+    files[RELEASE_JSON] = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
+    top = f"{manifest['model']}-{version}-{target.name}"
+    archive = dist / f"{top}.tar.gz"
+    write_archive(archive, top, files, epoch)
+    return {"target": target.name, "archive": archive.name, "bytes": archive.stat().st_size,
+            "sha256": sha256_file(archive), "vectors": len(idx), "runtime": meta["runtime"],
+            "files": sorted(files), "tolerance": meta["test_vectors"]["tolerance"]}
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_archive(path: Path, top: str, files: dict, mtime: int) -> None:
+    """A .tar.gz of `files` ({name under top/: Path or bytes}) whose bytes depend only on them and `mtime`."""
+    import gzip
+    import io
+    import tarfile
+
+    dirs = {top} | {f"{top}/{parent}" for rel in files for parent in _parents(rel)}
+    entries = sorted([(d, None) for d in dirs] + [(f"{top}/{rel}", src) for rel, src in files.items()],
+                     key=lambda e: e[0])
+    with open(path, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, src in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
+            if src is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+                continue
+            data = src.read_bytes() if isinstance(src, Path) else src
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _parents(rel: str) -> list[str]:
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+# -- the release folder --------------------------------------------------------------------------
+
+def write_release_files(folder: Path, manifest: dict, version: str, epoch: int, archives: list[dict],
+                        excluded: list[dict], bench: list[dict]) -> None:
+    from pipeline.util import atomic_write_bytes, atomic_write_json
+
+    shipped = {a["target"] for a in archives} | {e["target"] for e in excluded}
+    # `started`/`finished` and each stage's `reused` describe the last `build` run, not the artifacts:
+    # re-running a fully cached build changes them, and must not change the release.
+    manifest = {k: v for k, v in manifest.items() if k not in ("started", "finished")}
+    manifest["stages"] = {n: {k: v for k, v in s.items() if k != "reused"} for n, s in manifest["stages"].items()}
+    release = {
+        "version": version, "source_date_epoch": epoch,
+        "archives": {a["target"]: {k: a[k] for k in ("archive", "bytes", "sha256", "files", "vectors",
+                                                     "runtime", "tolerance")} for a in archives},
+        "excluded": excluded, "benchmarks": bench,
+    }
+    full = {**manifest, "artifacts": [a for a in manifest["artifacts"] if a["target"] in shipped],
+            "release": release}
+    atomic_write_json(folder / "manifest.json", full)
+    atomic_write_bytes(folder / "MODEL_CARD.md", model_card(full).encode())
+    atomic_write_bytes(folder / "BENCHMARKS.md", benchmarks_md(full).encode())
+    atomic_write_bytes(folder / "SHA256SUMS", sha256sums(folder).encode())
+
+
+def sha256sums(folder: Path) -> str:
+    """`sha256sum -c` format (two spaces: text mode, which on Linux is the same bytes) for every file."""
+    from pipeline.util import sha256_file
+
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "SHA256SUMS")
+    return "".join(f"{sha256_file(folder / n)}  {n}\n" for n in names)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put `tmp` at `final` by renames: readers see the old release or the new one, never a mix."""
+    import uuid
+
+    old = None
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if old is not None:
+            os.rename(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- benchmarks ----------------------------------------------------------------------------------
+
+def load_bench(path: Path, model: str) -> list[dict]:
+    """The successful rows of a `bench --json` file, for this model."""
+    import json
+
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"--bench {path}: cannot read it as JSON: {e}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "target" in r for r in rows):
+        raise UsageError(f"--bench {path} is not a list of rows with a target (what `bench --json FILE` writes)")
+    other = {r["model"] for r in rows if r.get("model", model) != model}
+    if other:
+        raise UsageError(f"--bench {path} measured {', '.join(sorted(other))}, not {model}")
+    return [r for r in rows if r.get("status", "ok") == "ok" and r.get("p50_ms") is not None]
+
+
+BENCH_COLUMNS = [("target", "target"), ("device", "device"), ("runtime", "runtime"), ("runtime_version", "version"),
+                 ("delegate", "delegate"), ("threads", "threads"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"),
+                 ("p99_ms", "p99 ms"), ("load_ms", "load ms"), ("peak_rss_mb", "peak RSS MB"), ("cpu", "cpu")]
+
+
+def benchmarks_md(m: dict) -> str:
+    bench = m["release"]["benchmarks"]
+    head = f"# Benchmarks: {m['model']} {m['release']['version']}\n\n"
+    if not bench:
+        return (head + "Not benchmarked: this release was made without bench results "
+                "(`python -m pipeline bench --json FILE`, then `release --bench FILE`).\n")
+    cols = [c for c in BENCH_COLUMNS if any(r.get(c[0]) is not None for r in bench)]
+    width = 40
+    top = max(r["p50_ms"] for r in bench)
+    label = lambda r: f"{r['target']} {r.get('device', '?')} {r.get('threads', '?')}t"  # noqa: E731
+    pad = max(len(label(r)) for r in bench)
+    bars = "\n".join(f"{label(r):<{pad}}  {'#' * max(1, round(width * r['p50_ms'] / top)):<{width}}  "
+                     f"{r['p50_ms']:.4g} ms" for r in bench)
+    conditions = sorted({f"{r.get('device', '?')}: {r.get('cpu', '?')}, {r.get('os', '?')} {r.get('arch', '')}, "
+                         f"Python {r.get('python', '?')}" for r in bench})
+    return (head + "Median (p50) latency of one inference, batch 1, as measured by `python -m pipeline bench` "
+            "(shorter is faster):\n\n```\n" + bars + "\n```\n\n" + md_table(bench, cols) + "\n\nConditions:\n\n"
+            + "".join(f"- {c}\n" for c in conditions)
+            + "\nLatency holds only for these conditions; an emulated device's wall time is not device latency.\n")
+
+
+# -- the model card ------------------------------------------------------------------------------
+
+STEP_ABOUT = {
+    "data": "seeded stratified split; the held-out part is never trained on",
+    "train": "the model trained (or loaded and fine-tuned)",
+    "prune": "magnitude pruning (tfmot, polynomial schedule), stripped: the float reference model",
+    "qat": "quantization-aware training that keeps the pruned zeros (for the int8 targets made from it)",
+}
+STEP_RESULTS = ("method", "reason", "accuracy", "sparsity", "params")
+
+
+def _step_order(name: str):
+    # The manifest stores stages sorted by name; the card lists them in the order they ran.
+    order = list(STEP_ABOUT)
+    return (order.index(name) if name in order else len(order), name)
+
+
+ARTIFACT_COLUMNS = [("target", "target"), ("quantization", "quantization"), ("bytes", "bytes"),
+                    ("gzip_bytes", "gzip"), ("sparsity", "sparsity"), ("accuracy", "accuracy"),
+                    ("reference_accuracy", "float acc"), ("top1_agreement", "agreement"),
+                    ("max_abs_diff", "max abs diff"), ("input", "input"), ("output", "output"),
+                    ("runtime", "verified in")]
+
+
+def model_card(m: dict) -> str:
+    rel, cfg = m["release"], m["config"]
+    shipped = [a for a in m["artifacts"] if a["target"] in rel["archives"]]
+    stages = m["stages"]
+    d = stages.get("data", {})
+    lines = [
+        f"# Model card: {m['model']} {rel['version']}",
+        "",
+        f"Release {rel['version']} of `{m['model']}` (model version {m['model_version']}, the version embedded in "
+        f"each artifact; config hash {m['config_hash']}; edge-export {m['pipeline_version']}; seed {m['seed']}).",
+        "",
+        "## Model",
+        "",
+        f"- Settings: {_settings(cfg.get('model', {}))}",
+        f"- Input: {d.get('input_shape', '?')} per sample, preprocessed as: {_settings(m['preprocessing'])}",
+        f"- Output: " + (f"{len(m['labels'])} class scores: {', '.join(m['labels'])}" if m["labels"] else "unlabelled")
+        + " (each target's I/O types below)",
+        "",
+        "## Data",
+        "",
+        f"{_settings(cfg.get('data', {}))}: {d.get('train_samples', '?')} training and {d.get('test_samples', '?')} "
+        f"held-out samples, input shape {d.get('input_shape', '?')}.",
+        "",
+        "## Training and compression",
+        "",
+        md_table([{"step": name, "what": STEP_ABOUT.get(name, ""), "settings": _settings(cfg.get(name, {})),
+                   "result": _settings({k: s[k] for k in STEP_RESULTS if k in s}, "-")}
+                  for name, s in sorted(stages.items(), key=lambda kv: _step_order(kv[0]))],
+                 [("step", "step"), ("what", "what"), ("settings", "settings"), ("result", "result")]),
+        "",
+        "Accuracy gate: an artifact may lose at most "
+        f"{cfg.get('build', {}).get('max_accuracy_drop', '?')} accuracy points against the float model.",
+        "",
+        "## Artifacts",
+        "",
+        md_table([{**a, "input": _io(a.get("inputs")), "output": _io(a.get("outputs"))} for a in shipped],
+                 ARTIFACT_COLUMNS),
+        "",
+        "Accuracy and agreement (top-1 against the float model) on the held-out split, in the runtime named.",
+        "",
+        "## Latency",
+        "",
+    ]
+    bench = rel["benchmarks"]
+    if bench:
+        lines += [md_table(bench, [c for c in BENCH_COLUMNS if any(r.get(c[0]) is not None for r in bench)]),
+                  "", "Batch 1; details and conditions in BENCHMARKS.md."]
+    else:
+        lines.append("Not benchmarked.")
+    runtimes = sorted({a.get("runtime", "?") for a in shipped})
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        f"- Accuracy is measured on {d.get('test_samples', '?')} held-out samples of the same source as the "
+        "training data; it says nothing about inputs from elsewhere or preprocessed otherwise.",
+        f"- Verified only in {', '.join(runtimes)} on the build machine; another runtime or version may not load "
+        "an artifact or may answer differently.",
+        "- Each archive's test vectors replay within the tolerance in its release.json (float outputs "
+        f"{FLOAT_ATOL:g} absolute, integer outputs one quantization step) in the runtime that recorded them.",
+        "",
+        "## What fell back",
+        "",
+    ]
+    fell = [f"{name}: {f}" for name, s in stages.items() for f in s.get("fallbacks", [])]
+    fell += [f"{a['target']}: {f}" for a in shipped for f in a.get("fallbacks", [])]
+    fell += [f"{e['target']} not released ({e['status'].replace('_', ' ')}: {e['reason']}; --allow-failed)"
+             for e in rel["excluded"]]
+    lines += [f"- {f}" for f in fell] or ["Nothing: every step ran as configured and every requested target shipped."]
+    return "\n".join(lines) + "\n"
+
+
+def _settings(d: dict, empty: str = "defaults") -> str:
+    shown = {k: v for k, v in d.items() if v not in ("", [], (), None)}
+    return ", ".join(f"{k} {_cell(v)}" for k, v in shown.items()) or empty
+
+
+def _io(specs) -> str:
+    return "; ".join(f"{s['dtype']} {s['shape']}" + (f" (scale {s['scale']:.6g}, zero point {s['zero_point']})"
+                                                     if s.get("scale") else "") for s in specs or [])
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(map(_cell, v)) + "]"
+    return str(v).replace("|", "\\|")
+
+
+def md_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    out = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(_cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(out)
+
