@@ -82,8 +82,7 @@ def load_outputs(path: Path) -> list[np.ndarray]:
 LEGACY_SAMPLES = 32
 
 
-def legacy_check(target, artifact: Path, data_dir: Path, outputs: list[np.ndarray], outputs_info: list[dict],
-                 tmp: Path) -> str:
+def legacy_check(target, artifact: Path, data_dir: Path, outputs: list[np.ndarray], tmp: Path) -> str:
     """Does the artifact load and agree in the runtime many deployed boards still have? 'ok' or why not.
 
     Runs in its own process: tflite-runtime breaks in a process that has imported TensorFlow."""
@@ -100,10 +99,14 @@ def legacy_check(target, artifact: Path, data_dir: Path, outputs: list[np.ndarra
     agree = float(np.mean(legacy[0].argmax(-1) == outputs[0][: len(legacy[0])].argmax(-1))) if is_scores(legacy[0]) else None
     if agree is not None and agree < 1.0:
         return f"loads, but top-1 differs from ai-edge-litert on {1 - agree:.0%} of {len(legacy[0])} samples"
-    # Integer kernels may round differently by one step of the output scale; more is a real difference.
-    step = max((o.get("scale") or 0.0) for o in outputs_info)
-    if diff <= max(1e-3, 1.01 * step):
-        return "ok" if diff <= 1e-3 else f"ok (within one int8 step, {diff:.2g}, of ai-edge-litert)"
+    # Kernels of two runtimes round int8 differently by a few steps: what matters is the same answer.
+    if diff <= 1e-3:
+        return "ok"
+    if agree is not None:
+        return f"ok (same top-1 on {len(legacy[0])} samples, max abs diff {diff:.2g})"
+    spread = max(float(np.ptp(b)) for b in outputs) or 1.0
+    if diff <= 0.05 * spread:
+        return f"ok (max abs diff {diff:.2g}, under 5 % of the output range)"
     return f"loads, but outputs differ from ai-edge-litert by up to {diff:.2g}"
 
 
@@ -126,7 +129,7 @@ def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, bui
             return {**result, "status": "failed_verification", "reason": f"{run.get('runtime', 'runtime')}: {run['error']}"}
         outputs = load_outputs(outs)
         if target.legacy_runner:
-            result["legacy_tflite_runtime"] = legacy_check(target, artifact, data_dir, outputs, result["outputs"], Path(tmp))
+            result["legacy_tflite_runtime"] = legacy_check(target, artifact, data_dir, outputs, Path(tmp))
     ref = load_outputs(reference)
     if len(outputs) != len(ref) or any(o.shape != r.shape for o, r in zip(outputs, ref)):
         return {**result, "status": "failed_verification",
