@@ -72,7 +72,7 @@ def benchmark_app_p50(model: Path, x: np.ndarray, threads: int, seconds: float) 
     with tempfile.TemporaryDirectory() as tmp:
         sample = Path(tmp) / "input.npy"
         np.save(sample, x[:1].astype(np.float32))  # one real sample, batch 1
-        cmd += ["-m", str(model), "-d", "CPU", "-hint", "none", "-api", "sync", "-nireq", "1", "-nstreams", "1",
+        cmd += ["-m", str(model.resolve()), "-d", "CPU", "-hint", "none", "-api", "sync", "-nireq", "1", "-nstreams", "1",
                 "-nthreads", str(threads), "-ip", "f32", "-infer_precision", "f32", "-i", str(sample),
                 "-data_shape", "[" + ",".join(map(str, (1, *x.shape[1:]))) + "]", "-t", f"{max(1, round(seconds))}"]
         env = {**os.environ, "OPENVINO_TELEMETRY_OPTOUT": "1"}

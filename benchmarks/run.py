@@ -381,6 +381,7 @@ def main(argv=None) -> int:
     fid_file = RESULTS / "fidelity.json"
     log("harness fidelity")
     subprocess.run([sys.executable, str(HERE / "fidelity.py"), *fidelity_args, "--rounds", str(args.fidelity_rounds),
+                    "--seconds", "1",
                     "--json", str(fid_file), "--targets", "tflite-fp32,tflite-int8,openvino-fp32,openvino-int8"],
                    check=False, stdout=sys.stderr)
     fidelity = json.loads(fid_file.read_text()) if fid_file.exists() else []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pipeline.devices import EmuDevice, SSHDevice, add_device_arguments, device_options
 from pipeline.errors import UsageError
 
 HELP = "time built artifacts in their runtimes: load, first inference, latency percentiles, memory"
@@ -45,15 +46,19 @@ class LocalDevice:
 # named separately from the other arguments so a remote device knows what to copy over: the
 # runner's folder (runner_common.py sits beside it), the model's folder (an artifact's companion
 # files, e.g. OpenVINO's model.bin, sit beside it) and the inputs.
-# Keyed by the part of the spec before ':' ("emu:rpi4", "ssh://host"); each factory takes the spec.
-DEVICE_KINDS = {"local": lambda spec: LocalDevice()}
+# Keyed by the part of the spec before ':' ("emu:rpi4", "ssh://host"); each factory takes the spec and the
+# device options (pipeline.devices.device_options: --known-hosts, --identity, --keep).
+# A device may also have `columns` (its table) and `conditions_line(rows, settings)`, and its run() may return
+# `device_fields`: extra row fields (pipeline/devices.py: emulated boards never report wall time as p50_ms).
+DEVICE_KINDS = {"local": lambda spec, **options: LocalDevice(), "emu": EmuDevice, "ssh": SSHDevice}
 
 
-def get_device(spec: str):
+def get_device(spec: str, **options):
     kind = spec.split(":", 1)[0]
     if kind not in DEVICE_KINDS:
-        raise UsageError(f"unknown device '{spec}': known device kinds are {', '.join(DEVICE_KINDS)}")
-    return DEVICE_KINDS[kind](spec)
+        raise UsageError(f"unknown device '{spec}': known device kinds are {', '.join(DEVICE_KINDS)} "
+                         "(local, emu:rpi3|rpi4|rpi5, ssh://user@host[:port])")
+    return DEVICE_KINDS[kind](spec, **options)
 
 
 # -- arguments -----------------------------------------------------------------------------------
@@ -62,7 +67,9 @@ def add_arguments(p) -> None:
     from pipeline.cli import add_build_options
 
     add_build_options(p)
-    p.add_argument("--device", default="local", help="comma list of devices to run on (default: local)")
+    p.add_argument("--device", default="local", help="comma list of devices to run on: local, emu:rpi3|rpi4|rpi5 "
+                   "(emulated aarch64 board), ssh://user@host[:port] (a real board) (default: local)")
+    add_device_arguments(p)
     p.add_argument("--threads", default="1", help="comma list of thread counts, e.g. 1,2,4 (default: 1)")
     p.add_argument("--runs", type=int, default=100, help="at least this many timed inferences (default: 100)")
     p.add_argument("--min-seconds", type=float, default=1.0,
@@ -133,7 +140,8 @@ def bench_one(device, runner_path: Path, model: Path, inputs: Path, threads: int
            **{k: lat.get(k) for k in LATENCY_KEYS}, "peak_rss_mb": res.get("peak_rss_mb"),
            "warmup": res.get("warmup"), "min_seconds": settings.min_seconds,
            **{k: cond.get(k) for k in CONDITION_KEYS},
-           "delegate": res.get("delegate", cond.get("delegate")), "precision": res.get("precision")}
+           "delegate": res.get("delegate", cond.get("delegate")), "precision": res.get("precision"),
+           **(res.get("device_fields") or {})}
     inp = res.get("input") or {}
     row["input"] = (f"{inp['samples']} samples of {inp['file']} {inp['sample_shape']}" if inp else None)
     return row
@@ -160,7 +168,7 @@ def bench_artifacts(items, devices, inputs: Path, threads: list[int], settings: 
                 rows.append({**base, **row})
                 if log:
                     r = rows[-1]
-                    what = (f"p50 {r['p50_ms']:.4g} ms over {r['runs']} runs" if r["status"] == "ok"
+                    what = ((r.get("summary") or f"p50 {r['p50_ms']:.4g} ms over {r['runs']} runs") if r["status"] == "ok"
                             else f"{r['status']}: {r['error']}")
                     log(f"bench {target.name:<18} {device.name} threads={n}: {what}")
     return rows
@@ -201,7 +209,7 @@ def run(args) -> int:
     from pipeline.util import atomic_write_json
 
     threads = parse_threads(args.threads)
-    devices = [get_device(d.strip()) for d in args.device.split(",") if d.strip()]
+    devices = [get_device(d.strip(), **device_options(args)) for d in args.device.split(",") if d.strip()]
     if not devices:
         raise UsageError("--device needs at least one device, e.g. local")
     settings = Settings(args.runs, args.min_seconds, args.warmup, args.samples, parse_options(args.option),
@@ -221,8 +229,11 @@ def run(args) -> int:
     rows = bench_artifacts(items, devices, inputs, threads, settings, log=lambda m: print(m, file=sys.stderr))
     for r in rows:
         r["model"] = cfg.model.name
-    print(report.table(rows, TABLE_COLUMNS))
-    print(conditions_line(rows, settings))
+    for device in devices:  # one table per device: an emulated board has no latency columns
+        mine = [r for r in rows if r["device"] == device.name]
+        print(report.table(mine, getattr(device, "columns", TABLE_COLUMNS)))
+        print(device.conditions_line(mine, settings) if hasattr(device, "conditions_line")
+              else conditions_line(mine, settings))
     if args.json:
         atomic_write_json(args.json, rows)
         print(f"rows: {args.json}")

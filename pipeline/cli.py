@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 # Those modules must import nothing heavy at module level (they load for --help).
 MODULE_COMMANDS: dict[str, str] = {"bench": "pipeline.bench", "release": "pipeline.release",
                                    "verify": "pipeline.release_verify", "inspect": "pipeline.inspect_cmd",
-                                   "cache": "pipeline.cache_cmd"}
+                                   "cache": "pipeline.cache_cmd", "device": "pipeline.device_cmd"}
 
 
 def add_build_options(p) -> None:
@@ -50,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
         "Run the stages (train, prune, QAT, export, verify), reusing cached stages, and write "
         "OUT/<model>/<target>/ and OUT/<model>/manifest.json."))
     add_build_options(b)
+    b.add_argument("--verify-on", metavar="DEVICE", help="also load each artifact on DEVICE (emu:rpi4, ssh://user@host; "
+                   "comma list) and compare its outputs with x86's: recorded as arm_check in the manifest")
     sub.add_parser("targets", help="list the deployment targets")
     c = sub.add_parser("config", help="print the config reference with every default")
     c.add_argument("--check", type=Path, metavar="FILE", help="validate FILE and print its effective config")
@@ -126,13 +128,17 @@ def ensure_built(args, default_targets=None):
 def cmd_build(args) -> int:
     from pipeline.build import summary
 
+    from pipeline import devices
+
+    on = devices.verify_devices(getattr(args, "verify_on", None))  # a board not set up: one line, nothing built
     cfg, _, rows = ensure_built(args)
     print(summary({"artifacts": rows}))
+    arm_failed = devices.verify_on(on, cfg, args.out, rows, log=lambda m: print(m, file=sys.stderr)) if on else 0
     print(f"manifest: {args.out / cfg.model.name / 'manifest.json'}")
     failed = [a for a in rows if a["status"] != "ok"]
     for a in failed:
         print(f"error: {a['target']} {a['status'].replace('_', ' ')}: {a['reason']}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or arm_failed else 0
 
 
 def _check_out(out: Path) -> None:

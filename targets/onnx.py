@@ -10,6 +10,7 @@ loads: importing the `targets` package turns it off (see `targets.telemetry_off`
 from __future__ import annotations
 
 import json
+import contextlib
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -54,9 +55,21 @@ def quantize_qdq(proto, calibration: np.ndarray, progress=None):
 
     with tempfile.TemporaryDirectory() as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(proto, pre)  # shape inference + graph optimization (MatMul+Add -> Gemm)
-        quantize_static(pre, out, Samples(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        # Shape inference of a large model writes sym_shape_infer_temp.onnx (+ .data) into the current
+        # folder: run it inside the temp folder, never the user's.
+        src = Path(tmp) / "float.onnx"
+        onnx.save(proto, src)
+        with contextlib.chdir(tmp):
+            try:
+                quant_pre_process(src, pre)  # shape inference + graph optimization (MatMul+Add -> Gemm)
+            except Exception as e:  # noqa: BLE001 - it raises a bare Exception
+                # "Incomplete symbolic shape inference" (seen on PP-OCR's detector): ONNX's own shape
+                # inference is enough for static CNN graphs, the symbolic pass is for dynamic shapes.
+                if "symbolic shape inference" not in str(e):
+                    raise
+                quant_pre_process(src, pre, skip_symbolic_shape=True)
+            quantize_static(pre, out, Samples(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
         return onnx.load(out)
 
 

@@ -1,0 +1,338 @@
+"""Emulated and remote boards: `device`, `bench --device emu:PROFILE|ssh://...`, `build --verify-on`.
+
+The SSH tests run against a loopback sshd of their own (tests/sshd.py) with three "boards":
+`emu`, whose python3 is the emulated aarch64 Python (so the whole SSH + ARM path runs here),
+`host`, whose python3 is this venv's, and `nort`, this Python with numpy but no runtime.
+"""
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from pipeline import bench, devices
+from pipeline.errors import UsageError
+from sshd import LoopbackSSHD, SSHDUnavailable
+from targets import TARGETS, emu
+
+PROFILE = "emu:rpi4"
+HOSTILE = "dir 'q' \"d\" ;touch PWNED; $(touch PWNED2) `touch PWNED3` x"
+FAST = ["--samples", "10", "--runs", "10", "--min-seconds", "0", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def emu_ready():
+    try:
+        return emu.setup(PROFILE, log=print)
+    except emu.EmuError as e:
+        pytest.skip(f"aarch64 emulation cannot be set up here: {e}")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sshd")
+    numpy_only = root / "numpy_only"  # a board with numpy and no runtime: `python3 -S` sees only this folder
+    numpy_only.mkdir()
+    site = Path(np.__file__).resolve().parent.parent
+    for p in site.glob("numpy*"):
+        (numpy_only / p.name).symlink_to(p)
+    boards = {"host": [sys.executable],
+              "nort": ["env", f"PYTHONPATH={numpy_only}", sys.executable, "-S"]}
+    try:
+        emu.setup(PROFILE, log=print)
+        boards["emu"] = emu.python_command(PROFILE)
+    except emu.EmuError:
+        pass
+    try:
+        server = LoopbackSSHD(root, boards)
+    except SSHDUnavailable as e:
+        pytest.skip(f"cannot start a loopback sshd: {e}")
+    yield server
+    server.close()
+
+
+def _board(sshd, name):
+    if name not in sshd.keys:
+        pytest.skip(f"no '{name}' board: aarch64 emulation is not available")
+    return sshd
+
+
+def _out_copy(small_build, dest: Path) -> Path:
+    """A copy of the shared build (cache included, so nothing is rebuilt) that a test may change.
+
+    Every CLI run here works on a copy: even a cached bench rewrites the manifest, and one of a float-only
+    target records `stages` without qat, which a later release of the shared build would describe differently."""
+    shutil.copytree(small_build[0], dest, symlinks=True)
+    return dest
+
+
+def _artifact(out: Path, target: str) -> Path:
+    manifest = json.loads((out / "tiny-digits" / "manifest.json").read_text())
+    return out / next(a["path"] for a in manifest["artifacts"] if a["target"] == target)
+
+
+def _no_pwned(*trees):
+    """No file a shell would have made from the name: in the test's trees, nor where a shell starts."""
+    for tree in trees:
+        assert not list(Path(tree).rglob("PWNED*")), tree
+    for folder in (Path.cwd(), Path.home(), Path("/")):
+        assert not list(folder.glob("PWNED*")), folder
+
+
+# --------------------------------------------------------------- without a board
+
+def test_ssh_specs_are_parsed_strictly_and_never_become_options():
+    ok = {"ssh://pi@raspberrypi.local": ("raspberrypi.local", "pi", None),
+          "ssh://pi@10.0.0.7:2222": ("10.0.0.7", "pi", 2222),
+          "ssh://board": ("board", None, None),
+          "ssh://pi@[fe80::1]:22": ("fe80::1", "pi", 22)}
+    for spec, want in ok.items():
+        d = devices.SSHDevice(spec, probe=False)
+        assert (d.host, d.user, d.port) == want
+    for bad in ("ssh://pi@-oProxyCommand=touch_x", "ssh://-oProxyCommand=x", "ssh://pi;id@host", "ssh://pi@host/path",
+                "ssh://pi:secret@host", "ssh://pi@host:99999", "ssh://pi@host:0", "ssh://pi@ho st", "ssh://",
+                "ssh://pi@host?x=1"):
+        with pytest.raises(UsageError, match="ssh://"):
+            devices.SSHDevice(bad, probe=False)
+
+
+def test_every_remote_word_is_quoted_and_ssh_is_strict(tmp_path):
+    kh = tmp_path / "known hosts %d"
+    kh.write_text("")
+    d = devices.SSHDevice("ssh://pi@board:2222", known_hosts=kh, probe=False)
+    words = ["rm", "-rf", "--", "/tmp/edge-export-x/a b;c'd\"e$(f)`g`"]
+    cmd = d.command(words)
+    assert cmd[0] == "ssh" and cmd[-3:-1] == ["--", "board"]
+    import shlex
+
+    assert shlex.split(cmd[-1]) == words  # what the board's shell sees is exactly these words
+    opts = " ".join(cmd)
+    for o in ("BatchMode=yes", "StrictHostKeyChecking=yes", "UpdateHostKeys=no", "GlobalKnownHostsFile=/dev/null",
+              "-p 2222", "-l pi"):
+        assert o in opts
+    assert f'UserKnownHostsFile="{str(kh).replace("%", "%%")}"' in cmd  # spaces kept, %-tokens not expanded
+
+
+def test_a_board_without_the_runtime_is_told_what_to_install():
+    for error, pip in [("PackageNotFoundError: No package metadata was found for onnxruntime", "onnxruntime"),
+                       ("ModuleNotFoundError: No module named 'ai_edge_litert'", "ai-edge-litert"),
+                       ("runner exited 1 without a result: ModuleNotFoundError: No module named 'numpy'", "numpy"),
+                       ("ModuleNotFoundError: No module named 'openvino._pyopenvino'", "openvino"),
+                       ("ImportError: No module named 'tflite_runtime'", "tflite-runtime")]:
+        res = devices.missing_runtime({"ok": False, "error": error})
+        assert res["error"] == f"board has no {pip}: pip install {pip} there"
+        assert res["runtime_error"] == error
+    other = {"ok": False, "error": "RuntimeError: bad model"}
+    assert devices.missing_runtime(other) == other
+
+
+def test_runtime_options_are_kept_apart_from_timing_arguments():
+    args = bench.Settings(runs=7, min_seconds=0.5, warmup=2, samples=9, options=[("delegate", "none")]).runner_args(2)
+    assert devices._runner_options(args) == ["--delegate", "none"]
+    assert devices._value(args, "--limit") == "9"
+    assert devices._value(devices._replace(args, {"--runs": 10, "--min-seconds": 0}), "--runs") == "10"
+
+
+def test_artifact_files_include_an_openvino_weights_file(tmp_path):
+    (tmp_path / "model.xml").write_text("<net/>")
+    (tmp_path / "model.bin").write_bytes(b"\0")
+    (tmp_path / "other.txt").write_text("not part of it")
+    assert [p.name for p in devices.artifact_files(tmp_path / "model.xml")] == ["model.xml", "model.bin"]
+    (tmp_path / "model.onnx").write_bytes(b"\0")
+    assert [p.name for p in devices.artifact_files(tmp_path / "model.onnx")] == ["model.onnx"]
+
+
+def test_unknown_or_native_emulated_profiles_are_usage_errors():
+    with pytest.raises(UsageError, match="did you mean 'rpi4'"):
+        bench.get_device("emu:rpi44")
+    with pytest.raises(UsageError, match="--device local"):
+        bench.get_device("emu:x86")
+
+
+@pytest.mark.parametrize("command", [["bench", "--device", PROFILE], ["build", "--verify-on", PROFILE]])
+def test_a_board_that_is_not_set_up_is_one_line_naming_the_setup_command(command, tmp_path):
+    t0 = time.perf_counter()
+    proc = run_cli(*command, "--out", tmp_path / "out", env={"EDGE_EXPORT_EMU_HOME": str(tmp_path / "emu")})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: emu:rpi4 is not set up; run: python -m pipeline device setup emu:rpi4"]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "emu").exists()
+    assert time.perf_counter() - t0 < 15
+
+
+def test_device_ls_lists_every_pi_profile_and_whether_it_is_ready(tmp_path):
+    proc = run_cli("device", "ls", env={"EDGE_EXPORT_EMU_HOME": str(tmp_path / "emu")})
+    assert proc.returncode == 0, proc.stderr
+    assert "python -m pipeline device setup emu:rpi3 emu:rpi4 emu:rpi5" in proc.stdout
+    assert "cortex-a72" in proc.stdout and "local" in proc.stdout
+    proc = run_cli("device", "setup", "ssh://pi@board")
+    assert proc.returncode == 2 and "needs no setup" in proc.stderr
+
+
+def test_arm_checks_are_recorded_only_for_the_bytes_that_were_checked(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    manifest = {"artifacts": [{"target": "tflite-int8", "sha256": "aaa"}, {"target": "onnx-fp32", "sha256": "bbb"}]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    checks = {"tflite-int8": [{"device": "emu:rpi4", "status": "ok", "sha256": "aaa"}],
+              "onnx-fp32": [{"device": "emu:rpi4", "status": "ok", "sha256": "changed since"}]}
+    devices.record_arm_checks(tmp_path, "m", checks)
+    arts = json.loads((folder / "manifest.json").read_text())["artifacts"]
+    assert arts[0]["arm_check"] == {"emu:rpi4": {"device": "emu:rpi4", "status": "ok"}}
+    assert "arm_check" not in arts[1]
+
+
+# --------------------------------------------------------------- SSH without a build
+
+@pytest.mark.ssh
+def test_a_wrong_host_key_stops_before_anything_runs(sshd, tmp_path):
+    proc = run_cli("bench", "--device", sshd.spec(), *sshd.options("host", known_hosts=sshd.wrong_known_hosts),
+                   "--out", tmp_path / "out")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "host key verification failed" in lines[0], lines
+    assert str(sshd.wrong_known_hosts) in lines[0]
+    assert not (tmp_path / "out").exists()  # nothing built either: the board is checked first
+    assert sshd.commands("host") == []  # the board never got a command
+
+
+@pytest.mark.ssh
+def test_device_check_says_what_the_board_has(sshd, tmp_path):
+    odd = tmp_path / "k h %d"  # ssh splits option values on spaces and expands %-tokens: neither may happen
+    odd.mkdir()
+    shutil.copy(sshd.known_hosts, odd / "known hosts")
+    shutil.copy(sshd.keys["nort"], odd / "my key")
+    proc = run_cli("device", "check", sshd.spec(), "--known-hosts", odd / "known hosts", "--identity", odd / "my key")
+    assert proc.returncode == 0, proc.stderr
+    assert "x86_64" in proc.stdout and "1.26" in proc.stdout  # numpy, and no runtime:
+    assert "pip install ai-edge-litert onnxruntime openvino tflite-runtime there" in proc.stdout
+
+
+# --------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+@pytest.mark.emu
+@pytest.mark.ssh
+def test_bench_on_local_emulated_and_ssh_to_an_emulated_board(small_build, small_config, emu_ready, sshd, tmp_path):
+    """The three paths in one bench: x86, emu:rpi4, and SSH to a board whose python3 is aarch64."""
+    out = _out_copy(small_build, tmp_path / "out")
+    _board(sshd, "emu")
+    rows_file = tmp_path / "rows.json"
+    proc = run_cli("bench", "--config", small_config, "--out", out, "--target", "tflite-int8,onnx-fp32",
+                   "--device", f"local,{PROFILE},{sshd.spec()}", *sshd.options("emu"), *FAST, "--json", rows_file)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {(r["device"], r["target"]): r for r in json.loads(rows_file.read_text())}
+    assert len(rows) == 6
+    for target in ("tflite-int8", "onnx-fp32"):
+        local, em, ssh = rows["local", target], rows[PROFILE, target], rows[sshd.spec(), target]
+        assert local["p50_ms"] > 0 and local["arch"] == "x86_64"
+        # emulated: loads, agrees with x86, counted; no wall time under a device-time name
+        assert em["status"] == "ok" and em["loads"] == "yes" and em["arch"] == "aarch64"
+        for key in ("p50_ms", "mean_ms", "min_ms", "load_ms", "first_inference_ms", "peak_rss_mb"):
+            assert em[key] is None, key
+        assert em["emulated_p50_ms"] > 0 and em["emulated_load_ms"] > 0
+        assert em["max_abs_diff_vs_x86"] < 1e-3 and em["top1_agreement_vs_x86"] == 1.0
+        assert em["agreement_samples"] == 10
+        assert len(em["instruction_counts"]) == devices.EMU_SECTIONS
+        assert em["inferences_per_section"] == devices.EMU_RUNS
+        assert 10_000 < em["instructions_per_inference"] < 50_000_000
+        assert "cortex-a72" in em["cpu"]
+        # over SSH to the emulated board: the runner ran on aarch64 and sent its outputs back
+        assert ssh["status"] == "ok" and ssh["arch"] == "aarch64" and ssh["p50_ms"] > 0
+        assert ssh["top1_agreement_vs_x86"] == 1.0 and ssh["max_abs_diff_vs_x86"] < 1e-3
+    assert rows[PROFILE, "tflite-int8"]["tflite_runtime_2_14"].startswith("ok")
+    assert rows[PROFILE, "onnx-fp32"].get("tflite_runtime_2_14") is None
+    header = next(line for line in proc.stdout.splitlines() if "guest insn/inference" in line)
+    assert "emulated p50 ms (not device time)" in header
+    assert "p50 ms" not in header.replace("emulated p50 ms (not device time)", "")  # no unlabelled wall time
+    assert "emulated times are not device times" in proc.stdout
+    # the board's temp folders are gone; every command it ran was one of ours
+    assert list(sshd.tmpdirs["emu"].iterdir()) == []
+    assert sum(c.startswith("rm -rf -- ") for c in sshd.commands("emu")) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.emu
+@pytest.mark.ssh
+def test_hostile_file_names_are_data_on_every_device(small_build, emu_ready, sshd, tmp_path):
+    """A model file named with spaces, quotes, `;`, $() and backticks: run as is, nothing else runs."""
+    out, _ = small_build
+    folder = tmp_path / HOSTILE
+    folder.mkdir()
+    model = folder / f"{HOSTILE}.onnx"
+    shutil.copy(_artifact(out, "onnx-fp32"), model)
+    inputs = folder / f"{HOSTILE}.npy"
+    np.save(inputs, np.load(next((out / ".cache" / "data").glob("*/x_test.npy")))[:10])
+    args = bench.Settings(runs=10, min_seconds=0, warmup=1, samples=10).runner_args(1)
+    runner = TARGETS["onnx-fp32"].runner_path
+    emulated = bench.get_device(PROFILE)
+    first = emulated.run(runner, model, inputs, args, 300)
+    again = emulated.run(runner, model, inputs, args, 300)
+    for res in (first, again):
+        assert res["ok"], res.get("error")
+        assert res["device_fields"]["top1_agreement_vs_x86"] == 1.0
+    # one thread under qemu: the count repeats run after run (onnxruntime to a few instructions in a million)
+    a, b = first["device_fields"]["instructions_per_inference"], again["device_fields"]["instructions_per_inference"]
+    assert abs(a - b) <= 1e-3 * a, (a, b)
+    remote = bench.get_device(sshd.spec(), known_hosts=sshd.known_hosts, identity=sshd.keys["host"])
+    res = remote.run(runner, model, inputs, args, 120)
+    assert res["ok"], res.get("error")
+    assert res["model"] == f"model/{HOSTILE}.onnx" and res["input"]["file"] == f"{HOSTILE}.npy"
+    assert res["device_fields"]["max_abs_diff_vs_x86"] < 1e-5
+    _no_pwned(tmp_path, sshd.root)
+    assert list(sshd.tmpdirs["host"].iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.ssh
+def test_bench_over_ssh_from_a_hostile_out_folder_keeps_files_when_asked(small_build, small_config, sshd, tmp_path):
+    out = _out_copy(small_build, tmp_path / HOSTILE)
+    proc = run_cli("bench", "--config", small_config, "--out", out, "--target", "openvino-fp32",
+                   "--device", f"local,{sshd.spec()}", *sshd.options("host"), *FAST, "--keep",
+                   "--json", out / "rows.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "running" not in proc.stderr  # the copied cache was reused, nothing rebuilt
+    row = json.loads((out / "rows.json").read_text())[1]
+    assert row["device"] == sshd.spec() and row["status"] == "ok" and row["top1_agreement_vs_x86"] == 1.0
+    kept = Path(row["board_dir"])
+    assert kept.parent == sshd.tmpdirs["host"]
+    assert sorted(p.name for p in (kept / "model").iterdir()) == ["model.bin", "model.xml"]  # the IR's two files
+    assert (kept / "runner" / "runner_common.py").is_file() and (kept / "outputs.npz").is_file()
+    shutil.rmtree(kept)
+    _no_pwned(tmp_path, sshd.root)
+
+
+@pytest.mark.slow
+@pytest.mark.ssh
+def test_a_board_without_the_runtime_says_what_to_pip_install(small_build, small_config, sshd, tmp_path):
+    out = _out_copy(small_build, tmp_path / "out")
+    proc = run_cli("bench", "--config", small_config, "--out", out, "--target", "onnx-fp32",
+                   "--device", sshd.spec(), *sshd.options("nort"), *FAST)
+    assert proc.returncode == 1
+    assert "board has no onnxruntime: pip install onnxruntime there" in proc.stderr
+    assert list(sshd.tmpdirs["nort"].iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.emu
+def test_build_verify_on_records_the_aarch64_check_in_the_manifest(small_build, small_config, emu_ready, tmp_path):
+    out = _out_copy(small_build, tmp_path / "out")
+    proc = run_cli("build", "--config", small_config, "--out", out, "--target", "tflite-dynamic,onnx-int8",
+                   "--verify-on", PROFILE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "arm check" in proc.stdout
+    arts = {a["target"]: a for a in json.loads((out / "tiny-digits" / "manifest.json").read_text())["artifacts"]}
+    for target in ("tflite-dynamic", "onnx-int8"):
+        check = arts[target]["arm_check"][PROFILE]
+        assert check["status"] == "ok" and check["loads"] is True and check["arch"] == "aarch64", check
+        assert check["cpu"] == "cortex-a72" and check["agreement_samples"] == 100
+        assert check["top1_agreement_vs_x86"] >= 0.97 and check["max_abs_diff_vs_x86"] < 0.5
+    # what deployed boards still run: the dynamic-range file does not load in tflite-runtime 2.14
+    assert arts["tflite-dynamic"]["arm_check"][PROFILE]["tflite_runtime_2_14"].startswith("fails: no FULLY_CONNECTED")
+    assert "tflite_runtime_2_14" not in arts["onnx-int8"]["arm_check"][PROFILE]
+    assert "arm_check" not in arts["tflite-fp32"]  # only what was built and checked
