@@ -659,6 +659,8 @@ def verify_devices(spec: str | None) -> list:
 
 def arm_check(device, target, art: dict, path: Path, inputs: Path, build, timeout: float = 600.0) -> dict:
     """Load the artifact on `device` and compare its outputs with x86's on ARM_CHECK_SAMPLES samples."""
+    from pipeline.verify import agreement_gate
+
     res = device.run(target.runner_path, path, inputs, ["--limit", ARM_CHECK_SAMPLES], timeout)
     f = res.get("device_fields") or {}
     check = {"device": device.name, "arch": getattr(device, "arch", None) or "aarch64",
@@ -672,13 +674,8 @@ def arm_check(device, target, art: dict, path: Path, inputs: Path, build, timeou
         reasons.append(res.get("error") or "no result")
     elif f.get("agreement_error"):
         reasons.append(f["agreement_error"])
-    elif check.get("top1_agreement_vs_x86") is not None:
-        if check["top1_agreement_vs_x86"] < build.min_agreement:
-            reasons.append(f"top-1 agreement with x86 {check['top1_agreement_vs_x86']:.4f} is below "
-                           f"min_agreement {build.min_agreement:g}")
-    elif check.get("cosine_vs_x86") is not None and check["cosine_vs_x86"] < build.min_cosine:
-        reasons.append(f"cosine similarity with x86 {check['cosine_vs_x86']:.4f} is below min_cosine "
-                       f"{build.min_cosine:g}")
+    else:
+        reasons += agreement_gate(check.get("top1_agreement_vs_x86"), check.get("cosine_vs_x86"), build, "x86")
     check["status"] = "failed" if reasons else "ok"
     if reasons:
         check["reason"] = "; ".join(reasons)

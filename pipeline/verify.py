@@ -64,14 +64,19 @@ def gate(result: dict, expected_quantization: str, build) -> list[str]:
         if drop > build.max_accuracy_drop:
             reasons.append(f"accuracy {acc:.4f} vs float model {ref:.4f}: drop of {drop:.2f} points "
                            f"exceeds max_accuracy_drop {build.max_accuracy_drop:g}")
-    elif result.get("top1_agreement") is not None:
-        if result["top1_agreement"] < build.min_agreement:
-            reasons.append(f"top-1 agreement with the float model {result['top1_agreement']:.4f} "
-                           f"is below min_agreement {build.min_agreement:g}")
-    elif result.get("cosine") is not None and result["cosine"] < build.min_cosine:
-        reasons.append(f"cosine similarity with the float model {result['cosine']:.4f} "
-                       f"is below min_cosine {build.min_cosine:g}")
+    else:
+        reasons += agreement_gate(result.get("top1_agreement"), result.get("cosine"), build, "the float model")
     return reasons
+
+
+def agreement_gate(top1: float | None, cosine: float | None, build, against: str) -> list[str]:
+    """Without accuracy: top-1 agreement for score outputs, else cosine similarity, against `against`."""
+    if top1 is not None:
+        if top1 < build.min_agreement:
+            return [f"top-1 agreement with {against} {top1:.4f} is below min_agreement {build.min_agreement:g}"]
+    elif cosine is not None and cosine < build.min_cosine:
+        return [f"cosine similarity with {against} {cosine:.4f} is below min_cosine {build.min_cosine:g}"]
+    return []
 
 
 def load_outputs(path: Path) -> list[np.ndarray]:
