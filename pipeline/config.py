@@ -68,12 +68,28 @@ class TrainConfig:
     learning_rate: float = 0.002
 
 
+PRUNE_METHODS = ("unstructured", "channels", "block")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
+    method: str = "unstructured"
+    """`unstructured` (zeros anywhere), `channels` (a smaller dense model) or `block` (zeros in blocks, sparse .tflite); --prune."""
     sparsity: float = 0.75
-    """Final fraction of zero weights (polynomial schedule from 0, reached at 60 % of the steps)."""
+    """unstructured, block: final fraction of zero weights (polynomial schedule from 0, reached at 60 % of the steps)."""
     epochs: int = 6
+    """Fine-tuning epochs (labels, or distillation from the unpruned model without them)."""
     learning_rate: float = 0.001
+    channels_fraction: float = 0.5
+    """channels: share removed, of each prunable layer's channels or of the model's MACs (channels_target)."""
+    channels_target: str = "channels"
+    """channels: what channels_fraction is a share of: `channels` or `macs`."""
+    channels_criterion: str = "l1"
+    """channels: rank channels by `l1` (filter L1 norm) or `bn` (BatchNormalization |gamma|, else L1)."""
+    block_size: tuple[int, ...] = (4, 1)
+    """block: [rows, cols] of the zero blocks in 2-D (Dense) kernels [in, out]; [4, 1] is TFLite's 1x4 sparse block."""
+    block_m_by_n: tuple[int, ...] = ()
+    """block: e.g. [2, 4]: m zeros in every n consecutive weights of every prunable layer instead (ignores sparsity)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +180,15 @@ def _check_ranges(cfg: Config) -> None:
         ("data.test_fraction", 0 < cfg.data.test_fraction < 1, "between 0 and 1"),
         ("data.calibration_samples", cfg.data.calibration_samples >= 1, "at least 1"),
         ("prune.sparsity", 0 <= cfg.prune.sparsity < 1, "in [0, 1)"),
+        ("prune.method", cfg.prune.method in PRUNE_METHODS, " or ".join(f"'{m}'" for m in PRUNE_METHODS)),
+        ("prune.channels_fraction", 0 <= cfg.prune.channels_fraction < 1, "in [0, 1)"),
+        ("prune.channels_target", cfg.prune.channels_target in ("channels", "macs"), "'channels' or 'macs'"),
+        ("prune.channels_criterion", cfg.prune.channels_criterion in ("l1", "bn"), "'l1' or 'bn'"),
+        ("prune.block_size", len(cfg.prune.block_size) == 2 and min(cfg.prune.block_size) >= 1,
+         "[rows, cols] of positive integers"),
+        ("prune.block_m_by_n", cfg.prune.block_m_by_n == () or (len(cfg.prune.block_m_by_n) == 2
+                                                                and 0 < cfg.prune.block_m_by_n[0] < cfg.prune.block_m_by_n[1]),
+         "empty or [m, n] with 0 < m < n"),
         ("build.max_accuracy_drop", cfg.build.max_accuracy_drop >= 0, "at least 0"),
         ("train.epochs", cfg.train.epochs >= 1, "at least 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, "at least 1"),

@@ -23,7 +23,7 @@ from pipeline import report
 CODE = {
     "data": ["pipeline/data.py"],
     "train": ["pipeline/stages.py", "pipeline/models.py"],
-    "prune": ["pipeline/stages.py"],
+    "prune": ["pipeline/stages.py", "pipeline/prune_channels.py"],
     "qat": ["pipeline/stages.py"],
     "export": ["pipeline/stages.py"],
     "verify": ["pipeline/verify.py", "pipeline/runner.py", "targets/runners/runner_common.py"],
@@ -73,8 +73,16 @@ def load_model(path: Path, qat: bool = False):
         import tensorflow_model_optimization as tfmot
 
         with tfmot.quantization.keras.quantize_scope():
-            return tf_keras.models.load_model(path, compile=False)
-    return tf_keras.models.load_model(path, compile=False)
+            model = tf_keras.models.load_model(path, compile=False)
+    else:
+        model = tf_keras.models.load_model(path, compile=False)
+    # What the prune stage wrote beside its model.h5: exporters read `edge_export_sparse` (a block-pruned model).
+    info = Path(path).with_name(PRUNE_INFO)
+    if info.is_file():
+        import json
+
+        model.edge_export_sparse = bool(json.loads(info.read_text()).get("sparse_encoding"))
+    return model
 
 
 def _progress_callback(keras, label: str, epochs: int):
@@ -212,23 +220,73 @@ def _fallback(strict: bool, what: str) -> str:
     return what
 
 
+PRUNE_INFO = "prune.json"
+"""Written next to the pruned model.h5: how it was pruned, for the exporters (read by load_model)."""
+
+
+def keeps_zeros(p) -> bool:
+    """Whether the pruned model holds zeros that QAT must keep (PQAT). A `channels` model is dense."""
+    return p.method != "channels" and (p.sparsity > 0 or (p.method == "block" and bool(p.block_m_by_n)))
+
+
+def _model_size(model) -> dict:
+    """Parameters (all and non-zero) and multiply-accumulates of one inference (None if the shape is dynamic)."""
+    from pipeline.prune_channels import count_macs
+
+    try:
+        macs = count_macs(model)
+    except ValueError:
+        macs = None
+    nonzero = sum(int(np.count_nonzero(w)) for w in model.get_weights())
+    return {"params": int(model.count_params()), "nonzero_params": nonzero, "macs": macs}
+
+
 def prune(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
-    """Magnitude pruning to cfg.prune.sparsity of every layer tfmot can prune, then strip.
+    """Prune the trained model by `prune.method`, fine-tune it (labels, or distillation), save it.
+
+    unstructured: tfmot magnitude pruning to `prune.sparsity` of every layer tfmot can prune, stripped.
+    block: the same, with the zeros in `prune.block_size` blocks in 2-D (Dense) kernels, or
+        `prune.block_m_by_n` in every prunable layer; the float .tflite targets store it sparse.
+    channels: prune_channels removes whole filters / units: a smaller dense model.
 
     Also saves the pruned float model's outputs on the test set: the reference for verification."""
+    import json
+
     tf, keras = tf_setup(seed)
+    model = load_model(model_path)
+    p = cfg.prune
+    before = _model_size(model)
+    if p.method == "channels":
+        model, info = _prune_channels(keras, model, ds, cfg)
+    else:
+        model, info = _prune_magnitude(keras, model, ds, cfg)
+    model.save(out / "model.h5")
+    sparse_encoding = p.method == "block" and info["pruned_layers"] > 0
+    (out / PRUNE_INFO).write_text(json.dumps({"method": p.method, "sparse_encoding": sparse_encoding}))
+    meta, outs = _scores(model, ds, cfg.train.batch_size)
+    np.savez(out / "reference_outputs.npz", **{f"output_{i}": o for i, o in enumerate(outs)})
+    after = _model_size(model)
+    size = {f"{k}_{when}": v[k] for when, v in (("before", before), ("after", after)) for k in v}
+    return {**meta, "method": p.method, "sparsity": round(weight_sparsity(model), 4), **size,
+            "sparse_encoding": sparse_encoding, **info}
+
+
+def _prune_magnitude(keras, model, ds, cfg):
+    """tfmot prune_low_magnitude (unstructured, or block) of every layer it supports; the rest left dense."""
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 
-    model = load_model(model_path)
     p = cfg.prune
-    fallbacks = []
-    pruned_layers = []
-    if p.sparsity > 0:
+    block = p.method == "block"
+    m_by_n = tuple(p.block_m_by_n) if block and p.block_m_by_n else None
+    fallbacks, pruned_layers, patterns = [], [], {}
+    if p.sparsity > 0 or m_by_n:
         steps = int(np.ceil(len(ds.x_train) / _batch(model, cfg.train.batch_size))) * p.epochs
         end = max(1, int(steps * 0.6))
         # tfmot's default frequency (100 steps) would skip the schedule entirely on short runs.
-        schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=p.sparsity,
+        # m-by-n masks ignore the level; the schedule only paces their updates.
+        final = m_by_n[0] / m_by_n[1] if m_by_n else p.sparsity
+        schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=final,
                                                         begin_step=0, end_step=end, frequency=max(1, end // 10))
         weighted = [layer for layer in model.layers if layer.trainable_weights]
         skipped = [layer.name for layer in weighted if not PruneRegistry.supports(layer)]
@@ -238,9 +296,25 @@ def prune(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
         if not pruned_layers:
             fallbacks.append(_fallback(cfg.build.strict, "prune: no prunable layers; pruning skipped"))
         else:
+            def pattern(layer) -> tuple[str, dict]:
+                if not block:
+                    return "elementwise", {}
+                if m_by_n:
+                    return f"{m_by_n[0]}:{m_by_n[1]} along the input channels", {"sparsity_m_by_n": m_by_n}
+                kernel = getattr(layer, "kernel", None)
+                if kernel is not None and len(kernel.shape) == 2:
+                    return f"{p.block_size[0]}x{p.block_size[1]} blocks", {"block_size": tuple(p.block_size)}
+                # tfmot's block pooling needs a 2-D kernel; conv kernels are 4-D: zeros anywhere.
+                return "elementwise (tfmot blocks need a 2-D kernel)", {}
+
+            by_name = {layer.name: layer for layer in model.layers}
+            for name in pruned_layers:
+                patterns.setdefault(pattern(by_name[name])[0], []).append(name)
+
             def wrap(layer):
                 if layer.name in pruned_layers:
-                    return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+                    return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule,
+                                                                    **pattern(layer)[1])
                 return layer.__class__.from_config(layer.get_config())
 
             wrapped = keras.models.clone_model(model, clone_function=wrap)
@@ -249,11 +323,37 @@ def prune(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
             _fit(keras, wrapped, ds, teacher, p.epochs, p.learning_rate, cfg.train.batch_size, "prune",
                  callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
             model = tfmot.sparsity.keras.strip_pruning(wrapped)
-    model.save(out / "model.h5")
-    meta, outs = _scores(model, ds, cfg.train.batch_size)
-    np.savez(out / "reference_outputs.npz", **{f"output_{i}": o for i, o in enumerate(outs)})
-    return {**meta, "sparsity": round(weight_sparsity(model), 4), "pruned_layers": len(pruned_layers),
-            "fallbacks": fallbacks}
+    return model, {"pruned_layers": len(pruned_layers), "patterns": patterns, "fallbacks": fallbacks}
+
+
+def _prune_channels(keras, model, ds, cfg):
+    """Structured pruning: a genuinely smaller dense model, fine-tuned (labels, or the unpruned model's outputs)."""
+    from pipeline.prune_channels import prune_channels
+
+    p, strict = cfg.prune, cfg.build.strict
+    info = {"pruned_layers": 0, "criterion": p.channels_criterion, "target": p.channels_target,
+            "fraction": p.channels_fraction, "channels": {}, "fallbacks": []}
+    if p.channels_fraction == 0:
+        return model, info
+    try:
+        new, rep = prune_channels(model, p.channels_fraction, criterion=p.channels_criterion, strict=False,
+                                  target=p.channels_target)
+    except ValueError as e:  # a subclassed model, a dynamic spatial size: nothing to prune by channel
+        info["fallbacks"].append(_fallback(strict, f"prune: cannot prune channels of this model ({e}); left unpruned"))
+        return model, info
+    for s in rep["skipped"]:
+        kind = type(model.get_layer(s["layer"])).__name__
+        info["fallbacks"].append(_fallback(strict, f"prune: cannot prune channels through layer '{s['layer']}' "
+                                                   f"({kind}): {s['reason']}; the channels it touches are left whole"))
+    changed = {name: [b, a] for name, (b, a) in rep["layers"].items()}
+    info.update(channel_fraction=round(rep["fraction"], 4), channels=changed,
+                pruned_layers=sum(1 for b, a in changed.values() if a < b))
+    if not info["pruned_layers"]:
+        info["fallbacks"].append(_fallback(strict, "prune: no channels can be removed from this model; left unpruned"))
+        return model, info
+    teacher = Teacher(model, ds, cfg.train.batch_size)  # the unpruned model's outputs when there are no labels
+    _fit(keras, new, ds, teacher, p.epochs, p.learning_rate, cfg.train.batch_size, "prune")
+    return new, info
 
 
 def _weights_for(wrapped, original) -> list:
@@ -282,12 +382,16 @@ def qat(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
     if cfg.qat.epochs == 0:
         return {"method": "ptq", "reason": "qat.epochs is 0", "fallbacks": []}
     model = load_model(model_path)
-    scheme = (tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if cfg.prune.sparsity > 0
+    scheme = (tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if keeps_zeros(cfg.prune)
               else tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme())
+    registry = Default8BitQuantizeRegistry()
+    if not any(layer.weights and registry.supports(layer) for layer in model.layers):
+        # e.g. onnx2tf graphs of TFOpLambda layers: trying costs a minute and cannot succeed.
+        msg = "qat: no layer tfmot can quantize; int8 targets use post-training quantization"
+        return {"method": "ptq", "reason": _fallback(cfg.build.strict, msg), "fallbacks": [msg]}
     try:
         q = tfmot.quantization.keras.quantize_apply(tfmot.quantization.keras.quantize_annotate_model(model), scheme)
     except (ValueError, RuntimeError, TypeError, KeyError) as e:
-        registry = Default8BitQuantizeRegistry()
         layers = [f"{layer.name} ({type(layer).__name__})" for layer in model.layers
                   if layer.weights and not registry.supports(layer)]
         why = f"layers {layers}" if layers else f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"

@@ -41,6 +41,12 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
         conv.representative_dataset = representative
     elif mode != "fp32":
         raise ValueError(f"unknown tflite mode {mode!r}")
+    if mode == "fp32" and getattr(model, "edge_export_sparse", False):
+        # A block-pruned model (prune.method "block"): store its zeros sparse (conv weights behind DENSIFY,
+        # Dense weights in the 1x4 blocks of the sparse FULLY_CONNECTED kernel). fp32 only, as measured with
+        # ai-edge-litert 2.3: its default XNNPACK delegate refuses a sparse int8 or dynamic-range file
+        # ("failed to delegate"), and a sparse fp16 file runs but outputs NaN (with or without XNNPACK).
+        conv.optimizations = [*conv.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     from pipeline.stages import stderr_silenced
 
     with stderr_silenced():  # the MLIR quantizer prints its settings on stderr; errors still raise
@@ -111,6 +117,12 @@ def inspect(path: str | Path) -> dict:
             const_types[dt] += 1
             if t.sparsity is not None:
                 sparse_tensors += 1
+                if dt in ("float32", "float16", "int8") and t.shape is not None:
+                    # Stored: the non-zero blocks only. The zeros are the dense size minus the non-zeros kept.
+                    values = np.frombuffer(bytes(d), dtype={"float32": np.float32, "float16": np.float16, "int8": np.int8}[dt])
+                    size = int(np.prod(t.shape))
+                    zeros += size - int(np.count_nonzero(values))
+                    total += size
             elif t.shape is not None and len(t.shape) >= 2 and dt in ("float32", "float16", "int8"):
                 w = np.frombuffer(bytes(d), dtype={"float32": np.float32, "float16": np.float16, "int8": np.int8}[dt])
                 zp = t.quantization.zeroPoint if t.quantization is not None and t.quantization.zeroPoint is not None else None
