@@ -17,7 +17,6 @@ Never imports TensorFlow (tflite-runtime and LiteRT timings must not share a pro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess

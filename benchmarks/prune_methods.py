@@ -116,27 +116,8 @@ def mobilenet_base(args) -> dict:
                                      args.test_samples, 1]).encode()).hexdigest()[:12]
     folder = WORK / f"mobilenet-v2-{key}"
     if not (folder / "float.h5").exists():
-        from pipeline import stages
-
-        log(f"mobilenet-v2: training the float model ({args.train_epochs} epochs, {args.train_samples} images)")
-        tf, keras = stages.tf_setup(0)
-        ds = realistic.load(args.size, args.train_samples, args.test_samples, 0, seed=0)
-        model = realistic.mobilenet(keras, args.size, args.alpha, len(ds.labels))
-        for layer in model.layers:  # Keras' 0.999 needs thousands of steps to settle; we train a few hundred
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = 0.9
-        model.compile(optimizer=keras.optimizers.Adam(0.002), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        model.fit(ds.x_train, ds.y_train, epochs=args.train_epochs, batch_size=64, shuffle=True, verbose=2)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model.save(tmp / "float.h5")
-        u8 = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)[..., None]  # noqa: E731 - what it was trained on
-        np.savez(tmp / "data.npz", x_train=u8(ds.x_train), y_train=ds.y_train, x_test=u8(ds.x_test), y_test=ds.y_test)
-        (tmp / "source.txt").write_text(ds.preprocessing["source"] + "\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        realistic.train_float(folder, args.size, args.alpha, args.train_epochs, args.train_samples,
+                              args.test_samples, log)
     return {"model": {"name": "mobilenet-v2", "path": str(folder / "float.h5")},
             "data": {"path": str(folder / "data.npz"), "calibration_samples": 300},
             "train": {"batch_size": 64, "learning_rate": 0.001},
@@ -539,7 +520,7 @@ def main(argv=None) -> int:
     chart(rows, RESULTS / "prune_methods.png")
 
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
-    parts = [f"# Pruning methods, measured\n",
+    parts = ["# Pruning methods, measured\n",
              f"Made by `.venv/bin/python benchmarks/prune_methods.py {cmd}`".rstrip() + f" in {time.time() - t0:.0f} s "
              f"on {conditions.get('cpu')} ({conditions.get('cpus_available')} CPUs shared with other jobs; load average "
              f"{min(loads, default=0):.2f}..{max(loads, default=0):.2f} during timing), {platform.system()} "
@@ -551,17 +532,17 @@ def main(argv=None) -> int:
              f">= {args.min_seconds:g} s each. Speedup = median over rounds of (dense p50 / variant p50), same "
              f"target, same round.",
              f"- Pi 4: {pi4_line}; guest instructions of the timed section / runs (deterministic, no wall time). "
-             f"Speedup = dense instructions / variant instructions.",
-             f"- Accuracy: the artifact's own accuracy on the held-out split (from its verification); Δ is in "
-             f"points against dense's artifact of the same target. MACs: dense multiply-accumulates of the graph "
-             f"(zeros are still multiplied by every runtime measured here).",
+             "Speedup = dense instructions / variant instructions.",
+             "- Accuracy: the artifact's own accuracy on the held-out split (from its verification); Δ is in "
+             "points against dense's artifact of the same target. MACs: dense multiply-accumulates of the graph "
+             "(zeros are still multiplied by every runtime measured here).",
              f"- `{SPARSE_INT8}`: benchmark-only, the block variant's QAT model converted with EXPERIMENTAL_SPARSITY, "
              f"run with `--delegate none` (compared with dense tflite-int8 under XNNPACK).\n",
              "![accuracy vs latency and size](prune_methods.png)\n"]
     for model in dict.fromkeys(r["model"] for r in rows):
         rs = [r for r in rows if r["model"] == model]
         if model == "xnnpack-probe":
-            parts += [f"\n## XNNPACK sparse-inference probe (random weights, latency only)\n",
+            parts += ["\n## XNNPACK sparse-inference probe (random weights, latency only)\n",
                       xnnpack_probe.__doc__.split("\n\n")[0].replace("\n   ", "") + "\n",
                       md_table(rs, [("variant", "variant"), ("bytes", "bytes"), ("sparse_tensors", "sparse tensors"),
                                     ("sparsity", "sparsity (read back)"), ("p50_ms", "x86 p50 ms"),

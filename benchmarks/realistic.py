@@ -8,24 +8,17 @@ the results say so: accuracy is then on that data.
 
 from __future__ import annotations
 
-import gzip
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import Dataset
+from pipeline.data import Dataset, read_idx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                   "ankle-boot")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format): big-endian magic with the number of dimensions, sizes, bytes."""
-    raw = gzip.decompress(path.read_bytes())
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
@@ -63,3 +56,30 @@ def mobilenet(keras, size: int, alpha: float, n_classes: int):
     """Keras' MobileNetV2 architecture, random init, one grey channel, `alpha` width multiplier."""
     return keras.applications.MobileNetV2(input_shape=(size, size, 1), alpha=alpha, weights=None,
                                           classes=n_classes, include_top=True, classifier_activation="softmax")
+
+
+def train_float(folder: Path, size: int, alpha: float, epochs: int, n_train: int, n_test: int, log) -> None:
+    """Train the float MobileNetV2 and write float.h5, data.npz (8-bit images) and source.txt into
+    `folder`, atomically: a folder that exists is complete."""
+    from pipeline import stages
+
+    log(f"mobilenet-v2: training the float model ({epochs} epochs, {n_train} images)")
+    tf, keras = stages.tf_setup(0)
+    ds = load(size, n_train, n_test, 0, seed=0)
+    model = mobilenet(keras, size, alpha, len(ds.labels))
+    for layer in model.layers:  # Keras' 0.999 needs thousands of steps to settle; we train a few hundred
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    model.compile(optimizer=keras.optimizers.Adam(0.002), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(ds.x_train, ds.y_train, epochs=epochs, batch_size=64, shuffle=True, verbose=0)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save(tmp / "float.h5")
+    # 8-bit images, exactly what the model was trained on (x255): the pipeline scales them by 1/255.
+    u8 = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)[..., None]  # noqa: E731
+    np.savez(tmp / "data.npz", x_train=u8(ds.x_train), y_train=ds.y_train, x_test=u8(ds.x_test), y_test=ds.y_test)
+    (tmp / "source.txt").write_text(ds.preprocessing["source"] + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)

@@ -42,7 +42,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from pipeline import bench, report  # noqa: E402
+from pipeline import bench  # noqa: E402
 from pipeline.util import atomic_write_bytes, atomic_write_json, gzip_size, sha256_file  # noqa: E402
 from targets import TARGETS, Target  # noqa: E402
 
@@ -149,28 +149,7 @@ def mobilenet_config(args) -> Path:
     folder = WORK / f"mobilenet-v2-{key}"
     model_file, data_file = folder / "float.h5", folder / "data.npz"
     if not model_file.exists():
-        from pipeline import stages
-
-        log(f"mobilenet-v2: training the float model ({args.epochs} epochs, {args.train_samples} images)")
-        tf, keras = stages.tf_setup(0)
-        ds = realistic.load(args.size, args.train_samples, 1000, 0, seed=0)
-        model = realistic.mobilenet(keras, args.size, args.alpha, len(ds.labels))
-        for layer in model.layers:  # Keras' 0.999 needs thousands of steps to settle; we train a few hundred
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = 0.9
-        model.compile(optimizer=keras.optimizers.Adam(0.002), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        model.fit(ds.x_train, ds.y_train, epochs=args.epochs, batch_size=64, shuffle=True, verbose=0)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model.save(tmp / "float.h5")
-        # 8-bit images, exactly what the model was trained on (x255): the pipeline scales them by 1/255.
-        u8 = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)[..., None]  # noqa: E731
-        np.savez(tmp / "data.npz", x_train=u8(ds.x_train), y_train=ds.y_train, x_test=u8(ds.x_test), y_test=ds.y_test)
-        (tmp / "source.txt").write_text(ds.preprocessing["source"] + "\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        realistic.train_float(folder, args.size, args.alpha, args.epochs, args.train_samples, 1000, log)
     config = folder / "build.toml"
     config.write_text(f"""# Written by benchmarks/run.py
 [model]

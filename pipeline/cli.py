@@ -112,7 +112,6 @@ def ensure_built(args, default_targets=None):
     """Build (from the cache where possible) what `args` asks for. Returns (config, targets, manifest rows).
 
     Shared by every command that works on a build's artifacts (build, bench, release)."""
-    from pipeline import config
     from targets import resolve
 
     cfg = load_config(args)

@@ -431,7 +431,7 @@ def model_card(m: dict) -> str:
         "",
         f"- Settings: {_settings(cfg.get('model', {}))}",
         f"- Input: {d.get('input_shape', '?')} per sample, preprocessed as: {_settings(m['preprocessing'])}",
-        f"- Output: " + (f"{len(m['labels'])} class scores: {', '.join(m['labels'])}" if m["labels"] else "unlabelled")
+        "- Output: " + (f"{len(m['labels'])} class scores: {', '.join(m['labels'])}" if m["labels"] else "unlabelled")
         + " (each target's I/O types below)",
         "",
         "## Data",

@@ -8,7 +8,6 @@ text detector (.onnx, NCHW, real weights), fixed here to 224x224.
 import gzip
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +53,7 @@ def test_a_keras_model_tfmot_cannot_quantize_falls_back_to_ptq_and_still_ships(t
 
     np.savez(tmp_path / "faces.npz", x=lfw_subset().astype(np.float32)[..., None])  # 200 real faces, no labels
     cfg = tmp_path / "fer.toml"
-    cfg.write_text(f"""
+    cfg.write_text("""
 [model]
 name = "fer"
 [data]
