@@ -52,6 +52,17 @@ RUNTIME_SITES = {"run_tflite_runtime.py": "tflite_runtime"}  # emu site folder p
 _BENCH_FLAGS = {"--threads", "--warmup", "--runs", "--min-seconds", "--limit"}  # each takes a value
 
 
+
+def _vs_x86(f: dict) -> list[str]:
+    """How a device's outputs compared with x86's, for the log line."""
+    parts = []
+    if f.get("max_abs_diff_vs_x86") is not None:
+        top1 = f.get("top1_agreement_vs_x86")
+        parts.append(f"vs x86: max |diff| {f['max_abs_diff_vs_x86']:.2g}" + (f", top-1 {top1:.4g}" if top1 is not None else ""))
+    if f.get("agreement_error"):
+        parts.append(f["agreement_error"])
+    return parts
+
 class DeviceError(PipelineError):
     """A device cannot be reached or used (SSH connection, host key, board without python3)."""
 
@@ -349,12 +360,7 @@ class EmuDevice:
         parts = [f"loads {f['loads']}"]
         if f.get("instructions_per_inference"):
             parts.append(f"{f['instructions_per_inference']:,} guest instructions/inference (1 thread)")
-        if f.get("max_abs_diff_vs_x86") is not None:
-            top1 = f.get("top1_agreement_vs_x86")
-            parts.append(f"vs x86: max |diff| {f['max_abs_diff_vs_x86']:.2g}"
-                         + (f", top-1 {top1:.4g}" if top1 is not None else ""))
-        if f.get("agreement_error"):
-            parts.append(f["agreement_error"])
+        parts += _vs_x86(f)
         if f.get("emulated_p50_ms") is not None:
             parts.append(f"emulated p50 {f['emulated_p50_ms']:.3g} ms (not device time)")
         if f.get("tflite_runtime_2_14"):
@@ -614,12 +620,7 @@ class SSHDevice:
         lat = res.get("latency") or {}
         parts = [f"p50 {lat['p50_ms']:.4g} ms over {lat['runs']} runs" if lat.get("p50_ms") is not None
                  else f"loads {f.get('loads')}"]
-        if f.get("max_abs_diff_vs_x86") is not None:
-            top1 = f.get("top1_agreement_vs_x86")
-            parts.append(f"vs x86: max |diff| {f['max_abs_diff_vs_x86']:.2g}"
-                         + (f", top-1 {top1:.4g}" if top1 is not None else ""))
-        if f.get("agreement_error"):
-            parts.append(f["agreement_error"])
+        parts += _vs_x86(f)
         if f.get("board_dir"):
             parts.append(f"files kept on the board in {f['board_dir']}")
         return "; ".join(parts)
