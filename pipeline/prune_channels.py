@@ -97,13 +97,14 @@ class _Groups:
     """Union-find over channel groups."""
 
     def __init__(self):
-        self.parent, self.width, self.frozen = [], [], []
+        self.parent, self.width, self.frozen, self.merged = [], [], [], []
         self.producers, self.bns = [], []
 
     def new(self, width, frozen=False):
         self.parent.append(len(self.parent))
         self.width.append(int(width))
         self.frozen.append(frozen)
+        self.merged.append(False)
         self.producers.append([])
         self.bns.append([])
         return len(self.parent) - 1
@@ -119,6 +120,7 @@ class _Groups:
             return a
         self.parent[b] = a
         self.frozen[a] = self.frozen[a] or self.frozen[b]
+        self.merged[a] = True   # only merges join groups
         self.producers[a] += self.producers[b]
         self.bns[a] += self.bns[b]
         return a
@@ -255,11 +257,12 @@ class _Plan:
             if key in self.layout:
                 g.freeze(self.layout[key][0])
 
-    def scores(self, criterion):
-        """Per prunable group root: importance of each channel."""
+    def scores(self, criterion, residual=True):
+        """Per prunable group root: importance of each channel. residual=False
+        leaves out the groups joined by a merge (residual streams)."""
         g, out = self.groups, {}
         for root in g.roots():
-            if g.frozen[root] or not g.producers[root]:
+            if g.frozen[root] or not g.producers[root] or (g.merged[root] and not residual):
                 continue
             bns = [self.model.get_layer(n) for n in g.bns[root]]
             bns = [b for b in bns if b.scale]
@@ -393,12 +396,12 @@ def _fraction_for_macs(plan, scores, macs_fraction):
     return hi
 
 
-def fraction_for_macs(model, macs_fraction: float, criterion: str = "l1") -> float:
+def fraction_for_macs(model, macs_fraction: float, criterion: str = "l1", residual: bool = True) -> float:
     """Smallest channel fraction for which prune_channels removes at least
     `macs_fraction` of count_macs(model) (or the most it can remove)."""
     _check(macs_fraction, criterion)
     plan = _Plan(model, strict=False)
-    return _fraction_for_macs(plan, plan.scores(criterion), macs_fraction)
+    return _fraction_for_macs(plan, plan.scores(criterion, residual), macs_fraction)
 
 
 def _rebuild(model, sizes, slices, masked):
@@ -433,7 +436,7 @@ def _masked(w, ix):
 
 
 def prune_channels(model, fraction: float, criterion: str = "l1", strict: bool = False,
-                   target: str = "channels"):
+                   target: str = "channels", residual: bool = True):
     """Remove `fraction` of the channels of every prunable channel group.
 
     fraction: share of channels removed per group (rounded down, at least one
@@ -445,19 +448,22 @@ def prune_channels(model, fraction: float, criterion: str = "l1", strict: bool =
         back to L1 where a group has none.
     strict: raise ValueError on a layer this module can not prune through
         instead of leaving its channels whole.
+    residual: also prune the channel groups an Add (or other merge) joins,
+        e.g. MobileNetV2's and ResNet's residual streams; False leaves them
+        whole and prunes only the channels inside the blocks.
 
     Returns (new_model, report). new_model is an uncompiled tf_keras model
     with the same layer names and fresh weights. report keys: criterion,
     fraction (channel fraction used), target, params_before, params_after,
     macs_before, macs_after, layers {name: (channels_before, channels_after)},
     keep {Conv2D/Dense name: kept output channel indices} (feed it to
-    masked_copy), skipped [{layer, reason}].
+    masked_copy), skipped [{layer, reason}], residual.
     """
     _check(fraction, criterion)
     if target not in ("channels", "macs"):
         raise ValueError(f"target must be 'channels' or 'macs', got {target!r}")
     plan = _Plan(model, strict)
-    scores = plan.scores(criterion)
+    scores = plan.scores(criterion, residual)
     channel_fraction = fraction if target == "channels" else _fraction_for_macs(plan, scores, fraction)
     keep = plan.keep_for_fraction(scores, channel_fraction)
     channels = plan.channels(keep)
@@ -476,6 +482,7 @@ def prune_channels(model, fraction: float, criterion: str = "l1", strict: bool =
         "layers": channels,
         "keep": layer_keep,
         "skipped": plan.skipped,
+        "residual": residual,
     }
     return new, report
 

@@ -332,12 +332,12 @@ def _prune_channels(keras, model, ds, cfg):
 
     p, strict = cfg.prune, cfg.build.strict
     info = {"pruned_layers": 0, "criterion": p.channels_criterion, "target": p.channels_target,
-            "fraction": p.channels_fraction, "channels": {}, "fallbacks": []}
+            "fraction": p.channels_fraction, "residual": p.channels_residual, "channels": {}, "fallbacks": []}
     if p.channels_fraction == 0:
         return model, info
     try:
         new, rep = prune_channels(model, p.channels_fraction, criterion=p.channels_criterion, strict=False,
-                                  target=p.channels_target)
+                                  target=p.channels_target, residual=p.channels_residual)
     except ValueError as e:  # a subclassed model, a dynamic spatial size: nothing to prune by channel
         info["fallbacks"].append(_fallback(strict, f"prune: cannot prune channels of this model ({e}); left unpruned"))
         return model, info

@@ -24,12 +24,15 @@ def test_the_new_keys_default_to_todays_unstructured_pruning():
     p = config.load(None).prune
     assert p.method == "unstructured" and p.sparsity == 0.75
     assert (p.channels_fraction, p.channels_target, p.channels_criterion) == (0.5, "channels", "l1")
+    assert p.channels_residual is False
     assert p.block_size == (4, 1) and p.block_m_by_n == ()
 
 
 def test_good_values_of_the_new_keys_are_accepted():
     p = config.from_dict({"prune": {"method": "channels", "channels_fraction": 0.3, "channels_target": "macs",
-                                    "channels_criterion": "bn", "block_size": [1, 16], "block_m_by_n": [2, 4]}}).prune
+                                    "channels_criterion": "bn", "channels_residual": True, "block_size": [1, 16],
+                                    "block_m_by_n": [2, 4]}}).prune
+    assert p.channels_residual is True
     assert (p.method, p.channels_fraction, p.channels_target, p.channels_criterion) == ("channels", 0.3, "macs", "bn")
     assert p.block_size == (1, 16) and p.block_m_by_n == (2, 4)
 
@@ -46,6 +49,7 @@ def test_good_values_of_the_new_keys_are_accepted():
     ({"block_size": [1.5, 4]}, "prune.block_size must be a list of integers"),
     ({"block_m_by_n": [4, 2]}, "prune.block_m_by_n must be empty or [m, n] with 0 < m < n, got (4, 2)"),
     ({"block_m_by_n": [2, 4, 8]}, "prune.block_m_by_n must be empty or [m, n]"),
+    ({"channels_residual": "yes"}, "prune.channels_residual must be bool, got str 'yes'"),
     ({"channel_fraction": 0.5}, "unknown key prune.channel_fraction (did you mean 'channels_fraction'?)"),
 ])
 def test_bad_values_of_the_new_keys_are_rejected_with_what_is_wrong(raw, message):
@@ -69,6 +73,19 @@ def test_an_unknown_prune_flag_is_one_error_line_and_writes_nothing(tmp_path):
     proc = run_cli("build", "--prune", "filters", "--out", tmp_path / "out")
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "--prune" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_residual_false_keeps_the_channels_an_add_joins_whole_and_prunes_the_rest():
+    from pipeline.prune_channels import prune_channels
+    from test_prune_channels import residual_model
+
+    new, report = prune_channels(residual_model(), 0.5, residual=False)
+    # stem and project feed one Add (the depthwise conv follows stem's channels): left whole.
+    assert report["layers"] == {"stem": (8, 8), "dw": (8, 8), "project": (8, 8), "head": (12, 6), "fc": (16, 8),
+                                "out": (5, 5)}
+    assert report["residual"] is False and report["macs_after"] < report["macs_before"]
+    _, everything = prune_channels(residual_model(), 0.5)
+    assert everything["layers"]["project"] == (8, 4) and everything["residual"] is True
 
 
 # -- end to end (tiny model) -------------------------------------------------------------------
