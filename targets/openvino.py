@@ -48,6 +48,7 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
         src = Path(tmp) / "model.onnx"
         src.write_bytes(to_onnx(model, target.options["opset"]).SerializeToString())
         ov_model = ov.convert_model(src)
+        _fix_batch(ov_model)
         if mode == "int8":
             ov_model = quantize(ov_model, calibration, progress)
         layout = metadata.get("preprocessing", {}).get("layout", "")
@@ -58,6 +59,15 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
         ov_model.set_rt_info(json.dumps(metadata, sort_keys=True), [METADATA_KEY])
         # save_model compresses every float weight to fp16 unless told not to: fp32 must stay fp32.
         ov.save_model(ov_model, str(out), compress_to_fp16=mode == "fp16")
+
+
+def _fix_batch(ov_model) -> None:
+    """Batch 1, fixed: the CPU plugin runs a free batch dimension through dynamic-shape code on every
+    call, 1.5x slower on the default model (22.7 vs 15.1 us); edge devices infer one sample at a time."""
+    param = ov_model.get_parameters()[0]
+    shape = param.get_partial_shape()
+    if shape.rank.is_static and shape.rank.get_length() and shape[0].is_dynamic and all(d.is_static for d in list(shape)[1:]):
+        ov_model.reshape({param.output(0): [1, *(d.get_length() for d in list(shape)[1:])]})
 
 
 def quantize(ov_model, calibration: np.ndarray, progress=None):

@@ -56,7 +56,10 @@ def test_a_target_is_built_runs_in_its_runtime_and_reads_back_what_it_promises(s
     run = runner.run(target.runner_path, folder / target.filename, ["--inputs", x, "--outputs", tmp_path / "y.npz"])
     assert run["ok"], run
     assert run["runtime"] == runtime and run["inputs"][0]["dtype"] == input_dtype
-    assert np.load(tmp_path / "y.npz")["output_0"].shape == (16, 10)
+    y = np.load(tmp_path / "y.npz")["output_0"]
+    assert y.shape == (16, 10) and len(np.unique(y.round(5), axis=0)) > 1  # each sample's own output, not the last one's
+    if target.family == "openvino":
+        assert run["inputs"][0]["shape"] == [1, 8, 8, 1]  # batch fixed: the CPU plugin's static-shape path
 
     info = target.module.inspect(folder / target.filename)
     assert info["quantization"] == target.quantization == row["quantization"]
