@@ -15,8 +15,9 @@ Models:
                 training plus pruning fine-tuning, and is not pruned.
   mobilenet-v2  Keras' MobileNetV2 (benchmarks/realistic.py: random init, width `--alpha`, `--size` px
                 grey input) trained here on Fashion-MNIST (upscaled), then handed to the pipeline as a
-                pretrained model. `dense` is fine-tuned `--prune-epochs` epochs (`[model]
-                fine_tune_epochs`), as long as a pruned variant's pruning fine-tuning, and is not pruned.
+                pretrained model. Every variant fine-tunes it `--fine-tune-epochs` epochs (`[model]
+                fine_tune_epochs`), then prunes it with `--prune-epochs` epochs of fine-tuning; `dense`
+                is fine-tuned for the sum instead, as long, and is not pruned.
 Plus an XNNPACK sparse-inference probe (random weights: latency only, no accuracy): a hand-made
 MobileNet-style net that meets XNNPACK's conditions for sparse inference, its 1x1 convs magnitude-
 pruned, exported by targets/tflite.py as a block-pruned fp32 file (sparse encoding).
@@ -96,7 +97,7 @@ def variants(model: str, args) -> list[dict]:
         unstructured, block, channels = args.digits_sparsity, args.digits_sparsity, args.digits_channels
         residual = []
     else:
-        dense_extra = {"model": {"fine_tune_epochs": args.prune_epochs}}
+        dense_extra = {"model": {"fine_tune_epochs": args.fine_tune_epochs + args.prune_epochs}}
         unstructured, block, channels = args.mobilenet_sparsity, args.mobilenet_block, args.mobilenet_channels
         residual = args.mobilenet_channels_residual
     out = [{"name": "dense", "method": "dense", "strength": "-",
@@ -124,7 +125,7 @@ def mobilenet_base(args) -> dict:
     if not (folder / "float.h5").exists():
         realistic.train_float(folder, args.size, args.alpha, args.train_epochs, args.train_samples,
                               args.test_samples, log)
-    return {"model": {"name": "mobilenet-v2", "path": str(folder / "float.h5")},
+    return {"model": {"name": "mobilenet-v2", "path": str(folder / "float.h5"), "fine_tune_epochs": args.fine_tune_epochs},
             "data": {"path": str(folder / "data.npz"), "calibration_samples": 300},
             "train": {"batch_size": 64, "learning_rate": 0.001},
             # BatchNormalization |gamma| ranks MobileNetV2's channels: in a trial at 0.75 (8 epochs) it kept
@@ -455,6 +456,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-epochs", type=int, default=8, help="training epochs of the float MobileNetV2")
     p.add_argument("--train-samples", type=int, default=6000)
     p.add_argument("--test-samples", type=int, default=1000)
+    p.add_argument("--fine-tune-epochs", type=int, default=8,
+                   help="MobileNetV2: epochs the pretrained model is fine-tuned by the pipeline before pruning")
     p.add_argument("--prune-epochs", type=int, default=8, help="MobileNetV2: pruning fine-tuning epochs")
     p.add_argument("--digits-sparsity", default="0.5,0.75,0.9")
     p.add_argument("--digits-channels", default="0.25,0.5,0.75")

@@ -88,8 +88,6 @@ class PruneConfig:
     """channels: rank channels by `l1` (filter L1 norm) or `bn` (BatchNormalization |gamma|, else L1)."""
     channels_residual: bool = False
     """channels: also prune the channels residual Adds tie together; false keeps them whole (cost less accuracy on MobileNetV2)."""
-    distill: float = 0.0
-    """With labels: weight of the unpruned model's class probabilities in the fine-tuning targets (knowledge distillation); 0 = labels only."""
     block_size: tuple[int, ...] = (4, 1)
     """block: [rows, cols] of the zero blocks in 2-D (Dense) kernels [in, out]; [4, 1] is TFLite's 1x4 sparse block."""
     block_m_by_n: tuple[int, ...] = ()
@@ -188,7 +186,6 @@ def _check_ranges(cfg: Config) -> None:
         ("prune.channels_fraction", 0 <= cfg.prune.channels_fraction < 1, "in [0, 1)"),
         ("prune.channels_target", cfg.prune.channels_target in ("channels", "macs"), "'channels' or 'macs'"),
         ("prune.channels_criterion", cfg.prune.channels_criterion in ("l1", "bn"), "'l1' or 'bn'"),
-        ("prune.distill", 0 <= cfg.prune.distill <= 1, "in [0, 1]"),
         ("prune.block_size", len(cfg.prune.block_size) == 2 and min(cfg.prune.block_size) >= 1,
          "[rows, cols] of positive integers"),
         ("prune.block_m_by_n", cfg.prune.block_m_by_n == () or (len(cfg.prune.block_m_by_n) == 2

@@ -99,34 +99,22 @@ class Teacher:
     """What a fine-tuning stage fits to: the labels, or (without labels, or for a model that is not
     a classifier of those labels) the outputs of the model it starts from (distillation)."""
 
-    def __init__(self, model, ds, batch_size: int, distill: float = 0.0):
-        """distill: with labels, the weight of `model`'s own class probabilities in the targets
-        (soft targets; 1 - distill on the one-hot labels), i.e. knowledge distillation at temperature 1."""
+    def __init__(self, model, ds, batch_size: int):
         from pipeline.models import is_classifier
 
         self.labelled = ds.labelled and is_classifier(model, len(ds.labels))
-        self.soft = False
         if self.labelled:
             self.y = ds.y_train
             probe = np.asarray(predict(model, ds.x_train[:64], batch_size)[0])
-            self.from_logits = bool(not np.allclose(probe.sum(-1), 1.0, atol=1e-3) or probe.min() < 0)
-            if distill > 0:
-                probs = np.asarray(predict(model, ds.x_train, batch_size)[0], dtype=np.float64)
-                if self.from_logits:
-                    probs = np.exp(probs - probs.max(-1, keepdims=True))
-                    probs /= probs.sum(-1, keepdims=True)
-                onehot = np.eye(probs.shape[-1])[ds.y_train]
-                self.y = ((1 - distill) * onehot + distill * probs).astype(np.float32)
-                self.soft = True
+            self.from_logits = not np.allclose(probe.sum(-1), 1.0, atol=1e-3) or probe.min() < 0
         else:
             outs = predict(model, ds.x_train, batch_size)
             self.y = outs[0] if len(outs) == 1 else outs
 
     def compile(self, keras, model, lr: float) -> None:
         if self.labelled:
-            loss = (keras.losses.CategoricalCrossentropy if self.soft else keras.losses.SparseCategoricalCrossentropy)
-            metric = "categorical_accuracy" if self.soft else "accuracy"
-            model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss(from_logits=self.from_logits), metrics=[metric])
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=self.from_logits)
+            model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
         else:
             model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
 
@@ -331,7 +319,7 @@ def _prune_magnitude(keras, model, ds, cfg):
 
             wrapped = keras.models.clone_model(model, clone_function=wrap)
             wrapped.set_weights(_weights_for(wrapped, model))
-            teacher = Teacher(model, ds, cfg.train.batch_size, p.distill)
+            teacher = Teacher(model, ds, cfg.train.batch_size)
             _fit(keras, wrapped, ds, teacher, p.epochs, p.learning_rate, cfg.train.batch_size, "prune",
                  callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
             model = tfmot.sparsity.keras.strip_pruning(wrapped)
@@ -363,8 +351,7 @@ def _prune_channels(keras, model, ds, cfg):
     if not info["pruned_layers"]:
         info["fallbacks"].append(_fallback(strict, "prune: no channels can be removed from this model; left unpruned"))
         return model, info
-    # The unpruned model's outputs: all of the targets without labels, `distill` of them with labels.
-    teacher = Teacher(model, ds, cfg.train.batch_size, p.distill)
+    teacher = Teacher(model, ds, cfg.train.batch_size)  # the unpruned model's outputs when there are no labels
     _fit(keras, new, ds, teacher, p.epochs, p.learning_rate, cfg.train.batch_size, "prune")
     return new, info
 

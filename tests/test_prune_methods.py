@@ -4,7 +4,6 @@ import json
 import os
 import warnings
 
-import numpy as np
 import pytest
 
 from conftest import run_cli
@@ -87,28 +86,6 @@ def test_residual_false_keeps_the_channels_an_add_joins_whole_and_prunes_the_res
     assert report["residual"] is False and report["macs_after"] < report["macs_before"]
     _, everything = prune_channels(residual_model(), 0.5)
     assert everything["layers"]["project"] == (8, 4) and everything["residual"] is True
-
-
-@pytest.mark.parametrize("logits", [False, True])
-def test_distill_mixes_the_labels_with_the_unpruned_models_probabilities(logits):
-    import types
-
-    from pipeline import stages
-
-    _, keras = stages.tf_setup(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation=None if logits else "softmax")])
-    rng = np.random.default_rng(0)
-    ds = types.SimpleNamespace(labelled=True, labels=["a", "b", "c"], x_train=rng.normal(size=(40, 4)).astype("float32"),
-                               y_train=rng.integers(0, 3, 40))
-    out = model.predict(ds.x_train, verbose=0).astype(np.float64)
-    probs = np.exp(out) / np.exp(out).sum(-1, keepdims=True) if logits else out
-    teacher = stages.Teacher(model, ds, 8, distill=0.25)
-    assert teacher.soft and teacher.from_logits is logits
-    np.testing.assert_allclose(teacher.y, 0.75 * np.eye(3)[ds.y_train] + 0.25 * probs, atol=1e-5)
-    np.testing.assert_allclose(teacher.y.sum(-1), 1.0, atol=1e-5)
-    teacher.compile(keras, model, 0.01)
-    model.fit(ds.x_train, teacher.y, epochs=1, verbose=0)  # soft targets train with the matching loss
-    assert not stages.Teacher(model, ds, 8).soft  # distill 0: the labels alone, as before
 
 
 # -- end to end (tiny model) -------------------------------------------------------------------
