@@ -1,7 +1,7 @@
 """Pruning methods, measured: dense vs unstructured, block and channels pruning at several strengths.
 
     .venv/bin/python benchmarks/prune_methods.py [--models digits,mobilenet] [--size 96] [--alpha 0.35]
-                                                 [--rounds 5] [--quick]
+                                                 [--rounds 7] [--prune-epochs 16]
 
 For each model, every variant is built by the user's own command (`python -m pipeline build
 --config VARIANT.toml`): prune (the method under test), QAT, export, verify with the accuracy gate.
@@ -458,12 +458,12 @@ def main(argv=None) -> int:
     p.add_argument("--test-samples", type=int, default=1000)
     p.add_argument("--fine-tune-epochs", type=int, default=8,
                    help="MobileNetV2: epochs the pretrained model is fine-tuned by the pipeline before pruning")
-    p.add_argument("--prune-epochs", type=int, default=8, help="MobileNetV2: pruning fine-tuning epochs")
+    p.add_argument("--prune-epochs", type=int, default=16, help="MobileNetV2: pruning fine-tuning epochs")
     p.add_argument("--digits-sparsity", default="0.5,0.75,0.9")
     p.add_argument("--digits-channels", default="0.25,0.5,0.75")
-    p.add_argument("--mobilenet-sparsity", default="0.5,0.75")
+    p.add_argument("--mobilenet-sparsity", default="0.75")
     p.add_argument("--mobilenet-block", default="0.75")
-    p.add_argument("--mobilenet-channels", default="0.5,0.6,0.75")
+    p.add_argument("--mobilenet-channels", default="0.5,0.75")
     p.add_argument("--mobilenet-channels-residual", default="0.5",
                    help="channels variants that also prune the residual streams (channels_residual = true)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median kept)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import contextlib
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -30,7 +31,33 @@ def to_onnx(model, opset: int):
 
     spec = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="input"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    _stable_names(proto.graph)
     return proto
+
+
+def _stable_names(graph) -> None:
+    """tf2onnx names the nodes it inserts `name__N`, N from a process-wide counter: renumber N by rank,
+    so the file does not depend on what this process converted before (a resumed build exports fewer
+    targets than a clean one)."""
+    suffix = re.compile(r"__(\d+)(?=(:\d+)?$)")
+    named = [*graph.node, *graph.initializer, *graph.input, *graph.output, *graph.value_info]
+    dims = [d for v in [*graph.input, *graph.output, *graph.value_info]
+            for d in v.type.tensor_type.shape.dim if d.dim_param]  # a free dimension is `unk__N`
+    strings = [s for x in named for s in [x.name, *getattr(x, "input", ()), *getattr(x, "output", ())]]
+    strings += [d.dim_param for d in dims]
+    numbers = sorted({int(m.group(1)) for s in strings if (m := suffix.search(s))})
+    rank = {n: i + 1 for i, n in enumerate(numbers)}
+
+    def fix(s):
+        return suffix.sub(lambda m: f"__{rank[int(m.group(1))]}", s)
+
+    for x in named:
+        x.name = fix(x.name)
+    for node in graph.node:
+        node.input[:] = [fix(s) for s in node.input]
+        node.output[:] = [fix(s) for s in node.output]
+    for d in dims:
+        d.dim_param = fix(d.dim_param)
 
 
 def quantize_qdq(proto, calibration: np.ndarray, progress=None):

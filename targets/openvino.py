@@ -9,6 +9,7 @@ constant (through its decompression Convert/Multiply) and the FakeQuantize layer
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -56,6 +57,7 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
         rank = param.get_partial_shape().rank
         if rank.is_static and len(layout) == rank.get_length():  # e.g. NHWC: recorded on the input
             param.set_layout(ov.Layout(layout))
+        _stable_names(ov_model)
         ov_model.set_rt_info(json.dumps(metadata, sort_keys=True), [METADATA_KEY])
         # save_model compresses every float weight to fp16 unless told not to: fp32 must stay fp32.
         ov.save_model(ov_model, str(out), compress_to_fp16=mode == "fp16")
@@ -68,6 +70,16 @@ def _fix_batch(ov_model) -> None:
     shape = param.get_partial_shape()
     if shape.rank.is_static and shape.rank.get_length() and shape[0].is_dynamic and all(d.is_static for d in list(shape)[1:]):
         ov_model.reshape({param.output(0): [1, *(d.get_length() for d in list(shape)[1:])]})
+
+
+def _stable_names(ov_model) -> None:
+    """OpenVINO names a node nobody named `<Type>_<process-wide counter>` (kept when it is folded into
+    a constant: `ShapeOf_2610`): renumber those in graph order, so the file does not depend on what
+    this process converted before."""
+    for i, op in enumerate(ov_model.get_ordered_ops()):
+        auto = re.fullmatch(r"([A-Z][A-Za-z0-9]*)_\d+", op.get_friendly_name())
+        if auto:
+            op.set_friendly_name(f"{auto.group(1)}_{i}")
 
 
 def quantize(ov_model, calibration: np.ndarray, progress=None):

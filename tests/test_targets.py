@@ -69,6 +69,26 @@ def test_a_target_is_built_runs_in_its_runtime_and_reads_back_what_it_promises(s
     assert meta["preprocessing"]["layout"] == "NHWC"
 
 
+def test_an_export_does_not_depend_on_what_the_process_converted_before(tmp_path):
+    """A resumed build exports only the missing targets; tf2onnx and OpenVINO number unnamed nodes
+    from process-wide counters, which made its openvino-int8 .xml differ from a clean build's."""
+    from pipeline import stages
+
+    _, keras = stages.tf_setup(0)
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    calib = np.random.default_rng(0).random((8, 6, 6, 1), dtype=np.float32)
+    files = []
+    for i in range(2):  # the second export runs after the first has advanced every counter
+        for name in ("onnx-fp32", "openvino-int8"):
+            target = TARGETS[name]
+            path = tmp_path / str(i) / name / target.filename
+            path.parent.mkdir(parents=True)
+            target.module.export(target, model, calib, path, {"model": "m"})
+            files.append({f: (path.parent / f).read_bytes() for f in target.files})
+    assert files[:2] == files[2:]
+
+
 @pytest.mark.slow
 def test_onnx_files_pass_the_checker_and_record_their_opset(small_build):
     out, _ = small_build
