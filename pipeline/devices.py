@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -43,7 +44,9 @@ SSH_CONNECT_TIMEOUT = 15
 SSH_STEP_TIMEOUT = 120.0  # upload (plus 1 s per MB), fetch, clean up; the run gets bench's --timeout
 
 GUEST_SECTIONS = Path(__file__).with_name("emu_sections.py")
-GUEST_ENV = ("PATH=/usr/bin:/bin", "LANG=C.UTF-8", "ORT_DISABLE_TELEMETRY=1", "OPENVINO_TELEMETRY_OPTOUT=1")
+# EDGE_EXPORT_NO_OWN_TIMER: nothing but the inference between the counted markers (runner_common._bench).
+GUEST_ENV = ("PATH=/usr/bin:/bin", "LANG=C.UTF-8", "ORT_DISABLE_TELEMETRY=1", "OPENVINO_TELEMETRY_OPTOUT=1",
+             "EDGE_EXPORT_NO_OWN_TIMER=1")
 # What a runner imports, by the name in ImportError/PackageNotFoundError -> what to pip install.
 PIP_NAMES = {"ai_edge_litert": "ai-edge-litert", "ai-edge-litert": "ai-edge-litert", "onnxruntime": "onnxruntime",
              "openvino": "openvino", "tflite_runtime": "tflite-runtime", "tflite-runtime": "tflite-runtime",
@@ -124,13 +127,6 @@ def _slice_inputs(inputs: Path, limit: int | None, folder: Path) -> Path:
     return dest
 
 
-def _load_outputs(path: Path):
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as z:
-        return [z[f"output_{i}"] for i in range(len(z.files))]
-
-
 # -- agreement with this machine ----------------------------------------------------------------
 
 _REFERENCE: dict = {}
@@ -138,18 +134,18 @@ _REFERENCE: dict = {}
 
 def x86_reference(runner_path: Path, model: Path, inputs: Path, options: list[str], timeout: float):
     """(outputs, None) of `runner_path` on this machine for these samples, or (None, why not). Cached."""
-    import hashlib
-
     from pipeline import runner
+    from pipeline.util import sha256_file
+    from pipeline.verify import load_outputs
 
     st = Path(model).stat()
-    digest = hashlib.sha256(Path(inputs).read_bytes()).hexdigest()
+    digest = sha256_file(inputs)
     key = (str(runner_path), str(model), st.st_mtime_ns, st.st_size, digest, tuple(options))
     if key not in _REFERENCE:
         with tempfile.TemporaryDirectory(prefix="edge-export-ref-") as tmp:
             out = Path(tmp) / "outputs.npz"
             res = runner.run(runner_path, model, ["--inputs", inputs, "--outputs", out, *options], timeout=timeout)
-            _REFERENCE[key] = ((_load_outputs(out), None) if res["ok"]
+            _REFERENCE[key] = ((load_outputs(out), None) if res["ok"]
                                else (None, f"x86 reference run failed: {res['error']}"))
     return _REFERENCE[key]
 
@@ -167,6 +163,8 @@ def agreement(outputs, reference) -> dict:
 
 
 def _agree_fields(res: dict, out_file: Path, ref, ref_error) -> dict:
+    from pipeline.verify import load_outputs
+
     if not res.get("ok"):
         return {}
     if ref_error:
@@ -174,7 +172,7 @@ def _agree_fields(res: dict, out_file: Path, ref, ref_error) -> dict:
     if not out_file.exists():
         return {"agreement_error": "the device wrote no outputs"}
     try:
-        outputs = _load_outputs(out_file)
+        outputs = load_outputs(out_file)
     except (OSError, ValueError, KeyError) as e:  # a truncated or foreign file from the device
         return {"agreement_error": f"cannot read the device's outputs: {e}"}
     return agreement(outputs, ref)
@@ -217,16 +215,12 @@ def missing_runtime(res: dict, where: str = "board") -> dict:
     return {**res, "error": f"{where} has no {pip}: pip install {pip} there", "runtime_error": error}
 
 
-def _median(values):
-    values = sorted(values)
-    n = len(values)
-    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
-
-
 def _emulated_fields(res: dict) -> dict:
     """Move every wall-clock figure of an emulated run under an `emulated_` key: none is device time."""
     lat = res.pop("latency", None) or {}
-    out = {"emulated_p50_ms": lat.get("p50_ms"), "emulated_load_ms": res.pop("load_ms", None),
+    own = res.pop("runtime_latency", None) or {}  # OpenVINO's own clock, ticking in emulated time too
+    out = {"emulated_p50_ms": lat.get("p50_ms"), "emulated_runtime_p50_ms": own.get("p50_ms"),
+           "emulated_load_ms": res.pop("load_ms", None),
            "emulated_first_inference_ms": res.pop("first_inference_ms", None), "timed_inferences": lat.get("runs")}
     res.pop("peak_rss_mb", None)  # qemu's own memory (translated code included), not the board's
     return out
@@ -326,7 +320,7 @@ class EmuDevice:
         runs = (res.get("latency") or {}).get("runs") or EMU_RUNS
         if not res.get("ok") or not counts:
             return {}
-        return {"instructions_per_inference": round(_median(counts) / runs), "instruction_counts": counts,
+        return {"instructions_per_inference": round(statistics.median(counts) / runs), "instruction_counts": counts,
                 "instructions_spread": (max(counts) - min(counts)) / max(min(counts), 1),
                 "instruction_sections": len(counts), "inferences_per_section": runs}
 
@@ -351,7 +345,7 @@ class EmuDevice:
             fields = {"tflite_runtime_2_14": _legacy_verdict(res, agree)}
             runs = (res.get("latency") or {}).get("runs") or EMU_RUNS
             if res.get("ok") and counts:
-                fields["tflite_runtime_instructions_per_inference"] = round(_median(counts) / runs)
+                fields["tflite_runtime_instructions_per_inference"] = round(statistics.median(counts) / runs)
             self._legacy[key] = fields
         return self._legacy[key]
 

@@ -229,8 +229,9 @@ def _bench(runtime, session, desc, x, args, result):
     clock, infer = time.perf_counter, runtime.infer
     samples, own_samples = [], []
     record = samples.append
-    # A runtime's own per-inference timer (OpenVINO's, which benchmark_app reports), read after ours stops.
-    own = getattr(runtime, "own_latency_ms", None)
+    # A runtime's own per-inference timer (OpenVINO's, which benchmark_app reports), read after ours stops;
+    # not under an instruction counter (emulated boards set EDGE_EXPORT_NO_OWN_TIMER), which counts it too.
+    own = None if os.environ.get("EDGE_EXPORT_NO_OWN_TIMER") else getattr(runtime, "own_latency_ms", None)
     record_own = own_samples.append
     gc_was_enabled = gc.isenabled()
     gc.disable()
