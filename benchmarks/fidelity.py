@@ -86,7 +86,8 @@ def benchmark_app_p50(model: Path, x: np.ndarray, threads: int, seconds: float) 
 
 
 def runner_p50(target, model: Path, inputs: Path, threads: int, warmup: int, runs: int, seconds: float,
-               options=()) -> float:
+               options=()) -> tuple[float, float | None]:
+    """(wall-clock p50, the runtime's own-timer p50 or None), in ms."""
     res = runner.run(target.runner_path, model, ["--inputs", inputs, "--bench", "--threads", threads,
                                                  "--warmup", warmup, "--runs", runs, "--min-seconds", seconds,
                                                  "--limit", 100, *options])
@@ -128,10 +129,11 @@ def compare(model_dir: Path, inputs: Path, threads: int, rounds: int, seconds: f
         p_ours, p_ref = float(np.median(mine)), float(np.median(theirs))
         # Each round's two timings ran back to back: their ratio is what drift of the machine's
         # load disturbs least, so the figure is the median of the per-round ratios.
-        ratio = float(np.median([a / b for a, b in zip(mine, theirs)]))
+        round_ratios = [a / b for a, b in zip(mine, theirs)]
+        ratio = float(np.median(round_ratios))
         row = {"model": model_dir.name, "target": target.name, "threads": threads, "reference": ref_name,
                "ours_p50_ms": p_ours, "reference_p50_ms": p_ref, "ratio": ratio,
-               "within_5pct": abs(ratio - 1) <= GOAL, "round_ratios": [a / b for a, b in zip(mine, theirs)],
+               "within_5pct": abs(ratio - 1) <= GOAL, "round_ratios": round_ratios,
                "rounds": rounds, "seconds_each": seconds}
         if None not in own:  # OpenVINO: its own clock of the same inferences, like for like with benchmark_app
             timer_ratio = float(np.median([a / b for a, b in zip(own, theirs)]))

@@ -50,6 +50,7 @@ sys.path.insert(0, str(HERE))
 
 from pipeline import bench, runner  # noqa: E402
 from pipeline.util import atomic_write_bytes, atomic_write_json  # noqa: E402
+from run import log, md_table  # noqa: E402
 from targets import TARGETS, RUNNERS  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -58,10 +59,6 @@ DIGITS_TARGETS = "all"
 MOBILENET_TARGETS = "tflite-fp32,tflite-int8,openvino-fp32,openvino-int8"
 MEASURED = ("tflite-fp32", "tflite-int8", "openvino-fp32", "openvino-int8")
 SPARSE_INT8 = "tflite-int8-sparse"  # benchmark-only: the QAT model with EXPERIMENTAL_SPARSITY, no XNNPACK
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # -- configs -------------------------------------------------------------------------------------
@@ -365,18 +362,6 @@ CSV_FIELDS = ["model", "variant", "method", "strength", "target", "status", "rea
               "accuracy_delta_points", "params", "nonzero_params", "macs", "bytes", "gzip_bytes", "gzip_vs_dense",
               "sparsity", "sparse_tensors", "quantization", "p50_ms", "p50s", "speedup_x86", "pi4_instructions",
               "speedup_pi4", "note", "error", "pi4_error"]
-
-
-def md_table(rows, columns) -> str:
-    def cell(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v).replace("|", "/")
-
-    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(cell(r.get(k)) for k, _ in columns) + " |" for r in rows])
 
 
 def goal(rows: list[dict], model: str) -> list[str]:

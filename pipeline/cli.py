@@ -31,8 +31,10 @@ def add_build_options(p) -> None:
     p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default: build/)")
     p.add_argument("--model", help="a pretrained model: .keras, .h5/.hdf5, SavedModel folder or .onnx (model.path)")
     p.add_argument("--data", help="data: .npz, IDX files or their folder, or an image folder (data.path)")
-    p.add_argument("--prune", metavar="METHOD", choices=("unstructured", "channels", "block"),
-                   help="pruning method (prune.method): unstructured, channels or block")
+    from pipeline.config import PRUNE_METHODS  # standard library only: fine for --help
+
+    p.add_argument("--prune", metavar="METHOD", choices=PRUNE_METHODS,
+                   help=f"pruning method (prune.method): {', '.join(PRUNE_METHODS)}")
     p.add_argument("--strict", action="store_true", default=None,
                    help="fail instead of falling back (layers left unpruned/unquantized, PTQ instead of QAT)")
     p.add_argument("--trust-model", action="store_true", default=None,

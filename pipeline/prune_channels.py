@@ -97,14 +97,13 @@ class _Groups:
     """Union-find over channel groups."""
 
     def __init__(self):
-        self.parent, self.width, self.frozen, self.merged = [], [], [], []
+        self.parent, self.width, self.frozen = [], [], []
         self.producers, self.bns = [], []
 
     def new(self, width, frozen=False):
         self.parent.append(len(self.parent))
         self.width.append(int(width))
         self.frozen.append(frozen)
-        self.merged.append(False)
         self.producers.append([])
         self.bns.append([])
         return len(self.parent) - 1
@@ -120,7 +119,6 @@ class _Groups:
             return a
         self.parent[b] = a
         self.frozen[a] = self.frozen[a] or self.frozen[b]
-        self.merged[a] = True   # only merges join groups
         self.producers[a] += self.producers[b]
         self.bns[a] += self.bns[b]
         return a
@@ -189,7 +187,8 @@ def _unsupported_reason(keras, layer, kind):
 class _Plan:
     """Channel groups of a model and which layer reads/writes which group."""
 
-    def __init__(self, model, strict):
+    def __init__(self, model, strict, residual=True):
+        """residual=False leaves whole the channel groups a merge joins (residual streams)."""
         keras = _keras()
         if not isinstance(model, keras.Model):
             raise TypeError("expected a tf_keras model (set TF_USE_LEGACY_KERAS=1)")
@@ -242,6 +241,8 @@ class _Plan:
                 else:
                     for other, _ in ins[1:]:
                         grp = g.union(grp, other)
+                    if not residual:
+                        g.freeze(grp)
                 out = (grp, None)
             else:   # bn, pass, activation, mixing
                 out = (grp, expand)
@@ -257,12 +258,11 @@ class _Plan:
             if key in self.layout:
                 g.freeze(self.layout[key][0])
 
-    def scores(self, criterion, residual=True):
-        """Per prunable group root: importance of each channel. residual=False
-        leaves out the groups joined by a merge (residual streams)."""
+    def scores(self, criterion):
+        """Per prunable group root: importance of each channel."""
         g, out = self.groups, {}
         for root in g.roots():
-            if g.frozen[root] or not g.producers[root] or (g.merged[root] and not residual):
+            if g.frozen[root] or not g.producers[root]:
                 continue
             bns = [self.model.get_layer(n) for n in g.bns[root]]
             bns = [b for b in bns if b.scale]
@@ -396,12 +396,12 @@ def _fraction_for_macs(plan, scores, macs_fraction):
     return hi
 
 
-def fraction_for_macs(model, macs_fraction: float, criterion: str = "l1", residual: bool = True) -> float:
+def fraction_for_macs(model, macs_fraction: float, criterion: str = "l1") -> float:
     """Smallest channel fraction for which prune_channels removes at least
     `macs_fraction` of count_macs(model) (or the most it can remove)."""
     _check(macs_fraction, criterion)
     plan = _Plan(model, strict=False)
-    return _fraction_for_macs(plan, plan.scores(criterion, residual), macs_fraction)
+    return _fraction_for_macs(plan, plan.scores(criterion), macs_fraction)
 
 
 def _rebuild(model, sizes, slices, masked):
@@ -462,8 +462,8 @@ def prune_channels(model, fraction: float, criterion: str = "l1", strict: bool =
     _check(fraction, criterion)
     if target not in ("channels", "macs"):
         raise ValueError(f"target must be 'channels' or 'macs', got {target!r}")
-    plan = _Plan(model, strict)
-    scores = plan.scores(criterion, residual)
+    plan = _Plan(model, strict, residual)
+    scores = plan.scores(criterion)
     channel_fraction = fraction if target == "channels" else _fraction_for_macs(plan, scores, fraction)
     keep = plan.keep_for_fraction(scores, channel_fraction)
     channels = plan.channels(keep)

@@ -15,6 +15,9 @@ import numpy as np
 METADATA_KEY = "edge_export"
 
 
+WEIGHT_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}  # weights inspect counts zeros in
+
+
 def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None) -> None:
     """Write `target`'s .tflite of Keras `model` to `out`, with `metadata` embedded."""
     import tensorflow as tf
@@ -115,16 +118,15 @@ def inspect(path: str | Path) -> dict:
         dt = dtypes[t.type]
         if d is not None and len(d):
             const_types[dt] += 1
+            w = np.frombuffer(bytes(d), dtype=WEIGHT_DTYPES[dt]) if dt in WEIGHT_DTYPES and t.shape is not None else None
             if t.sparsity is not None:
                 sparse_tensors += 1
-                if dt in ("float32", "float16", "int8") and t.shape is not None:
+                if w is not None:
                     # Stored: the non-zero blocks only. The zeros are the dense size minus the non-zeros kept.
-                    values = np.frombuffer(bytes(d), dtype={"float32": np.float32, "float16": np.float16, "int8": np.int8}[dt])
                     size = int(np.prod(t.shape))
-                    zeros += size - int(np.count_nonzero(values))
+                    zeros += size - int(np.count_nonzero(w))
                     total += size
-            elif t.shape is not None and len(t.shape) >= 2 and dt in ("float32", "float16", "int8"):
-                w = np.frombuffer(bytes(d), dtype={"float32": np.float32, "float16": np.float16, "int8": np.int8}[dt])
+            elif w is not None and len(t.shape) >= 2:
                 zp = t.quantization.zeroPoint if t.quantization is not None and t.quantization.zeroPoint is not None else None
                 # Per-channel int8 weights are symmetric (zero point 0), so zero is zero.
                 zero = 0 if zp is None or np.all(np.asarray(zp) == 0) else None

@@ -98,7 +98,6 @@ def test_channels_gives_a_smaller_model_recorded_in_the_manifest_and_every_tflit
     p = m["stages"]["prune"]
     assert p["method"] == "channels" and m["config"]["prune"]["method"] == "channels"
     assert p["params_after"] < 0.5 * p["params_before"] and p["macs_after"] < 0.5 * p["macs_before"]
-    assert p["params_after"] == p["params"]
     # Every conv / dense layer but the classifier lost half its channels; the classifier keeps its 10 classes.
     assert p["channels"]["dense_1"] == [10, 10]
     halved = [name for name, (before, after) in p["channels"].items() if after == before // 2]
