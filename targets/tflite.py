@@ -44,11 +44,12 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
         conv.representative_dataset = representative
     elif mode != "fp32":
         raise ValueError(f"unknown tflite mode {mode!r}")
-    if mode == "fp32" and getattr(model, "edge_export_sparse", False):
-        # A block-pruned model (prune.method "block"): store its zeros sparse (conv weights behind DENSIFY,
-        # Dense weights in the 1x4 blocks of the sparse FULLY_CONNECTED kernel). fp32 only, as measured with
-        # ai-edge-litert 2.3: its default XNNPACK delegate refuses a sparse int8 or dynamic-range file
-        # ("failed to delegate"), and a sparse fp16 file runs but outputs NaN (with or without XNNPACK).
+    # A block-pruned model (prune.method "block"): store its zeros sparse (conv weights behind DENSIFY,
+    # Dense weights in the 1x4 blocks of the sparse FULLY_CONNECTED kernel). fp32 only, as measured with
+    # ai-edge-litert 2.3: its default XNNPACK delegate refuses a sparse int8 or dynamic-range file
+    # ("failed to delegate"), and a sparse fp16 file runs but outputs NaN (with or without XNNPACK).
+    # The option `sparse` overrides this (the pruning benchmark measures what a sparse int8 file costs).
+    if target.options.get("sparse", mode == "fp32" and getattr(model, "edge_export_sparse", False)):
         conv.optimizations = [*conv.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     from pipeline.stages import stderr_silenced
 
