@@ -178,30 +178,16 @@ def _agree_fields(res: dict, out_file: Path, ref, ref_error) -> dict:
     return agreement(outputs, ref)
 
 
-def _legacy_verdict(res: dict, fields: dict) -> str:
-    """Does a .tflite load in tflite-runtime 2.14 and agree with x86? 'ok ...' or why not (as build says it)."""
+def _legacy_verdict(res: dict, out: Path, ref, ref_error) -> str:
+    """tflite-runtime 2.14 on the board against this machine's LiteRT, as build says it (verify.legacy_verdict)."""
+    from pipeline.verify import legacy_verdict, load_outputs
+
     if not res.get("ok"):
-        error = res.get("error") or "no result"
-        missing = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", error)
-        if missing:
-            return f"fails: no {missing[1]} v{missing[2]} kernel"
-        return f"fails: {error.splitlines()[0][:200]}"
-    if "agreement_error" in fields:
-        return f"loads; not compared: {fields['agreement_error']}"
-    agree, diff = fields.get("top1_agreement_vs_x86"), fields["max_abs_diff_vs_x86"]
-    n = fields["agreement_samples"]
-    if agree is not None and agree < 1.0:
-        return f"loads, but top-1 differs from x86 on {1 - agree:.0%} of {n} samples"
-    # As build's own tflite-runtime check: kernels of two runtimes round int8 a few steps apart;
-    # what matters is the same answer.
-    if diff <= 1e-3:
-        return f"ok (max |diff| {diff:.2g} vs x86)"
-    if agree is not None:
-        return f"ok (same top-1 as x86 on {n} samples, max |diff| {diff:.2g})"
-    cos = fields.get("cosine_vs_x86")
-    if cos is not None and cos >= 0.999:
-        return f"ok (max |diff| {diff:.2g}, cosine {cos:.4f} vs x86)"
-    return f"loads, but outputs differ from x86 by up to {diff:.2g}"
+        return legacy_verdict(res.get("error") or "no result", [], [], "x86")
+    compared = _agree_fields(res, out, ref, ref_error)
+    if "agreement_error" in compared:
+        return f"loads; not compared: {compared['agreement_error']}"
+    return legacy_verdict(None, load_outputs(out), ref, "x86")
 
 
 def missing_runtime(res: dict, where: str = "board") -> dict:
@@ -341,8 +327,7 @@ class EmuDevice:
             if count:
                 args += ["--bench", "--threads", "1", "--runs", EMU_RUNS, "--min-seconds", 0, "--warmup", EMU_WARMUP]
             res, counts = self._guest(legacy, model, args, RUNTIME_SITES[legacy.name], folder, count, timeout)
-            agree = _agree_fields(res, out, ref, ref_error)
-            fields = {"tflite_runtime_2_14": _legacy_verdict(res, agree)}
+            fields = {"tflite_runtime_2_14": _legacy_verdict(res, out, ref, ref_error)}
             runs = (res.get("latency") or {}).get("runs") or EMU_RUNS
             if res.get("ok") and counts:
                 fields["tflite_runtime_instructions_per_inference"] = round(statistics.median(counts) / runs)

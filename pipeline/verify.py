@@ -95,24 +95,32 @@ def legacy_check(target, artifact: Path, data_dir: Path, outputs: list[np.ndarra
     run = runner.run(RUNNERS / target.legacy_runner, artifact,
                      ["--inputs", data_dir / "x_test.npy", "--limit", LEGACY_SAMPLES, "--outputs", outs])
     if not run["ok"]:
-        missing = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", run["error"])
+        return legacy_verdict(run["error"], [], [], "ai-edge-litert")
+    return legacy_verdict(None, load_outputs(outs), outputs, "ai-edge-litert")
+
+
+def legacy_verdict(error: str | None, legacy: list[np.ndarray], reference: list[np.ndarray], other: str) -> str:
+    """tflite-runtime 2.14's verdict on a file, from its error or its outputs against `other`'s on the same
+    samples: 'ok ...' or why not. Build and the emulated boards both say it this way."""
+    if error is not None:
+        missing = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", error)
         if missing:
             return f"fails: no {missing[1]} v{missing[2]} kernel"
-        return f"fails: {run['error'].splitlines()[0][:200]}"
-    legacy = load_outputs(outs)
-    diff = max(float(np.max(np.abs(a - b[: len(a)]))) for a, b in zip(legacy, outputs))
-    agree = float(np.mean(legacy[0].argmax(-1) == outputs[0][: len(legacy[0])].argmax(-1))) if is_scores(legacy[0]) else None
+        return f"fails: {error.splitlines()[0][:200] if error.strip() else 'no result'}"
+    n = len(legacy[0])
+    diff = max(float(np.max(np.abs(a - b[: len(a)]))) for a, b in zip(legacy, reference))
+    agree = float(np.mean(legacy[0].argmax(-1) == reference[0][:n].argmax(-1))) if is_scores(legacy[0]) else None
     if agree is not None and agree < 1.0:
-        return f"loads, but top-1 differs from ai-edge-litert on {1 - agree:.0%} of {len(legacy[0])} samples"
+        return f"loads, but top-1 differs from {other} on {1 - agree:.0%} of {n} samples"
     # Kernels of two runtimes round int8 differently by a few steps: what matters is the same answer.
     if diff <= 1e-3:
         return "ok"
     if agree is not None:
-        return f"ok (same top-1 on {len(legacy[0])} samples, max abs diff {diff:.2g})"
-    spread = max(float(np.ptp(b)) for b in outputs) or 1.0
+        return f"ok (same top-1 on {n} samples, max abs diff {diff:.2g})"
+    spread = max(float(np.ptp(b)) for b in reference) or 1.0
     if diff <= 0.05 * spread:
         return f"ok (max abs diff {diff:.2g}, under 5 % of the output range)"
-    return f"loads, but outputs differ from ai-edge-litert by up to {diff:.2g}"
+    return f"loads, but outputs differ from {other} by up to {diff:.2g}"
 
 
 def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, build,

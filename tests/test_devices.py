@@ -179,6 +179,22 @@ def test_an_emulated_board_counts_nothing_but_the_inference(monkeypatch):
     assert "runtime_latency" not in result and result["latency"]["runs"] >= 3
 
 
+def test_build_and_the_boards_give_one_tflite_runtime_verdict():
+    from pipeline.verify import legacy_verdict
+
+    scores = [np.array([[0.1, 0.9], [0.8, 0.2]], np.float32)]
+    one_step = [scores[0] + np.float32(1 / 256)]
+    flipped = [scores[0][:, ::-1]]
+    assert legacy_verdict(None, scores, scores, "x86") == "ok"
+    assert legacy_verdict(None, one_step, scores, "x86") == "ok (same top-1 on 2 samples, max abs diff 0.0039)"
+    assert legacy_verdict(None, flipped, scores, "x86") == "loads, but top-1 differs from x86 on 100% of 2 samples"
+    boxes = [np.linspace(0, 10, 8, dtype=np.float32).reshape(1, 2, 4)]  # not scores: judged against the range
+    assert legacy_verdict(None, [boxes[0] + 0.2], boxes, "x86").startswith("ok (max abs diff 0.2, under 5 %")
+    assert legacy_verdict(None, [boxes[0] + 1], boxes, "x86") == "loads, but outputs differ from x86 by up to 1"
+    error = "RuntimeError: Didn't find op for builtin opcode 'FULLY_CONNECTED' version '12'. An older version..."
+    assert legacy_verdict(error, [], [], "x86") == "fails: no FULLY_CONNECTED v12 kernel"
+
+
 def test_artifact_files_include_an_openvino_weights_file(tmp_path):
     (tmp_path / "model.xml").write_text("<net/>")
     (tmp_path / "model.bin").write_bytes(b"\0")
