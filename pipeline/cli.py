@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     add_build_options(b)
     b.add_argument("--verify-on", metavar="DEVICE", help="also load each artifact on DEVICE (emu:rpi4, ssh://user@host; "
                    "comma list) and compare its outputs with x86's: recorded as arm_check in the manifest")
+    from pipeline.devices import add_device_arguments
+
+    add_device_arguments(b)
     sub.add_parser("targets", help="list the deployment targets")
     c = sub.add_parser("config", help="print the config reference with every default")
     c.add_argument("--check", type=Path, metavar="FILE", help="validate FILE and print its effective config")
@@ -131,7 +134,7 @@ def cmd_build(args) -> int:
 
     from pipeline import devices
 
-    on = devices.verify_devices(getattr(args, "verify_on", None))  # a board not set up: one line, nothing built
+    on = devices.verify_devices(getattr(args, "verify_on", None), **devices.device_options(args))  # a board not set up: one line, nothing built
     cfg, _, rows = ensure_built(args)
     print(summary({"artifacts": rows}))
     arm_failed = devices.verify_on(on, cfg, args.out, rows, log=lambda m: print(m, file=sys.stderr)) if on else 0

@@ -71,7 +71,7 @@ class DeviceError(PipelineError):
 
 
 def add_device_arguments(p) -> None:
-    """Options of the devices that need them (bench; build's --verify-on uses the defaults)."""
+    """Options of the devices that need them (bench, device check, build --verify-on)."""
     p.add_argument("--known-hosts", type=Path, metavar="FILE",
                    help="ssh:// devices: check the board's host key against FILE only "
                         "(default: ~/.ssh/known_hosts and the system's); an unknown or changed key fails")
@@ -625,13 +625,13 @@ def artifact_files(model: Path) -> list[Path]:
 
 # -- build --verify-on ---------------------------------------------------------------------------
 
-def verify_devices(spec: str | None) -> list:
+def verify_devices(spec: str | None, **options) -> list:
     """The devices of `--verify-on` (checked before anything is built): emu:PROFILE or ssh://..."""
     if not spec:
         return []
     from pipeline.bench import get_device
 
-    devices = [get_device(s.strip()) for s in spec.split(",") if s.strip()]
+    devices = [get_device(s.strip(), **options) for s in spec.split(",") if s.strip()]
     if not devices or any(d.name == "local" for d in devices):
         raise UsageError("--verify-on takes emulated or remote devices (emu:rpi4, ssh://user@host), not local")
     return devices

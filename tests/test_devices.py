@@ -247,8 +247,9 @@ def test_arm_checks_are_recorded_only_for_the_bytes_that_were_checked(tmp_path):
 # --------------------------------------------------------------- SSH without a build
 
 @pytest.mark.ssh
-def test_a_wrong_host_key_stops_before_anything_runs(sshd, tmp_path):
-    proc = run_cli("bench", "--device", sshd.spec(), *sshd.options("host", known_hosts=sshd.wrong_known_hosts),
+@pytest.mark.parametrize("command", [["bench", "--device"], ["build", "--verify-on"]])
+def test_a_wrong_host_key_stops_before_anything_runs(sshd, tmp_path, command):
+    proc = run_cli(*command, sshd.spec(), *sshd.options("host", known_hosts=sshd.wrong_known_hosts),
                    "--out", tmp_path / "out")
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
