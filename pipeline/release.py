@@ -164,21 +164,31 @@ def _usable(manifest: dict | None, out: Path, targets):
 
 
 def select(targets, rows: dict, allowed: set[str]):
-    """(targets to ship, excluded rows): a failed target stops the release unless --allow-failed names it."""
-    failed = [rows[t.name] for t in targets if rows[t.name]["status"] != "ok"]
+    """(targets to ship, excluded rows): a failed target stops the release unless --allow-failed names it.
+
+    Failed means failed to build or verify, or failed on a board `build --verify-on` checked it on."""
+    failed = [f for f in (_failure(rows[t.name]) for t in targets) if f]
     refused = [a for a in failed if a["target"] not in allowed]
     if refused:
-        why = "; ".join(f"{a['target']} {a['status'].replace('_', ' ')}: {a.get('reason', '?')}" for a in refused)
+        why = "; ".join(f"{a['target']} {a['status'].replace('_', ' ')}: {a['reason']}" for a in refused)
         flags = " ".join(f"--allow-failed {a['target']}" for a in refused)
         raise VerificationError(f"not releasing: {why} (pass {flags} to release the others without it)")
-    ship = [t for t in targets if rows[t.name]["status"] == "ok"]
+    out = {a["target"] for a in failed}
+    ship = [t for t in targets if t.name not in out]
     if not ship:
         raise VerificationError("nothing to release: every requested target failed")
-    excluded = [{"target": a["target"], "status": a["status"], "reason": a.get("reason", "")} for a in failed]
-    return ship, excluded
+    return ship, failed
 
 
-# -- one archive per target ----------------------------------------------------------------------
+def _failure(row: dict) -> dict | None:
+    if row["status"] != "ok":
+        return {"target": row["target"], "status": row["status"], "reason": row.get("reason", "")}
+    bad = {d: c for d, c in (row.get("arm_check") or {}).items() if c.get("status") != "ok"}
+    if bad:
+        return {"target": row["target"], "status": "failed_arm_check",
+                "reason": "; ".join(f"on {d}: {c.get('reason') or c.get('status')}" for d, c in bad.items())}
+    return None
+
 
 def pick_vectors(y, n: int) -> list[int]:
     """Indices into the held-out split of `n` samples: the first of each class (if labelled), then the next ones."""

@@ -185,7 +185,10 @@ def test_verify_refuses_an_archive_with_an_unsafe_member_naming_it(tmp_path, kin
 
 
 @pytest.mark.slow
-def test_release_refuses_a_failed_target_unless_allowed_and_records_it(small_build, small_config, tmp_path):
+@pytest.mark.parametrize("how", ["failed_verification", "failed_arm_check"])
+def test_release_refuses_a_failed_target_unless_allowed_and_records_it(small_build, small_config, tmp_path, how):
+    from pipeline.devices import record_arm_checks
+
     out, _ = small_build
     copy = tmp_path / "build"
     shutil.copytree(out, copy)
@@ -193,10 +196,15 @@ def test_release_refuses_a_failed_target_unless_allowed_and_records_it(small_bui
     failed = names[0]
     path = copy / MODEL / "manifest.json"
     m = json.loads(path.read_text())
-    for a in m["artifacts"]:
-        if a["target"] == failed:
-            a["status"], a["reason"] = "failed_verification", "accuracy 0.5 vs float model 0.9: crafted"
-    path.write_text(json.dumps(m))
+    row = next(a for a in m["artifacts"] if a["target"] == failed)
+    if how == "failed_verification":
+        row["status"], row["reason"] = how, "accuracy 0.5 vs float model 0.9: crafted"
+        path.write_text(json.dumps(m))
+        reason = row["reason"]
+    else:  # as build --verify-on records a board that cannot run the file
+        record_arm_checks(copy, MODEL, {failed: [{"device": "emu:rpi4", "status": "failed", "sha256": row["sha256"],
+                                                   "reason": "top-1 differs from x86 on 40% of 10 samples: crafted"}]})
+        reason = "on emu:rpi4: top-1 differs from x86 on 40% of 10 samples: crafted"
     dist = tmp_path / "dist"
     proc = release_cli(copy, small_config, dist, "--target", ",".join(names))
     assert proc.returncode == 1
@@ -209,8 +217,7 @@ def test_release_refuses_a_failed_target_unless_allowed_and_records_it(small_bui
     assert not (rel / f"{MODEL}-{VERSION}-{failed}.tar.gz").exists()
     assert len(list(rel.glob("*.tar.gz"))) == len(names) - 1
     excluded = json.loads((rel / "manifest.json").read_text())["release"]["excluded"]
-    assert excluded == [{"target": failed, "status": "failed_verification",
-                         "reason": "accuracy 0.5 vs float model 0.9: crafted"}]
+    assert excluded == [{"target": failed, "status": how, "reason": reason}]
     assert f"{failed} not released" in (rel / "MODEL_CARD.md").read_text()
     assert not [p for p in dist.iterdir() if p.name.startswith(".")]  # no temp folder left behind
 
