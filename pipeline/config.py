@@ -66,6 +66,8 @@ class TrainConfig:
     epochs: int = 12
     batch_size: int = 32
     learning_rate: float = 0.002
+    lr_schedule: str = "constant"
+    """Learning rate of every fit (training, fine-tuning, pruning, QAT): `constant`, or `cosine` (decays to 0 over the fit)."""
 
 
 PRUNE_METHODS = ("unstructured", "channels", "block")
@@ -88,6 +90,8 @@ class PruneConfig:
     """channels: rank channels by `l1` (filter L1 norm) or `bn` (BatchNormalization |gamma|, else L1)."""
     channels_residual: bool = False
     """channels: also prune the channels residual Adds tie together; false keeps them whole (cost less accuracy on MobileNetV2)."""
+    channels_multiple: int = 8
+    """channels: each pruned layer keeps a multiple of this many channels (int8 kernels work in tiles of 8-16); 1: exact."""
     block_size: tuple[int, ...] = (4, 1)
     """block: [rows, cols] of the zero blocks in 2-D (Dense) kernels [in, out]; [4, 1] is TFLite's 1x4 sparse block."""
     block_m_by_n: tuple[int, ...] = ()
@@ -186,6 +190,8 @@ def _check_ranges(cfg: Config) -> None:
         ("prune.channels_fraction", 0 <= cfg.prune.channels_fraction < 1, "in [0, 1)"),
         ("prune.channels_target", cfg.prune.channels_target in ("channels", "macs"), "'channels' or 'macs'"),
         ("prune.channels_criterion", cfg.prune.channels_criterion in ("l1", "bn"), "'l1' or 'bn'"),
+        ("train.lr_schedule", cfg.train.lr_schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
+        ("prune.channels_multiple", cfg.prune.channels_multiple >= 1, "at least 1"),
         ("prune.block_size", len(cfg.prune.block_size) == 2 and min(cfg.prune.block_size) >= 1,
          "[rows, cols] of positive integers"),
         ("prune.block_m_by_n", cfg.prune.block_m_by_n == () or (len(cfg.prune.block_m_by_n) == 2

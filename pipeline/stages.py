@@ -119,9 +119,12 @@ class Teacher:
             model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
 
 
-def _fit(keras, model, ds, teacher: Teacher, epochs, lr, batch_size, label, callbacks=()):
+def _fit(keras, model, ds, teacher: Teacher, epochs, lr, cfg, label, callbacks=()):
+    batch = _batch(model, cfg.train.batch_size)
+    if cfg.train.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, int(np.ceil(len(ds.x_train) / batch)) * epochs)
     teacher.compile(keras, model, lr)
-    model.fit(ds.x_train, teacher.y, epochs=epochs, batch_size=_batch(model, batch_size), shuffle=True, verbose=0,
+    model.fit(ds.x_train, teacher.y, epochs=epochs, batch_size=batch, shuffle=True, verbose=0,
               callbacks=[*callbacks, _progress_callback(keras, label, epochs)])
 
 
@@ -185,7 +188,7 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
         _check_input(model, ds)
         if cfg.model.fine_tune_epochs and ds.labelled:
             _fit(keras, model, ds, Teacher(model, ds, cfg.train.batch_size), cfg.model.fine_tune_epochs,
-                 cfg.train.learning_rate, cfg.train.batch_size, "fine-tune")
+                 cfg.train.learning_rate, cfg, "fine-tune")
     else:
         if not ds.labelled:
             from pipeline.errors import DataError
@@ -193,7 +196,7 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
             raise DataError("the built-in model needs labelled data: give labels, or bring a model with --model")
         model = default_model(keras, ds.x_train.shape[1:], len(ds.labels), cfg.model.filters)
         _fit(keras, model, ds, Teacher(model, ds, cfg.train.batch_size), cfg.train.epochs,
-             cfg.train.learning_rate, cfg.train.batch_size, "train")
+             cfg.train.learning_rate, cfg, "train")
     model.save(out / "model.h5")
     meta, _ = _scores(model, ds, cfg.train.batch_size)
     return {**meta, "source_model": info or "built-in", "outputs": len(model.outputs)}
@@ -320,7 +323,7 @@ def _prune_magnitude(keras, model, ds, cfg):
             wrapped = keras.models.clone_model(model, clone_function=wrap)
             wrapped.set_weights(_weights_for(wrapped, model))
             teacher = Teacher(model, ds, cfg.train.batch_size)
-            _fit(keras, wrapped, ds, teacher, p.epochs, p.learning_rate, cfg.train.batch_size, "prune",
+            _fit(keras, wrapped, ds, teacher, p.epochs, p.learning_rate, cfg, "prune",
                  callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
             model = tfmot.sparsity.keras.strip_pruning(wrapped)
     return model, {"pruned_layers": len(pruned_layers), "patterns": patterns, "fallbacks": fallbacks}
@@ -332,12 +335,14 @@ def _prune_channels(keras, model, ds, cfg):
 
     p, strict = cfg.prune, cfg.build.strict
     info = {"pruned_layers": 0, "criterion": p.channels_criterion, "target": p.channels_target,
-            "fraction": p.channels_fraction, "residual": p.channels_residual, "channels": {}, "fallbacks": []}
+            "fraction": p.channels_fraction, "residual": p.channels_residual, "multiple": p.channels_multiple,
+            "channels": {}, "fallbacks": []}
     if p.channels_fraction == 0:
         return model, info
     try:
         new, rep = prune_channels(model, p.channels_fraction, criterion=p.channels_criterion, strict=False,
-                                  target=p.channels_target, residual=p.channels_residual)
+                                  target=p.channels_target, residual=p.channels_residual,
+                                  multiple=p.channels_multiple)
     except ValueError as e:  # a subclassed model, a dynamic spatial size: nothing to prune by channel
         info["fallbacks"].append(_fallback(strict, f"prune: cannot prune channels of this model ({e}); left unpruned"))
         return model, info
@@ -352,7 +357,7 @@ def _prune_channels(keras, model, ds, cfg):
         info["fallbacks"].append(_fallback(strict, "prune: no channels can be removed from this model; left unpruned"))
         return model, info
     teacher = Teacher(model, ds, cfg.train.batch_size)  # the unpruned model's outputs when there are no labels
-    _fit(keras, new, ds, teacher, p.epochs, p.learning_rate, cfg.train.batch_size, "prune")
+    _fit(keras, new, ds, teacher, p.epochs, p.learning_rate, cfg, "prune")
     return new, info
 
 
@@ -399,7 +404,7 @@ def qat(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
         return {"method": "ptq", "reason": _fallback(cfg.build.strict, msg), "fallbacks": [msg]}
     with tfmot.quantization.keras.quantize_scope():
         teacher = Teacher(model, ds, cfg.train.batch_size)
-        _fit(keras, q, ds, teacher, cfg.qat.epochs, cfg.qat.learning_rate, cfg.train.batch_size, "qat")
+        _fit(keras, q, ds, teacher, cfg.qat.epochs, cfg.qat.learning_rate, cfg, "qat")
     q.save(out / "model.h5")
     meta, _ = _scores(q, ds, cfg.train.batch_size)
     return {**meta, "method": "qat", "sparsity": round(weight_sparsity(q), 4), "fallbacks": []}

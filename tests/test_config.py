@@ -33,6 +33,7 @@ def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
     ({"build": {"targets": "tflite-int8"}}, "build.targets must be a list of strings"),
     ({"prune": {"sparsity": 1.5}}, "prune.sparsity must be in [0, 1), got 1.5"),
     ({"data": {"test_fraction": 0}}, "data.test_fraction must be between 0 and 1"),
+    ({"train": {"lr_schedule": "linear"}}, "train.lr_schedule must be 'constant' or 'cosine', got 'linear'"),
 ])
 def test_bad_configs_are_rejected_with_what_is_wrong(raw, message):
     with pytest.raises(ConfigError) as e:

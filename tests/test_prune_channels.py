@@ -174,6 +174,28 @@ def test_lambda_layer_is_left_unpruned_and_reported_when_not_strict():
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("multiple, expected", [
+    (1, {"conv1": (8, 4), "conv2": (16, 7), "fc1": (32, 13)}),
+    # nearest multiple, halves up; never fewer than one multiple, never more than the layer has
+    (4, {"conv1": (8, 4), "conv2": (16, 8), "fc1": (32, 12)}),
+    (16, {"conv1": (8, 8), "conv2": (16, 16), "fc1": (32, 16)}),
+])
+def test_multiple_keeps_a_multiple_of_that_many_channels_in_every_pruned_layer(multiple, expected):
+    model = sequential_cnn()
+    new, report = prune_channels(model, 0.6, multiple=multiple)
+    assert report["layers"] == {**expected, "out": (10, 10)}
+    assert report["macs_after"] == count_macs(new)
+    x = _inputs(model)
+    np.testing.assert_allclose(_predict(new, x), _predict(masked_copy(model, report["keep"]), x), atol=1e-5)
+
+
+def test_macs_target_with_a_multiple_still_removes_at_least_the_requested_share():
+    model = residual_model()
+    _, report = prune_channels(model, 0.4, target="macs", multiple=4)
+    assert report["macs_after"] <= 0.6 * report["macs_before"]
+    assert all(after % 4 == 0 or after == before for before, after in report["layers"].values())
+
+
 def test_macs_target_removes_at_least_the_requested_share_of_macs():
     model = sequential_cnn()
     fraction = fraction_for_macs(model, 0.5)

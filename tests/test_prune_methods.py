@@ -24,15 +24,16 @@ def test_the_new_keys_default_to_todays_unstructured_pruning():
     p = config.load(None).prune
     assert p.method == "unstructured" and p.sparsity == 0.75
     assert (p.channels_fraction, p.channels_target, p.channels_criterion) == (0.5, "channels", "l1")
-    assert p.channels_residual is False
+    assert p.channels_residual is False and p.channels_multiple == 8
     assert p.block_size == (4, 1) and p.block_m_by_n == ()
 
 
 def test_good_values_of_the_new_keys_are_accepted():
     p = config.from_dict({"prune": {"method": "channels", "channels_fraction": 0.3, "channels_target": "macs",
-                                    "channels_criterion": "bn", "channels_residual": True, "block_size": [1, 16],
+                                    "channels_criterion": "bn", "channels_residual": True, "channels_multiple": 16,
+                                    "block_size": [1, 16],
                                     "block_m_by_n": [2, 4]}}).prune
-    assert p.channels_residual is True
+    assert p.channels_residual is True and p.channels_multiple == 16
     assert (p.method, p.channels_fraction, p.channels_target, p.channels_criterion) == ("channels", 0.3, "macs", "bn")
     assert p.block_size == (1, 16) and p.block_m_by_n == (2, 4)
 
@@ -50,6 +51,7 @@ def test_good_values_of_the_new_keys_are_accepted():
     ({"block_m_by_n": [4, 2]}, "prune.block_m_by_n must be empty or [m, n] with 0 < m < n, got (4, 2)"),
     ({"block_m_by_n": [2, 4, 8]}, "prune.block_m_by_n must be empty or [m, n]"),
     ({"channels_residual": "yes"}, "prune.channels_residual must be bool, got str 'yes'"),
+    ({"channels_multiple": 0}, "prune.channels_multiple must be at least 1, got 0"),
     ({"channel_fraction": 0.5}, "unknown key prune.channel_fraction (did you mean 'channels_fraction'?)"),
 ])
 def test_bad_values_of_the_new_keys_are_rejected_with_what_is_wrong(raw, message):
@@ -98,10 +100,11 @@ def test_channels_gives_a_smaller_model_recorded_in_the_manifest_and_every_tflit
     p = m["stages"]["prune"]
     assert p["method"] == "channels" and m["config"]["prune"]["method"] == "channels"
     assert p["params_after"] < 0.5 * p["params_before"] and p["macs_after"] < 0.5 * p["macs_before"]
-    # Every conv / dense layer but the classifier lost half its channels; the classifier keeps its 10 classes.
-    assert p["channels"]["dense_1"] == [10, 10]
+    # Every conv / dense layer lost half its channels but the classifier (its 10 classes) and the 8-filter first
+    # conv: half would be 4, and prune.channels_multiple (8) keeps at least one multiple.
+    assert p["channels"]["dense_1"] == [10, 10] and p["channels"]["conv2d"] == [8, 8] and p["multiple"] == 8
     halved = [name for name, (before, after) in p["channels"].items() if after == before // 2]
-    assert len(halved) == 4 and p["fallbacks"] == []
+    assert len(halved) == 3 and p["fallbacks"] == []
     assert p["sparsity"] == 0.0  # smaller and dense: nothing for QAT to keep
     for t in TFLITE.split(","):
         assert arts[t]["status"] == "ok", (t, arts[t].get("reason"))
@@ -137,7 +140,7 @@ def _model_with_a_reshape(path):
     x = keras.Input((8, 8, 1))
     h = L.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(x)
     h = L.Reshape((8, 8, 8), name="odd_reshape")(h)
-    h = L.Conv2D(8, 3, padding="same", activation="relu", name="conv_b")(h)
+    h = L.Conv2D(16, 3, padding="same", activation="relu", name="conv_b")(h)
     h = L.Flatten()(h)
     y = L.Dense(10, activation="softmax", name="classes")(h)
     with warnings.catch_warnings():
@@ -159,5 +162,5 @@ def test_a_layer_channels_cannot_go_through_is_named_under_strict_and_recorded_o
     m, arts = manifest(tmp_path / "lenient")
     p = m["stages"]["prune"]
     assert any("'odd_reshape' (Reshape)" in f for f in p["fallbacks"])
-    assert p["channels"]["conv_a"] == [8, 8] and p["channels"]["conv_b"] == [8, 4]  # left whole / pruned
+    assert p["channels"]["conv_a"] == [8, 8] and p["channels"]["conv_b"] == [16, 8]  # left whole / pruned
     assert arts["tflite-fp32"]["status"] == "ok" and arts["tflite-fp32"]["fallbacks"] == p["fallbacks"]
