@@ -58,6 +58,7 @@ WORK = HERE / ".work" / "prune-methods"
 DIGITS_TARGETS = "all"
 MOBILENET_TARGETS = "tflite-fp32,tflite-int8,openvino-fp32,openvino-int8"
 MEASURED = ("tflite-fp32", "tflite-int8", "openvino-fp32", "openvino-int8")
+SEED_TARGETS = "tflite-fp32,tflite-int8"  # what the extra seeds build: the goal's targets
 SPARSE_INT8 = "tflite-int8-sparse"  # benchmark-only: the QAT model with EXPERIMENTAL_SPARSITY, no XNNPACK
 
 
@@ -103,8 +104,10 @@ def variants(model: str, args) -> list[dict]:
              "sections": {"prune": {"method": "unstructured", "sparsity": s}}} for s in unstructured]
     out += [{"name": f"block-{s:g}", "method": "block", "strength": f"sparsity {s:g}, 4x1 blocks in Dense",
              "sections": {"prune": {"method": "block", "sparsity": s}}} for s in block]
-    out += [{"name": f"channels-{f:g}", "method": "channels", "strength": f"{f:g} of channels (residual streams kept)",
-             "sections": {"prune": {"method": "channels", "channels_fraction": f}}} for f in channels]
+    out += [{"name": f"channels-{f:g}" + (f"-x{m}" if m else ""), "method": "channels",
+             "strength": f"{f:g} of channels" + (f", multiples of {m}" if m else "") + " (residual streams kept)",
+             "sections": {"prune": {"method": "channels", "channels_fraction": f}
+                          | ({"channels_multiple": m} if m else {})}} for f, m in channels]
     out += [{"name": f"channels-residual-{f:g}", "method": "channels",
              "strength": f"{f:g} of channels, residual streams too",
              "sections": {"prune": {"method": "channels", "channels_fraction": f, "channels_residual": True}}}
@@ -310,13 +313,43 @@ def xnnpack_probe(args) -> tuple[list[dict], Path]:
     return items, inputs
 
 
+def alignment_probe(base: dict, inputs: Path, args) -> list[dict]:
+    """Why `prune.channels_multiple`: the float MobileNetV2, channel-pruned (BN criterion, residual streams
+    kept) at each fraction, keeping an exact count or a multiple of 8 or 16 channels per layer, then
+    converted to int8 by post-training quantization without fine-tuning (latency only, no accuracy)."""
+    from pipeline import stages
+    from pipeline.prune_channels import count_macs, prune_channels
+    from targets import Target, tflite
+
+    stages.tf_setup(0)
+    model = stages.load_model(Path(base["model"]["path"]))
+    with np.load(base["data"]["path"]) as d:
+        calibration = d["x_train"][:200].astype(np.float32) / 255
+    target = Target("probe", "tflite", "probe", "model.tflite", "float", "run_litert.py", "int8", {"mode": "int8"})
+    items = []
+    for f, m in [(0.0, 1)] + [(f, m) for f in args.align_fractions for m in (1, 8, 16)]:
+        pruned = prune_channels(model, f, criterion="bn", residual=False, multiple=m)[0] if f else model
+        name = f"channels-{f:g} multiple {m}" if f else "dense"
+        path = WORK / "alignment" / name.replace(" ", "-") / "model.tflite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tflite.export(target, pruned, calibration, path, {"probe": True})
+        items.append({"model": "alignment-probe", "variant": name, "method": "channels" if f else "dense",
+                      "target": "tflite-int8", "runner": "run_litert.py", "file": str(path), "status": "ok",
+                      "params": pruned.count_params(), "macs": count_macs(pruned), "bytes": path.stat().st_size})
+    return items
+
+
 # -- report --------------------------------------------------------------------------------------
 
-def rows_for(model: str, builds: list[dict]) -> list[dict]:
+def rows_for(model: str, builds: list[dict], seeded: dict | None = None) -> list[dict]:
+    """One row per artifact; `seeded` {variant: builds with other seeds} adds each seed's accuracy and their mean."""
     rows = []
     for b in builds:
         v, prune = b["variant"], b["manifest"].get("stages", {}).get("prune", {})
         for t, a in b["artifacts"].items():
+            seeds = [a.get("accuracy")] + [sb["artifacts"].get(t, {}).get("accuracy")
+                                           for sb in (seeded or {}).get(v["name"], [])]
+            seeds = [x for x in seeds if x is not None]
             rows.append({"model": model, "variant": v["name"], "method": v["method"], "strength": v["strength"],
                          "target": t, "runner": TARGETS[t].runner if t in TARGETS else "run_litert.py",
                          "status": a.get("status"), "reason": a.get("reason"), "file": a.get("file"),
@@ -324,7 +357,9 @@ def rows_for(model: str, builds: list[dict]) -> list[dict]:
                          "params": prune.get("params_after"), "nonzero_params": prune.get("nonzero_params_after"),
                          "macs": prune.get("macs_after"), "bytes": a.get("bytes"), "gzip_bytes": a.get("gzip_bytes"),
                          "sparsity": a.get("sparsity"), "quantization": a.get("quantization"),
-                         "options": a.get("options", []), "note": a.get("note")})
+                         "options": a.get("options", []), "note": a.get("note")}
+                        | ({"accuracy_seeds": seeds, "accuracy_mean": statistics.mean(seeds),
+                            "seeds": ", ".join(f"{x:.4f}" for x in seeds)} if len(seeds) > 1 else {}))
     return rows
 
 
@@ -335,7 +370,9 @@ def ratios(rows: list[dict]) -> None:
         if not d:
             continue
         if r.get("accuracy") is not None and d.get("accuracy") is not None:
-            r["accuracy_delta_points"] = round((r["accuracy"] - d["accuracy"]) * 100, 2)
+            # Of the seeds' means where a variant was built with several seeds (one training run moves by ~0.5 pts).
+            acc = lambda x: x.get("accuracy_mean", x["accuracy"])  # noqa: E731
+            r["accuracy_delta_points"] = round((acc(r) - acc(d)) * 100, 2)
         # Per round, dense p50 / variant p50 (timed minutes apart at most), then the median over rounds:
         # a burst of other load on the shared machine skews one round's pair, not the figure.
         pairs = [a / b for a, b in zip(d.get("p50s") or [], r.get("p50s") or []) if a and b]
@@ -348,12 +385,12 @@ def ratios(rows: list[dict]) -> None:
 
 
 COLUMNS = [("variant", "variant"), ("target", "target"), ("status", "status"), ("accuracy", "accuracy"),
-           ("accuracy_delta_points", "Δ acc pts"), ("params", "params"), ("nonzero_params", "non-zero params"),
+           ("seeds", "accuracy, seeds 0, 1, ..."), ("accuracy_delta_points", "Δ acc pts"), ("params", "params"), ("nonzero_params", "non-zero params"),
            ("macs", "MACs"), ("bytes", "bytes"), ("gzip_bytes", "gzip bytes"), ("gzip_vs_dense", "gzip / dense"),
            ("p50_ms", "x86 p50 ms"), ("speedup_x86", "x86 speedup"), ("pi4_minstr", "Pi 4 Minstr/inf"),
            ("speedup_pi4", "Pi 4 speedup")]
 CSV_FIELDS = ["model", "variant", "method", "strength", "target", "status", "reason", "accuracy", "float_accuracy",
-              "accuracy_delta_points", "params", "nonzero_params", "macs", "bytes", "gzip_bytes", "gzip_vs_dense",
+              "accuracy_seeds", "accuracy_mean", "accuracy_delta_points", "params", "nonzero_params", "macs", "bytes", "gzip_bytes", "gzip_vs_dense",
               "sparsity", "sparse_tensors", "quantization", "p50_ms", "p50s", "speedup_x86", "pi4_instructions",
               "speedup_pi4", "note", "error", "pi4_error"]
 
@@ -398,7 +435,7 @@ def chart(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = [m for m in dict.fromkeys(r["model"] for r in rows) if m != "xnnpack-probe"]
+    models = [m for m in dict.fromkeys(r["model"] for r in rows) if not m.endswith("-probe")]
     colors = {"dense": "black", "unstructured": "tab:blue", "block": "tab:orange", "channels": "tab:green"}
     fig, axes = plt.subplots(2, len(models), figsize=(7 * len(models), 10), squeeze=False)
     for j, model in enumerate(models):
@@ -445,14 +482,21 @@ def main(argv=None) -> int:
     p.add_argument("--mobilenet-channels", default="0.5,0.6,0.75")
     p.add_argument("--mobilenet-channels-residual", default="",
                    help="channels variants that also prune the residual streams (channels_residual = true)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="build seeds of dense and every channels variant (tflite-fp32/int8); Δ acc is of their means")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median kept)")
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--min-seconds", type=float, default=0.3)
-    p.add_argument("--no-probe", action="store_true", help="skip the XNNPACK sparse-inference probe")
+    p.add_argument("--no-probe", action="store_true", help="skip the XNNPACK sparse-inference and alignment probes")
+    p.add_argument("--align-fractions", default="0.5,0.6",
+                   help="channel fractions of the alignment probe (MobileNetV2 only)")
     args = p.parse_args(argv)
-    for k in ("digits_sparsity", "digits_channels", "mobilenet_sparsity", "mobilenet_block", "mobilenet_channels",
-              "mobilenet_channels_residual"):
+    for k in ("digits_sparsity", "mobilenet_sparsity", "mobilenet_block", "mobilenet_channels_residual",
+              "align_fractions"):
         setattr(args, k, [float(x) for x in getattr(args, k).split(",") if x.strip()])
+    for k in ("digits_channels", "mobilenet_channels"):  # FRACTION or FRACTIONxMULTIPLE
+        setattr(args, k, [(float(x.split("x")[0]), int(x.split("x")[1]) if "x" in x else None)
+                          for x in getattr(args, k).split(",") if x.strip()])
     t0 = time.time()
     WORK.mkdir(parents=True, exist_ok=True)
     from targets import telemetry_off
@@ -468,7 +512,11 @@ def main(argv=None) -> int:
             targets = MOBILENET_TARGETS
         out = WORK / "build" / model
         builds = [build_variant(model, base, v, targets, out) for v in variants(model, args)]
-        model_rows = rows_for(model, builds)
+        seeded = {v["name"]: [build_variant(model, base, {**v, "name": f"{v['name']}-seed{s}",
+                                                          "sections": merge(v["sections"], {"build": {"seed": s}})},
+                                            SEED_TARGETS, out) for s in range(1, args.seeds)]
+                  for v in variants(model, args) if v["method"] in ("dense", "channels")}
+        model_rows = rows_for(model, builds, seeded)
         for b in builds:
             if b["variant"]["method"] == "block" and b["artifacts"].get("tflite-int8", {}).get("status") == "ok":
                 extra = sparse_int8(model, b, out)
@@ -476,6 +524,8 @@ def main(argv=None) -> int:
                     model_rows += rows_for(model, [{**b, "artifacts": {SPARSE_INT8: extra}}])
         dense_data = builds[0]["manifest"]["stages"]["data"]["key"]
         inputs = out / ".cache" / "data" / dense_data / "x_test.npy"
+        if model == "mobilenet-v2":
+            mobilenet_inputs = inputs
         timed = [r for r in model_rows if r["status"] == "ok" and r.get("file")
                  and (r["target"] in MEASURED or r["target"] == SPARSE_INT8)]
         measure_x86(timed, inputs, args)
@@ -485,7 +535,6 @@ def main(argv=None) -> int:
                         "statuses": {b["variant"]["name"]: {t: a["status"] for t, a in b["artifacts"].items()}
                                      for b in builds}}
         rows += model_rows
-    probe = []
     if not args.no_probe:
         probe, probe_inputs = xnnpack_probe(args)
         measure_x86(probe, probe_inputs, args)
@@ -493,6 +542,11 @@ def main(argv=None) -> int:
         for r in probe:
             r["status"] = "ok"
         rows += probe
+        if "mobilenet-v2" in notes and args.align_fractions:
+            align = alignment_probe(mobilenet_base(args)[0], mobilenet_inputs, args)
+            measure_x86(align, mobilenet_inputs, args)
+            measure_pi4(align, mobilenet_inputs, args)
+            rows += align
     for r in rows:
         if r.get("pi4_instructions"):
             r["pi4_minstr"] = r["pi4_instructions"] / 1e6
@@ -525,14 +579,23 @@ def main(argv=None) -> int:
              f"target, same round.",
              f"- Pi 4: {pi4_line}; guest instructions per inference (deterministic, no wall time). "
              "Speedup = dense instructions / variant instructions.",
-             "- Accuracy: the artifact's own accuracy on the held-out split (from its verification); Δ is in "
-             "points against dense's artifact of the same target. MACs: dense multiply-accumulates of the graph "
-             "(zeros are still multiplied by every runtime measured here).",
+             "- Accuracy: the artifact's own accuracy on the held-out split (from its verification), seed 0; dense and "
+             f"every channels variant are also built with seeds 1..{args.seeds - 1} (`[build] seed`: the shuffling of "
+             "fine-tuning, pruning and QAT), tflite-fp32 and tflite-int8 only. Δ is in points against dense's artifact "
+             "of the same target, of the seeds' means where there are several. MACs: dense multiply-accumulates of the "
+             "graph (zeros are still multiplied by every runtime measured here).",
              f"- `{SPARSE_INT8}`: benchmark-only, the block variant's QAT model converted with EXPERIMENTAL_SPARSITY, "
              f"run with `--delegate none` (compared with dense tflite-int8 under XNNPACK).\n",
              "![accuracy vs latency and size](prune_methods.png)\n"]
     for model in dict.fromkeys(r["model"] for r in rows):
         rs = [r for r in rows if r["model"] == model]
+        if model == "alignment-probe":
+            parts += ["\n## Channel alignment probe (int8, untrained after pruning: latency only)\n",
+                      alignment_probe.__doc__.split("\n\n")[0].replace("\n   ", "") + "\n",
+                      md_table(rs, [("variant", "variant"), ("params", "params"), ("macs", "MACs"),
+                                    ("p50_ms", "x86 p50 ms"), ("speedup_x86", "x86 speedup"),
+                                    ("pi4_minstr", "Pi 4 Minstr/inf"), ("speedup_pi4", "Pi 4 speedup")])]
+            continue
         if model == "xnnpack-probe":
             parts += ["\n## XNNPACK sparse-inference probe (random weights, latency only)\n",
                       xnnpack_probe.__doc__.split("\n\n")[0].replace("\n   ", "") + "\n",
