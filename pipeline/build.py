@@ -91,6 +91,7 @@ class Builder:
                                      "seed": self.seed, "strict": cfg.build.strict},
                            {"model": train.key, "data": d.key},
                            lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), f))
+        self.log(report.prune_summary(train.meta, prune.meta))
         if need_qat:
             self.stage("qat", {"qat": cfg.section("qat"), "sparsity": cfg.prune.sparsity,
                                "batch_size": cfg.train.batch_size, "seed": self.seed, "strict": cfg.build.strict},

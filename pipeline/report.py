@@ -34,3 +34,19 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     widths = [max(len(x) for x in col) for col in zip(heads, *body)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(heads), fmt(["-" * w for w in widths]), *map(fmt, body)])
+
+
+def prune_summary(trained: dict, pruned: dict) -> str:
+    """One line on what the prune stage did to the float model (stage metas as the manifest keeps them)."""
+    parts = [f"prune: {pruned.get('method', 'unstructured')}"]
+    before, after = pruned.get("params_before"), pruned.get("params_after")
+    if before and after is not None and after != before:
+        parts.append(f"params {before:,} -> {after:,} ({after / before:.2f}x)")
+    before, after = pruned.get("macs_before"), pruned.get("macs_after")
+    if before and after is not None and after != before:
+        parts.append(f"MACs {before:,} -> {after:,} ({after / before:.2f}x)")
+    if pruned.get("sparsity"):
+        parts.append(f"{pruned['sparsity']:.1%} of the weights zero")
+    if trained.get("accuracy") is not None and pruned.get("accuracy") is not None:
+        parts.append(f"float accuracy {trained['accuracy']:.4f} -> {pruned['accuracy']:.4f}")
+    return ", ".join(parts)

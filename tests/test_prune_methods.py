@@ -90,6 +90,19 @@ def test_residual_false_keeps_the_channels_an_add_joins_whole_and_prunes_the_res
     assert everything["layers"]["project"] == (8, 4) and everything["residual"] is True
 
 
+def test_the_prune_line_says_what_pruning_changed_and_leaves_out_what_it_did_not():
+    from pipeline.report import prune_summary
+
+    trained = {"accuracy": 0.98}
+    channels = {"method": "channels", "params_before": 40394, "params_after": 10346, "macs_before": 616064,
+                "macs_after": 156480, "sparsity": 0.0, "accuracy": 0.9756}
+    assert prune_summary(trained, channels) == ("prune: channels, params 40,394 -> 10,346 (0.26x), "
+                                                "MACs 616,064 -> 156,480 (0.25x), float accuracy 0.9800 -> 0.9756")
+    zeros = {"method": "unstructured", "params_before": 40394, "params_after": 40394, "macs_before": 616064,
+             "macs_after": 616064, "sparsity": 0.7502, "accuracy": 0.9778}
+    assert prune_summary({"accuracy": None}, zeros) == "prune: unstructured, 75.0% of the weights zero"
+
+
 # -- end to end (tiny model) -------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -106,6 +119,8 @@ def test_channels_gives_a_smaller_model_recorded_in_the_manifest_and_every_tflit
     halved = [name for name, (before, after) in p["channels"].items() if after == before // 2]
     assert len(halved) == 3 and p["fallbacks"] == []
     assert p["sparsity"] == 0.0  # smaller and dense: nothing for QAT to keep
+    assert (f"prune: channels, params {p['params_before']:,} -> {p['params_after']:,}" in proc.stderr
+            and f"MACs {p['macs_before']:,} -> {p['macs_after']:,}" in proc.stderr)
     for t in TFLITE.split(","):
         assert arts[t]["status"] == "ok", (t, arts[t].get("reason"))
     assert arts["tflite-int8"]["quantization"] == "int8"
