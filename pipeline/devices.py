@@ -566,7 +566,7 @@ class SSHDevice:
         return {**res, "device_fields": fields}
 
     def _run_remote(self, remote: str, runner: str, model: str, inputs: str, args: list[str], timeout: float) -> dict:
-        import json
+        from pipeline.runner import parse_result
 
         argv = ["python3", f"runner/{runner}", f"model/{model}", "--inputs", f"inputs/{inputs}",
                 "--outputs", "outputs.npz", *map(str, args)]
@@ -580,13 +580,9 @@ class SSHDevice:
         except DeviceError as e:
             return {"ok": False, "error": str(e)}
         stdout, stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
-        for line in reversed([ln for ln in stdout.splitlines() if ln.startswith("{")]):
-            try:
-                result = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(result, dict) and "ok" in result:
-                return result
+        result = parse_result(stdout)
+        if result is not None:
+            return result
         if proc.returncode == 124:
             return {"ok": False, "error": f"timed out on the board after {limit} s (runtime hung), killed"}
         tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []

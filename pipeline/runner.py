@@ -21,6 +21,18 @@ def child_env() -> dict:
     return env
 
 
+def parse_result(stdout: str) -> dict | None:
+    """The runner's result: the last line of its stdout that is a JSON object with `ok` (a runtime may print too)."""
+    for line in reversed([ln for ln in stdout.splitlines() if ln.startswith("{")]):
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(result, dict) and "ok" in result:
+            return result
+    return None
+
+
 def run(runner: Path, model: Path, args: list[str] = (), timeout: float = DEFAULT_TIMEOUT_S,
         prefix: list[str] | None = None) -> dict:
     """Run `runner model args...`; always returns the runner's JSON, or one with ok=False and why."""
@@ -32,14 +44,9 @@ def run(runner: Path, model: Path, args: list[str] = (), timeout: float = DEFAUL
         return {"ok": False, "error": f"timed out after {timeout:.0f} s (runtime hung), killed"}
     except OSError as e:
         return {"ok": False, "error": f"could not start runner: {e}"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if lines:
-        try:
-            result = json.loads(lines[-1])
-        except json.JSONDecodeError:
-            result = None
-        if isinstance(result, dict) and "ok" in result:
-            return result
+    result = parse_result(proc.stdout)
+    if result is not None:
+        return result
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode).name
         why = f"runtime crashed with {sig}"
