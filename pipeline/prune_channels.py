@@ -344,8 +344,9 @@ class _Plan:
 
 def _rounded(n_keep, multiple, width):
     """n_keep to the nearest multiple of `multiple` (halves up), at least one multiple, at most width.
-    Why: int8 kernels work on channel tiles (XNNPACK: 8 or 16 on x86 and ARM); a layer of 20 channels
-    costs as much as one of 24, so an unaligned count pays in accuracy for speed it does not get."""
+    Why: int8 kernels work on channel tiles (in benchmarks/prune_methods.py, 16 paid on AVX-512 x86, 8 on
+    the emulated Pi 4); a layer of 20 channels costs what one of 24 does, so an unaligned count pays in
+    accuracy for speed it does not get."""
     if multiple <= 1:
         return n_keep
     return min(width, max(multiple, (n_keep + multiple // 2) // multiple * multiple))
@@ -470,7 +471,7 @@ def prune_channels(model, fraction: float, criterion: str = "l1", strict: bool =
     fraction (channel fraction used), target, params_before, params_after,
     macs_before, macs_after, layers {name: (channels_before, channels_after)},
     keep {Conv2D/Dense name: kept output channel indices} (feed it to
-    masked_copy), skipped [{layer, reason}], residual.
+    masked_copy), skipped [{layer, reason}], residual, multiple.
     """
     _check(fraction, criterion, multiple)
     if target not in ("channels", "macs"):
