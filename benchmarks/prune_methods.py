@@ -389,12 +389,14 @@ def ratios(rows: list[dict]) -> None:
 
 
 COLUMNS = [("variant", "variant"), ("target", "target"), ("status", "status"), ("accuracy", "accuracy"),
-           ("seeds", "accuracy, seeds 0, 1, ..."), ("accuracy_delta_points", "Δ acc pts"), ("params", "params"), ("nonzero_params", "non-zero params"),
+           ("seeds", "accuracy, seeds 0, 1, ..."), ("accuracy_delta_points", "Δ acc pts"), ("params", "params"),
+           ("nonzero_params", "non-zero params"),
            ("macs", "MACs"), ("bytes", "bytes"), ("gzip_bytes", "gzip bytes"), ("gzip_vs_dense", "gzip / dense"),
            ("p50_ms", "x86 p50 ms"), ("speedup_x86", "x86 speedup"), ("pi4_minstr", "Pi 4 Minstr/inf"),
            ("speedup_pi4", "Pi 4 speedup")]
 CSV_FIELDS = ["model", "variant", "method", "strength", "target", "status", "reason", "accuracy", "float_accuracy",
-              "accuracy_seeds", "accuracy_mean", "accuracy_delta_points", "params", "nonzero_params", "macs", "bytes", "gzip_bytes", "gzip_vs_dense",
+              "accuracy_seeds", "accuracy_mean", "accuracy_delta_points", "params", "nonzero_params", "macs", "bytes",
+              "gzip_bytes", "gzip_vs_dense",
               "sparsity", "sparse_tensors", "quantization", "p50_ms", "p50s", "speedup_x86", "pi4_instructions",
               "speedup_pi4", "note", "error", "pi4_error"]
 
