@@ -509,7 +509,7 @@ def main(argv=None) -> int:
     from targets import telemetry_off
 
     telemetry_off()
-    rows, notes, pi4_line = [], {}, "not measured"
+    rows, notes, pi4_line, build_seconds = [], {}, "not measured", 0.0
     for short in args.models.split(","):
         model = {"digits": "digits-cnn", "mobilenet": "mobilenet-v2"}[short.strip()]
         if model == "digits-cnn":
@@ -523,6 +523,7 @@ def main(argv=None) -> int:
                                                           "sections": merge(v["sections"], {"build": {"seed": s}})},
                                             SEED_TARGETS, out) for s in range(1, args.seeds)]
                   for v in variants(model, args) if v["method"] in ("dense", "channels")}
+        build_seconds += sum(b["seconds"] for b in builds + [b for bs in seeded.values() for b in bs])
         model_rows = rows_for(model, builds, seeded)
         for b in builds:
             if b["variant"]["method"] == "block" and b["artifacts"].get("tflite-int8", {}).get("status") == "ok":
@@ -574,7 +575,8 @@ def main(argv=None) -> int:
 
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
     parts = ["# Pruning methods, measured\n",
-             f"Made by `.venv/bin/python benchmarks/prune_methods.py {cmd}`".rstrip() + f" in {time.time() - t0:.0f} s "
+             f"Made by `{f'.venv/bin/python benchmarks/prune_methods.py {cmd}'.rstrip()}` in {time.time() - t0:.0f} s "
+             f"({build_seconds:.0f} s of it building: a build whose stages are in the pipeline's cache takes a second) "
              f"on {conditions.get('cpu')} ({conditions.get('cpus_available')} CPUs shared with other jobs; load average "
              f"{min(loads, default=0):.2f}..{max(loads, default=0):.2f} during timing), {platform.system()} "
              f"{platform.machine()}, Python {platform.python_version()}, ai-edge-litert "
