@@ -143,6 +143,11 @@ def mobilenet_base(args) -> dict:
 
 # -- building ------------------------------------------------------------------------------------
 
+def with_seed(v: dict, seed: int) -> dict:
+    """The variant built with another `[build] seed` (the shuffling of fine-tuning, pruning and QAT)."""
+    return {**v, "name": f"{v['name']}-seed{seed}", "sections": merge(v["sections"], {"build": {"seed": seed}})}
+
+
 def build_variant(model: str, base: dict, v: dict, targets: str, out: Path) -> dict:
     """Build one variant with the user's command; copy its artifacts out of the way of the next build."""
     cfg_file = WORK / "configs" / model / f"{v['name']}.toml"
@@ -317,7 +322,7 @@ def xnnpack_probe(args) -> tuple[list[dict], Path]:
     return items, inputs
 
 
-def alignment_probe(base: dict, inputs: Path, args) -> list[dict]:
+def alignment_probe(model_path: str, inputs: Path, args) -> list[dict]:
     """Why `prune.channels_multiple`: the float MobileNetV2, channel-pruned (BN criterion, residual streams
     kept) at each fraction, keeping an exact count or a multiple of 8 or 16 channels per layer, then
     converted to int8 by post-training quantization without fine-tuning (latency only, no accuracy)."""
@@ -326,9 +331,8 @@ def alignment_probe(base: dict, inputs: Path, args) -> list[dict]:
     from targets import Target, tflite
 
     stages.tf_setup(0)
-    model = stages.load_model(Path(base["model"]["path"]))
-    with np.load(base["data"]["path"]) as d:
-        calibration = d["x_train"][:200].astype(np.float32) / 255
+    model = stages.load_model(Path(model_path))
+    calibration = np.load(inputs.with_name("x_cal.npy"))  # the build's own calibration set, preprocessed
     target = Target("probe", "tflite", "probe", "model.tflite", "float", "run_litert.py", "int8", {"mode": "int8"})
     items = []
     for f, m in [(0.0, 1)] + [(f, m) for f in args.align_fractions for m in (1, 8, 16)]:
@@ -367,6 +371,10 @@ def rows_for(model: str, builds: list[dict], seeded: dict | None = None) -> list
     return rows
 
 
+def _mean_accuracy(row: dict) -> float:
+    return row.get("accuracy_mean", row["accuracy"])
+
+
 def ratios(rows: list[dict]) -> None:
     dense = {(r["model"], r["target"]): r for r in rows if r["method"] == "dense"}
     for r in rows:
@@ -375,8 +383,7 @@ def ratios(rows: list[dict]) -> None:
             continue
         if r.get("accuracy") is not None and d.get("accuracy") is not None:
             # Of the seeds' means where a variant was built with several seeds (one training run moves by ~0.5 pts).
-            acc = lambda x: x.get("accuracy_mean", x["accuracy"])  # noqa: E731
-            r["accuracy_delta_points"] = round((acc(r) - acc(d)) * 100, 2)
+            r["accuracy_delta_points"] = round((_mean_accuracy(r) - _mean_accuracy(d)) * 100, 2)
         # Per round, dense p50 / variant p50 (timed minutes apart at most), then the median over rounds:
         # a burst of other load on the shared machine skews one round's pair, not the figure.
         pairs = [a / b for a, b in zip(d.get("p50s") or [], r.get("p50s") or []) if a and b]
@@ -509,7 +516,7 @@ def main(argv=None) -> int:
     from targets import telemetry_off
 
     telemetry_off()
-    rows, notes, pi4_line, build_seconds = [], {}, "not measured", 0.0
+    rows, notes, pi4_line, build_seconds, align_source = [], {}, "not measured", 0.0, None
     for short in args.models.split(","):
         model = {"digits": "digits-cnn", "mobilenet": "mobilenet-v2"}[short.strip()]
         if model == "digits-cnn":
@@ -519,9 +526,8 @@ def main(argv=None) -> int:
             targets = MOBILENET_TARGETS
         out = WORK / "build" / model
         builds = [build_variant(model, base, v, targets, out) for v in variants(model, args)]
-        seeded = {v["name"]: [build_variant(model, base, {**v, "name": f"{v['name']}-seed{s}",
-                                                          "sections": merge(v["sections"], {"build": {"seed": s}})},
-                                            SEED_TARGETS, out) for s in range(1, args.seeds)]
+        seeded = {v["name"]: [build_variant(model, base, with_seed(v, s), SEED_TARGETS, out)
+                              for s in range(1, args.seeds)]
                   for v in variants(model, args) if v["method"] in ("dense", "channels")}
         build_seconds += sum(b["seconds"] for b in builds + [b for bs in seeded.values() for b in bs])
         model_rows = rows_for(model, builds, seeded)
@@ -533,7 +539,7 @@ def main(argv=None) -> int:
         dense_data = builds[0]["manifest"]["stages"]["data"]["key"]
         inputs = out / ".cache" / "data" / dense_data / "x_test.npy"
         if model == "mobilenet-v2":
-            mobilenet_inputs = inputs
+            align_source = (base["model"]["path"], inputs)
         timed = [r for r in model_rows if r["status"] == "ok" and r.get("file")
                  and (r["target"] in MEASURED or r["target"] == SPARSE_INT8)]
         measure_x86(timed, inputs, args)
@@ -550,10 +556,10 @@ def main(argv=None) -> int:
         for r in probe:
             r["status"] = "ok"
         rows += probe
-        if "mobilenet-v2" in notes and args.align_fractions:
-            align = alignment_probe(mobilenet_base(args)[0], mobilenet_inputs, args)
-            measure_x86(align, mobilenet_inputs, args)
-            measure_pi4(align, mobilenet_inputs, args)
+        if align_source and args.align_fractions:
+            align = alignment_probe(*align_source, args)
+            measure_x86(align, align_source[1], args)
+            measure_pi4(align, align_source[1], args)
             rows += align
     for r in rows:
         if r.get("pi4_instructions"):
