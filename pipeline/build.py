@@ -24,9 +24,10 @@ from pipeline.verify import verify_artifact
 
 
 class Builder:
-    def __init__(self, cfg: Config, out: Path, log=print):
+    def __init__(self, cfg: Config, out: Path, log=print, cache: Path | None = None):
+        """`cache`: another stage cache than OUT/.cache (a sweep's variants share one)."""
         self.cfg, self.out, self.log = cfg, Path(out), log
-        self.cache = Cache(self.out / ".cache")
+        self.cache = Cache(cache or self.out / ".cache")
         self.tools = tool_versions()
         self.seed = cfg.build.seed
         self.stages: dict[str, Entry] = {}
@@ -34,8 +35,7 @@ class Builder:
 
     def stage(self, name: str, params: dict, inputs: dict[str, str], produce, code=()) -> Entry:
         """`code`: source files beyond CODE[kind] that decide this stage's output (a target's module)."""
-        kind = name.split(":")[0]
-        key = stage_key(name, code_hash([*CODE[kind], *code]), params, inputs, self.tools)
+        key = self.key(name, params, inputs, code)
         entry = self.cache.get(name, key)
         if entry is not None:
             self.log(f"{name:<24} cached ({key[:12]})")
@@ -51,6 +51,9 @@ class Builder:
             self.log(f"{name:<24} done in {entry.meta['seconds']:.1f} s")
         self.stages[name] = entry
         return entry
+
+    def key(self, name: str, params: dict, inputs: dict[str, str], code=()) -> str:
+        return stage_key(name, code_hash([*CODE[name.split(":")[0]], *code]), params, inputs, self.tools)
 
     # -- the float and QAT models ------------------------------------------------------------
 
@@ -79,24 +82,41 @@ class Builder:
         return self._dataset
 
     def models(self, need_qat: bool) -> None:
-        from pipeline import stages
-
-        cfg, d = self.cfg, self.data()
-        source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
-        train = self.stage("train", {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed,
-                                     **source},
-                           {"data": d.key}, lambda f: stages.train(self.dataset(), cfg, self.seed, f, self.cache.root))
-        # `strict` is in the keys of the stages that may fall back: a strict build must re-decide.
-        prune = self.stage("prune", {"prune": cfg.section("prune"), "batch_size": cfg.train.batch_size,
-                                     "seed": self.seed, "strict": cfg.build.strict},
-                           {"model": train.key, "data": d.key},
-                           lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), f))
+        self.data()
+        train, prune = self.train(), self.prune()
         self.log(report.prune_summary(train.meta, prune.meta))
         if need_qat:
-            self.stage("qat", {"qat": cfg.section("qat"), "sparsity": cfg.prune.sparsity,
-                               "batch_size": cfg.train.batch_size, "seed": self.seed, "strict": cfg.build.strict},
-                       {"model": prune.key, "data": d.key},
-                       lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), f))
+            self.qat()
+
+    # One method per stage (after data): each reads its inputs from self.stages, so a sweep can run any one of them.
+
+    def train(self) -> Entry:
+        from pipeline import stages
+
+        cfg, d = self.cfg, self.stages["data"]
+        source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
+        return self.stage("train", {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed,
+                                    **source},
+                          {"data": d.key}, lambda f: stages.train(self.dataset(), cfg, self.seed, f, self.cache.root))
+
+    def prune(self) -> Entry:
+        from pipeline import stages
+
+        cfg, d, train = self.cfg, self.stages["data"], self.stages["train"]
+        # `strict` is in the keys of the stages that may fall back: a strict build must re-decide.
+        return self.stage("prune", {"prune": cfg.section("prune"), "batch_size": cfg.train.batch_size,
+                                    "seed": self.seed, "strict": cfg.build.strict},
+                          {"model": train.key, "data": d.key},
+                          lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), f))
+
+    def qat(self) -> Entry:
+        from pipeline import stages
+
+        cfg, d, prune = self.cfg, self.stages["data"], self.stages["prune"]
+        return self.stage("qat", {"qat": cfg.section("qat"), "sparsity": cfg.prune.sparsity,
+                                  "batch_size": cfg.train.batch_size, "seed": self.seed, "strict": cfg.build.strict},
+                          {"model": prune.key, "data": d.key},
+                          lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), f))
 
     # -- targets -----------------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ class _Parser(argparse.ArgumentParser):
 # Those modules must import nothing heavy at module level (they load for --help).
 MODULE_COMMANDS: dict[str, str] = {"bench": "pipeline.bench", "release": "pipeline.release",
                                    "verify": "pipeline.release_verify", "inspect": "pipeline.inspect_cmd",
-                                   "cache": "pipeline.cache_cmd", "device": "pipeline.device_cmd"}
+                                   "cache": "pipeline.cache_cmd", "device": "pipeline.device_cmd",
+                                   "sweep": "pipeline.sweep_cmd"}
 
 
 def add_build_options(p) -> None:
