@@ -391,8 +391,8 @@ def _ray(address: str | None):
     try:
         if address:
             ray.init(address=address, **common)
-        else:  # a private Ray on this machine, loopback only, no dashboard
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+        else:  # a new private Ray on this machine (never one `ray start` left running), loopback only, no dashboard
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **common)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UsageError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
                          f"{str(e).strip().splitlines()[0][:200]}") from None
@@ -510,6 +510,7 @@ class _Driver:
             self.pending[ref] = ("stage", n)
         for v in self.vs.values():
             self._maybe_artifacts(v)
+        self._local_benches()
         while self.pending:
             [ref], _ = self.ray.wait(list(self.pending), num_returns=1)
             kind, what = self.pending.pop(ref)
@@ -520,11 +521,15 @@ class _Driver:
             else:
                 self._finished(kind, what, result)
             self._tick()
-            if not any(k != "bench" for k, _ in self.pending.values()) and self.deferred:
-                self.log("sweep: every build task finished; timing on the local machine")
-                for args in self.deferred:
-                    self._bench(*args)
-                self.deferred = []
+            self._local_benches()
+
+    def _local_benches(self) -> None:
+        """The local machine's timings wait until no build task is left to disturb them."""
+        if self.deferred and not any(k != "bench" for k, _ in self.pending.values()):
+            self.log("sweep: every build task finished; timing on the local machine")
+            for args in self.deferred:
+                self._bench(*args)
+            self.deferred = []
 
     def _land(self, result: dict) -> None:
         for (stage, key, blob), seconds in zip(result["entries"], result["seconds"]):
