@@ -3,6 +3,7 @@ sweeps on Ray, every process inside a network (and PID) namespace of the test's 
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -122,10 +123,10 @@ def _namespace_ok() -> bool:
 needs_namespace = pytest.mark.skipif(not _namespace_ok(), reason="needs unshare (network + PID namespaces)")
 
 
-def in_namespace(script: str, timeout=900) -> subprocess.CompletedProcess:
+def in_namespace(script: str, timeout=900, env=None) -> subprocess.CompletedProcess:
     """Run `script` in a new network namespace (only its own loopback) and PID namespace: every process
     it starts, Ray's included, ends with it."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
     return subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "bash", "-c",
                            f"set -u; ip link set lo up; cd {ROOT}; {script}"],
                           env=env, check=False, capture_output=True, text=True, timeout=timeout)
@@ -212,7 +213,9 @@ def test_a_two_node_cluster_on_loopback_shares_stages_across_nodes_and_matches_p
         f"--disable-usage-stats --temp-dir={temp} >/dev/null && "
         f"{RAY} start --address=127.0.0.1:{port} --node-ip-address=127.0.0.1 --num-cpus=1 >/dev/null && "
         f"{sweep_cmd(out, tiny_config, '--address', f'127.0.0.1:{port}')}; rc=$?; "
-        f"{RAY} stop --force >/dev/null 2>&1; exit $rc")
+        f"{RAY} stop --force >/dev/null 2>&1; exit $rc",
+        # The nodes and the driver share one token of the test's own (Ray's token authentication).
+        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
     shutil.rmtree(temp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows, summary = _results(out)
