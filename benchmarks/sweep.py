@@ -38,10 +38,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from pipeline import config  # noqa: E402
-from pipeline.sweep import parse_grid, to_toml, variants  # noqa: E402
-from pipeline.util import atomic_write_bytes, atomic_write_json  # noqa: E402
 from run import log, md_table  # noqa: E402
+
+from pipeline import config  # noqa: E402
+from pipeline.sweeper import parse_grid, to_toml, variants  # noqa: E402
+from pipeline.util import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 RESULTS = HERE / "results"
 WORK = HERE / ".work" / "sweep"

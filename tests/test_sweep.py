@@ -1,5 +1,5 @@
 """`sweep`: the grid, the plan (stage keys without running), entries as bytes, Pareto and --pick; then real
-sweeps on Ray, every process inside a network (and PID) namespace of the test's own, loopback only."""
+sweeps on Ray (pipeline/sweeper.py), every process inside a network (and PID) namespace of the test's own, loopback only."""
 
 import json
 import os
@@ -16,7 +16,7 @@ from conftest import ROOT, run_cli
 from pipeline import config
 from pipeline.cache import Cache
 from pipeline.errors import ConfigError, UsageError
-from pipeline.sweep import (
+from pipeline.sweeper import (
     land,
     mark_pareto,
     pack,

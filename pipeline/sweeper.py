@@ -1,4 +1,4 @@
-"""`sweep`: the variants of a config (a grid of keys) x targets x devices, built on Ray with no double work.
+"""Sweeps (`pipeline.sweep`, `python -m pipeline sweep`): the variants of a config (a grid of keys) x targets x devices, built on Ray with no double work.
 
 A stage's cache key depends only on its name, code, parameters, its inputs' keys and the tool
 versions (cache.py), so the keys of every variant's data, train, prune and QAT stages are derived
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import config as config_mod
-from pipeline.build import Builder, failed_build
+from pipeline.builder import Builder, failed_build
 from pipeline.cache import Cache, Entry
 from pipeline.errors import UsageError
 from pipeline.util import atomic_write_bytes, atomic_write_json, sha256_file
@@ -107,21 +107,12 @@ class Variant:
     artifacts: dict = field(default_factory=dict)  # target -> manifest row
 
 
-def with_values(cfg: config_mod.Config, values: dict) -> config_mod.Config:
-    """`cfg` with `section.key` values set, checked as a config file's would be (one line on an error)."""
-    raw = cfg.as_dict()
-    for key, value in values.items():
-        section, name = key.split(".", 1)
-        raw[section][name] = value
-    return config_mod.from_dict(raw, source="--grid")
-
-
 def variants(base: config_mod.Config, grid: dict[str, list]) -> list[Variant]:
     """The cross product of the grid, each a checked config; the id is stable: the config's own hash."""
     out, seen = [], set()
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
-        cfg = with_values(base, values)
+        cfg = config_mod.with_overrides(base, values, source="--grid")
         vid = cfg.digest()[:10]
         if vid not in seen:
             seen.add(vid)
@@ -237,12 +228,12 @@ class DeviceActor:
     """One device; Ray runs an actor's calls one at a time, so two timings on one device never overlap."""
 
     def __init__(self, spec: str, options: dict):
-        from pipeline.bench import get_device
+        from pipeline.devices import get_device
 
         self.device = get_device(spec, **options)
 
     def bench(self, runner_path: str, model: str, inputs: str, settings: dict) -> dict:
-        from pipeline.bench import Settings, bench_one
+        from pipeline.benchmark import Settings, bench_one
 
         return bench_one(self.device, Path(runner_path), Path(model), Path(inputs), 1, Settings(**settings))
 
@@ -400,25 +391,22 @@ def _ray(address: str | None):
 
 
 def _one_line(e: BaseException) -> str:
-    from pipeline.build import _one_line as line
+    from pipeline.builder import _one_line as line
 
     cause = getattr(e, "cause", None)  # a RayTaskError carries the task's own exception
     return line(cause) if isinstance(cause, BaseException) else line(e)
 
 
-def sweep(config=None, *, grid, targets=None, devices=("local",), out="build", address=None, overrides=None,
-          log=None, bench_settings=None, device_options=None, pick_limits=None) -> Result:
-    """Build every variant of `config` (a Config, a TOML path or None) over `grid` ({'prune.sparsity': [0.5, 0.75]}
-    or ['prune.sparsity=0.5,0.75']), for `targets`, benched on `devices`; see the module docstring."""
+def run(base: config_mod.Config, *, grid, targets=None, devices=("local",), out="build", address=None, log=None,
+        bench_settings=None, device_options=None, pick_limits=None) -> Result:
+    """Build every variant of `base` over `grid` ({'prune.sparsity': [0.5, 0.75]} or ['prune.sparsity=0.5,0.75']),
+    for `targets`, benched on `devices` (pipeline.api.sweep is the documented entry); see the module docstring."""
     from pipeline import report
-    from pipeline.bench import get_device
+    from pipeline.devices import get_device
     from targets import resolve
 
     log = log or (lambda m: None)
     out = Path(out)
-    base = config if isinstance(config, config_mod.Config) else config_mod.load(config)
-    if overrides:
-        base = with_values(base, dict(overrides))
     grid = parse_grid(grid)
     vs = variants(base, grid)
     targets = resolve(targets or base.build.targets)
@@ -426,7 +414,7 @@ def sweep(config=None, *, grid, targets=None, devices=("local",), out="build", a
     options = device_options or {}
     for spec in devices:  # a board that is not set up: one line before anything runs
         get_device(spec, **options)
-    settings = {"runs": 100, "min_seconds": 1.0, "warmup": 10, "samples": 100, "options": [], "timeout": 300.0,
+    settings = {"runs": 100, "min_seconds": 1.0, "warmup": 10, "samples": 100, "timeout": 300.0,
                 **(bench_settings or {})}
     cache = Cache(out / ".cache")
     nodes, vkeys = plan(vs, cache.root, targets)

@@ -1,14 +1,11 @@
-"""`sweep`: build and bench every variant of a grid of config values on Ray (pipeline/sweep.py).
-
-Imports stay light at module level: this module is loaded for `--help`.
-"""
+"""`sweep`: build and bench every variant of a grid of config values on Ray (pipeline/sweeper.py)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from pipeline.devices import add_device_arguments, device_options
+from pipeline.cli.options import add_device_arguments, device_options, log
 
 HELP = ("build, verify and bench every variant of a grid of config values on Ray, each shared stage run once; "
         "results table, Pareto front, --pick")
@@ -36,28 +33,25 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import pipeline
     from pipeline import report
-    from pipeline.bench import Settings, _check_writable
-    from pipeline.cli import _check_out
+    from pipeline.benchmark import Settings
+    from pipeline.cli.bench import _check_writable
     from pipeline.errors import UsageError
-    from pipeline.sweep import sweep, table_columns
+    from pipeline.sweeper import table_columns
     from pipeline.util import atomic_write_json
 
     if not args.grid:
         raise UsageError("sweep needs at least one --grid KEY=V1,V2 (keys as `python -m pipeline config` prints them)")
     Settings(args.runs, args.min_seconds, 0, args.samples)  # bad numbers: one line before anything runs
-    _check_out(args.out)
     if args.json:
         _check_writable(args.json)
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
     if not devices:
         raise UsageError("--device needs at least one device, e.g. local")
-    def log(m):
-        print(m, file=sys.stderr)
-
-    res = sweep(args.config, grid=args.grid, targets=args.target, devices=devices, out=args.out,
-                address=args.address, log=log, device_options=device_options(args), pick_limits=args.pick,
-                bench_settings={"runs": args.runs, "min_seconds": args.min_seconds, "samples": args.samples})
+    res = pipeline.sweep(args.config, grid=args.grid, targets=args.target, devices=devices, out=args.out,
+                         address=args.address, pick=args.pick, runs=args.runs, min_seconds=args.min_seconds,
+                         samples=args.samples, device_options=device_options(args), log=log)
     grid_keys = list(dict.fromkeys(k for v in res.variants for k in v.values))
     print(report.table(res.rows, table_columns(grid_keys)))
     s = res.stats
