@@ -1,11 +1,11 @@
 """A sweep on a 2-node Ray cluster against the same variants built one by one.
 
-    .venv/bin/python benchmarks/sweep.py [--size 64] [--alpha 0.35] [--train-samples 3000] [--test-samples 1000]
+    .venv/bin/python benchmarks/sweep.py [--size 48] [--alpha 0.35] [--train-samples 1500] [--test-samples 500]
                                          [--pick "accuracy_drop<=2"]
 
 The model is benchmarks/realistic.py's MobileNetV2 (random init, `--alpha` width, `--size` px grey input)
 trained here on Fashion-MNIST, handed to the pipeline as the user's model (trained once, untimed, kept in
-.work/sweep/). Six variants: channels pruning at three fractions (2 epochs of fine-tuning) x QAT (1 epoch)
+.work/sweep/). Six variants: channels pruning at three fractions (1 epoch of fine-tuning) x QAT (1 epoch)
 or post-training quantization, for tflite-fp32 and tflite-int8. Data and the user's model are shared by
 every variant, each pruning by two.
 
@@ -61,7 +61,7 @@ def base_config(args) -> dict:
     return {"model": {"name": "mobilenet-v2", "path": str(folder / "float.h5"), "fine_tune_epochs": 0},
             "data": {"path": str(folder / "data.npz"), "calibration_samples": 200},
             "train": {"batch_size": 64, "learning_rate": 0.001, "lr_schedule": "cosine"},
-            "prune": {"method": "channels", "epochs": 2, "learning_rate": 0.001, "channels_criterion": "bn"},
+            "prune": {"method": "channels", "epochs": 1, "learning_rate": 0.001, "channels_criterion": "bn"},
             "qat": {"learning_rate": 0.0001}}
 
 
@@ -130,11 +130,11 @@ def artifact_sha(row: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--size", type=int, default=48)
     p.add_argument("--alpha", type=float, default=0.35)
     p.add_argument("--train-epochs", type=int, default=4, help="epochs of the float model (untimed)")
-    p.add_argument("--train-samples", type=int, default=3000)
-    p.add_argument("--test-samples", type=int, default=1000)
+    p.add_argument("--train-samples", type=int, default=1500)
+    p.add_argument("--test-samples", type=int, default=500)
     p.add_argument("--pick", default="accuracy_drop<=2", help="the limits of the second sweep's --pick")
     args = p.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -169,7 +169,7 @@ def main() -> None:
         "",
         f"Model: MobileNetV2 alpha {args.alpha}, {args.size} px, trained here on {args.train_samples} Fashion-MNIST "
         f"images (benchmarks/realistic.py), given to the pipeline as the user's model; {args.test_samples} held-out "
-        f"images. Grid: {', '.join(GRID)}; targets {TARGETS}; every variant prunes channels with 2 epochs of "
+        f"images. Grid: {', '.join(GRID)}; targets {TARGETS}; every variant prunes channels with 1 epoch of "
         "fine-tuning, then QAT 1 epoch or post-training quantization.",
         "",
         "| run | wall s | stage runs |",
