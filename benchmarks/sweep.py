@@ -6,7 +6,7 @@
 The model is benchmarks/realistic.py's MobileNetV2 (random init, `--alpha` width, `--size` px grey input)
 trained here on Fashion-MNIST, handed to the pipeline as the user's model (trained once, untimed, kept in
 .work/sweep/). Six variants: channels pruning at three fractions (1 epoch of fine-tuning) x QAT (1 epoch)
-or post-training quantization, for tflite-fp32 and tflite-int8. Data and the user's model are shared by
+or post-training quantization, for tflite-int8 (accuracy gate: 3 points). Data and the user's model are shared by
 every variant, each pruning by two.
 
 1. One by one: `python -m pipeline build --config VARIANT.toml` for each variant, each into a fresh
@@ -47,7 +47,7 @@ from pipeline.util import atomic_write_bytes, atomic_write_json  # noqa: E402
 RESULTS = HERE / "results"
 WORK = HERE / ".work" / "sweep"
 GRID = ["prune.channels_fraction=0.25,0.5,0.65", "qat.epochs=0,1"]
-TARGETS = "tflite-fp32,tflite-int8"
+TARGETS = "tflite-int8"
 RAY = Path(sys.executable).with_name("ray")
 
 
@@ -62,7 +62,7 @@ def base_config(args) -> dict:
             "data": {"path": str(folder / "data.npz"), "calibration_samples": 200},
             "train": {"batch_size": 64, "learning_rate": 0.001, "lr_schedule": "cosine"},
             "prune": {"method": "channels", "epochs": 1, "learning_rate": 0.001, "channels_criterion": "bn"},
-            "qat": {"learning_rate": 0.0001}}
+            "qat": {"learning_rate": 0.0001}, "build": {"max_accuracy_drop": 3.0}}
 
 
 def cli(*args) -> list[str]:
@@ -83,7 +83,7 @@ def one_by_one(cfg: config.Config) -> dict:
         log(f"one by one: {v.id} {v.values}")
         proc = subprocess.run(cli("build", "--config", folder / "variant.toml", "--target", TARGETS, "--out",
                                   folder / "out"), env=env, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
+        if proc.returncode not in (0, 1):  # 1: an artifact failed its gate, a result like any other
             raise SystemExit(f"build of {v.id} failed:\n{proc.stderr[-2000:]}")
         m = json.loads((folder / "out" / "mobilenet-v2" / "manifest.json").read_text())
         runs += sum(not s["reused"] for s in m["stages"].values()) + 2 * len(m["artifacts"])
