@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the tests use (root): qemu user-mode emulation and gcc for the emulated Pi boards,
+# make and gcc-aarch64-linux-gnu for the native runner (x86_64 and cross-compiled aarch64),
 # openssh-server for the loopback "board" of the SSH runner tests, Fashion-MNIST as real IDX data.
 set -euo pipefail
-pkgs=(qemu-user qemu-user-static gcc libc6-dev openssh-server openssh-client dataset-fashion-mnist)
+pkgs=(qemu-user qemu-user-static gcc libc6-dev make gcc-aarch64-linux-gnu libc6-dev-arm64-cross openssh-server openssh-client dataset-fashion-mnist)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
