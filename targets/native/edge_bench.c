@@ -15,7 +15,8 @@
  * Only the few functions used are declared, from each runtime's public C API (LiteRT
  * litert/c/, onnxruntime_c_api.h, openvino/c/); the wheels ship no LiteRT or ORT headers.
  * --sections K repeats the timed loop K times, each between the qemu instruction-count markers
- * (lseek(-1, MAGIC, SEEK_SET), see scripts/qemu_plugin/insn_count.c), in one process.
+ * (lseek(-1, MAGIC, SEEK_SET), see scripts/qemu_plugin/insn_count.c), in one process; the latency
+ * statistics are the last section's.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -698,7 +699,7 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void mark(long magic) { syscall(SYS_lseek, -1, magic, SEEK_SET); }
+static void mark(long magic) { syscall(SYS_lseek, -1L, magic, (long)SEEK_SET); } /* 64-bit registers: the plugin reads fd -1 */
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -876,6 +877,7 @@ int main(int argc, char **argv) {
         for (int sec = 0; ok && sec < a.sections && sec < 64; sec++) {
             double start = now_s();
             size_t i = 0;
+            n_lat = 0; /* the statistics are the last section's, as each pass of emu_sections.py reports */
             mark(MARK_START);
             while (ok && (i < (size_t)a.runs || now_s() - start < a.min_seconds)) {
                 const float *x = s.data + (i % n_samples) * sample_len;
