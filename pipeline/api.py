@@ -155,17 +155,19 @@ def built(config=None, *, targets=None, out: str | os.PathLike = "build", model=
 
 def bench(build: Build, *, targets=None, devices=("local",), threads=(1,), runs: int = 100,
           min_seconds: float = 1.0, warmup: int = 10, samples: int = 100, options=(), timeout: float = 300.0,
-          legacy: bool = False, device_options: dict | None = None, log: Log | None = None) -> list[dict]:
+          legacy: bool = False, harness=("python",), device_options: dict | None = None,
+          log: Log | None = None) -> list[dict]:
     """Time each artifact of `build` on each device and thread count: the rows `bench --json` writes.
 
     `devices`: specs (`local`, `emu:rpi4`, `ssh://user@host`) or device objects; `options`: runtime
-    options as (key, value) pairs or "key=value" strings; `legacy` adds the legacy runtime's rows."""
+    options as (key, value) pairs or "key=value" strings; `legacy` adds the legacy runtime's rows;
+    `harness`: "python" (the runner scripts), "native" (targets/native/edge_bench.c, no Python) or both."""
     import dataclasses
 
     from pipeline import benchmark as bench_mod
-    from pipeline.devices import get_devices
 
-    devs = [d for d in devices if not isinstance(d, str)] or get_devices(list(devices), **(device_options or {}))
+    devs = [d for d in devices if not isinstance(d, str)] or bench_mod.get_devices(
+        list(devices), list(harness), **(device_options or {}))
     opts = tuple(o if isinstance(o, tuple) else bench_mod.parse_options([o])[0] for o in options)
     settings = bench_mod.Settings(runs, min_seconds, warmup, samples, opts, timeout)
     wanted = {t.name for t in _targets(targets, build.config)} if targets else {t.name for t in build.targets}

@@ -7,16 +7,21 @@ SSH "board" whose python3 does not run.
 
 import json
 import platform
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sshd import LoopbackSSHD, SSHDUnavailable
+from conftest import run_cli
+from support.sshd import LoopbackSSHD, SSHDUnavailable
 
-from pipeline import bench, native, runner
-from pipeline.verify import load_outputs
-from targets import TARGETS, emu
+from pipeline import benchmark as bench
+from pipeline import native, runner
+from pipeline.devices import emulator as emu
+from pipeline.gate import load_outputs
+from pipeline.runtimes import RUNTIMES as REGISTRY
+from targets import TARGETS
 
 RUNNERS = Path(__file__).resolve().parents[1] / "targets" / "runners"
 FAST = bench.Settings(runs=20, min_seconds=0, warmup=2, samples=20)
@@ -56,7 +61,7 @@ def tiny_onnx(tmp_path_factory):
 
 
 def _native(model, runtime, *args):
-    rt = next(r for r in native.RUNTIMES.values() if r.name == runtime)
+    rt = next(r for r in REGISTRY.values() if r.native == runtime)
     return runner.run_command(native.command(rt, platform.machine()) + [model, *args], timeout=120)
 
 
@@ -113,7 +118,7 @@ def test_runtime_options_the_native_runner_lacks_are_refused_by_name():
     with pytest.raises(native.NativeError, match="no option --delegate"):
         native.native_args(["--bench", "--delegate", "none"])
     assert native.native_args(["--bench", "--threads", "2"]) == ["--bench", "--threads", "2"]
-    with pytest.raises(native.NativeError, match="tflite-runtime|no native runner"):
+    with pytest.raises(native.NativeError, match="no native runner for run_tflite_runtime.py"):
         native.runtime_for("run_tflite_runtime.py")
 
 
@@ -128,7 +133,7 @@ def test_a_board_needs_a_known_arch_and_a_new_enough_glibc_for_the_bundle():
 
 
 def test_the_bundle_holds_the_binary_and_only_the_runtime_libraries_it_loads(edge_bench):
-    files = native.bundle_files(native.RUNTIMES["run_openvino.py"], platform.machine())
+    files = native.bundle_files(native.runtime_for("run_openvino.py"), platform.machine())
     names = set(files)
     assert "edge_bench" in names and any(n.startswith("lib/libopenvino_c.so") for n in names)
     assert any("cpu_plugin" in n for n in names) and not any("gpu" in n or "npu" in n for n in names)
@@ -155,7 +160,7 @@ def test_native_rows_on_this_machine_for_every_target_agree_with_the_python_runn
     out, items = _items(small_build)
     assert {t.family for t, _, _ in items} >= {"tflite", "onnx", "openvino"}
     x = _x(out, tmp_path)
-    rows = bench.bench_artifacts(items, [native.device("local")], x, [1], FAST)
+    rows = bench.bench_artifacts(items, [native.get_device("local")], x, [1], FAST)
     for (target, _, path), row in zip(items, rows):
         assert row["status"] == "ok", row
         assert row["p50_ms"] > 0 and row["python"] is None
@@ -178,7 +183,7 @@ def test_native_rows_on_the_emulated_pi4_count_instructions_and_agree_with_x86(s
         pytest.skip(str(e))
     out, items = _items(small_build)
     items = [i for i in items if i[0].name in ("tflite-int8", "onnx-fp32", "openvino-fp32")]
-    rows = bench.bench_artifacts(items, [native.device("emu:rpi4")], _x(out, tmp_path), [1], FAST)
+    rows = bench.bench_artifacts(items, [native.get_device("emu:rpi4")], _x(out, tmp_path), [1], FAST)
     for row in rows:
         assert row["status"] == "ok", row
         assert row["p50_ms"] is None and row["emulated_p50_ms"] > 0  # emulated time is never device time
@@ -201,17 +206,34 @@ def nopy_board(tmp_path_factory):
     server.close()
 
 
+@pytest.mark.ssh
+def test_device_check_says_a_board_without_python_can_run_the_native_bundle(nopy_board):
+    proc = run_cli("device", "check", nopy_board.spec(), *nopy_board.options("nopy"), "--harness", "native")
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("ssh://"))
+    assert line.split()[1:] == [platform.machine(), platform.libc_ver()[1], "yes"]
+    proc = run_cli("device", "check", nopy_board.spec(), *nopy_board.options("nopy"))
+    assert proc.returncode == 1 and "--harness native" in proc.stderr  # the Python check says where to turn
+
+
 @pytest.mark.slow
 @pytest.mark.ssh
-def test_an_ssh_board_without_python_runs_the_native_bundle_and_keeps_nothing(small_build, edge_bench, nopy_board,
-                                                                              tmp_path):
-    out, items = _items(small_build)
-    items = [i for i in items if i[0].name in ("tflite-int8", "onnx-int8", "openvino-int8")]
-    board = native.device(nopy_board.spec(), known_hosts=nopy_board.known_hosts, identity=nopy_board.keys["nopy"])
-    rows = bench.bench_artifacts(items, [board], _x(out, tmp_path), [1], FAST)
-    for row in rows:
-        assert row["status"] == "ok", row
-        assert row["p50_ms"] > 0 and row["top1_agreement_vs_x86"] == 1.0 and row["python"] is None
-    assert not any("python3" in c for c in nopy_board.commands("nopy"))
+def test_bench_harness_native_on_an_ssh_board_without_python_keeps_nothing_there(small_build, small_config,
+                                                                                edge_bench, nopy_board, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(small_build[0], out, symlinks=True)  # a bench rewrites the manifest: never the shared build
+    rows_file = tmp_path / "rows.json"
+    before = len(nopy_board.commands("nopy"))
+    proc = run_cli("bench", "--config", small_config, "--out", out, "--target", "tflite-int8,onnx-int8,openvino-int8",
+                   "--device", f"local,{nopy_board.spec()}", "--harness", "native", *nopy_board.options("nopy"),
+                   "--samples", 20, "--runs", 20, "--min-seconds", 0, "--warmup", 2, "--json", rows_file)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(rows_file.read_text())
+    assert {r["harness"] for r in rows} == {"native"} and len(rows) == 6
+    for r in rows:
+        assert r["status"] == "ok" and r["p50_ms"] > 0 and r["python"] is None, r
+    assert all(r["top1_agreement_vs_x86"] == 1.0 for r in rows if r["device"] == nopy_board.spec())
+    assert f"{nopy_board.spec()}, native runner:" in proc.stdout and "no Python (native runner)" in proc.stdout
+    commands = nopy_board.commands("nopy")[before:]
+    assert sum("edge_bench" in c for c in commands) == 3 and not any("python3" in c for c in commands)
     assert list(nopy_board.tmpdirs["nopy"].iterdir()) == []
-    assert sum(c.startswith("rm -rf -- ") for c in nopy_board.commands("nopy")) == 3
