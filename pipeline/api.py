@@ -194,16 +194,21 @@ def verify_on(build: Build, devices, *, device_options: dict | None = None, log:
 
 
 def release(build: Build, version: str, *, dist: str | os.PathLike = "dist", bench: str | os.PathLike | list | None = None,
-            allow_failed: Iterable[str] = ()) -> Path:
+            allow_failed: Iterable[str] = (), bundle: Iterable[str] = ()) -> Path:
     """Pack the build's verified artifacts as DIST/<model>-<version>/: archives with test vectors,
-    manifest, model card, benchmarks, SHA256SUMS. Returns the folder. `bench`: rows or a `bench --json` file."""
+    manifest, model card, benchmarks, SHA256SUMS. Returns the folder. `bench`: rows or a `bench --json` file;
+    `bundle`: architectures (x86_64, aarch64) to also pack each target for with the native runner and a run.sh."""
+    from pipeline.native import ARCHES
     from pipeline.releases.pack import load_bench, make_release
     from targets import resolve
 
+    bundle = list(dict.fromkeys(bundle))
+    if any(a not in ARCHES for a in bundle):
+        raise UsageError(f"--bundle takes {' and '.join(ARCHES)}, not {', '.join(a for a in bundle if a not in ARCHES)}")
     allowed = {t.name for spec in allow_failed for t in resolve(spec)}
     check_writable(Path(dist), "release folder", "--dist")
     rows = load_bench(Path(bench), build.name) if isinstance(bench, str | os.PathLike) else bench
-    return make_release(build.manifest, build.out, build.targets, version, Path(dist), rows, allowed)[0]
+    return make_release(build.manifest, build.out, build.targets, version, Path(dist), rows, allowed, bundle)[0]
 
 
 @dataclass(frozen=True)

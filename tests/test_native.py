@@ -8,6 +8,7 @@ SSH "board" whose python3 does not run.
 import json
 import platform
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -237,3 +238,41 @@ def test_bench_harness_native_on_an_ssh_board_without_python_keeps_nothing_there
     commands = nopy_board.commands("nopy")[before:]
     assert sum("edge_bench" in c for c in commands) == 3 and not any("python3" in c for c in commands)
     assert list(nopy_board.tmpdirs["nopy"].iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.emu
+def test_a_release_bundle_benchmarks_and_replays_its_vectors_with_no_python_and_verifies(small_build, small_config,
+                                                                                         edge_bench, tmp_path):
+    import tarfile
+
+    arches = ["x86_64"] + (["aarch64"] if emu.is_ready("rpi4") else [])
+    out = tmp_path / "out"
+    shutil.copytree(small_build[0], out, symlinks=True)
+    dists = []
+    for n in (1, 2):  # twice: bundles are as reproducible as the other archives
+        dists.append(tmp_path / f"dist{n}")
+        proc = run_cli("release", "--config", small_config, "--out", out, "--version", "1.0.0", "--target",
+                       "tflite-int8", "--dist", dists[-1], "--bundle", ",".join(arches))
+        assert proc.returncode == 0, proc.stderr
+    folder = dists[0] / "tiny-digits-1.0.0"
+    for arch in arches:
+        name = f"tiny-digits-1.0.0-tflite-int8-linux-{arch}.tar.gz"
+        assert (folder / name).read_bytes() == (dists[1] / "tiny-digits-1.0.0" / name).read_bytes()
+    with tarfile.open(folder / "tiny-digits-1.0.0-tflite-int8-linux-x86_64.tar.gz") as tar:
+        tar.extractall(tmp_path / "board", filter="data")
+    board = tmp_path / "board" / "tiny-digits-1.0.0-tflite-int8-linux-x86_64"
+    no_python = {"PATH": "/nonexistent", "HOME": str(tmp_path)}  # run.sh needs sh and nothing else
+    proc = subprocess.run(["/bin/sh", board / "run.sh", "--runs", "5", "--min-seconds", "0"], env=no_python,
+                          capture_output=True, text=True)
+    res = runner.parse_result(proc.stdout)
+    assert proc.returncode == 0 and res["ok"] and res["test_vectors"]["ok"], proc.stdout + proc.stderr
+    assert res["test_vectors"]["vectors"] == 12 and res["latency"]["runs"] == 5
+    vec = board / "test_vectors" / "output_0.npy"
+    np.save(vec, np.load(vec) + 0.5)  # a board that answers otherwise than at release fails
+    proc = subprocess.run(["/bin/sh", board / "run.sh"], env=no_python, capture_output=True, text=True)
+    assert proc.returncode == 1 and "test vector output_0 differs by 0.5" in runner.parse_result(proc.stdout)["error"]
+    proc = run_cli("verify", folder)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    replays = [ln for ln in proc.stdout.splitlines() if ln.startswith("replay") and "-linux-" in ln]
+    assert len(replays) == len(arches) and all(" ok " in ln for ln in replays), replays

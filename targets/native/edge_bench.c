@@ -4,6 +4,7 @@
  *   edge_bench --runtime litert|onnxruntime|openvino --lib LIBRARY MODEL
  *              [--inputs X.npy] [--outputs Y.npz] [--limit N] [--bench] [--threads T]
  *              [--warmup W] [--runs R] [--min-seconds S] [--sections K] [--runtime-version V]
+ *              [--expect DIR --atol A[,A...]]
  *
  * prints one JSON object on the last line of stdout, exit 0 if "ok" is true. LIBRARY is the
  * runtime's own C library from its Python wheel (libLiteRt.so, libonnxruntime.so.*,
@@ -16,7 +17,8 @@
  * litert/c/, onnxruntime_c_api.h, openvino/c/); the wheels ship no LiteRT or ORT headers.
  * --sections K repeats the timed loop K times, each between the qemu instruction-count markers
  * (lseek(-1, MAGIC, SEEK_SET), see scripts/qemu_plugin/insn_count.c), in one process; the latency
- * statistics are the last section's.
+ * statistics are the last section's. --expect DIR compares every output with DIR/output_<i>.npy within
+ * the i-th tolerance of --atol and fails the run when one differs more (release bundles' run.sh).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -766,10 +768,39 @@ static void print_io(FILE *o, const char *key, const io_t *t, int n) {
     fputc(']', o);
 }
 
+/* ------------------------------------------------------------------ test vectors (a release bundle's run.sh) */
+
+/* Every output against DIR/output_<i>.npy (float32, what the artifact answered at release), within
+   the i-th of the comma-separated tolerances: a board replays its test vectors with no Python. */
+static bool check_vectors(const char *dir, const char *atol, int n_out, float **arrays, size_t n, const io_t *out,
+                          double *diff) {
+    const char *tol = atol;
+    for (int o = 0; o < n_out; o++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/output_%d.npy", dir, o);
+        samples_t want = {0};
+        if (!read_npy(path, &want)) return false;
+        size_t per = elements(&out[o]);
+        if (want.n != per * n) return fail("%s holds %zu values, the outputs %zu", path, want.n, per * n);
+        diff[o] = 0;
+        for (size_t i = 0; i < want.n; i++) {
+            double d = fabs((double)arrays[o][i] - (double)want.data[i]);
+            if (!(d <= diff[o])) diff[o] = d; /* NaN counts as worst */
+        }
+        free(want.data);
+        double limit = atof(tol);
+        if (!(diff[o] <= limit))
+            return fail("test vector output_%d differs by %.4g > %.4g", o, diff[o], limit);
+        const char *comma = strchr(tol, ',');
+        if (comma) tol = comma + 1;
+    }
+    return true;
+}
+
 /* ------------------------------------------------------------------ main */
 
 typedef struct {
-    const char *runtime, *lib, *model, *inputs, *outputs, *version;
+    const char *runtime, *lib, *model, *inputs, *outputs, *version, *expect, *atol;
     int bench, threads, warmup, runs, sections;
     long limit;
     double min_seconds;
@@ -793,6 +824,8 @@ static bool parse_args(int argc, char **argv, args_t *a) {
         else if (!strcmp(k, "--inputs")) a->inputs = v;
         else if (!strcmp(k, "--outputs")) a->outputs = v;
         else if (!strcmp(k, "--runtime-version")) a->version = v;
+        else if (!strcmp(k, "--expect")) a->expect = v;
+        else if (!strcmp(k, "--atol")) a->atol = v;
         else if (!strcmp(k, "--threads")) a->threads = atoi(v);
         else if (!strcmp(k, "--warmup")) a->warmup = atoi(v);
         else if (!strcmp(k, "--runs")) a->runs = atoi(v);
@@ -805,6 +838,7 @@ static bool parse_args(int argc, char **argv, args_t *a) {
     if (!a->runtime || !a->lib) return fail("--runtime and --lib are required");
     if (a->threads < 1 || a->sections < 1 || a->runs < 1 || a->warmup < 0) return fail("bad numeric option");
     if (a->bench && !a->inputs) return fail("--bench needs --inputs: latency is measured on real samples");
+    if (a->expect && (!a->inputs || !a->atol)) return fail("--expect needs --inputs and --atol");
     return true;
 }
 
@@ -843,7 +877,9 @@ int main(int argc, char **argv) {
     float *scratch[MAX_IO] = {0};
     for (int o = 0; ok && rt && o < rt->n_out; o++) scratch[o] = malloc(elements(&rt->out[o]) * sizeof(float) + 4);
     size_t n_samples = ok && a.inputs ? (size_t)s.shape[0] : 0;
-    if (ok && a.outputs && n_samples) {
+    double vec_diff[MAX_IO] = {0};
+    bool vectors_checked = false;
+    if (ok && (a.outputs || a.expect) && n_samples) {
         float *arrays[MAX_IO];
         int64_t shapes[MAX_IO][MAX_RANK + 1];
         int ranks[MAX_IO];
@@ -863,8 +899,12 @@ int main(int argc, char **argv) {
                 memcpy(arrays[o] + i * per, scratch[o], per * sizeof(float));
             }
         }
-        if (ok) ok = write_npz(a.outputs, rt->n_out, arrays, (const int64_t (*)[MAX_RANK + 1])shapes, ranks);
+        if (ok && a.outputs) ok = write_npz(a.outputs, rt->n_out, arrays, (const int64_t (*)[MAX_RANK + 1])shapes, ranks);
         if (ok) predicted = n_samples;
+        if (ok && a.expect) {
+            ok = check_vectors(a.expect, a.atol, rt->n_out, arrays, n_samples, rt->out, vec_diff);
+            vectors_checked = true;
+        }
     }
     if (ok && a.bench) {
         double t0 = now_s();
@@ -936,6 +976,12 @@ int main(int argc, char **argv) {
         fprintf(o, "], \"dtype\": \"float32\"}");
     }
     if (predicted) fprintf(o, ", \"predicted\": %zu", predicted);
+    if (vectors_checked) {
+        fprintf(o, ", \"test_vectors\": {\"ok\": %s, \"vectors\": %zu, \"max_abs_diff\": [", ok ? "true" : "false",
+                n_samples);
+        for (int i = 0; i < rt->n_out; i++) fprintf(o, "%s%.9g", i ? ", " : "", vec_diff[i]);
+        fprintf(o, "]}");
+    }
     if (first_ms >= 0) fprintf(o, ", \"first_inference_ms\": %.6f", first_ms);
     if (n_lat) {
         double sum = 0, sq = 0;
