@@ -210,7 +210,7 @@ def run_model(name: str, config: Path | None, args):
             "data": data.meta.get("preprocessing", {}).get("source")}
     if config is not None and (config.parent / "source.txt").exists():
         info["data"] = (config.parent / "source.txt").read_text().strip()
-    return rows, items, data.file("x_test.npy"), out / cfg.model.name, info
+    return rows, items, data.file("x_test.npy"), out / cfg.name, info
 
 
 # -- report ---------------------------------------------------------------------------------------
