@@ -148,7 +148,7 @@ def test_real_idx_data_trains_the_built_in_model(tmp_path):
     proc = run_cli("build", "--config", cfg, "--data", subset, "--target", "tflite-int8", "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m, arts = built(tmp_path / "out", "fashion")
-    assert m["stages"]["data"]["train_samples"] == 3000 and m["stages"]["data"]["test_samples"] == 600
+    assert m["stages"]["data"]["train_samples"] == 2550 and m["stages"]["data"]["test_samples"] == 600  # 450 validate
     assert arts["tflite-int8"]["accuracy"] > 0.7 and arts["tflite-int8"]["status"] == "ok"
 
 
