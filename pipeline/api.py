@@ -78,12 +78,33 @@ class Build:
 
     def eval_inputs(self) -> Path:
         """The held-out samples of this build's data stage (what bench and the board checks run)."""
+        return self.stage_file("data", "x_test.npy")
+
+    def stage_file(self, stage: str, name: str) -> Path:
+        """A file a stage of this build left in the cache: `data` x_train, y_train, x_test, y_test,
+        x_cal .npy (preprocessed, as the model sees them); `train`, `prune`, `qat` model.h5 (Keras);
+        `train` reference_outputs.npz (the original model's outputs every figure is compared with)."""
         from pipeline.cache import Cache
 
-        entry = Cache(self.out / ".cache").get("data", self.manifest["stages"]["data"]["key"])
-        if entry is None:
-            raise UsageError(f"the data of the build in {self.out} is no longer in its cache: build it again")
-        return entry.file("x_test.npy")
+        record = self.manifest["stages"].get(stage)
+        entry = record and Cache(self.out / ".cache").get(stage, record["key"])
+        if not entry:
+            raise UsageError(f"the {stage} stage of the build in {self.out} is not in its cache: build it again")
+        if not entry.file(name).is_file():
+            raise UsageError(f"the {stage} stage of the build in {self.out} has no file {name}")
+        return entry.file(name)
+
+    def verify_file(self, target, path: str | os.PathLike) -> dict:
+        """Verify a file made elsewhere (another converter's, say) as this build verifies its own
+        artifacts: run in `target`'s runtime on the held-out samples, compared with the original
+        model, gated. `target`: a targets.Target (a registry entry or one made like it). Returns the
+        figures a manifest entry holds (status, accuracy, top1_agreement, quantization, ...)."""
+        from pipeline.gate import verify_artifact
+        from pipeline.stages import REFERENCE_OUTPUTS
+
+        return verify_artifact(target, Path(path), self.eval_inputs().parent,
+                               self.stage_file("train", REFERENCE_OUTPUTS), self.config.build,
+                               self.manifest["stages"]["train"].get("accuracy"))
 
 
 def load_config(config=None, *, model: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
