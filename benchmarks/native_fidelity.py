@@ -1,17 +1,17 @@
 """The native runner (targets/native/edge_bench.c) measured: against OpenVINO's benchmark_app, against
 the Python runners on the same artifacts, and in instructions on the emulated Pi 4 and Pi 5.
 
-    .venv/bin/python benchmarks/native_fidelity.py [--out DIR] [--rounds 5] [--no-emu]
+    .venv/bin/python -m benchmarks.native_fidelity [--out DIR] [--rounds 5] [--no-emu]
 
 Builds every target of the default digits model into --out (default build/native-fidelity/, a
 cache hit after the first run), then, on its first 100 held-out samples, 1 thread:
   1. OpenVINO IRs: native p50 / benchmark_app median (sync, 1 request, 1 stream, -hint none,
-     -nthreads 1, f32: benchmarks/fidelity.py's call), goal within 5 %;
+     -nthreads 1, f32: benchmarks/common.py, as benchmarks/fidelity.py calls it), goal within 5 %;
   2. every target: Python runner p50 / native p50 (what the Python binding and its harness add);
   1 and 2 alternate, back to back, for --rounds rounds; each ratio is the median over rounds.
   3. emu:rpi4 and emu:rpi5: guest instructions per inference, native and Python, every target (the
      devices' own sections: 3 x 10 inferences after 2 warm-up runs, median), and int8 / fp32 per runtime.
-Writes benchmarks/results/native_fidelity.{json,md}. Never imports TensorFlow (the build is a child).
+Writes benchmarks/results/native_fidelity.{json,md}. Imports TensorFlow only when --out holds no build.
 """
 
 from __future__ import annotations
@@ -19,24 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+import pipeline
+from benchmarks.common import benchmark_app_p50
+from pipeline import benchmark as bench
+from pipeline import native, runner
+from pipeline.devices.emulated import EmuDevice
+from targets import TARGETS
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from fidelity import benchmark_app_p50  # noqa: E402
-
-from pipeline import benchmark as bench  # noqa: E402
-from pipeline import native, runner  # noqa: E402
-from pipeline.devices.emulated import EmuDevice  # noqa: E402
-from targets import TARGETS  # noqa: E402
-
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL = "digits-cnn"
 GOAL = 0.05
@@ -44,11 +40,10 @@ INT8_PAIRS = {"litert": ("tflite-int8", "tflite-fp32"), "onnxruntime": ("onnx-in
               "openvino": ("openvino-int8", "openvino-fp32")}
 
 
-def build(out: Path) -> dict[str, Path]:
-    subprocess.run([sys.executable, "-m", "pipeline", "build", "--target", "all", "--out", str(out)], cwd=ROOT,
-                   check=True, stdout=subprocess.DEVNULL)
-    manifest = json.loads((out / MODEL / "manifest.json").read_text())
-    return {a["target"]: out / a["path"] for a in manifest["artifacts"] if a.get("status") == "ok"}
+def build(out: Path) -> tuple[dict[str, Path], Path]:
+    """Every target of the default model in `out` (the recorded build, or built): artifacts and held-out samples."""
+    b = pipeline.built(targets="all", out=out)
+    return {n: a.path for n, a in b.artifacts.items() if a.status == "ok"}, b.eval_inputs()
 
 
 def p50(res: dict) -> float:
@@ -124,8 +119,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-emu", action="store_true", help="skip the emulated boards")
     args = p.parse_args(argv)
     t0 = time.monotonic()
-    arts = build(args.out)
-    xs = np.load(next((args.out / ".cache" / "data").glob("*/x_test.npy")))[:100]
+    arts, eval_inputs = build(args.out)
+    xs = np.load(eval_inputs)[:100]
     x = args.out / "x100.npy"
     np.save(x, xs)
     rounds = [x86_round(arts, x, xs, args.seconds) for _ in range(args.rounds)]
@@ -140,7 +135,7 @@ def main(argv=None) -> int:
         row["rounds"] = rs
         x86[name] = row
     first = runner.run(TARGETS["tflite-fp32"].runner_path, arts["tflite-fp32"], ["--inputs", x])
-    res = {"model": MODEL, "command": "benchmarks/native_fidelity.py " + " ".join(argv or sys.argv[1:]),
+    res = {"model": MODEL, "command": "python -m benchmarks.native_fidelity " + " ".join(argv or sys.argv[1:]),
            "rounds": args.rounds, "seconds": args.seconds, "cpu": first["conditions"]["cpu"],
            "loadavg_1m": first["conditions"]["loadavg_1m"], "x86": x86}
     if not args.no_emu:
