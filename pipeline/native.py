@@ -1,7 +1,7 @@
 """The native runner (targets/native/edge_bench.c): the Python runners' protocol without Python.
 
 One C program per architecture dlopen()s the runtime's own C library from the runtime's wheel
-(this venv's for x86_64; the aarch64 wheels the emulated boards unpacked, targets/emu.py, for
+(this venv's for x86_64; the aarch64 wheels the emulated boards unpacked, devices/emulator.py, for
 aarch64). `bench --harness native` runs it where the Python runner would run:
 
 - `local`: the x86_64 binary with this venv's libraries;
