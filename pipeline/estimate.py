@@ -1,0 +1,172 @@
+"""Estimated single-thread latency on a Raspberry Pi board from its emulated run: an ESTIMATE, never a measurement.
+
+The emulated board (targets/emu.py) runs the real aarch64 runtime with the board's CPU identity, so the
+runtime picks the kernels it would pick on the board. The profiling plugin (scripts/qemu_plugin/bb_profile.c)
+records every translation block the timed section executed, with its instruction bytes and how often it
+ran. Each hot block is disassembled (llvm-mc) and priced by LLVM's scheduling model of the board's core
+(llvm-mca: cycles per iteration of the block in steady state, i.e. as the inner loop it usually is); the
+sum of count x cycles, converted at the board's clock, is the estimate. llvm-mca assumes every load hits
+L1; what that misses is left to the validation (benchmarks/pi_latency.py) to show, not hidden in a
+fitted constant.
+
+Needs llvm-mc-19 and llvm-mca-19 (Debian's llvm-19, scripts/install_system.sh).
+"""
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+MODEL_VERSION = "mca-1"  # bump when the estimate's meaning changes
+COVERAGE = 0.995  # share of executed instructions priced by llvm-mca; the rest at the priced mean
+MCA_ITERATIONS = 50  # steady state: long enough for the loop-carried chains, short enough to stay fast
+LLVM = 19  # Debian's llvm-19: the first with a Neoverse N1 (Cortex-A76) scheduling model
+_ATTRS = "+neon,+fp-armv8,+crc,+dotprod,+fullfp16,+rcpc,+lse"  # decode everything the boards may run
+
+
+class EstimateError(PipelineError):
+    """No latency estimate can be made (missing tools, no profile)."""
+
+
+@dataclass(frozen=True)
+class Board:
+    cpu: str  # llvm-mca -mcpu
+    mhz: int  # clock the estimate is for
+    in_order: bool = False  # price blocks by their resource bound instead of the simulation
+
+
+BOARDS = {
+    "rpi3": Board("cortex-a53", 1400, in_order=True),  # Pi 3B+ (the Pi 3B runs 1200: scale by 1400/1200)
+    "rpi4": Board("cortex-a72", 1800),  # Pi 4 from revision 1.4 (earlier ones 1500)
+    # The Neoverse N1 is the Cortex-A76 design for servers; LLVM (19) models it, while its cortex-a76
+    # entry reuses the older Cortex-A57 model (as cortex-a72 does).
+    "rpi5": Board("neoverse-n1", 2400),
+}
+
+
+def parse_blocks(path: Path) -> list[tuple[int, dict[str, int]]]:
+    """Sections of a bb_profile.c file: (instructions, {block hex bytes: executions})."""
+    sections: list[tuple[int, dict[str, int]]] = []
+    for line in Path(path).read_text().splitlines():
+        words = line.split()
+        if words[0] == "section":
+            sections.append((int(words[1]), {}))
+        elif sections and len(words) == 3:
+            blocks = sections[-1][1]
+            blocks[words[2]] = blocks.get(words[2], 0) + int(words[1])  # retranslated blocks add up
+    return sections
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(f"{name}-{LLVM}") or shutil.which(name)
+    if path is None:
+        raise EstimateError(f"{name}-{LLVM} not found: apt-get install llvm-{LLVM} (scripts/install_system.sh)")
+    return path
+
+
+@functools.lru_cache(maxsize=65536)
+def disassemble(hexbytes: str) -> tuple[str, ...]:
+    data = bytes.fromhex(hexbytes)
+    proc = subprocess.run([_tool("llvm-mc"), "--disassemble", "-triple=aarch64", f"-mattr={_ATTRS}"],
+                          input=" ".join(f"0x{b:02x}" for b in data), capture_output=True, text=True)
+    return tuple(line.strip() for line in proc.stdout.splitlines()
+                 if line.strip() and not line.strip().startswith("."))
+
+
+def block_cycles(blocks: list[str], cpu: str, in_order: bool = False) -> dict[str, float]:
+    """Cycles per execution of each block (hex bytes) on `cpu`, from one llvm-mca run over all of them:
+    the simulated steady state, or with `in_order` the resource bound (see the module's docstring).
+
+    A block llvm-mca cannot model (an instruction without scheduling data) is left out of the answer.
+    """
+    todo = {b: disassemble(b) for b in blocks}
+    todo = {b: insns for b, insns in todo.items() if insns}
+    out: dict[str, float] = {}
+    while todo:
+        names = list(todo)
+        lines, owner = [], {}
+        for i, b in enumerate(names):
+            lines.append(f"# LLVM-MCA-BEGIN b{i}")
+            for insn in todo[b]:
+                owner[len(lines) + 1] = b
+                lines.append(insn)
+            lines.append(f"# LLVM-MCA-END b{i}")
+        proc = subprocess.run([_tool("llvm-mca"), "-mtriple=aarch64", f"-mcpu={cpu}", f"-mattr={_ATTRS}",
+                               f"-iterations={MCA_ITERATIONS}", "-summary-view", "-resource-pressure=0",
+                               "-instruction-info=0"],
+                              input="\n".join(lines) + "\n", capture_output=True, text=True)
+        if proc.returncode != 0:
+            bad = {owner[int(m)] for m in re.findall(r"<stdin>:(\d+):", proc.stderr) if int(m) in owner}
+            if not bad:
+                raise EstimateError(f"llvm-mca failed: {proc.stderr.strip()[:300]}")
+            for b in bad:
+                del todo[b]
+            continue
+        if in_order:
+            cycles = [float(c) for c in re.findall(r"^Block RThroughput:\s+([\d.]+)", proc.stdout, re.M)]
+        else:
+            cycles = [int(c) / MCA_ITERATIONS for c in re.findall(r"^Total Cycles:\s+(\d+)", proc.stdout, re.M)]
+        if len(cycles) != len(names):
+            raise EstimateError(f"llvm-mca reported {len(cycles)} regions for {len(names)} blocks")
+        out.update(zip(names, cycles))
+        break
+    return out
+
+
+def estimate(blocks: dict[str, int], inferences: int, board: str, mhz: int | None = None) -> dict:
+    """Estimated milliseconds per inference on `board` from one section's blocks ({hex: executions})."""
+    spec = BOARDS[board]
+    mhz = mhz or spec.mhz
+    weight = {b: n * (len(b) // 8) for b, n in blocks.items()}  # instructions (4 bytes each) executed
+    total = sum(weight.values())
+    if not total:
+        raise EstimateError("the profile has no executed instructions")
+    hot, covered = [], 0
+    for b in sorted(weight, key=weight.get, reverse=True):
+        if covered >= COVERAGE * total:
+            break
+        hot.append(b)
+        covered += weight[b]
+    cycles = block_cycles(hot, spec.cpu, spec.in_order)
+    priced = sum(weight[b] for b in cycles)
+    hot_cycles = sum(blocks[b] * c for b, c in cycles.items())
+    cpi = hot_cycles / priced
+    total_cycles = hot_cycles + (total - priced) * cpi  # unpriced blocks at the priced mean
+    return {
+        "estimated_p50_ms": total_cycles / inferences / (mhz * 1e3),
+        "estimate_model": MODEL_VERSION,
+        "estimate_board": f"{board} {spec.cpu} {mhz} MHz",
+        "estimate_note": "an estimate from emulated instructions priced by llvm-mca, not a measurement",
+        "estimate_cycles_per_inference": round(total_cycles / inferences),
+        "estimate_cpi": round(cpi, 3),
+        "estimate_priced_share": round(priced / total, 4),
+        "estimate_hot_blocks": len(cycles),
+    }
+
+
+def profile(board: str, runner: Path, model: Path, inputs: Path, folder: Path, runs: int = 2,
+            warmup: int = 1, timeout: float = 1800) -> tuple[dict[str, int], int, dict]:
+    """Run `runner` on the emulated `board` with the block profiler: (blocks, inferences, runner result).
+
+    One timed section of `runs` inferences after `warmup` untimed ones, one thread, in the same fixed
+    guest environment bench uses (pipeline/devices.py).
+    """
+    from pipeline import runner as runner_mod
+    from pipeline.devices import GUEST_ENV, GUEST_SECTIONS
+    from targets import emu
+
+    counts, blocks = Path(folder) / "counts.txt", Path(folder) / "blocks.txt"
+    prefix = [shutil.which("env") or "/usr/bin/env", "-i", *GUEST_ENV] + emu.python_command(
+        board, count_instructions=True, counts_file=counts, blocks_file=blocks) + [str(GUEST_SECTIONS), "1"]
+    args = ["--inputs", str(inputs), "--bench", "--threads", "1", "--runs", str(runs), "--min-seconds", "0",
+            "--warmup", str(warmup)]
+    res = runner_mod.run(Path(runner), Path(model), args, timeout=timeout, prefix=prefix)
+    sections = parse_blocks(blocks) if blocks.exists() else []
+    if not res.get("ok") or not sections:
+        raise EstimateError(f"emulated run on {board} gave no profile: {res.get('error', 'no section')}")
+    return sections[-1][1], (res.get("latency") or {}).get("runs") or runs, res
