@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import estimate  # noqa: E402
+from pipeline.devices import estimate  # noqa: E402
 
 PUBLISHED = Path(__file__).with_name("published_pi_latency.json")
 RESULTS = Path(__file__).with_name("results")

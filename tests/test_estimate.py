@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline import estimate
-from targets import emu
+from pipeline.devices import emulator as emu
+from pipeline.devices import estimate
 
 RUNNER = os.path.join(os.path.dirname(__file__), "..", "targets", "runners", "run_litert.py")
 needs_llvm = pytest.mark.skipif(shutil.which(f"llvm-mca-{estimate.LLVM}") is None,
@@ -67,7 +67,7 @@ def test_block_profile_accounts_for_every_instruction_the_counter_counted(profil
 @pytest.mark.emu
 @needs_llvm
 def test_int8_and_fp32_get_labelled_estimates_on_every_board(profiles):
-    for dtype, (blocks, n, counts, _) in profiles.items():
+    for blocks, n, counts, _ in profiles.values():
         for board, spec in estimate.BOARDS.items():
             e = estimate.estimate(blocks, n, board)
             assert e["estimate_model"] == estimate.MODEL_VERSION

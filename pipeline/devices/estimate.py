@@ -1,6 +1,6 @@
 """Estimated single-thread latency on a Raspberry Pi board from its emulated run: an ESTIMATE, never a measurement.
 
-The emulated board (targets/emu.py) runs the real aarch64 runtime with the board's CPU identity, so the
+The emulated board (emulator.py) runs the real aarch64 runtime with the board's CPU identity, so the
 runtime picks the kernels it would pick on the board. The profiling plugin (scripts/qemu_plugin/bb_profile.c)
 records every translation block the timed section executed, with its instruction bytes and how often it
 ran. Each hot block is disassembled (llvm-mc) and priced by LLVM's scheduling model of the board's core
@@ -20,17 +20,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import EstimateError
 
 MODEL_VERSION = "mca-1"  # bump when the estimate's meaning changes
 COVERAGE = 0.995  # share of executed instructions priced by llvm-mca; the rest at the priced mean
 MCA_ITERATIONS = 50  # steady state: long enough for the loop-carried chains, short enough to stay fast
 LLVM = 19  # Debian's llvm-19: the first with a Neoverse N1 (Cortex-A76) scheduling model
 _ATTRS = "+neon,+fp-armv8,+crc,+dotprod,+fullfp16,+rcpc,+lse"  # decode everything the boards may run
-
-
-class EstimateError(PipelineError):
-    """No latency estimate can be made (missing tools, no profile)."""
 
 
 @dataclass(frozen=True)
@@ -154,11 +150,11 @@ def profile(board: str, runner: Path, model: Path, inputs: Path, folder: Path, r
     """Run `runner` on the emulated `board` with the block profiler: (blocks, inferences, runner result).
 
     One timed section of `runs` inferences after `warmup` untimed ones, one thread, in the same fixed
-    guest environment bench uses (pipeline/devices.py).
+    guest environment bench uses (emulated.py).
     """
     from pipeline import runner as runner_mod
-    from pipeline.devices import GUEST_ENV, GUEST_SECTIONS
-    from targets import emu
+    from pipeline.devices import emulator as emu
+    from pipeline.devices.emulated import GUEST_ENV, GUEST_SECTIONS
 
     counts, blocks = Path(folder) / "counts.txt", Path(folder) / "blocks.txt"
     prefix = [shutil.which("env") or "/usr/bin/env", "-i", *GUEST_ENV] + emu.python_command(
