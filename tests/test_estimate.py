@@ -57,6 +57,7 @@ def profiles(small_tflite):
 
 
 @pytest.mark.emu
+@pytest.mark.slow
 def test_block_profile_accounts_for_every_instruction_the_counter_counted(profiles):
     for blocks, n, counts, res in profiles.values():
         assert n == res["latency"]["runs"]
@@ -65,6 +66,7 @@ def test_block_profile_accounts_for_every_instruction_the_counter_counted(profil
 
 
 @pytest.mark.emu
+@pytest.mark.slow
 @needs_llvm
 def test_int8_and_fp32_get_labelled_estimates_on_every_board(profiles):
     for blocks, n, counts, _ in profiles.values():
@@ -79,6 +81,7 @@ def test_int8_and_fp32_get_labelled_estimates_on_every_board(profiles):
 
 
 @pytest.mark.emu
+@pytest.mark.slow
 @needs_llvm
 def test_the_estimate_is_cycles_over_the_clock(profiles):
     blocks, n, _, _ = profiles["fp32"]
