@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.devices import estimate  # noqa: E402
+from pipeline.devices import emulated, estimate  # noqa: E402
 
 PUBLISHED = Path(__file__).with_name("published_pi_latency.json")
 RESULTS = Path(__file__).with_name("results")
@@ -47,8 +47,8 @@ def profiled(work: Path, model: str, dtype: str, board: str, runs: int) -> tuple
         return data["blocks"], data["inferences"]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pi-latency-") as tmp:
-        blocks, inferences, _ = estimate.profile(board, RUNNER, work / f"{model}-{dtype}.tflite",
-                                                 work / f"{model}-inputs.npy", Path(tmp), runs=runs)
+        blocks, inferences, _ = emulated.block_profile(board, RUNNER, work / f"{model}-{dtype}.tflite",
+                                                        work / f"{model}-inputs.npy", Path(tmp), runs=runs)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp_cache = cache.with_suffix(".tmp")
     tmp_cache.write_text(json.dumps({"blocks": blocks, "inferences": inferences}))

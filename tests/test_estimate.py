@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
+from pipeline.devices import emulated, estimate
 from pipeline.devices import emulator as emu
-from pipeline.devices import estimate
 
 RUNNER = os.path.join(os.path.dirname(__file__), "..", "targets", "runners", "run_litert.py")
 needs_llvm = pytest.mark.skipif(shutil.which(f"llvm-mca-{estimate.LLVM}") is None,
@@ -50,8 +50,8 @@ def profiles(small_tflite):
     for dtype in ("fp32", "int8"):
         folder = small_tflite / f"run-{dtype}"
         folder.mkdir()
-        blocks, n, res = estimate.profile("rpi4", RUNNER, small_tflite / f"{dtype}.tflite", small_tflite / "x.npy",
-                                          folder, runs=3)
+        blocks, n, res = emulated.block_profile("rpi4", RUNNER, small_tflite / f"{dtype}.tflite", small_tflite / "x.npy",
+                                                folder, runs=3)
         out[dtype] = (blocks, n, emu.read_counts(folder / "counts.txt"), res)
     return out
 

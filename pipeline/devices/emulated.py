@@ -205,3 +205,26 @@ class EmuDevice:
                 f"(-cpu {self.profile.cpu}) on this machine; batch 1; guest instructions counted over the timed "
                 f"section only, 1 thread, median of {EMU_SECTIONS} sections of {EMU_RUNS} inferences after "
                 f"{EMU_WARMUP} warm-up runs; emulated times are not device times; agreement: same samples on x86")
+
+
+def block_profile(board: str, runner: Path, model: Path, inputs: Path, folder: Path, runs: int = 2,
+                  warmup: int = 1, timeout: float = 1800) -> tuple[dict[str, int], int, dict]:
+    """Run `runner` on the emulated `board` with the block profiler: (blocks, inferences, runner result).
+
+    One timed section of `runs` inferences after `warmup` untimed ones, one thread, in the same fixed
+    guest environment bench uses.
+    """
+    from pipeline import runner as runner_mod
+    from pipeline.devices import emulator as emu
+    from pipeline.devices.estimate import parse_blocks
+
+    counts, blocks = Path(folder) / "counts.txt", Path(folder) / "blocks.txt"
+    prefix = [shutil.which("env") or "/usr/bin/env", "-i", *GUEST_ENV] + emu.python_command(
+        board, count_instructions=True, counts_file=counts, blocks_file=blocks) + [str(GUEST_SECTIONS), "1"]
+    args = ["--inputs", str(inputs), "--bench", "--threads", "1", "--runs", str(runs), "--min-seconds", "0",
+            "--warmup", str(warmup)]
+    res = runner_mod.run(Path(runner), Path(model), args, timeout=timeout, prefix=prefix)
+    sections = parse_blocks(blocks) if blocks.exists() else []
+    if not res.get("ok") or not sections:
+        raise EstimateError(f"emulated run on {board} gave no profile: {res.get('error', 'no section')}")
+    return sections[-1][1], (res.get("latency") or {}).get("runs") or runs, res

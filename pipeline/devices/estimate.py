@@ -144,25 +144,3 @@ def estimate(blocks: dict[str, int], inferences: int, board: str, mhz: int | Non
         "estimate_hot_blocks": len(cycles),
     }
 
-
-def profile(board: str, runner: Path, model: Path, inputs: Path, folder: Path, runs: int = 2,
-            warmup: int = 1, timeout: float = 1800) -> tuple[dict[str, int], int, dict]:
-    """Run `runner` on the emulated `board` with the block profiler: (blocks, inferences, runner result).
-
-    One timed section of `runs` inferences after `warmup` untimed ones, one thread, in the same fixed
-    guest environment bench uses (emulated.py).
-    """
-    from pipeline import runner as runner_mod
-    from pipeline.devices import emulator as emu
-    from pipeline.devices.emulated import GUEST_ENV, GUEST_SECTIONS
-
-    counts, blocks = Path(folder) / "counts.txt", Path(folder) / "blocks.txt"
-    prefix = [shutil.which("env") or "/usr/bin/env", "-i", *GUEST_ENV] + emu.python_command(
-        board, count_instructions=True, counts_file=counts, blocks_file=blocks) + [str(GUEST_SECTIONS), "1"]
-    args = ["--inputs", str(inputs), "--bench", "--threads", "1", "--runs", str(runs), "--min-seconds", "0",
-            "--warmup", str(warmup)]
-    res = runner_mod.run(Path(runner), Path(model), args, timeout=timeout, prefix=prefix)
-    sections = parse_blocks(blocks) if blocks.exists() else []
-    if not res.get("ok") or not sections:
-        raise EstimateError(f"emulated run on {board} gave no profile: {res.get('error', 'no section')}")
-    return sections[-1][1], (res.get("latency") or {}).get("runs") or runs, res
