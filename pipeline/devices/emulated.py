@@ -89,7 +89,7 @@ class EmuDevice:
         # qemu hands its environment to the guest; its size moves the guest's heap and with it the counts.
         prefix = [shutil.which("env") or "/usr/bin/env", "-i", *GUEST_ENV] + emu.python_command(
             self.profile.name, count_instructions=count, counts_file=counts_file, runtime=runtime,
-            blocks_file=folder / f"blocks-{runtime}.txt" if count else None)
+            blocks_file=folder / f"blocks-{runtime}.txt" if count and emu.profile_plugin_path().exists() else None)
         if count:
             prefix += [str(GUEST_SECTIONS), str(EMU_SECTIONS)]
         res = runner.run(runner_path, model, args, timeout=timeout, prefix=prefix)
@@ -140,6 +140,9 @@ class EmuDevice:
         """Estimated latency on the real board from the last counted section's blocks (estimate.py)."""
         from pipeline.devices import estimate
 
+        if not blocks_file.exists():
+            return {"estimate_note": f"no estimate: the block profiler is not built; run python -m pipeline device "
+                                     f"setup {self.name}"}
         try:
             sections = estimate.parse_blocks(blocks_file)
             if not sections:

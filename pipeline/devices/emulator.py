@@ -86,7 +86,7 @@ def emu_home() -> Path:
 def setup(profile_name: str, log: Callable[[str], None] = print) -> Path:
     """Build (once) everything `profile_name` needs; returns the profile's folder."""
     device = _device(profile_name)
-    if is_ready(profile_name):
+    if is_ready(profile_name) and profile_plugin_path().exists():
         return _profile_dir(device)
     home = emu_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -98,6 +98,8 @@ def setup(profile_name: str, log: Callable[[str], None] = print) -> Path:
             _build_atomically(home / "base", _build_base, log)
         if not _plugin_path().exists():
             _build_plugin(log)
+        if not profile_plugin_path().exists():
+            _build_plugin(log, _PROFILE_PLUGIN_SOURCE, profile_plugin_path())
         if _stamp_key(_profile_dir(device)) != _profile_key(device):
             _build_atomically(_profile_dir(device),
                               lambda tmp, log: _build_profile(device, tmp), log)
@@ -146,7 +148,9 @@ def python_command(profile_name: str, count_instructions: bool = False,
         argv = [shutil.which("qemu-aarch64"), "-plugin",
                 f"{_qemu_opt(_plugin_path())},out={_qemu_opt(Path(counts_file).absolute())}"]
         if blocks_file is not None:
-            argv += ["-plugin", f"{_qemu_opt(profile_plugin())},out={_qemu_opt(Path(blocks_file).absolute())}"]
+            if not profile_plugin_path().exists():
+                raise EmuError(f"the block profiler is not built: run python -m pipeline device setup emu:{device.name}")
+            argv += ["-plugin", f"{_qemu_opt(profile_plugin_path())},out={_qemu_opt(Path(blocks_file).absolute())}"]
     else:
         argv = [shutil.which("qemu-aarch64-static")]
     # -R: qemu places guest mappings itself in a reserved range instead of where the
@@ -488,16 +492,10 @@ def _build_plugin(log: Callable[[str], None], source: Path = _PLUGIN_SOURCE,
     log(f"emu: plugin {target.name} built against {orig.name} ({time.monotonic() - t0:.0f} s)")
 
 
-def profile_plugin(log: Callable[[str], None] = print) -> Path:
-    """The per-block profiling plugin (scripts/qemu_plugin/bb_profile.c), built on first use."""
+def profile_plugin_path() -> Path:
+    """The per-block profiling plugin (scripts/qemu_plugin/bb_profile.c) that setup builds."""
     key = _key(EMU_VERSION, _PROFILE_PLUGIN_SOURCE.read_text(), _qemu_version())
-    target = emu_home() / "plugin" / f"bb_profile-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(emu_home() / ".lock"):
-            if not target.exists():
-                _build_plugin(log, _PROFILE_PLUGIN_SOURCE, target)
-    return target
+    return emu_home() / "plugin" / f"bb_profile-{key}.so"
 
 
 def _build_profile(device: Profile, tmp: Path) -> None:
