@@ -78,6 +78,7 @@ def test_int8_and_fp32_get_labelled_estimates_on_every_board(profiles):
             assert e["estimate_priced_share"] >= estimate.COVERAGE - 0.01
             # cycles are what the blocks cost: a per-instruction cost of ~0.2-10 cycles, never 0
             assert 0.1 < e["estimate_cycles_per_inference"] / (counts[0] / n) < 20
+            assert 0 < e["estimate_memory_accesses_per_inference"] < counts[0] / n
 
 
 @pytest.mark.emu

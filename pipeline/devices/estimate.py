@@ -132,6 +132,8 @@ def estimate(blocks: dict[str, int], inferences: int, board: str, mhz: int | Non
     priced = sum(weight[b] for b in cycles)
     hot_cycles = sum(blocks[b] * c for b, c in cycles.items())
     cpi = hot_cycles / priced
+    # loads and stores of the priced blocks: what a cache model would start from (none is applied)
+    memory = sum(blocks[b] * sum(i.split()[0].startswith(("ld", "st")) for i in disassemble(b)) for b in cycles)
     total_cycles = hot_cycles + (total - priced) * cpi  # unpriced blocks at the priced mean
     return {
         "estimated_p50_ms": total_cycles / inferences / (mhz * 1e3),
@@ -140,6 +142,7 @@ def estimate(blocks: dict[str, int], inferences: int, board: str, mhz: int | Non
         "estimate_note": "an estimate from emulated instructions priced by llvm-mca, not a measurement",
         "estimate_cycles_per_inference": round(total_cycles / inferences),
         "estimate_cpi": round(cpi, 3),
+        "estimate_memory_accesses_per_inference": round(memory * total / priced / inferences),
         "estimate_priced_share": round(priced / total, 4),
         "estimate_hot_blocks": len(cycles),
     }
