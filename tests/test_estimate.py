@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.devices import emulated, estimate
 from pipeline.devices import emulator as emu
+from pipeline.devices.profiles import get_profile
 
 RUNNER = os.path.join(os.path.dirname(__file__), "..", "targets", "runners", "run_litert.py")
 needs_llvm = pytest.mark.skipif(shutil.which(f"llvm-mca-{estimate.LLVM}") is None,
@@ -73,7 +74,7 @@ def test_int8_and_fp32_get_labelled_estimates_on_every_board(profiles):
         for board, spec in estimate.BOARDS.items():
             e = estimate.estimate(blocks, n, board)
             assert e["estimate_model"] == estimate.MODEL_VERSION
-            assert e["estimate_board"] == f"{board} {spec.cpu} {spec.mhz} MHz"
+            assert e["estimate_board"] == f"{board} {spec.cpu} {get_profile(board).max_mhz} MHz"
             assert math.isfinite(e["estimated_p50_ms"]) and e["estimated_p50_ms"] > 0
             assert e["estimate_priced_share"] >= estimate.COVERAGE - 0.01
             # cycles are what the blocks cost: a per-instruction cost of ~0.2-10 cycles, never 0

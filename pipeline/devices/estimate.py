@@ -32,16 +32,16 @@ _ATTRS = "+neon,+fp-armv8,+crc,+dotprod,+fullfp16,+rcpc,+lse"  # decode everythi
 @dataclass(frozen=True)
 class Board:
     cpu: str  # llvm-mca -mcpu
-    mhz: int  # clock the estimate is for
     in_order: bool = False  # price blocks by their resource bound instead of the simulation
 
 
+# The clock is the board profile's (profiles.py max_mhz); estimate(mhz=...) for other revisions.
 BOARDS = {
-    "rpi3": Board("cortex-a53", 1400, in_order=True),  # Pi 3B+ (the Pi 3B runs 1200: scale by 1400/1200)
-    "rpi4": Board("cortex-a72", 1800),  # Pi 4 from revision 1.4 (earlier ones 1500)
+    "rpi3": Board("cortex-a53", in_order=True),
+    "rpi4": Board("cortex-a72"),
     # The Neoverse N1 is the Cortex-A76 design for servers; LLVM (19) models it, while its cortex-a76
     # entry reuses the older Cortex-A57 model (as cortex-a72 does).
-    "rpi5": Board("neoverse-n1", 2400),
+    "rpi5": Board("neoverse-n1"),
 }
 
 
@@ -116,8 +116,10 @@ def block_cycles(blocks: list[str], cpu: str, in_order: bool = False) -> dict[st
 
 def estimate(blocks: dict[str, int], inferences: int, board: str, mhz: int | None = None) -> dict:
     """Estimated milliseconds per inference on `board` from one section's blocks ({hex: executions})."""
+    from pipeline.devices.profiles import get_profile
+
     spec = BOARDS[board]
-    mhz = mhz or spec.mhz
+    mhz = mhz or get_profile(board).max_mhz
     weight = {b: n * (len(b) // 8) for b, n in blocks.items()}  # instructions (4 bytes each) executed
     total = sum(weight.values())
     if not total:
