@@ -114,8 +114,12 @@ def block_cycles(blocks: list[str], cpu: str, in_order: bool = False) -> dict[st
     return out
 
 
-def estimate(blocks: dict[str, int], inferences: int, board: str, mhz: int | None = None) -> dict:
-    """Estimated milliseconds per inference on `board` from one section's blocks ({hex: executions})."""
+def estimate(blocks: dict[str, int], inferences: int, board: str, mhz: int | None = None,
+             in_order: bool | None = None) -> dict:
+    """Estimated milliseconds per inference on `board` from one section's blocks ({hex: executions}).
+
+    mhz: another clock than the profile's; in_order: override the board's pricing (for the validation).
+    """
     from pipeline.devices.profiles import get_profile
 
     spec = BOARDS[board]
@@ -130,7 +134,7 @@ def estimate(blocks: dict[str, int], inferences: int, board: str, mhz: int | Non
             break
         hot.append(b)
         covered += weight[b]
-    cycles = block_cycles(hot, spec.cpu, spec.in_order)
+    cycles = block_cycles(hot, spec.cpu, spec.in_order if in_order is None else in_order)
     priced = sum(weight[b] for b in cycles)
     hot_cycles = sum(blocks[b] * c for b, c in cycles.items())
     cpi = hot_cycles / priced
