@@ -6,7 +6,7 @@ block profiler (1 thread, --runs inferences after 1 warm-up), estimate, and comp
 (benchmarks/results/pi_latency.{md,json}) the table, the median absolute error per board, and whether
 each published int8/fp32 pair is ranked right. Also estimates every model on every board.
 
-    .venv/bin/python benchmarks/pi_latency.py [--work DIR] [--runs N] [--boards rpi3,rpi4,rpi5]
+    .venv/bin/python -m benchmarks.pi_latency [--work DIR] [--runs N] [--boards rpi3,rpi4,rpi5]
 
 The profiles are kept in --work (default build/pi_latency) and reused: re-pricing is seconds,
 re-profiling ~1 min per model and board under qemu.
@@ -22,10 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.devices import emulated, estimate
 
-from pipeline.devices import emulated, estimate  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PUBLISHED = Path(__file__).with_name("published_pi_latency.json")
 RESULTS = Path(__file__).with_name("results")
@@ -37,7 +36,7 @@ def models(work: Path) -> None:
     if all((work / f"{m}-{d}.tflite").exists() for m in ("mobilenet_v1", "mobilenet_v2", "efficientnet_lite0")
            for d in ("fp32", "int8")):
         return
-    subprocess.run([sys.executable, str(Path(__file__).with_name("pi_models.py")), str(work)], check=True)
+    subprocess.run([sys.executable, "-m", "benchmarks.pi_models", str(work)], check=True, cwd=ROOT)
 
 
 def profiled(work: Path, model: str, dtype: str, board: str, runs: int) -> tuple[dict[str, int], int]:
@@ -112,7 +111,7 @@ def main() -> int:
             every.append(f"| {m} | {d} | " + " | ".join(cells) + " |")
     text = "\n".join([
         f"# Estimated vs published Raspberry Pi latency (estimate model {estimate.MODEL_VERSION})", "",
-        f"`{' '.join(['.venv/bin/python', 'benchmarks/pi_latency.py', *sys.argv[1:]])}`; LiteRT (XNNPACK), "
+        f"`{' '.join(['.venv/bin/python -m benchmarks.pi_latency', *sys.argv[1:]])}`; LiteRT (XNNPACK), "
         f"1 thread, {args.runs} profiled inferences after 1 warm-up per model and board.", "",
         *table, "", *summary, "", *pairs, "",
         "Every rebuilt model on every board, at the board profile's clock:", "", *every, ""])

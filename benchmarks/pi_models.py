@@ -4,7 +4,7 @@ Weights do not decide latency (dense kernels multiply whatever they hold), so ev
 with random weights and quantized with random calibration inputs in the range a real preprocessed
 image has ([-1, 1]). Written once into a folder, reused by benchmarks/pi_latency.py.
 
-    python benchmarks/pi_models.py OUT_DIR [NAME ...]
+    python -m benchmarks.pi_models OUT_DIR [NAME ...]
 """
 from __future__ import annotations
 

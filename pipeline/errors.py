@@ -43,3 +43,7 @@ class EmuError(PipelineError):
 
 class EstimateError(PipelineError):
     """No latency estimate can be made from an emulated run (missing llvm-mca, no profile)."""
+
+
+class BudgetError(VerificationError):
+    """A stage's model already loses more against the original model than the build allows."""
