@@ -174,7 +174,9 @@ class NativeEmu(EmuDevice):
             return {"ok": False, "error": str(e)}, []
         counts_file = Path(folder) / f"counts-native-{rt.native}.txt"
         # the emulated Python's qemu prefix without the Python: the binary runs in its place
-        qemu = emu.python_command(self.profile.name, count_instructions=count, counts_file=counts_file)[:-1]
+        blocks = Path(folder) / f"blocks-{site}.txt"  # what EmuDevice.run reads for its latency estimate
+        qemu = emu.python_command(self.profile.name, count_instructions=count, counts_file=counts_file,
+                                  blocks_file=blocks if count and emu.profile_plugin_path().exists() else None)[:-1]
         if count:  # EMU_SECTIONS counted sections in one process, as emu_sections.py runs the Python runner
             argv += ["--sections", str(EMU_SECTIONS)]
         res = runner.run_command(["env", "-i", *GUEST_ENV, *qemu, *argv], timeout)
