@@ -31,6 +31,7 @@ class Builder:
         self.seed = cfg.build.seed
         self.stages: dict[str, Entry] = {}
         self._dataset: Dataset | None = None
+        self._interface: dict | None = None
 
     def stage(self, name: str, params: dict, inputs: dict[str, str], produce, code=()) -> Entry:
         """`code`: source files beyond CODE[kind] that decide this stage's output (a target's module)."""
@@ -57,8 +58,10 @@ class Builder:
     def data(self) -> Entry:
         from pipeline import data as data_mod
 
+        model_input = (self.interface() or {"inputs": [None]})["inputs"][0]
+
         def produce(folder):
-            ds = data_mod.load(self.cfg.data, self.seed)
+            ds = data_mod.load(self.cfg.data, self.seed, model_input)
             for a in Dataset.ARRAYS:
                 if getattr(ds, a) is not None:
                     np.save(folder / f"{a}.npy", getattr(ds, a))
@@ -67,7 +70,22 @@ class Builder:
                     "input_shape": list(ds.x_train.shape[1:])}
 
         source = {"path_sha256": content_hash(self.cfg.data.path)} if self.cfg.data.path else {}
-        return self.stage("data", {"data": self.cfg.section("data"), "seed": self.seed, **source}, {}, produce)
+        return self.stage("data", {"data": self.cfg.section("data"), "seed": self.seed, **source,
+                                   **({"model_input": model_input} if model_input else {})}, {}, produce)
+
+    def interface(self) -> dict | None:
+        """The user's ONNX model's interface (names, shapes, layout), `model.onnx_input_shape` applied; else None."""
+        from pipeline import interface
+
+        path = self.cfg.model.path
+        if not path or not path.lower().endswith(".onnx"):
+            return None
+        if self._interface is None:
+            self._interface = interface.onnx_interface(path)
+            fixed = self.cfg.model.onnx_input_shape
+            if fixed:
+                self._interface["inputs"][0]["shape"] = list(fixed)
+        return self._interface
 
     def dataset(self) -> Dataset:
         if self._dataset is None:

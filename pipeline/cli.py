@@ -31,6 +31,9 @@ def add_build_options(p) -> None:
     p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default: build/)")
     p.add_argument("--model", help="a pretrained model: .keras, .h5/.hdf5, SavedModel folder or .onnx (model.path)")
     p.add_argument("--data", help="data: .npz, IDX files or their folder, or an image folder (data.path)")
+    p.add_argument("--input-shape", metavar="N,C,H,W", help="fix an ONNX model's dynamic input dimensions for the "
+                   "conversion through Keras, in the model's own layout, e.g. 1,3,224,224 (model.onnx_input_shape; "
+                   "by default taken from the data)")
     from pipeline.config import PRUNE_METHODS  # standard library only: fine for --help
 
     p.add_argument("--prune", metavar="METHOD", choices=PRUNE_METHODS,
@@ -98,6 +101,14 @@ def load_config(args):
         cfg = cfg.replace("model", path=args.model)
     if args.data:
         cfg = cfg.replace("data", path=args.data)
+    if getattr(args, "input_shape", None):
+        try:
+            shape = tuple(int(d) for d in args.input_shape.split(","))
+        except ValueError:
+            raise UsageError(f"--input-shape must be integers separated by commas, e.g. 1,3,224,224; got {args.input_shape!r}") from None
+        if not shape or min(shape) < 1:
+            raise UsageError(f"--input-shape must be positive integers, got {args.input_shape!r}")
+        cfg = cfg.replace("model", onnx_input_shape=shape)
     if getattr(args, "prune", None):
         cfg = cfg.replace("prune", method=args.prune)
     if args.strict:

@@ -218,9 +218,17 @@ def preprocess(x: np.ndarray, cfg: DataConfig, default_scale: float) -> np.ndarr
     return x
 
 
-def load(cfg: DataConfig, seed: int) -> Dataset:
+def load(cfg: DataConfig, seed: int, model_input: dict | None = None) -> Dataset:
+    """`model_input`: the user's model's input (pipeline.interface), whose layout the data may come in."""
     raw = _find(cfg)
     where = raw.source
+    given = "as stored"
+    if model_input:
+        from pipeline.interface import samples_to_internal
+
+        x, given = samples_to_internal(raw.x, model_input)
+        xt = samples_to_internal(raw.x_test, model_input)[0] if raw.x_test is not None else None
+        raw = Raw(x, raw.y, xt, raw.y_test, raw.labels, raw.source)
     _check("x", raw.x, raw.y, where)
     if raw.x_test is not None:
         _check("x_test", raw.x_test, raw.y_test, where)
@@ -248,7 +256,8 @@ def load(cfg: DataConfig, seed: int) -> Dataset:
     x_cal = x_train[np.sort(rng.choice(len(x_train), n_cal, replace=False))]
     n_classes = int(max(y_train.max(), y_test.max())) + 1 if y_train is not None else 0
     labels = raw.labels or tuple(str(i) for i in range(n_classes))
-    prep = {"source": raw.source, "layout": "NHWC" if x_train.ndim == 4 else "N...",
+    # `layout`: of the arrays inside the pipeline; `data_layout`: of the samples as the user gave them.
+    prep = {"source": raw.source, "layout": "NHWC" if x_train.ndim == 4 else "N...", "data_layout": given,
             "input_shape": list(x_train.shape[1:]), "resize": list(cfg.resize), "channels": cfg.channels or "as stored",
             "scale": cfg.scale or default_scale, "mean": list(cfg.mean) or [0.0], "std": list(cfg.std) or [1.0],
             "labelled": y_train is not None, "calibration_split": "train", "calibration_samples": n_cal}

@@ -82,13 +82,9 @@ def load(path: str | Path, trust: bool = False, onnx_input_shape=(), workdir: Pa
 
 
 def _onnx_shape(path: Path, override) -> tuple[str, list[int]]:
-    import onnx
+    from pipeline.interface import load_onnx
 
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(m)
-    except Exception as e:  # noqa: BLE001 - onnx raises many unrelated types for a bad file
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
+    m = load_onnx(path)
     init = {i.name for i in m.graph.initializer}
     inputs = [i for i in m.graph.input if i.name not in init]
     if len(inputs) != 1:
@@ -100,7 +96,7 @@ def _onnx_shape(path: Path, override) -> tuple[str, list[int]]:
         dims = list(override)
     if any(d <= 0 for d in dims):
         raise ModelLoadError(f"{path}: input '{inputs[0].name}' has dynamic dimensions {dims}: "
-                             "set model.onnx_input_shape, e.g. [1, 3, 224, 224]")
+                             "set model.onnx_input_shape or --input-shape, e.g. 1,3,224,224")
     return inputs[0].name, dims
 
 
