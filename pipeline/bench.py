@@ -154,6 +154,16 @@ def bench_artifacts(items, devices, inputs: Path, threads: list[int], settings: 
     `artifact row` is the manifest entry (accuracy, size, status); an artifact that failed to build
     has no file and gets a row saying so.
     """
+    import tempfile
+
+    from pipeline.verify import artifact_inputs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return _bench_all(items, devices, inputs, threads, settings, log, lambda art: artifact_inputs(inputs, art, Path(tmp)))
+
+
+def _bench_all(items, devices, inputs, threads, settings, log, inputs_for) -> list[dict]:
+    """`inputs_for(artifact row)`: the held-out samples in that artifact's input layout."""
     rows = []
     for device in devices:
         for target, art, path in items:
@@ -165,7 +175,7 @@ def bench_artifacts(items, devices, inputs: Path, threads: list[int], settings: 
                     row = {"device": device.name, "threads": n, "status": "not_built",
                            "error": art.get("reason", "no artifact file")}
                 else:
-                    row = bench_one(device, target.runner_path, Path(path), inputs, n, settings)
+                    row = bench_one(device, target.runner_path, Path(path), inputs_for(art), n, settings)
                 rows.append({**base, **row})
                 if log:
                     r = rows[-1]

@@ -124,37 +124,58 @@ class Builder:
                 "labels": list(self.cfg.model.labels or d["labels"]), "preprocessing": d["preprocessing"],
                 "config_hash": self.cfg.digest()}
 
+    def interface_route(self, target) -> str | None:
+        """How an ONNX/OpenVINO target of a user's ONNX model keeps its interface: `original` (made from the
+        user's file itself, when the Keras side changed nothing: no fine-tuning, nothing pruned) or `restored`
+        (the converted model, given the original names and layout back). None for every other model."""
+        if target.family not in ("onnx", "openvino") or self.interface() is None:
+            return None
+        train, prune = self.stages["train"].meta, self.stages["prune"].meta
+        changed = (train.get("source_model") or {}).get("fine_tuned") or prune.get("pruned_layers", 0) > 0
+        return "restored" if changed else "original"
+
     def export(self, target) -> Entry:
         from pipeline import report, stages
 
+        route = self.interface_route(target)
         # A QAT stage that fell back to post-training quantization left no model: use the float one.
         use_qat = target.source == "qat" and self.stages["qat"].meta.get("method") == "qat"
         src_name = "qat" if use_qat else "prune"
         src = self.stages[src_name]
         metadata = self.artifact_metadata(target)
+        if route:
+            metadata["input_layout"] = ",".join(p.get("layout", "N...") for p in self.interface()["inputs"])
 
         def produce(folder):
+            calib = self.dataset().x_cal
+            progress = lambda i, n: report.progress("calibrate", i, n)  # noqa: E731
+            if route:
+                from pipeline.interface_export import export_keeping_interface
+
+                return export_keeping_interface(self, target, route, src.file("model.h5"), calib,
+                                                folder / target.filename, metadata, progress)
             stages.tf_setup(self.seed)
             model = stages.load_model(src.file("model.h5"), qat=use_qat)
-            calib = self.dataset().x_cal
-            target.module.export(target, model, calib, folder / target.filename, metadata,
-                                 progress=lambda i, n: report.progress("calibrate", i, n))
+            target.module.export(target, model, calib, folder / target.filename, metadata, progress=progress)
             return {"source": src_name, "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert"}
 
-        params = {"target": target.name, "options": target.options, "metadata": metadata}
+        params = {"target": target.name, "options": target.options, "metadata": metadata,
+                  **({"route": route} if route else {})}
         return self.stage(f"export:{target.name}", params, {"model": src.key, "data": self.stages["data"].key},
-                          produce, code=[_source(target.module)])
+                          produce, code=[_source(target.module), *(["pipeline/interface.py", "pipeline/interface_export.py"]
+                                                                   if route else [])])
 
     def verify(self, target, artifact: Entry) -> Entry:
         ref, d = self.stages["prune"], self.stages["data"]
 
         def produce(folder):
             return verify_artifact(target, artifact.file(target.filename), d.path, ref.file("reference_outputs.npz"),
-                                   self.cfg.build, ref.meta["accuracy"])
+                                   self.cfg.build, ref.meta["accuracy"], perms=artifact.meta)
 
         b = self.cfg.build
         params = {"target": target.name, "quantization": target.quantization, "runner": target.runner,
-                  "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine]}
+                  "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
+                  **({"run_config": target.run_config} if target.run_config else {})}
         return self.stage(f"verify:{target.name}", params,
                           {"artifact": artifact.key, "reference": ref.key, "data": d.key}, produce,
                           code=[_source(target.module), *(f"targets/runners/{r}" for r in (target.runner, target.legacy_runner) if r)])
@@ -171,6 +192,7 @@ class Builder:
                 "sha256": sha256_file(*dests), **result,
                 "build_seconds": round(artifact.meta.get("seconds", 0.0) + result.get("seconds", 0.0), 2),
                 "made_from": artifact.meta.get("source"), "method": artifact.meta.get("method"),
+                **interface_fields(artifact.meta, self.stages["data"].meta["preprocessing"]),
                 "fallbacks": self.fallbacks(target),
                 "stage_keys": {"export": artifact.key, "verify": self.stages[f"verify:{target.name}"].key}}
 
@@ -241,6 +263,14 @@ def content_hash(path: str) -> str:
             h.update(str(f.relative_to(p)).encode() + b"\0" + sha256_file(f).encode())
         return h.hexdigest()
     return "missing"
+
+
+def interface_fields(export_meta: dict, preprocessing: dict) -> dict:
+    """What the manifest row says of the artifact's interface: the layout its inputs take, and how it maps
+    to the pipeline's arrays (bench, release and verify feed each artifact in its own layout)."""
+    return {"input_layout": export_meta.get("input_layout") or preprocessing.get("layout"),
+            "route": export_meta.get("route"), "input_perms": export_meta.get("input_perms"),
+            "output_perms": export_meta.get("output_perms")}
 
 
 def _one_line(e: BaseException) -> str:

@@ -685,7 +685,10 @@ def verify_on(devices: list, cfg, out: Path, rows: list[dict], log=print) -> int
 
     Returns how many checks failed."""
     from pipeline import report
+    import tempfile
+
     from pipeline.bench import eval_inputs
+    from pipeline.verify import artifact_inputs
     from targets import TARGETS
 
     inputs = eval_inputs(cfg, out)
@@ -697,7 +700,9 @@ def verify_on(devices: list, cfg, out: Path, rows: list[dict], log=print) -> int
             if a.get("status") != "ok" or path is None or not path.exists():
                 continue
             t0 = time.perf_counter()
-            check = arm_check(device, TARGETS[a["target"]], a, path, inputs, cfg.build)
+            with tempfile.TemporaryDirectory() as tmp:  # the samples in the artifact's own input layout
+                mine = artifact_inputs(inputs, a, Path(tmp))
+                check = arm_check(device, TARGETS[a["target"]], a, path, mine, cfg.build)
             checks.setdefault(a["target"], []).append(check)
             table.append({"target": a["target"], **check})
             log(f"verify-on {a['target']:<16} {device.name}: {check['status']}"

@@ -50,7 +50,7 @@ def load_onnx(path: str | Path):
     try:
         m = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(m)
-    except Exception as e:  # noqa: BLE001 - onnx raises many unrelated types for a bad file
+    except Exception as e:
         raise ModelLoadError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
     return m
 
@@ -145,29 +145,36 @@ def restore(proto, original: dict):
     if len(g.input) != len(original["inputs"]) or len(g.output) != len(original["outputs"]):
         raise ValueError(f"the converted graph has {len(g.input)} inputs and {len(g.output)} outputs, "
                          f"the original {len(original['inputs'])} and {len(original['outputs'])}")
+    # The converted graph's own tensors step aside: the original names go on the new edges.
+    taken = {p["name"] for p in [*original["inputs"], *original["outputs"]]}
+    inner = {v.name: v.name + "__internal" for v in [*g.input, *g.output]}
+    inner.update({n: n + "__internal" for node in g.node for n in [*node.input, *node.output] if n in taken})
+    for node in g.node:
+        node.input[:] = [inner.get(s, s) for s in node.input]
+        node.output[:] = [inner.get(s, s) for s in node.output]
+    for v in g.value_info:
+        v.name = inner.get(v.name, v.name)
     head, tail, input_perms, out_perms = [], [], [], []
     for v, port in zip(list(g.input), original["inputs"]):
         conv = _dims(v)
-        inner = v.name + "__internal"
-        for n in g.node:
-            n.input[:] = [inner if s == v.name else s for s in n.input]
         perm = to_last(len(conv)) if channels_first(port) else None
         dims = [conv[i] for i in to_first(len(conv))] if perm else conv
-        head.append(helper.make_node("Transpose", [port["name"]], [inner], perm=perm) if perm
-                    else helper.make_node("Identity", [port["name"]], [inner]))
+        head.append(helper.make_node("Transpose", [port["name"]], [inner[v.name]], perm=perm) if perm
+                    else helper.make_node("Identity", [port["name"]], [inner[v.name]]))
         v.CopyFrom(helper.make_tensor_value_info(port["name"], TensorProto.FLOAT, _free_batch(dims, port)))
         input_perms.append(to_first(len(conv)) if perm else None)
     for v, port in zip(list(g.output), original["outputs"]):
         conv = _dims(v)
         perm = output_perm(port["shape"], conv)
         back = to_first(len(conv)) if perm else None
-        tail.append(helper.make_node("Transpose", [v.name], [port["name"]], perm=back) if back
-                    else helper.make_node("Identity", [v.name], [port["name"]]))
+        tail.append(helper.make_node("Transpose", [inner[v.name]], [port["name"]], perm=back) if back
+                    else helper.make_node("Identity", [inner[v.name]], [port["name"]]))
         dims = [conv[i] for i in back] if back else conv
         v.CopyFrom(helper.make_tensor_value_info(port["name"], v.type.tensor_type.elem_type, _free_batch(dims, port)))
         out_perms.append(perm)
-    g.node[0:0] = head
-    g.node.extend(tail)
+    nodes = [*head, *g.node, *tail]
+    del g.node[:]
+    g.node.extend(nodes)
     return proto, input_perms, out_perms
 
 

@@ -227,7 +227,9 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
     x = np.load(data.file("x_test.npy"), allow_pickle=False)
     y = np.load(data.file("y_test.npy"), allow_pickle=False) if data.file("y_test.npy").exists() else None
     idx = pick_vectors(y, len(x))
-    x = x[idx].astype(np.float32)
+    from pipeline.interface import to_artifact
+
+    x = to_artifact(x[idx].astype(np.float32), (row.get("input_perms") or [None])[0])
     with tempfile.TemporaryDirectory() as work:
         inputs, outputs = Path(work) / "inputs.npy", Path(work) / "outputs.npz"
         np.save(inputs, x)
@@ -254,10 +256,11 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
         "config_hash": manifest["config_hash"], "target": target.name, "family": target.family,
         "artifact": target.filename, "quantization": row["quantization"], "files": digests,
         "inputs": row.get("inputs"), "outputs": row.get("outputs"), "preprocessing": manifest["preprocessing"],
+        "input_layout": row.get("input_layout"), "run_config": row.get("run_config") or {},
         "runner": target.runner, "runtime": f"{res.get('runtime')} {res.get('runtime_version')}", "threads": 1,
         "test_vectors": {
             "inputs": "test_vectors/inputs.npy",
-            "about": "float32 held-out samples, preprocessed, in the float input layout; the runner quantizes "
+            "about": "float32 held-out samples, preprocessed, in the artifact's input layout (input_layout); the runner quantizes "
                      "them for an integer input; outputs are float32 (integer outputs dequantized)",
             "held_out_indices": idx, "true_labels": None if y is None else [int(v) for v in y[idx]],
             "tolerance": tol,
@@ -422,7 +425,8 @@ def _step_order(name: str):
 ARTIFACT_COLUMNS = [("target", "target"), ("quantization", "quantization"), ("bytes", "bytes"),
                     ("gzip_bytes", "gzip"), ("sparsity", "sparsity"), ("accuracy", "accuracy"),
                     ("reference_accuracy", "float acc"), ("top1_agreement", "agreement"),
-                    ("max_abs_diff", "max abs diff"), ("input", "input"), ("output", "output"),
+                    ("max_abs_diff", "max abs diff"), ("input_layout", "input layout"), ("input", "input"),
+                    ("output", "output"), ("run_with", "run with"),
                     ("runtime", "verified in")]
 
 
@@ -461,10 +465,12 @@ def model_card(m: dict) -> str:
         "",
         "## Artifacts",
         "",
-        md_table([{**a, "input": _io(a.get("inputs")), "output": _io(a.get("outputs"))} for a in shipped],
-                 ARTIFACT_COLUMNS),
+        md_table([{**a, "input": _io(a.get("inputs")), "output": _io(a.get("outputs")),
+                   "run_with": ", ".join(f"{k}={v}" for k, v in (a.get("run_config") or {}).items()) or None}
+                  for a in shipped], ARTIFACT_COLUMNS),
         "",
         "Accuracy and agreement (top-1 against the float model) on the held-out split, in the runtime named.",
+        *_run_config_notes(shipped),
         "",
         "## Latency",
         "",
@@ -498,13 +504,28 @@ def model_card(m: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run_config_notes(shipped: list[dict]) -> list[str]:
+    """What an artifact needs at run time, and what its runtime's default gave instead (measured at build)."""
+    notes = []
+    for a in shipped:
+        if not a.get("run_config"):
+            continue
+        need = ", ".join(f"`{k}={v}`" for k, v in a["run_config"].items())
+        d = a.get("runtime_default") or {}
+        seen = (f"; with the runtime's default ({d.get('precision')} on the build machine's CPU) it differed from "
+                f"the float model by up to {d['max_abs_diff']:.2g} (against {a.get('max_abs_diff', 0):.2g})"
+                if "max_abs_diff" in d else "")
+        notes.append(f"- `{a['target']}` must be compiled with {need}{seen}.")
+    return ["", *notes] if notes else []
+
+
 def _settings(d: dict, empty: str = "defaults") -> str:
     shown = {k: v for k, v in d.items() if v not in ("", [], (), None)}
     return ", ".join(f"{k} {_cell(v)}" for k, v in shown.items()) or empty
 
 
 def _io(specs) -> str:
-    return "; ".join(f"{s['dtype']} {s['shape']}" + (f" (scale {s['scale']:.6g}, zero point {s['zero_point']})"
+    return "; ".join(f"{s.get('name', '')} {s['dtype']} {s['shape']}".strip() + (f" (scale {s['scale']:.6g}, zero point {s['zero_point']})"
                                                      if s.get("scale") else "") for s in specs or [])
 
 

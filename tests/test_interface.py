@@ -3,6 +3,7 @@ ONNX and OpenVINO artifacts, several inputs. Small ONNX models are made here wit
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import data, interface
@@ -50,3 +51,49 @@ def test_channels_last_data_for_an_nchw_model_is_still_taken_as_it_is(tmp_path):
     port = interface.onnx_interface(conv_model(tmp_path / "m.onnx"))["inputs"][0]
     ds = data.load(DataConfig(path=str(tmp_path / "d.npz"), calibration_samples=5), 0, port)
     assert ds.x_train.shape[1:] == (16, 16, 3) and ds.preprocessing["data_layout"] == "NHWC"
+
+
+def run_model(path, feeds: dict) -> list:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def io_of(a):
+    return [(p["name"], p["shape"]) for p in a["inputs"]], [(p["name"], p["shape"]) for p in a["outputs"]]
+
+
+@pytest.mark.slow
+def test_an_nchw_onnx_model_with_nchw_data_keeps_its_interface_on_onnx_and_openvino(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    model = conv_model(tmp_path / "seg.onnx")
+    x = np.random.default_rng(1).random((60, 3, 16, 16), dtype=np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    targets = "onnx-fp32,onnx-int8,openvino-fp32,openvino-int8,tflite-fp32"
+    proc = run_cli("build", "--model", model, "--data", tmp_path / "d.npz", "--target", targets, "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "o" / "digits-cnn" / "manifest.json").read_text())
+    arts = {a["target"]: a for a in m["artifacts"]}
+    assert m["preprocessing"]["data_layout"] == "NCHW"
+    for name in ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"):
+        a = arts[name]
+        assert a["status"] == "ok" and a["route"] == "original" and a["input_layout"] == "NCHW", a
+        # the free batch, height and width of the original stay free
+        assert io_of(a) == ([("image", [-1, 3, -1, -1])], [("mask", [-1, 2, -1, -1])]), a
+        assert a["cosine"] > 0.99
+    assert arts["openvino-fp32"]["run_config"] == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert arts["openvino-fp32"]["runtime_default"]["precision"] in ("bf16", "f16", "f32")
+    assert arts["tflite-fp32"]["input_layout"] == "NHWC" and arts["tflite-fp32"]["inputs"][0]["shape"] == [1, 16, 16, 3]
+    # drop-in: the user's own call, on a size the data never had, answers as the original does
+    probe = {"image": np.random.default_rng(2).random((2, 3, 24, 20), dtype=np.float32)}
+    want = run_model(model, probe)[0]
+    got = run_model(tmp_path / "o" / arts["onnx-fp32"]["path"], probe)[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(tmp_path / "o" / arts["openvino-fp32"]["path"]), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(compiled(probe)["mask"], want, atol=1e-4)
