@@ -40,12 +40,11 @@ def export_keeping_interface(builder, target, route: str, model_h5: Path, calibr
 
         stages.tf_setup(builder.seed)
         model = stages.load_model(model_h5)
-        with report.step("tf2onnx", "Keras -> ONNX"):
+        with report.step("convert", "Keras -> ONNX (tf2onnx)"):
             proto = to_onnx(model, target.options["opset"])
         proto, in_perms, out_perms = interface.restore(proto, original)
         source, method = "prune", "ptq" if target.options["mode"] == "int8" else "convert"
     calib = [interface.to_artifact(calibration, in_perms[0])]
-    with report.step(f"export {target.name}", f"from the {'original' if route == 'original' else 'converted'} graph"):
-        target.module.write(target, proto, calib, out, metadata, progress)
+    target.module.write(target, proto, calib, out, metadata, progress)
     return {"source": source, "method": method, "route": route, "input_perms": in_perms, "output_perms": out_perms,
             "input_layout": metadata["input_layout"]}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import report
 from pipeline.errors import ModelLoadError
 
 SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
@@ -119,9 +120,10 @@ def _from_onnx(path: Path, override, workdir: Path | None):
         # on PATH it silently keeps the dynamic shape. It sits beside our interpreter.
         os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_env])
         try:
-            model = onnx2tf.convert(input_onnx_file_path="model.onnx", output_folder_path="saved_model",
-                                    overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
-                                    non_verbose=True)
+            with report.step("convert", f"ONNX -> Keras (onnx2tf, input {name} {dims})"):
+                model = onnx2tf.convert(input_onnx_file_path="model.onnx", output_folder_path="saved_model",
+                                        overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
+                                        non_verbose=True)
         finally:
             os.chdir(cwd)
             os.environ["PATH"] = path_env

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.report import step
+
 METADATA_KEY = "edge_export"
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops between a weight initializer and the op that uses it (QDQ, layout changes).
@@ -105,7 +107,9 @@ def quantize_qdq(proto, calibration: list[np.ndarray], progress=None):
 
 def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None) -> None:
     """Write `target`'s .onnx of Keras `model` to `out`, with `metadata` in metadata_props."""
-    write(target, to_onnx(model, target.options["opset"]), [calibration], out, metadata, progress)
+    with step("convert", "Keras -> ONNX (tf2onnx)"):
+        proto = to_onnx(model, target.options["opset"])
+    write(target, proto, [calibration], out, metadata, progress)
 
 
 def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dict, progress=None) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.report import step
+
 METADATA_KEY = "edge_export"
 WEIGHTED_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
 # Ops between a weight constant and the op that uses it (weight decompression, layout changes).
@@ -41,7 +43,9 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
     """Write `target`'s IR of Keras `model` to `out` (.xml; the .bin beside it), `metadata` in rt_info."""
     from targets.onnx import to_onnx
 
-    write(target, to_onnx(model, target.options["opset"]), [calibration], out, metadata, progress, fix_batch=True)
+    with step("convert", "Keras -> ONNX (tf2onnx)"):
+        proto = to_onnx(model, target.options["opset"])
+    write(target, proto, [calibration], out, metadata, progress, fix_batch=True)
 
 
 def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dict, progress=None,
@@ -56,7 +60,8 @@ def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dic
     with tempfile.TemporaryDirectory() as tmp:  # kept until saved: the converted model may map the file
         src = Path(tmp) / "model.onnx"
         src.write_bytes(proto.SerializeToString())
-        ov_model = ov.convert_model(src)
+        with step("convert", "ONNX -> OpenVINO"):
+            ov_model = ov.convert_model(src)
         if fix_batch:
             _fix_batch(ov_model)
         if mode == "int8":

@@ -97,3 +97,10 @@ def test_an_nchw_onnx_model_with_nchw_data_keeps_its_interface_on_onnx_and_openv
     compiled = ov.Core().compile_model(str(tmp_path / "o" / arts["openvino-fp32"]["path"]), "CPU",
                                        {"INFERENCE_PRECISION_HINT": "f32"})
     np.testing.assert_allclose(compiled(probe)["mask"], want, atol=1e-4)
+
+
+def test_input_shape_on_the_command_line_must_be_integers(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("build", "--model", conv_model(tmp_path / "m.onnx"), "--input-shape", "1,3,x,16", "--out", tmp_path)
+    assert proc.returncode == 2 and "--input-shape must be integers" in proc.stderr.splitlines()[-1]
