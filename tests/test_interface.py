@@ -104,3 +104,34 @@ def test_input_shape_on_the_command_line_must_be_integers(tmp_path):
 
     proc = run_cli("build", "--model", conv_model(tmp_path / "m.onnx"), "--input-shape", "1,3,x,16", "--out", tmp_path)
     assert proc.returncode == 2 and "--input-shape must be integers" in proc.stderr.splitlines()[-1]
+
+
+def channels_last_copy(nchw_path, path):
+    """What tf2onnx makes of the Keras conversion: input `input` NHWC, a transpose inside, output `mask` NHWC."""
+    m = onnx.load(nchw_path)
+    g = m.graph
+    for n in g.node:
+        n.input[:] = ["x_nchw" if s == "image" else s for s in n.input]
+        n.output[:] = ["y_nchw" if s == "mask" else s for s in n.output]
+    nodes = [helper.make_node("Transpose", ["input"], ["x_nchw"], perm=[0, 3, 1, 2]), *g.node,
+             helper.make_node("Transpose", ["y_nchw"], ["mask"], perm=[0, 2, 3, 1])]
+    del g.node[:]
+    g.node.extend(nodes)
+    g.input[0].CopyFrom(helper.make_tensor_value_info("input", TensorProto.FLOAT, ["unk__1", 16, 16, 3]))
+    g.output[0].CopyFrom(helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["unk__1", 16, 16, 2]))
+    onnx.save(m, path)
+    return m
+
+
+def test_a_converted_channels_last_graph_gets_the_original_names_and_layout_back(tmp_path):
+    original = conv_model(tmp_path / "seg.onnx")
+    converted = channels_last_copy(original, tmp_path / "nhwc.onnx")
+    proto, in_perms, out_perms = interface.restore(converted, interface.onnx_interface(original))
+    onnx.checker.check_model(proto)
+    onnx.save(proto, tmp_path / "restored.onnx")
+    assert in_perms == [[0, 3, 1, 2]] and out_perms == [[0, 2, 3, 1]]
+    io = interface.onnx_interface(tmp_path / "restored.onnx")
+    assert [(p["name"], p["shape"]) for p in io["inputs"]] == [("image", [None, 3, 16, 16])]
+    assert [(p["name"], p["shape"]) for p in io["outputs"]] == [("mask", [None, 2, 16, 16])]
+    probe = {"image": np.random.default_rng(3).random((2, 3, 16, 16), dtype=np.float32)}
+    np.testing.assert_allclose(run_model(tmp_path / "restored.onnx", probe)[0], run_model(original, probe)[0], atol=1e-5)
