@@ -189,7 +189,9 @@ def eval_inputs(cfg, out: Path) -> Path:
     """The held-out split of this build's data stage (already built by ensure_built: a cache hit)."""
     from pipeline.build import Builder
 
-    return Builder(cfg, out, log=lambda m: None).data().file("x_test.npy")
+    from pipeline.verify import test_inputs
+
+    return test_inputs(Builder(cfg, out, log=lambda m: None).data().path)
 
 
 def conditions_line(rows: list[dict], settings: Settings) -> str:

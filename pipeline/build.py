@@ -17,6 +17,7 @@ from pipeline import report
 from pipeline.cache import Cache, Entry, stage_key, tool_versions
 from pipeline.config import Config
 from pipeline.data import Dataset
+from pipeline.errors import UsageError
 from pipeline.manifest import write_manifest
 from pipeline.stages import CODE
 from pipeline.util import atomic_copy, folder_bytes, gzip_size, locked, sha256_file
@@ -61,17 +62,31 @@ class Builder:
         model_input = (self.interface() or {"inputs": [None]})["inputs"][0]
 
         def produce(folder):
-            ds = data_mod.load(self.cfg.data, self.seed, model_input)
+            if self.several_inputs():
+                ds = data_mod.load_several(self.cfg.data, self.seed, self.interface()["inputs"])
+            else:
+                ds = data_mod.load(self.cfg.data, self.seed, model_input)
             for a in Dataset.ARRAYS:
-                if getattr(ds, a) is not None:
-                    np.save(folder / f"{a}.npy", getattr(ds, a))
+                arr = getattr(ds, a)
+                if isinstance(arr, dict):  # one array per input of a model with several
+                    np.savez(folder / f"{a}.npz", **arr)
+                elif arr is not None:
+                    np.save(folder / f"{a}.npy", arr)
             return {"labels": list(ds.labels), "preprocessing": ds.preprocessing, "labelled": ds.labelled,
-                    "train_samples": len(ds.x_train), "test_samples": len(ds.x_test),
-                    "input_shape": list(ds.x_train.shape[1:])}
+                    "train_samples": len(_first(ds.x_train)), "test_samples": len(_first(ds.x_test)),
+                    "input_shape": ds.preprocessing["input_shape"]}
 
         source = {"path_sha256": content_hash(self.cfg.data.path)} if self.cfg.data.path else {}
         return self.stage("data", {"data": self.cfg.section("data"), "seed": self.seed, **source,
-                                   **({"model_input": model_input} if model_input else {})}, {}, produce)
+                                   **({"model_inputs": self.interface()["inputs"]} if model_input else {})}, {}, produce)
+
+    def several_inputs(self) -> bool:
+        """A user's ONNX model with more than one input: no Keras conversion (see interface_export)."""
+        return len((self.interface() or {"inputs": [None]})["inputs"]) > 1
+
+    def reference(self) -> Entry:
+        """The stage whose reference_outputs.npz every artifact is compared with."""
+        return self.stages["prune"] if "prune" in self.stages else self.stages["original"]
 
     def interface(self) -> dict | None:
         """The user's ONNX model's interface (names, shapes, layout), `model.onnx_input_shape` applied; else None."""
@@ -90,8 +105,7 @@ class Builder:
     def dataset(self) -> Dataset:
         if self._dataset is None:
             e = self.stages["data"]
-            arrays = {a: np.load(e.file(f"{a}.npy"), allow_pickle=False) if e.file(f"{a}.npy").exists() else None
-                      for a in Dataset.ARRAYS}
+            arrays = {a: _load_array(e, a) for a in Dataset.ARRAYS}
             labels = tuple(self.cfg.model.labels) or tuple(e.meta["labels"])
             self._dataset = Dataset(**arrays, labels=labels, preprocessing=e.meta["preprocessing"])
         return self._dataset
@@ -101,6 +115,12 @@ class Builder:
 
         cfg, d = self.cfg, self.data()
         source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
+        if self.several_inputs():
+            from pipeline.interface_export import original_outputs
+
+            self.stage("original", {"model": source}, {"data": d.key},
+                       lambda f: original_outputs(cfg.model.path, d.file("x_test.npz"), f))
+            return
         train = self.stage("train", {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed,
                                      **source},
                            {"data": d.key}, lambda f: stages.train(self.dataset(), cfg, self.seed, f, self.cache.root))
@@ -130,6 +150,8 @@ class Builder:
         (the converted model, given the original names and layout back). None for every other model."""
         if target.family not in ("onnx", "openvino") or self.interface() is None:
             return None
+        if self.several_inputs():
+            return "original"
         train, prune = self.stages["train"].meta, self.stages["prune"].meta
         changed = (train.get("source_model") or {}).get("fine_tuned") or prune.get("pruned_layers", 0) > 0
         return "restored" if changed else "original"
@@ -138,13 +160,16 @@ class Builder:
         from pipeline import report, stages
 
         route = self.interface_route(target)
+        if self.several_inputs() and not route:
+            raise UsageError(f"{target.name} is made through the Keras conversion, which takes single-input models "
+                             f"only; this model has inputs {[p['name'] for p in self.interface()['inputs']]}")
         # A QAT stage that fell back to post-training quantization left no model: use the float one.
-        use_qat = target.source == "qat" and self.stages["qat"].meta.get("method") == "qat"
+        use_qat = target.source == "qat" and self.stages.get("qat") and self.stages["qat"].meta.get("method") == "qat"
         src_name = "qat" if use_qat else "prune"
-        src = self.stages[src_name]
+        src = self.stages.get(src_name) or self.reference()
         metadata = self.artifact_metadata(target)
         if route:
-            metadata["input_layout"] = ",".join(p.get("layout", "N...") for p in self.interface()["inputs"])
+            metadata["input_layout"] = ",".join(dict.fromkeys(p.get("layout", "N...") for p in self.interface()["inputs"]))
 
         def produce(folder):
             calib = self.dataset().x_cal
@@ -166,11 +191,11 @@ class Builder:
                                                                    if route else [])])
 
     def verify(self, target, artifact: Entry) -> Entry:
-        ref, d = self.stages["prune"], self.stages["data"]
+        ref, d = self.reference(), self.stages["data"]
 
         def produce(folder):
             return verify_artifact(target, artifact.file(target.filename), d.path, ref.file("reference_outputs.npz"),
-                                   self.cfg.build, ref.meta["accuracy"], perms=artifact.meta)
+                                   self.cfg.build, ref.meta.get("accuracy"), perms=artifact.meta)
 
         b = self.cfg.build
         params = {"target": target.name, "quantization": target.quantization, "runner": target.runner,
@@ -271,6 +296,20 @@ def interface_fields(export_meta: dict, preprocessing: dict) -> dict:
     return {"input_layout": export_meta.get("input_layout") or preprocessing.get("layout"),
             "route": export_meta.get("route"), "input_perms": export_meta.get("input_perms"),
             "output_perms": export_meta.get("output_perms")}
+
+
+def _first(x):
+    return next(iter(x.values())) if isinstance(x, dict) else x
+
+
+def _load_array(entry: Entry, name: str):
+    """A data stage array: .npy, or .npz (one array per input) for a model with several inputs; None if absent."""
+    if entry.file(f"{name}.npy").exists():
+        return np.load(entry.file(f"{name}.npy"), allow_pickle=False)
+    if entry.file(f"{name}.npz").exists():
+        with np.load(entry.file(f"{name}.npz"), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    return None
 
 
 def _one_line(e: BaseException) -> str:

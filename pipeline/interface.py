@@ -72,7 +72,9 @@ def onnx_interface(path: str | Path) -> dict:
             p["layout"] = layout_of(len(shape), channels_first=True)
         return p
 
-    return {"inputs": [port(v, True) for v in m.graph.input if v.name not in init],
+    inputs = [v for v in m.graph.input if v.name not in init]
+    # Several inputs are taken as they are (no Keras conversion, see interface_export): no layout to change.
+    return {"inputs": [{**port(v, True), **({"layout": "as given"} if len(inputs) > 1 else {})} for v in inputs],
             "outputs": [port(v, False) for v in m.graph.output]}
 
 

@@ -23,13 +23,23 @@ def export_keeping_interface(builder, target, route: str, model_h5: Path, calibr
     from pipeline import report
 
     original = builder.interface()
+    if builder.several_inputs():
+        import onnx
+
+        proto = onnx.load(builder.cfg.model.path)
+        n_in, n_out = len(original["inputs"]), len(original["outputs"])
+        calib = [calibration[p["name"]] for p in original["inputs"]]
+        target.module.write(target, proto, calib, out, metadata, progress)
+        return {"source": "original", "method": "ptq" if target.options["mode"] == "int8" else "convert",
+                "route": route, "input_perms": [None] * n_in, "output_perms": [None] * n_out,
+                "input_layout": metadata["input_layout"]}
     if route == "original":
         import onnx
 
         proto = onnx.load(builder.cfg.model.path)
         in_perms = [interface.to_first(len(p["shape"])) if interface.channels_first(p) else None
                     for p in original["inputs"]]
-        reference = builder.stages["prune"].file("reference_outputs.npz")
+        reference = builder.reference().file("reference_outputs.npz")
         with np.load(reference, allow_pickle=False) as z:
             shapes = [list(z[f"output_{i}"].shape) for i in range(len(z.files))]
         out_perms = [interface.output_perm(p["shape"], s) for p, s in zip(original["outputs"], shapes)]
@@ -48,3 +58,19 @@ def export_keeping_interface(builder, target, route: str, model_h5: Path, calibr
     target.module.write(target, proto, calib, out, metadata, progress)
     return {"source": source, "method": method, "route": route, "input_perms": in_perms, "output_perms": out_perms,
             "input_layout": metadata["input_layout"]}
+
+
+def original_outputs(model: str, x_test: Path, folder: Path) -> dict:
+    """The reference of a model with several inputs: the user's own file run in onnxruntime on the held-out
+    samples (no Keras stage runs for it: onnx2tf's conversion is single-input here)."""
+    from pipeline import runner
+    from pipeline.errors import ModelLoadError
+    from targets import RUNNERS
+
+    res = runner.run(RUNNERS / "run_onnxruntime.py", Path(model),
+                     ["--inputs", x_test, "--outputs", folder / "reference_outputs.npz"])
+    if not res["ok"]:
+        raise ModelLoadError(f"{model}: onnxruntime cannot run it on the data: {res['error']}")
+    skipped = "several inputs: no fine-tuning, pruning or QAT (they work on the single-input Keras conversion)"
+    return {"accuracy": None, "outputs": len(res["outputs"]), "inputs": res["inputs"], "method": "none",
+            "pruned_layers": 0, "fallbacks": [skipped]}

@@ -26,6 +26,7 @@ CODE = {
     "prune": ["pipeline/stages.py", "pipeline/prune_channels.py"],
     "qat": ["pipeline/stages.py"],
     "export": ["pipeline/stages.py"],
+    "original": ["pipeline/interface_export.py", "targets/runners/run_onnxruntime.py", "targets/runners/runner_common.py"],
     "verify": ["pipeline/verify.py", "pipeline/runner.py", "targets/runners/runner_common.py"],
 }
 

@@ -138,6 +138,12 @@ def default_run(target, artifact: Path, inputs: Path, perms: dict | None, ref: l
     return {"precision": run.get("precision"), **{k: c[k] for k in ("max_abs_diff", "cosine", "top1_agreement") if k in c}}
 
 
+def test_inputs(data_dir: Path) -> Path:
+    """The held-out samples: x_test.npy, or x_test.npz (one array per input) for a model with several inputs."""
+    npy = Path(data_dir) / "x_test.npy"
+    return npy if npy.exists() else Path(data_dir) / "x_test.npz"
+
+
 def artifact_inputs(x_file: Path, perms: dict | None, tmp: Path) -> Path:
     """The samples of `x_file` in the artifact's input layout: the file itself, or a transposed copy in `tmp`."""
     perm = ((perms or {}).get("input_perms") or [None])[0]
@@ -163,7 +169,7 @@ def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, bui
     result.update({k: info[k] for k in ("opset",) if k in info})  # ONNX files: the opset they need
     with tempfile.TemporaryDirectory() as tmp:
         outs = Path(tmp) / "outputs.npz"
-        inputs = artifact_inputs(data_dir / "x_test.npy", perms, Path(tmp))
+        inputs = artifact_inputs(test_inputs(data_dir), perms, Path(tmp))
         run = runner.run(target.runner_path, artifact, ["--inputs", inputs, "--outputs", outs])
         result["runtime"] = f"{run.get('runtime')} {run.get('runtime_version')}"
         if not run["ok"]:

@@ -69,8 +69,11 @@ def quantize_qdq(proto, calibration: list[np.ndarray], progress=None):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from targets.runners.runner_common import one_call
+
     init = {i.name for i in proto.graph.initializer}
-    names = [v.name for v in proto.graph.input if v.name not in init]
+    inputs = [{"name": v.name, "shape": list(v.type.tensor_type.shape.dim), "dtype": _dtype(v.type.tensor_type.elem_type)}
+              for v in proto.graph.input if v.name not in init]
     n = len(calibration[0])
 
     class Samples(CalibrationDataReader):
@@ -83,7 +86,7 @@ def quantize_qdq(proto, calibration: list[np.ndarray], progress=None):
             self.i += 1
             if progress:
                 progress(self.i, n)
-            return {name: c[self.i - 1][None].astype(np.float32) for name, c in zip(names, calibration)}
+            return {inp["name"]: one_call(c[self.i - 1], inp) for inp, c in zip(inputs, calibration)}
 
     with tempfile.TemporaryDirectory() as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"

@@ -109,8 +109,12 @@ def quantize(ov_model, calibration: list[np.ndarray], progress=None):
     import_openvino()
     import nncf
 
+    from targets.runners.runner_common import one_call
+
     nncf.set_log_level(logging.ERROR)
     n = len(calibration[0])
+    inputs = [{"shape": list(p.get_partial_shape()), "dtype": str(p.get_element_type().to_dtype())}
+              for p in ov_model.inputs]
     seen = 0
 
     def sample(i):
@@ -118,7 +122,7 @@ def quantize(ov_model, calibration: list[np.ndarray], progress=None):
         seen += 1
         if progress and seen <= n:
             progress(seen, n)
-        feeds = [c[i][None].astype(np.float32) for c in calibration]
+        feeds = [one_call(c[i], inp) for c, inp in zip(calibration, inputs)]
         return feeds[0] if len(feeds) == 1 else feeds
 
     with contextlib.redirect_stdout(io.StringIO()):  # nncf draws its progress bars on stdout

@@ -135,3 +135,54 @@ def test_a_converted_channels_last_graph_gets_the_original_names_and_layout_back
     assert [(p["name"], p["shape"]) for p in io["outputs"]] == [("mask", [None, 2, 16, 16])]
     probe = {"image": np.random.default_rng(3).random((2, 3, 16, 16), dtype=np.float32)}
     np.testing.assert_allclose(run_model(tmp_path / "restored.onnx", probe)[0], run_model(original, probe)[0], atol=1e-5)
+
+
+def two_input_model(path, seed=0):
+    """features [N,6] and extra [N,3] -> scores [N,5] (softmax) and hidden [N,5]: two inputs, two outputs."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (6, 5)).astype(np.float32), "W")
+    v = numpy_helper.from_array(rng.normal(0, 0.5, (3, 5)).astype(np.float32), "V")
+    nodes = [helper.make_node("MatMul", ["features", "W"], ["fa"]), helper.make_node("MatMul", ["extra", "V"], ["fb"]),
+             helper.make_node("Add", ["fa", "fb"], ["s"]), helper.make_node("Relu", ["s"], ["hidden"]),
+             helper.make_node("Softmax", ["hidden"], ["scores"], axis=-1)]
+    g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 6]),
+                                         helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5]),
+                           helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["N", 5])], [w, v])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+@pytest.mark.slow
+def test_a_two_input_onnx_model_builds_fp32_and_int8_targets_and_tflite_says_why_not(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    model = two_input_model(tmp_path / "two.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "d.npz", features=rng.random((80, 6), dtype=np.float32), extra=rng.random((80, 3), dtype=np.float32))
+    (tmp_path / "c.toml").write_text("[build]\nmin_agreement = 0.9\n")
+    out = tmp_path / "o"
+    common = ["--config", tmp_path / "c.toml", "--model", model, "--data", tmp_path / "d.npz", "--out", out]
+    proc = run_cli("build", *common, "--target", "onnx-fp32,onnx-int8,openvino-fp32,openvino-int8,tflite-fp32")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # tflite-fp32 cannot take it; the others build
+    arts = {a["target"]: a for a in json.loads((out / "digits-cnn" / "manifest.json").read_text())["artifacts"]}
+    assert arts["tflite-fp32"]["status"] == "failed_build" and "single-input" in arts["tflite-fp32"]["reason"]
+    for name in ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"):
+        a = arts[name]
+        assert a["status"] == "ok", a
+        assert io_of(a) == ([("features", [-1, 6]), ("extra", [-1, 3])], [("scores", [-1, 5]), ("hidden", [-1, 5])])
+        assert len(a["per_output"]) == 2 and a["top1_agreement"] >= 0.9  # agreement per output, with the original
+    assert arts["onnx-int8"]["quantization"] == "int8-qdq" and arts["openvino-int8"]["quantization"] == "int8"
+    assert arts["onnx-fp32"]["max_abs_diff"] == 0.0  # the user's own graph
+    # the release's test vectors hold one array per input, and replay
+    targets = "onnx-int8,openvino-int8"
+    rel = run_cli("release", *common, "--version", "1.0.0", "--target", targets, "--dist", tmp_path / "dist")
+    assert rel.returncode == 0, rel.stderr[-2000:]
+    ver = run_cli("verify", tmp_path / "dist" / "digits-cnn-1.0.0")
+    assert ver.returncode == 0, ver.stdout[-2000:]
+    bench = run_cli("bench", *common, "--target", targets, "--min-seconds", "0.1", "--runs", "20")
+    assert bench.returncode == 0 and "x_test.npz [[6], [3]]" in bench.stdout, bench.stdout + bench.stderr[-2000:]
