@@ -213,7 +213,6 @@ def tolerance(outputs: list[dict]) -> list[dict]:
 
 def package(target, row: dict, out: Path, data, manifest: dict, version: str, dist: Path, epoch: int) -> dict:
     """Run the artifact on the test vectors in its runtime and write its archive into `dist`."""
-    import io
     import json
     import tempfile
 

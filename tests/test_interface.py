@@ -1,9 +1,13 @@
 """The user's model as it is: its layout (NCHW data for an NCHW ONNX model), its interface kept on the
 ONNX and OpenVINO artifacts, several inputs. Small ONNX models are made here with onnx.helper."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
+from conftest import ROOT
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import data, interface
@@ -186,3 +190,33 @@ def test_a_two_input_onnx_model_builds_fp32_and_int8_targets_and_tflite_says_why
     assert ver.returncode == 0, ver.stdout[-2000:]
     bench = run_cli("bench", *common, "--target", targets, "--min-seconds", "0.1", "--runs", "20")
     assert bench.returncode == 0 and "x_test.npz [[6], [3]]" in bench.stdout, bench.stdout + bench.stderr[-2000:]
+
+
+ASSETS = Path(os.environ.get("EDGE_EXPORT_TEST_ASSETS", ROOT / ".venv" / "test-assets"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ASSETS / "torch_cnn.onnx").exists(), reason="run scripts/fetch_test_assets.sh first")
+def test_the_readmes_pytorch_route_gives_artifacts_that_answer_as_pytorch_does(tmp_path):
+    """A PyTorch CNN exported by the README's call (scripts/export_torch_cnn.py), its NCHW data as PyTorch
+    takes it, labelled with PyTorch's own answers: every artifact is measured against PyTorch."""
+    import json
+
+    from conftest import run_cli
+
+    with np.load(ASSETS / "torch_cnn_io.npz") as z:
+        x, logits = z["x"], z["logits"]
+    np.savez(tmp_path / "d.npz", x=x, y=logits.argmax(1))
+    labels = ", ".join(f'"{i}"' for i in range(10))  # PyTorch's answers may not use every class
+    (tmp_path / "c.toml").write_text(f"[model]\nname = 'torch-cnn'\nlabels = [{labels}]\n[data]\ncalibration_samples = 100\n")
+    out = tmp_path / "o"
+    proc = run_cli("build", "--config", tmp_path / "c.toml", "--model", ASSETS / "torch_cnn.onnx", "--data",
+                   tmp_path / "d.npz", "--target", "onnx-fp32,openvino-fp32,tflite-fp32,tflite-int8", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    arts = {a["target"]: a for a in json.loads((out / "torch-cnn" / "manifest.json").read_text())["artifacts"]}
+    for a in arts.values():
+        assert a["status"] == "ok" and a["accuracy"] >= 0.95, a  # top-1 against PyTorch's answers
+    assert io_of(arts["onnx-fp32"]) == ([("pixels", [-1, 3, 32, 32])], [("logits", [-1, 10])])
+    assert arts["tflite-fp32"]["inputs"][0]["shape"] == [1, 32, 32, 3]
+    got = run_model(out / arts["onnx-fp32"]["path"], {"pixels": x[:16]})[0]
+    np.testing.assert_allclose(got, logits[:16], atol=1e-4)
