@@ -71,6 +71,11 @@ def quantize_qdq(proto, calibration: list[np.ndarray], progress=None):
 
     from targets.runners.runner_common import one_call
 
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # per-channel DequantizeLinear (its `axis`) needs opset 13: a user's older graph is raised to it
+        from onnx import version_converter
+
+        proto = version_converter.convert_version(proto, 13)
     init = {i.name for i in proto.graph.initializer}
     inputs = [{"name": v.name, "shape": list(v.type.tensor_type.shape.dim), "dtype": _dtype(v.type.tensor_type.elem_type)}
               for v in proto.graph.input if v.name not in init]
