@@ -71,9 +71,9 @@ def main() -> int:
                 print(f"{art['target']:<15} does not run: {res['error'][:100]}")
                 continue
             got = load_outputs(tmp / "got.npz")
-            # both in the original's output layout: the artifact's own, moved to internal, then to the original's
-            back = [interface.to_first(o.ndim) if p else None for o, p in zip(got, art.get("output_perms") or [])]
-            got = interface.from_artifact(interface.from_artifact(got, art.get("output_perms")), back)
+            # an NHWC artifact's output (TFLite) is moved to the original's layout to be compared
+            got = [g if g.shape == w.shape else g.transpose(np.argsort(interface.output_perm(list(w.shape), list(g.shape))))
+                   for g, w in zip(got, want)]
             diffs = [(float(np.max(np.abs(g - w))), _cosine(g, w)) if g.shape == w.shape else (None, None)
                      for g, w in zip(got, want)]
             print(f"{art['target']:<15} {ports(info['inputs'])} -> {ports(info['outputs'])}  layout "
