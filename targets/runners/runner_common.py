@@ -197,7 +197,8 @@ def load_inputs(path: str, inputs: list[dict]) -> list[np.ndarray]:
 def one_call(sample: np.ndarray, inp: dict) -> np.ndarray:
     """Entry i of an input's samples as the model takes it: with a batch dimension of 1 added when the
     model's input has one more dimension than the entry, in the input's own type (quantized for int8)."""
-    s = sample[None] if sample.ndim < len(inp["shape"]) else sample
+    rank = len(inp["shape"]) if "shape" in inp else sample.ndim + 1
+    s = sample[None] if sample.ndim < rank else sample
     if inp["dtype"] in ("int8", "uint8", "int16") and inp.get("scale"):
         return quantize(s.astype(np.float32), inp["dtype"], inp["scale"], inp["zero_point"])
     return np.ascontiguousarray(s.astype(inp["dtype"] if inp["dtype"] in ("int32", "int64", "float16") else np.float32))
@@ -207,6 +208,7 @@ def _prepare(runtime, session, desc, x):
     """Per-sample feeds in the artifact's own input types, made before any timing: an array for a model with
     one input, a list of arrays (one per input) for several."""
     native = getattr(runtime, "prepare", None)
+    x = [x] if isinstance(x, np.ndarray) else x  # one input's samples, or a list of one array per input
     feeds = []
     for i in range(len(x[0])):
         s = [one_call(a[i], inp) for a, inp in zip(x, desc["inputs"])]
