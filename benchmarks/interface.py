@@ -1,6 +1,8 @@
 """Drop-in check: each artifact of a build against the user's ORIGINAL ONNX model, by interface and answers.
 
-    .venv/bin/python benchmarks/interface.py ORIGINAL.onnx BUILD_OUT MODEL_NAME [--samples N]
+    .venv/bin/python -m benchmarks.interface ORIGINAL.onnx BUILD_OUT [--samples N]
+
+BUILD_OUT holds the one build of ORIGINAL.onnx (read with `pipeline.built(out=BUILD_OUT)`).
 
 For the original and every artifact it prints the input and output names and shapes (as the file
 declares them: -1 is a free dimension) and the input layout; then it runs the original in onnxruntime
@@ -13,19 +15,15 @@ Never imports TensorFlow.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+import pipeline
 from pipeline import interface, runner
-from pipeline.cache import Cache
-from pipeline.gate import _cosine, artifact_inputs, load_outputs, test_inputs
-from pipeline.inspection import inspect_file
+from pipeline.gate import _cosine, artifact_inputs, load_outputs
 from targets import RUNNERS, TARGETS
 
 
@@ -37,12 +35,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("original", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("model")
     ap.add_argument("--samples", type=int, default=40)
     a = ap.parse_args()
-    m = json.loads((a.out / a.model / "manifest.json").read_text())
-    data = Cache(a.out / ".cache").get("data", m["stages"]["data"]["key"])
-    x_test = test_inputs(data.path)
+    build = pipeline.built(out=a.out)  # the one build in OUT, as recorded
+    m, x_test = build.manifest, build.eval_inputs()
     orig = interface.onnx_interface(a.original)
     several = len(orig["inputs"]) > 1
     # the original takes the samples in its own layout: channels-first for a single NCHW input
@@ -63,7 +59,7 @@ def main() -> int:
                 print(f"{art['target']:<15} not built: {art.get('reason', '')[:100]}")
                 continue
             path, target = a.out / art["path"], TARGETS[art["target"]]
-            info = inspect_file(path)
+            info = pipeline.inspect(path)
             inputs = artifact_inputs(x_test, art, tmp)
             res = runner.run(target.runner_path, path, ["--inputs", inputs, "--limit", a.samples,
                                                          "--outputs", tmp / "got.npz"])

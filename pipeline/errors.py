@@ -39,3 +39,7 @@ class DeviceError(PipelineError):
 
 class EmuError(PipelineError):
     """Emulation cannot be set up or used on this host."""
+
+
+class BudgetError(VerificationError):
+    """A stage's model already loses more against the original model than the build allows."""

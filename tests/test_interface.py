@@ -79,7 +79,7 @@ def test_an_nchw_onnx_model_with_nchw_data_keeps_its_interface_on_onnx_and_openv
     targets = "onnx-fp32,onnx-int8,openvino-fp32,openvino-int8,tflite-fp32"
     proc = run_cli("build", "--model", model, "--data", tmp_path / "d.npz", "--target", targets, "--out", tmp_path / "o")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    m = json.loads((tmp_path / "o" / "digits-cnn" / "manifest.json").read_text())
+    m = json.loads((tmp_path / "o" / "seg" / "manifest.json").read_text())
     arts = {a["target"]: a for a in m["artifacts"]}
     assert m["preprocessing"]["data_layout"] == "NCHW"
     for name in ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"):
@@ -173,7 +173,7 @@ def test_a_two_input_onnx_model_builds_fp32_and_int8_targets_and_tflite_says_why
     common = ["--config", tmp_path / "c.toml", "--model", model, "--data", tmp_path / "d.npz", "--out", out]
     proc = run_cli("build", *common, "--target", "onnx-fp32,onnx-int8,openvino-fp32,openvino-int8,tflite-fp32")
     assert proc.returncode == 1, proc.stderr[-3000:]  # tflite-fp32 cannot take it; the others build
-    arts = {a["target"]: a for a in json.loads((out / "digits-cnn" / "manifest.json").read_text())["artifacts"]}
+    arts = {a["target"]: a for a in json.loads((out / "two" / "manifest.json").read_text())["artifacts"]}
     assert arts["tflite-fp32"]["status"] == "failed_build" and "single-input" in arts["tflite-fp32"]["reason"]
     for name in ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"):
         a = arts[name]
@@ -186,7 +186,7 @@ def test_a_two_input_onnx_model_builds_fp32_and_int8_targets_and_tflite_says_why
     targets = "onnx-int8,openvino-int8"
     rel = run_cli("release", *common, "--version", "1.0.0", "--target", targets, "--dist", tmp_path / "dist")
     assert rel.returncode == 0, rel.stderr[-2000:]
-    ver = run_cli("verify", tmp_path / "dist" / "digits-cnn-1.0.0")
+    ver = run_cli("verify", tmp_path / "dist" / "two-1.0.0")
     assert ver.returncode == 0, ver.stdout[-2000:]
     bench = run_cli("bench", *common, "--target", targets, "--min-seconds", "0.1", "--runs", "20")
     assert bench.returncode == 0 and "x_test.npz [[6], [3]]" in bench.stdout, bench.stdout + bench.stderr[-2000:]
