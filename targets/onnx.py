@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.report import step
+
 METADATA_KEY = "edge_export"
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops between a weight initializer and the op that uses it (QDQ, layout changes).
@@ -60,25 +62,36 @@ def _stable_names(graph) -> None:
         d.dim_param = fix(d.dim_param)
 
 
-def quantize_qdq(proto, calibration: np.ndarray, progress=None):
-    """Static QDQ: int8 per-channel symmetric weights, int8 activations calibrated (min/max) on `calibration`."""
+def quantize_qdq(proto, calibration: list[np.ndarray], progress=None):
+    """Static QDQ: int8 per-channel symmetric weights, int8 activations calibrated (min/max) on `calibration`
+    (one array of samples per graph input, in the graph's own layout)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    name = proto.graph.input[0].name
+    from targets.runners.runner_common import one_call
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # per-channel DequantizeLinear (its `axis`) needs opset 13: a user's older graph is raised to it
+        from onnx import version_converter
+
+        proto = version_converter.convert_version(proto, 13)
+    init = {i.name for i in proto.graph.initializer}
+    inputs = [{"name": v.name, "shape": list(v.type.tensor_type.shape.dim), "dtype": _dtype(v.type.tensor_type.elem_type)}
+              for v in proto.graph.input if v.name not in init]
+    n = len(calibration[0])
 
     class Samples(CalibrationDataReader):
         def __init__(self):
             self.i = 0
 
         def get_next(self):
-            if self.i >= len(calibration):
+            if self.i >= n:
                 return None
             self.i += 1
             if progress:
-                progress(self.i, len(calibration))
-            return {name: calibration[self.i - 1][None].astype(np.float32)}
+                progress(self.i, n)
+            return {inp["name"]: one_call(c[self.i - 1], inp) for inp, c in zip(inputs, calibration)}
 
     with tempfile.TemporaryDirectory() as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
@@ -102,8 +115,15 @@ def quantize_qdq(proto, calibration: np.ndarray, progress=None):
 
 def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None) -> None:
     """Write `target`'s .onnx of Keras `model` to `out`, with `metadata` in metadata_props."""
+    with step("convert", "Keras -> ONNX (tf2onnx)"):
+        proto = to_onnx(model, target.options["opset"])
+    write(target, proto, [calibration], out, metadata, progress)
+
+
+def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dict, progress=None) -> None:
+    """Write `target`'s .onnx of the ONNX graph `proto` (converted, or the user's own) to `out`.
+    `calibration`: one array of samples per graph input, in the graph's layout."""
     mode = target.options["mode"]
-    proto = to_onnx(model, target.options["opset"])
     if mode == "int8":
         proto = quantize_qdq(proto, calibration, progress)
     elif mode != "fp32":
