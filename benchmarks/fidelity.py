@@ -20,17 +20,13 @@ Never imports TensorFlow (tflite-runtime and LiteRT timings must not share a pro
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import FIDELITY_COLUMNS
+from benchmarks.common import FIDELITY_COLUMNS, benchmark_app_p50
 from pipeline import report, runner
 from targets import TARGETS
 
@@ -63,24 +59,6 @@ def litert_bare_p50(model: Path, x: np.ndarray, threads: int, warmup: int, runs:
         times.append(time.perf_counter() - t)
         i += 1
     return float(np.median(times)) * 1e3
-
-
-def benchmark_app_p50(model: Path, x: np.ndarray, threads: int, seconds: float) -> float:
-    """OpenVINO's own tool; its median is the C++-side latency of `infer()` for each request."""
-    app = Path(sys.executable).parent / "benchmark_app"
-    cmd = [str(app)] if app.exists() else [sys.executable, "-m", "openvino.tools.benchmark.main"]
-    with tempfile.TemporaryDirectory() as tmp:
-        sample = Path(tmp) / "input.npy"
-        np.save(sample, x[:1].astype(np.float32))  # one real sample, batch 1
-        cmd += ["-m", str(model.resolve()), "-d", "CPU", "-hint", "none", "-api", "sync", "-nireq", "1", "-nstreams", "1",
-                "-nthreads", str(threads), "-ip", "f32", "-infer_precision", "f32", "-i", str(sample),
-                "-data_shape", "[" + ",".join(map(str, (1, *x.shape[1:]))) + "]", "-t", f"{max(1, round(seconds))}"]
-        env = {**os.environ, "OPENVINO_TELEMETRY_OPTOUT": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
-    m = re.search(r"Median:\s+([\d.]+)\s+(ms|us)", proc.stdout)
-    if proc.returncode != 0 or not m:
-        raise RuntimeError(f"benchmark_app failed: {(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
-    return float(m.group(1)) / (1000 if m.group(2) == "us" else 1)
 
 
 def runner_p50(target, model: Path, inputs: Path, threads: int, warmup: int, runs: int, seconds: float,

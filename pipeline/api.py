@@ -201,17 +201,19 @@ def built(config=None, *, targets=None, out: str | os.PathLike = "build", model=
 
 def bench(build: Build, *, targets=None, devices=("local",), threads=(1,), runs: int = 100,
           min_seconds: float = 1.0, warmup: int = 10, samples: int = 100, options=(), timeout: float = 300.0,
-          legacy: bool = False, device_options: dict | None = None, log: Log | None = None) -> list[dict]:
+          legacy: bool = False, harness=("python",), device_options: dict | None = None,
+          log: Log | None = None) -> list[dict]:
     """Time each artifact of `build` on each device and thread count: the rows `bench --json` writes.
 
     `devices`: specs (`local`, `emu:rpi4`, `ssh://user@host`) or device objects; `options`: runtime
-    options as (key, value) pairs or "key=value" strings; `legacy` adds the legacy runtime's rows."""
+    options as (key, value) pairs or "key=value" strings; `legacy` adds the legacy runtime's rows;
+    `harness`: "python" (the runner scripts), "native" (targets/native/edge_bench.c, no Python) or both."""
     import dataclasses
 
     from pipeline import benchmark as bench_mod
-    from pipeline.devices import get_devices
 
-    devs = [d for d in devices if not isinstance(d, str)] or get_devices(list(devices), **(device_options or {}))
+    devs = [d for d in devices if not isinstance(d, str)] or bench_mod.get_devices(
+        list(devices), list(harness), **(device_options or {}))
     opts = tuple(o if isinstance(o, tuple) else bench_mod.parse_options([o])[0] for o in options)
     settings = bench_mod.Settings(runs, min_seconds, warmup, samples, opts, timeout)
     wanted = {t.name for t in _targets(targets, build.config)} if targets else {t.name for t in build.targets}
@@ -238,17 +240,23 @@ def verify_on(build: Build, devices, *, device_options: dict | None = None, log:
 
 
 def release(build: Build, version: str, *, dist: str | os.PathLike = "dist", bench: str | os.PathLike | list | None = None,
-            allow_failed: Iterable[str] = (), force: bool = False) -> Path:
+            allow_failed: Iterable[str] = (), force: bool = False, bundle: Iterable[str] = ()) -> Path:
     """Pack the build's verified artifacts as DIST/<model>-<version>/: archives with test vectors,
     manifest, model card, benchmarks, SHA256SUMS. Returns the folder. `bench`: rows or a `bench --json`
-    file. A version already in DIST is never replaced unless `force`."""
+    file. A version already in DIST is never replaced unless `force`. `bundle`: architectures (x86_64,
+    aarch64) to also pack each target for with the native runner and a run.sh."""
+    from pipeline.native import ARCHES
     from pipeline.releases.pack import load_bench, make_release
     from targets import resolve
 
+    bundle = list(dict.fromkeys(bundle))
+    if any(a not in ARCHES for a in bundle):
+        raise UsageError(f"--bundle takes {' and '.join(ARCHES)}, not {', '.join(a for a in bundle if a not in ARCHES)}")
     allowed = {t.name for spec in allow_failed for t in resolve(spec)}
     check_writable(Path(dist), "release folder", "--dist")
     rows = load_bench(Path(bench), build.name) if isinstance(bench, str | os.PathLike) else bench
-    return make_release(build.manifest, build.out, build.targets, version, Path(dist), rows, allowed, force)[0]
+    return make_release(build.manifest, build.out, build.targets, version, Path(dist), rows, allowed, force,
+                        bundle)[0]
 
 
 @dataclass(frozen=True)

@@ -13,3 +13,7 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -c constraints.txt -e '.[test]'
   touch "$stamp"
 fi
+# The native runner (C, no Python on the board): seconds, and a no-op when up to date.
+if command -v gcc >/dev/null && command -v make >/dev/null; then
+  scripts/build_native.sh
+fi
