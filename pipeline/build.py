@@ -106,6 +106,19 @@ class Builder:
                 "labels": list(self.cfg.model.labels or d["labels"]), "preprocessing": d["preprocessing"],
                 "config_hash": self.cfg.digest()}
 
+    def ptq_settings(self):
+        """What the int8 targets without QAT choose their post-training method with (None: one method each).
+        Validation: training samples that do not calibrate (the calibration ones if there are none)."""
+        from targets.ptq import Settings
+
+        p = self.cfg.ptq
+        if not p.choose:
+            return None
+        ds = self.dataset()
+        cal = {x.tobytes() for x in ds.x_cal}
+        val = [x for x in ds.x_train if x.tobytes() not in cal][:p.validation_samples]
+        return Settings(np.stack(val) if val else ds.x_cal, p.mixed, p.budget)
+
     def export(self, target) -> Entry:
         from pipeline import report, stages
 
@@ -119,13 +132,15 @@ class Builder:
             stages.tf_setup(self.seed)
             model = stages.load_model(src.file("model.h5"), qat=use_qat)
             calib = self.dataset().x_cal
-            target.module.export(target, model, calib, folder / target.filename, metadata,
-                                 progress=lambda i, n: report.progress("calibrate", i, n))
-            return {"source": src_name, "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert"}
+            choice = target.module.export(target, model, calib, folder / target.filename, metadata,
+                                          progress=lambda i, n: report.progress("calibrate", i, n),
+                                          **({} if use_qat else {"ptq": self.ptq_settings()}))
+            return {"source": src_name, "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert",
+                    **({"ptq": choice} if choice else {})}
 
         params = {"target": target.name, "options": target.options, "metadata": metadata}
         return self.stage(f"export:{target.name}", params, {"model": src.key, "data": self.stages["data"].key},
-                          produce, code=[_source(target.module)])
+                          produce, code=[_source(target.module), "targets/ptq.py"])
 
     def verify(self, target, artifact: Entry) -> Entry:
         ref, d = self.stages["prune"], self.stages["data"]

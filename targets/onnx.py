@@ -100,11 +100,19 @@ def quantize_qdq(proto, calibration: np.ndarray, progress=None):
         return onnx.load(out)
 
 
-def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None) -> None:
-    """Write `target`'s .onnx of Keras `model` to `out`, with `metadata` in metadata_props."""
+def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None, ptq=None) -> dict | None:
+    """Write `target`'s .onnx of Keras `model` to `out`, with `metadata` in metadata_props. With `ptq`
+    (targets.ptq.Settings) int8 is the best of several methods; returns the record of that choice."""
     mode = target.options["mode"]
-    proto = to_onnx(model, target.options["opset"])
-    if mode == "int8":
+    proto, choice = to_onnx(model, target.options["opset"]), None
+    if mode == "int8" and ptq is not None:
+        from targets import ptq as methods
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "float.onnx").write_bytes(proto.SerializeToString())
+            proto, choice = methods.onnx_int8(Path(tmp) / "float.onnx", calibration, ptq.validation,
+                                              budget=ptq.budget, mixed=ptq.mixed, progress=progress)
+    elif mode == "int8":
         proto = quantize_qdq(proto, calibration, progress)
     elif mode != "fp32":
         raise ValueError(f"unknown onnx mode {mode!r}")
@@ -116,6 +124,7 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
     proto.opset_import.extend(kept)
     set_metadata(proto, metadata)
     Path(out).write_bytes(proto.SerializeToString())
+    return choice
 
 
 def set_metadata(proto, metadata: dict) -> None:
@@ -148,9 +157,13 @@ def inspect(path: str | Path) -> dict:
             name = producer[name].input[0]
         return inits.get(name)
 
-    weights = [w for n in g.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1
-               for w in [weight(n.input[1])] if w is not None]
+    weighted = [(n, w) for n in g.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1
+                for w in [weight(n.input[1])] if w is not None]
+    weights = [w for _, w in weighted]
     weight_types = Counter(_dtype(w.data_type) for w in weights)
+    # A partly quantized graph: the weighted ops whose weights stayed float (read back as int8-mixed).
+    float_ops = [f"{n.op_type} {n.name}" for n, w in weighted if _dtype(w.data_type).startswith("float")] \
+        if weight_types["int8"] + weight_types["uint8"] else []
     quantized_activations = sum(1 for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
     zeros = total = 0
     for w in weights:
@@ -168,6 +181,7 @@ def inspect(path: str | Path) -> dict:
         "opset": next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None),
         "weight_dtypes": dict(sorted(weight_types.items())),
         "quantized_activations": quantized_activations,
+        "float_ops": float_ops,
         "sparsity": round(zeros / total, 4) if total else 0.0,
         "metadata": json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {},
     }
@@ -177,7 +191,7 @@ def classify(weight_types: Counter, quantized_activations: int) -> str:
     """Name the quantization from the weight dtypes and the QuantizeLinear nodes on activations."""
     int8 = weight_types["int8"] + weight_types["uint8"]
     if int8 and weight_types["float32"] + weight_types["float16"]:
-        return "mixed-int8-float"
+        return "int8-mixed"  # some layers kept in float (`float_ops`): never called int8
     if int8:
         return "int8-qdq" if quantized_activations else "int8-weight-only"
     if quantized_activations:

@@ -37,8 +37,9 @@ def import_openvino():
     return openvino
 
 
-def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None) -> None:
-    """Write `target`'s IR of Keras `model` to `out` (.xml; the .bin beside it), `metadata` in rt_info."""
+def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None, ptq=None) -> dict | None:
+    """Write `target`'s IR of Keras `model` to `out` (.xml; the .bin beside it), `metadata` in rt_info. With
+    `ptq` (targets.ptq.Settings) int8 is the best of several NNCF settings; returns the record of that choice."""
     from targets.onnx import to_onnx
 
     ov = import_openvino()
@@ -50,7 +51,13 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
         src.write_bytes(to_onnx(model, target.options["opset"]).SerializeToString())
         ov_model = ov.convert_model(src)
         _fix_batch(ov_model)
-        if mode == "int8":
+        choice = None
+        if mode == "int8" and ptq is not None:
+            from targets import ptq as methods
+
+            ov_model, choice = methods.openvino_int8(src, calibration, ptq.validation, budget=ptq.budget,
+                                                     mixed=ptq.mixed, progress=progress)
+        elif mode == "int8":
             ov_model = quantize(ov_model, calibration, progress)
         layout = metadata.get("preprocessing", {}).get("layout", "")
         param = ov_model.get_parameters()[0]
@@ -61,6 +68,7 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
         ov_model.set_rt_info(json.dumps(metadata, sort_keys=True), [METADATA_KEY])
         # save_model compresses every float weight to fp16 unless told not to: fp32 must stay fp32.
         ov.save_model(ov_model, str(out), compress_to_fp16=mode == "fp16")
+    return choice
 
 
 def _fix_batch(ov_model) -> None:
@@ -148,8 +156,12 @@ def _read(root, weights_bin: bytes) -> dict:
             src = inputs(src)[0]
         return src.get("type") != "Const"
 
-    weights = [w for l in layers.values() if l.get("type") in WEIGHTED_OPS for w in [weight(l)] if w[0] is not None]
+    weighted = [(l, w) for l in layers.values() if l.get("type") in WEIGHTED_OPS for w in [weight(l)] if w[0] is not None]
+    weights = [w for _, w in weighted]
     weight_types = Counter(_etype(c) for c, _ in weights)
+    # A partly quantized IR: the weighted layers whose weights stayed float (read back as int8-mixed).
+    float_ops = [f"{l.get('type')} {l.get('name')}" for l, (c, _) in weighted if _etype(c).startswith("float")] \
+        if weight_types["int8"] + weight_types["uint8"] else []
     fake_quantize = sum(1 for l in layers.values() if l.get("type") == "FakeQuantize" and on_activation(l))
     zeros = total = 0
     for c, shifted in weights:
@@ -172,6 +184,7 @@ def _read(root, weights_bin: bytes) -> dict:
         "ops": dict(sorted(Counter(k for k in kinds if k not in ("Const", "Parameter", "Result")).items())),
         "weight_dtypes": dict(sorted(weight_types.items())),
         "quantized_activations": fake_quantize,
+        "float_ops": float_ops,
         "sparsity": round(zeros / total, 4) if total else 0.0,
         "metadata": json.loads(meta.get("value")) if meta is not None else {},
     }
@@ -181,7 +194,7 @@ def classify(weight_types: Counter, fake_quantize: int) -> str:
     """Name the quantization from the weight constants' element types and FakeQuantize on activations."""
     int8 = weight_types["int8"] + weight_types["uint8"]
     if int8 and weight_types["float32"] + weight_types["float16"]:
-        return "mixed-int8-float"
+        return "int8-mixed"  # some layers kept in float (`float_ops`): never called int8
     if int8:
         return "int8" if fake_quantize else "int8-weight-only"
     if fake_quantize:
