@@ -8,7 +8,7 @@ For each model, every variant is built by the user's own command (`python -m pip
 Then, in one run and interleaved (round r times every artifact once, in a rotated order; the
 median over rounds is kept), each artifact's latency on this machine (1 thread, batch 1, real
 held-out inputs, the runner of `python -m pipeline bench`), and, when the emulated Raspberry Pi 4
-is set up (`scripts/setup_emu.py rpi4`), its guest instructions per inference for the LiteRT files.
+is set up (`python -m pipeline device setup emu:rpi4`), its guest instructions per inference for the LiteRT files.
 
 Models:
   digits-cnn    the default config. `dense` is trained 12 + 6 epochs, as long as a pruned variant's
@@ -50,10 +50,12 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from pipeline import bench, runner  # noqa: E402
-from pipeline.util import atomic_write_bytes, atomic_write_json  # noqa: E402
 from run import log, md_table  # noqa: E402
-from targets import TARGETS, RUNNERS  # noqa: E402
+
+from pipeline import benchmark as bench  # noqa: E402
+from pipeline import runner  # noqa: E402
+from pipeline.util import atomic_write_bytes, atomic_write_json  # noqa: E402
+from targets import RUNNERS, TARGETS  # noqa: E402
 
 RESULTS = HERE / "results"
 WORK = HERE / ".work" / "prune-methods"
@@ -191,7 +193,7 @@ def _effective_prune(cfg_file: Path) -> dict:
 def sparse_int8(model: str, built: dict, out: Path) -> dict | None:
     """The block variant's QAT model as a sparse-encoded int8 .tflite (what the pipeline does not ship)."""
     from pipeline import config, stages
-    from pipeline.build import Builder
+    from pipeline.builder import Builder
     from targets import Target, tflite
 
     cfg = config.load(built["config"])

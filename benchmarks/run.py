@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from fidelity import COLUMNS as fidelity_columns  # noqa: E402
-from pipeline import bench  # noqa: E402
+
+from pipeline import benchmark as bench  # noqa: E402
 from pipeline.util import atomic_write_bytes, atomic_write_json, gzip_size, sha256_file  # noqa: E402
 from targets import TARGETS, Target  # noqa: E402
 
@@ -129,7 +130,7 @@ def peers(float_model, calib, ds_dir: Path, reference: Path, ref_acc: float, bui
         log(f"{folder.name}: peer {name}")
         try:
             t = make(path)
-        except Exception as e:  # noqa: BLE001 - a peer's converter failing is a result to show
+        except Exception as e:
             t = Target(name, "tflite", PEERS[name], "model.tflite", "float", "run_litert.py", "int8", {},
                        legacy_runner=LEGACY)
             items.append((t, {"target": name, "status": "failed_build", "reason": str(e)[:300]}, None))
@@ -193,7 +194,7 @@ def run_model(name: str, config: Path | None, args):
 
     from pipeline import config as config_mod
     from pipeline import stages
-    from pipeline.build import Builder
+    from pipeline.builder import Builder
 
     cfg = config_mod.load(config)
     b = Builder(cfg, out, log=lambda m: None)
@@ -254,7 +255,7 @@ def chart(rows: list[dict], path: Path) -> None:
                        edgecolors="black" if i in front else "none", linewidths=2)
             ax.annotate(r["target"], (r["p50_ms"], r["accuracy"]), fontsize=7, xytext=(4, 4),
                         textcoords="offset points")
-        fx = sorted((xy[i] for i in front))
+        fx = sorted(xy[i] for i in front)
         ax.plot([p[0] for p in fx], [p[1] for p in fx], "k--", lw=1, label="Pareto front (black edge)")
         ax.set_xscale("log")
         ax.set_xlabel("p50 latency, ms (1 thread, batch 1, log scale)")

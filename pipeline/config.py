@@ -163,7 +163,7 @@ class Config:
         d["build"] = {k: v for k, v in d["build"].items() if k != "targets"}
         return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:16]
 
-    def replace(self, section: str, **values) -> "Config":
+    def replace(self, section: str, **values) -> Config:
         return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **values)})
 
 
@@ -264,6 +264,28 @@ def load(path: str | Path | None) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
     return from_dict(raw, source=str(path))
+
+
+def with_overrides(cfg: Config, overrides: dict | None, source: str = "overrides") -> Config:
+    """`cfg` with {"section.key": value} applied, validated like a file (unknown keys and bad values raise)."""
+    if not overrides:
+        return cfg
+    raw = cfg.as_dict()
+    for dotted, value in overrides.items():
+        name, _, key = str(dotted).partition(".")
+        if name not in SECTIONS or not key:
+            raise ConfigError(f"{source}: '{dotted}' is not SECTION.KEY{closest(name, SECTIONS)}")
+        raw[name][key] = value
+    return from_dict(raw, source=source)
+
+
+def resolve(config) -> Config:
+    """A Config from a Config, a dict of sections, a TOML path, or None (the embedded demo)."""
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, dict):
+        return from_dict(config, source="config dict")
+    return load(config)
 
 
 def reference() -> str:

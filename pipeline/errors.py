@@ -25,10 +25,6 @@ class ModelLoadError(UsageError):
     pass
 
 
-class ExportError(PipelineError):
-    """A converter failed to produce an artifact."""
-
-
 class RunnerError(PipelineError):
     """A runtime failed to load or run an artifact (crash, timeout, bad output)."""
 
@@ -37,5 +33,9 @@ class VerificationError(PipelineError):
     """One or more artifacts failed verification or the accuracy gate."""
 
 
-class CacheError(PipelineError):
-    pass
+class DeviceError(PipelineError):
+    """A device cannot be reached or used (SSH connection, host key, board without python3)."""
+
+
+class EmuError(PipelineError):
+    """Emulation cannot be set up or used on this host."""

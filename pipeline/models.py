@@ -87,7 +87,7 @@ def _onnx_shape(path: Path, override) -> tuple[str, list[int]]:
     try:
         m = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(m)
-    except Exception as e:  # noqa: BLE001 - onnx raises many unrelated types for a bad file
+    except Exception as e:
         raise ModelLoadError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
     init = {i.name for i in m.graph.initializer}
     inputs = [i for i in m.graph.input if i.name not in init]

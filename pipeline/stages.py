@@ -11,23 +11,36 @@ import contextlib
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import report
 
-# The source files whose code decides each stage's output. Their hash is part of the stage's cache
-# key, so changing the code (or upgrading the package) invalidates what it made; no version
-# number to forget to bump.
-CODE = {
-    "data": ["pipeline/data.py"],
-    "train": ["pipeline/stages.py", "pipeline/models.py"],
-    "prune": ["pipeline/stages.py", "pipeline/prune_channels.py"],
-    "qat": ["pipeline/stages.py"],
-    "export": ["pipeline/stages.py"],
-    "verify": ["pipeline/verify.py", "pipeline/runner.py", "targets/runners/runner_common.py"],
-}
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage as the builder, the manifest and the model card know it."""
+
+    name: str
+    about: str
+    """One line for the model card."""
+    code: tuple[str, ...]
+    """The source files whose code decides its output: their hash is part of the stage's cache key, so
+    changing the code (or upgrading the package) invalidates what it made; no version number to forget."""
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("data", "seeded stratified split; the held-out part is never trained on", ("pipeline/data.py",)),
+    Stage("train", "the model trained (or loaded and fine-tuned)", ("pipeline/stages.py", "pipeline/models.py")),
+    Stage("prune", "pruned by prune.method, fine-tuned, stripped", ("pipeline/stages.py", "pipeline/prune_channels.py")),
+    Stage("qat", "quantization-aware training that keeps the pruned zeros (for the int8 targets made from it)",
+          ("pipeline/stages.py",)),
+    Stage("export", "the target's converter", ("pipeline/stages.py",)),
+    Stage("verify", "the artifact run in its runtime on the held-out split, gated",
+          ("pipeline/gate.py", "pipeline/runner.py", "targets/runners/runner_common.py")),
+]}
 
 
 @contextlib.contextmanager
@@ -381,8 +394,9 @@ def qat(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
     faces, post-training quantization on 96 %."""
     tf, keras = tf_setup(seed)
     import tensorflow_model_optimization as tfmot
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry \
-        import Default8BitQuantizeRegistry
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
+        Default8BitQuantizeRegistry,
+    )
 
     if cfg.qat.epochs == 0:
         return {"method": "ptq", "reason": "qat.epochs is 0", "fallbacks": []}

@@ -9,8 +9,8 @@ loads: importing the `targets` package turns it off (see `targets.telemetry_off`
 
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import re
 import tempfile
 from collections import Counter
@@ -89,7 +89,7 @@ def quantize_qdq(proto, calibration: np.ndarray, progress=None):
         with contextlib.chdir(tmp):
             try:
                 quant_pre_process(src, pre)  # shape inference + graph optimization (MatMul+Add -> Gemm)
-            except Exception as e:  # noqa: BLE001 - it raises a bare Exception
+            except Exception as e:
                 # "Incomplete symbolic shape inference" (seen on PP-OCR's detector): ONNX's own shape
                 # inference is enough for static CNN graphs, the symbolic pass is for dynamic shapes.
                 if "symbolic shape inference" not in str(e):
@@ -144,7 +144,7 @@ def inspect(path: str | Path) -> dict:
         m = onnx.load(str(path))
     except OSError:
         raise
-    except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError on a file that is not ONNX
+    except Exception as e:
         raise ValueError(f"{path} is not an ONNX model: {e}") from e
     if not m.graph.node:
         raise ValueError(f"{path} is not an ONNX model (no graph)")

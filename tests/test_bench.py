@@ -2,12 +2,14 @@
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from pipeline import bench
+
+from pipeline import benchmark as bench
+from pipeline.devices import get_device
 from pipeline.errors import UsageError
 from targets import TARGETS
 from targets.runners.runner_common import stats_ms
@@ -44,19 +46,20 @@ def test_thread_lists_and_runner_options_are_checked():
     for bad in ("", "0", "1,x", "-1"):
         with pytest.raises(UsageError):
             bench.parse_threads(bad)
-    assert bench.parse_options(["delegate=none", "precision = f32"]) == [("delegate", "none"), ("precision", "f32")]
+    assert bench.parse_options(["delegate=none", "precision = f32"]) == (("delegate", "none"), ("precision", "f32"))
     with pytest.raises(UsageError):
         bench.parse_options(["delegate"])
-    args = bench.Settings(runs=7, min_seconds=0.5, warmup=2, samples=9, options=[("delegate", "none")]).runner_args(2)
-    assert args == ["--bench", "--threads", "2", "--warmup", "2", "--runs", "7", "--min-seconds", "0.5",
-                    "--limit", "9", "--delegate", "none"]
+    req = bench.Settings(runs=7, min_seconds=0.5, warmup=2, samples=9, options=[("delegate", "none")]).request(
+        Path("r.py"), Path("m"), Path("x.npy"), 2)
+    assert req.argv("x.npy") == ["--inputs", "x.npy", "--limit", "9", "--bench", "--threads", "2", "--warmup", "2",
+                                 "--runs", "7", "--min-seconds", "0.5", "--delegate", "none"]
 
 
 def test_local_is_one_device_behind_a_small_interface():
-    dev = bench.get_device("local")
+    dev = get_device("local")
     assert dev.name == "local" and callable(dev.run)
     with pytest.raises(UsageError, match="unknown device"):
-        bench.get_device("toaster")
+        get_device("toaster")
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -117,7 +120,7 @@ def test_a_corrupt_artifact_is_a_failed_row_and_the_other_targets_are_still_time
              (TARGETS["tflite-fp32"], arts["tflite-fp32"], out / arts["tflite-fp32"]["path"])]
     inputs = next((out / ".cache" / "data").glob("*/x_test.npy"))
     settings = bench.Settings(runs=10, min_seconds=0, warmup=1, samples=10, timeout=60)
-    rows = bench.bench_artifacts(items, [bench.get_device("local")], inputs, [1], settings)
+    rows = bench.bench_artifacts(items, [get_device("local")], inputs, [1], settings)
     assert [(r["target"], r["status"]) for r in rows] == [
         ("tflite-int8", "failed"), ("tflite-fp16", "not_built"), ("tflite-fp32", "ok")]
     assert rows[0]["error"] and rows[0]["p50_ms"] is None

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_cli
+
 from pipeline.util import sha256_file
 from targets import TARGETS
 

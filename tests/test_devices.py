@@ -1,10 +1,11 @@
 """Emulated and remote boards: `device`, `bench --device emu:PROFILE|ssh://...`, `build --verify-on`.
 
-The SSH tests run against a loopback sshd of their own (tests/sshd.py) with three "boards":
+The SSH tests run against a loopback sshd of their own (tests/support/sshd.py) with three "boards":
 `emu`, whose python3 is the emulated aarch64 Python (so the whole SSH + ARM path runs here),
 `host`, whose python3 is this venv's, and `nort`, this Python with numpy but no runtime.
 """
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -13,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from pipeline import bench, devices
+from support.sshd import LoopbackSSHD, SSHDUnavailable
+
+from pipeline import benchmark as bench
+from pipeline.devices import RunRequest, Timing, agreement, emulated, get_device, ssh
+from pipeline.devices import emulator as emu
+from pipeline.devices.verify_on import record_arm_checks
 from pipeline.errors import UsageError
-from sshd import LoopbackSSHD, SSHDUnavailable
-from targets import TARGETS, emu
+from targets import RUNNERS, TARGETS
 
 PROFILE = "emu:rpi4"
 HOSTILE = "dir 'q' \"d\" ;touch PWNED; $(touch PWNED2) `touch PWNED3` x"
@@ -92,19 +96,19 @@ def test_ssh_specs_are_parsed_strictly_and_never_become_options():
           "ssh://board": ("board", None, None),
           "ssh://pi@[fe80::1]:22": ("fe80::1", "pi", 22)}
     for spec, want in ok.items():
-        d = devices.SSHDevice(spec, probe=False)
+        d = ssh.SSHDevice(spec, probe=False)
         assert (d.host, d.user, d.port) == want
     for bad in ("ssh://pi@-oProxyCommand=touch_x", "ssh://-oProxyCommand=x", "ssh://pi;id@host", "ssh://pi@host/path",
                 "ssh://pi:secret@host", "ssh://pi@host:99999", "ssh://pi@host:0", "ssh://pi@ho st", "ssh://",
                 "ssh://pi@host?x=1"):
         with pytest.raises(UsageError, match="ssh://"):
-            devices.SSHDevice(bad, probe=False)
+            ssh.SSHDevice(bad, probe=False)
 
 
 def test_every_remote_word_is_quoted_and_ssh_is_strict(tmp_path):
     kh = tmp_path / "known hosts %d"
     kh.write_text("")
-    d = devices.SSHDevice("ssh://pi@board:2222", known_hosts=kh, probe=False)
+    d = ssh.SSHDevice("ssh://pi@board:2222", known_hosts=kh, probe=False)
     words = ["rm", "-rf", "--", "/tmp/edge-export-x/a b;c'd\"e$(f)`g`"]
     cmd = d.command(words)
     assert cmd[0] == "ssh" and cmd[-3:-1] == ["--", "board"]
@@ -124,29 +128,31 @@ def test_a_board_without_the_runtime_is_told_what_to_install():
                        ("runner exited 1 without a result: ModuleNotFoundError: No module named 'numpy'", "numpy"),
                        ("ModuleNotFoundError: No module named 'openvino._pyopenvino'", "openvino"),
                        ("ImportError: No module named 'tflite_runtime'", "tflite-runtime")]:
-        res = devices.missing_runtime({"ok": False, "error": error})
+        res = agreement.missing_runtime({"ok": False, "error": error})
         assert res["error"] == f"board has no {pip}: pip install {pip} there"
         assert res["runtime_error"] == error
     other = {"ok": False, "error": "RuntimeError: bad model"}
-    assert devices.missing_runtime(other) == other
+    assert agreement.missing_runtime(other) == other
 
 
 def test_runtime_options_are_kept_apart_from_timing_arguments():
-    args = bench.Settings(runs=7, min_seconds=0.5, warmup=2, samples=9, options=[("delegate", "none")]).runner_args(2)
-    assert devices._runner_options(args) == ["--delegate", "none"]
-    assert devices._value(args, "--limit") == "9"
-    assert devices._value(devices._replace(args, {"--runs": 10, "--min-seconds": 0}), "--runs") == "10"
+    req = bench.Settings(runs=7, min_seconds=0.5, warmup=2, samples=9, options=[("delegate", "none")]).request(
+        Path("run_x.py"), Path("m"), Path("x.npy"), 2)
+    assert req.option_argv() == ["--delegate", "none"]
+    assert req.limit == 9 and req.timing == Timing(threads=2, warmup=2, runs=7, min_seconds=0.5)
+    emu_args = req.argv("in.npy", "out.npz", Timing(runs=10, min_seconds=0))
+    assert emu_args[emu_args.index("--runs") + 1] == "10" and emu_args[-2:] == ["--delegate", "none"]
 
 
 def test_no_wall_clock_figure_of_an_emulated_run_keeps_a_device_time_name():
     res = {"ok": True, "latency": {"p50_ms": 50.0, "runs": 20}, "runtime_latency": {"p50_ms": 42.0},
            "load_ms": 9.0, "first_inference_ms": 3.0, "peak_rss_mb": 300.0}
-    fields = devices._emulated_fields(res)
+    fields = agreement.emulated_fields(res)
 
     class Board:
         name = "emu:test"
 
-        def run(self, *args):
+        def run(self, request):
             return {**res, "device_fields": fields}
 
     row = bench.bench_one(Board(), Path("run_x.py"), Path("m"), Path("x.npy"), 1, bench.Settings())
@@ -157,7 +163,7 @@ def test_no_wall_clock_figure_of_an_emulated_run_keeps_a_device_time_name():
 
 def test_an_emulated_board_counts_nothing_but_the_inference(monkeypatch):
     """The OpenVINO runner reads its own timer after every call; not between the counted markers."""
-    sys.path.insert(0, str(Path(devices.__file__).parents[1] / "targets" / "runners"))
+    sys.path.insert(0, str(RUNNERS))
     import runner_common
 
     class Runtime:
@@ -173,14 +179,14 @@ def test_an_emulated_board_counts_nothing_but_the_inference(monkeypatch):
     result = {}
     runner_common._bench(Runtime(), None, desc, x, args, result)
     assert result["runtime_latency"]["runs"] == result["latency"]["runs"] >= 3
-    monkeypatch.setenv(*devices.GUEST_ENV[-1].split("=", 1))
+    monkeypatch.setenv(*emulated.GUEST_ENV[-1].split("=", 1))
     result = {}
     runner_common._bench(Runtime(), None, desc, x, args, result)
     assert "runtime_latency" not in result and result["latency"]["runs"] >= 3
 
 
 def test_build_and_the_boards_give_one_tflite_runtime_verdict():
-    from pipeline.verify import legacy_verdict
+    from pipeline.gate import legacy_verdict
 
     scores = [np.array([[0.1, 0.9], [0.8, 0.2]], np.float32)]
     one_step = [scores[0] + np.float32(1 / 256)]
@@ -199,16 +205,16 @@ def test_artifact_files_include_an_openvino_weights_file(tmp_path):
     (tmp_path / "model.xml").write_text("<net/>")
     (tmp_path / "model.bin").write_bytes(b"\0")
     (tmp_path / "other.txt").write_text("not part of it")
-    assert [p.name for p in devices.artifact_files(tmp_path / "model.xml")] == ["model.xml", "model.bin"]
+    assert [p.name for p in agreement.artifact_files(tmp_path / "model.xml")] == ["model.xml", "model.bin"]
     (tmp_path / "model.onnx").write_bytes(b"\0")
-    assert [p.name for p in devices.artifact_files(tmp_path / "model.onnx")] == ["model.onnx"]
+    assert [p.name for p in agreement.artifact_files(tmp_path / "model.onnx")] == ["model.onnx"]
 
 
 def test_unknown_or_native_emulated_profiles_are_usage_errors():
     with pytest.raises(UsageError, match="did you mean 'rpi4'"):
-        bench.get_device("emu:rpi44")
+        get_device("emu:rpi44")
     with pytest.raises(UsageError, match="--device local"):
-        bench.get_device("emu:x86")
+        get_device("emu:x86")
 
 
 @pytest.mark.parametrize("command", [["bench", "--device", PROFILE], ["build", "--verify-on", PROFILE]])
@@ -238,7 +244,7 @@ def test_arm_checks_are_recorded_only_for_the_bytes_that_were_checked(tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     checks = {"tflite-int8": [{"device": "emu:rpi4", "status": "ok", "sha256": "aaa"}],
               "onnx-fp32": [{"device": "emu:rpi4", "status": "ok", "sha256": "changed since"}]}
-    devices.record_arm_checks(tmp_path, "m", checks)
+    record_arm_checks(tmp_path, "m", checks)
     arts = json.loads((folder / "manifest.json").read_text())["artifacts"]
     assert arts[0]["arm_check"] == {"emu:rpi4": {"device": "emu:rpi4", "status": "ok"}}
     assert "arm_check" not in arts[1]
@@ -296,8 +302,8 @@ def test_bench_on_local_emulated_and_ssh_to_an_emulated_board(small_build, small
         assert em["emulated_p50_ms"] > 0 and em["emulated_load_ms"] > 0
         assert em["max_abs_diff_vs_x86"] < 1e-3 and em["top1_agreement_vs_x86"] == 1.0
         assert em["agreement_samples"] == 10
-        assert len(em["instruction_counts"]) == devices.EMU_SECTIONS
-        assert em["inferences_per_section"] == devices.EMU_RUNS
+        assert len(em["instruction_counts"]) == emulated.EMU_SECTIONS
+        assert em["inferences_per_section"] == emulated.EMU_RUNS
         assert 10_000 < em["instructions_per_inference"] < 50_000_000
         assert "cortex-a72" in em["cpu"]
         # over SSH to the emulated board: the runner ran on aarch64 and sent its outputs back
@@ -326,19 +332,19 @@ def test_hostile_file_names_are_data_on_every_device(small_build, emu_ready, ssh
     shutil.copy(_artifact(out, "onnx-fp32"), model)
     inputs = folder / f"{HOSTILE}.npy"
     np.save(inputs, np.load(next((out / ".cache" / "data").glob("*/x_test.npy")))[:10])
-    args = bench.Settings(runs=10, min_seconds=0, warmup=1, samples=10).runner_args(1)
-    runner = TARGETS["onnx-fp32"].runner_path
-    emulated = bench.get_device(PROFILE)
-    first = emulated.run(runner, model, inputs, args, 300)
-    again = emulated.run(runner, model, inputs, args, 300)
+    request = RunRequest(TARGETS["onnx-fp32"].runner_path, model, inputs, limit=10,
+                         timing=Timing(runs=10, min_seconds=0, warmup=1))
+    board = get_device(PROFILE)
+    first = board.run(request)
+    again = board.run(request)
     for res in (first, again):
         assert res["ok"], res.get("error")
         assert res["device_fields"]["top1_agreement_vs_x86"] == 1.0
     # one thread under qemu: the count repeats run after run (onnxruntime to a few instructions in a million)
     a, b = first["device_fields"]["instructions_per_inference"], again["device_fields"]["instructions_per_inference"]
     assert abs(a - b) <= 1e-3 * a, (a, b)
-    remote = bench.get_device(sshd.spec(), known_hosts=sshd.known_hosts, identity=sshd.keys["host"])
-    res = remote.run(runner, model, inputs, args, 120)
+    remote = get_device(sshd.spec(), known_hosts=sshd.known_hosts, identity=sshd.keys["host"])
+    res = remote.run(dataclasses.replace(request, timeout=120))
     assert res["ok"], res.get("error")
     assert res["model"] == f"model/{HOSTILE}.onnx" and res["input"]["file"] == f"{HOSTILE}.npy"
     assert res["device_fields"]["max_abs_diff_vs_x86"] < 1e-5

@@ -5,8 +5,9 @@ import time
 
 import pytest
 
-from targets import emu
-from targets.devices import DEVICES, get_device
+from pipeline.devices import emulator as emu
+from pipeline.devices.profiles import PROFILES as DEVICES
+from pipeline.devices.profiles import get_profile as get_device
 
 PROFILE = "emu:rpi4"
 
@@ -143,4 +144,4 @@ def test_cpuinfo_matches_midr():
     assert "CPU part\t: 0xd0b" in info
     assert "CPU revision\t: 1" in info
     with pytest.raises(ValueError):
-        get_device("x86").cpuinfo
+        _ = get_device("x86").cpuinfo

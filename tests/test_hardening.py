@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
+
 from pipeline import runner
 from targets import TARGETS
 
@@ -48,7 +48,7 @@ def test_a_runtime_that_aborts_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_fuzzed_artifacts_never_crash_or_hang_the_main_process(small_build):
-    from fuzz import fuzz
+    from support.fuzz import fuzz
 
     out, proc = small_build
     assert proc.returncode == 0

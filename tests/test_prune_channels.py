@@ -3,13 +3,12 @@ import sys
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
 
-from pipeline.prune_channels import (  # noqa: E402
-    count_macs, fraction_for_macs, masked_copy, prune_channels)
+from pipeline.prune_channels import count_macs, fraction_for_macs, masked_copy, prune_channels
 
 L = keras.layers
 

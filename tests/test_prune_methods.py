@@ -5,9 +5,10 @@ import os
 import warnings
 
 import pytest
-
 from conftest import run_cli
+
 from pipeline import cli, config
+from pipeline.cli import options
 from pipeline.errors import ConfigError, UsageError
 
 TFLITE = "tflite-fp32,tflite-fp16,tflite-dynamic,tflite-int8"
@@ -64,9 +65,9 @@ def test_the_prune_flag_sets_the_method_over_the_config_file(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[prune]\nmethod = "block"\nchannels_fraction = 0.25\n')
     args = cli.parser().parse_args(["build", "--config", str(f), "--prune", "channels"])
-    cfg = cli.load_config(args)
+    cfg = options.load_config(args)
     assert cfg.prune.method == "channels" and cfg.prune.channels_fraction == 0.25
-    assert cli.load_config(cli.parser().parse_args(["build", "--config", str(f)])).prune.method == "block"
+    assert options.load_config(cli.parser().parse_args(["build", "--config", str(f)])).prune.method == "block"
     with pytest.raises(UsageError, match="invalid choice: 'filters'"):
         cli.parser().parse_args(["build", "--prune", "filters"])
 
@@ -78,8 +79,9 @@ def test_an_unknown_prune_flag_is_one_error_line_and_writes_nothing(tmp_path):
 
 
 def test_residual_false_keeps_the_channels_an_add_joins_whole_and_prunes_the_rest():
-    from pipeline.prune_channels import prune_channels
     from test_prune_channels import residual_model
+
+    from pipeline.prune_channels import prune_channels
 
     new, report = prune_channels(residual_model(), 0.5, residual=False)
     # stem and project feed one Add (the depthwise conv follows stem's channels): left whole.

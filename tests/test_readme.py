@@ -1,4 +1,5 @@
 from conftest import ROOT
+
 from pipeline.config import SECTIONS
 from targets import TARGETS
 

@@ -10,9 +10,9 @@ import tarfile
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from pipeline.release import sha256sums, write_archive
+
+from pipeline.releases.pack import sha256sums, write_archive
 from pipeline.util import sha256_file
 from targets import TARGETS
 
@@ -187,7 +187,7 @@ def test_verify_refuses_an_archive_with_an_unsafe_member_naming_it(tmp_path, kin
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["failed_verification", "failed_arm_check"])
 def test_release_refuses_a_failed_target_unless_allowed_and_records_it(small_build, small_config, tmp_path, how):
-    from pipeline.devices import record_arm_checks
+    from pipeline.devices.verify_on import record_arm_checks
 
     out, _ = small_build
     copy = tmp_path / "build"

@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from conftest import ROOT
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ROOT
 from pipeline import runner
 from targets import TARGETS
 from targets import onnx as onnx_family

@@ -3,7 +3,7 @@ from collections import Counter
 import numpy as np
 
 from pipeline.config import BuildConfig
-from pipeline.verify import compare, gate
+from pipeline.gate import compare, gate
 from targets.tflite import classify
 
 F32 = [{"dtype": "float32"}]

@@ -15,7 +15,7 @@
  * State is thread-local: in user mode every guest thread is one host thread,
  * so the counts need no locks and other threads never leak in.
  *
- * Built by targets/emu.py (scripts/setup_emu.py) into EMU_HOME/plugin/ with
+ * Built by pipeline/devices/emulator.py (`python -m pipeline device setup`) into EMU_HOME/plugin/ with
  *   gcc -O2 -shared -fPIC -Wall -I DIR -o insn_count.so insn_count.c
  * where DIR holds qemu-plugin.h taken from Debian's qemu source package of the
  * installed qemu-user (fetched with a private apt config; the host's is untouched).

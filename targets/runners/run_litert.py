@@ -5,7 +5,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runner_common  # noqa: E402
+import runner_common
 
 
 class TFLiteRuntime:

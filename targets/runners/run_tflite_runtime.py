@@ -7,8 +7,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runner_common  # noqa: E402
-from run_litert import TFLiteRuntime  # noqa: E402
+import runner_common
+from run_litert import TFLiteRuntime
 
 RUNTIME = TFLiteRuntime("tflite-runtime", "tflite_runtime.interpreter", "tflite-runtime")
 

@@ -164,7 +164,7 @@ def main(runtime, argv=None) -> int:
             if args.bench:
                 _bench(runtime, session, desc, x, args, result)
         result["ok"] = True
-    except Exception as e:  # noqa: BLE001 - a runner reports any runtime failure as data, never a traceback
+    except Exception as e:
         result["error"] = f"{type(e).__name__}: {e}".strip()
         result["traceback"] = traceback.format_exc(limit=3)
     result["peak_rss_mb"] = peak_rss_mb()

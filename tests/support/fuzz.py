@@ -1,6 +1,6 @@
 """Fuzz harness: mutate valid artifacts and send them through `inspect` and the runners.
 
-    .venv/bin/python tests/fuzz.py BUILD_DIR/MODEL --cases 600 --seed 0
+    .venv/bin/python tests/support/fuzz.py BUILD_DIR/MODEL --cases 600 --seed 0
 
 Each case is one seeded mutation (bit flips, truncation, or a random splice) of a .tflite, .onnx,
 or OpenVINO .xml/.bin file. What must hold: the main process never dies, no child outlives its
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import runner  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.inspect_cmd import inspect_file  # noqa: E402
+from pipeline.inspection import inspect_file  # noqa: E402
 from targets import TARGETS  # noqa: E402
 
 MUTATIONS = ("bitflip", "truncate", "splice")
@@ -93,7 +93,7 @@ def fuzz(model_dir: Path, cases: int, seed: int = 0, timeout: float = 20.0, work
         def guarded(i):
             try:
                 return one_case(i, seed, sources, inputs, timeout)
-            except Exception as e:  # noqa: BLE001 - what the harness counts as a main-process crash
+            except Exception as e:
                 crashes.append(f"case {i}: {type(e).__name__}: {e}")
                 return None
 

@@ -1,8 +1,8 @@
-"""Device profiles: the boards a model is built for and benchmarked on.
+"""Board profiles: the boards a model is benchmarked on (what an emulated board pretends to be).
 
 Stdlib only, so listing targets never pays for importing a runtime.
 The identity fields (MIDR, cpuinfo text, caches, clocks) are what the real
-board's kernel reports; the emulator (targets/emu.py) writes them into the
+board's kernel reports; the emulator (pipeline/devices/emulator.py) writes them into the
 aarch64 sysroot so runtimes that probe the CPU see the board, not the x86 host.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 
 @dataclass(frozen=True)
-class Cache:
+class CacheLevel:
     level: int
     type: str  # sysfs spelling: "Data", "Instruction" or "Unified"
     size_kb: int
@@ -22,7 +22,7 @@ class Cache:
 
 
 @dataclass(frozen=True)
-class Device:
+class Profile:
     name: str
     arch: str  # platform.machine() on the device
     cpu: str | None  # qemu -cpu model; None means the local host, run natively
@@ -37,7 +37,7 @@ class Device:
     revision: str = ""  # Raspberry Pi revision code (cpuinfo "Revision")
     max_mhz: int = 0
     min_mhz: int = 0
-    caches: tuple[Cache, ...] = ()
+    caches: tuple[CacheLevel, ...] = ()
 
     @property
     def emulated(self) -> bool:
@@ -50,11 +50,10 @@ class Device:
             raise ValueError(f"device {self.name!r} has no aarch64 CPU identity")
         m = self.midr
         block = (
-            "BogoMIPS\t: {b}\nFeatures\t: {f}\nCPU implementer\t: 0x{imp:02x}\n"
-            "CPU architecture: 8\nCPU variant\t: 0x{var:x}\nCPU part\t: 0x{part:03x}\n"
-            "CPU revision\t: {rev}\n\n"
-        ).format(b=self.bogomips, f=self.features, imp=m >> 24, var=(m >> 20) & 0xF,
-                 part=(m >> 4) & 0xFFF, rev=m & 0xF)
+            f"BogoMIPS\t: {self.bogomips}\nFeatures\t: {self.features}\nCPU implementer\t: 0x{m >> 24:02x}\n"
+            f"CPU architecture: 8\nCPU variant\t: 0x{(m >> 20) & 0xF:x}\nCPU part\t: 0x{(m >> 4) & 0xFFF:03x}\n"
+            f"CPU revision\t: {m & 0xF}\n\n"
+        )
         text = "".join(f"processor\t: {i}\n{block}" for i in range(self.cores))
         return text + f"Revision\t: {self.revision}\nModel\t\t: {self.model}\n"
 
@@ -65,8 +64,8 @@ def _host_memory_mb() -> int:
 
 _PI_FEATURES = "fp asimd evtstrm crc32 cpuid"
 
-DEVICES: MappingProxyType[str, Device] = MappingProxyType({d.name: d for d in (
-    Device(
+PROFILES: MappingProxyType[str, Profile] = MappingProxyType({d.name: d for d in (
+    Profile(
         name="rpi3", arch="aarch64", cpu="cortex-a53", cores=4, memory_mb=1024,
         default_threads=4,
         description="Raspberry Pi 3 B / Zero 2 W class: 4x Cortex-A53 (BCM2837), 1 GiB "
@@ -74,20 +73,20 @@ DEVICES: MappingProxyType[str, Device] = MappingProxyType({d.name: d for d in (
         midr=0x410FD034, features=_PI_FEATURES, bogomips="38.40",
         model="Raspberry Pi 3 Model B Rev 1.2", revision="a02082",
         max_mhz=1200, min_mhz=600,
-        caches=(Cache(1, "Data", 32, False), Cache(1, "Instruction", 32, False),
-                Cache(2, "Unified", 512, True)),
+        caches=(CacheLevel(1, "Data", 32, False), CacheLevel(1, "Instruction", 32, False),
+                CacheLevel(2, "Unified", 512, True)),
     ),
-    Device(
+    Profile(
         name="rpi4", arch="aarch64", cpu="cortex-a72", cores=4, memory_mb=4096,
         default_threads=4,
         description="Raspberry Pi 4 B: 4x Cortex-A72 (BCM2711), 4 GiB",
         midr=0x410FD083, features=_PI_FEATURES, bogomips="108.00",
         model="Raspberry Pi 4 Model B Rev 1.4", revision="c03114",
         max_mhz=1800, min_mhz=600,
-        caches=(Cache(1, "Data", 32, False), Cache(1, "Instruction", 48, False),
-                Cache(2, "Unified", 1024, True)),
+        caches=(CacheLevel(1, "Data", 32, False), CacheLevel(1, "Instruction", 48, False),
+                CacheLevel(2, "Unified", 1024, True)),
     ),
-    Device(
+    Profile(
         name="rpi5", arch="aarch64", cpu="cortex-a76", cores=4, memory_mb=8192,
         default_threads=4,
         description="Raspberry Pi 5: 4x Cortex-A76 (BCM2712), 8 GiB",
@@ -96,10 +95,10 @@ DEVICES: MappingProxyType[str, Device] = MappingProxyType({d.name: d for d in (
                  "asimdrdm lrcpc dcpop asimddp",
         bogomips="108.00", model="Raspberry Pi 5 Model B Rev 1.0", revision="d04170",
         max_mhz=2400, min_mhz=1500,
-        caches=(Cache(1, "Data", 64, False), Cache(1, "Instruction", 64, False),
-                Cache(2, "Unified", 512, False), Cache(3, "Unified", 2048, True)),
+        caches=(CacheLevel(1, "Data", 64, False), CacheLevel(1, "Instruction", 64, False),
+                CacheLevel(2, "Unified", 512, False), CacheLevel(3, "Unified", 2048, True)),
     ),
-    Device(
+    Profile(
         name="x86", arch="x86_64", cpu=None, cores=os.cpu_count() or 1,
         memory_mb=_host_memory_mb(), default_threads=os.cpu_count() or 1,
         description="the local x86-64 host, run natively",
@@ -107,12 +106,12 @@ DEVICES: MappingProxyType[str, Device] = MappingProxyType({d.name: d for d in (
 )})
 
 
-def get_device(name: str) -> Device:
+def get_profile(name: str) -> Profile:
     """The profile called `name`; unknown names raise ValueError naming the closest one."""
     try:
-        return DEVICES[name]
+        return PROFILES[name]
     except KeyError:
-        close = difflib.get_close_matches(name, DEVICES, n=1, cutoff=0.5)
+        close = difflib.get_close_matches(name, PROFILES, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(
-            f"unknown device {name!r}{hint} (known: {', '.join(DEVICES)})") from None
+            f"unknown device {name!r}{hint} (known: {', '.join(PROFILES)})") from None

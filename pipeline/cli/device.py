@@ -17,11 +17,10 @@ from pipeline.errors import UsageError
 HELP = "list, set up (emu:rpi4) or check (ssh://user@host) the boards bench and build --verify-on run on"
 
 ACTIONS = ("ls", "setup", "check")
-PIP_HINT = "pip install numpy ai-edge-litert onnxruntime openvino tflite-runtime"
 
 
 def add_arguments(p) -> None:
-    from pipeline.devices import add_device_arguments
+    from pipeline.cli.options import add_device_arguments
 
     p.add_argument("action", choices=ACTIONS, help="ls: list the profiles; setup: build emulated boards; "
                                                    "check: what a board has installed")
@@ -37,11 +36,11 @@ def _spec(spec: str) -> str:
 
 def cmd_ls(args) -> int:
     from pipeline import report
-    from targets import emu
-    from targets.devices import DEVICES
+    from pipeline.devices import emulator as emu
+    from pipeline.devices.profiles import PROFILES
 
     rows = []
-    for d in DEVICES.values():
+    for d in PROFILES.values():
         if d.emulated:
             status = "ready" if emu.is_ready(d.name) else "not set up"
             name, cpu = f"emu:{d.name}", d.cpu
@@ -60,8 +59,9 @@ def cmd_ls(args) -> int:
 
 
 def cmd_setup(args) -> int:
-    from pipeline.devices import emu_profile
-    from targets import emu
+    from pipeline.devices import emulator as emu
+    from pipeline.devices.emulated import emu_profile
+    from pipeline.runtimes import pip_hint
 
     if not args.devices:
         raise UsageError("name the boards to set up, e.g. python -m pipeline device setup emu:rpi4")
@@ -69,7 +69,7 @@ def cmd_setup(args) -> int:
     for spec in specs:
         if spec.startswith("ssh:"):
             raise UsageError(f"{spec}: a real board needs no setup here; install python3 and the runtimes there "
-                             f"({PIP_HINT}); `python -m pipeline device check {spec}` says what is missing")
+                             f"({pip_hint()}); `python -m pipeline device check {spec}` says what is missing")
         emu_profile(spec)  # every name checked before anything is built
     for spec in specs:
         t0 = time.monotonic()
@@ -80,8 +80,9 @@ def cmd_setup(args) -> int:
 
 def cmd_check(args) -> int:
     from pipeline import report
-    from pipeline.bench import get_device
-    from pipeline.devices import RUNTIME_DISTS, device_options
+    from pipeline.cli.options import device_options
+    from pipeline.devices import get_device
+    from pipeline.runtimes import dists
 
     if not args.devices:
         raise UsageError("name the boards to check, e.g. python -m pipeline device check ssh://pi@raspberrypi.local")
@@ -93,10 +94,10 @@ def cmd_check(args) -> int:
         for site in device.runtimes():
             rows.append({"device": device.name, **site})
     print(report.table(rows, [("device", "device"), ("site", "python"), ("arch", "arch"), ("python", "version"),
-                              *((d, d) for d in RUNTIME_DISTS)]))
+                              *((d, d) for d in dists())]))
     for name in dict.fromkeys(r["device"] for r in rows):
         mine = [r for r in rows if r["device"] == name]
-        missing = [d for d in RUNTIME_DISTS if all(r.get(d) is None for r in mine)]
+        missing = [d for d in dists() if all(r.get(d) is None for r in mine)]
         if missing:
             print(f"{name} lacks {', '.join(missing)} (its targets fail there): pip install {' '.join(missing)} there")
     return 0

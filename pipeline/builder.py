@@ -17,10 +17,10 @@ from pipeline import report
 from pipeline.cache import Cache, Entry, stage_key, tool_versions
 from pipeline.config import Config
 from pipeline.data import Dataset
+from pipeline.gate import verify_artifact
 from pipeline.manifest import write_manifest
-from pipeline.stages import CODE
+from pipeline.stages import STAGES
 from pipeline.util import atomic_copy, folder_bytes, gzip_size, locked, sha256_file
-from pipeline.verify import verify_artifact
 
 
 class Builder:
@@ -35,7 +35,7 @@ class Builder:
     def stage(self, name: str, params: dict, inputs: dict[str, str], produce, code=()) -> Entry:
         """`code`: source files beyond CODE[kind] that decide this stage's output (a target's module)."""
         kind = name.split(":")[0]
-        key = stage_key(name, code_hash([*CODE[kind], *code]), params, inputs, self.tools)
+        key = stage_key(name, code_hash([*STAGES[kind].code, *code]), params, inputs, self.tools)
         entry = self.cache.get(name, key)
         if entry is not None:
             self.log(f"{name:<24} cached ({key[:12]})")
@@ -183,7 +183,7 @@ class Builder:
         for t in targets:
             try:
                 artifact = self.export(t)
-            except Exception as e:  # noqa: BLE001 - converters raise anything; one target's failure is data
+            except Exception as e:
                 done.append((t, None, _one_line(e)))
                 continue
             done.append((t, artifact, self.verify(t, artifact).meta))
@@ -251,15 +251,3 @@ def failed_build(target, reason: str) -> dict:
 
 def clean_target_dir(out: Path, model: str, target: str) -> None:
     shutil.rmtree(out / model / target, ignore_errors=True)
-
-
-SUMMARY_COLUMNS = [("target", "target"), ("status", "status"), ("quantization", "quantization"),
-                   ("bytes", "bytes"), ("gzip_bytes", "gzip"), ("sparsity", "sparsity"),
-                   ("accuracy", "accuracy"), ("reference_accuracy", "float acc"),
-                   ("top1_agreement", "agreement"), ("max_abs_diff", "max |diff|"),
-                   ("legacy_tflite_runtime", "tflite-runtime 2.14"),
-                   ("build_seconds", "seconds")]
-
-
-def summary(manifest: dict) -> str:
-    return report.table(manifest["artifacts"], SUMMARY_COLUMNS)

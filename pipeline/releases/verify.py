@@ -9,7 +9,7 @@ Each check is a row of the printed table:
   contents  every member matches the checksum its release.json records, and none is unlisted
   replay    the artifact, loaded in its runtime in a child process (a malformed file may crash a
             runtime), answers its test vectors within the tolerance recorded in release.json
-Exit 0 only if no check failed. Imports stay light at module level (loaded for `--help`).
+The `verify` command exits 0 only if no check failed.
 """
 
 from __future__ import annotations
@@ -17,39 +17,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.errors import UsageError, VerificationError
-
-HELP = "check a release folder or archive: checksums, safe contents, each artifact replaying its test vectors"
+from pipeline.errors import UsageError
 
 COLUMNS = [("check", "check"), ("file", "file"), ("result", "result"), ("detail", "detail")]
 SUMS_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 OUTPUT_NAME = re.compile(r"^output_[0-9]+$")
 
 
-def add_arguments(p) -> None:
-    p.add_argument("path", type=Path, help="a release folder (DIST/<model>-<version>) or one .tar.gz of it")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds a runtime may take to replay one archive (default: 120)")
-
-
-def run(args) -> int:
-    from pipeline import report
-
-    path = args.path
+def check(path: Path, timeout: float) -> list[dict]:
+    """Every check of a release folder, or of one archive beside its SHA256SUMS."""
     if path.is_dir():
-        rows = check_folder(path, args.timeout)
-    elif path.is_file() and path.name.endswith(".tar.gz"):
-        rows = check_archive_alone(path, args.timeout)
-    else:
-        raise UsageError(f"{path} is neither a release folder nor a .tar.gz archive")
-    print(report.table(rows, COLUMNS))
-    failed = [r for r in rows if r["result"] == "FAIL"]
-    if failed:
-        more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
-        raise VerificationError(f"{path}: {len(failed)} of {len(rows)} checks failed: "
-                                + "; ".join(f"{r['file']}: {r['detail']}" for r in failed[:3]) + more)
-    print(f"verified: {path} ({len(rows)} checks)")
-    return 0
+        return check_folder(path, timeout)
+    if path.is_file() and path.name.endswith(".tar.gz"):
+        return check_archive_alone(path, timeout)
+    raise UsageError(f"{path} is neither a release folder nor a .tar.gz archive")
 
 
 def _row(check: str, file: str, ok: bool | None, detail: str) -> dict:
@@ -194,7 +175,7 @@ def check_contents(name: str, folder: Path, files: list[str]):
     """(release.json, rows): every member against the checksums release.json records."""
     import json
 
-    from pipeline.release import RELEASE_JSON
+    from pipeline.releases.pack import RELEASE_JSON
     from pipeline.util import sha256_file
 
     try:

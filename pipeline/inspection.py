@@ -1,10 +1,10 @@
-"""`inspect ARTIFACT`: what a file is, read from the file itself - format, quantization, inputs and
+"""What an artifact file is, read from the file itself - format, quantization, inputs and
 outputs with scale and zero point, ops, sparsity, embedded metadata.
 
 The family is chosen by the file's suffix from the target registry (model.tflite -> tflite,
 model.xml -> openvino, ...), and that family module's `inspect(path)` reads the file in a child
-process with a timeout (`python -m pipeline.inspect_cmd FAMILY PATH`): a malformed file may crash or
-hang a parser, never this process. Imports stay light at module level (loaded for `--help`).
+process with a timeout (`python -m pipeline.inspection FAMILY PATH`): a malformed file may crash or
+hang a parser, never this process.
 """
 
 from __future__ import annotations
@@ -14,23 +14,7 @@ from pathlib import Path
 
 from pipeline.errors import UsageError
 
-HELP = "show what an artifact file is: format, quantization, inputs/outputs, ops, sparsity, metadata"
-
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def add_arguments(p) -> None:
-    p.add_argument("artifact", type=Path, help="an artifact file, e.g. build/digits-cnn/tflite-int8/model.tflite")
-    p.add_argument("--json", action="store_true", help="print everything as one JSON object")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds the reader may take (default: 60)")
-
-
-def run(args) -> int:
-    import json
-
-    info = inspect_file(args.artifact, args.timeout)
-    print(json.dumps(info, indent=2, sort_keys=True) if args.json else describe(info))
-    return 0
 
 
 def families() -> dict[str, str]:
@@ -57,7 +41,7 @@ def inspect_file(path: Path, timeout: float = 60.0) -> dict:
         raise UsageError(f"cannot inspect {path}: unknown file type '{path.suffix or '(no suffix)'}' "
                          f"(known: {', '.join(sorted(known))})")
     env = {**runner.child_env(), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "pipeline.inspect_cmd", family, str(path.resolve())]
+    cmd = [sys.executable, "-m", "pipeline.inspection", family, str(path.resolve())]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
@@ -114,7 +98,7 @@ def _child(family: str, path: str) -> int:
     else:
         try:
             result = {"ok": True, "info": importlib.import_module(f"targets.{family}").inspect(Path(path))}
-        except Exception as e:  # noqa: BLE001 - a malformed file may raise anything in a parser: it becomes data
+        except Exception as e:
             kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
             result = {"ok": False, "error": f"{kind}: {str(e).strip()[:300]}"}
     print(json.dumps(result, default=_plain))

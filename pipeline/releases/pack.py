@@ -1,5 +1,5 @@
 """`release`: a finished build's verified artifacts as reproducible archives, with checksums, a model
-card and benchmarks. `verify` (release_verify.py) checks such a release on any machine.
+card and benchmarks. `verify` (release/verify.py) checks such a release on any machine.
 
     DIST/<model>-<version>/
       <model>-<version>-<target>.tar.gz  one folder <model>-<version>-<target>/ holding the artifact
@@ -14,8 +14,6 @@ The bytes depend only on the build, the version, --bench and SOURCE_DATE_EPOCH: 
 are sorted, dated SOURCE_DATE_EPOCH (else 0), owned by uid/gid 0 with no user names, with fixed
 modes; the gzip header has no time and no file name; no wall-clock time is written anywhere.
 Everything is written to a temp folder that is renamed into place: never a half-written release.
-
-Imports stay light at module level: this module is loaded for `--help`.
 """
 
 from __future__ import annotations
@@ -23,77 +21,46 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 from pipeline.errors import RunnerError, UsageError, VerificationError
+from pipeline.releases import FLOAT_ATOL, INT_STEPS, VECTORS
+from pipeline.releases.card import benchmarks_md, model_card
 
-HELP = "package verified artifacts as reproducible archives with test vectors, checksums and a model card"
-
-VECTORS = 12
-"""Held-out samples per archive: the first of each class, then the next ones, this many in all."""
-FLOAT_ATOL = 1e-4
-"""Replay tolerance of a float output. One runtime version replays its own outputs exactly on one
-machine (single thread); the slack is for another CPU: LiteRT float outputs were measured up to
-4e-5 apart between x86 and aarch64. A changed model or a wrong runtime moves them far more."""
-INT_STEPS = 1.5
-"""Replay tolerance of an integer output, in quantization steps: dequantized outputs differ by whole
-steps, so 1.5 x scale allows exactly one step (a rounding difference between kernels), not two."""
 VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+(?:[-+][0-9A-Za-z.-]+)?$")
 RELEASE_JSON = "release.json"
 
 
-def add_arguments(p) -> None:
-    from pipeline.cli import add_build_options
+def make_release(manifest: dict, out: Path, targets, version: str, dist: Path, bench: list[dict] | None,
+                 allowed: set[str]) -> tuple[Path, list[dict], list[dict]]:
+    """Write DIST/<model>-<version>/ from a build's manifest. Returns (folder, archives, excluded).
 
-    add_build_options(p)
-    p.add_argument("--version", dest="release_version", required=True, metavar="X.Y.Z",
-                   help="release version, used in the folder and archive names")
-    p.add_argument("--dist", type=Path, default=Path("dist"), help="where the release folder goes (default: dist/)")
-    p.add_argument("--bench", type=Path, metavar="FILE.json",
-                   help="rows written by `bench --json FILE`: latency in the model card and BENCHMARKS.md")
-    p.add_argument("--allow-failed", action="append", default=[], metavar="TARGET",
-                   help="release the other targets although TARGET failed (left out, recorded); repeatable")
+    `bench`: rows of `bench --json` (None: not benchmarked); given, it must measure a released target."""
 
-
-def run(args) -> int:
-    from pipeline import report
-    from pipeline.cli import _check_out, load_config
-    from targets import resolve
-
-    version = args.release_version
     if not VERSION_RE.match(version):
         raise UsageError(f"--version must look like X.Y.Z (e.g. 1.2.0 or 1.2.0-rc.1), not '{version}'")
     epoch = source_date_epoch()
-    allowed = {t.name for spec in args.allow_failed for t in resolve(spec)}
-    cfg = load_config(args)
-    _check_out(args.dist)
-    bench = load_bench(args.bench, cfg.model.name) if args.bench else []
-    manifest, data, targets = finished_build(args, cfg)
+    data = usable(manifest, out, targets)
+    if data is None:
+        raise VerificationError(f"the build in {out} does not match its manifest: build it again")
     rows = {a["target"]: a for a in manifest["artifacts"]}
     ship, excluded = select(targets, rows, allowed)
-    bench = [r for r in bench if r.get("target") in {t.name for t in ship}]
-    if args.bench and not bench:
-        raise UsageError(f"--bench {args.bench} has no rows for the targets released "
+    given, bench = bench is not None, [r for r in bench or [] if r.get("target") in {t.name for t in ship}]
+    if given and not bench:
+        raise UsageError(f"the bench rows given have none for the targets released "
                          f"({', '.join(t.name for t in ship)})")
-
     name = f"{manifest['model']}-{version}"
-    final = args.dist / name
-    tmp = args.dist / f".tmp-{name}-{os.getpid()}"
+    final = Path(dist) / name
+    tmp = Path(dist) / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        archives = [package(t, rows[t.name], args.out, data, manifest, version, tmp, epoch) for t in ship]
+        archives = [package(t, rows[t.name], out, data, manifest, version, tmp, epoch) for t in ship]
         write_release_files(tmp, manifest, version, epoch, archives, excluded, bench)
         replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(report.table(archives, [("target", "target"), ("archive", "archive"), ("bytes", "bytes"),
-                                  ("sha256", "sha256"), ("vectors", "test vectors"), ("runtime", "runtime")]))
-    for e in excluded:
-        print(f"warning: {e['target']} left out ({e['status'].replace('_', ' ')}: {e['reason']})", file=sys.stderr)
-    print(f"release: {final}")
-    return 0
+    return final, archives, excluded
 
 
 def source_date_epoch() -> int:
@@ -104,44 +71,9 @@ def source_date_epoch() -> int:
     return int(raw)
 
 
-# -- the build -----------------------------------------------------------------------------------
+# -- the build -------------------------------------------------------------------------------------
 
-def finished_build(args, cfg):
-    """(manifest, data cache entry, targets) of the build in --out, building only if something is missing.
-
-    The manifest in --out is the record of what was built and verified, so it is used as it is
-    (a second release of one build never rebuilds, and gives the same bytes); the build runs
-    (from the cache) only when the manifest is missing, of another config, lacks a requested
-    target, or a file or the held-out data no longer matches it.
-    """
-    import argparse
-
-    from pipeline.cli import ensure_built
-    from targets import resolve
-
-    path = args.out / cfg.model.name / "manifest.json"
-    manifest = _current(path, cfg)
-    built = [a["target"] for a in manifest["artifacts"]] if manifest else []
-    targets = resolve(args.target or built or cfg.build.targets)
-    data = _usable(manifest, args.out, targets)
-    if data is None:
-        ensure_built(argparse.Namespace(**{**vars(args), "target": ",".join(t.name for t in targets)}))
-        manifest = _current(path, cfg)
-        data = _usable(manifest, args.out, targets)
-        if data is None:
-            raise VerificationError(f"the build in {args.out} does not match its manifest {path} even after "
-                                    f"rebuilding: is another build writing there?")
-    return manifest, data, targets
-
-
-def _current(path: Path, cfg) -> dict | None:
-    from pipeline import manifest
-
-    m = manifest.read(path)
-    return m if m and m.get("config_hash") == cfg.digest() else None
-
-
-def _usable(manifest: dict | None, out: Path, targets):
+def usable(manifest: dict | None, out: Path, targets):
     """The data stage's cache entry if the manifest covers every target with files that match it, else None."""
     from pipeline.cache import Cache
     from pipeline.util import sha256_file
@@ -374,152 +306,3 @@ def load_bench(path: Path, model: str) -> list[dict]:
     if other:
         raise UsageError(f"--bench {path} measured {', '.join(sorted(other))}, not {model}")
     return [r for r in rows if r.get("status", "ok") == "ok" and r.get("p50_ms") is not None]
-
-
-BENCH_COLUMNS = [("target", "target"), ("device", "device"), ("runtime", "runtime"), ("runtime_version", "version"),
-                 ("delegate", "delegate"), ("threads", "threads"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"),
-                 ("p99_ms", "p99 ms"), ("load_ms", "load ms"), ("peak_rss_mb", "peak RSS MB"), ("cpu", "cpu")]
-
-
-def benchmarks_md(m: dict) -> str:
-    bench = m["release"]["benchmarks"]
-    head = f"# Benchmarks: {m['model']} {m['release']['version']}\n\n"
-    if not bench:
-        return (head + "Not benchmarked: this release was made without bench results "
-                "(`python -m pipeline bench --json FILE`, then `release --bench FILE`).\n")
-    cols = [c for c in BENCH_COLUMNS if any(r.get(c[0]) is not None for r in bench)]
-    width = 40
-    top = max(r["p50_ms"] for r in bench)
-    label = lambda r: f"{r['target']} {r.get('device', '?')} {r.get('threads', '?')}t"  # noqa: E731
-    pad = max(len(label(r)) for r in bench)
-    bars = "\n".join(f"{label(r):<{pad}}  {'#' * max(1, round(width * r['p50_ms'] / top)):<{width}}  "
-                     f"{r['p50_ms']:.4g} ms" for r in bench)
-    conditions = sorted({f"{r.get('device', '?')}: {r.get('cpu', '?')}, {r.get('os', '?')} {r.get('arch', '')}, "
-                         f"Python {r.get('python', '?')}" for r in bench})
-    return (head + "Median (p50) latency of one inference, batch 1, as measured by `python -m pipeline bench` "
-            "(shorter is faster):\n\n```\n" + bars + "\n```\n\n" + md_table(bench, cols) + "\n\nConditions:\n\n"
-            + "".join(f"- {c}\n" for c in conditions)
-            + "\nLatency holds only for these conditions; an emulated device's wall time is not device latency.\n")
-
-
-# -- the model card ------------------------------------------------------------------------------
-
-STEP_ABOUT = {
-    "data": "seeded stratified split; the held-out part is never trained on",
-    "train": "the model trained (or loaded and fine-tuned)",
-    "prune": "magnitude pruning (tfmot, polynomial schedule), stripped: the float reference model",
-    "qat": "quantization-aware training that keeps the pruned zeros (for the int8 targets made from it)",
-}
-STEP_RESULTS = ("method", "reason", "accuracy", "sparsity", "params")
-
-
-def _step_order(name: str):
-    # The manifest stores stages sorted by name; the card lists them in the order they ran.
-    order = list(STEP_ABOUT)
-    return (order.index(name) if name in order else len(order), name)
-
-
-ARTIFACT_COLUMNS = [("target", "target"), ("quantization", "quantization"), ("bytes", "bytes"),
-                    ("gzip_bytes", "gzip"), ("sparsity", "sparsity"), ("accuracy", "accuracy"),
-                    ("reference_accuracy", "float acc"), ("top1_agreement", "agreement"),
-                    ("max_abs_diff", "max abs diff"), ("input", "input"), ("output", "output"),
-                    ("runtime", "verified in")]
-
-
-def model_card(m: dict) -> str:
-    rel, cfg = m["release"], m["config"]
-    shipped = [a for a in m["artifacts"] if a["target"] in rel["archives"]]
-    stages = m["stages"]
-    d = stages.get("data", {})
-    lines = [
-        f"# Model card: {m['model']} {rel['version']}",
-        "",
-        f"Release {rel['version']} of `{m['model']}` (model version {m['model_version']}, the version embedded in "
-        f"each artifact; config hash {m['config_hash']}; edge-export {m['pipeline_version']}; seed {m['seed']}).",
-        "",
-        "## Model",
-        "",
-        f"- Settings: {_settings(cfg.get('model', {}))}",
-        f"- Input: {d.get('input_shape', '?')} per sample, preprocessed as: {_settings(m['preprocessing'])}",
-        "- Output: " + (f"{len(m['labels'])} class scores: {', '.join(m['labels'])}" if m["labels"] else "unlabelled")
-        + " (each target's I/O types below)",
-        "",
-        "## Data",
-        "",
-        f"{_settings(cfg.get('data', {}))}: {d.get('train_samples', '?')} training and {d.get('test_samples', '?')} "
-        f"held-out samples, input shape {d.get('input_shape', '?')}.",
-        "",
-        "## Training and compression",
-        "",
-        md_table([{"step": name, "what": STEP_ABOUT.get(name, ""), "settings": _settings(cfg.get(name, {})),
-                   "result": _settings({k: s[k] for k in STEP_RESULTS if k in s}, "-")}
-                  for name, s in sorted(stages.items(), key=lambda kv: _step_order(kv[0]))],
-                 [("step", "step"), ("what", "what"), ("settings", "settings"), ("result", "result")]),
-        "",
-        "Accuracy gate: an artifact may lose at most "
-        f"{cfg.get('build', {}).get('max_accuracy_drop', '?')} accuracy points against the float model.",
-        "",
-        "## Artifacts",
-        "",
-        md_table([{**a, "input": _io(a.get("inputs")), "output": _io(a.get("outputs"))} for a in shipped],
-                 ARTIFACT_COLUMNS),
-        "",
-        "Accuracy and agreement (top-1 against the float model) on the held-out split, in the runtime named.",
-        "",
-        "## Latency",
-        "",
-    ]
-    bench = rel["benchmarks"]
-    if bench:
-        lines += [md_table(bench, [c for c in BENCH_COLUMNS if any(r.get(c[0]) is not None for r in bench)]),
-                  "", "Batch 1; details and conditions in BENCHMARKS.md."]
-    else:
-        lines.append("Not benchmarked.")
-    runtimes = sorted({a.get("runtime", "?") for a in shipped})
-    lines += [
-        "",
-        "## Limitations",
-        "",
-        f"- Accuracy is measured on {d.get('test_samples', '?')} held-out samples of the same source as the "
-        "training data; it says nothing about inputs from elsewhere or preprocessed otherwise.",
-        f"- Verified only in {', '.join(runtimes)} on the build machine; another runtime or version may not load "
-        "an artifact or may answer differently.",
-        "- Each archive's test vectors replay within the tolerance in its release.json (float outputs "
-        f"{FLOAT_ATOL:g} absolute, integer outputs one quantization step) in the runtime that recorded them.",
-        "",
-        "## What fell back",
-        "",
-    ]
-    fell = [f"{name}: {f}" for name, s in stages.items() for f in s.get("fallbacks", [])]
-    fell += [f"{a['target']}: {f}" for a in shipped for f in a.get("fallbacks", [])]
-    fell += [f"{e['target']} not released ({e['status'].replace('_', ' ')}: {e['reason']}; --allow-failed)"
-             for e in rel["excluded"]]
-    lines += [f"- {f}" for f in fell] or ["Nothing: every step ran as configured and every requested target shipped."]
-    return "\n".join(lines) + "\n"
-
-
-def _settings(d: dict, empty: str = "defaults") -> str:
-    shown = {k: v for k, v in d.items() if v not in ("", [], (), None)}
-    return ", ".join(f"{k} {_cell(v)}" for k, v in shown.items()) or empty
-
-
-def _io(specs) -> str:
-    return "; ".join(f"{s['dtype']} {s['shape']}" + (f" (scale {s['scale']:.6g}, zero point {s['zero_point']})"
-                                                     if s.get("scale") else "") for s in specs or [])
-
-
-def _cell(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(map(_cell, v)) + "]"
-    return str(v).replace("|", "\\|")
-
-
-def md_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    out = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    out += ["| " + " | ".join(_cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
-    return "\n".join(out)
-

@@ -1,6 +1,6 @@
 """Emulated aarch64 "boards": an arm64 Debian Python 3.11 run by qemu user mode.
 
-Stdlib only (and pipeline.errors). `setup(profile)` builds, once, under emu_home():
+Stdlib only (and pipeline.errors, pipeline.runtimes). `setup(profile)` builds, once, under emu_home():
   base/               shared by all profiles: sysroot/ (arm64 .debs unpacked),
                       site/ (numpy, ai-edge-litert, onnxruntime, openvino wheels),
                       site-tflite/ (tflite-runtime 2.14 with numpy 1.x), READY
@@ -37,8 +37,9 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pipeline.errors import PipelineError
-from targets.devices import Device, get_device
+from pipeline.devices.profiles import Profile, get_profile
+from pipeline.errors import EmuError
+from pipeline.runtimes import emulator_wheels
 
 EMU_VERSION = 1  # bump when the meaning of a built folder changes
 EMU_HOME_DEFAULT = Path("~/.cache/edge-export/emu")
@@ -62,11 +63,7 @@ DEBS = (
 
 # One site folder per runtime set: tflite-runtime 2.14 is built against numpy 1.x
 # and must not share a process (or a folder) with the newer runtimes.
-WHEELS = {
-    "default": ("numpy==1.26.4", "ai-edge-litert==2.3.0", "onnxruntime==1.32.0",
-                "openvino==2026.4.1"),
-    "tflite_runtime": ("tflite-runtime==2.14.0", "numpy==1.26.4"),
-}
+WHEELS = emulator_wheels()
 _SITE_DIRS = {"default": "site", "tflite_runtime": "site-tflite"}
 # Without the newer tags pip settles for old openvino/onnxruntime releases.
 _WHEEL_PLATFORMS = ("manylinux2014_aarch64",) + tuple(
@@ -76,11 +73,7 @@ _WHEEL_PLATFORMS = ("manylinux2014_aarch64",) + tuple(
 _GUEST_UNSET = ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "LD_LIBRARY_PATH",
                 "LD_PRELOAD")
 _GUEST_ADDRESS_SPACE = "0x8000000000"  # 512 GiB of virtual addresses, none committed
-_PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "scripts" / "qemu_plugin" / "insn_count.c"
-
-
-class EmuError(PipelineError):
-    """Emulation cannot be set up or used on this host."""
+_PLUGIN_SOURCE = Path(__file__).resolve().parents[2] / "scripts" / "qemu_plugin" / "insn_count.c"
 
 
 def emu_home() -> Path:
@@ -141,7 +134,7 @@ def python_command(profile_name: str, count_instructions: bool = False,
     """
     device = _device(profile_name)
     if not is_ready(profile_name):
-        raise EmuError(f"emu:{device.name} is not set up: run scripts/setup_emu.py {device.name}")
+        raise EmuError(f"emu:{device.name} is not set up: run python -m pipeline device setup emu:{device.name}")
     sysroot = _profile_dir(device) / "sysroot"
     guest_env = env(profile_name, runtime)
     if count_instructions:
@@ -171,14 +164,14 @@ def read_counts(counts_file: Path) -> list[int]:
 
 # ---------------------------------------------------------------- keys and folders
 
-def _device(profile_name: str) -> Device:
-    device = get_device(profile_name.removeprefix("emu:"))
+def _device(profile_name: str) -> Profile:
+    device = get_profile(profile_name.removeprefix("emu:"))
     if not device.emulated:
         raise ValueError(f"device {device.name!r} runs natively; there is nothing to emulate")
     return device
 
 
-def _profile_dir(device: Device) -> Path:
+def _profile_dir(device: Profile) -> Path:
     return emu_home() / "profiles" / device.name
 
 
@@ -190,11 +183,11 @@ def _base_key() -> str:
     return _key(EMU_VERSION, DEBS, WHEELS, _WHEEL_PLATFORMS)
 
 
-def _profile_key(device: Device) -> str:
+def _profile_key(device: Profile) -> str:
     return _key(EMU_VERSION, _base_key(), _identity_files(device))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _qemu_version() -> str:
     qemu = shutil.which("qemu-aarch64")
     if qemu is None:
@@ -488,7 +481,7 @@ def _build_plugin(log: Callable[[str], None]) -> None:
     log(f"emu: plugin {target.name} built against {orig.name} ({time.monotonic() - t0:.0f} s)")
 
 
-def _build_profile(device: Device, tmp: Path) -> None:
+def _build_profile(device: Profile, tmp: Path) -> None:
     # Hard links: a profile costs inodes, not another copy of the sysroot.
     shutil.copytree(emu_home() / "base" / "sysroot", tmp / "sysroot", symlinks=True,
                     copy_function=os.link)
@@ -499,7 +492,7 @@ def _build_profile(device: Device, tmp: Path) -> None:
     _write_stamp(tmp, _profile_key(device), device=device.name, cpu=device.cpu)
 
 
-def _identity_files(device: Device) -> dict[str, str]:
+def _identity_files(device: Profile) -> dict[str, str]:
     """The board's CPU as its kernel shows it, relative to the sysroot.
 
     qemu's -L prefix redirects any guest path that exists under the sysroot, so

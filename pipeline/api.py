@@ -1,0 +1,230 @@
+"""The Python API: what the CLI calls, and what users and benchmarks/ call.
+
+    import pipeline
+    b = pipeline.build(targets=["tflite-int8"], out="build")
+    b.artifacts["tflite-int8"].status, b.artifacts["tflite-int8"].path
+    rows = pipeline.bench(b, devices=["local"], threads=[1])
+    folder = pipeline.release(b, "1.0.0")
+    assert pipeline.verify_release(folder).ok
+
+Functions return data and raise the typed errors of pipeline.errors; they never print (progress goes
+to the `log` callback) and never take argparse objects. Importing this module imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.errors import UsageError
+
+Log = Callable[[str], None]
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One target of a build, as its manifest entry records it."""
+
+    target: str
+    status: str
+    """`ok`, `failed_build` or `failed_verification`."""
+    path: Path | None
+    """The artifact's main file (an OpenVINO IR's .xml), None when it failed to build."""
+    quantization: str | None
+    reason: str | None
+    entry: dict = field(repr=False)
+    """The whole manifest entry: sizes, accuracy, agreement, I/O, stage keys."""
+
+    def __getitem__(self, key: str):
+        return self.entry[key]
+
+    def get(self, key: str, default=None):
+        return self.entry.get(key, default)
+
+
+@dataclass(frozen=True)
+class Build:
+    out: Path
+    config: Config
+    targets: list
+    """The targets asked for (registry entries, targets.Target)."""
+    manifest: dict = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.config.model.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out / self.name / "manifest.json"
+
+    @property
+    def artifacts(self) -> dict[str, Artifact]:
+        names = {t.name for t in self.targets}
+        return {a["target"]: Artifact(a["target"], a["status"], self.out / a["path"] if a.get("path") else None,
+                                      a.get("quantization"), a.get("reason"), a)
+                for a in self.manifest["artifacts"] if a["target"] in names}
+
+    @property
+    def ok(self) -> bool:
+        return all(a.status == "ok" for a in self.artifacts.values())
+
+    def eval_inputs(self) -> Path:
+        """The held-out samples of this build's data stage (what bench and the board checks run)."""
+        from pipeline.cache import Cache
+
+        entry = Cache(self.out / ".cache").get("data", self.manifest["stages"]["data"]["key"])
+        if entry is None:
+            raise UsageError(f"the data of the build in {self.out} is no longer in its cache: build it again")
+        return entry.file("x_test.npy")
+
+
+def load_config(config=None, *, model: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
+                overrides: dict | None = None) -> Config:
+    """The effective config: a TOML path, a dict of sections or a Config, then `overrides`
+    ({"prune.sparsity": 0.5}), then the model and data paths. Checked before anything is written."""
+    from pipeline import config as config_mod
+
+    cfg = config_mod.with_overrides(config_mod.resolve(config), overrides)
+    if model:
+        cfg = cfg.replace("model", path=str(model))
+    if data:
+        cfg = cfg.replace("data", path=str(data))
+    if cfg.model.path:
+        from pipeline.models import kind
+
+        kind(Path(cfg.model.path))
+    if cfg.data.path and not Path(cfg.data.path).exists():
+        raise UsageError(f"data file not found: {cfg.data.path}")
+    return cfg
+
+
+def _targets(spec, cfg: Config) -> list:
+    from targets import resolve
+
+    return resolve(spec or cfg.build.targets)
+
+
+def check_writable(out: Path, what: str = "output folder", option: str = "--out") -> None:
+    """Refuse a folder that cannot be created or written before spending minutes on it."""
+    probe = Path(out)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UsageError(f"{what} {out} cannot be written: choose another with {option}")
+
+
+def build(config=None, *, targets: str | Iterable[str] | None = None, out: str | os.PathLike = "build",
+          model=None, data=None, overrides: dict | None = None, log: Log | None = None) -> Build:
+    """Run the stages (reusing cached ones), verify every artifact, write OUT/<model>/ and its manifest.
+
+    A target that fails to build or verify fails only itself: see `Build.artifacts[...].status`."""
+    from pipeline.builder import Builder
+
+    cfg = load_config(config, model=model, data=data, overrides=overrides)
+    chosen = _targets(targets, cfg)
+    out = Path(out)
+    check_writable(out)
+    manifest = Builder(cfg, out, log=log or _quiet).run(chosen)
+    return Build(out, cfg, chosen, manifest)
+
+
+def built(config=None, *, targets=None, out: str | os.PathLike = "build", model=None, data=None,
+          overrides: dict | None = None, log: Log | None = None) -> Build:
+    """The build in OUT as its manifest records it, when the manifest is of this config and its files
+    still match it; otherwise `build(...)` (from the cache where possible). What bench and release use."""
+    from pipeline import manifest as manifest_mod
+    from pipeline.releases.pack import usable
+
+    cfg = load_config(config, model=model, data=data, overrides=overrides)
+    out = Path(out)
+    m = manifest_mod.read(out / cfg.model.name / "manifest.json")
+    recorded = [a["target"] for a in m["artifacts"]] if m and m.get("config_hash") == cfg.digest() else []
+    chosen = _targets(targets or recorded or None, cfg)
+    if recorded and usable(m, out, chosen) is not None:
+        return Build(out, cfg, chosen, m)
+    return build(cfg, targets=[t.name for t in chosen], out=out, log=log)
+
+
+def bench(build: Build, *, targets=None, devices=("local",), threads=(1,), runs: int = 100,
+          min_seconds: float = 1.0, warmup: int = 10, samples: int = 100, options=(), timeout: float = 300.0,
+          legacy: bool = False, device_options: dict | None = None, log: Log | None = None) -> list[dict]:
+    """Time each artifact of `build` on each device and thread count: the rows `bench --json` writes.
+
+    `devices`: specs (`local`, `emu:rpi4`, `ssh://user@host`) or device objects; `options`: runtime
+    options as (key, value) pairs or "key=value" strings; `legacy` adds the legacy runtime's rows."""
+    import dataclasses
+
+    from pipeline import benchmark as bench_mod
+    from pipeline.devices import get_devices
+
+    devs = [d for d in devices if not isinstance(d, str)] or get_devices(list(devices), **(device_options or {}))
+    opts = tuple(o if isinstance(o, tuple) else bench_mod.parse_options([o])[0] for o in options)
+    settings = bench_mod.Settings(runs, min_seconds, warmup, samples, opts, timeout)
+    wanted = {t.name for t in _targets(targets, build.config)} if targets else {t.name for t in build.targets}
+    arts = build.artifacts
+    items = [(t, arts[t.name].entry, arts[t.name].path) for t in build.targets if t.name in wanted and t.name in arts]
+    if legacy:
+        items += [(dataclasses.replace(t, runner=t.legacy_runner), a, p) for t, a, p in items if t.legacy_runner]
+    rows = bench_mod.bench_artifacts(items, devs, build.eval_inputs(), list(threads), settings, log=log)
+    for r in rows:
+        r["model"] = build.name
+    return rows
+
+
+def verify_on(build: Build, devices, *, device_options: dict | None = None, log: Log | None = None) -> list[dict]:
+    """Load every ok artifact of `build` on each board, compare with x86, record `arm_check` in the
+    manifest. Returns one row per check (status ok or failed, with the reason)."""
+    from pipeline.devices.verify_on import verify_devices
+    from pipeline.devices.verify_on import verify_on as check
+
+    devs = ([d for d in devices if not isinstance(d, str)] if not isinstance(devices, str) else []) \
+        or verify_devices(devices, **(device_options or {}))
+    rows = [a.entry for a in build.artifacts.values()]
+    return check(devs, build.config, build.out, rows, build.eval_inputs(), log=log or _quiet)
+
+
+def release(build: Build, version: str, *, dist: str | os.PathLike = "dist", bench: str | os.PathLike | list | None = None,
+            allow_failed: Iterable[str] = ()) -> Path:
+    """Pack the build's verified artifacts as DIST/<model>-<version>/: archives with test vectors,
+    manifest, model card, benchmarks, SHA256SUMS. Returns the folder. `bench`: rows or a `bench --json` file."""
+    from pipeline.releases.pack import load_bench, make_release
+    from targets import resolve
+
+    allowed = {t.name for spec in allow_failed for t in resolve(spec)}
+    check_writable(Path(dist), "release folder", "--dist")
+    rows = load_bench(Path(bench), build.name) if isinstance(bench, str | os.PathLike) else bench
+    return make_release(build.manifest, build.out, build.targets, version, Path(dist), rows, allowed)[0]
+
+
+@dataclass(frozen=True)
+class ReleaseReport:
+    path: Path
+    rows: list[dict]
+    """One row per check: check, file, result (ok / FAIL / skipped), detail."""
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and not any(r["result"] == "FAIL" for r in self.rows)
+
+
+def verify_release(path: str | os.PathLike, *, timeout: float = 120.0) -> ReleaseReport:
+    """Check a release folder (or one archive) as whoever receives it would: checksums, safe contents,
+    each artifact replaying its test vectors in its runtime."""
+    from pipeline.releases.verify import check
+
+    return ReleaseReport(Path(path), check(Path(path), timeout))
+
+
+def inspect(path: str | os.PathLike, *, timeout: float = 60.0) -> dict:
+    """What an artifact file is, read from the file: format, quantization, I/O, ops, sparsity, metadata."""
+    from pipeline.inspection import inspect_file
+
+    return inspect_file(Path(path), timeout)

@@ -1,0 +1,127 @@
+"""Latency of a build's artifacts, each in its own runtime in a child process, side by side.
+
+Every figure comes from the target's runner script (targets/runners/), run once per
+target x device x thread count on real held-out samples. A runner that crashes, hangs or
+cannot load its artifact gives a failed row; the others are still measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.devices import RunRequest, Timing
+from pipeline.errors import UsageError
+
+LATENCY_KEYS = ("min_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "max_ms", "throughput_per_s",
+                "runs")
+CONDITION_KEYS = ("batch", "cpu", "cpus_available", "loadavg_1m", "os", "arch", "python")
+
+TABLE_COLUMNS = [("target", "target"), ("device", "device"), ("threads", "thr"), ("status", "status"),
+                 ("runtime", "runtime"), ("delegate", "delegate"), ("load_ms", "load ms"),
+                 ("first_inference_ms", "first ms"), ("min_ms", "min ms"), ("p50_ms", "p50 ms"),
+                 ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("mean_ms", "mean ms"), ("std_ms", "std ms"),
+                 ("throughput_per_s", "per s"), ("peak_rss_mb", "rss MB"), ("runs", "runs")]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How each artifact is timed: the same for every target, device and thread count."""
+
+    runs: int = 100
+    min_seconds: float = 1.0
+    warmup: int = 10
+    samples: int = 100
+    options: tuple[tuple[str, str], ...] = ()
+    timeout: float = 300.0
+
+    def __post_init__(self):
+        if self.runs < 1 or self.warmup < 0 or self.samples < 1 or self.min_seconds < 0 or self.timeout <= 0:
+            raise UsageError("--runs and --samples must be >= 1, --warmup and --min-seconds >= 0, "
+                             "--timeout > 0")
+
+    def timing(self, threads: int) -> Timing:
+        return Timing(threads, self.warmup, self.runs, self.min_seconds)
+
+    def request(self, runner: Path, model: Path, inputs: Path, threads: int) -> RunRequest:
+        return RunRequest(runner, model, inputs, limit=self.samples, timing=self.timing(threads),
+                          options=tuple(self.options), timeout=self.timeout)
+
+
+def parse_threads(text: str) -> list[int]:
+    try:
+        threads = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        raise UsageError(f"--threads must be a comma list of positive integers, not '{text}'")
+    return list(dict.fromkeys(threads))
+
+
+def parse_options(items: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or key.startswith("-"):
+            raise UsageError(f"--option must look like KEY=VALUE (e.g. delegate=none), not '{item}'")
+        out.append((key.strip(), value.strip()))
+    return tuple(out)
+
+
+def bench_one(device, runner_path: Path, model: Path, inputs: Path, threads: int, settings: Settings) -> dict:
+    """One runner run; the flat row fields it measured (status ok or failed, with the error)."""
+    res = device.run(settings.request(runner_path, model, inputs, threads))
+    cond = res.get("conditions") or {}
+    lat = res.get("latency") or {}
+    row = {"device": device.name, "threads": threads, "status": "ok" if res.get("ok") else "failed",
+           "error": None if res.get("ok") else res.get("error", "no result"),
+           "runtime": res.get("runtime"), "runtime_version": res.get("runtime_version"),
+           "runner": runner_path.name, "options": dict(settings.options),
+           "load_ms": res.get("load_ms"), "first_inference_ms": res.get("first_inference_ms"),
+           **{k: lat.get(k) for k in LATENCY_KEYS},
+           "runtime_p50_ms": (res.get("runtime_latency") or {}).get("p50_ms"), "peak_rss_mb": res.get("peak_rss_mb"),
+           "warmup": res.get("warmup"), "min_seconds": settings.min_seconds,
+           **{k: cond.get(k) for k in CONDITION_KEYS},
+           "delegate": res.get("delegate", cond.get("delegate")), "precision": res.get("precision"),
+           **(res.get("device_fields") or {})}
+    inp = res.get("input") or {}
+    row["input"] = (f"{inp['samples']} samples of {inp['file']} {inp['sample_shape']}" if inp else None)
+    return row
+
+
+def bench_artifacts(items, devices, inputs: Path, threads: list[int], settings: Settings, log=None) -> list[dict]:
+    """Rows for every (target, artifact row, artifact path) x device x thread count.
+
+    `artifact row` is the manifest entry (accuracy, size, status); an artifact that failed to build
+    has no file and gets a row saying so.
+    """
+    rows = []
+    for device in devices:
+        for target, art, path in items:
+            base = {"target": target.name, "quantization": art.get("quantization"), "bytes": art.get("bytes"),
+                    "gzip_bytes": art.get("gzip_bytes"), "accuracy": art.get("accuracy"),
+                    "artifact_status": art.get("status"), "artifact": str(path) if path else None}
+            for n in threads:
+                if path is None or not Path(path).exists():
+                    row = {"device": device.name, "threads": n, "status": "not_built",
+                           "error": art.get("reason", "no artifact file")}
+                else:
+                    row = bench_one(device, target.runner_path, Path(path), inputs, n, settings)
+                rows.append({**base, **row})
+                if log:
+                    r = rows[-1]
+                    what = ((r.get("summary") or f"p50 {r['p50_ms']:.4g} ms over {r['runs']} runs") if r["status"] == "ok"
+                            else f"{r['status']}: {r['error']}")
+                    log(f"bench {target.name:<18} {device.name} threads={n}: {what}")
+    return rows
+
+
+def conditions_line(rows: list[dict], settings: Settings) -> str:
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return "conditions: no successful run"
+    r = ok[0]
+    return (f"conditions: {r['cpu']} ({r['cpus_available']} CPUs available, load {r['loadavg_1m']}), "
+            f"{r['os']} {r['arch']}, Python {r['python']}; batch 1; inputs: {r['input']} (held-out split); "
+            f"{settings.warmup} warm-up runs, then >= {settings.runs} runs and >= {settings.min_seconds:g} s "
+            f"per row; latencies in ms")

@@ -1,0 +1,188 @@
+"""`emu:PROFILE` (rpi3, rpi4, rpi5; profiles.py): the runner scripts in an arm64 Debian Python under
+qemu user mode (emulator.py; `python -m pipeline device setup emu:rpi4`).
+
+Emulated wall time is not device time: it is reported only under `emulated_*` keys. The cost figure is
+guest instructions per inference on one thread, counted by a qemu plugin over the runner's timed
+section only, in EMU_SECTIONS sections of EMU_RUNS inferences (median). `.tflite` files are also run
+in tflite-runtime 2.14 aarch64 (column `tflite_runtime_2_14`). Every run also writes the outputs of
+the same samples and compares them with the same runner on this x86 machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from pipeline.devices.agreement import (
+    RUNTIMES_PROBE,
+    agree_fields,
+    emulated_fields,
+    legacy_on_board,
+    runtimes_json,
+    slice_inputs,
+    vs_x86,
+    x86_reference,
+)
+from pipeline.errors import UsageError
+from pipeline.runtimes import RUNTIMES, by_runner
+
+# Under emulation every timed section runs a fixed, small number of inferences: instruction counts
+# are exact for one thread, so more runs add emulated minutes, not information.
+EMU_RUNS = 10
+EMU_WARMUP = 2
+EMU_SECTIONS = 3
+GUEST_SECTIONS = Path(__file__).with_name("emu_sections.py")
+# EDGE_EXPORT_NO_OWN_TIMER: nothing but the inference between the counted markers (runner_common._bench).
+GUEST_ENV = ("PATH=/usr/bin:/bin", "LANG=C.UTF-8", "ORT_DISABLE_TELEMETRY=1", "OPENVINO_TELEMETRY_OPTOUT=1",
+             "EDGE_EXPORT_NO_OWN_TIMER=1")
+
+
+def emu_profile(spec: str):
+    """The Pi profile of `emu:NAME`; a UsageError naming the known ones otherwise."""
+    from pipeline.devices.profiles import get_profile
+
+    name = spec.split(":", 1)[1] if ":" in spec else ""
+    try:
+        device = get_profile(name)
+    except ValueError as e:
+        raise UsageError(f"device '{spec}': {e}") from None
+    if not device.emulated:
+        raise UsageError(f"device '{spec}': {device.name} is this machine, run natively: use --device local")
+    return device
+
+
+def emu_columns():
+    return [("target", "target"), ("device", "device"), ("threads", "thr"), ("status", "status"),
+            ("runtime", "runtime"), ("loads", "loads"), ("max_abs_diff_vs_x86", "max|diff| vs x86"),
+            ("top1_agreement_vs_x86", "top-1 vs x86"), ("instructions_per_inference", "guest insn/inference"),
+            ("emulated_p50_ms", "emulated p50 ms (not device time)"),
+            ("tflite_runtime_2_14", "tflite-runtime 2.14 aarch64")]
+
+
+class EmuDevice:
+    """An emulated Raspberry-Pi-class board: this machine's runners in an aarch64 Python under qemu."""
+
+    emulated = True
+
+    def __init__(self, spec: str, **_options):
+        from pipeline.devices import emulator as emu
+
+        self.profile = emu_profile(spec)
+        self.name = f"emu:{self.profile.name}"
+        if not emu.is_ready(self.profile.name):
+            raise UsageError(f"{self.name} is not set up; run: python -m pipeline device setup {self.name}")
+        self.columns = emu_columns()
+        self._legacy: dict = {}
+
+    def _guest(self, runner_path: Path, model: Path, args: list[str], runtime: str, folder: Path,
+               count: bool, timeout: float) -> tuple[dict, list[int]]:
+        """One emulated runner process; with `count`, EMU_SECTIONS timed sections and their counts."""
+        from pipeline import runner
+        from pipeline.devices import emulator as emu
+
+        counts_file = folder / f"counts-{runtime}.txt"
+        # qemu hands its environment to the guest; its size moves the guest's heap and with it the counts.
+        prefix = [shutil.which("env") or "/usr/bin/env", "-i", *GUEST_ENV] + emu.python_command(
+            self.profile.name, count_instructions=count, counts_file=counts_file, runtime=runtime)
+        if count:
+            prefix += [str(GUEST_SECTIONS), str(EMU_SECTIONS)]
+        res = runner.run(runner_path, model, args, timeout=timeout, prefix=prefix)
+        counts = emu.read_counts(counts_file) if count and counts_file.exists() else []
+        return res, counts
+
+    def run(self, request) -> dict:
+        timing = request.timing
+        count = timing is not None and timing.threads == 1
+        with tempfile.TemporaryDirectory(prefix="edge-export-emu-") as tmp:
+            folder = Path(tmp)
+            x = slice_inputs(request.inputs, request.limit, folder)
+            ref, ref_error = x86_reference(request, x)
+            emu_timing = timing and dataclasses.replace(timing, runs=EMU_RUNS, min_seconds=0, warmup=EMU_WARMUP)
+            args = request.argv(x, folder / "outputs.npz", emu_timing)
+            site = by_runner(Path(request.runner).name).site
+            res, counts = self._guest(request.runner, request.model, args, site, folder, count, request.timeout)
+            loaded = "load_ms" in res
+            fields = {"emulated": True, "loads": "yes" if loaded else f"no: {res.get('error', '?')}",
+                      **agree_fields(res, folder / "outputs.npz", ref, ref_error)}
+            if timing:
+                fields.update(self._counts(res, counts, timing.threads))
+            fields.update(emulated_fields(res))
+            legacy = self._legacy_runner(Path(request.runner))
+            if legacy and loaded:
+                fields.update(self._legacy_check(legacy, request, x, ref, ref_error, folder, count))
+        cond = res.get("conditions")
+        if cond:
+            cond["cpu"] = f"{self.profile.cpu} (emulated {self.profile.name}, qemu user mode)"
+            cond["cpus_available"] = self.profile.cores
+        fields["summary"] = self._summary(fields)
+        return {**res, "device_fields": fields}
+
+    @staticmethod
+    def _counts(res: dict, counts: list[int], threads: int) -> dict:
+        if threads != 1:
+            return {"instructions_note": "instructions are counted on 1 thread only"}
+        runs = (res.get("latency") or {}).get("runs") or EMU_RUNS
+        if not res.get("ok") or not counts:
+            return {}
+        return {"instructions_per_inference": round(statistics.median(counts) / runs), "instruction_counts": counts,
+                "instructions_spread": (max(counts) - min(counts)) / max(min(counts), 1),
+                "instruction_sections": len(counts), "inferences_per_section": runs}
+
+    @staticmethod
+    def _legacy_runner(runner_path: Path) -> Path | None:
+        from targets import TARGETS
+
+        names = {t.legacy_runner for t in TARGETS.values() if t.runner == runner_path.name and t.legacy_runner}
+        return runner_path.with_name(sorted(names)[0]) if names else None
+
+    def _legacy_check(self, legacy: Path, request, x: Path, ref, ref_error, folder: Path, count: bool) -> dict:
+        """The same file and samples in tflite-runtime 2.14 aarch64 (its own site: numpy 1.x)."""
+        model = Path(request.model)
+        st = model.stat()
+        key = (str(model), st.st_mtime_ns, st.st_size, x.stat().st_size, request.options)
+        if key not in self._legacy:
+            out = folder / "legacy.npz"
+            timing = request.timing and dataclasses.replace(request.timing, threads=1, runs=EMU_RUNS, min_seconds=0,
+                                                            warmup=EMU_WARMUP)
+            args = ["--inputs", x, "--outputs", out, *request.option_argv(), *(timing.argv() if count else [])]
+            res, counts = self._guest(legacy, model, args, by_runner(legacy.name).site, folder, count,
+                                      request.timeout)
+            fields = {"tflite_runtime_2_14": legacy_on_board(res, out, ref, ref_error)}
+            runs = (res.get("latency") or {}).get("runs") or EMU_RUNS
+            if res.get("ok") and counts:
+                fields["tflite_runtime_instructions_per_inference"] = round(statistics.median(counts) / runs)
+            self._legacy[key] = fields
+        return self._legacy[key]
+
+    @staticmethod
+    def _summary(f: dict) -> str:
+        parts = [f"loads {f['loads']}"]
+        if f.get("instructions_per_inference"):
+            parts.append(f"{f['instructions_per_inference']:,} guest instructions/inference (1 thread)")
+        parts += vs_x86(f)
+        if f.get("emulated_p50_ms") is not None:
+            parts.append(f"emulated p50 {f['emulated_p50_ms']:.3g} ms (not device time)")
+        if f.get("tflite_runtime_2_14"):
+            parts.append(f"tflite-runtime 2.14: {f['tflite_runtime_2_14']}")
+        return "; ".join(parts)
+
+    def runtimes(self) -> list[dict]:
+        """What the emulated board has installed, per site folder (tflite-runtime has its own, numpy 1.x)."""
+        from pipeline.devices import emulator as emu
+
+        out = []
+        for site in dict.fromkeys(r.site for r in RUNTIMES.values()):
+            proc = subprocess.run(emu.python_command(self.profile.name, runtime=site) + ["-c", RUNTIMES_PROBE],
+                                  capture_output=True, text=True, timeout=300)
+            out.append({"site": site, **runtimes_json(proc.stdout, self.name)})
+        return out
+
+    def conditions_line(self, rows: list[dict], timing) -> str:
+        return (f"conditions: {self.name} = {self.profile.description}, emulated by qemu user mode "
+                f"(-cpu {self.profile.cpu}) on this machine; batch 1; guest instructions counted over the timed "
+                f"section only, 1 thread, median of {EMU_SECTIONS} sections of {EMU_RUNS} inferences after "
+                f"{EMU_WARMUP} warm-up runs; emulated times are not device times; agreement: same samples on x86")

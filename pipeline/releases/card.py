@@ -1,0 +1,148 @@
+"""MODEL_CARD.md and BENCHMARKS.md of a release, from its manifest."""
+
+from __future__ import annotations
+
+from pipeline.releases import FLOAT_ATOL
+from pipeline.stages import STAGES
+
+BENCH_COLUMNS = [("target", "target"), ("device", "device"), ("runtime", "runtime"), ("runtime_version", "version"),
+                 ("delegate", "delegate"), ("threads", "threads"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"),
+                 ("p99_ms", "p99 ms"), ("load_ms", "load ms"), ("peak_rss_mb", "peak RSS MB"), ("cpu", "cpu")]
+
+
+def benchmarks_md(m: dict) -> str:
+    bench = m["release"]["benchmarks"]
+    head = f"# Benchmarks: {m['model']} {m['release']['version']}\n\n"
+    if not bench:
+        return (head + "Not benchmarked: this release was made without bench results "
+                "(`python -m pipeline bench --json FILE`, then `release --bench FILE`).\n")
+    cols = [c for c in BENCH_COLUMNS if any(r.get(c[0]) is not None for r in bench)]
+    width = 40
+    top = max(r["p50_ms"] for r in bench)
+    label = lambda r: f"{r['target']} {r.get('device', '?')} {r.get('threads', '?')}t"  # noqa: E731
+    pad = max(len(label(r)) for r in bench)
+    bars = "\n".join(f"{label(r):<{pad}}  {'#' * max(1, round(width * r['p50_ms'] / top)):<{width}}  "
+                     f"{r['p50_ms']:.4g} ms" for r in bench)
+    conditions = sorted({f"{r.get('device', '?')}: {r.get('cpu', '?')}, {r.get('os', '?')} {r.get('arch', '')}, "
+                         f"Python {r.get('python', '?')}" for r in bench})
+    return (head + "Median (p50) latency of one inference, batch 1, as measured by `python -m pipeline bench` "
+            "(shorter is faster):\n\n```\n" + bars + "\n```\n\n" + md_table(bench, cols) + "\n\nConditions:\n\n"
+            + "".join(f"- {c}\n" for c in conditions)
+            + "\nLatency holds only for these conditions; an emulated device's wall time is not device latency.\n")
+
+
+# -- the model card ------------------------------------------------------------------------------
+
+STEP_RESULTS = ("method", "reason", "accuracy", "sparsity", "params")
+
+
+def _step_order(name: str):
+    # The manifest stores stages sorted by name; the card lists them in the order they ran.
+    order = list(STAGES)
+    return (order.index(name) if name in order else len(order), name)
+
+
+ARTIFACT_COLUMNS = [("target", "target"), ("quantization", "quantization"), ("bytes", "bytes"),
+                    ("gzip_bytes", "gzip"), ("sparsity", "sparsity"), ("accuracy", "accuracy"),
+                    ("reference_accuracy", "float acc"), ("top1_agreement", "agreement"),
+                    ("max_abs_diff", "max abs diff"), ("input", "input"), ("output", "output"),
+                    ("runtime", "verified in")]
+
+
+def model_card(m: dict) -> str:
+    rel, cfg = m["release"], m["config"]
+    shipped = [a for a in m["artifacts"] if a["target"] in rel["archives"]]
+    stages = m["stages"]
+    d = stages.get("data", {})
+    lines = [
+        f"# Model card: {m['model']} {rel['version']}",
+        "",
+        f"Release {rel['version']} of `{m['model']}` (model version {m['model_version']}, the version embedded in "
+        f"each artifact; config hash {m['config_hash']}; edge-export {m['pipeline_version']}; seed {m['seed']}).",
+        "",
+        "## Model",
+        "",
+        f"- Settings: {_settings(cfg.get('model', {}))}",
+        f"- Input: {d.get('input_shape', '?')} per sample, preprocessed as: {_settings(m['preprocessing'])}",
+        "- Output: " + (f"{len(m['labels'])} class scores: {', '.join(m['labels'])}" if m["labels"] else "unlabelled")
+        + " (each target's I/O types below)",
+        "",
+        "## Data",
+        "",
+        f"{_settings(cfg.get('data', {}))}: {d.get('train_samples', '?')} training and {d.get('test_samples', '?')} "
+        f"held-out samples, input shape {d.get('input_shape', '?')}.",
+        "",
+        "## Training and compression",
+        "",
+        md_table([{"step": name, "what": STAGES[name].about if name in STAGES else "", "settings": _settings(cfg.get(name, {})),
+                   "result": _settings({k: s[k] for k in STEP_RESULTS if k in s}, "-")}
+                  for name, s in sorted(stages.items(), key=lambda kv: _step_order(kv[0]))],
+                 [("step", "step"), ("what", "what"), ("settings", "settings"), ("result", "result")]),
+        "",
+        "Accuracy gate: an artifact may lose at most "
+        f"{cfg.get('build', {}).get('max_accuracy_drop', '?')} accuracy points against the float model.",
+        "",
+        "## Artifacts",
+        "",
+        md_table([{**a, "input": _io(a.get("inputs")), "output": _io(a.get("outputs"))} for a in shipped],
+                 ARTIFACT_COLUMNS),
+        "",
+        "Accuracy and agreement (top-1 against the float model) on the held-out split, in the runtime named.",
+        "",
+        "## Latency",
+        "",
+    ]
+    bench = rel["benchmarks"]
+    if bench:
+        lines += [md_table(bench, [c for c in BENCH_COLUMNS if any(r.get(c[0]) is not None for r in bench)]),
+                  "", "Batch 1; details and conditions in BENCHMARKS.md."]
+    else:
+        lines.append("Not benchmarked.")
+    runtimes = sorted({a.get("runtime", "?") for a in shipped})
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        f"- Accuracy is measured on {d.get('test_samples', '?')} held-out samples of the same source as the "
+        "training data; it says nothing about inputs from elsewhere or preprocessed otherwise.",
+        f"- Verified only in {', '.join(runtimes)} on the build machine; another runtime or version may not load "
+        "an artifact or may answer differently.",
+        "- Each archive's test vectors replay within the tolerance in its release.json (float outputs "
+        f"{FLOAT_ATOL:g} absolute, integer outputs one quantization step) in the runtime that recorded them.",
+        "",
+        "## What fell back",
+        "",
+    ]
+    fell = [f"{name}: {f}" for name, s in stages.items() for f in s.get("fallbacks", [])]
+    fell += [f"{a['target']}: {f}" for a in shipped for f in a.get("fallbacks", [])]
+    fell += [f"{e['target']} not released ({e['status'].replace('_', ' ')}: {e['reason']}; --allow-failed)"
+             for e in rel["excluded"]]
+    lines += [f"- {f}" for f in fell] or ["Nothing: every step ran as configured and every requested target shipped."]
+    return "\n".join(lines) + "\n"
+
+
+def _settings(d: dict, empty: str = "defaults") -> str:
+    shown = {k: v for k, v in d.items() if v not in ("", [], (), None)}
+    return ", ".join(f"{k} {_cell(v)}" for k, v in shown.items()) or empty
+
+
+def _io(specs) -> str:
+    return "; ".join(f"{s['dtype']} {s['shape']}" + (f" (scale {s['scale']:.6g}, zero point {s['zero_point']})"
+                                                     if s.get("scale") else "") for s in specs or [])
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(map(_cell, v)) + "]"
+    return str(v).replace("|", "\\|")
+
+
+def md_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    out = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(_cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(out)
+

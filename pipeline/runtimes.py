@@ -1,0 +1,67 @@
+"""The runtimes an artifact runs in: one row each. Everything that lists runtimes reads this table
+(runner scripts, what to pip install on a board, what `device check` asks for, the emulator's wheels).
+
+A new runtime is one runner script in targets/runners/ plus one row here. Stdlib only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NUMPY = ("numpy", "1.26.4")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    dist: str
+    """The distribution pip installs (and `importlib.metadata` knows it by)."""
+    module: str
+    """The import name."""
+    runner: str
+    """Its runner script in targets/runners/."""
+    version: str
+    """The version measured with this project: the emulated boards install exactly this."""
+    site: str = "default"
+    """The emulator's site folder: tflite-runtime 2.14 needs numpy 1.x and a folder of its own."""
+
+    @property
+    def pin(self) -> str:
+        return f"{self.dist}=={self.version}"
+
+
+RUNTIMES: dict[str, Runtime] = {r.dist: r for r in [
+    Runtime("ai-edge-litert", "ai_edge_litert", "run_litert.py", "2.3.0"),
+    Runtime("onnxruntime", "onnxruntime", "run_onnxruntime.py", "1.32.0"),
+    Runtime("openvino", "openvino", "run_openvino.py", "2026.4.1"),
+    Runtime("tflite-runtime", "tflite_runtime", "run_tflite_runtime.py", "2.14.0", site="tflite_runtime"),
+]}
+
+
+def by_runner(script: str) -> Runtime:
+    return next(r for r in RUNTIMES.values() if r.runner == script)
+
+
+def dists() -> tuple[str, ...]:
+    """What a board needs, numpy first: what `device check` asks every board for."""
+    return (NUMPY[0], *RUNTIMES)
+
+
+def pip_name(module: str) -> str:
+    """The distribution to install for an import name (or a distribution name) an error mentions."""
+    top = module.split(".")[0]
+    found = [r.dist for r in RUNTIMES.values() if top in (r.module, r.dist)]
+    return found[0] if found else top
+
+
+def pip_hint() -> str:
+    return "pip install " + " ".join(dists())
+
+
+def emulator_wheels() -> dict[str, tuple[str, ...]]:
+    """Site folder -> the pinned wheels it holds (numpy with each)."""
+    numpy = "==".join(NUMPY)
+    sites: dict[str, list[str]] = {"default": [numpy]}
+    for r in RUNTIMES.values():
+        sites.setdefault(r.site, []).append(r.pin)
+    # This order is part of the emulator's cache key: numpy leads the default site, closes the others.
+    return {site: tuple(pins if site == "default" else [*pins, numpy]) for site, pins in sites.items()}
