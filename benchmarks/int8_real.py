@@ -259,7 +259,8 @@ def run_model(name: str, args, log) -> dict:
     try:
         if name == "lite0":
             cal, val, test = lite0_data(args, rng)
-            nchw = lambda x: np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            def nchw(x):
+                return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
             src = lite0_onnx()
             o_cal, o_val, o_test = nchw(cal), nchw(val), nchw(test)
             ref = ptq.run_onnx(src, o_test)
@@ -367,7 +368,7 @@ def markdown(results: list[dict], command: str) -> str:
         for r in res["rows"]:
             if "choice" in r:
                 c = r["choice"]
-                tried = ", ".join(f"{t['method']} {t['agreement']:.4f}" if "agreement" in t else f"{t['method']} failed"
+                tried = ", ".join(f"{t['method']} {t['agreement']:.4f}" if "agreement" in t else f"{t['method']} {'skipped' if 'skipped' in t else 'failed'}"
                                   for t in c["candidates"])
                 lines.append(f"- {r['target']} ({r['who']}): chose **{c['chosen']}** - {c['why']}. Validation "
                              f"agreement of each candidate: {tried}.")
@@ -387,7 +388,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "int8_real")
     args = p.parse_args()
     started = time.time()
-    log = lambda m: print(f"[{time.time() - started:6.0f}s] {m}", file=sys.stderr, flush=True)
+    def log(m):
+        return print(f"[{time.time() - started:6.0f}s] {m}", file=sys.stderr, flush=True)
     results = []
     for name in args.models.split(","):
         sizes = {"fer": (min(args.cal, 100), min(args.val, 100), min(args.test, 200))}.get(name)

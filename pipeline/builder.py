@@ -145,12 +145,15 @@ class Builder:
     def verify(self, target, artifact: Entry) -> Entry:
         ref, d = self.stages["prune"], self.stages["data"]
 
+        # A post-training choice that kept layers in float ([ptq] mixed) must read back as int8-mixed, never int8.
+        expected = "int8-mixed" if artifact.meta.get("ptq", {}).get("mixed") else target.quantization
+
         def produce(folder):
             return verify_artifact(target, artifact.file(target.filename), d.path, ref.file("reference_outputs.npz"),
-                                   self.cfg.build, ref.meta["accuracy"])
+                                   self.cfg.build, ref.meta["accuracy"], expected)
 
         b = self.cfg.build
-        params = {"target": target.name, "quantization": target.quantization, "runner": target.runner,
+        params = {"target": target.name, "quantization": expected, "runner": target.runner,
                   "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine]}
         return self.stage(f"verify:{target.name}", params,
                           {"artifact": artifact.key, "reference": ref.key, "data": d.key}, produce,
@@ -168,6 +171,7 @@ class Builder:
                 "sha256": sha256_file(*dests), **result,
                 "build_seconds": round(artifact.meta.get("seconds", 0.0) + result.get("seconds", 0.0), 2),
                 "made_from": artifact.meta.get("source"), "method": artifact.meta.get("method"),
+                **({"ptq": artifact.meta["ptq"]} if "ptq" in artifact.meta else {}),  # what PTQ chose, and why
                 "fallbacks": self.fallbacks(target),
                 "stage_keys": {"export": artifact.key, "verify": self.stages[f"verify:{target.name}"].key}}
 

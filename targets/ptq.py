@@ -55,11 +55,14 @@ def _pick(candidates, score) -> tuple[object, dict]:
     """Build every candidate `(name, make)`, score it, keep the best. A candidate that fails is recorded."""
     tried, best, best_model = [], None, None
     for name, make in candidates:
+        if best is not None and best["agreement"] >= 1.0:  # nothing can beat it, and ties go to the earlier
+            tried.append({"method": name, "skipped": "an earlier method already agrees on every validation sample"})
+            continue
         start = time.perf_counter()
         try:
             model = make()
             a = score(model)
-        except Exception as e:  # noqa: BLE001 - a method that cannot handle this graph is a result, not a crash
+        except Exception as e:
             tried.append({"method": name, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
                           if str(e).strip() else type(e).__name__})
             continue
@@ -139,7 +142,8 @@ def ort_static(src: Path, calibration: np.ndarray, method: str = "MinMax", per_c
         inp = _pre_processed(src, tmp) if pre_process else src
         name = onnx.load(str(inp), load_external_data=False).graph.input[0].name
         out = tmp / "int8.onnx"
-        with contextlib.chdir(tmp):  # the Entropy/Percentile calibrators write augmented models into cwd
+        # The Percentile calibrator writes augmented models into cwd and prints its progress on stdout.
+        with contextlib.chdir(tmp), contextlib.redirect_stdout(io.StringIO()):
             quantize_static(inp, out, _reader(name, calibration), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             calibrate_method=getattr(CalibrationMethod, method),
@@ -179,7 +183,8 @@ def onnx_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, *, bud
 def onnx_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, progress=None):
     src = Path(src)
     ref = run_onnx(src, validation)
-    score = lambda m: agreement(ref, run_onnx(m, validation))
+    def score(m):
+        return agreement(ref, run_onnx(m, validation))
     step = _stepper(progress, 4)
     # onnxruntime's Entropy calibration was tried too: on EfficientNet-Lite0 it cost twice Percentile's time
     # and agreed no better than MinMax (0.75 on the validation split, as MinMax).
@@ -232,7 +237,7 @@ def _restore(nncf, model, calibration, validation, ref, budget, record, best, fe
         return best, record
     why = (f"the best full-int8 method ({record['chosen']}) agreed {record['agreement']:.4f} < budget {budget} on the "
            f"validation split; NNCF accuracy control kept the most costly layers in float: {a:.4f}")
-    return q, {**record, "chosen": tried["method"], "agreement": tried["agreement"], "why": why}
+    return q, {**record, "chosen": tried["method"], "agreement": tried["agreement"], "why": why, "mixed": True}
 
 
 def _stepper(progress, n: int):
@@ -401,7 +406,8 @@ def int8_io(model: bytes) -> bytes:
 
     m = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
     g = m.subgraphs[0]
-    code = lambda op: max(m.operatorCodes[op.opcodeIndex].builtinCode, m.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+    def code(op):
+        return max(m.operatorCodes[op.opcodeIndex].builtinCode, m.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
     moved, dropped = {}, set()
     int8 = schema.TensorType.INT8
     for i, op in enumerate(g.operators):
@@ -478,7 +484,8 @@ def tflite_int8(keras_model, calibration: np.ndarray, validation: np.ndarray, *,
 def tflite_full_int8(keras_model, calibration: np.ndarray, validation: np.ndarray, progress=None):
     float_model = float_tflite(keras_model)
     ref = run_tflite(float_model, validation)
-    score = lambda m: agreement(ref, run_tflite(m, validation))
+    def score(m):
+        return agreement(ref, run_tflite(m, validation))
     step = _stepper(progress, 2)
     candidates = [
         ("tflite-converter", step(lambda: converter_int8(keras_model, calibration))),
@@ -496,7 +503,8 @@ def tflite_mixed(keras_model, calibration: np.ndarray, validation: np.ndarray, m
     if record["agreement"] >= budget:
         return model, record
     ref = run_tflite(float_tflite(keras_model), validation)
-    score = lambda m: agreement(ref, run_tflite(m, validation))
+    def score(m):
+        return agreement(ref, run_tflite(m, validation))
     record = {**record, "candidates": list(record["candidates"])}
     start = time.perf_counter()
     ranked = sensitivity(keras_model, calibration)
@@ -512,6 +520,7 @@ def tflite_mixed(keras_model, calibration: np.ndarray, validation: np.ndarray, m
     a, m, layers = max(tried, key=lambda t: t[0], default=(0, None, []))
     if a > record["agreement"]:
         record.update(chosen=f"tflite-converter-{len(layers)}-float-layers", agreement=round(a, 4), float_layers=layers,
+                      mixed=True,
                       why=f"the best full-int8 method ({record['chosen']}) agreed {record['agreement']:.4f} < budget "
                           f"{budget} on the validation split; keeping the {len(layers)} layers with the largest own "
                           f"quantization error in float: {a:.4f}")
