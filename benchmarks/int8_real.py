@@ -309,10 +309,15 @@ def run_model(name: str, args, log) -> dict:
                 continue
             log(f"{name}: {target} {who}")
             t = time.perf_counter()
-            made = make()
+            try:
+                made = make()
+            except Exception as e:  # one method failing on a model is a result; the others still run
+                rows.append({"model": name, "target": target, "who": who, "error": f"{type(e).__name__}: {e}"[:300]})
+                log(f"  failed: {rows[-1]['error']}")
+                continue
             model, record = made if isinstance(made, tuple) else (made, None)
             seconds = round(time.perf_counter() - t, 1)
-            if "mixed" in who and model is full[kind][0]:
+            if "mixed" in who and kind in full and model is full[kind][0]:
                 log("  the full-int8 choice already meets the budget: no mixed file")
                 continue
             slug = f"{target}-{who.split(':')[-1].strip().replace(' ', '_').replace(',', '')}"[:60]
@@ -333,8 +338,8 @@ def verdict(rows: list[dict]) -> list[dict]:
     """Per target: the best peer's top-1 and each of this project's rows against it (goal: +GOAL)."""
     out = []
     for target in dict.fromkeys(r["target"] for r in rows):
-        peers = [r for r in rows if r["target"] == target and r["who"].startswith("peer")]
-        ours = [r for r in rows if r["target"] == target and not r["who"].startswith("peer")]
+        peers = [r for r in rows if r["target"] == target and r["who"].startswith("peer") and "error" not in r]
+        ours = [r for r in rows if r["target"] == target and not r["who"].startswith("peer") and "error" not in r]
         if not peers:
             continue
         best = max(p["top1"] for p in peers)
@@ -357,6 +362,9 @@ def markdown(results: list[dict], command: str) -> str:
                   "| target | who | quantization (read back) | top-1 | top-5 | bytes | latency ms | build s | chosen |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in res["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['target']} | {r['who']} | failed: {r['error']} | | | | | | |")
+                continue
             chosen = r.get("choice", {}).get("chosen", "")
             lines.append(f"| {r['target']} | {r['who']} | {r['quantization']} | {r['top1']:.4f} | {r['top5']:.4f} | "
                          f"{r['bytes']:,} | {r['latency_ms']} | {r['build_seconds']} | {chosen} |")
@@ -391,16 +399,17 @@ def main() -> int:
     def log(m):
         return print(f"[{time.time() - started:6.0f}s] {m}", file=sys.stderr, flush=True)
     results = []
+    command = ("python benchmarks/int8_real.py " + " ".join(sys.argv[1:])).strip()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
         sizes = {"fer": (min(args.cal, 100), min(args.val, 100), min(args.test, 200))}.get(name)
-        a = argparse.Namespace(**{**vars(args), **dict(zip(("cal", "val", "test"), sizes))}) if sizes else args
+        a = argparse.Namespace(**{**vars(args), **dict(zip(("cal", "val", "test"), sizes, strict=True))}) if sizes else args
         results.append(run_model(name, a, log))
-    command = "python benchmarks/int8_real.py " + " ".join(sys.argv[1:])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"command": command.strip(), "seconds": round(time.time() - started), "goal_points": 100 * GOAL,
-               "results": results, "verdict": {r["model"]: verdict(r["rows"]) for r in results}}
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results, command.strip()))
+        # written after each model: a long run that dies later keeps what it measured
+        summary = {"command": command, "seconds": round(time.time() - started), "goal_points": 100 * GOAL,
+                   "results": results, "verdict": {r["model"]: verdict(r["rows"]) for r in results}}
+        args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(results, command))
     print(args.out.with_suffix(".md").read_text())
     return 0
 

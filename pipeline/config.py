@@ -102,6 +102,9 @@ class PruneConfig:
 class QatConfig:
     epochs: int = 3
     learning_rate: float = 0.0005
+    split_separable: bool = False
+    """Split SeparableConv2D into DepthwiseConv2D + 1x1 Conv2D (same outputs) so tfmot can QAT the model; off:
+    such a model gets post-training int8 (on the fer model, 1 epoch of distillation QAT agreed 0.82, PTQ 0.96)."""
 
 
 @dataclass(frozen=True)

@@ -389,8 +389,8 @@ def _weights_for(wrapped, original) -> list:
 def qat(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
     """Quantization-aware fine-tuning that keeps the pruned zeros (PQAT).
 
-    QAT needs tfmot to quantize the whole model (SeparableConv2D layers are split into the two layers
-    it knows first). When it cannot, the int8 targets fall back to post-training quantization of the
+    QAT needs tfmot to quantize the whole model (with qat.split_separable, SeparableConv2D layers are
+    split into the two layers it knows first). When it cannot, the int8 targets fall back to post-training quantization of the
     float model (recorded; an error under --strict): QAT of a quantizable subset had agreed with the
     float fer mini-Xception on 82 % of faces, post-training quantization on 96 %."""
     tf, keras = tf_setup(seed)
@@ -401,10 +401,12 @@ def qat(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
 
     if cfg.qat.epochs == 0:
         return {"method": "ptq", "reason": "qat.epochs is 0", "fallbacks": []}
-    # tfmot cannot annotate SeparableConv2D: the same computation as DepthwiseConv2D + 1x1 Conv2D, it can.
-    from pipeline.separable import split_separable
+    # tfmot cannot annotate SeparableConv2D; the same computation as DepthwiseConv2D + 1x1 Conv2D, it can.
+    from pipeline.separable import has_separable, split_separable
 
-    model = split_separable(keras, load_model(model_path))
+    model = load_model(model_path)
+    if cfg.qat.split_separable:
+        model = split_separable(keras, model)
     scheme = (tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if keeps_zeros(cfg.prune)
               else tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme())
     registry = Default8BitQuantizeRegistry()
@@ -419,6 +421,8 @@ def qat(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
                   if layer.weights and not registry.supports(layer)]
         why = f"layers {layers}" if layers else f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
         msg = f"qat: tfmot cannot quantize this model ({why}); int8 targets use post-training quantization"
+        if has_separable(model):
+            msg += " (qat.split_separable = true splits SeparableConv2D so QAT can run)"
         return {"method": "ptq", "reason": _fallback(cfg.build.strict, msg), "fallbacks": [msg]}
     with tfmot.quantization.keras.quantize_scope():
         teacher = Teacher(model, ds, cfg.train.batch_size)

@@ -476,7 +476,7 @@ def selective_int8(keras_model, calibration: np.ndarray, float_layers: list[str]
 
 
 def tflite_int8(keras_model, calibration: np.ndarray, validation: np.ndarray, *, budget: float = BUDGET,
-                mixed: bool = False, max_float_layers: int = 16, progress=None):
+                mixed: bool = False, max_float_layers: int = 8, progress=None):
     """The best int8 .tflite (bytes) of the float Keras model, and the record of the choice.
 
     With `mixed`, while the best full-int8 file stays below `budget`, the 1, 2, 4, ... layers with the
@@ -502,7 +502,7 @@ def tflite_full_int8(keras_model, calibration: np.ndarray, validation: np.ndarra
 
 
 def tflite_mixed(keras_model, calibration: np.ndarray, validation: np.ndarray, model, record: dict,
-                 budget: float = BUDGET, max_float_layers: int = 16):
+                 budget: float = BUDGET, max_float_layers: int = 8):
     """`model` (the best full-int8 choice) if it meets `budget`, else the best with the 1, 2, 4, ... most
     sensitive layers in float."""
     if record["agreement"] >= budget:
