@@ -9,8 +9,8 @@ listed first (the cheapest).
 
 When even the best stays below `budget` and `mixed` is on, the layers whose quantization costs the
 most are kept at higher precision until the budget holds: NNCF's accuracy control restores them to
-float (ONNX, OpenVINO); for TFLite each layer is ranked by what quantizing it alone costs and the
-worst get int16 activations, then float. Such a file reads back as `int8-mixed` (`inspect`), never
+float (ONNX, OpenVINO); for TFLite each layer is ranked by its own quantization error and the
+worst stay float. Such a file reads back as `int8-mixed` (`inspect`), never
 `int8`.
 
 Every function returns the quantized model and a record for the manifest: what was tried, each
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 BUDGET = 0.99
-"""Top-1 agreement with the float model on the validation split that stops the search."""
+"""Top-1 agreement with the float model on the validation split that mixed precision restores layers until."""
 
 
 MAX_RESTORE_STEPS = 10
@@ -57,9 +57,9 @@ def agreement(ref: np.ndarray, out: np.ndarray) -> float:
 
 def _pick(candidates, score) -> tuple[object, dict]:
     """Build every candidate `(name, make)`, score it, keep the best. A candidate that fails is recorded."""
-    tried, best, best_model = [], None, None
+    tried, best, best_model, best_a = [], None, None, -1.0
     for name, make in candidates:
-        if best is not None and best["agreement"] >= 1.0:  # nothing can beat it, and ties go to the earlier
+        if best_a >= 1.0:  # nothing can beat it, and ties go to the earlier
             tried.append({"method": name, "skipped": "an earlier method already agrees on every validation sample"})
             continue
         start = time.perf_counter()
@@ -71,8 +71,8 @@ def _pick(candidates, score) -> tuple[object, dict]:
                           if str(e).strip() else type(e).__name__})
             continue
         tried.append({"method": name, "agreement": round(a, 4), "seconds": round(time.perf_counter() - start, 2)})
-        if best is None or a > best["agreement"]:
-            best, best_model = tried[-1], model
+        if a > best_a:
+            best, best_model, best_a = tried[-1], model, a
     if best is None:
         raise RuntimeError(f"every post-training method failed: {tried}")
     return best_model, {"chosen": best["method"], "agreement": best["agreement"], "candidates": tried}
