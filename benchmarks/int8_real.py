@@ -265,9 +265,11 @@ def run_model(name: str, args, log) -> dict:
             o_cal, o_val, o_test = nchw(cal), nchw(val), nchw(test)
             ref = ptq.run_onnx(src, o_test)
             original = f"ONNX {src.name} (PyTorch export), onnxruntime fp32"
-            log("lite0: onnx2tf")
-            keras_model, onnx2tf_int8 = onnx2tf_convert(src, cal, tmp)
-            tflite_peers = {"onnx2tf full-int8": lambda: onnx2tf_int8}
+            keras_model, tflite_peers = None, {}
+            if not args.targets or "tflite-int8" in args.targets:
+                log("lite0: onnx2tf")
+                keras_model, onnx2tf_int8 = onnx2tf_convert(src, cal, tmp)
+                tflite_peers = {"onnx2tf full-int8": lambda: onnx2tf_int8}
         else:
             cal, val, test = fer_data(args, rng)
             keras_model = keras.models.load_model(str(FER), compile=False)
@@ -305,7 +307,7 @@ def run_model(name: str, args, log) -> dict:
              lambda: ptq.openvino_mixed(src, o_cal, o_val, *full["openvino"]), o_test),
         ]
         for target, kind, who, make, x in jobs:
-            if args.only and not any(s in who for s in args.only):
+            if args.only and not any(s in who for s in args.only) or args.targets and target not in args.targets:
                 continue
             log(f"{name}: {target} {who}")
             t = time.perf_counter()
@@ -393,6 +395,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=30, help="timed inferences per artifact")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", type=lambda s: s.split(","), default=None, help="rows whose 'who' contains one of these")
+    p.add_argument("--targets", type=lambda s: s.split(","), default=None, help="only these int8 targets")
     p.add_argument("--out", type=Path, default=RESULTS / "int8_real")
     args = p.parse_args()
     started = time.time()
