@@ -283,6 +283,11 @@ def run_model(name: str, args, log) -> dict:
             tflite_peers = {"TFLiteConverter full-int8": lambda: ptq.converter_int8(keras_model, cal)}
         tflite_peers["ai-edge-quantizer default (static_wi8_ai8)"] = \
             lambda: ptq.ai_edge_quantizer_int8(ptq.float_tflite(keras_model), cal)
+        def ov_float():
+            from targets.openvino import float_ir
+
+            return float_ir(src)
+
         def keep(kind, made):
             full[kind] = made
             return made
@@ -299,12 +304,12 @@ def run_model(name: str, args, log) -> dict:
             ("onnx-int8", "onnx", "this project", lambda: keep("onnx", ptq.onnx_full_int8(src, o_cal, o_val)), o_test),
             ("onnx-int8", "onnx", "this project, mixed", lambda: ptq.onnx_mixed(src, o_cal, o_val, *full["onnx"]),
              o_test),
-            ("openvino-int8", "openvino", "peer: NNCF default nncf.quantize", lambda: ptq.nncf_openvino(src, o_cal),
+            ("openvino-int8", "openvino", "peer: NNCF default nncf.quantize", lambda: ptq.nncf_openvino(ov_float, o_cal),
              o_test),
             ("openvino-int8", "openvino", "this project",
-             lambda: keep("openvino", ptq.openvino_full_int8(src, o_cal, o_val)), o_test),
+             lambda: keep("openvino", ptq.openvino_full_int8(ov_float, o_cal, o_val)), o_test),
             ("openvino-int8", "openvino", "this project, mixed",
-             lambda: ptq.openvino_mixed(src, o_cal, o_val, *full["openvino"]), o_test),
+             lambda: ptq.openvino_mixed(ov_float, o_cal, o_val, *full["openvino"]), o_test),
         ]
         for target, kind, who, make, x in jobs:
             if args.only and not any(s in who for s in args.only) or args.targets and target not in args.targets:

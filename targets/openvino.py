@@ -49,13 +49,12 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
     with tempfile.TemporaryDirectory() as tmp:  # kept until saved: the converted model may map the file
         src = Path(tmp) / "model.onnx"
         src.write_bytes(to_onnx(model, target.options["opset"]).SerializeToString())
-        ov_model = ov.convert_model(src)
-        _fix_batch(ov_model)
+        ov_model = float_ir(src)
         choice = None
         if mode == "int8" and ptq is not None:
             from targets import ptq as methods
 
-            ov_model, choice = methods.openvino_int8(src, calibration, ptq.validation, budget=ptq.budget,
+            ov_model, choice = methods.openvino_int8(lambda: float_ir(src), calibration, ptq.validation, budget=ptq.budget,
                                                      mixed=ptq.mixed, progress=progress)
         elif mode == "int8":
             ov_model = quantize(ov_model, calibration, progress)
@@ -69,6 +68,13 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
         # save_model compresses every float weight to fp16 unless told not to: fp32 must stay fp32.
         ov.save_model(ov_model, str(out), compress_to_fp16=mode == "fp16")
     return choice
+
+
+def float_ir(src: Path):
+    """The float ONNX file as an OpenVINO model, batch fixed to 1."""
+    m = import_openvino().convert_model(str(src))
+    _fix_batch(m)
+    return m
 
 
 def _fix_batch(ov_model) -> None:

@@ -261,56 +261,55 @@ def _stepper(progress, n: int):
 
 # -- OpenVINO (NNCF) -------------------------------------------------------------------------------
 
+def _openvino():
+    from targets import telemetry_off
+
+    telemetry_off()
+    import openvino
+
+    return openvino
+
+
 def run_openvino(model, x: np.ndarray, threads: int = 0) -> np.ndarray:
     """The first output of an OpenVINO model (ov.Model or CompiledModel) on every sample, in f32 precision
     (the CPU plugin would run bf16 on a bf16-capable CPU)."""
-    from targets.openvino import import_openvino
-
-    ov = import_openvino()
+    ov = _openvino()
     if not isinstance(model, ov.CompiledModel):
         cfg = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         model = ov.Core().compile_model(model, "CPU", cfg)
     return np.concatenate([model(xi[None].astype(np.float32))[0] for xi in x])
 
 
-def openvino_model(src: Path):
-    """The float ONNX file as an OpenVINO model with batch 1 (as the openvino targets convert it)."""
-    from targets.openvino import _fix_batch, import_openvino
-
-    m = import_openvino().convert_model(str(src))
-    _fix_batch(m)
-    return m
-
-
-def nncf_openvino(src: Path, calibration: np.ndarray, **kwargs):
+def nncf_openvino(convert, calibration: np.ndarray, **kwargs):
+    """NNCF post-training quantization of `convert()` (a fresh float ov.Model, as the target converts it)."""
     nncf = _nncf()
     data = nncf.Dataset(calibration, lambda x: x[None].astype(np.float32))
     with contextlib.redirect_stdout(io.StringIO()):
-        return nncf.quantize(openvino_model(src), data, subset_size=len(calibration), **kwargs)
+        return nncf.quantize(convert(), data, subset_size=len(calibration), **kwargs)
 
 
-def openvino_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, *, budget: float = BUDGET,
+def openvino_int8(convert, calibration: np.ndarray, validation: np.ndarray, *, budget: float = BUDGET,
                   mixed: bool = False, progress=None):
-    """The best NNCF-quantized OpenVINO model of the float ONNX file `src`, and the record of the choice."""
-    model, record = openvino_full_int8(src, calibration, validation, progress)
-    return openvino_mixed(src, calibration, validation, model, record, budget) if mixed else (model, record)
+    """The best NNCF-quantized OpenVINO model of the float model `convert()` returns (targets.openvino.float_ir
+    of the float ONNX file), and the record of the choice."""
+    model, record = openvino_full_int8(convert, calibration, validation, progress)
+    return openvino_mixed(convert, calibration, validation, model, record, budget) if mixed else (model, record)
 
 
-def openvino_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, progress=None):
+def openvino_full_int8(convert, calibration: np.ndarray, validation: np.ndarray, progress=None):
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    src = Path(src)
-    ref = run_openvino(openvino_model(src), validation)
+    ref = run_openvino(convert(), validation)
     step = _stepper(progress, 4)
     quantile = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_QUANTILE)
     candidates = [
-        ("nncf", step(lambda: nncf_openvino(src, calibration))),
-        ("nncf-bias-correction", step(lambda: nncf_openvino(src, calibration, fast_bias_correction=False))),
-        ("nncf-mixed-preset", step(lambda: nncf_openvino(src, calibration, preset=nncf.QuantizationPreset.MIXED,
+        ("nncf", step(lambda: nncf_openvino(convert, calibration))),
+        ("nncf-bias-correction", step(lambda: nncf_openvino(convert, calibration, fast_bias_correction=False))),
+        ("nncf-mixed-preset", step(lambda: nncf_openvino(convert, calibration, preset=nncf.QuantizationPreset.MIXED,
                                                           fast_bias_correction=False))),
-        ("nncf-mean-quantile-ranges", step(lambda: nncf_openvino(src, calibration, fast_bias_correction=False,
+        ("nncf-mean-quantile-ranges", step(lambda: nncf_openvino(convert, calibration, fast_bias_correction=False,
                                                              advanced_parameters=quantile))),
     ]
     model, record = _pick(candidates, lambda m: agreement(ref, run_openvino(m, validation)))
@@ -318,13 +317,13 @@ def openvino_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarra
     return model, record
 
 
-def openvino_mixed(src: Path, calibration: np.ndarray, validation: np.ndarray, model, record: dict,
+def openvino_mixed(convert, calibration: np.ndarray, validation: np.ndarray, model, record: dict,
                    budget: float = BUDGET):
     """`model` (the best full-int8 choice) if it meets `budget`, else NNCF accuracy control's partly-float one."""
     if record["agreement"] >= budget:
         return model, record
-    ref = run_openvino(openvino_model(src), validation)
-    return _restore(_nncf(), openvino_model(src), calibration, validation, ref, budget, record, model,
+    ref = run_openvino(convert(), validation)
+    return _restore(_nncf(), convert(), calibration, validation, ref, budget, record, model,
                     lambda x: x[None].astype(np.float32), run_openvino)
 
 

@@ -79,11 +79,11 @@ def test_mixed_precision_restores_float_layers_only_when_the_budget_is_missed(di
 @pytest.mark.slow
 def test_the_openvino_choice_reads_back_int8_from_the_ir(digits_mlp, tmp_path):
     src, _, cal, val, test = digits_mlp
-    model, record = ptq.openvino_int8(src, cal, val)
+    model, record = ptq.openvino_int8(lambda: openvino_target.float_ir(src), cal, val)
     assert record["chosen"].startswith("nncf")
     openvino_target.import_openvino().save_model(model, str(tmp_path / "m.xml"), compress_to_fp16=False)
     assert openvino_target.inspect(tmp_path / "m.xml")["quantization"] == "int8"
-    ref = ptq.run_openvino(ptq.openvino_model(src), test)
+    ref = ptq.run_openvino(openvino_target.float_ir(src), test)
     assert ptq.agreement(ref, ptq.run_openvino(model, test)) >= 0.95
 
 
