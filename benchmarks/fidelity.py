@@ -1,9 +1,9 @@
 """Harness fidelity: does `bench` (a runner in a child process) report the latency a reference tool does?
 
-    .venv/bin/python benchmarks/fidelity.py MODEL_DIR INPUTS.npy [MODEL_DIR INPUTS.npy ...] [--json FILE]
+    .venv/bin/python -m benchmarks.fidelity MODEL_DIR INPUTS.npy [MODEL_DIR INPUTS.npy ...] [--json FILE]
 
-MODEL_DIR is a build's OUT/<model>/ folder (tflite-*/model.tflite, openvino-*/model.xml);
-INPUTS.npy its held-out samples. For each artifact, with the same threads and inputs:
+MODEL_DIR is a build's OUT/<model>/ folder (tflite-*/model.tflite, openvino-*/model.xml); INPUTS.npy
+its held-out samples (`Build.eval_inputs()`). For each artifact, with the same threads and inputs:
   - LiteRT: our runner's p50 vs a bare loop in this process (set input, invoke, read output,
     each call timed with perf_counter; no harness in between);
   - OpenVINO: our runner's p50 (--precision f32) vs OpenVINO's own `benchmark_app` median
@@ -30,11 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from pipeline import report, runner  # noqa: E402
-from targets import TARGETS  # noqa: E402
+from benchmarks.common import FIDELITY_COLUMNS
+from pipeline import report, runner
+from targets import TARGETS
 
 GOAL = 0.05  # within 5 %
 
@@ -145,13 +143,6 @@ def compare(model_dir: Path, inputs: Path, threads: int, rounds: int, seconds: f
     return rows
 
 
-COLUMNS = [("model", "model"), ("target", "artifact"), ("reference", "reference"), ("ours_p50_ms", "ours p50 ms"),
-           ("reference_p50_ms", "ref p50 ms"), ("ratio", "wall ratio"), ("within_5pct", "within 5 %"),
-           ("ours_runtime_timer_p50_ms", "ours, runtime timer p50 ms"), ("runtime_timer_ratio", "timer ratio"),
-           ("runtime_timer_within_5pct", "timer within 5 %"),
-           ("error", "error")]
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pairs", nargs="+", help="MODEL_DIR INPUTS.npy pairs")
@@ -168,7 +159,7 @@ def main(argv=None) -> int:
     for model_dir, inputs in zip(args.pairs[::2], args.pairs[1::2]):
         rows += compare(Path(model_dir), Path(inputs), args.threads, args.rounds, args.seconds, only,
                         log=lambda m: print(m, file=sys.stderr))
-    print(report.table(rows, COLUMNS))
+    print(report.table(rows, FIDELITY_COLUMNS))
     if args.json:
         from pipeline.util import atomic_write_json
 

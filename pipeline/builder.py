@@ -86,23 +86,45 @@ class Builder:
         train = self.stage("train", {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed,
                                      **source},
                            {"data": d.key}, lambda f: stages.train(self.dataset(), cfg, self.seed, f, self.cache.root))
+        self.log(report.original_line(train.meta, d.meta))
         # `strict` is in the keys of the stages that may fall back: a strict build must re-decide.
+        # The budget decides what "auto" picks: it is in the prune key.
+        b = cfg.build
         prune = self.stage("prune", {"prune": cfg.section("prune"), "batch_size": cfg.train.batch_size,
-                                     "seed": self.seed, "strict": cfg.build.strict},
+                                     "seed": self.seed, "strict": b.strict,
+                                     "budget": [b.max_accuracy_drop, b.min_agreement, b.min_cosine]},
                            {"model": train.key, "data": d.key},
-                           lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), f))
+                           lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), train.path, f))
         self.log(report.prune_summary(train.meta, prune.meta))
+        self.within_budget("prune", prune.meta, train.meta, report.prune_advice(cfg, prune.meta))
         if need_qat:
-            self.stage("qat", {"qat": cfg.section("qat"), "sparsity": cfg.prune.sparsity,
-                               "batch_size": cfg.train.batch_size, "seed": self.seed, "strict": cfg.build.strict},
-                       {"model": prune.key, "data": d.key},
-                       lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), f))
+            qat = self.stage("qat", {"qat": cfg.section("qat"), "batch_size": cfg.train.batch_size, "seed": self.seed,
+                                     "strict": b.strict},
+                             {"model": prune.key, "original": train.key, "data": d.key},
+                             lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), prune.meta,
+                                                  train.path, f))
+            if qat.meta.get("vs_original"):
+                self.log(report.stage_line("qat", qat.meta, train.meta))
+                self.within_budget("qat", qat.meta, train.meta, "lower qat.learning_rate or qat.epochs, or set "
+                                   "qat.epochs = 0 for post-training quantization")
+
+    def within_budget(self, name: str, meta: dict, original: dict, advice: str) -> None:
+        """A stage whose model already breaks the budget against the original stops the build here."""
+        from pipeline.errors import BudgetError
+        from pipeline.gate import budget_reasons
+
+        figures = {**meta.get("vs_original", {}), "reference_accuracy": original.get("accuracy")}
+        reasons = budget_reasons(figures, self.cfg.build)
+        if reasons:
+            what = {"prune": "pruned", "qat": "quantization-aware trained"}[name]
+            raise BudgetError(f"{name}: the {what} model already breaks the build's budget, before any artifact: "
+                              f"{'; '.join(reasons)} ({self.cfg.data.path or 'built-in data'}, test split); {advice}")
 
     # -- targets -----------------------------------------------------------------------------
 
     def artifact_metadata(self, target) -> dict:
         d = self.stages["data"].meta
-        return {"model": self.cfg.model.name, "version": self.cfg.model.version, "target": target.name,
+        return {"model": self.cfg.name, "version": self.cfg.model.version, "target": target.name,
                 "labels": list(self.cfg.model.labels or d["labels"]), "preprocessing": d["preprocessing"],
                 "config_hash": self.cfg.digest()}
 
@@ -143,13 +165,15 @@ class Builder:
                           produce, code=[_source(target.module)])
 
     def verify(self, target, artifact: Entry) -> Entry:
-        ref, d = self.stages["prune"], self.stages["data"]
+        from pipeline.stages import REFERENCE_OUTPUTS
+
+        ref, d = self.stages["train"], self.stages["data"]  # the original model: every figure's reference
 
         # A post-training choice that kept layers in float ([ptq] mixed) must read back as int8-mixed, never int8.
         expected = "int8-mixed" if artifact.meta.get("ptq", {}).get("mixed") else target.quantization
 
         def produce(folder):
-            return verify_artifact(target, artifact.file(target.filename), d.path, ref.file("reference_outputs.npz"),
+            return verify_artifact(target, artifact.file(target.filename), d.path, ref.file(REFERENCE_OUTPUTS),
                                    self.cfg.build, ref.meta["accuracy"], expected)
 
         b = self.cfg.build
@@ -162,7 +186,7 @@ class Builder:
     def publish(self, target, artifact: Entry, result: dict) -> dict:
         # Every file of the artifact (an OpenVINO IR is .xml + .bin): bytes and gzip are their sums,
         # sha256 is of their bytes in `files` order (`cat model.xml model.bin | sha256sum`).
-        dests = [self.out / self.cfg.model.name / target.name / name for name in target.files]
+        dests = [self.out / self.cfg.name / target.name / name for name in target.files]
         dests[0].parent.mkdir(parents=True, exist_ok=True)
         for name, dest in zip(target.files, dests):
             atomic_copy(artifact.file(name), dest)
@@ -193,11 +217,11 @@ class Builder:
             done.append((t, artifact, self.verify(t, artifact).meta))
         # Two builds into one folder: the cache is safe by itself (atomic renames); publishing and
         # the manifest's read-merge-write are serialised so neither loses the other's artifacts.
-        with locked(self.out / self.cfg.model.name / ".lock"):
+        with locked(self.out / self.cfg.name / ".lock"):
             rows = []
             for t, artifact, result in done:
                 if artifact is None:
-                    clean_target_dir(self.out, self.cfg.model.name, t.name)
+                    clean_target_dir(self.out, self.cfg.name, t.name)
                     rows.append(failed_build(t, result))
                 else:
                     rows.append(self.publish(t, artifact, result))

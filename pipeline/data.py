@@ -32,8 +32,11 @@ class Dataset:
     x_cal: np.ndarray
     labels: tuple[str, ...]
     preprocessing: dict
+    x_val: np.ndarray | None = None
+    """Carved from the training samples (data.validation_fraction), never trained on: choosing settings."""
+    y_val: np.ndarray | None = None
 
-    ARRAYS = ("x_train", "y_train", "x_test", "y_test", "x_cal")
+    ARRAYS = ("x_train", "y_train", "x_test", "y_test", "x_cal", "x_val", "y_val")
 
     @property
     def labelled(self) -> bool:
@@ -239,6 +242,10 @@ def load(cfg: DataConfig, seed: int) -> Dataset:
         x_train, y_train, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
     if len(x_train) == 0 or len(x_test) == 0:
         raise DataError("data split left no training or no test samples: change data.test_fraction")
+    x_val = y_val = None
+    if cfg.validation_fraction > 0 and len(x_train) >= 10:
+        x_train, y_train, x_val, y_val = split(x_train, y_train, cfg.validation_fraction, seed + 2)
+        x_val = preprocess(x_val, cfg, default_scale)
     x_train, x_test = preprocess(x_train, cfg, default_scale), preprocess(x_test, cfg, default_scale)
     rng = np.random.default_rng(seed + 1)
     n_cal = min(cfg.calibration_samples, len(x_train))
@@ -251,5 +258,6 @@ def load(cfg: DataConfig, seed: int) -> Dataset:
     prep = {"source": raw.source, "layout": "NHWC" if x_train.ndim == 4 else "N...",
             "input_shape": list(x_train.shape[1:]), "resize": list(cfg.resize), "channels": cfg.channels or "as stored",
             "scale": cfg.scale or default_scale, "mean": list(cfg.mean) or [0.0], "std": list(cfg.std) or [1.0],
-            "labelled": y_train is not None, "calibration_split": "train", "calibration_samples": n_cal}
-    return Dataset(x_train, y_train, x_test, y_test, x_cal, labels, prep)
+            "labelled": y_train is not None, "calibration_split": "train", "calibration_samples": n_cal,
+            "samples": {"train": len(x_train), "validation": 0 if x_val is None else len(x_val), "test": len(x_test)}}
+    return Dataset(x_train, y_train, x_test, y_test, x_cal, labels, prep, x_val, y_val)

@@ -1,8 +1,10 @@
-"""Verify one artifact in its own runtime against the float model, on the held-out split.
+"""Verify one artifact in its own runtime against the user's original model, on the held-out split.
 
-With labels and a classifier, the gate is accuracy against the float model. Without labels, or
-for detectors, regressors and embedders, it is agreement with the float model's own outputs:
-top-1 agreement for score outputs (N, classes), mean cosine similarity for the others.
+The reference is always the original: the model the user brought, as loaded, or the trained built-in
+model - never one of the pipeline's intermediate models. With labels and a classifier, the gate is
+accuracy against the original's. Without labels, or for detectors, regressors and embedders, it is
+agreement with the original's own outputs: top-1 agreement for score outputs (N, classes), mean
+cosine similarity for the others. The same budget gates the pruned and QAT models (builder.py).
 """
 
 from __future__ import annotations
@@ -58,24 +60,36 @@ def gate(result: dict, expected_quantization: str, build) -> list[str]:
     q = result.get("quantization")
     if q != expected_quantization:
         reasons.append(f"file is {q}, not the {expected_quantization} this target promises")
-    acc, ref = result.get("accuracy"), result.get("reference_accuracy")
+    return reasons + budget_reasons(result, build)
+
+
+def budget_reasons(figures: dict, build, share: float = 1.0) -> list[str]:
+    """Why `figures` (against the original model) break `share` of the build's budget; empty if they keep it.
+
+    With an accuracy and the original's: the accuracy drop; else top-1 agreement or cosine similarity."""
+    acc, ref = figures.get("accuracy"), figures.get("reference_accuracy")
     if acc is not None and ref is not None:
-        drop = (ref - acc) * 100
-        if drop > build.max_accuracy_drop:
-            reasons.append(f"accuracy {acc:.4f} vs float model {ref:.4f}: drop of {drop:.2f} points "
-                           f"exceeds max_accuracy_drop {build.max_accuracy_drop:g}")
-    else:
-        reasons += agreement_gate(result.get("top1_agreement"), result.get("cosine"), build, "the float model")
-    return reasons
+        drop, allowed = (ref - acc) * 100, build.max_accuracy_drop * share
+        if drop > allowed:
+            return [f"accuracy {acc:.4f} vs the original model's {ref:.4f}: drop of {drop:.2f} points "
+                    f"exceeds {'' if share == 1 else f'{share:g} x '}max_accuracy_drop {build.max_accuracy_drop:g}"]
+        return []
+    return agreement_gate(figures.get("top1_agreement"), figures.get("cosine"), build, "the original model", share)
 
 
-def agreement_gate(top1: float | None, cosine: float | None, build, against: str) -> list[str]:
-    """Without accuracy: top-1 agreement for score outputs, else cosine similarity, against `against`."""
-    if top1 is not None:
-        if top1 < build.min_agreement:
-            return [f"top-1 agreement with {against} {top1:.4f} is below min_agreement {build.min_agreement:g}"]
-    elif cosine is not None and cosine < build.min_cosine:
-        return [f"cosine similarity with {against} {cosine:.4f} is below min_cosine {build.min_cosine:g}"]
+def agreement_gate(top1: float | None, cosine: float | None, build, against: str, share: float = 1.0) -> list[str]:
+    """Without accuracy: top-1 agreement for score outputs, else cosine similarity, against `against`.
+    `share` < 1 allows only that share of the room the minimum leaves (1 - share x (1 - minimum))."""
+    room = "" if share == 1 else f" ({share:g} x the room of"
+    for value, key, what in ((top1, "min_agreement", "top-1 agreement"), (cosine, "min_cosine", "cosine similarity")):
+        if value is None:
+            continue
+        minimum = getattr(build, key)
+        need = 1 - share * (1 - minimum)
+        if value < need:
+            where = f"{key} {minimum:g}" if share == 1 else f"{need:.4g}{room} {key} {minimum:g})"
+            return [f"{what} with {against} {value:.4f} is below {where}"]
+        return []
     return []
 
 
@@ -150,7 +164,7 @@ def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, bui
     ref = load_outputs(reference)
     if len(outputs) != len(ref) or any(o.shape != r.shape for o, r in zip(outputs, ref)):
         return {**result, "status": "failed_verification",
-                "reason": f"outputs {[o.shape for o in outputs]} do not match the float model's {[r.shape for r in ref]}"}
+                "reason": f"outputs {[o.shape for o in outputs]} do not match the original model's {[r.shape for r in ref]}"}
     labels = data_dir / "y_test.npy"
     result.update(compare(outputs, ref, np.load(labels, allow_pickle=False)
                           if labels.exists() and reference_accuracy is not None else None))

@@ -18,6 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--dist", type=Path, default=Path("dist"), help="where the release folder goes (default: dist/)")
     p.add_argument("--bench", type=Path, metavar="FILE.json",
                    help="rows written by `bench --json FILE`: latency in the model card and BENCHMARKS.md")
+    p.add_argument("--force", action="store_true", help="replace DIST/<model>-<version> if it exists")
     p.add_argument("--allow-failed", action="append", default=[], metavar="TARGET",
                    help="release the other targets although TARGET failed (left out, recorded); repeatable")
 
@@ -36,10 +37,11 @@ def run(args) -> int:
     for spec in args.allow_failed:
         resolve(spec)
     cfg = load_config(args)
-    bench = load_bench(args.bench, cfg.model.name) if args.bench else None
+    bench = load_bench(args.bench, cfg.name) if args.bench else None
     pipeline.api.check_writable(args.dist, "release folder", "--dist")
     b = pipeline.built(**build_kwargs(args))
-    folder = pipeline.release(b, args.release_version, dist=args.dist, bench=bench, allow_failed=args.allow_failed)
+    folder = pipeline.release(b, args.release_version, dist=args.dist, bench=bench, allow_failed=args.allow_failed,
+                             force=args.force)
     rel = json.loads((folder / "manifest.json").read_text())["release"]
     archives = [{"target": t, **a} for t, a in rel["archives"].items()]
     print(report.table(archives, [("target", "target"), ("archive", "archive"), ("bytes", "bytes"),

@@ -86,7 +86,7 @@ def verify_on(devices: list, cfg, out: Path, rows: list[dict], inputs: Path, log
             table.append({"target": a["target"], **check})
             log(f"verify-on {a['target']:<16} {device.name}: {check['status']}"
                 f"{': ' + check['reason'] if check.get('reason') else ''} ({time.perf_counter() - t0:.1f} s)")
-    record_arm_checks(out, cfg.model.name, checks)
+    record_arm_checks(out, cfg.name, checks)
     return table
 
 

@@ -32,7 +32,7 @@ RELEASE_JSON = "release.json"
 
 
 def make_release(manifest: dict, out: Path, targets, version: str, dist: Path, bench: list[dict] | None,
-                 allowed: set[str]) -> tuple[Path, list[dict], list[dict]]:
+                 allowed: set[str], force: bool = False) -> tuple[Path, list[dict], list[dict]]:
     """Write DIST/<model>-<version>/ from a build's manifest. Returns (folder, archives, excluded).
 
     `bench`: rows of `bench --json` (None: not benchmarked); given, it must measure a released target."""
@@ -51,6 +51,9 @@ def make_release(manifest: dict, out: Path, targets, version: str, dist: Path, b
                          f"({', '.join(t.name for t in ship)})")
     name = f"{manifest['model']}-{version}"
     final = Path(dist) / name
+    if final.exists() and not force:
+        raise UsageError(f"{final} exists: a published version is never replaced; use a new version, "
+                         f"or --force to replace it")
     tmp = Path(dist) / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -187,6 +190,10 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
         "artifact": target.filename, "quantization": row["quantization"], "files": digests,
         "inputs": row.get("inputs"), "outputs": row.get("outputs"), "preprocessing": manifest["preprocessing"],
         "runner": target.runner, "runtime": f"{res.get('runtime')} {res.get('runtime_version')}", "threads": 1,
+        "made_from": row.get("made_from"), "method": row.get("method"),
+        "versus_original_model": {k: row.get(k) for k in ("accuracy", "reference_accuracy", "top1_agreement",
+                                                          "cosine", "max_abs_diff") if row.get(k) is not None},
+        "data": {k: manifest["preprocessing"].get(k) for k in ("source", "samples", "calibration_samples", "labelled")},
         "test_vectors": {
             "inputs": "test_vectors/inputs.npy",
             "about": "float32 held-out samples, preprocessed, in the float input layout; the runner quantizes "
