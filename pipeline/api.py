@@ -78,7 +78,8 @@ class Build:
 
     def eval_inputs(self) -> Path:
         """The held-out samples of this build's data stage (what bench and the board checks run)."""
-        return self.stage_file("data", "x_test.npy")
+        several = "inputs" in self.manifest.get("preprocessing", {})  # one array per input: data.load_several
+        return self.stage_file("data", "x_test.npz" if several else "x_test.npy")
 
     def stage_file(self, stage: str, name: str) -> Path:
         """A file a stage of this build left in the cache: `data` x_train, y_train, x_test, y_test,
@@ -102,9 +103,10 @@ class Build:
         from pipeline.gate import verify_artifact
         from pipeline.stages import REFERENCE_OUTPUTS
 
+        reference = "train" if "train" in self.manifest["stages"] else "original"  # several inputs: no Keras stage
         return verify_artifact(target, Path(path), self.eval_inputs().parent,
-                               self.stage_file("train", REFERENCE_OUTPUTS), self.config.build,
-                               self.manifest["stages"]["train"].get("accuracy"))
+                               self.stage_file(reference, REFERENCE_OUTPUTS), self.config.build,
+                               self.manifest["stages"][reference].get("accuracy"))
 
 
 def load_config(config=None, *, model: str | os.PathLike | None = None, data: str | os.PathLike | None = None,

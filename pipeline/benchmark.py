@@ -93,8 +93,17 @@ def bench_artifacts(items, devices, inputs: Path, threads: list[int], settings: 
     """Rows for every (target, artifact row, artifact path) x device x thread count.
 
     `artifact row` is the manifest entry (accuracy, size, status); an artifact that failed to build
-    has no file and gets a row saying so.
+    has no file and gets a row saying so. Each artifact gets `inputs` in its own input layout.
     """
+    import tempfile
+
+    from pipeline.gate import artifact_inputs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return _bench_all(items, devices, threads, settings, log, lambda art: artifact_inputs(inputs, art, Path(tmp)))
+
+
+def _bench_all(items, devices, threads, settings, log, inputs_for) -> list[dict]:
     rows = []
     for device in devices:
         for target, art, path in items:
@@ -106,7 +115,7 @@ def bench_artifacts(items, devices, inputs: Path, threads: list[int], settings: 
                     row = {"device": device.name, "threads": n, "status": "not_built",
                            "error": art.get("reason", "no artifact file")}
                 else:
-                    row = bench_one(device, target.runner_path, Path(path), inputs, n, settings)
+                    row = bench_one(device, target.runner_path, Path(path), inputs_for(art), n, settings)
                 rows.append({**base, **row})
                 if log:
                     r = rows[-1]

@@ -17,6 +17,7 @@ from pipeline import report
 from pipeline.cache import Cache, Entry, stage_key, tool_versions
 from pipeline.config import Config
 from pipeline.data import Dataset
+from pipeline.errors import UsageError
 from pipeline.gate import verify_artifact
 from pipeline.manifest import write_manifest
 from pipeline.stages import STAGES
@@ -31,6 +32,7 @@ class Builder:
         self.seed = cfg.build.seed
         self.stages: dict[str, Entry] = {}
         self._dataset: Dataset | None = None
+        self._interface: dict | None = None
 
     def stage(self, name: str, params: dict, inputs: dict[str, str], produce, code=()) -> Entry:
         """`code`: source files beyond CODE[kind] that decide this stage's output (a target's module)."""
@@ -57,23 +59,54 @@ class Builder:
     def data(self) -> Entry:
         from pipeline import data as data_mod
 
+        model_input = (self.interface() or {"inputs": [None]})["inputs"][0]
+
         def produce(folder):
-            ds = data_mod.load(self.cfg.data, self.seed)
+            if self.several_inputs():
+                ds = data_mod.load_several(self.cfg.data, self.seed, self.interface()["inputs"])
+            else:
+                ds = data_mod.load(self.cfg.data, self.seed, model_input)
             for a in Dataset.ARRAYS:
-                if getattr(ds, a) is not None:
-                    np.save(folder / f"{a}.npy", getattr(ds, a))
+                arr = getattr(ds, a)
+                if isinstance(arr, dict):  # one array per input of a model with several
+                    np.savez(folder / f"{a}.npz", **arr)
+                elif arr is not None:
+                    np.save(folder / f"{a}.npy", arr)
             return {"labels": list(ds.labels), "preprocessing": ds.preprocessing, "labelled": ds.labelled,
-                    "train_samples": len(ds.x_train), "test_samples": len(ds.x_test),
-                    "input_shape": list(ds.x_train.shape[1:])}
+                    "train_samples": len(_first(ds.x_train)), "test_samples": len(_first(ds.x_test)),
+                    "input_shape": ds.preprocessing["input_shape"]}
 
         source = {"path_sha256": content_hash(self.cfg.data.path)} if self.cfg.data.path else {}
-        return self.stage("data", {"data": self.cfg.section("data"), "seed": self.seed, **source}, {}, produce)
+        return self.stage("data", {"data": self.cfg.section("data"), "seed": self.seed, **source,
+                                   **({"model_inputs": self.interface()["inputs"]} if model_input else {})}, {}, produce)
+
+    def several_inputs(self) -> bool:
+        """A user's ONNX model with more than one input: no Keras conversion (see interface_export)."""
+        return len((self.interface() or {"inputs": [None]})["inputs"]) > 1
+
+    def reference(self) -> Entry:
+        """The stage whose reference outputs (the original model's) every artifact is compared with: train, or
+        for a model with several inputs (no Keras stages) `original`, the user's file run in onnxruntime."""
+        return self.stages["train"] if "train" in self.stages else self.stages["original"]
+
+    def interface(self) -> dict | None:
+        """The user's ONNX model's interface (names, shapes, layout), `model.onnx_input_shape` applied; else None."""
+        from pipeline import interface
+
+        path = self.cfg.model.path
+        if not path or not path.lower().endswith(".onnx"):
+            return None
+        if self._interface is None:
+            self._interface = interface.onnx_interface(path)
+            fixed = self.cfg.model.onnx_input_shape
+            if fixed:
+                self._interface["inputs"][0]["shape"] = list(fixed)
+        return self._interface
 
     def dataset(self) -> Dataset:
         if self._dataset is None:
             e = self.stages["data"]
-            arrays = {a: np.load(e.file(f"{a}.npy"), allow_pickle=False) if e.file(f"{a}.npy").exists() else None
-                      for a in Dataset.ARRAYS}
+            arrays = {a: _load_array(e, a) for a in Dataset.ARRAYS}
             labels = tuple(self.cfg.model.labels) or tuple(e.meta["labels"])
             self._dataset = Dataset(**arrays, labels=labels, preprocessing=e.meta["preprocessing"])
         return self._dataset
@@ -83,6 +116,12 @@ class Builder:
 
         cfg, d = self.cfg, self.data()
         source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
+        if self.several_inputs():
+            from pipeline.interface_export import original_outputs
+
+            self.stage("original", {"model": source}, {"data": d.key},
+                       lambda f: original_outputs(cfg.model.path, d.file("x_test.npz"), f))
+            return
         train = self.stage("train", {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed,
                                      **source},
                            {"data": d.key}, lambda f: stages.train(self.dataset(), cfg, self.seed, f, self.cache.root))
@@ -141,44 +180,70 @@ class Builder:
         val = [x for x in ds.x_train if x.tobytes() not in cal][:p.validation_samples]
         return Settings(np.stack(val) if val else ds.x_cal, p.mixed, p.budget)
 
+    def interface_route(self, target) -> str | None:
+        """How an ONNX/OpenVINO target of a user's ONNX model keeps its interface: `original` (made from the
+        user's file itself, when the Keras side changed nothing: no fine-tuning, nothing pruned) or `restored`
+        (the converted model, given the original names and layout back). None for every other model."""
+        if target.family not in ("onnx", "openvino") or self.interface() is None:
+            return None
+        if self.several_inputs():
+            return "original"
+        train, prune = self.stages["train"].meta, self.stages["prune"].meta
+        changed = (train.get("source_model") or {}).get("fine_tuned") or prune.get("pruned_layers", 0) > 0
+        return "restored" if changed else "original"
+
     def export(self, target) -> Entry:
         from pipeline import report, stages
 
+        route = self.interface_route(target)
+        if self.several_inputs() and not route:
+            raise UsageError(f"{target.name} is made through the Keras conversion, which takes single-input models "
+                             f"only; this model has inputs {[p['name'] for p in self.interface()['inputs']]}")
         # A QAT stage that fell back to post-training quantization left no model: use the float one.
-        use_qat = target.source == "qat" and self.stages["qat"].meta.get("method") == "qat"
+        use_qat = target.source == "qat" and self.stages.get("qat") and self.stages["qat"].meta.get("method") == "qat"
         src_name = "qat" if use_qat else "prune"
-        src = self.stages[src_name]
+        src = self.stages.get(src_name) or self.reference()
         metadata = self.artifact_metadata(target)
+        if route:
+            metadata["input_layout"] = ",".join(dict.fromkeys(p.get("layout", "N...") for p in self.interface()["inputs"]))
 
         def produce(folder):
+            calib = self.dataset().x_cal
+            progress = lambda i, n: report.progress("calibrate", i, n)  # noqa: E731
+            if route:
+                from pipeline.interface_export import export_keeping_interface
+
+                return export_keeping_interface(self, target, route, src.file("model.h5"), calib,
+                                                folder / target.filename, metadata, progress)
             stages.tf_setup(self.seed)
             model = stages.load_model(src.file("model.h5"), qat=use_qat)
-            calib = self.dataset().x_cal
-            choice = target.module.export(target, model, calib, folder / target.filename, metadata,
-                                          progress=lambda i, n: report.progress("calibrate", i, n),
+            choice = target.module.export(target, model, calib, folder / target.filename, metadata, progress=progress,
                                           **({} if use_qat else {"ptq": self.ptq_settings()}))
             return {"source": src_name, "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert",
                     **({"ptq": choice} if choice else {})}
 
-        params = {"target": target.name, "options": target.options, "metadata": metadata}
+        params = {"target": target.name, "options": target.options, "metadata": metadata,
+                  **({"route": route} if route else {})}
         return self.stage(f"export:{target.name}", params, {"model": src.key, "data": self.stages["data"].key},
-                          produce, code=[_source(target.module)])
+                          produce, code=[_source(target.module), *(["pipeline/interface.py", "pipeline/interface_export.py"]
+                                                                   if route else [])])
 
     def verify(self, target, artifact: Entry) -> Entry:
         from pipeline.stages import REFERENCE_OUTPUTS
 
-        ref, d = self.stages["train"], self.stages["data"]  # the original model: every figure's reference
+        ref, d = self.reference(), self.stages["data"]  # the original model: every figure's reference
 
         # A post-training choice that kept layers in float ([ptq] mixed) must read back as int8-mixed, never int8.
         expected = "int8-mixed" if artifact.meta.get("ptq", {}).get("mixed") else target.quantization
 
         def produce(folder):
             return verify_artifact(target, artifact.file(target.filename), d.path, ref.file(REFERENCE_OUTPUTS),
-                                   self.cfg.build, ref.meta["accuracy"], expected)
+                                   self.cfg.build, ref.meta.get("accuracy"), perms=artifact.meta, expected=expected)
 
         b = self.cfg.build
         params = {"target": target.name, "quantization": expected, "runner": target.runner,
-                  "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine]}
+                  "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
+                  **({"run_config": target.run_config} if target.run_config else {})}
         return self.stage(f"verify:{target.name}", params,
                           {"artifact": artifact.key, "reference": ref.key, "data": d.key}, produce,
                           code=[_source(target.module), *(f"targets/runners/{r}" for r in (target.runner, target.legacy_runner) if r)])
@@ -196,6 +261,7 @@ class Builder:
                 "build_seconds": round(artifact.meta.get("seconds", 0.0) + result.get("seconds", 0.0), 2),
                 "made_from": artifact.meta.get("source"), "method": artifact.meta.get("method"),
                 **({"ptq": artifact.meta["ptq"]} if "ptq" in artifact.meta else {}),  # what PTQ chose, and why
+                **interface_fields(artifact.meta, self.stages["data"].meta["preprocessing"]),
                 "fallbacks": self.fallbacks(target),
                 "stage_keys": {"export": artifact.key, "verify": self.stages[f"verify:{target.name}"].key}}
 
@@ -266,6 +332,28 @@ def content_hash(path: str) -> str:
             h.update(str(f.relative_to(p)).encode() + b"\0" + sha256_file(f).encode())
         return h.hexdigest()
     return "missing"
+
+
+def interface_fields(export_meta: dict, preprocessing: dict) -> dict:
+    """What the manifest row says of the artifact's interface: the layout its inputs take, and how it maps
+    to the pipeline's arrays (bench, release and verify feed each artifact in its own layout)."""
+    return {"input_layout": export_meta.get("input_layout") or preprocessing.get("layout"),
+            "route": export_meta.get("route"), "input_perms": export_meta.get("input_perms"),
+            "output_perms": export_meta.get("output_perms")}
+
+
+def _first(x):
+    return next(iter(x.values())) if isinstance(x, dict) else x
+
+
+def _load_array(entry: Entry, name: str):
+    """A data stage array: .npy, or .npz (one array per input) for a model with several inputs; None if absent."""
+    if entry.file(f"{name}.npy").exists():
+        return np.load(entry.file(f"{name}.npy"), allow_pickle=False)
+    if entry.file(f"{name}.npz").exists():
+        with np.load(entry.file(f"{name}.npz"), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    return None
 
 
 def _one_line(e: BaseException) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import runner
+from pipeline import interface, runner
 from targets import RUNNERS
 
 
@@ -137,9 +137,42 @@ def legacy_verdict(error: str | None, legacy: list[np.ndarray], reference: list[
     return f"loads, but outputs differ from {other} by up to {diff:.2g}"
 
 
+def default_run(target, artifact: Path, inputs: Path, perms: dict | None, ref: list[np.ndarray], tmp: Path) -> dict:
+    """The same samples without the target's run_config (the runtime's own default, e.g. OpenVINO in bf16 on a
+    CPU that has it): what a user who skips the stated configuration gets. Recorded, not gated."""
+    outs = tmp / "default.npz"
+    option, value = target.run_option
+    run = runner.run(target.runner_path, artifact, ["--inputs", inputs, "--outputs", outs, f"--{option}", value])
+    if not run["ok"]:
+        return {"error": run["error"]}
+    outputs = interface.from_artifact(load_outputs(outs), (perms or {}).get("output_perms"))
+    if len(outputs) != len(ref) or any(o.shape != r.shape for o, r in zip(outputs, ref)):
+        return {"error": "outputs of another shape"}
+    c = compare(outputs, ref, None)
+    return {"precision": run.get("precision"), **{k: c[k] for k in ("max_abs_diff", "cosine", "top1_agreement") if k in c}}
+
+
+def test_inputs(data_dir: Path) -> Path:
+    """The held-out samples: x_test.npy, or x_test.npz (one array per input) for a model with several inputs."""
+    npy = Path(data_dir) / "x_test.npy"
+    return npy if npy.exists() else Path(data_dir) / "x_test.npz"
+
+
+def artifact_inputs(x_file: Path, perms: dict | None, tmp: Path) -> Path:
+    """The samples of `x_file` in the artifact's input layout: the file itself, or a transposed copy in `tmp`."""
+    perm = ((perms or {}).get("input_perms") or [None])[0]
+    if not perm:
+        return x_file
+    path = tmp / f"inputs_{''.join(map(str, perm))}.npy"
+    np.save(path, interface.to_artifact(np.load(x_file, allow_pickle=False), perm))
+    return path
+
+
 def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, build,
-                    reference_accuracy: float | None, expected: str | None = None) -> dict:
-    """`expected`: the quantization the file must read back as, when not the target's own (`int8-mixed`:
+                    reference_accuracy: float | None, perms: dict | None = None, expected: str | None = None) -> dict:
+    """`perms`: the artifact's interface (input_perms, output_perms; see pipeline/interface.py) when it
+    takes another layout than the pipeline's arrays: its inputs and outputs are moved accordingly.
+    `expected`: the quantization the file must read back as, when not the target's own (`int8-mixed`:
     the post-training choice kept some layers in float, [ptq] mixed)."""
     expected = expected or target.quantization
     result = {"expected_quantization": expected, "reference_accuracy": reference_accuracy,
@@ -154,14 +187,18 @@ def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, bui
     result.update({k: info[k] for k in ("opset",) if k in info})  # ONNX files: the opset they need
     with tempfile.TemporaryDirectory() as tmp:
         outs = Path(tmp) / "outputs.npz"
-        run = runner.run(target.runner_path, artifact, ["--inputs", data_dir / "x_test.npy", "--outputs", outs])
+        inputs = artifact_inputs(test_inputs(data_dir), perms, Path(tmp))
+        run = runner.run(target.runner_path, artifact, ["--inputs", inputs, "--outputs", outs])
         result["runtime"] = f"{run.get('runtime')} {run.get('runtime_version')}"
         if not run["ok"]:
             return {**result, "status": "failed_verification", "reason": f"{run.get('runtime', 'runtime')}: {run['error']}"}
-        outputs = load_outputs(outs)
+        outputs = interface.from_artifact(load_outputs(outs), (perms or {}).get("output_perms"))
         if target.legacy_runner:
             result["legacy_tflite_runtime"] = legacy_check(target, artifact, data_dir, outputs, Path(tmp))
-    ref = load_outputs(reference)
+        ref = load_outputs(reference)
+        if target.run_config:
+            result["run_config"] = dict(target.run_config)
+            result["runtime_default"] = default_run(target, artifact, inputs, perms, ref, Path(tmp))
     if len(outputs) != len(ref) or any(o.shape != r.shape for o, r in zip(outputs, ref)):
         return {**result, "status": "failed_verification",
                 "reason": f"outputs {[o.shape for o in outputs]} do not match the original model's {[r.shape for r in ref]}"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 
 _WIDTH = 24
 
@@ -91,3 +93,14 @@ def prune_summary(trained: dict, pruned: dict) -> str:
     elif trained.get("accuracy") is not None and pruned.get("accuracy") is not None:
         parts.append(f"float accuracy {trained['accuracy']:.4f} -> {pruned['accuracy']:.4f}")
     return ", ".join(parts)
+
+
+@contextlib.contextmanager
+def step(label: str, what: str = ""):
+    """One line when a step that may take a while starts, one with its duration when it ends (stderr)."""
+    t0 = time.perf_counter()
+    sys.stderr.write(f"{label:<12} {what} ...\n".replace("  ...", " ..."))
+    sys.stderr.flush()
+    yield
+    sys.stderr.write(f"{label:<12} done in {time.perf_counter() - t0:.1f} s\n")
+    sys.stderr.flush()

@@ -32,11 +32,15 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("data", "seeded stratified split; the held-out part is never trained on", ("pipeline/data.py",)),
-    Stage("train", "the model trained (or loaded and fine-tuned)", ("pipeline/stages.py", "pipeline/models.py")),
+    Stage("data", "seeded stratified split; the held-out part is never trained on",
+          ("pipeline/data.py", "pipeline/interface.py")),
+    Stage("train", "the model trained (or loaded and fine-tuned)",
+          ("pipeline/stages.py", "pipeline/models.py", "pipeline/interface.py")),
     Stage("prune", "pruned by prune.method, fine-tuned, stripped", ("pipeline/stages.py", "pipeline/prune_channels.py")),
     Stage("qat", "quantization-aware training that keeps the pruned zeros (for the int8 targets made from it)",
           ("pipeline/stages.py", "pipeline/separable.py")),
+    Stage("original", "a model with several inputs: the user's own file run in onnxruntime, the reference",
+          ("pipeline/interface_export.py", "targets/runners/run_onnxruntime.py", "targets/runners/runner_common.py")),
     Stage("export", "the target's converter (int8 without QAT: the post-training method chosen by measurement)",
           ("pipeline/stages.py", "targets/ptq.py")),
     Stage("verify", "the artifact run in its runtime on the held-out split, gated",
@@ -230,14 +234,41 @@ def default_model(keras, input_shape, n_classes: int, filters: int):
     ], name="digits_cnn")
 
 
-def _check_input(model, ds) -> None:
+def _check_input(model, ds, port: dict | None) -> None:
+    """The data must fit the model; the error speaks the user's layout (NCHW for an ONNX model)."""
+    from pipeline import interface
     from pipeline.errors import DataError
 
     want = tuple(model.input_shape[1:])
     have = tuple(ds.x_train.shape[1:])
-    if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have)):
-        raise DataError(f"data samples are {have} but the model expects {want}: "
-                        "set data.resize / data.channels, or use matching data")
+    if interface.fits(have, want):
+        return
+    if port and interface.channels_first(port) and len(have) == len(want):
+        first = interface.to_first(len(have) + 1)
+        given = ds.preprocessing.get("data_layout")
+        shown = tuple((1, *have)[i] for i in first[1:]) if given == port["layout"] else have
+        where = f"{shown} ({given})" if given != "as stored" else f"{shown}"
+        expected = tuple((1, *want)[i] for i in first[1:])
+        raise DataError(f"data samples are {where} but the model expects {expected} ({port['layout']}, "
+                        f"or {want} channels-last): set data.resize / data.channels, or use matching data")
+    raise DataError(f"data samples are {have} but the model expects {want}: "
+                    "set data.resize / data.channels, or use matching data")
+
+
+def _onnx_input_shape(cfg, ds) -> tuple[tuple[int, ...], dict]:
+    """The input shape onnx2tf fixes: model.onnx_input_shape, else the model's own with its dynamic
+    dimensions taken from the data (in the user's layout; batch 1). Returns (shape, the input port)."""
+    from pipeline import interface
+
+    port = interface.onnx_interface(cfg.model.path)["inputs"][0]
+    if cfg.model.onnx_input_shape:
+        return tuple(cfg.model.onnx_input_shape), {**port, "shape": list(cfg.model.onnx_input_shape)}
+    have = [1, *ds.x_train.shape[1:]]
+    if len(have) != len(port["shape"]):
+        return (), port
+    if interface.channels_first(port):
+        have = [have[i] for i in interface.to_first(len(have))]
+    return tuple(d if d is not None else h for d, h in zip(port["shape"], have)), port
 
 
 def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
@@ -247,10 +278,12 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
     if cfg.model.path:
         from pipeline import models
 
-        model, info = models.load(cfg.model.path, cfg.model.trust, cfg.model.onnx_input_shape, workdir)
-        _check_input(model, ds)
+        shape, port = _onnx_input_shape(cfg, ds) if cfg.model.path.lower().endswith(".onnx") else ((), None)
+        model, info = models.load(cfg.model.path, cfg.model.trust, shape, workdir)
+        _check_input(model, ds, port)
         original = _save_original(model, ds, cfg, out)
-        if cfg.model.fine_tune_epochs and ds.labelled:
+        info["fine_tuned"] = bool(cfg.model.fine_tune_epochs and ds.labelled)
+        if info["fine_tuned"]:
             _fit(keras, model, ds, Teacher(model, ds, cfg.train.batch_size), cfg.model.fine_tune_epochs,
                  cfg.train.learning_rate, cfg, "fine-tune")
             extra["fine_tuned"] = vs_original(predict(model, ds.x_test, cfg.train.batch_size), original, ds.y_test)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.report import step
+
 METADATA_KEY = "edge_export"
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops between a weight initializer and the op that uses it (QDQ, layout changes).
@@ -60,25 +62,36 @@ def _stable_names(graph) -> None:
         d.dim_param = fix(d.dim_param)
 
 
-def quantize_qdq(proto, calibration: np.ndarray, progress=None):
-    """Static QDQ: int8 per-channel symmetric weights, int8 activations calibrated (min/max) on `calibration`."""
+def quantize_qdq(proto, calibration: list[np.ndarray], progress=None):
+    """Static QDQ: int8 per-channel symmetric weights, int8 activations calibrated (min/max) on `calibration`
+    (one array of samples per graph input, in the graph's own layout)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    name = proto.graph.input[0].name
+    from targets.runners.runner_common import one_call
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # per-channel DequantizeLinear (its `axis`) needs opset 13: a user's older graph is raised to it
+        from onnx import version_converter
+
+        proto = version_converter.convert_version(proto, 13)
+    init = {i.name for i in proto.graph.initializer}
+    inputs = [{"name": v.name, "shape": list(v.type.tensor_type.shape.dim), "dtype": _dtype(v.type.tensor_type.elem_type)}
+              for v in proto.graph.input if v.name not in init]
+    n = len(calibration[0])
 
     class Samples(CalibrationDataReader):
         def __init__(self):
             self.i = 0
 
         def get_next(self):
-            if self.i >= len(calibration):
+            if self.i >= n:
                 return None
             self.i += 1
             if progress:
-                progress(self.i, len(calibration))
-            return {name: calibration[self.i - 1][None].astype(np.float32)}
+                progress(self.i, n)
+            return {inp["name"]: one_call(c[self.i - 1], inp) for inp, c in zip(inputs, calibration)}
 
     with tempfile.TemporaryDirectory() as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
@@ -103,14 +116,23 @@ def quantize_qdq(proto, calibration: np.ndarray, progress=None):
 def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None, ptq=None) -> dict | None:
     """Write `target`'s .onnx of Keras `model` to `out`, with `metadata` in metadata_props. With `ptq`
     (targets.ptq.Settings) int8 is the best of several methods; returns the record of that choice."""
-    mode = target.options["mode"]
-    proto, choice = to_onnx(model, target.options["opset"]), None
-    if mode == "int8" and ptq is not None:
+    with step("convert", "Keras -> ONNX (tf2onnx)"):
+        proto = to_onnx(model, target.options["opset"])
+    return write(target, proto, [calibration], out, metadata, progress, ptq)
+
+
+def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dict, progress=None,
+          ptq=None) -> dict | None:
+    """Write `target`'s .onnx of the ONNX graph `proto` (converted, or the user's own) to `out`.
+    `calibration`: one array of samples per graph input, in the graph's layout. With `ptq` and one input,
+    int8 is the best of several post-training methods (targets/ptq.py); returns the record of that choice."""
+    mode, choice = target.options["mode"], None
+    if mode == "int8" and ptq is not None and len(calibration) == 1:
         from targets import ptq as methods
 
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "float.onnx").write_bytes(proto.SerializeToString())
-            proto, choice = methods.onnx_int8(Path(tmp) / "float.onnx", calibration, ptq.validation,
+            proto, choice = methods.onnx_int8(Path(tmp) / "float.onnx", calibration[0], ptq.validation,
                                               budget=ptq.budget, mixed=ptq.mixed, progress=progress)
     elif mode == "int8":
         proto = quantize_qdq(proto, calibration, progress)

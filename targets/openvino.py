@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.report import step
+
 METADATA_KEY = "edge_export"
 WEIGHTED_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
 # Ops between a weight constant and the op that uses it (weight decompression, layout changes).
@@ -42,27 +44,46 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
     `ptq` (targets.ptq.Settings) int8 is the best of several NNCF settings; returns the record of that choice."""
     from targets.onnx import to_onnx
 
+    with step("convert", "Keras -> ONNX (tf2onnx)"):
+        proto = to_onnx(model, target.options["opset"])
+    return write(target, proto, [calibration], out, metadata, progress, fix_batch=True, ptq=ptq)
+
+
+def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dict, progress=None,
+          fix_batch: bool = False, ptq=None) -> dict | None:
+    """Write `target`'s IR of the ONNX graph `proto` (converted, or the user's own) to `out`. `calibration`:
+    one array of samples per graph input, in its layout. `fix_batch`: batch 1 (see _fix_batch); a user's
+    own interface keeps its free dimensions. With `ptq` and one input, int8 is the best of several NNCF
+    settings (targets/ptq.py); returns the record of that choice."""
     ov = import_openvino()
     mode = target.options["mode"]
     if mode not in ("fp32", "fp16", "int8"):
         raise ValueError(f"unknown openvino mode {mode!r}")
     with tempfile.TemporaryDirectory() as tmp:  # kept until saved: the converted model may map the file
         src = Path(tmp) / "model.onnx"
-        src.write_bytes(to_onnx(model, target.options["opset"]).SerializeToString())
-        ov_model = float_ir(src)
+        src.write_bytes(proto.SerializeToString())
+
+        def convert():
+            m = ov.convert_model(src)
+            if fix_batch:
+                _fix_batch(m)
+            return m
+
+        with step("convert", "ONNX -> OpenVINO"):
+            ov_model = convert()
         choice = None
-        if mode == "int8" and ptq is not None:
+        if mode == "int8" and ptq is not None and len(calibration) == 1:
             from targets import ptq as methods
 
-            ov_model, choice = methods.openvino_int8(lambda: float_ir(src), calibration, ptq.validation, budget=ptq.budget,
+            ov_model, choice = methods.openvino_int8(convert, calibration[0], ptq.validation, budget=ptq.budget,
                                                      mixed=ptq.mixed, progress=progress)
         elif mode == "int8":
             ov_model = quantize(ov_model, calibration, progress)
-        layout = metadata.get("preprocessing", {}).get("layout", "")
-        param = ov_model.get_parameters()[0]
-        rank = param.get_partial_shape().rank
-        if rank.is_static and len(layout) == rank.get_length():  # e.g. NHWC: recorded on the input
-            param.set_layout(ov.Layout(layout))
+        layout = metadata.get("input_layout") or metadata.get("preprocessing", {}).get("layout", "")
+        for param in ov_model.get_parameters():
+            rank = param.get_partial_shape().rank
+            if rank.is_static and len(layout) == rank.get_length():  # e.g. NHWC: recorded on the input
+                param.set_layout(ov.Layout(layout))
         _stable_names(ov_model)
         ov_model.set_rt_info(json.dumps(metadata, sort_keys=True), [METADATA_KEY])
         # save_model compresses every float weight to fp16 unless told not to: fp32 must stay fp32.
@@ -99,8 +120,9 @@ def _stable_names(ov_model) -> None:
             op.set_friendly_name(f"{auto.group(1)}_{i}")
 
 
-def quantize(ov_model, calibration: np.ndarray, progress=None):
-    """NNCF post-training quantization (8-bit, symmetric weights), calibrated on every `calibration` sample."""
+def quantize(ov_model, calibration: list[np.ndarray], progress=None):
+    """NNCF post-training quantization (8-bit, symmetric weights), calibrated on every sample of
+    `calibration` (one array per model input)."""
     import contextlib
     import io
     import logging
@@ -108,18 +130,24 @@ def quantize(ov_model, calibration: np.ndarray, progress=None):
     import_openvino()
     import nncf
 
+    from targets.runners.runner_common import one_call
+
     nncf.set_log_level(logging.ERROR)
+    n = len(calibration[0])
+    inputs = [{"shape": list(p.get_partial_shape()), "dtype": str(p.get_element_type().to_dtype())}
+              for p in ov_model.inputs]
     seen = 0
 
-    def sample(x):
+    def sample(i):
         nonlocal seen
         seen += 1
-        if progress and seen <= len(calibration):
-            progress(seen, len(calibration))
-        return x[None].astype(np.float32)
+        if progress and seen <= n:
+            progress(seen, n)
+        feeds = [one_call(c[i], inp) for c, inp in zip(calibration, inputs)]
+        return feeds[0] if len(feeds) == 1 else feeds
 
     with contextlib.redirect_stdout(io.StringIO()):  # nncf draws its progress bars on stdout
-        return nncf.quantize(ov_model, nncf.Dataset(calibration, sample), subset_size=len(calibration))
+        return nncf.quantize(ov_model, nncf.Dataset(range(n), sample), subset_size=n)
 
 
 def inspect(path: str | Path) -> dict:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.report import step
+
 METADATA_KEY = "edge_export"
 
 
@@ -61,7 +63,8 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
         conv.optimizations = [*conv.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     from pipeline.stages import stderr_silenced
 
-    with stderr_silenced():  # the MLIR quantizer prints its settings on stderr; errors still raise
+    # stderr_silenced: the MLIR quantizer prints its settings on stderr; errors still raise.
+    with step("convert", f"Keras -> TFLite ({target.options['mode']})"), stderr_silenced():
         model_bytes = conv.convert()
     out.write_bytes(embed_metadata(model_bytes, metadata))
 

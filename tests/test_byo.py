@@ -143,7 +143,7 @@ def test_real_idx_data_trains_the_built_in_model(tmp_path):
             arr = np.frombuffer(raw[4 + 4 * ndim:], dtype=np.uint8).reshape(dims)[:n]
             write_idx(subset / f"{split}-{kind}.gz", arr)
     cfg = tmp_path / "f.toml"
-    cfg.write_text("[model]\nname = 'fashion'\nfilters = 8\n[train]\nepochs = 3\n[prune]\nepochs = 2\n"
+    cfg.write_text("[model]\nname = 'fashion'\nfilters = 8\n[train]\nepochs = 3\n[prune]\nepochs = 2\nsparsity = 0.5\n"
                    "[qat]\nepochs = 1\n[build]\nmax_accuracy_drop = 3.0\n")
     proc = run_cli("build", "--config", cfg, "--data", subset, "--target", "tflite-int8", "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -38,7 +38,7 @@ def artifact_outputs(out: Path, model: str, target: str, x_file: Path, tmp: Path
     return load_outputs(tmp / "o.npz")[0]
 
 
-def test_set(out: Path, model: str) -> tuple[Path, np.ndarray | None]:
+def held_out(out: Path, model: str) -> tuple[Path, np.ndarray | None]:
     import pipeline
 
     b = pipeline.built(out=out)
@@ -75,7 +75,7 @@ def test_a_users_classifier_is_named_after_its_file_and_every_figure_is_against_
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "original: accuracy" in proc.stderr and "vs original:" in proc.stderr
     m = json.loads((out / "my_classifier" / "manifest.json").read_text())
-    x_file, y = test_set(out, "my_classifier")
+    x_file, y = held_out(out, "my_classifier")
     x = np.load(x_file)
     original = original_outputs(users_classifier / "my_classifier.h5", x)
     original_acc = float(np.mean(original.argmax(-1) == y))
@@ -124,8 +124,11 @@ def test_bench_and_release_on_a_brought_models_build_leave_it_untouched(users_cl
     after = {p: sha256_file(p) for p in files if p.is_file() and p.name != ".lock"}
     assert after == before
     card = (dist / "my_classifier-0.1.0" / "MODEL_CARD.md").read_text()
-    assert "channels_fraction" not in card and "sparsity" not in card.split("## Training")[1].split("## Artifacts")[0]
-    assert "| qat | " in card and "ran no" in card
+    prune_row = next(line for line in card.splitlines() if line.startswith("| prune |"))
+    assert prune_row.split(" | ")[2] == "method none"  # no setting of a method that did not run
+    assert "channels_fraction" not in card
+    qat_row = next(line for line in card.splitlines() if line.startswith("| qat |"))
+    assert "ran no" in qat_row and "post-training quantization" in qat_row
 
 
 @needs_assets
@@ -143,7 +146,7 @@ def test_a_brought_pretrained_model_with_default_settings_builds_ok_against_the_
                    "--target", "tflite-fp32,tflite-int8", "--out", out, timeout=1800)
     assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     m = json.loads((out / "fer_emotion_model" / "manifest.json").read_text())
-    x_file, _ = test_set(out, "fer_emotion_model")
+    x_file, _ = held_out(out, "fer_emotion_model")
     original = original_outputs(model, np.load(x_file))
     assert m["stages"]["prune"]["auto"]["chosen"] == 0.0  # no sparsity tried kept the budget: left whole
     arts = {a["target"]: a for a in m["artifacts"]}

@@ -45,7 +45,8 @@ def _step_order(name: str):
 ARTIFACT_COLUMNS = [("target", "target"), ("quantization", "quantization"), ("bytes", "bytes"),
                     ("gzip_bytes", "gzip"), ("sparsity", "sparsity"), ("accuracy", "accuracy"),
                     ("reference_accuracy", "original acc"), ("top1_agreement", "agreement vs original"),
-                    ("max_abs_diff", "max abs diff vs original"), ("input", "input"), ("output", "output"),
+                    ("max_abs_diff", "max abs diff vs original"), ("input_layout", "input layout"), ("input", "input"),
+                    ("output", "output"), ("run_with", "run with"),
                     ("runtime", "verified in")]
 
 
@@ -83,10 +84,12 @@ def model_card(m: dict) -> str:
         "",
         "## Artifacts",
         "",
-        md_table([{**a, "input": _io(a.get("inputs")), "output": _io(a.get("outputs"))} for a in shipped],
-                 ARTIFACT_COLUMNS),
+        md_table([{**a, "input": _io(a.get("inputs")), "output": _io(a.get("outputs")),
+                   "run_with": ", ".join(f"{k}={v}" for k, v in (a.get("run_config") or {}).items()) or None}
+                  for a in shipped], ARTIFACT_COLUMNS),
         "",
         "Accuracy and agreement (top-1) against the original model on the held-out split, in the runtime named.",
+        *_run_config_notes(shipped),
         "",
         "## Latency",
         "",
@@ -189,8 +192,23 @@ def _settings(d: dict, empty: str = "defaults") -> str:
     return ", ".join(f"{k} {_cell(v)}" for k, v in shown.items()) or empty
 
 
+def _run_config_notes(shipped: list[dict]) -> list[str]:
+    """What an artifact needs at run time, and what its runtime's default gave instead (measured at build)."""
+    notes = []
+    for a in shipped:
+        if not a.get("run_config"):
+            continue
+        need = ", ".join(f"`{k}={v}`" for k, v in a["run_config"].items())
+        d = a.get("runtime_default") or {}
+        seen = (f"; with the runtime's default ({d.get('precision')} on the build machine's CPU) it differed from "
+                f"the float model by up to {d['max_abs_diff']:.2g} (against {a.get('max_abs_diff', 0):.2g})"
+                if "max_abs_diff" in d else "")
+        notes.append(f"- `{a['target']}` must be compiled with {need}{seen}.")
+    return ["", *notes] if notes else []
+
+
 def _io(specs) -> str:
-    return "; ".join(f"{s['dtype']} {s['shape']}" + (f" (scale {s['scale']:.6g}, zero point {s['zero_point']})"
+    return "; ".join(f"{s.get('name', '')} {s['dtype']} {s['shape']}".strip() + (f" (scale {s['scale']:.6g}, zero point {s['zero_point']})"
                                                      if s.get("scale") else "") for s in specs or [])
 
 

@@ -148,7 +148,6 @@ def tolerance(outputs: list[dict]) -> list[dict]:
 
 def package(target, row: dict, out: Path, data, manifest: dict, version: str, dist: Path, epoch: int) -> dict:
     """Run the artifact on the test vectors in its runtime and write its archive into `dist`."""
-    import io
     import json
     import tempfile
 
@@ -159,13 +158,21 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
 
     main = out / row["path"]
     files = {f: main.parent / f for f in target.files}
-    x = np.load(data.file("x_test.npy"), allow_pickle=False)
+    from pipeline.builder import _first, _load_array
+    from pipeline.interface import to_artifact
+
+    x = _load_array(data, "x_test")
     y = np.load(data.file("y_test.npy"), allow_pickle=False) if data.file("y_test.npy").exists() else None
-    idx = pick_vectors(y, len(x))
-    x = x[idx].astype(np.float32)
+    idx = pick_vectors(y, len(_first(x)))
+    if isinstance(x, dict):  # several inputs: one array per input name, taken as they are
+        x = {k: v[idx] for k, v in x.items()}
+        vector_file, x_bytes = "test_vectors/inputs.npz", npz_bytes(x)
+    else:
+        x = to_artifact(x[idx].astype(np.float32), (row.get("input_perms") or [None])[0])
+        vector_file, x_bytes = "test_vectors/inputs.npy", npy_bytes(x)
     with tempfile.TemporaryDirectory() as work:
-        inputs, outputs = Path(work) / "inputs.npy", Path(work) / "outputs.npz"
-        np.save(inputs, x)
+        inputs, outputs = Path(work) / Path(vector_file).name, Path(work) / "outputs.npz"
+        inputs.write_bytes(x_bytes)
         res = runner.run(target.runner_path, main, ["--inputs", inputs, "--outputs", outputs, "--threads", "1"])
         if not res["ok"]:
             raise RunnerError(f"{target.name}: cannot make test vectors: "
@@ -177,11 +184,9 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
         raise RunnerError(f"{target.name}: the runner described outputs {[t['output'] for t in tol]} "
                           f"but wrote {sorted(expected)}")
     # Every array as .npy: an .npz is a zip whose entries carry the time it was written.
-    vectors = {"test_vectors/inputs.npy": x, **{f"test_vectors/{k}.npy": v for k, v in expected.items()}}
-    for rel, arr in vectors.items():
-        buf = io.BytesIO()
-        np.save(buf, arr, allow_pickle=False)
-        files[rel] = buf.getvalue()
+    files[vector_file] = x_bytes
+    for k, v in expected.items():
+        files[f"test_vectors/{k}.npy"] = npy_bytes(v)
     files["labels.txt"] = "".join(f"{label}\n" for label in manifest["labels"]).encode()
     digests = {rel: sha256_file(src) if isinstance(src, Path) else _sha256(src) for rel, src in files.items()}
     meta = {
@@ -189,14 +194,15 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
         "config_hash": manifest["config_hash"], "target": target.name, "family": target.family,
         "artifact": target.filename, "quantization": row["quantization"], "files": digests,
         "inputs": row.get("inputs"), "outputs": row.get("outputs"), "preprocessing": manifest["preprocessing"],
+        "input_layout": row.get("input_layout"), "run_config": row.get("run_config") or {},
         "runner": target.runner, "runtime": f"{res.get('runtime')} {res.get('runtime_version')}", "threads": 1,
         "made_from": row.get("made_from"), "method": row.get("method"),
         "versus_original_model": {k: row.get(k) for k in ("accuracy", "reference_accuracy", "top1_agreement",
                                                           "cosine", "max_abs_diff") if row.get(k) is not None},
         "data": {k: manifest["preprocessing"].get(k) for k in ("source", "samples", "calibration_samples", "labelled")},
         "test_vectors": {
-            "inputs": "test_vectors/inputs.npy",
-            "about": "float32 held-out samples, preprocessed, in the float input layout; the runner quantizes "
+            "inputs": vector_file,
+            "about": "float32 held-out samples, preprocessed, in the artifact's input layout (input_layout); the runner quantizes "
                      "them for an integer input; outputs are float32 (integer outputs dequantized)",
             "held_out_indices": idx, "true_labels": None if y is None else [int(v) for v in y[idx]],
             "tolerance": tol,
@@ -209,6 +215,30 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
     return {"target": target.name, "archive": archive.name, "bytes": archive.stat().st_size,
             "sha256": sha256_file(archive), "vectors": len(idx), "runtime": meta["runtime"],
             "files": sorted(files), "tolerance": meta["test_vectors"]["tolerance"]}
+
+
+def npy_bytes(a) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def npz_bytes(arrays: dict) -> bytes:
+    """An .npz as np.load reads it, without the clock time np.savez puts on each entry: reproducible bytes."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            z.writestr(info, npy_bytes(arrays[name]))
+    return buf.getvalue()
 
 
 def _sha256(data: bytes) -> str:

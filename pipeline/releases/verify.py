@@ -213,7 +213,7 @@ def replay(name: str, folder: Path, meta: dict, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "outputs.npz"
         res = runner.run(RUNNERS / meta["runner"], folder / meta["artifact"],
-                         ["--inputs", folder / "test_vectors/inputs.npy", "--outputs", out,
+                         ["--inputs", folder / meta["test_vectors"]["inputs"], "--outputs", out,
                           "--threads", str(meta.get("threads", 1))], timeout=timeout)
         runtime = f"{res.get('runtime')} {res.get('runtime_version')}"
         if not res["ok"]:
@@ -249,7 +249,9 @@ def _unusable(meta: dict, runners: set[str]) -> str | None:
     if not isinstance(meta.get("runner"), str) or meta["runner"] not in runners:
         return f"names no runner of this checkout ({meta.get('runner')!r})"
     if not isinstance(meta.get("artifact"), str) or meta["artifact"] not in files \
-            or "test_vectors/inputs.npy" not in files:
+            or not isinstance(meta.get("test_vectors"), dict) \
+            or meta["test_vectors"].get("inputs") not in ("test_vectors/inputs.npy", "test_vectors/inputs.npz") \
+            or meta["test_vectors"]["inputs"] not in files:
         return "names an artifact or inputs that are not in the archive"
     if not isinstance(meta.get("threads", 1), int) or meta.get("threads", 1) < 1:
         return "has a bad thread count"
