@@ -167,6 +167,19 @@ class Builder:
                 "labels": list(self.cfg.model.labels or d["labels"]), "preprocessing": d["preprocessing"],
                 "config_hash": self.cfg.digest()}
 
+    def ptq_settings(self):
+        """What the int8 targets without QAT choose their post-training method with (None: one method each).
+        Validation: training samples that do not calibrate (the calibration ones if there are none)."""
+        from targets.ptq import Settings
+
+        p = self.cfg.ptq
+        if not p.choose:
+            return None
+        ds = self.dataset()
+        cal = {x.tobytes() for x in ds.x_cal}
+        val = [x for x in ds.x_train if x.tobytes() not in cal][:p.validation_samples]
+        return Settings(np.stack(val) if val else ds.x_cal, p.mixed, p.budget)
+
     def interface_route(self, target) -> str | None:
         """How an ONNX/OpenVINO target of a user's ONNX model keeps its interface: `original` (made from the
         user's file itself, when the Keras side changed nothing: no fine-tuning, nothing pruned) or `restored`
@@ -204,8 +217,10 @@ class Builder:
                                                 folder / target.filename, metadata, progress)
             stages.tf_setup(self.seed)
             model = stages.load_model(src.file("model.h5"), qat=use_qat)
-            target.module.export(target, model, calib, folder / target.filename, metadata, progress=progress)
-            return {"source": src_name, "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert"}
+            choice = target.module.export(target, model, calib, folder / target.filename, metadata, progress=progress,
+                                          **({} if use_qat else {"ptq": self.ptq_settings()}))
+            return {"source": src_name, "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert",
+                    **({"ptq": choice} if choice else {})}
 
         params = {"target": target.name, "options": target.options, "metadata": metadata,
                   **({"route": route} if route else {})}
@@ -218,12 +233,15 @@ class Builder:
 
         ref, d = self.reference(), self.stages["data"]  # the original model: every figure's reference
 
+        # A post-training choice that kept layers in float ([ptq] mixed) must read back as int8-mixed, never int8.
+        expected = "int8-mixed" if artifact.meta.get("ptq", {}).get("mixed") else target.quantization
+
         def produce(folder):
             return verify_artifact(target, artifact.file(target.filename), d.path, ref.file(REFERENCE_OUTPUTS),
-                                   self.cfg.build, ref.meta.get("accuracy"), perms=artifact.meta)
+                                   self.cfg.build, ref.meta.get("accuracy"), perms=artifact.meta, expected=expected)
 
         b = self.cfg.build
-        params = {"target": target.name, "quantization": target.quantization, "runner": target.runner,
+        params = {"target": target.name, "quantization": expected, "runner": target.runner,
                   "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
                   **({"run_config": target.run_config} if target.run_config else {})}
         return self.stage(f"verify:{target.name}", params,
@@ -242,6 +260,7 @@ class Builder:
                 "sha256": sha256_file(*dests), **result,
                 "build_seconds": round(artifact.meta.get("seconds", 0.0) + result.get("seconds", 0.0), 2),
                 "made_from": artifact.meta.get("source"), "method": artifact.meta.get("method"),
+                **({"ptq": artifact.meta["ptq"]} if "ptq" in artifact.meta else {}),  # what PTQ chose, and why
                 **interface_fields(artifact.meta, self.stages["data"].meta["preprocessing"]),
                 "fallbacks": self.fallbacks(target),
                 "stage_keys": {"export": artifact.key, "verify": self.stages[f"verify:{target.name}"].key}}

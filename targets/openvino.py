@@ -39,20 +39,22 @@ def import_openvino():
     return openvino
 
 
-def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None) -> None:
-    """Write `target`'s IR of Keras `model` to `out` (.xml; the .bin beside it), `metadata` in rt_info."""
+def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None, ptq=None) -> dict | None:
+    """Write `target`'s IR of Keras `model` to `out` (.xml; the .bin beside it), `metadata` in rt_info. With
+    `ptq` (targets.ptq.Settings) int8 is the best of several NNCF settings; returns the record of that choice."""
     from targets.onnx import to_onnx
 
     with step("convert", "Keras -> ONNX (tf2onnx)"):
         proto = to_onnx(model, target.options["opset"])
-    write(target, proto, [calibration], out, metadata, progress, fix_batch=True)
+    return write(target, proto, [calibration], out, metadata, progress, fix_batch=True, ptq=ptq)
 
 
 def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dict, progress=None,
-          fix_batch: bool = False) -> None:
+          fix_batch: bool = False, ptq=None) -> dict | None:
     """Write `target`'s IR of the ONNX graph `proto` (converted, or the user's own) to `out`. `calibration`:
     one array of samples per graph input, in its layout. `fix_batch`: batch 1 (see _fix_batch); a user's
-    own interface keeps its free dimensions."""
+    own interface keeps its free dimensions. With `ptq` and one input, int8 is the best of several NNCF
+    settings (targets/ptq.py); returns the record of that choice."""
     ov = import_openvino()
     mode = target.options["mode"]
     if mode not in ("fp32", "fp16", "int8"):
@@ -60,11 +62,22 @@ def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dic
     with tempfile.TemporaryDirectory() as tmp:  # kept until saved: the converted model may map the file
         src = Path(tmp) / "model.onnx"
         src.write_bytes(proto.SerializeToString())
+
+        def convert():
+            m = ov.convert_model(src)
+            if fix_batch:
+                _fix_batch(m)
+            return m
+
         with step("convert", "ONNX -> OpenVINO"):
-            ov_model = ov.convert_model(src)
-        if fix_batch:
-            _fix_batch(ov_model)
-        if mode == "int8":
+            ov_model = convert()
+        choice = None
+        if mode == "int8" and ptq is not None and len(calibration) == 1:
+            from targets import ptq as methods
+
+            ov_model, choice = methods.openvino_int8(convert, calibration[0], ptq.validation, budget=ptq.budget,
+                                                     mixed=ptq.mixed, progress=progress)
+        elif mode == "int8":
             ov_model = quantize(ov_model, calibration, progress)
         layout = metadata.get("input_layout") or metadata.get("preprocessing", {}).get("layout", "")
         for param in ov_model.get_parameters():
@@ -75,6 +88,14 @@ def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dic
         ov_model.set_rt_info(json.dumps(metadata, sort_keys=True), [METADATA_KEY])
         # save_model compresses every float weight to fp16 unless told not to: fp32 must stay fp32.
         ov.save_model(ov_model, str(out), compress_to_fp16=mode == "fp16")
+    return choice
+
+
+def float_ir(src: Path):
+    """The float ONNX file as an OpenVINO model, batch fixed to 1."""
+    m = import_openvino().convert_model(str(src))
+    _fix_batch(m)
+    return m
 
 
 def _fix_batch(ov_model) -> None:
@@ -169,8 +190,12 @@ def _read(root, weights_bin: bytes) -> dict:
             src = inputs(src)[0]
         return src.get("type") != "Const"
 
-    weights = [w for l in layers.values() if l.get("type") in WEIGHTED_OPS for w in [weight(l)] if w[0] is not None]
+    weighted = [(l, w) for l in layers.values() if l.get("type") in WEIGHTED_OPS for w in [weight(l)] if w[0] is not None]
+    weights = [w for _, w in weighted]
     weight_types = Counter(_etype(c) for c, _ in weights)
+    # A partly quantized IR: the weighted layers whose weights stayed float (read back as int8-mixed).
+    float_ops = [f"{l.get('type')} {l.get('name')}" for l, (c, _) in weighted if _etype(c).startswith("float")] \
+        if weight_types["int8"] + weight_types["uint8"] else []
     fake_quantize = sum(1 for l in layers.values() if l.get("type") == "FakeQuantize" and on_activation(l))
     zeros = total = 0
     for c, shifted in weights:
@@ -193,6 +218,7 @@ def _read(root, weights_bin: bytes) -> dict:
         "ops": dict(sorted(Counter(k for k in kinds if k not in ("Const", "Parameter", "Result")).items())),
         "weight_dtypes": dict(sorted(weight_types.items())),
         "quantized_activations": fake_quantize,
+        "float_ops": float_ops,
         "sparsity": round(zeros / total, 4) if total else 0.0,
         "metadata": json.loads(meta.get("value")) if meta is not None else {},
     }
@@ -202,7 +228,7 @@ def classify(weight_types: Counter, fake_quantize: int) -> str:
     """Name the quantization from the weight constants' element types and FakeQuantize on activations."""
     int8 = weight_types["int8"] + weight_types["uint8"]
     if int8 and weight_types["float32"] + weight_types["float16"]:
-        return "mixed-int8-float"
+        return "int8-mixed"  # some layers kept in float (`float_ops`): never called int8
     if int8:
         return "int8" if fake_quantize else "int8-weight-only"
     if fake_quantize:
