@@ -1,9 +1,9 @@
 """Harness fidelity: does `bench` (a runner in a child process) report the latency a reference tool does?
 
-    .venv/bin/python benchmarks/fidelity.py MODEL_DIR INPUTS.npy [MODEL_DIR INPUTS.npy ...] [--json FILE]
+    .venv/bin/python -m benchmarks.fidelity MODEL_DIR INPUTS.npy [MODEL_DIR INPUTS.npy ...] [--json FILE]
 
-MODEL_DIR is a build's OUT/<model>/ folder (tflite-*/model.tflite, openvino-*/model.xml);
-INPUTS.npy its held-out samples. For each artifact, with the same threads and inputs:
+MODEL_DIR is a build's OUT/<model>/ folder (tflite-*/model.tflite, openvino-*/model.xml); INPUTS.npy
+its held-out samples (`Build.eval_inputs()`). For each artifact, with the same threads and inputs:
   - LiteRT: our runner's p50 vs a bare loop in this process (set input, invoke, read output,
     each call timed with perf_counter; no harness in between);
   - OpenVINO: our runner's p50 (--precision f32) vs OpenVINO's own `benchmark_app` median
@@ -20,21 +20,15 @@ Never imports TensorFlow (tflite-runtime and LiteRT timings must not share a pro
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from pipeline import report, runner  # noqa: E402
-from targets import TARGETS  # noqa: E402
+from benchmarks.common import FIDELITY_COLUMNS, benchmark_app_p50
+from pipeline import report, runner
+from targets import TARGETS
 
 GOAL = 0.05  # within 5 %
 
@@ -65,24 +59,6 @@ def litert_bare_p50(model: Path, x: np.ndarray, threads: int, warmup: int, runs:
         times.append(time.perf_counter() - t)
         i += 1
     return float(np.median(times)) * 1e3
-
-
-def benchmark_app_p50(model: Path, x: np.ndarray, threads: int, seconds: float) -> float:
-    """OpenVINO's own tool; its median is the C++-side latency of `infer()` for each request."""
-    app = Path(sys.executable).parent / "benchmark_app"
-    cmd = [str(app)] if app.exists() else [sys.executable, "-m", "openvino.tools.benchmark.main"]
-    with tempfile.TemporaryDirectory() as tmp:
-        sample = Path(tmp) / "input.npy"
-        np.save(sample, x[:1].astype(np.float32))  # one real sample, batch 1
-        cmd += ["-m", str(model.resolve()), "-d", "CPU", "-hint", "none", "-api", "sync", "-nireq", "1", "-nstreams", "1",
-                "-nthreads", str(threads), "-ip", "f32", "-infer_precision", "f32", "-i", str(sample),
-                "-data_shape", "[" + ",".join(map(str, (1, *x.shape[1:]))) + "]", "-t", f"{max(1, round(seconds))}"]
-        env = {**os.environ, "OPENVINO_TELEMETRY_OPTOUT": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
-    m = re.search(r"Median:\s+([\d.]+)\s+(ms|us)", proc.stdout)
-    if proc.returncode != 0 or not m:
-        raise RuntimeError(f"benchmark_app failed: {(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
-    return float(m.group(1)) / (1000 if m.group(2) == "us" else 1)
 
 
 def runner_p50(target, model: Path, inputs: Path, threads: int, warmup: int, runs: int, seconds: float,
@@ -145,13 +121,6 @@ def compare(model_dir: Path, inputs: Path, threads: int, rounds: int, seconds: f
     return rows
 
 
-COLUMNS = [("model", "model"), ("target", "artifact"), ("reference", "reference"), ("ours_p50_ms", "ours p50 ms"),
-           ("reference_p50_ms", "ref p50 ms"), ("ratio", "wall ratio"), ("within_5pct", "within 5 %"),
-           ("ours_runtime_timer_p50_ms", "ours, runtime timer p50 ms"), ("runtime_timer_ratio", "timer ratio"),
-           ("runtime_timer_within_5pct", "timer within 5 %"),
-           ("error", "error")]
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pairs", nargs="+", help="MODEL_DIR INPUTS.npy pairs")
@@ -168,7 +137,7 @@ def main(argv=None) -> int:
     for model_dir, inputs in zip(args.pairs[::2], args.pairs[1::2]):
         rows += compare(Path(model_dir), Path(inputs), args.threads, args.rounds, args.seconds, only,
                         log=lambda m: print(m, file=sys.stderr))
-    print(report.table(rows, COLUMNS))
+    print(report.table(rows, FIDELITY_COLUMNS))
     if args.json:
         from pipeline.util import atomic_write_json
 

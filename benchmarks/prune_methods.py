@@ -1,19 +1,20 @@
 """Pruning methods, measured: dense vs unstructured, block and channels pruning at several strengths.
 
-    .venv/bin/python benchmarks/prune_methods.py [--models digits,mobilenet] [--size 96] [--alpha 0.35]
+    .venv/bin/python -m benchmarks.prune_methods [--models digits,mobilenet] [--size 96] [--alpha 0.35]
                                                  [--rounds 7] [--prune-epochs 16] [--seeds 3]
 
-For each model, every variant is built by the user's own command (`python -m pipeline build
---config VARIANT.toml`): prune (the method under test), QAT, export, verify with the accuracy gate.
+For each model, every variant is built through the Python API (`pipeline.build(VARIANT.toml)`, what
+`python -m pipeline build --config VARIANT.toml` does): prune (the method under test), QAT, export,
+verify with the accuracy gate.
 Then, in one run and interleaved (round r times every artifact once, in a rotated order; the
 median over rounds is kept), each artifact's latency on this machine (1 thread, batch 1, real
-held-out inputs, the runner of `python -m pipeline bench`), and, when the emulated Raspberry Pi 4
+held-out inputs, the runner of `pipeline.bench`), and, when the emulated Raspberry Pi 4
 is set up (`python -m pipeline device setup emu:rpi4`), its guest instructions per inference for the LiteRT files.
 
 Models:
   digits-cnn    the default config. `dense` is trained 12 + 6 epochs, as long as a pruned variant's
                 training plus pruning fine-tuning, and is not pruned.
-  mobilenet-v2  Keras' MobileNetV2 (benchmarks/realistic.py: random init, width `--alpha`, `--size` px
+  mobilenet-v2  Keras' MobileNetV2 (benchmarks/common.py: random init, width `--alpha`, `--size` px
                 grey input) trained here on Fashion-MNIST (upscaled), then handed to the pipeline as a
                 pretrained model. Every variant fine-tunes it `--fine-tune-epochs` epochs (`[model]
                 fine_tune_epochs`), then prunes it with `--prune-epochs` epochs of fine-tuning; `dense`
@@ -31,32 +32,26 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
-import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+import pipeline
+from benchmarks.common import float_mobilenet, log
+from pipeline import benchmark as bench
+from pipeline import runner
+from pipeline.releases.card import md_table
+from pipeline.util import atomic_write_bytes, atomic_write_json
+from targets import RUNNERS, TARGETS
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
-
-from run import log, md_table  # noqa: E402
-
-from pipeline import benchmark as bench  # noqa: E402
-from pipeline import runner  # noqa: E402
-from pipeline.util import atomic_write_bytes, atomic_write_json  # noqa: E402
-from targets import RUNNERS, TARGETS  # noqa: E402
-
 RESULTS = HERE / "results"
 WORK = HERE / ".work" / "prune-methods"
 DIGITS_TARGETS = "all"
@@ -121,14 +116,7 @@ def variants(model: str, args) -> list[dict]:
 
 def mobilenet_base(args) -> dict:
     """Train the float MobileNetV2 once (kept under a key of its settings); its build config."""
-    import realistic
-
-    key = hashlib.sha256(json.dumps([args.size, args.alpha, args.train_epochs, args.train_samples,
-                                     args.test_samples, 1]).encode()).hexdigest()[:12]
-    folder = WORK / f"mobilenet-v2-{key}"
-    if not (folder / "float.h5").exists():
-        realistic.train_float(folder, args.size, args.alpha, args.train_epochs, args.train_samples,
-                              args.test_samples, log)
+    folder = float_mobilenet(WORK, args.size, args.alpha, args.train_epochs, args.train_samples, args.test_samples)
     return {"model": {"name": "mobilenet-v2", "path": str(folder / "float.h5"), "fine_tune_epochs": args.fine_tune_epochs},
             "data": {"path": str(folder / "data.npz"), "calibration_samples": 300},
             # Cosine decay: on seed 0 the float models gained 1.0 (dense) to 1.6 (channels 0.6x16) points over a
@@ -151,66 +139,63 @@ def with_seed(v: dict, seed: int) -> dict:
 
 
 def build_variant(model: str, base: dict, v: dict, targets: str, out: Path) -> dict:
-    """Build one variant with the user's command; copy its artifacts out of the way of the next build."""
+    """Build one variant (its config written as a file, to rebuild by hand); copy its artifacts out of
+    the way of the next build."""
     cfg_file = WORK / "configs" / model / f"{v['name']}.toml"
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
     cfg_file.write_text(toml(merge(base, v["sections"])))
     log_file = WORK / "logs" / model / f"{v['name']}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pipeline", "build", "--config", str(cfg_file), "--target", targets, "--out", str(out)]
-    log(f"{model} {v['name']}: {' '.join(cmd[1:])}")
+    log(f"{model} {v['name']}: pipeline.build({cfg_file}, targets={targets!r}, out={out})")
+    fresh_keras()
     t0 = time.time()
     with open(log_file, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            b, error = pipeline.build(cfg_file, targets=targets, out=out, log=lambda m: print(m, file=f, flush=True)), None
+        except Exception as e:  # one variant failing (say, a strength its model cannot take) is a row, not the end
+            b, error = None, f"{type(e).__name__}: {e}"
+            print(f"error: {error}", file=f)
     seconds = time.time() - t0
-    name = merge(base, v["sections"]).get("model", {}).get("name", "digits-cnn")
-    man_file = out / name / "manifest.json"
-    manifest = json.loads(man_file.read_text()) if man_file.exists() else {}
-    if manifest.get("config", {}).get("prune") != _effective_prune(cfg_file):
-        manifest = {}  # an older build's manifest: this one failed before writing its own
     keep = WORK / "artifacts" / model / v["name"]
     shutil.rmtree(keep, ignore_errors=True)
     arts = {}
-    for a in manifest.get("artifacts", []):
-        row = dict(a)
-        if "path" in a:
-            src = (out / a["path"]).parent
-            shutil.copytree(src, keep / a["target"])
-            row["file"] = str(keep / a["target"] / Path(a["path"]).name)
-        arts[a["target"]] = row
-    log(f"{model} {v['name']}: exit {proc.returncode} in {seconds:.0f} s; "
+    for name, a in (b.artifacts if b else {}).items():
+        row = dict(a.entry)
+        if a.path:
+            shutil.copytree(a.path.parent, keep / name)
+            row["file"] = str(keep / name / a.path.name)
+        arts[name] = row
+    log(f"{model} {v['name']}: {error or 'built'} in {seconds:.0f} s; "
         + ", ".join(f"{t} {a['status']}" for t, a in arts.items()))
-    return {"variant": v, "config": str(cfg_file), "exit": proc.returncode, "seconds": round(seconds, 1),
-            "log": str(log_file), "manifest": manifest, "artifacts": arts}
+    return {"variant": v, "config": str(cfg_file), "error": error, "seconds": round(seconds, 1),
+            "log": str(log_file), "build": b, "manifest": b.manifest if b else {}, "artifacts": arts}
 
 
-def _effective_prune(cfg_file: Path) -> dict:
-    from pipeline import config
+def fresh_keras() -> None:
+    """Each variant starts from a clean Keras state (layer-name counters, graphs), as it did when every
+    build was its own process."""
+    if "tf_keras" in sys.modules:
+        sys.modules["tf_keras"].backend.clear_session()
 
-    return json.loads(json.dumps(config.load(cfg_file).section("prune")))
 
-
-def sparse_int8(model: str, built: dict, out: Path) -> dict | None:
+def sparse_int8(model: str, built: dict) -> dict | None:
     """The block variant's QAT model as a sparse-encoded int8 .tflite (what the pipeline does not ship)."""
-    from pipeline import config, stages
-    from pipeline.builder import Builder
+    from pipeline import stages
     from targets import Target, tflite
 
-    cfg = config.load(built["config"])
-    b = Builder(cfg, out, log=lambda m: None)
-    b.models(need_qat=True)  # cached by the build: this only finds the entries
-    if b.stages["qat"].meta.get("method") != "qat":
+    b = built["build"]
+    if b.manifest["stages"].get("qat", {}).get("method") != "qat":
         return None
-    stages.tf_setup(cfg.build.seed)
-    qat_model = stages.load_model(b.stages["qat"].file("model.h5"), qat=True)
+    stages.tf_setup(b.config.build.seed)
+    qat_model = stages.load_model(b.stage_file("qat", "model.h5"), qat=True)
     path = WORK / "artifacts" / model / built["variant"]["name"] / SPARSE_INT8 / "model.tflite"
     path.parent.mkdir(parents=True, exist_ok=True)
     target = Target(SPARSE_INT8, "tflite", "sparse int8", "model.tflite", "qat", "run_litert.py", "int8",
                     {"mode": "int8", "sparse": True})
-    tflite.export(target, qat_model, b.dataset().x_cal, path, {})
+    tflite.export(target, qat_model, np.load(b.stage_file("data", "x_cal.npy")), path, {})
     info = tflite.inspect(path)
     # Does it run under the default delegate, as the pipeline's verification would run it?
-    default = runner.run(RUNNERS / "run_litert.py", path, ["--inputs", b.stages["data"].file("x_test.npy"), "--limit", "2"])
+    default = runner.run(RUNNERS / "run_litert.py", path, ["--inputs", b.eval_inputs(), "--limit", "2"])
     from pipeline.util import gzip_size
 
     return {"target": SPARSE_INT8, "status": "ok", "file": str(path), "bytes": path.stat().st_size,
@@ -225,7 +210,9 @@ def sparse_int8(model: str, built: dict, out: Path) -> dict | None:
 def measure_x86(items: list[dict], inputs: Path, args) -> None:
     """Interleaved rounds: every artifact once per round (grouped by target, so a variant is timed close to
     its dense peer; the start rotates each round). Kept: every round's p50, and their median."""
-    device = bench.get_device("local")
+    from pipeline.devices import get_device
+
+    device = get_device("local")
     items.sort(key=lambda it: it["target"])  # stable: dense first within each target
     for it in items:
         it["p50s"] = [None] * args.rounds
@@ -249,12 +236,13 @@ def measure_x86(items: list[dict], inputs: Path, args) -> None:
 
 def measure_pi4(items: list[dict], inputs: Path, args) -> str:
     """Guest instructions per inference on the emulated Pi 4 (LiteRT files), counted as
-    `python -m pipeline bench --device emu:rpi4` counts them; or why not measured."""
-    from pipeline import devices
+    `pipeline.bench(build, devices=["emu:rpi4"])` counts them; or why not measured."""
+    from pipeline.devices import get_device
+    from pipeline.devices.emulated import EMU_RUNS, EMU_SECTIONS
     from pipeline.errors import UsageError
 
     try:
-        device = bench.get_device("emu:rpi4")
+        device = get_device("emu:rpi4")
     except (UsageError, ImportError) as e:
         return f"not measured: {e}"
     for it in items:
@@ -266,8 +254,8 @@ def measure_pi4(items: list[dict], inputs: Path, args) -> str:
             it["pi4_instructions"] = row["instructions_per_inference"]
         else:
             it["pi4_error"] = row.get("error") or "no instruction count"
-    return (f"emulated Raspberry Pi 4 (qemu -cpu cortex-a72) through `pipeline bench --device emu:rpi4`: LiteRT, "
-            f"1 thread, median of {devices.EMU_SECTIONS} sections of {devices.EMU_RUNS} inferences")
+    return (f"emulated Raspberry Pi 4 (qemu -cpu cortex-a72) as `pipeline bench --device emu:rpi4` runs it: LiteRT, "
+            f"1 thread, median of {EMU_SECTIONS} sections of {EMU_RUNS} inferences")
 
 
 # -- the XNNPACK sparse-inference probe ----------------------------------------------------------
@@ -324,7 +312,7 @@ def xnnpack_probe(args) -> tuple[list[dict], Path]:
     return items, inputs
 
 
-def alignment_probe(model_path: str, inputs: Path, args) -> list[dict]:
+def alignment_probe(model_path: str, calibration: np.ndarray, args) -> list[dict]:
     """Why `prune.channels_multiple`: the float MobileNetV2, channel-pruned (BN criterion, residual streams
     kept) at each fraction, keeping an exact count or a multiple of 8 or 16 channels per layer, then
     converted to int8 by post-training quantization without fine-tuning (latency only, no accuracy)."""
@@ -334,7 +322,6 @@ def alignment_probe(model_path: str, inputs: Path, args) -> list[dict]:
 
     stages.tf_setup(0)
     model = stages.load_model(Path(model_path))
-    calibration = np.load(inputs.with_name("x_cal.npy"))  # the build's own calibration set, preprocessed
     target = Target("probe", "tflite", "probe", "model.tflite", "float", "run_litert.py", "int8", {"mode": "int8"})
     items = []
     for f, m in [(0.0, 1)] + [(f, m) for f in args.align_fractions for m in (1, 8, 16)]:
@@ -535,18 +522,20 @@ def main(argv=None) -> int:
         model_rows = rows_for(model, builds, seeded)
         for b in builds:
             if b["variant"]["method"] == "block" and b["artifacts"].get("tflite-int8", {}).get("status") == "ok":
-                extra = sparse_int8(model, b, out)
+                extra = sparse_int8(model, b)
                 if extra:
                     model_rows += rows_for(model, [{**b, "artifacts": {SPARSE_INT8: extra}}])
-        dense_data = builds[0]["manifest"]["stages"]["data"]["key"]
-        inputs = out / ".cache" / "data" / dense_data / "x_test.npy"
+        dense = builds[0]["build"]
+        if dense is None:
+            raise SystemExit(f"{model}: the dense build failed ({builds[0]['error']}): see {builds[0]['log']}")
+        inputs = dense.eval_inputs()  # every variant's data stage is the same
         if model == "mobilenet-v2":
-            align_source = (base["model"]["path"], inputs)
+            align_source = (base["model"]["path"], inputs, np.load(dense.stage_file("data", "x_cal.npy")))
         timed = [r for r in model_rows if r["status"] == "ok" and r.get("file")
                  and (r["target"] in MEASURED or r["target"] == SPARSE_INT8)]
         measure_x86(timed, inputs, args)
         pi4_line = measure_pi4(timed, inputs, args)
-        notes[model] = {"source": source, "builds": [{k: b[k] for k in ("config", "exit", "seconds", "log")}
+        notes[model] = {"source": source, "builds": [{k: b[k] for k in ("config", "error", "seconds", "log")}
                                                      | {"variant": b["variant"]["name"]} for b in builds],
                         "statuses": {b["variant"]["name"]: {t: a["status"] for t, a in b["artifacts"].items()}
                                      for b in builds}}
@@ -559,7 +548,7 @@ def main(argv=None) -> int:
             r["status"] = "ok"
         rows += probe
         if align_source and args.align_fractions:
-            align = alignment_probe(*align_source, args)
+            align = alignment_probe(align_source[0], align_source[2], args)
             measure_x86(align, align_source[1], args)
             measure_pi4(align, align_source[1], args)
             rows += align
@@ -583,7 +572,7 @@ def main(argv=None) -> int:
 
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
     parts = ["# Pruning methods, measured\n",
-             f"Made by `{f'.venv/bin/python benchmarks/prune_methods.py {cmd}'.rstrip()}` in {time.time() - t0:.0f} s "
+             f"Made by `{f'.venv/bin/python -m benchmarks.prune_methods {cmd}'.rstrip()}` in {time.time() - t0:.0f} s "
              f"({build_seconds:.0f} s of it building: a build whose stages are in the pipeline's cache takes a second) "
              f"on {conditions.get('cpu')} ({conditions.get('cpus_available')} CPUs shared with other jobs; load average "
              f"{min(loads, default=0):.2f}..{max(loads, default=0):.2f} during timing), {platform.system()} "

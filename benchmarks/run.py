@@ -1,9 +1,10 @@
 """Build and bench every target, for the default model and a realistic edge vision model, side by
 side with the routes a user would otherwise take; write benchmarks/results/.
 
-    .venv/bin/python benchmarks/run.py [--size 96] [--alpha 0.35] [--threads 1,2] [--min-seconds 1]
+    .venv/bin/python -m benchmarks.run [--size 96] [--alpha 0.35] [--threads 1,2] [--min-seconds 1]
 
-Models, both built and benched through the user's own command (`python -m pipeline bench`):
+Models, both built and benched through the Python API (`pipeline.built`, `pipeline.bench`: what
+`python -m pipeline bench --target all --legacy` does):
   digits-cnn    the default config.
   mobilenet-v2  Keras' MobileNetV2 (random init, width `--alpha`, `--size` px grey input), trained
                 by this script on a Fashion-MNIST subset (a few epochs: a benchmark fixture, not a
@@ -14,7 +15,7 @@ Peers, from the same float model (trained, not pruned), calibrated on the same s
   ptq-int8      plain post-training full-integer quantization (TFLiteConverter; no pruning, no QAT).
   onnx2tf-int8  tf2onnx (NCHW input) -> onnx2tf full-integer quantization, calibrated with `-cind`.
 Each .tflite also runs in its legacy runtime (tflite-runtime 2.14, `bench --legacy`): what many boards run.
-Then benchmarks/fidelity.py compares our harness with benchmark_app / a bare LiteRT loop.
+Then `python -m benchmarks.fidelity` compares our harness with benchmark_app / a bare LiteRT loop.
 
 Outputs (small, commit-worthy): results/bench.json, bench.csv, results.md, chart.png, fidelity.json.
 Work files (models, builds, caches) go to benchmarks/.work/ (not for committing).
@@ -37,16 +38,15 @@ from pathlib import Path
 
 import numpy as np
 
+import pipeline
+from benchmarks.common import FIDELITY_COLUMNS, float_mobilenet, log
+from pipeline import benchmark as bench
+from pipeline.releases.card import md_table
+from pipeline.util import atomic_write_bytes, atomic_write_json, gzip_size, sha256_file
+from targets import TARGETS, Target
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
-
-from fidelity import COLUMNS as fidelity_columns  # noqa: E402
-
-from pipeline import benchmark as bench  # noqa: E402
-from pipeline.util import atomic_write_bytes, atomic_write_json, gzip_size, sha256_file  # noqa: E402
-from targets import TARGETS, Target  # noqa: E402
 
 RESULTS = HERE / "results"
 WORK = HERE / ".work"
@@ -55,10 +55,6 @@ PEERS = {
     "ptq-int8": "peer: plain PTQ int8 of the float model (TFLiteConverter; no pruning, no QAT)",
     "onnx2tf-int8": "peer: tf2onnx -> onnx2tf full-integer int8 of the float model",
 }
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def route(name: str) -> str:
@@ -118,11 +114,18 @@ def onnx2tf_int8(float_model, calib, out: Path, work: Path) -> Target:
     return t
 
 
-def peers(float_model, calib, ds_dir: Path, reference: Path, ref_acc: float, build_cfg, folder: Path,
-          metadata: dict):
-    """(target, artifact row, path) for each peer; a peer that fails to convert is a failed row."""
-    from pipeline.verify import verify_artifact
+def peers(b: pipeline.Build, folder: Path):
+    """(target, artifact row, path) for each peer, made from the build's float model (trained, not
+    pruned), calibrated on its samples and verified as its own artifacts; a peer that fails to convert
+    is a failed row."""
+    from pipeline import stages
 
+    stages.tf_setup(b.config.build.seed)
+    float_model = stages.load_model(b.stage_file("train", "model.h5"))
+    calib = np.load(b.stage_file("data", "x_cal.npy"))
+    m = b.manifest  # what the pipeline embeds in its own files
+    metadata = {"model": m["model"], "version": m["model_version"], "target": "tflite-int8", "labels": m["labels"],
+                "preprocessing": m["preprocessing"], "config_hash": m["config_hash"]}
     items = []
     for name, make in (("ptq-int8", lambda p: ptq_int8(float_model, calib, p, metadata)),
                        ("onnx2tf-int8", lambda p: onnx2tf_int8(float_model, calib, p, WORK / "onnx2tf" / folder.name))):
@@ -135,7 +138,7 @@ def peers(float_model, calib, ds_dir: Path, reference: Path, ref_acc: float, bui
                        legacy_runner=LEGACY)
             items.append((t, {"target": name, "status": "failed_build", "reason": str(e)[:300]}, None))
             continue
-        items.append((t, artifact_row(t, path, verify_artifact(t, path, ds_dir, reference, build_cfg, ref_acc)), path))
+        items.append((t, artifact_row(t, path, b.verify_file(t, path)), path))
     return items
 
 
@@ -143,15 +146,8 @@ def peers(float_model, calib, ds_dir: Path, reference: Path, ref_acc: float, bui
 
 def mobilenet_config(args) -> Path:
     """Train the float MobileNetV2 once (kept by a key of its settings) and write the build config."""
-    import hashlib
-
-    import realistic
-
-    key = hashlib.sha256(json.dumps([args.size, args.alpha, args.epochs, args.train_samples, 1]).encode()).hexdigest()[:12]
-    folder = WORK / f"mobilenet-v2-{key}"
+    folder = float_mobilenet(WORK, args.size, args.alpha, args.epochs, args.train_samples, 1000)
     model_file, data_file = folder / "float.h5", folder / "data.npz"
-    if not model_file.exists():
-        realistic.train_float(folder, args.size, args.alpha, args.epochs, args.train_samples, 1000, log)
     config = folder / "build.toml"
     config.write_text(f"""# Written by benchmarks/run.py
 [model]
@@ -173,50 +169,30 @@ max_accuracy_drop = 3.0
     return config
 
 
-def run_model(name: str, config: Path | None, args):
-    """`python -m pipeline bench` on every target, then the peers from the build's cached float model."""
+def run_model(name: str, config: Path | None, args, threads: list[int]):
+    """Build (or reuse) and bench every target, in its runtime and its legacy one; then the peers."""
     out = ROOT / "build" if config is None else WORK / "build"
-    rows_file = WORK / f"{name}-bench.json"
-    cmd = [sys.executable, "-m", "pipeline", "bench", "--target", "all", "--out", str(out), "--threads", args.threads,
-           "--min-seconds", str(args.min_seconds), "--runs", str(args.runs), "--legacy", "--json", str(rows_file)]
-    if config is not None:
-        cmd += ["--config", str(config)]
-    log(f"{name}: " + " ".join(cmd[1:]))
-    rows_file.unlink(missing_ok=True)
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
-                          stdout=subprocess.PIPE)
-    print(proc.stdout, file=sys.stderr)
-    if not rows_file.exists():
-        raise SystemExit(f"{name}: bench wrote no rows (exit {proc.returncode}); see the log above")
-    rows = json.loads(rows_file.read_text())
+    log(f"{name}: every target into {out}")
+    b = pipeline.built(config, targets="all", out=out, log=log)
+    rows = pipeline.bench(b, threads=threads, runs=args.runs, min_seconds=args.min_seconds, legacy=True, log=log)
     for r in rows:
         r["route"] = route(r["target"])
-
-    from pipeline import config as config_mod
-    from pipeline import stages
-    from pipeline.builder import Builder
-
-    cfg = config_mod.load(config)
-    b = Builder(cfg, out, log=lambda m: None)
-    b.models(need_qat=False)  # all cached by the bench above: this only finds the entries
-    data, train, prune = b.stages["data"], b.stages["train"], b.stages["prune"]
-    stages.tf_setup(cfg.build.seed)
-    float_model = stages.load_model(train.file("model.h5"))
-    items = peers(float_model, np.load(data.file("x_cal.npy")), data.path, prune.file("reference_outputs.npz"),
-                  prune.meta["accuracy"], cfg.build, WORK / "peers" / name,
-                  b.artifact_metadata(TARGETS["tflite-int8"]))
-    info = {"float": train.meta.get("accuracy"), "pruned": prune.meta.get("accuracy"),
-            "sparsity": prune.meta.get("sparsity"), "params": train.meta.get("params"),
-            "data": data.meta.get("preprocessing", {}).get("source")}
+    items = peers(b, WORK / "peers" / name)
+    st = b.manifest["stages"]
+    train, prune = st["train"], st["prune"]
+    info = {"float": train.get("accuracy"), "pruned": prune.get("accuracy"), "sparsity": prune.get("sparsity"),
+            "params": train.get("params"), "data": b.manifest["preprocessing"].get("source")}
     if config is not None and (config.parent / "source.txt").exists():
         info["data"] = (config.parent / "source.txt").read_text().strip()
-    return rows, items, data.file("x_test.npy"), out / cfg.model.name, info
+    return rows, items, b.eval_inputs(), out / b.name, info
 
 
 # -- report ---------------------------------------------------------------------------------------
 
 def bench_items(model: str, items, inputs: Path, threads: list[int], settings) -> list[dict]:
-    device = bench.get_device("local")
+    from pipeline.devices import get_device
+
+    device = get_device("local")
     rows = bench.bench_artifacts(items, [device], inputs, threads, settings, log=log)
     # Like `bench --legacy` for the pipeline's targets: the same files in the legacy runtime too.
     legacy = [(dataclasses.replace(t, runner=t.legacy_runner), a, p) for t, a, p in items if t.legacy_runner]
@@ -292,16 +268,6 @@ MD_COLUMNS = [("target", "artifact"), ("route", "route"), ("runtime", "runtime")
               ("runs", "runs")]
 
 
-def md_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    def cell(v):
-        if v is None:
-            return "-"
-        return f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "/")
-
-    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(cell(r.get(k)) for k, _ in columns) + " |" for r in rows])
-
-
 def markdown(rows, ratios, fidelity, header: str) -> str:
     md = md_table
     parts = [header]
@@ -316,7 +282,7 @@ def markdown(rows, ratios, fidelity, header: str) -> str:
                           ("int8_over_fp32", "int8 / fp32")])]
     if fidelity:
         parts += ["\n## Harness fidelity (median over rounds of our runner's p50 / reference p50; goal within 5 %)\n",
-                  md(fidelity, fidelity_columns),
+                  md(fidelity, FIDELITY_COLUMNS),
                   "\nLiteRT: the bare loop sets the input, invokes and reads the output, timed per call like the "
                   "runner. OpenVINO: benchmark_app's median is `request.latency`, OpenVINO's C++ clock of each "
                   "`infer()`. The wall ratio compares our per-call wall time (what a Python application pays: "
@@ -353,16 +319,16 @@ def main(argv=None) -> int:
     for name, config in (("digits-cnn", None), ("mobilenet-v2", "mobilenet")):
         if config == "mobilenet":
             config = mobilenet_config(args)
-        cli_rows, peer_items, inputs, model_dir, infos[name] = run_model(name, config, args)
+        cli_rows, peer_items, inputs, model_dir, infos[name] = run_model(name, config, args, threads)
         rows += cli_rows + bench_items(name, peer_items, inputs, threads, settings)
         fidelity_args += [str(model_dir), str(inputs)]
 
     fid_file = RESULTS / "fidelity.json"
     log("harness fidelity")
-    subprocess.run([sys.executable, str(HERE / "fidelity.py"), *fidelity_args, "--rounds", str(args.fidelity_rounds),
+    subprocess.run([sys.executable, "-m", "benchmarks.fidelity", *fidelity_args, "--rounds", str(args.fidelity_rounds),
                     "--seconds", "1",
                     "--json", str(fid_file), "--targets", "tflite-fp32,tflite-int8,openvino-fp32,openvino-int8"],
-                   check=False, stdout=sys.stderr)
+                   check=False, stdout=sys.stderr, cwd=ROOT)
     fidelity = json.loads(fid_file.read_text()) if fid_file.exists() else []
 
     ratios = int8_ratios(rows)
@@ -374,17 +340,17 @@ def main(argv=None) -> int:
     atomic_write_bytes(RESULTS / "bench.csv", buf.getvalue().encode())
     ok = next((r for r in rows if r["status"] == "ok"), {})
     m = infos["mobilenet-v2"]
-    header = (f"# Benchmark results\n\nMade by `.venv/bin/python benchmarks/run.py "
+    header = (f"# Benchmark results\n\nMade by `.venv/bin/python -m benchmarks.run "
               f"{' '.join(argv if argv is not None else sys.argv[1:])}` in {time.time() - t0:.0f} s on "
               f"{ok.get('cpu')} ({ok.get('cpus_available')} CPUs, shared with other jobs: load {ok.get('loadavg_1m')}), "
               f"{ok.get('os')} {ok.get('arch')}, Python {platform.python_version()}. Batch 1, real held-out "
               f"samples, {settings.warmup} warm-up runs then >= {settings.runs} runs and >= {settings.min_seconds:g} s "
               f"per row; each row is its own child process. One run on a shared 2-core machine: compare rows of "
               f"the same run, never across runs.\n\n"
-              f"- digits-cnn: the default config (`python -m pipeline bench --target all`).\n"
+              f"- digits-cnn: the default config (`pipeline.built(targets=\"all\")`, then `pipeline.bench`).\n"
               f"- mobilenet-v2: Keras MobileNetV2 alpha {args.alpha}, {args.size}x{args.size}x1, "
               f"{m['params']} parameters, trained by benchmarks/run.py for {args.epochs} epochs on "
-              f"{args.train_samples} images of {m['data']}, then given to `python -m pipeline bench` as a "
+              f"{args.train_samples} images of {m['data']}, then given to the pipeline as a "
               f"pretrained model (`[model] path`). Float accuracy {m['float']:.4f}; pruned to "
               f"{m['sparsity']} sparsity: {m['pruned']:.4f}.\n"
               f"- Peers start from the same trained float model: {PEERS['ptq-int8']}; {PEERS['onnx2tf-int8']}.\n"

@@ -1,9 +1,9 @@
 """A sweep on a 2-node Ray cluster against the same variants built one by one.
 
-    .venv/bin/python benchmarks/sweep.py [--size 48] [--alpha 0.35] [--train-samples 1500] [--test-samples 500]
+    .venv/bin/python -m benchmarks.sweep [--size 48] [--alpha 0.35] [--train-samples 1500] [--test-samples 500]
                                          [--pick "accuracy_drop<=2"]
 
-The model is benchmarks/realistic.py's MobileNetV2 (random init, `--alpha` width, `--size` px grey input)
+The model is benchmarks/common.py's MobileNetV2 (random init, `--alpha` width, `--size` px grey input)
 trained here on Fashion-MNIST, handed to the pipeline as the user's model (trained once, untimed, kept in
 .work/sweep/). Six variants: channels pruning at three fractions (1 epoch of fine-tuning) x QAT (1 epoch)
 or post-training quantization, for tflite-int8 (accuracy gate: 3 points). Data and the user's model are shared by
@@ -33,17 +33,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import log, train_float
+from pipeline import config
+from pipeline.releases.card import md_table
+from pipeline.sweeper import parse_grid, to_toml, variants
+from pipeline.util import atomic_write_bytes, atomic_write_json
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
-
-from run import log, md_table  # noqa: E402
-
-from pipeline import config  # noqa: E402
-from pipeline.sweeper import parse_grid, to_toml, variants  # noqa: E402
-from pipeline.util import atomic_write_bytes, atomic_write_json  # noqa: E402
-
 RESULTS = HERE / "results"
 WORK = HERE / ".work" / "sweep"
 GRID = ["prune.channels_fraction=0.25,0.5,0.65", "qat.epochs=0,1"]
@@ -52,12 +49,9 @@ RAY = Path(sys.executable).with_name("ray")
 
 
 def base_config(args) -> dict:
-    import realistic
-
     folder = WORK / f"mobilenet-v2-{args.size}-{args.alpha}-{args.train_epochs}-{args.train_samples}-{args.test_samples}"
     if not (folder / "float.h5").exists():
-        realistic.train_float(folder, args.size, args.alpha, args.train_epochs, args.train_samples,
-                              args.test_samples, log)
+        train_float(folder, args.size, args.alpha, args.train_epochs, args.train_samples, args.test_samples)
     return {"model": {"name": "mobilenet-v2", "path": str(folder / "float.h5"), "fine_tune_epochs": 0},
             "data": {"path": str(folder / "data.npz"), "calibration_samples": 200},
             "train": {"batch_size": 64, "learning_rate": 0.001, "lr_schedule": "cosine"},
@@ -168,7 +162,7 @@ def main() -> None:
         f"({time.strftime('%Y-%m-%d')}, 2 shared cores).",
         "",
         f"Model: MobileNetV2 alpha {args.alpha}, {args.size} px, trained here on {args.train_samples} Fashion-MNIST "
-        f"images (benchmarks/realistic.py), given to the pipeline as the user's model; {args.test_samples} held-out "
+        f"images (benchmarks/common.py), given to the pipeline as the user's model; {args.test_samples} held-out "
         f"images. Grid: {', '.join(GRID)}; targets {TARGETS}; every variant prunes channels with 1 epoch of "
         "fine-tuning, then QAT 1 epoch or post-training quantization.",
         "",

@@ -59,7 +59,7 @@ class Build:
 
     @property
     def name(self) -> str:
-        return self.config.model.name
+        return self.config.name
 
     @property
     def manifest_path(self) -> Path:
@@ -78,12 +78,35 @@ class Build:
 
     def eval_inputs(self) -> Path:
         """The held-out samples of this build's data stage (what bench and the board checks run)."""
+        several = "inputs" in self.manifest.get("preprocessing", {})  # one array per input: data.load_several
+        return self.stage_file("data", "x_test.npz" if several else "x_test.npy")
+
+    def stage_file(self, stage: str, name: str) -> Path:
+        """A file a stage of this build left in the cache: `data` x_train, y_train, x_test, y_test,
+        x_cal .npy (preprocessed, as the model sees them); `train`, `prune`, `qat` model.h5 (Keras);
+        `train` reference_outputs.npz (the original model's outputs every figure is compared with)."""
         from pipeline.cache import Cache
 
-        entry = Cache(self.out / ".cache").get("data", self.manifest["stages"]["data"]["key"])
-        if entry is None:
-            raise UsageError(f"the data of the build in {self.out} is no longer in its cache: build it again")
-        return entry.file("x_test.npy")
+        record = self.manifest["stages"].get(stage)
+        entry = record and Cache(self.out / ".cache").get(stage, record["key"])
+        if not entry:
+            raise UsageError(f"the {stage} stage of the build in {self.out} is not in its cache: build it again")
+        if not entry.file(name).is_file():
+            raise UsageError(f"the {stage} stage of the build in {self.out} has no file {name}")
+        return entry.file(name)
+
+    def verify_file(self, target, path: str | os.PathLike) -> dict:
+        """Verify a file made elsewhere (another converter's, say) as this build verifies its own
+        artifacts: run in `target`'s runtime on the held-out samples, compared with the original
+        model, gated. `target`: a targets.Target (a registry entry or one made like it). Returns the
+        figures a manifest entry holds (status, accuracy, top1_agreement, quantization, ...)."""
+        from pipeline.gate import verify_artifact
+        from pipeline.stages import REFERENCE_OUTPUTS
+
+        reference = "train" if "train" in self.manifest["stages"] else "original"  # several inputs: no Keras stage
+        return verify_artifact(target, Path(path), self.eval_inputs().parent,
+                               self.stage_file(reference, REFERENCE_OUTPUTS), self.config.build,
+                               self.manifest["stages"][reference].get("accuracy"))
 
 
 def load_config(config=None, *, model: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
@@ -113,12 +136,20 @@ def _targets(spec, cfg: Config) -> list:
 
 
 def check_writable(out: Path, what: str = "output folder", option: str = "--out") -> None:
-    """Refuse a folder that cannot be created or written before spending minutes on it."""
+    """Refuse a folder that cannot be created or written before spending minutes on it: a file is
+    made and removed in its nearest existing folder (permission bits say nothing to root)."""
+    import tempfile
+
     probe = Path(out)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UsageError(f"{what} {out} cannot be written: choose another with {option}")
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(probe)
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError:
+        raise UsageError(f"{what} {out} cannot be written: choose another with {option}") from None
 
 
 def build(config=None, *, targets: str | Iterable[str] | None = None, out: str | os.PathLike = "build",
@@ -138,34 +169,51 @@ def build(config=None, *, targets: str | Iterable[str] | None = None, out: str |
 
 def built(config=None, *, targets=None, out: str | os.PathLike = "build", model=None, data=None,
           overrides: dict | None = None, log: Log | None = None) -> Build:
-    """The build in OUT as its manifest records it, when the manifest is of this config and its files
-    still match it; otherwise `build(...)` (from the cache where possible). What bench and release use."""
+    """The build recorded in OUT/<model>/manifest.json, as it was made: what bench, release and
+    verify_on work on. With no config, model, data or overrides, the one build in OUT (its recorded
+    config). Targets it lacks are built with that same config; a build in OUT of another config is
+    never replaced (UsageError). Nothing in OUT: `build(...)`."""
+    from pipeline import config as config_mod
     from pipeline import manifest as manifest_mod
     from pipeline.releases.pack import usable
 
-    cfg = load_config(config, model=model, data=data, overrides=overrides)
     out = Path(out)
-    m = manifest_mod.read(out / cfg.model.name / "manifest.json")
-    recorded = [a["target"] for a in m["artifacts"]] if m and m.get("config_hash") == cfg.digest() else []
+    if config is None and not (model or data or overrides):
+        found = {p.parent.name: manifest_mod.read(p) for p in sorted(out.glob("*/manifest.json"))}
+        found = {name: m for name, m in found.items() if m and "config" in m}
+        if len(found) > 1:
+            raise UsageError(f"{out} holds builds of {', '.join(found)}: say which with --model or --config")
+        cfg = config_mod.from_dict(next(iter(found.values()))["config"], source="the recorded build") if found \
+            else load_config()
+    else:
+        cfg = load_config(config, model=model, data=data, overrides=overrides)
+    m = manifest_mod.read(out / cfg.name / "manifest.json")
+    if m and m.get("config_hash") != cfg.digest():
+        raise UsageError(f"{out / cfg.name} holds a build of another config (manifest config_hash "
+                         f"{m.get('config_hash')}, this one {cfg.digest()}): nothing is rebuilt over it; run "
+                         f"`build` with this config to replace it, or choose another --out")
+    recorded = [a["target"] for a in m["artifacts"]] if m else []
     chosen = _targets(targets or recorded or None, cfg)
-    if recorded and usable(m, out, chosen) is not None:
+    if m and usable(m, out, chosen) is not None:
         return Build(out, cfg, chosen, m)
     return build(cfg, targets=[t.name for t in chosen], out=out, log=log)
 
 
 def bench(build: Build, *, targets=None, devices=("local",), threads=(1,), runs: int = 100,
           min_seconds: float = 1.0, warmup: int = 10, samples: int = 100, options=(), timeout: float = 300.0,
-          legacy: bool = False, device_options: dict | None = None, log: Log | None = None) -> list[dict]:
+          legacy: bool = False, harness=("python",), device_options: dict | None = None,
+          log: Log | None = None) -> list[dict]:
     """Time each artifact of `build` on each device and thread count: the rows `bench --json` writes.
 
     `devices`: specs (`local`, `emu:rpi4`, `ssh://user@host`) or device objects; `options`: runtime
-    options as (key, value) pairs or "key=value" strings; `legacy` adds the legacy runtime's rows."""
+    options as (key, value) pairs or "key=value" strings; `legacy` adds the legacy runtime's rows;
+    `harness`: "python" (the runner scripts), "native" (targets/native/edge_bench.c, no Python) or both."""
     import dataclasses
 
     from pipeline import benchmark as bench_mod
-    from pipeline.devices import get_devices
 
-    devs = [d for d in devices if not isinstance(d, str)] or get_devices(list(devices), **(device_options or {}))
+    devs = [d for d in devices if not isinstance(d, str)] or bench_mod.get_devices(
+        list(devices), list(harness), **(device_options or {}))
     opts = tuple(o if isinstance(o, tuple) else bench_mod.parse_options([o])[0] for o in options)
     settings = bench_mod.Settings(runs, min_seconds, warmup, samples, opts, timeout)
     wanted = {t.name for t in _targets(targets, build.config)} if targets else {t.name for t in build.targets}
@@ -192,16 +240,23 @@ def verify_on(build: Build, devices, *, device_options: dict | None = None, log:
 
 
 def release(build: Build, version: str, *, dist: str | os.PathLike = "dist", bench: str | os.PathLike | list | None = None,
-            allow_failed: Iterable[str] = ()) -> Path:
+            allow_failed: Iterable[str] = (), force: bool = False, bundle: Iterable[str] = ()) -> Path:
     """Pack the build's verified artifacts as DIST/<model>-<version>/: archives with test vectors,
-    manifest, model card, benchmarks, SHA256SUMS. Returns the folder. `bench`: rows or a `bench --json` file."""
+    manifest, model card, benchmarks, SHA256SUMS. Returns the folder. `bench`: rows or a `bench --json`
+    file. A version already in DIST is never replaced unless `force`. `bundle`: architectures (x86_64,
+    aarch64) to also pack each target for with the native runner and a run.sh."""
+    from pipeline.native import ARCHES
     from pipeline.releases.pack import load_bench, make_release
     from targets import resolve
 
+    bundle = list(dict.fromkeys(bundle))
+    if any(a not in ARCHES for a in bundle):
+        raise UsageError(f"--bundle takes {' and '.join(ARCHES)}, not {', '.join(a for a in bundle if a not in ARCHES)}")
     allowed = {t.name for spec in allow_failed for t in resolve(spec)}
     check_writable(Path(dist), "release folder", "--dist")
     rows = load_bench(Path(bench), build.name) if isinstance(bench, str | os.PathLike) else bench
-    return make_release(build.manifest, build.out, build.targets, version, Path(dist), rows, allowed)[0]
+    return make_release(build.manifest, build.out, build.targets, version, Path(dist), rows, allowed, force,
+                        bundle)[0]
 
 
 @dataclass(frozen=True)

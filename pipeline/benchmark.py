@@ -48,6 +48,30 @@ class Settings:
                           options=tuple(self.options), timeout=self.timeout)
 
 
+HARNESSES = ("python", "native")
+
+
+def parse_harness(text: str) -> list[str]:
+    """`python`, `native` or both: which runner times each artifact (the Python runner, or pipeline/native.py)."""
+    items = [h.strip() for h in text.split(",") if h.strip()]
+    bad = [h for h in items if h not in HARNESSES]
+    if not items or bad:
+        raise UsageError(f"--harness takes a comma list of {' and '.join(HARNESSES)}, not '{text}'")
+    return list(dict.fromkeys(items))
+
+
+def get_devices(specs, harnesses=("python",), **options) -> list:
+    """Each device spec once per harness: the Python runners' device, or the native runner's."""
+    from pipeline import devices, native
+
+    items = specs.split(",") if isinstance(specs, str) else list(specs)
+    out = [(native.get_device if h == "native" else devices.get_device)(s.strip(), **options)
+           for h in harnesses for s in items if s.strip()]
+    if not out:
+        raise UsageError("no device given: name at least one, e.g. local")
+    return out
+
+
 def parse_threads(text: str) -> list[int]:
     try:
         threads = [int(t) for t in text.split(",") if t.strip()]
@@ -73,7 +97,8 @@ def bench_one(device, runner_path: Path, model: Path, inputs: Path, threads: int
     res = device.run(settings.request(runner_path, model, inputs, threads))
     cond = res.get("conditions") or {}
     lat = res.get("latency") or {}
-    row = {"device": device.name, "threads": threads, "status": "ok" if res.get("ok") else "failed",
+    row = {"device": device.name, "harness": getattr(device, "harness", "python"), "threads": threads,
+           "status": "ok" if res.get("ok") else "failed",
            "error": None if res.get("ok") else res.get("error", "no result"),
            "runtime": res.get("runtime"), "runtime_version": res.get("runtime_version"),
            "runner": runner_path.name, "options": dict(settings.options),
@@ -93,8 +118,17 @@ def bench_artifacts(items, devices, inputs: Path, threads: list[int], settings: 
     """Rows for every (target, artifact row, artifact path) x device x thread count.
 
     `artifact row` is the manifest entry (accuracy, size, status); an artifact that failed to build
-    has no file and gets a row saying so.
+    has no file and gets a row saying so. Each artifact gets `inputs` in its own input layout.
     """
+    import tempfile
+
+    from pipeline.gate import artifact_inputs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return _bench_all(items, devices, threads, settings, log, lambda art: artifact_inputs(inputs, art, Path(tmp)))
+
+
+def _bench_all(items, devices, threads, settings, log, inputs_for) -> list[dict]:
     rows = []
     for device in devices:
         for target, art, path in items:
@@ -106,13 +140,14 @@ def bench_artifacts(items, devices, inputs: Path, threads: list[int], settings: 
                     row = {"device": device.name, "threads": n, "status": "not_built",
                            "error": art.get("reason", "no artifact file")}
                 else:
-                    row = bench_one(device, target.runner_path, Path(path), inputs, n, settings)
+                    row = bench_one(device, target.runner_path, Path(path), inputs_for(art), n, settings)
                 rows.append({**base, **row})
                 if log:
                     r = rows[-1]
                     what = ((r.get("summary") or f"p50 {r['p50_ms']:.4g} ms over {r['runs']} runs") if r["status"] == "ok"
                             else f"{r['status']}: {r['error']}")
-                    log(f"bench {target.name:<18} {device.name} threads={n}: {what}")
+                    harness = f" ({device.harness})" if getattr(device, "harness", "python") != "python" else ""
+                    log(f"bench {target.name:<18} {device.name}{harness} threads={n}: {what}")
     return rows
 
 

@@ -17,6 +17,7 @@ from pipeline import report
 from pipeline.cache import Cache, Entry, stage_key, tool_versions
 from pipeline.config import Config
 from pipeline.data import Dataset
+from pipeline.errors import UsageError
 from pipeline.gate import verify_artifact
 from pipeline.manifest import write_manifest
 from pipeline.stages import STAGES
@@ -32,6 +33,7 @@ class Builder:
         self.seed = cfg.build.seed
         self.stages: dict[str, Entry] = {}
         self._dataset: Dataset | None = None
+        self._interface: dict | None = None
 
     def stage(self, name: str, params: dict, inputs: dict[str, str], produce, code=()) -> Entry:
         """`code`: source files beyond STAGES[kind].code that decide this stage's output (a target's module)."""
@@ -60,33 +62,78 @@ class Builder:
     def data(self) -> Entry:
         from pipeline import data as data_mod
 
+        model_input = (self.interface() or {"inputs": [None]})["inputs"][0]
+
         def produce(folder):
-            ds = data_mod.load(self.cfg.data, self.seed)
+            if self.several_inputs():
+                ds = data_mod.load_several(self.cfg.data, self.seed, self.interface()["inputs"])
+            else:
+                ds = data_mod.load(self.cfg.data, self.seed, model_input)
             for a in Dataset.ARRAYS:
-                if getattr(ds, a) is not None:
-                    np.save(folder / f"{a}.npy", getattr(ds, a))
+                arr = getattr(ds, a)
+                if isinstance(arr, dict):  # one array per input of a model with several
+                    np.savez(folder / f"{a}.npz", **arr)
+                elif arr is not None:
+                    np.save(folder / f"{a}.npy", arr)
             return {"labels": list(ds.labels), "preprocessing": ds.preprocessing, "labelled": ds.labelled,
-                    "train_samples": len(ds.x_train), "test_samples": len(ds.x_test),
-                    "input_shape": list(ds.x_train.shape[1:])}
+                    "train_samples": len(_first(ds.x_train)), "test_samples": len(_first(ds.x_test)),
+                    "input_shape": ds.preprocessing["input_shape"]}
 
         source = {"path_sha256": content_hash(self.cfg.data.path)} if self.cfg.data.path else {}
-        return self.stage("data", {"data": self.cfg.section("data"), "seed": self.seed, **source}, {}, produce)
+        return self.stage("data", {"data": self.cfg.section("data"), "seed": self.seed, **source,
+                                   **({"model_inputs": self.interface()["inputs"]} if model_input else {})}, {}, produce)
+
+    def several_inputs(self) -> bool:
+        """A user's ONNX model with more than one input: no Keras conversion (see interface_export)."""
+        return len((self.interface() or {"inputs": [None]})["inputs"]) > 1
+
+    def reference(self) -> Entry:
+        """The stage whose reference outputs (the original model's) every artifact is compared with: train, or
+        for a model with several inputs (no Keras stages) `original`, the user's file run in onnxruntime."""
+        return self.stages["train"] if "train" in self.stages else self.stages["original"]
+
+    def interface(self) -> dict | None:
+        """The user's ONNX model's interface (names, shapes, layout), `model.onnx_input_shape` applied; else None."""
+        from pipeline import interface
+
+        path = self.cfg.model.path
+        if not path or not path.lower().endswith(".onnx"):
+            return None
+        if self._interface is None:
+            self._interface = interface.onnx_interface(path)
+            fixed = self.cfg.model.onnx_input_shape
+            if fixed:
+                self._interface["inputs"][0]["shape"] = list(fixed)
+        return self._interface
 
     def dataset(self) -> Dataset:
         if self._dataset is None:
             e = self.stages["data"]
-            arrays = {a: np.load(e.file(f"{a}.npy"), allow_pickle=False) if e.file(f"{a}.npy").exists() else None
-                      for a in Dataset.ARRAYS}
+            arrays = {a: _load_array(e, a) for a in Dataset.ARRAYS}
             labels = tuple(self.cfg.model.labels) or tuple(e.meta["labels"])
             self._dataset = Dataset(**arrays, labels=labels, preprocessing=e.meta["preprocessing"])
         return self._dataset
 
     def models(self, need_qat: bool) -> None:
-        self.data()
-        train, prune = self.train(), self.prune()
+        cfg, d = self.cfg, self.data()
+        if self.several_inputs():
+            from pipeline.interface_export import original_outputs
+
+            source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
+            self.stage("original", {"model": source}, {"data": d.key},
+                       lambda f: original_outputs(cfg.model.path, d.file("x_test.npz"), f))
+            return
+        train = self.train()
+        self.log(report.original_line(train.meta, d.meta))
+        prune = self.prune()
         self.log(report.prune_summary(train.meta, prune.meta))
+        self.within_budget("prune", prune.meta, train.meta, report.prune_advice(cfg, prune.meta))
         if need_qat:
-            self.qat()
+            qat = self.qat()
+            if qat.meta.get("vs_original"):
+                self.log(report.stage_line("qat", qat.meta, train.meta))
+                self.within_budget("qat", qat.meta, train.meta, "lower qat.learning_rate or qat.epochs, or set "
+                                   "qat.epochs = 0 for post-training quantization")
 
     # One method per stage (after data): each reads its inputs from self.stages, so a sweep can run any one of them.
 
@@ -102,61 +149,122 @@ class Builder:
     def prune(self) -> Entry:
         from pipeline import stages
 
-        cfg, d, train = self.cfg, self.stages["data"], self.stages["train"]
+        cfg, d, train, b = self.cfg, self.stages["data"], self.stages["train"], self.cfg.build
         # `strict` is in the keys of the stages that may fall back: a strict build must re-decide.
+        # The budget decides what "auto" picks: it is in the prune key.
         return self.stage("prune", {"prune": cfg.section("prune"), "batch_size": cfg.train.batch_size,
-                                    "seed": self.seed, "strict": cfg.build.strict},
+                                    "seed": self.seed, "strict": b.strict,
+                                    "budget": [b.max_accuracy_drop, b.min_agreement, b.min_cosine]},
                           {"model": train.key, "data": d.key},
-                          lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), f))
+                          lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), train.path, f))
 
     def qat(self) -> Entry:
         from pipeline import stages
 
-        cfg, d, prune = self.cfg, self.stages["data"], self.stages["prune"]
-        return self.stage("qat", {"qat": cfg.section("qat"), "sparsity": cfg.prune.sparsity,
-                                  "batch_size": cfg.train.batch_size, "seed": self.seed, "strict": cfg.build.strict},
-                          {"model": prune.key, "data": d.key},
-                          lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), f))
+        cfg, d, train, prune = self.cfg, self.stages["data"], self.stages["train"], self.stages["prune"]
+        return self.stage("qat", {"qat": cfg.section("qat"), "batch_size": cfg.train.batch_size, "seed": self.seed,
+                                  "strict": cfg.build.strict},
+                          {"model": prune.key, "original": train.key, "data": d.key},
+                          lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), prune.meta,
+                                               train.path, f))
+
+    def within_budget(self, name: str, meta: dict, original: dict, advice: str) -> None:
+        """A stage whose model already breaks the budget against the original stops the build here."""
+        from pipeline.errors import BudgetError
+        from pipeline.gate import budget_reasons
+
+        figures = {**meta.get("vs_original", {}), "reference_accuracy": original.get("accuracy")}
+        reasons = budget_reasons(figures, self.cfg.build)
+        if reasons:
+            what = {"prune": "pruned", "qat": "quantization-aware trained"}[name]
+            raise BudgetError(f"{name}: the {what} model already breaks the build's budget, before any artifact: "
+                              f"{'; '.join(reasons)} ({self.cfg.data.path or 'built-in data'}, test split); {advice}")
 
     # -- targets -----------------------------------------------------------------------------
 
     def artifact_metadata(self, target) -> dict:
         d = self.stages["data"].meta
-        return {"model": self.cfg.model.name, "version": self.cfg.model.version, "target": target.name,
+        return {"model": self.cfg.name, "version": self.cfg.model.version, "target": target.name,
                 "labels": list(self.cfg.model.labels or d["labels"]), "preprocessing": d["preprocessing"],
                 "config_hash": self.cfg.digest()}
+
+    def ptq_settings(self):
+        """What the int8 targets without QAT choose their post-training method with (None: one method each).
+        Validation: training samples that do not calibrate (the calibration ones if there are none)."""
+        from targets.ptq import Settings
+
+        p = self.cfg.ptq
+        if not p.choose:
+            return None
+        ds = self.dataset()
+        cal = {x.tobytes() for x in ds.x_cal}
+        val = [x for x in ds.x_train if x.tobytes() not in cal][:p.validation_samples]
+        return Settings(np.stack(val) if val else ds.x_cal, p.mixed, p.budget)
+
+    def interface_route(self, target) -> str | None:
+        """How an ONNX/OpenVINO target of a user's ONNX model keeps its interface: `original` (made from the
+        user's file itself, when the Keras side changed nothing: no fine-tuning, nothing pruned) or `restored`
+        (the converted model, given the original names and layout back). None for every other model."""
+        if target.family not in ("onnx", "openvino") or self.interface() is None:
+            return None
+        if self.several_inputs():
+            return "original"
+        train, prune = self.stages["train"].meta, self.stages["prune"].meta
+        changed = (train.get("source_model") or {}).get("fine_tuned") or prune.get("pruned_layers", 0) > 0
+        return "restored" if changed else "original"
 
     def export(self, target) -> Entry:
         from pipeline import report, stages
 
+        route = self.interface_route(target)
+        if self.several_inputs() and not route:
+            raise UsageError(f"{target.name} is made through the Keras conversion, which takes single-input models "
+                             f"only; this model has inputs {[p['name'] for p in self.interface()['inputs']]}")
         # A QAT stage that fell back to post-training quantization left no model: use the float one.
-        use_qat = target.source == "qat" and self.stages["qat"].meta.get("method") == "qat"
+        use_qat = target.source == "qat" and self.stages.get("qat") and self.stages["qat"].meta.get("method") == "qat"
         src_name = "qat" if use_qat else "prune"
-        src = self.stages[src_name]
+        src = self.stages.get(src_name) or self.reference()
         metadata = self.artifact_metadata(target)
+        if route:
+            metadata["input_layout"] = ",".join(dict.fromkeys(p.get("layout", "N...") for p in self.interface()["inputs"]))
 
         def produce(folder):
+            calib = self.dataset().x_cal
+            progress = lambda i, n: report.progress("calibrate", i, n)  # noqa: E731
+            if route:
+                from pipeline.interface_export import export_keeping_interface
+
+                return export_keeping_interface(self, target, route, src.file("model.h5"), calib,
+                                                folder / target.filename, metadata, progress)
             stages.tf_setup(self.seed)
             model = stages.load_model(src.file("model.h5"), qat=use_qat)
-            calib = self.dataset().x_cal
-            target.module.export(target, model, calib, folder / target.filename, metadata,
-                                 progress=lambda i, n: report.progress("calibrate", i, n))
-            return {"source": src_name, "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert"}
+            choice = target.module.export(target, model, calib, folder / target.filename, metadata, progress=progress,
+                                          **({} if use_qat else {"ptq": self.ptq_settings()}))
+            return {"source": src_name, "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert",
+                    **({"ptq": choice} if choice else {})}
 
-        params = {"target": target.name, "options": target.options, "metadata": metadata}
+        params = {"target": target.name, "options": target.options, "metadata": metadata,
+                  **({"route": route} if route else {})}
         return self.stage(f"export:{target.name}", params, {"model": src.key, "data": self.stages["data"].key},
-                          produce, code=[_source(target.module)])
+                          produce, code=[_source(target.module), *(["pipeline/interface.py", "pipeline/interface_export.py"]
+                                                                   if route else [])])
 
     def verify(self, target, artifact: Entry) -> Entry:
-        ref, d = self.stages["prune"], self.stages["data"]
+        from pipeline.stages import REFERENCE_OUTPUTS
+
+        ref, d = self.reference(), self.stages["data"]  # the original model: every figure's reference
+
+        # A post-training choice that kept layers in float ([ptq] mixed) must read back as int8-mixed, never int8.
+        expected = "int8-mixed" if artifact.meta.get("ptq", {}).get("mixed") else target.quantization
 
         def produce(folder):
-            return verify_artifact(target, artifact.file(target.filename), d.path, ref.file("reference_outputs.npz"),
-                                   self.cfg.build, ref.meta["accuracy"])
+            return verify_artifact(target, artifact.file(target.filename), d.path, ref.file(REFERENCE_OUTPUTS),
+                                   self.cfg.build, ref.meta.get("accuracy"), perms=artifact.meta, expected=expected)
 
         b = self.cfg.build
-        params = {"target": target.name, "quantization": target.quantization, "runner": target.runner,
-                  "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine]}
+        params = {"target": target.name, "quantization": expected, "runner": target.runner,
+                  "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
+                  **({"run_config": target.run_config} if target.run_config else {})}
         return self.stage(f"verify:{target.name}", params,
                           {"artifact": artifact.key, "reference": ref.key, "data": d.key}, produce,
                           code=[_source(target.module), *(f"targets/runners/{r}" for r in (target.runner, target.legacy_runner) if r)])
@@ -164,7 +272,7 @@ class Builder:
     def publish(self, target, artifact: Entry, result: dict) -> dict:
         # Every file of the artifact (an OpenVINO IR is .xml + .bin): bytes and gzip are their sums,
         # sha256 is of their bytes in `files` order (`cat model.xml model.bin | sha256sum`).
-        dests = [self.out / self.cfg.model.name / target.name / name for name in target.files]
+        dests = [self.out / self.cfg.name / target.name / name for name in target.files]
         dests[0].parent.mkdir(parents=True, exist_ok=True)
         for name, dest in zip(target.files, dests):
             atomic_copy(artifact.file(name), dest)
@@ -173,6 +281,8 @@ class Builder:
                 "sha256": sha256_file(*dests), **result,
                 "build_seconds": round(artifact.meta.get("seconds", 0.0) + result.get("seconds", 0.0), 2),
                 "made_from": artifact.meta.get("source"), "method": artifact.meta.get("method"),
+                **({"ptq": artifact.meta["ptq"]} if "ptq" in artifact.meta else {}),  # what PTQ chose, and why
+                **interface_fields(artifact.meta, self.stages["data"].meta["preprocessing"]),
                 "fallbacks": self.fallbacks(target),
                 "stage_keys": {"export": artifact.key, "verify": self.stages[f"verify:{target.name}"].key}}
 
@@ -194,11 +304,11 @@ class Builder:
             done.append((t, artifact, self.verify(t, artifact).meta))
         # Two builds into one folder: the cache is safe by itself (atomic renames); publishing and
         # the manifest's read-merge-write are serialised so neither loses the other's artifacts.
-        with locked(self.out / self.cfg.model.name / ".lock"):
+        with locked(self.out / self.cfg.name / ".lock"):
             rows = []
             for t, artifact, result in done:
                 if artifact is None:
-                    clean_target_dir(self.out, self.cfg.model.name, t.name)
+                    clean_target_dir(self.out, self.cfg.name, t.name)
                     rows.append(failed_build(t, result))
                 else:
                     rows.append(self.publish(t, artifact, result))
@@ -243,6 +353,28 @@ def content_hash(path: str) -> str:
             h.update(str(f.relative_to(p)).encode() + b"\0" + sha256_file(f).encode())
         return h.hexdigest()
     return "missing"
+
+
+def interface_fields(export_meta: dict, preprocessing: dict) -> dict:
+    """What the manifest row says of the artifact's interface: the layout its inputs take, and how it maps
+    to the pipeline's arrays (bench, release and verify feed each artifact in its own layout)."""
+    return {"input_layout": export_meta.get("input_layout") or preprocessing.get("layout"),
+            "route": export_meta.get("route"), "input_perms": export_meta.get("input_perms"),
+            "output_perms": export_meta.get("output_perms")}
+
+
+def _first(x):
+    return next(iter(x.values())) if isinstance(x, dict) else x
+
+
+def _load_array(entry: Entry, name: str):
+    """A data stage array: .npy, or .npz (one array per input) for a model with several inputs; None if absent."""
+    if entry.file(f"{name}.npy").exists():
+        return np.load(entry.file(f"{name}.npy"), allow_pickle=False)
+    if entry.file(f"{name}.npz").exists():
+        with np.load(entry.file(f"{name}.npz"), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    return None
 
 
 def _one_line(e: BaseException) -> str:

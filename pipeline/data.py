@@ -32,8 +32,11 @@ class Dataset:
     x_cal: np.ndarray
     labels: tuple[str, ...]
     preprocessing: dict
+    x_val: np.ndarray | None = None
+    """Carved from the training samples (data.validation_fraction), never trained on: choosing settings."""
+    y_val: np.ndarray | None = None
 
-    ARRAYS = ("x_train", "y_train", "x_test", "y_test", "x_cal")
+    ARRAYS = ("x_train", "y_train", "x_test", "y_test", "x_cal", "x_val", "y_val")
 
     @property
     def labelled(self) -> bool:
@@ -218,9 +221,58 @@ def preprocess(x: np.ndarray, cfg: DataConfig, default_scale: float) -> np.ndarr
     return x
 
 
-def load(cfg: DataConfig, seed: int) -> Dataset:
+def load_several(cfg: DataConfig, seed: int, inputs: list[dict]) -> Dataset:
+    """Data for a model with several inputs: an .npz with one array per input name (entry i of each is
+    call i; the same first dimension), and optionally `y`. Taken as it is: no preprocessing, no layout change.
+    x_train, x_test and x_cal are dicts of arrays, in the model's input order."""
+    names = [p["name"] for p in inputs]
+    path = Path(cfg.path)
+    if not cfg.path or path.suffix != ".npz" or not path.is_file():
+        raise DataError(f"a model with inputs {names} takes an .npz with one array per input name; got "
+                        f"{cfg.path or 'no --data'}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz without pickled objects ({e})") from None
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise DataError(f"{path}: the model's inputs are {names} but the .npz has no array {missing} "
+                        f"(found {sorted(arrays)})")
+    x, y = {n: arrays[n] for n in names}, arrays.get("y")
+    if len({len(a) for a in x.values()}) > 1:
+        raise DataError(f"{path}: the input arrays hold different numbers of samples "
+                        f"{ {n: len(a) for n, a in x.items()} }: entry i of each is one call")
+    for n, a in x.items():
+        _check(n, a, y, str(path))
+    train, _, test, _ = split(np.arange(len(x[names[0]])), y, cfg.test_fraction, seed)
+    if len(train) == 0 or len(test) == 0:
+        raise DataError("data split left no training or no test samples: change data.test_fraction")
+    n_cal = min(cfg.calibration_samples, len(train))
+    if n_cal < MIN_CALIBRATION:
+        print(f"warning: only {n_cal} calibration samples (fewer than {MIN_CALIBRATION}): int8 ranges may be poor",
+              file=sys.stderr)
+    cal = train[np.sort(np.random.default_rng(seed + 1).choice(len(train), n_cal, replace=False))]
+    pick = lambda idx: {n: a[idx] for n, a in x.items()}  # noqa: E731
+    yt = (y[train], y[test]) if y is not None else (None, None)
+    labels = tuple(str(i) for i in range(int(y.max()) + 1)) if y is not None else ()
+    prep = {"source": str(path), "layout": "as given", "data_layout": "as given", "inputs": names,
+            "input_shape": {n: list(a.shape[1:]) for n, a in x.items()}, "preprocessing": "none (several inputs)",
+            "labelled": y is not None, "calibration_split": "train", "calibration_samples": n_cal}
+    return Dataset(pick(train), yt[0], pick(test), yt[1], pick(cal), labels, prep)
+
+
+def load(cfg: DataConfig, seed: int, model_input: dict | None = None) -> Dataset:
+    """`model_input`: the user's model's input (pipeline.interface), whose layout the data may come in."""
     raw = _find(cfg)
     where = raw.source
+    given = "as stored"
+    if model_input:
+        from pipeline.interface import samples_to_internal
+
+        x, given = samples_to_internal(raw.x, model_input)
+        xt = samples_to_internal(raw.x_test, model_input)[0] if raw.x_test is not None else None
+        raw = Raw(x, raw.y, xt, raw.y_test, raw.labels, raw.source)
     _check("x", raw.x, raw.y, where)
     if raw.x_test is not None:
         _check("x_test", raw.x_test, raw.y_test, where)
@@ -239,6 +291,10 @@ def load(cfg: DataConfig, seed: int) -> Dataset:
         x_train, y_train, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
     if len(x_train) == 0 or len(x_test) == 0:
         raise DataError("data split left no training or no test samples: change data.test_fraction")
+    x_val = y_val = None
+    if cfg.validation_fraction > 0 and len(x_train) >= 10:
+        x_train, y_train, x_val, y_val = split(x_train, y_train, cfg.validation_fraction, seed + 2)
+        x_val = preprocess(x_val, cfg, default_scale)
     x_train, x_test = preprocess(x_train, cfg, default_scale), preprocess(x_test, cfg, default_scale)
     rng = np.random.default_rng(seed + 1)
     n_cal = min(cfg.calibration_samples, len(x_train))
@@ -248,8 +304,10 @@ def load(cfg: DataConfig, seed: int) -> Dataset:
     x_cal = x_train[np.sort(rng.choice(len(x_train), n_cal, replace=False))]
     n_classes = int(max(y_train.max(), y_test.max())) + 1 if y_train is not None else 0
     labels = raw.labels or tuple(str(i) for i in range(n_classes))
-    prep = {"source": raw.source, "layout": "NHWC" if x_train.ndim == 4 else "N...",
+    # `layout`: of the arrays inside the pipeline; `data_layout`: of the samples as the user gave them.
+    prep = {"source": raw.source, "layout": "NHWC" if x_train.ndim == 4 else "N...", "data_layout": given,
             "input_shape": list(x_train.shape[1:]), "resize": list(cfg.resize), "channels": cfg.channels or "as stored",
             "scale": cfg.scale or default_scale, "mean": list(cfg.mean) or [0.0], "std": list(cfg.std) or [1.0],
-            "labelled": y_train is not None, "calibration_split": "train", "calibration_samples": n_cal}
-    return Dataset(x_train, y_train, x_test, y_test, x_cal, labels, prep)
+            "labelled": y_train is not None, "calibration_split": "train", "calibration_samples": n_cal,
+            "samples": {"train": len(x_train), "validation": 0 if x_val is None else len(x_val), "test": len(x_test)}}
+    return Dataset(x_train, y_train, x_test, y_test, x_cal, labels, prep, x_val, y_val)

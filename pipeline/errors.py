@@ -39,3 +39,11 @@ class DeviceError(PipelineError):
 
 class EmuError(PipelineError):
     """Emulation cannot be set up or used on this host."""
+
+
+class EstimateError(PipelineError):
+    """No latency estimate can be made from an emulated run (missing llvm-mca, no profile)."""
+
+
+class BudgetError(VerificationError):
+    """A stage's model already loses more against the original model than the build allows."""

@@ -57,7 +57,21 @@ def inspect_file(path: Path, timeout: float = 60.0) -> dict:
         raise UsageError(f"cannot inspect {path}: the {family} reader {why}")
     if not result["ok"]:
         raise UsageError(f"cannot inspect {path} as {family}: {result['error']}")
-    return {"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path), **result["info"]}
+    return {"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path), **result["info"],
+            **how_to_run(result["info"])}
+
+
+def how_to_run(info: dict) -> dict:
+    """From the metadata edge-export wrote into the file: the layout its inputs take and the runtime settings
+    it was verified with (e.g. OpenVINO's INFERENCE_PRECISION_HINT=f32). Nothing for a foreign file."""
+    from targets import TARGETS
+
+    meta = info.get("metadata") or {}
+    if "target" not in meta:
+        return {}
+    target = TARGETS.get(meta["target"])
+    return {"input_layout": meta.get("input_layout") or (meta.get("preprocessing") or {}).get("layout"),
+            "run_config": dict(target.run_config) if target else {}}
 
 
 FIRST = ("file", "bytes", "sha256", "format", "quantization", "sparsity", "inputs", "outputs", "ops")

@@ -21,7 +21,7 @@ def read(path: Path) -> dict | None:
 
 def write_manifest(builder, rows: list[dict], started: float) -> dict:
     cfg = builder.cfg
-    path = builder.out / cfg.model.name / "manifest.json"
+    path = builder.out / cfg.name / "manifest.json"
     # Artifacts of earlier builds of the same model config stay listed (e.g. a second target).
     old = read(path) or {}
     keep, old_stages = [], {}
@@ -43,7 +43,7 @@ def write_manifest(builder, rows: list[dict], started: float) -> dict:
     artifacts = sorted(keep + rows, key=lambda a: order.get(a["target"], 99))
     manifest = {
         "schema": SCHEMA,
-        "model": cfg.model.name,
+        "model": cfg.name,
         "model_version": cfg.model.version,
         "pipeline_version": __version__,
         "config_hash": cfg.digest(),

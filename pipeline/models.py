@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import report
 from pipeline.errors import ModelLoadError
 
 SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
@@ -82,13 +83,9 @@ def load(path: str | Path, trust: bool = False, onnx_input_shape=(), workdir: Pa
 
 
 def _onnx_shape(path: Path, override) -> tuple[str, list[int]]:
-    import onnx
+    from pipeline.interface import load_onnx
 
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(m)
-    except Exception as e:
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
+    m = load_onnx(path)
     init = {i.name for i in m.graph.initializer}
     inputs = [i for i in m.graph.input if i.name not in init]
     if len(inputs) != 1:
@@ -100,7 +97,7 @@ def _onnx_shape(path: Path, override) -> tuple[str, list[int]]:
         dims = list(override)
     if any(d <= 0 for d in dims):
         raise ModelLoadError(f"{path}: input '{inputs[0].name}' has dynamic dimensions {dims}: "
-                             "set model.onnx_input_shape, e.g. [1, 3, 224, 224]")
+                             "set model.onnx_input_shape or --input-shape, e.g. 1,3,224,224")
     return inputs[0].name, dims
 
 
@@ -123,9 +120,10 @@ def _from_onnx(path: Path, override, workdir: Path | None):
         # on PATH it silently keeps the dynamic shape. It sits beside our interpreter.
         os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_env])
         try:
-            model = onnx2tf.convert(input_onnx_file_path="model.onnx", output_folder_path="saved_model",
-                                    overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
-                                    non_verbose=True)
+            with report.step("convert", f"ONNX -> Keras (onnx2tf, input {name} {dims})"):
+                model = onnx2tf.convert(input_onnx_file_path="model.onnx", output_folder_path="saved_model",
+                                        overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
+                                        non_verbose=True)
         finally:
             os.chdir(cwd)
             os.environ["PATH"] = path_env

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 
 _WIDTH = 24
 
@@ -26,8 +28,7 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
             return "-"
         if isinstance(v, float):
             return f"{v:.4g}"
-        # Long reasons belong in the manifest; a table cell keeps its start.
-        return str(v) if len(str(v)) <= 48 else str(v)[:47] + "~"
+        return str(v)  # never cut: a reason or a status is read whole
 
     body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
     heads = [h for _, h in columns]
@@ -36,9 +37,49 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join([fmt(heads), fmt(["-" * w for w in widths]), *map(fmt, body)])
 
 
+def figures(f: dict, original_accuracy: float | None = None) -> str:
+    """A model's figures against the original: accuracy (and the drop), top-1 agreement, cosine, max |diff|."""
+    parts = []
+    if f.get("accuracy") is not None:
+        drop = f" ({(f['accuracy'] - original_accuracy) * 100:+.2f} pts)" if original_accuracy is not None else ""
+        parts.append(f"accuracy {f['accuracy']:.4f}{drop}")
+    if f.get("top1_agreement") is not None:
+        parts.append(f"top-1 agreement {f['top1_agreement']:.4f}")
+    if f.get("cosine") is not None:
+        parts.append(f"cosine {f['cosine']:.4f}")
+    if f.get("max_abs_diff") is not None:
+        parts.append(f"max |diff| {f['max_abs_diff']:.3g}")
+    return ", ".join(parts)
+
+
+def original_line(train: dict, data: dict) -> str:
+    """What every later figure is measured against."""
+    n = (data.get("preprocessing") or {}).get("samples", {}).get("test") or data.get("test_samples")
+    acc = f"accuracy {train['accuracy']:.4f}" if train.get("accuracy") is not None else "no labels: agreement only"
+    line = f"original: {acc} on {n} held-out samples; every figure below is against this model"
+    if train.get("fine_tuned"):
+        line += f"\nfine-tune: vs original: {figures(train['fine_tuned'], train.get('accuracy'))}"
+    return line
+
+
+def stage_line(name: str, meta: dict, train: dict) -> str:
+    return f"{name}: vs original: {figures(meta.get('vs_original', {}), train.get('accuracy'))}"
+
+
+def prune_advice(cfg, meta: dict) -> str:
+    if meta.get("method") == "channels":
+        return f"lower prune.channels_fraction (now {cfg.prune.channels_fraction:g}) or use --prune none"
+    return f"lower prune.sparsity (now {cfg.prune.sparsity}) or use --prune none"
+
+
 def prune_summary(trained: dict, pruned: dict) -> str:
-    """One line on what the prune stage did to the float model (stage metas as the manifest keeps them)."""
+    """One line on what the prune stage did to the model (stage metas as the manifest keeps them)."""
     parts = [f"prune: {pruned.get('method', 'unstructured')}"]
+    auto = pruned.get("auto")
+    if auto:
+        tried = ", ".join(f"{t['sparsity']:g}" for t in auto["tried"])
+        parts.append(f"sparsity auto -> {auto['chosen']:g} (tried {tried} on {auto['validation_samples']} "
+                     f"validation samples, {auto.get('seconds', 0):.0f} s)")
     before, after = pruned.get("params_before"), pruned.get("params_after")
     if before and after is not None and after != before:
         parts.append(f"params {before:,} -> {after:,} ({after / before:.2f}x)")
@@ -47,6 +88,19 @@ def prune_summary(trained: dict, pruned: dict) -> str:
         parts.append(f"MACs {before:,} -> {after:,} ({after / before:.2f}x)")
     if pruned.get("sparsity"):
         parts.append(f"{pruned['sparsity']:.1%} of the weights zero")
-    if trained.get("accuracy") is not None and pruned.get("accuracy") is not None:
+    if pruned.get("vs_original"):
+        parts.append(f"vs original: {figures(pruned['vs_original'], trained.get('accuracy'))}")
+    elif trained.get("accuracy") is not None and pruned.get("accuracy") is not None:
         parts.append(f"float accuracy {trained['accuracy']:.4f} -> {pruned['accuracy']:.4f}")
     return ", ".join(parts)
+
+
+@contextlib.contextmanager
+def step(label: str, what: str = ""):
+    """One line when a step that may take a while starts, one with its duration when it ends (stderr)."""
+    t0 = time.perf_counter()
+    sys.stderr.write(f"{label:<12} {what} ...\n".replace("  ...", " ..."))
+    sys.stderr.flush()
+    yield
+    sys.stderr.write(f"{label:<12} done in {time.perf_counter() - t0:.1f} s\n")
+    sys.stderr.flush()

@@ -36,7 +36,12 @@ def parse_result(stdout: str) -> dict | None:
 def run(runner: Path, model: Path, args: list[str] = (), timeout: float = DEFAULT_TIMEOUT_S,
         prefix: list[str] | None = None) -> dict:
     """Run `runner model args...`; always returns the runner's JSON, or one with ok=False and why."""
-    cmd = [*(prefix or [sys.executable]), str(runner), str(model), *map(str, args)]
+    return run_command([*(prefix or [sys.executable]), str(runner), str(model), *map(str, args)], timeout)
+
+
+def run_command(cmd: list, timeout: float = DEFAULT_TIMEOUT_S) -> dict:
+    """Run any runner command line (a script, or the native runner of pipeline/native.py) the same way."""
+    cmd = [str(c) for c in cmd]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(),
                               stdin=subprocess.DEVNULL)

@@ -23,6 +23,11 @@ class Runtime:
     """The version measured with this project: the emulated boards install exactly this."""
     site: str = "default"
     """The emulator's site folder: tflite-runtime 2.14 needs numpy 1.x and a folder of its own."""
+    native: str = ""
+    """The native runner's --runtime (targets/native/edge_bench.c); empty: no C library in the wheel."""
+    native_files: tuple[str, ...] = ()
+    """Globs in the wheel's module folder: the C library the native runner loads first, then every file
+    it needs beside it (what a board gets in the native bundle)."""
 
     @property
     def pin(self) -> str:
@@ -30,9 +35,14 @@ class Runtime:
 
 
 RUNTIMES: dict[str, Runtime] = {r.dist: r for r in [
-    Runtime("ai-edge-litert", "ai_edge_litert", "run_litert.py", "2.3.0"),
-    Runtime("onnxruntime", "onnxruntime", "run_onnxruntime.py", "1.32.0"),
-    Runtime("openvino", "openvino", "run_openvino.py", "2026.4.1"),
+    Runtime("ai-edge-litert", "ai_edge_litert", "run_litert.py", "2.3.0", native="litert",
+            native_files=("libLiteRt.so",)),
+    Runtime("onnxruntime", "onnxruntime", "run_onnxruntime.py", "1.32.0", native="onnxruntime",
+            native_files=("capi/libonnxruntime.so.*",)),
+    # libopenvino_c needs libopenvino, which finds its IR reader and CPU plugin by name beside it ($ORIGIN)
+    Runtime("openvino", "openvino", "run_openvino.py", "2026.4.1", native="openvino",
+            native_files=("libs/libopenvino_c.so.*", "libs/libopenvino.so.*", "libs/libopenvino_ir_frontend.so.*",
+                          "libs/libopenvino_*_cpu_plugin.so", "libs/libtbb.so.*", "libs/libhwloc.so.*")),
     Runtime("tflite-runtime", "tflite_runtime", "run_tflite_runtime.py", "2.14.0", site="tflite_runtime"),
 ]}
 

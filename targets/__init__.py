@@ -47,6 +47,10 @@ class Target:
     """Files written beside `filename` that belong to the artifact (an OpenVINO IR's model.bin)."""
     legacy_runner: str = ""
     """A second runtime that deployed devices still run (tflite-runtime 2.14): checked, recorded, not gated."""
+    run_config: tuple[tuple[str, str], ...] = ()
+    """Settings the runtime needs to answer as verified (the runner applies them; manifest, inspect, release
+    and model card state them). `run_option` is the runner option that drops them: the runtime's own default."""
+    run_option: tuple[str, str] = ()
 
     @property
     def files(self) -> list[str]:
@@ -62,6 +66,9 @@ class Target:
         return RUNNERS / self.runner
 
 
+# OpenVINO's CPU plugin runs float graphs in bf16 on CPUs that have it, unless told f32 (see STACK.md).
+OPENVINO_RUN = {"run_config": (("INFERENCE_PRECISION_HINT", "f32"),), "run_option": ("precision", "default")}
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in [
@@ -73,16 +80,17 @@ TARGETS: dict[str, Target] = {
                "model.tflite", "float", "run_litert.py", "dynamic-range", {"mode": "dynamic"}, legacy_runner="run_tflite_runtime.py"),
         Target("tflite-int8", "tflite", "TFLite full integer from the QAT model: int8 weights, activations, I/O",
                "model.tflite", "qat", "run_litert.py", "int8", {"mode": "int8"}, legacy_runner="run_tflite_runtime.py"),
-        Target("onnx-fp32", "onnx", "ONNX (tf2onnx), float32 weights and activations, NHWC input", "model.onnx",
+        Target("onnx-fp32", "onnx", "ONNX, float32 weights and activations (an ONNX model keeps its own interface)", "model.onnx",
                "float", "run_onnxruntime.py", "fp32", {"mode": "fp32", "opset": 17}),
         Target("onnx-int8", "onnx", "ONNX static QDQ: int8 per-channel weights and activations, float32 I/O",
                "model.onnx", "float", "run_onnxruntime.py", "int8-qdq", {"mode": "int8", "opset": 17}),
         Target("openvino-fp32", "openvino", "OpenVINO IR, float32 weights", "model.xml", "float",
-               "run_openvino.py", "fp32", {"mode": "fp32", "opset": 17}, companions=("model.bin",)),
+               "run_openvino.py", "fp32", {"mode": "fp32", "opset": 17}, companions=("model.bin",), **OPENVINO_RUN),
         Target("openvino-fp16", "openvino", "OpenVINO IR, float16 weights, float32 I/O", "model.xml", "float",
-               "run_openvino.py", "fp16", {"mode": "fp16", "opset": 17}, companions=("model.bin",)),
+               "run_openvino.py", "fp16", {"mode": "fp16", "opset": 17}, companions=("model.bin",), **OPENVINO_RUN),
         Target("openvino-int8", "openvino", "OpenVINO IR quantized by NNCF: int8 weights, FakeQuantize on activations",
-               "model.xml", "float", "run_openvino.py", "int8", {"mode": "int8", "opset": 17}, companions=("model.bin",)),
+               "model.xml", "float", "run_openvino.py", "int8", {"mode": "int8", "opset": 17}, companions=("model.bin",),
+               **OPENVINO_RUN),
     ]
 }
 

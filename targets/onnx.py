@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.report import step
+
 METADATA_KEY = "edge_export"
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops between a weight initializer and the op that uses it (QDQ, layout changes).
@@ -60,25 +62,36 @@ def _stable_names(graph) -> None:
         d.dim_param = fix(d.dim_param)
 
 
-def quantize_qdq(proto, calibration: np.ndarray, progress=None):
-    """Static QDQ: int8 per-channel symmetric weights, int8 activations calibrated (min/max) on `calibration`."""
+def quantize_qdq(proto, calibration: list[np.ndarray], progress=None):
+    """Static QDQ: int8 per-channel symmetric weights, int8 activations calibrated (min/max) on `calibration`
+    (one array of samples per graph input, in the graph's own layout)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    name = proto.graph.input[0].name
+    from targets.runners.runner_common import one_call
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # per-channel DequantizeLinear (its `axis`) needs opset 13: a user's older graph is raised to it
+        from onnx import version_converter
+
+        proto = version_converter.convert_version(proto, 13)
+    init = {i.name for i in proto.graph.initializer}
+    inputs = [{"name": v.name, "shape": list(v.type.tensor_type.shape.dim), "dtype": _dtype(v.type.tensor_type.elem_type)}
+              for v in proto.graph.input if v.name not in init]
+    n = len(calibration[0])
 
     class Samples(CalibrationDataReader):
         def __init__(self):
             self.i = 0
 
         def get_next(self):
-            if self.i >= len(calibration):
+            if self.i >= n:
                 return None
             self.i += 1
             if progress:
-                progress(self.i, len(calibration))
-            return {name: calibration[self.i - 1][None].astype(np.float32)}
+                progress(self.i, n)
+            return {inp["name"]: one_call(c[self.i - 1], inp) for inp, c in zip(inputs, calibration)}
 
     with tempfile.TemporaryDirectory() as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
@@ -100,11 +113,28 @@ def quantize_qdq(proto, calibration: np.ndarray, progress=None):
         return onnx.load(out)
 
 
-def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None) -> None:
-    """Write `target`'s .onnx of Keras `model` to `out`, with `metadata` in metadata_props."""
-    mode = target.options["mode"]
-    proto = to_onnx(model, target.options["opset"])
-    if mode == "int8":
+def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None, ptq=None) -> dict | None:
+    """Write `target`'s .onnx of Keras `model` to `out`, with `metadata` in metadata_props. With `ptq`
+    (targets.ptq.Settings) int8 is the best of several methods; returns the record of that choice."""
+    with step("convert", "Keras -> ONNX (tf2onnx)"):
+        proto = to_onnx(model, target.options["opset"])
+    return write(target, proto, [calibration], out, metadata, progress, ptq)
+
+
+def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dict, progress=None,
+          ptq=None) -> dict | None:
+    """Write `target`'s .onnx of the ONNX graph `proto` (converted, or the user's own) to `out`.
+    `calibration`: one array of samples per graph input, in the graph's layout. With `ptq` and one input,
+    int8 is the best of several post-training methods (targets/ptq.py); returns the record of that choice."""
+    mode, choice = target.options["mode"], None
+    if mode == "int8" and ptq is not None and len(calibration) == 1:
+        from targets import ptq as methods
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "float.onnx").write_bytes(proto.SerializeToString())
+            proto, choice = methods.onnx_int8(Path(tmp) / "float.onnx", calibration[0], ptq.validation,
+                                              budget=ptq.budget, mixed=ptq.mixed, progress=progress)
+    elif mode == "int8":
         proto = quantize_qdq(proto, calibration, progress)
     elif mode != "fp32":
         raise ValueError(f"unknown onnx mode {mode!r}")
@@ -116,6 +146,7 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
     proto.opset_import.extend(kept)
     set_metadata(proto, metadata)
     Path(out).write_bytes(proto.SerializeToString())
+    return choice
 
 
 def set_metadata(proto, metadata: dict) -> None:
@@ -148,9 +179,13 @@ def inspect(path: str | Path) -> dict:
             name = producer[name].input[0]
         return inits.get(name)
 
-    weights = [w for n in g.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1
-               for w in [weight(n.input[1])] if w is not None]
+    weighted = [(n, w) for n in g.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1
+                for w in [weight(n.input[1])] if w is not None]
+    weights = [w for _, w in weighted]
     weight_types = Counter(_dtype(w.data_type) for w in weights)
+    # A partly quantized graph: the weighted ops whose weights stayed float (read back as int8-mixed).
+    float_ops = [f"{n.op_type} {n.name}" for n, w in weighted if _dtype(w.data_type).startswith("float")] \
+        if weight_types["int8"] + weight_types["uint8"] else []
     quantized_activations = sum(1 for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
     zeros = total = 0
     for w in weights:
@@ -168,6 +203,7 @@ def inspect(path: str | Path) -> dict:
         "opset": next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None),
         "weight_dtypes": dict(sorted(weight_types.items())),
         "quantized_activations": quantized_activations,
+        "float_ops": float_ops,
         "sparsity": round(zeros / total, 4) if total else 0.0,
         "metadata": json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {},
     }
@@ -177,7 +213,7 @@ def classify(weight_types: Counter, quantized_activations: int) -> str:
     """Name the quantization from the weight dtypes and the QuantizeLinear nodes on activations."""
     int8 = weight_types["int8"] + weight_types["uint8"]
     if int8 and weight_types["float32"] + weight_types["float16"]:
-        return "mixed-int8-float"
+        return "int8-mixed"  # some layers kept in float (`float_ops`): never called int8
     if int8:
         return "int8-qdq" if quantized_activations else "int8-weight-only"
     if quantized_activations:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.report import step
+
 METADATA_KEY = "edge_export"
 WEIGHTED_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
 # Ops between a weight constant and the op that uses it (weight decompression, layout changes).
@@ -37,30 +39,63 @@ def import_openvino():
     return openvino
 
 
-def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None) -> None:
-    """Write `target`'s IR of Keras `model` to `out` (.xml; the .bin beside it), `metadata` in rt_info."""
+def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None, ptq=None) -> dict | None:
+    """Write `target`'s IR of Keras `model` to `out` (.xml; the .bin beside it), `metadata` in rt_info. With
+    `ptq` (targets.ptq.Settings) int8 is the best of several NNCF settings; returns the record of that choice."""
     from targets.onnx import to_onnx
 
+    with step("convert", "Keras -> ONNX (tf2onnx)"):
+        proto = to_onnx(model, target.options["opset"])
+    return write(target, proto, [calibration], out, metadata, progress, fix_batch=True, ptq=ptq)
+
+
+def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dict, progress=None,
+          fix_batch: bool = False, ptq=None) -> dict | None:
+    """Write `target`'s IR of the ONNX graph `proto` (converted, or the user's own) to `out`. `calibration`:
+    one array of samples per graph input, in its layout. `fix_batch`: batch 1 (see _fix_batch); a user's
+    own interface keeps its free dimensions. With `ptq` and one input, int8 is the best of several NNCF
+    settings (targets/ptq.py); returns the record of that choice."""
     ov = import_openvino()
     mode = target.options["mode"]
     if mode not in ("fp32", "fp16", "int8"):
         raise ValueError(f"unknown openvino mode {mode!r}")
     with tempfile.TemporaryDirectory() as tmp:  # kept until saved: the converted model may map the file
         src = Path(tmp) / "model.onnx"
-        src.write_bytes(to_onnx(model, target.options["opset"]).SerializeToString())
-        ov_model = ov.convert_model(src)
-        _fix_batch(ov_model)
-        if mode == "int8":
+        src.write_bytes(proto.SerializeToString())
+
+        def convert():
+            m = ov.convert_model(src)
+            if fix_batch:
+                _fix_batch(m)
+            return m
+
+        with step("convert", "ONNX -> OpenVINO"):
+            ov_model = convert()
+        choice = None
+        if mode == "int8" and ptq is not None and len(calibration) == 1:
+            from targets import ptq as methods
+
+            ov_model, choice = methods.openvino_int8(convert, calibration[0], ptq.validation, budget=ptq.budget,
+                                                     mixed=ptq.mixed, progress=progress)
+        elif mode == "int8":
             ov_model = quantize(ov_model, calibration, progress)
-        layout = metadata.get("preprocessing", {}).get("layout", "")
-        param = ov_model.get_parameters()[0]
-        rank = param.get_partial_shape().rank
-        if rank.is_static and len(layout) == rank.get_length():  # e.g. NHWC: recorded on the input
-            param.set_layout(ov.Layout(layout))
+        layout = metadata.get("input_layout") or metadata.get("preprocessing", {}).get("layout", "")
+        for param in ov_model.get_parameters():
+            rank = param.get_partial_shape().rank
+            if rank.is_static and len(layout) == rank.get_length():  # e.g. NHWC: recorded on the input
+                param.set_layout(ov.Layout(layout))
         _stable_names(ov_model)
         ov_model.set_rt_info(json.dumps(metadata, sort_keys=True), [METADATA_KEY])
         # save_model compresses every float weight to fp16 unless told not to: fp32 must stay fp32.
         ov.save_model(ov_model, str(out), compress_to_fp16=mode == "fp16")
+    return choice
+
+
+def float_ir(src: Path):
+    """The float ONNX file as an OpenVINO model, batch fixed to 1."""
+    m = import_openvino().convert_model(str(src))
+    _fix_batch(m)
+    return m
 
 
 def _fix_batch(ov_model) -> None:
@@ -85,8 +120,9 @@ def _stable_names(ov_model) -> None:
             op.set_friendly_name(f"{auto.group(1)}_{i}")
 
 
-def quantize(ov_model, calibration: np.ndarray, progress=None):
-    """NNCF post-training quantization (8-bit, symmetric weights), calibrated on every `calibration` sample."""
+def quantize(ov_model, calibration: list[np.ndarray], progress=None):
+    """NNCF post-training quantization (8-bit, symmetric weights), calibrated on every sample of
+    `calibration` (one array per model input)."""
     import contextlib
     import io
     import logging
@@ -94,18 +130,24 @@ def quantize(ov_model, calibration: np.ndarray, progress=None):
     import_openvino()
     import nncf
 
+    from targets.runners.runner_common import one_call
+
     nncf.set_log_level(logging.ERROR)
+    n = len(calibration[0])
+    inputs = [{"shape": list(p.get_partial_shape()), "dtype": str(p.get_element_type().to_dtype())}
+              for p in ov_model.inputs]
     seen = 0
 
-    def sample(x):
+    def sample(i):
         nonlocal seen
         seen += 1
-        if progress and seen <= len(calibration):
-            progress(seen, len(calibration))
-        return x[None].astype(np.float32)
+        if progress and seen <= n:
+            progress(seen, n)
+        feeds = [one_call(c[i], inp) for c, inp in zip(calibration, inputs)]
+        return feeds[0] if len(feeds) == 1 else feeds
 
     with contextlib.redirect_stdout(io.StringIO()):  # nncf draws its progress bars on stdout
-        return nncf.quantize(ov_model, nncf.Dataset(calibration, sample), subset_size=len(calibration))
+        return nncf.quantize(ov_model, nncf.Dataset(range(n), sample), subset_size=n)
 
 
 def inspect(path: str | Path) -> dict:
@@ -148,8 +190,12 @@ def _read(root, weights_bin: bytes) -> dict:
             src = inputs(src)[0]
         return src.get("type") != "Const"
 
-    weights = [w for l in layers.values() if l.get("type") in WEIGHTED_OPS for w in [weight(l)] if w[0] is not None]
+    weighted = [(l, w) for l in layers.values() if l.get("type") in WEIGHTED_OPS for w in [weight(l)] if w[0] is not None]
+    weights = [w for _, w in weighted]
     weight_types = Counter(_etype(c) for c, _ in weights)
+    # A partly quantized IR: the weighted layers whose weights stayed float (read back as int8-mixed).
+    float_ops = [f"{l.get('type')} {l.get('name')}" for l, (c, _) in weighted if _etype(c).startswith("float")] \
+        if weight_types["int8"] + weight_types["uint8"] else []
     fake_quantize = sum(1 for l in layers.values() if l.get("type") == "FakeQuantize" and on_activation(l))
     zeros = total = 0
     for c, shifted in weights:
@@ -172,6 +218,7 @@ def _read(root, weights_bin: bytes) -> dict:
         "ops": dict(sorted(Counter(k for k in kinds if k not in ("Const", "Parameter", "Result")).items())),
         "weight_dtypes": dict(sorted(weight_types.items())),
         "quantized_activations": fake_quantize,
+        "float_ops": float_ops,
         "sparsity": round(zeros / total, 4) if total else 0.0,
         "metadata": json.loads(meta.get("value")) if meta is not None else {},
     }
@@ -181,7 +228,7 @@ def classify(weight_types: Counter, fake_quantize: int) -> str:
     """Name the quantization from the weight constants' element types and FakeQuantize on activations."""
     int8 = weight_types["int8"] + weight_types["uint8"]
     if int8 and weight_types["float32"] + weight_types["float16"]:
-        return "mixed-int8-float"
+        return "int8-mixed"  # some layers kept in float (`float_ops`): never called int8
     if int8:
         return "int8" if fake_quantize else "int8-weight-only"
     if fake_quantize:

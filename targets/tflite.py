@@ -12,17 +12,27 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.report import step
+
 METADATA_KEY = "edge_export"
 
 
 WEIGHT_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}  # weights inspect counts zeros in
 
 
-def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None) -> None:
-    """Write `target`'s .tflite of Keras `model` to `out`, with `metadata` embedded."""
+def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None, ptq=None) -> dict | None:
+    """Write `target`'s .tflite of Keras `model` to `out`, with `metadata` embedded. With `ptq`
+    (targets.ptq.Settings; a float model, no QAT) int8 is the best of several methods; returns the record."""
     import tensorflow as tf
 
     mode = target.options["mode"]
+    if mode == "int8" and ptq is not None:
+        from targets import ptq as methods
+
+        model_bytes, choice = methods.tflite_int8(model, calibration, ptq.validation, budget=ptq.budget,
+                                                  mixed=ptq.mixed, progress=progress)
+        out.write_bytes(embed_metadata(model_bytes, metadata))
+        return choice
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     if mode == "fp16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -53,7 +63,8 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
         conv.optimizations = [*conv.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     from pipeline.stages import stderr_silenced
 
-    with stderr_silenced():  # the MLIR quantizer prints its settings on stderr; errors still raise
+    # stderr_silenced: the MLIR quantizer prints its settings on stderr; errors still raise.
+    with step("convert", f"Keras -> TFLite ({target.options['mode']})"), stderr_silenced():
         model_bytes = conv.convert()
     out.write_bytes(embed_metadata(model_bytes, metadata))
 
@@ -149,18 +160,25 @@ def inspect(path: str | Path) -> dict:
     inputs, outputs = [io(i) for i in g.inputs], [io(i) for i in g.outputs]
     ops = Counter()
     versions = {}
+    computed = []  # (op, output dtype) of every op but the (de)quantizing ones
     for op in g.operators:
         code = m.operatorCodes[op.opcodeIndex]
         name = opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
         ops[name] += 1
         versions[name] = max(versions.get(name, 0), code.version)
+        if name not in ("QUANTIZE", "DEQUANTIZE") and op.outputs is not None and len(op.outputs):
+            t = g.tensors[op.outputs[0]]
+            computed.append((f"{name} {t.name.decode() if isinstance(t.name, bytes) else t.name}", dtypes[t.type]))
+    quantization = classify(const_types, act_types, inputs, outputs)
     meta = {}
     for e in m.metadata or []:
         if (e.name.decode() if isinstance(e.name, bytes) else e.name) == METADATA_KEY:
             meta = json.loads(bytes(m.buffers[e.buffer].data).decode())
     return {
         "format": "tflite",
-        "quantization": classify(const_types, act_types, inputs, outputs),
+        "quantization": quantization,
+        # A partly quantized file: the ops that compute in float (read back as int8-mixed).
+        "float_ops": [o for o, dt in computed if dt == "float32"] if quantization == "int8-mixed" else [],
         "inputs": inputs,
         "outputs": outputs,
         "ops": dict(sorted(ops.items())),
@@ -179,7 +197,7 @@ def classify(const_types: Counter, act_types: Counter, inputs, outputs) -> str:
     if act_types["int8"] and not act_types["float32"]:
         return "int8" if io_types <= {"int8"} else "int8-float-io"
     if act_types["int8"]:
-        return "mixed-int8-float"
+        return "int8-mixed"  # some ops compute in float (`float_ops`): never called int8
     if const_types["int8"]:
         return "dynamic-range"
     if const_types["float16"]:

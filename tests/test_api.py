@@ -39,3 +39,43 @@ def test_the_readme_python_api_example_runs(tmp_path):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "dist" / "digits-cnn-1.0.0" / "SHA256SUMS").is_file()
+
+
+def test_a_stage_no_longer_in_the_cache_is_a_one_line_error(tmp_path):
+    import pipeline
+    from pipeline.errors import UsageError
+
+    b = pipeline.Build(tmp_path, pipeline.load_config(), [], {"stages": {"data": {"key": "0" * 32}}})
+    with pytest.raises(UsageError, match="data stage of the build .* not in its cache"):
+        b.eval_inputs()
+    with pytest.raises(UsageError, match="qat stage"):
+        b.stage_file("qat", "model.h5")
+
+
+@pytest.mark.slow
+def test_a_builds_stage_files_and_a_copy_of_its_artifact_verify_as_the_build_did(tmp_path):
+    import shutil
+
+    import numpy as np
+    from conftest import SMALL_CONFIG
+
+    import pipeline
+    from pipeline.errors import UsageError
+    from targets import TARGETS
+
+    config = tmp_path / "small.toml"
+    config.write_text(SMALL_CONFIG)
+    b = pipeline.build(config, targets=["tflite-fp32"], out=tmp_path / "out")
+    art = b.artifacts["tflite-fp32"]
+    assert art.status == "ok"
+    x_cal, x_test = np.load(b.stage_file("data", "x_cal.npy")), np.load(b.eval_inputs())
+    assert x_cal.shape[1:] == x_test.shape[1:] == tuple(b.manifest["stages"]["data"]["input_shape"])
+    assert b.stage_file("train", "model.h5").stat().st_size > 0
+    with pytest.raises(UsageError, match="has no file nothing.npy"):
+        b.stage_file("data", "nothing.npy")
+    copy = tmp_path / "elsewhere" / "model.tflite"
+    copy.parent.mkdir()
+    shutil.copy(art.path, copy)
+    result = b.verify_file(TARGETS["tflite-fp32"], copy)
+    assert result["status"] == "ok"
+    assert (result["accuracy"], result["top1_agreement"]) == (art["accuracy"], art["top1_agreement"])

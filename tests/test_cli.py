@@ -68,3 +68,8 @@ def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     _assert_one_line_error(run_cli("build", "--out", blocker / "out"), "cannot be written")
+
+
+def test_an_out_folder_that_cannot_be_created_is_the_unwritable_line(tmp_path):
+    proc = run_cli("build", "--out", "/proc/edge-export-out")
+    _assert_one_line_error(proc, "/proc/edge-export-out cannot be written", "--out")

@@ -8,7 +8,7 @@ def test_defaults_describe_the_digits_demo():
     cfg = config.load(None)
     assert cfg.data.source == "digits"
     assert cfg.build.targets == ("tflite-int8",)
-    assert cfg.prune.sparsity == 0.75
+    assert cfg.prune.sparsity == "auto"  # 0.75 for the built-in model, searched for a brought one
     assert cfg.build.max_accuracy_drop == 1.0
 
 
@@ -31,7 +31,8 @@ def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
     ({"train": {"epochs": "ten"}}, "train.epochs must be int, got str 'ten'"),
     ({"train": {"epochs": True}}, "train.epochs must be int, got bool True"),
     ({"build": {"targets": "tflite-int8"}}, "build.targets must be a list of strings"),
-    ({"prune": {"sparsity": 1.5}}, "prune.sparsity must be in [0, 1), got 1.5"),
+    ({"prune": {"sparsity": 1.5}}, 'prune.sparsity must be "auto" or in [0, 1), got 1.5'),
+    ({"prune": {"sparsity": "most"}}, 'prune.sparsity must be "auto" or in [0, 1), got \'most\''),
     ({"data": {"test_fraction": 0}}, "data.test_fraction must be between 0 and 1"),
     ({"train": {"lr_schedule": "linear"}}, "train.lr_schedule must be 'constant' or 'cosine', got 'linear'"),
 ])
@@ -57,9 +58,11 @@ def test_the_config_digest_ignores_which_targets_are_asked_for():
     assert a.digest() == b.digest() != c.digest()
 
 
-def test_the_reference_lists_every_key_with_its_default():
+def test_the_reference_lists_every_key_with_its_default_and_is_itself_a_valid_config(tmp_path):
     ref = config.reference()
     for name, cls in config.SECTIONS.items():
-        assert f"[{name}]" in ref
+        assert f"\n[{name}]\n" in ref
         for f in cls.__dataclass_fields__:
-            assert f"  {f} = " in ref
+            assert f"\n{f} = " in ref
+    (tmp_path / "all.toml").write_text(ref)
+    assert config.load(tmp_path / "all.toml") == config.load(None)

@@ -26,8 +26,11 @@ def test_an_npz_with_x_and_y_is_split_stratified_and_scaled(tmp_path):
     x, y = rng.integers(0, 256, (100, 6, 6), dtype=np.uint8), np.repeat(np.arange(4), 25)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     ds = data.load(DataConfig(path=str(tmp_path / "d.npz"), calibration_samples=10), seed=0)
-    assert ds.x_train.shape == (76, 6, 6, 1) and ds.x_test.shape == (24, 6, 6, 1)
-    assert list(np.bincount(ds.y_test)) == [6, 6, 6, 6]
+    # 24 held out for test; of the other 76, 12 (3 per class) held apart for validation, never trained on
+    assert ds.x_train.shape == (64, 6, 6, 1) and ds.x_test.shape == (24, 6, 6, 1) and ds.x_val.shape == (12, 6, 6, 1)
+    assert list(np.bincount(ds.y_test)) == [6, 6, 6, 6] and list(np.bincount(ds.y_val)) == [3, 3, 3, 3]
+    seen = {a.tobytes() for a in ds.x_train}
+    assert not any(a.tobytes() in seen for a in ds.x_val)
     assert ds.x_train.max() <= 1.0 and ds.preprocessing["scale"] == 1 / 255
     assert ds.labels == ("0", "1", "2", "3") and ds.labelled
 
@@ -99,7 +102,9 @@ def test_a_truncated_idx_file_is_refused(tmp_path):
 @pytest.mark.skipif(not __import__("os").path.isdir(FASHION), reason="Debian package dataset-fashion-mnist not installed")
 def test_the_real_fashion_mnist_folder_loads_with_its_own_test_split():
     ds = data.load(DataConfig(path=FASHION, calibration_samples=300), seed=0)
-    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+    # its own 10,000 test images; 15 % of the 60,000 training images held apart for validation
+    assert ds.x_train.shape == (51000, 28, 28, 1) and ds.x_val.shape == (9000, 28, 28, 1)
+    assert ds.x_test.shape == (10000, 28, 28, 1)
     assert ds.labels == tuple(str(i) for i in range(10)) and set(np.unique(ds.y_test)) == set(range(10))
     assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
 

@@ -18,7 +18,7 @@ from conftest import run_cli
 from support.sshd import LoopbackSSHD, SSHDUnavailable
 
 from pipeline import benchmark as bench
-from pipeline.devices import RunRequest, Timing, agreement, emulated, get_device, ssh
+from pipeline.devices import RunRequest, Timing, agreement, emulated, estimate, get_device, ssh
 from pipeline.devices import emulator as emu
 from pipeline.devices.verify_on import record_arm_checks
 from pipeline.errors import UsageError
@@ -306,6 +306,9 @@ def test_bench_on_local_emulated_and_ssh_to_an_emulated_board(small_build, small
         assert em["inferences_per_section"] == emulated.EMU_RUNS
         assert 10_000 < em["instructions_per_inference"] < 50_000_000
         assert "cortex-a72" in em["cpu"]
+        if shutil.which(f"llvm-mca-{estimate.LLVM}"):  # the board's latency, always labelled an estimate
+            assert em["estimated_p50_ms"] > 0 and em["estimate_model"] == estimate.MODEL_VERSION
+            assert "not a measurement" in em["estimate_note"] and em["estimate_board"].startswith("rpi4 ")
         # over SSH to the emulated board: the runner ran on aarch64 and sent its outputs back
         assert ssh["status"] == "ok" and ssh["arch"] == "aarch64" and ssh["p50_ms"] > 0
         assert ssh["top1_agreement_vs_x86"] == 1.0 and ssh["max_abs_diff_vs_x86"] < 1e-3
@@ -313,7 +316,8 @@ def test_bench_on_local_emulated_and_ssh_to_an_emulated_board(small_build, small
     assert rows[PROFILE, "onnx-fp32"].get("tflite_runtime_2_14") is None
     header = next(line for line in proc.stdout.splitlines() if "guest insn/inference" in line)
     assert "emulated p50 ms (not device time)" in header
-    assert "p50 ms" not in header.replace("emulated p50 ms (not device time)", "")  # no unlabelled wall time
+    labelled = header.replace("emulated p50 ms (not device time)", "").replace("estimated p50 ms (estimate)", "")
+    assert "p50 ms" not in labelled  # no unlabelled wall time
     assert "emulated times are not device times" in proc.stdout
     # the board's temp folders are gone; every command it ran was one of ours
     assert list(sshd.tmpdirs["emu"].iterdir()) == []

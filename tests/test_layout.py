@@ -47,3 +47,33 @@ def test_no_module_imports_itself_through_others():
     for module in sorted(graph):
         visit(module, [], done)
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def _docstrings(tree) -> set[int]:
+    return {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+
+
+def test_benchmarks_use_the_api_not_sys_path_patches_cache_paths_or_each_other():
+    scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - {"__init__", "common"}
+    found = []
+    for p in sorted((ROOT / "benchmarks").glob("*.py")):
+        tree = ast.parse(p.read_text())
+        docs = _docstrings(tree)
+        for node in ast.walk(tree):
+            where = f"benchmarks/{p.name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Attribute) and node.attr in ("insert", "append") \
+                    and ast.unparse(node.value) == "sys.path":
+                found.append(f"{where}: sys.path.{node.attr}")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs \
+                    and ".cache" in node.value:
+                found.append(f"{where}: a path into the cache ({node.value!r})")
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                siblings = [n for n in names if n.split(".")[0] in scripts
+                            or (n.startswith("benchmarks.") and n.split(".")[1] in scripts)]
+                if siblings or (isinstance(node, ast.ImportFrom) and node.level):
+                    found.append(f"{where}: imports a sibling script ({', '.join(siblings) or 'relative'})")
+    assert not found, "\n".join(found)

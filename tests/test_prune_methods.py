@@ -23,7 +23,7 @@ def manifest(out, name="tiny-digits"):
 
 def test_the_new_keys_default_to_todays_unstructured_pruning():
     p = config.load(None).prune
-    assert p.method == "unstructured" and p.sparsity == 0.75
+    assert p.method == "unstructured" and p.sparsity == "auto"
     assert (p.channels_fraction, p.channels_target, p.channels_criterion) == (0.5, "channels", "l1")
     assert p.channels_residual is False and p.channels_multiple == 8
     assert p.block_size == (4, 1) and p.block_m_by_n == ()
@@ -40,7 +40,7 @@ def test_good_values_of_the_new_keys_are_accepted():
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"method": "filters"}, "prune.method must be 'unstructured' or 'channels' or 'block', got 'filters'"),
+    ({"method": "filters"}, "prune.method must be 'unstructured' or 'channels' or 'block' or 'none', got 'filters'"),
     ({"method": 3}, "prune.method must be str"),
     ({"channels_fraction": 1.0}, "prune.channels_fraction must be in [0, 1), got 1.0"),
     ({"channels_fraction": -0.1}, "prune.channels_fraction must be in [0, 1)"),

@@ -22,3 +22,22 @@ def test_each_fit_follows_train_lr_schedule_to_its_last_step(schedule, last_rate
     rate = opt.learning_rate
     rate = rate(opt.iterations) if callable(rate) else rate
     assert float(rate) == pytest.approx(last_rate, rel=1e-4)
+
+
+def test_distillation_without_labels_fits_the_teachers_probabilities_with_kl_at_a_temperature():
+    """An unlabelled student learns to answer as the teacher does: top-1 agreement rises with KL distillation."""
+    tf, keras = stages.tf_setup(0)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 8)).astype(np.float32)
+    teacher = keras.Sequential([keras.Input((8,)), keras.layers.Dense(5, activation="softmax")])
+    teacher_out = stages.predict(teacher, x)
+    ds = Dataset(x, None, x[:100], None, x[:50], (), {})
+    student = keras.Sequential([keras.Input((8,)), keras.layers.Dense(5, activation="softmax")])
+    t = stages.Teacher(student, ds, 32, teacher_out)
+    assert not t.labelled and t.scores
+    np.testing.assert_allclose(np.exp(t.y), teacher_out[0], rtol=1e-4, atol=1e-6)  # fits log-probabilities
+    agree = lambda: float(np.mean(stages.predict(student, x)[0].argmax(-1) == teacher_out[0].argmax(-1)))  # noqa: E731
+    before = agree()
+    cfg = config.from_dict({"train": {"batch_size": 32}})
+    stages._fit(keras, student, ds, t, 30, 0.05, cfg, "distil")
+    assert before < 0.6 and agree() > 0.95, (before, agree())

@@ -222,9 +222,9 @@ QUANTIZE_BOTH = """
 import sys, numpy as np, onnx
 from targets import onnx as o, openvino as v
 x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
-onnx.save(o.quantize_qdq(onnx.load(sys.argv[1]), x), sys.argv[2])
+onnx.save(o.quantize_qdq(onnx.load(sys.argv[1]), [x]), sys.argv[2])
 ov = v.import_openvino()
-ov.save_model(v.quantize(ov.convert_model(sys.argv[1]), x), sys.argv[3], compress_to_fp16=False)
+ov.save_model(v.quantize(ov.convert_model(sys.argv[1]), [x]), sys.argv[3], compress_to_fp16=False)
 """
 
 

@@ -46,23 +46,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _os_error(e: OSError, out) -> str:
-    """One line for a failed read or write; a full disk is named as such (numpy's short write has no errno)."""
+def _os_error(e: OSError, out) -> tuple[str, int]:
+    """One line and an exit code for a failed read or write; a full disk is named as such (numpy's
+    short write has no errno), a folder that cannot be written is a usage error."""
     import shutil
+    from pathlib import Path
 
     where = f" ({e.filename})" if e.filename else ""
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR):
+        return f"cannot be written: {e.strerror or e}{where}: choose another --out", 2
     full = e.errno == errno.ENOSPC
-    if out is not None and not full:
-        from pathlib import Path
-
+    if out is not None and not full and e.errno is None:
         probe = Path(out)
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
         full = shutil.disk_usage(probe).free < 1 << 20
     if full:
         return (f"disk full while writing{where} ({e.strerror or e}): free some space or choose another --out; "
-                "finished stages are cached and nothing half-written was kept")
-    return f"{e.strerror or e}{where}"
+                "finished stages are cached and nothing half-written was kept"), 1
+    return f"{e.strerror or e}{where}", 1
 
 
 def main(argv=None) -> int:
@@ -83,9 +85,9 @@ def main(argv=None) -> int:
     except OSError as e:
         if debug:
             raise
-        print(f"error: {_os_error(e, getattr(args, 'out', None))}",
-              file=sys.stderr)
-        return 1
+        line, code = _os_error(e, getattr(args, "out", None))
+        print(f"error: {line}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("interrupted: finished stages are cached; run the same command again to resume", file=sys.stderr)
         return 130

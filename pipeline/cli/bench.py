@@ -16,6 +16,9 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="local", help="comma list of devices to run on: local, emu:rpi3|rpi4|rpi5 "
                    "(emulated aarch64 board), ssh://user@host[:port] (a real board) (default: local)")
     add_device_arguments(p)
+    p.add_argument("--harness", default="python", help="comma list of what times each artifact: python (the "
+                   "runner scripts) or native (a C program, no Python on the board; LiteRT, onnxruntime and "
+                   "OpenVINO through their C APIs) (default: python)")
     p.add_argument("--threads", default="1", help="comma list of thread counts, e.g. 1,2,4 (default: 1)")
     p.add_argument("--runs", type=int, default=100, help="at least this many timed inferences (default: 100)")
     p.add_argument("--min-seconds", type=float, default=1.0,
@@ -48,11 +51,10 @@ def run(args) -> int:
     import pipeline
     from pipeline import benchmark as bench
     from pipeline import report
-    from pipeline.devices import get_devices
     from pipeline.util import atomic_write_json
 
     threads = bench.parse_threads(args.threads)
-    devices = get_devices(args.device, **device_options(args))
+    devices = bench.get_devices(args.device, bench.parse_harness(args.harness), **device_options(args))
     settings = bench.Settings(args.runs, args.min_seconds, args.warmup, args.samples, bench.parse_options(args.option),
                               args.timeout)
     if args.json:
@@ -61,8 +63,11 @@ def run(args) -> int:
     rows = pipeline.bench(b, devices=devices, threads=threads, runs=settings.runs, min_seconds=settings.min_seconds,
                           warmup=settings.warmup, samples=settings.samples, options=settings.options,
                           timeout=settings.timeout, legacy=args.legacy, log=log)
-    for device in devices:  # one table per device: an emulated board has no latency columns
-        mine = [r for r in rows if r["device"] == device.name]
+    for device in devices:  # one table per device and harness: an emulated board has no latency columns
+        harness = getattr(device, "harness", "python")
+        mine = [r for r in rows if r["device"] == device.name and r["harness"] == harness]
+        if harness != "python":
+            print(f"{device.name}, {harness} runner:")
         print(report.table(mine, getattr(device, "columns", bench.TABLE_COLUMNS)))
         print(device.conditions_line(mine, settings) if hasattr(device, "conditions_line")
               else bench.conditions_line(mine, settings))

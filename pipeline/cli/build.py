@@ -12,8 +12,8 @@ DESCRIPTION = ("Run the stages (train, prune, QAT, export, verify), reusing cach
 
 SUMMARY_COLUMNS = [("target", "target"), ("status", "status"), ("quantization", "quantization"),
                    ("bytes", "bytes"), ("gzip_bytes", "gzip"), ("sparsity", "sparsity"),
-                   ("accuracy", "accuracy"), ("reference_accuracy", "float acc"),
-                   ("top1_agreement", "agreement"), ("max_abs_diff", "max |diff|"),
+                   ("accuracy", "accuracy"), ("reference_accuracy", "original acc"),
+                   ("top1_agreement", "agreement vs original"), ("max_abs_diff", "max |diff| vs original"),
                    ("legacy_tflite_runtime", "tflite-runtime 2.14"),
                    ("build_seconds", "seconds")]
 

@@ -2,7 +2,8 @@
 
   device ls                      every profile, and whether its emulated board is set up
   device setup emu:rpi4 [...]    build the emulated aarch64 board (once; ~20 s, then cached)
-  device check DEVICE [...]      what a board has: arch, Python, numpy and each runtime's version
+  device check DEVICE [...]      what a board has: arch, Python, numpy and each runtime's version;
+                                 with --harness native: whether it can run the native bundle (arch, glibc)
 
 Imports stay light at module level: this module is loaded for `--help`.
 """
@@ -27,6 +28,8 @@ def add_arguments(p) -> None:
     p.add_argument("devices", nargs="*", metavar="DEVICE",
                    help="emu:rpi3, emu:rpi4, emu:rpi5 (setup, check) or ssh://user@host[:port] (check)")
     add_device_arguments(p)
+    p.add_argument("--harness", default="python", help="check: python (what the runner scripts need, default) "
+                   "or native (what the native runner's bundle needs: arch and glibc, no Python); comma list")
 
 
 def _spec(spec: str) -> str:
@@ -80,19 +83,24 @@ def cmd_setup(args) -> int:
 
 def cmd_check(args) -> int:
     from pipeline import report
+    from pipeline.benchmark import get_devices, parse_harness
     from pipeline.cli.options import device_options
-    from pipeline.devices import get_device
     from pipeline.runtimes import dists
 
     if not args.devices:
         raise UsageError("name the boards to check, e.g. python -m pipeline device check ssh://pi@raspberrypi.local")
-    rows = []
-    for spec in args.devices:
-        device = get_device(_spec(spec), **device_options(args))
+    rows, bundles = [], []
+    for device in get_devices([_spec(s) for s in args.devices], parse_harness(args.harness), **device_options(args)):
         if not hasattr(device, "runtimes"):
-            raise UsageError(f"device '{spec}': nothing to check, it is this machine")
+            raise UsageError(f"device '{device.name}': nothing to check, it is this machine")
         for site in device.runtimes():
-            rows.append({"device": device.name, **site})
+            (bundles if getattr(device, "harness", "python") == "native" else rows).append(
+                {"device": device.name, **site})
+    if bundles:
+        print(report.table(bundles, [("device", "device"), ("arch", "arch"), ("glibc", "glibc"),
+                                     ("bundle", "runs the native bundle")]))
+    if not rows:
+        return 1 if any(b["bundle"] != "yes" for b in bundles) else 0
     print(report.table(rows, [("device", "device"), ("site", "python"), ("arch", "arch"), ("python", "version"),
                               *((d, d) for d in dists())]))
     for name in dict.fromkeys(r["device"] for r in rows):

@@ -12,6 +12,9 @@ def add_build_options(p) -> None:
     p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default: build/)")
     p.add_argument("--model", help="a pretrained model: .keras, .h5/.hdf5, SavedModel folder or .onnx (model.path)")
     p.add_argument("--data", help="data: .npz, IDX files or their folder, or an image folder (data.path)")
+    p.add_argument("--input-shape", metavar="N,C,H,W", help="fix an ONNX model's dynamic input dimensions for the "
+                   "conversion through Keras, in the model's own layout, e.g. 1,3,224,224 (model.onnx_input_shape; "
+                   "by default taken from the data)")
     from pipeline.config import PRUNE_METHODS  # standard library only: fine for --help
 
     p.add_argument("--prune", metavar="METHOD", choices=PRUNE_METHODS,
@@ -31,8 +34,22 @@ def build_kwargs(args) -> dict:
         overrides["build.strict"] = True
     if getattr(args, "trust_model", None):
         overrides["model.trust"] = True
+    if getattr(args, "input_shape", None):
+        overrides["model.onnx_input_shape"] = input_shape(args.input_shape)
     return {"config": args.config, "targets": args.target, "out": args.out, "model": args.model, "data": args.data,
             "overrides": overrides, "log": log}
+
+
+def input_shape(text: str) -> list[int]:
+    from pipeline.errors import UsageError
+
+    try:
+        shape = [int(d) for d in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--input-shape must be integers separated by commas, e.g. 1,3,224,224; got {text!r}") from None
+    if min(shape) < 1:
+        raise UsageError(f"--input-shape must be positive integers, got {text!r}")
+    return shape
 
 
 def add_device_arguments(p) -> None:

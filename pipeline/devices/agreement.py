@@ -23,11 +23,15 @@ def vs_x86(f: dict) -> list[str]:
 
 
 def slice_inputs(inputs: Path, limit: int | None, folder: Path) -> Path:
-    """The first `limit` samples as their own .npy (same file name): what is copied and compared."""
+    """The first `limit` samples as their own file (same name; an .npz holds one array per model input)."""
     import numpy as np
 
-    x = np.load(inputs, allow_pickle=False)
     dest = folder / Path(inputs).name
+    if dest.suffix == ".npz":
+        with np.load(inputs, allow_pickle=False) as z:
+            np.savez(dest, **{k: z[k][:limit] if limit else z[k] for k in z.files})
+        return dest
+    x = np.load(inputs, allow_pickle=False)
     np.save(dest, x[:limit] if limit else x)
     return dest
 

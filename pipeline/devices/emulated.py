@@ -27,7 +27,7 @@ from pipeline.devices.agreement import (
     vs_x86,
     x86_reference,
 )
-from pipeline.errors import UsageError
+from pipeline.errors import EstimateError, UsageError
 from pipeline.runtimes import RUNTIMES, by_runner
 
 # Under emulation every timed section runs a fixed, small number of inferences: instruction counts
@@ -59,6 +59,7 @@ def emu_columns():
     return [("target", "target"), ("device", "device"), ("threads", "thr"), ("status", "status"),
             ("runtime", "runtime"), ("loads", "loads"), ("max_abs_diff_vs_x86", "max|diff| vs x86"),
             ("top1_agreement_vs_x86", "top-1 vs x86"), ("instructions_per_inference", "guest insn/inference"),
+            ("estimated_p50_ms", "estimated p50 ms (estimate)"),
             ("emulated_p50_ms", "emulated p50 ms (not device time)"),
             ("tflite_runtime_2_14", "tflite-runtime 2.14 aarch64")]
 
@@ -87,7 +88,8 @@ class EmuDevice:
         counts_file = folder / f"counts-{runtime}.txt"
         # qemu hands its environment to the guest; its size moves the guest's heap and with it the counts.
         prefix = [shutil.which("env") or "/usr/bin/env", "-i", *GUEST_ENV] + emu.python_command(
-            self.profile.name, count_instructions=count, counts_file=counts_file, runtime=runtime)
+            self.profile.name, count_instructions=count, counts_file=counts_file, runtime=runtime,
+            blocks_file=folder / f"blocks-{runtime}.txt" if count and emu.profile_plugin_path().exists() else None)
         if count:
             prefix += [str(GUEST_SECTIONS), str(EMU_SECTIONS)]
         res = runner.run(runner_path, model, args, timeout=timeout, prefix=prefix)
@@ -110,6 +112,8 @@ class EmuDevice:
                       **agree_fields(res, folder / "outputs.npz", ref, ref_error)}
             if timing:
                 fields.update(self._counts(res, counts, timing.threads))
+                if count and fields.get("instructions_per_inference"):
+                    fields.update(self._estimate(folder / f"blocks-{site}.txt", fields["inferences_per_section"]))
             fields.update(emulated_fields(res))
             legacy = self._legacy_runner(Path(request.runner))
             if legacy and loaded:
@@ -131,6 +135,21 @@ class EmuDevice:
         return {"instructions_per_inference": round(statistics.median(counts) / runs), "instruction_counts": counts,
                 "instructions_spread": (max(counts) - min(counts)) / max(min(counts), 1),
                 "instruction_sections": len(counts), "inferences_per_section": runs}
+
+    def _estimate(self, blocks_file: Path, inferences: int) -> dict:
+        """Estimated latency on the real board from the last counted section's blocks (estimate.py)."""
+        from pipeline.devices import estimate
+
+        if not blocks_file.exists():
+            return {"estimate_note": f"no estimate: the block profiler is not built; run python -m pipeline device "
+                                     f"setup {self.name}"}
+        try:
+            sections = estimate.parse_blocks(blocks_file)
+            if not sections:
+                raise EstimateError("the block profiler wrote no section")
+            return estimate.estimate(sections[-1][1], inferences, self.profile.name)
+        except EstimateError as e:
+            return {"estimate_note": f"no estimate: {e}"}
 
     @staticmethod
     def _legacy_runner(runner_path: Path) -> Path | None:
@@ -164,6 +183,9 @@ class EmuDevice:
         if f.get("instructions_per_inference"):
             parts.append(f"{f['instructions_per_inference']:,} guest instructions/inference (1 thread)")
         parts += vs_x86(f)
+        if f.get("estimated_p50_ms") is not None:
+            parts.append(f"estimated p50 {f['estimated_p50_ms']:.3g} ms on {f['estimate_board']} "
+                         f"(an estimate, model {f['estimate_model']})")
         if f.get("emulated_p50_ms") is not None:
             parts.append(f"emulated p50 {f['emulated_p50_ms']:.3g} ms (not device time)")
         if f.get("tflite_runtime_2_14"):
@@ -186,3 +208,26 @@ class EmuDevice:
                 f"(-cpu {self.profile.cpu}) on this machine; batch 1; guest instructions counted over the timed "
                 f"section only, 1 thread, median of {EMU_SECTIONS} sections of {EMU_RUNS} inferences after "
                 f"{EMU_WARMUP} warm-up runs; emulated times are not device times; agreement: same samples on x86")
+
+
+def block_profile(board: str, runner: Path, model: Path, inputs: Path, folder: Path, runs: int = 2,
+                  warmup: int = 1, timeout: float = 1800) -> tuple[dict[str, int], int, dict]:
+    """Run `runner` on the emulated `board` with the block profiler: (blocks, inferences, runner result).
+
+    One timed section of `runs` inferences after `warmup` untimed ones, one thread, in the same fixed
+    guest environment bench uses.
+    """
+    from pipeline import runner as runner_mod
+    from pipeline.devices import emulator as emu
+    from pipeline.devices.estimate import parse_blocks
+
+    counts, blocks = Path(folder) / "counts.txt", Path(folder) / "blocks.txt"
+    prefix = [shutil.which("env") or "/usr/bin/env", "-i", *GUEST_ENV] + emu.python_command(
+        board, count_instructions=True, counts_file=counts, blocks_file=blocks) + [str(GUEST_SECTIONS), "1"]
+    args = ["--inputs", str(inputs), "--bench", "--threads", "1", "--runs", str(runs), "--min-seconds", "0",
+            "--warmup", str(warmup)]
+    res = runner_mod.run(Path(runner), Path(model), args, timeout=timeout, prefix=prefix)
+    sections = parse_blocks(blocks) if blocks.exists() else []
+    if not res.get("ok") or not sections:
+        raise EstimateError(f"emulated run on {board} gave no profile: {res.get('error', 'no section')}")
+    return sections[-1][1], (res.get("latency") or {}).get("runs") or runs, res

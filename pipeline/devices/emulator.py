@@ -74,6 +74,7 @@ _GUEST_UNSET = ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "LD_LIBRARY_PAT
                 "LD_PRELOAD")
 _GUEST_ADDRESS_SPACE = "0x8000000000"  # 512 GiB of virtual addresses, none committed
 _PLUGIN_SOURCE = Path(__file__).resolve().parents[2] / "scripts" / "qemu_plugin" / "insn_count.c"
+_PROFILE_PLUGIN_SOURCE = _PLUGIN_SOURCE.with_name("bb_profile.c")
 
 
 def emu_home() -> Path:
@@ -85,7 +86,7 @@ def emu_home() -> Path:
 def setup(profile_name: str, log: Callable[[str], None] = print) -> Path:
     """Build (once) everything `profile_name` needs; returns the profile's folder."""
     device = _device(profile_name)
-    if is_ready(profile_name):
+    if is_ready(profile_name) and profile_plugin_path().exists():
         return _profile_dir(device)
     home = emu_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -97,6 +98,8 @@ def setup(profile_name: str, log: Callable[[str], None] = print) -> Path:
             _build_atomically(home / "base", _build_base, log)
         if not _plugin_path().exists():
             _build_plugin(log)
+        if not profile_plugin_path().exists():
+            _build_plugin(log, _PROFILE_PLUGIN_SOURCE, profile_plugin_path())
         if _stamp_key(_profile_dir(device)) != _profile_key(device):
             _build_atomically(_profile_dir(device),
                               lambda tmp, log: _build_profile(device, tmp), log)
@@ -126,11 +129,13 @@ def env(profile_name: str, runtime: str = "default") -> dict[str, str]:
 
 
 def python_command(profile_name: str, count_instructions: bool = False,
-                   counts_file: Path | None = None, runtime: str = "default") -> list[str]:
+                   counts_file: Path | None = None, runtime: str = "default",
+                   blocks_file: Path | None = None) -> list[str]:
     """argv prefix running the aarch64 python3.11 on `profile_name`; append script and args.
 
     With count_instructions, each timed section's guest instruction count is
     written to counts_file (truncated when the program starts); see read_counts.
+    With blocks_file too, each section's executed blocks (bb_profile.c) go there.
     """
     device = _device(profile_name)
     if not is_ready(profile_name):
@@ -142,6 +147,10 @@ def python_command(profile_name: str, count_instructions: bool = False,
             raise ValueError("count_instructions needs a counts_file")
         argv = [shutil.which("qemu-aarch64"), "-plugin",
                 f"{_qemu_opt(_plugin_path())},out={_qemu_opt(Path(counts_file).absolute())}"]
+        if blocks_file is not None:
+            if not profile_plugin_path().exists():
+                raise EmuError(f"the block profiler is not built: run python -m pipeline device setup emu:{device.name}")
+            argv += ["-plugin", f"{_qemu_opt(profile_plugin_path())},out={_qemu_opt(Path(blocks_file).absolute())}"]
     else:
         argv = [shutil.which("qemu-aarch64-static")]
     # -R: qemu places guest mappings itself in a reserved range instead of where the
@@ -444,9 +453,10 @@ def _unpack_wheel(wheel: Path, site: Path) -> None:
                 shutil.copyfileobj(src, out)
 
 
-def _build_plugin(log: Callable[[str], None]) -> None:
+def _build_plugin(log: Callable[[str], None], source: Path = _PLUGIN_SOURCE,
+                  target: Path | None = None) -> None:
     t0 = time.monotonic()
-    target = _plugin_path()
+    target = target or _plugin_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="src.tmp-", dir=target.parent) as tmp_name:
         tmp = Path(tmp_name)
@@ -471,14 +481,21 @@ def _build_plugin(log: Callable[[str], None]) -> None:
                     break
             else:
                 raise EmuError(f"{orig.name} has no include/qemu/qemu-plugin.h")
-        built = tmp / "insn_count.so"
+        built = tmp / target.name
         _run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-Wno-unused-parameter",
-              "-I", str(header.parent), "-o", str(built), str(_PLUGIN_SOURCE)])
+              "-I", str(header.parent), "-o", str(built), str(source)])
         os.replace(built, target)
-    for stale in target.parent.glob("insn_count-*.so"):
+    prefix = target.name.rsplit("-", 1)[0]
+    for stale in target.parent.glob(f"{prefix}-*.so"):
         if stale != target:
             stale.unlink()
     log(f"emu: plugin {target.name} built against {orig.name} ({time.monotonic() - t0:.0f} s)")
+
+
+def profile_plugin_path() -> Path:
+    """The per-block profiling plugin (scripts/qemu_plugin/bb_profile.c) that setup builds."""
+    key = _key(EMU_VERSION, _PROFILE_PLUGIN_SOURCE.read_text(), _qemu_version())
+    return emu_home() / "plugin" / f"bb_profile-{key}.so"
 
 
 def _build_profile(device: Profile, tmp: Path) -> None:

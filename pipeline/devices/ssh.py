@@ -143,7 +143,8 @@ class SSHDevice:
             err = proc.stderr.decode(errors="replace").strip().splitlines()
             why = err[-1] if err else f"exit status {proc.returncode}"
             if proc.returncode == 127:
-                why = "python3 is not on the board's PATH: install python3 and numpy there"
+                why = ("python3 is not on the board's PATH: install python3 and numpy there, or use the native "
+                       "runner, which needs no Python (--harness native)")
             raise DeviceError(f"{self.name}: cannot run python3 on the board: {why}")
         self.arch, self.python = words[-2], words[-1]
         return self.arch, self.python

@@ -71,6 +71,9 @@ def record_arm_checks(out: Path, model_name: str, checks: dict[str, dict]) -> No
 
 def verify_on(devices: list, cfg, out: Path, rows: list[dict], inputs: Path, log=print) -> list[dict]:
     """Check every built artifact on every device and record it. Returns one row per check."""
+    import tempfile
+
+    from pipeline.gate import artifact_inputs
     from targets import TARGETS
 
     checks: dict[str, list[dict]] = {}
@@ -81,12 +84,13 @@ def verify_on(devices: list, cfg, out: Path, rows: list[dict], inputs: Path, log
             if a.get("status") != "ok" or path is None or not path.exists():
                 continue
             t0 = time.perf_counter()
-            check = arm_check(device, TARGETS[a["target"]], a, path, inputs, cfg.build)
+            with tempfile.TemporaryDirectory() as tmp:  # the samples in the artifact's own input layout
+                check = arm_check(device, TARGETS[a["target"]], a, path, artifact_inputs(inputs, a, Path(tmp)), cfg.build)
             checks.setdefault(a["target"], []).append(check)
             table.append({"target": a["target"], **check})
             log(f"verify-on {a['target']:<16} {device.name}: {check['status']}"
                 f"{': ' + check['reason'] if check.get('reason') else ''} ({time.perf_counter() - t0:.1f} s)")
-    record_arm_checks(out, cfg.model.name, checks)
+    record_arm_checks(out, cfg.name, checks)
     return table
 
 

@@ -33,7 +33,7 @@ def benchmarks_md(m: dict) -> str:
 
 # -- the model card ------------------------------------------------------------------------------
 
-STEP_RESULTS = ("method", "reason", "accuracy", "sparsity", "params")
+STEP_RESULTS = ("method", "reason", "sparsity", "params", "params_after")
 
 
 def _step_order(name: str):
@@ -44,8 +44,9 @@ def _step_order(name: str):
 
 ARTIFACT_COLUMNS = [("target", "target"), ("quantization", "quantization"), ("bytes", "bytes"),
                     ("gzip_bytes", "gzip"), ("sparsity", "sparsity"), ("accuracy", "accuracy"),
-                    ("reference_accuracy", "float acc"), ("top1_agreement", "agreement"),
-                    ("max_abs_diff", "max abs diff"), ("input", "input"), ("output", "output"),
+                    ("reference_accuracy", "original acc"), ("top1_agreement", "agreement vs original"),
+                    ("max_abs_diff", "max abs diff vs original"), ("input_layout", "input layout"), ("input", "input"),
+                    ("output", "output"), ("run_with", "run with"),
                     ("runtime", "verified in")]
 
 
@@ -69,25 +70,26 @@ def model_card(m: dict) -> str:
         "",
         "## Data",
         "",
-        f"{_settings(cfg.get('data', {}))}: {d.get('train_samples', '?')} training and {d.get('test_samples', '?')} "
-        f"held-out samples, input shape {d.get('input_shape', '?')}.",
+        _data_line(m),
         "",
         "## Training and compression",
         "",
-        md_table([{"step": name, "what": STAGES[name].about if name in STAGES else "", "settings": _settings(cfg.get(name, {})),
-                   "result": _settings({k: s[k] for k in STEP_RESULTS if k in s}, "-")}
-                  for name, s in sorted(stages.items(), key=lambda kv: _step_order(kv[0]))],
-                 [("step", "step"), ("what", "what"), ("settings", "settings"), ("result", "result")]),
+        "Every figure is measured against the original model (the model as brought, or the trained built-in "
+        "one) on the held-out split: accuracy with labels, else top-1 agreement and cosine similarity.",
         "",
-        "Accuracy gate: an artifact may lose at most "
-        f"{cfg.get('build', {}).get('max_accuracy_drop', '?')} accuracy points against the float model.",
+        md_table(_stage_rows(m), [("step", "step"), ("what", "what"), ("settings", "settings"),
+                                  ("result", "result"), ("vs_original", "vs the original model")]),
+        "",
+        _gate_line(cfg.get("build", {}), m["preprocessing"].get("labelled")),
         "",
         "## Artifacts",
         "",
-        md_table([{**a, "input": _io(a.get("inputs")), "output": _io(a.get("outputs"))} for a in shipped],
-                 ARTIFACT_COLUMNS),
+        md_table([{**a, "input": _io(a.get("inputs")), "output": _io(a.get("outputs")),
+                   "run_with": ", ".join(f"{k}={v}" for k, v in (a.get("run_config") or {}).items()) or None}
+                  for a in shipped], ARTIFACT_COLUMNS),
         "",
-        "Accuracy and agreement (top-1 against the float model) on the held-out split, in the runtime named.",
+        "Accuracy and agreement (top-1) against the original model on the held-out split, in the runtime named.",
+        *_run_config_notes(shipped),
         "",
         "## Latency",
         "",
@@ -121,13 +123,92 @@ def model_card(m: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _data_line(m: dict) -> str:
+    p = m["preprocessing"]
+    n = p.get("samples", {})
+    split = ", ".join(f"{v} {k}" for k, v in n.items()) if n else "?"
+    how = {k: p[k] for k in ("resize", "channels", "scale", "mean", "std") if k in p}
+    return (f"{p.get('source', '?')}, {'labelled' if p.get('labelled') else 'without labels'}: {split} samples "
+            f"(validation carved from the training samples, never trained on; test held out); "
+            f"{p.get('calibration_samples', '?')} training samples calibrated quantization; "
+            f"preprocessing: {_settings(how)}; input shape {p.get('input_shape', '?')}.")
+
+
+# The prune settings each method reads: a card shows no setting of a method that did not run.
+PRUNE_KEYS = {"unstructured": ("sparsity", "epochs", "learning_rate"),
+              "block": ("sparsity", "block_size", "block_m_by_n", "epochs", "learning_rate"),
+              "channels": ("channels_fraction", "channels_target", "channels_criterion", "channels_residual",
+                           "channels_multiple", "epochs", "learning_rate"),
+              "none": ()}
+
+
+def _stage_rows(m: dict) -> list[dict]:
+    cfg, stages = m["config"], m["stages"]
+    original = stages.get("train", {}).get("accuracy")
+    rows = []
+    for name, st in sorted(stages.items(), key=lambda kv: _step_order(kv[0])):
+        settings = cfg.get(name, {})
+        if name == "prune":
+            method = st.get("method", settings.get("method"))
+            settings = {"method": method, **{k: settings.get(k) for k in PRUNE_KEYS.get(method, ())}}
+            if st.get("auto"):
+                settings["sparsity"] = f"auto -> {st['auto']['chosen']:g}"
+        elif name == "qat" and st.get("method") != "qat":
+            settings = {"ran": "no", "int8 targets": "post-training quantization"}
+        elif name == "train" and (cfg.get("model", {}).get("path")):
+            settings = {k: v for k, v in cfg.get("model", {}).items() if k in ("path", "fine_tune_epochs")}
+        result = {k: st[k] for k in STEP_RESULTS if k in st}
+        rows.append({"step": name, "what": STAGES[name].about if name in STAGES else "",
+                     "settings": _settings(settings), "result": _settings(result, "-"),
+                     "vs_original": _vs_original(st, name, original)})
+    return rows
+
+
+def _vs_original(st: dict, name: str, original: float | None) -> str:
+    if name == "train":
+        return "the reference" + (f" (accuracy {original:.4g})" if original is not None else "")
+    f = st.get("vs_original") or {}
+    parts = []
+    if f.get("accuracy") is not None and original is not None:
+        parts.append(f"accuracy {f['accuracy']:.4g} ({(f['accuracy'] - original) * 100:+.2f} pts)")
+    if f.get("top1_agreement") is not None:
+        parts.append(f"top-1 agreement {f['top1_agreement']:.4g}")
+    if f.get("cosine") is not None:
+        parts.append(f"cosine {f['cosine']:.4g}")
+    return ", ".join(parts) or "-"
+
+
+def _gate_line(build: dict, labelled: bool) -> str:
+    if labelled:
+        return (f"Gate: the pruned model, the QAT model and every artifact may lose at most "
+                f"{build.get('max_accuracy_drop', '?')} accuracy points against the original model.")
+    return (f"Gate: the pruned model, the QAT model and every artifact must agree with the original model on at "
+            f"least {build.get('min_agreement', '?')} of the held-out samples (top-1; cosine similarity "
+            f"{build.get('min_cosine', '?')} for other outputs).")
+
+
 def _settings(d: dict, empty: str = "defaults") -> str:
     shown = {k: v for k, v in d.items() if v not in ("", [], (), None)}
     return ", ".join(f"{k} {_cell(v)}" for k, v in shown.items()) or empty
 
 
+def _run_config_notes(shipped: list[dict]) -> list[str]:
+    """What an artifact needs at run time, and what its runtime's default gave instead (measured at build)."""
+    notes = []
+    for a in shipped:
+        if not a.get("run_config"):
+            continue
+        need = ", ".join(f"`{k}={v}`" for k, v in a["run_config"].items())
+        d = a.get("runtime_default") or {}
+        seen = (f"; with the runtime's default ({d.get('precision')} on the build machine's CPU) it differed from "
+                f"the float model by up to {d['max_abs_diff']:.2g} (against {a.get('max_abs_diff', 0):.2g})"
+                if "max_abs_diff" in d else "")
+        notes.append(f"- `{a['target']}` must be compiled with {need}{seen}.")
+    return ["", *notes] if notes else []
+
+
 def _io(specs) -> str:
-    return "; ".join(f"{s['dtype']} {s['shape']}" + (f" (scale {s['scale']:.6g}, zero point {s['zero_point']})"
+    return "; ".join(f"{s.get('name', '')} {s['dtype']} {s['shape']}".strip() + (f" (scale {s['scale']:.6g}, zero point {s['zero_point']})"
                                                      if s.get("scale") else "") for s in specs or [])
 
 

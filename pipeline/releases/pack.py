@@ -32,10 +32,11 @@ RELEASE_JSON = "release.json"
 
 
 def make_release(manifest: dict, out: Path, targets, version: str, dist: Path, bench: list[dict] | None,
-                 allowed: set[str]) -> tuple[Path, list[dict], list[dict]]:
+                 allowed: set[str], force: bool = False, bundles=()) -> tuple[Path, list[dict], list[dict]]:
     """Write DIST/<model>-<version>/ from a build's manifest. Returns (folder, archives, excluded).
 
-    `bench`: rows of `bench --json` (None: not benchmarked); given, it must measure a released target."""
+    `bench`: rows of `bench --json` (None: not benchmarked); given, it must measure a released target.
+    `bundles`: architectures (x86_64, aarch64) to also pack each target for with the native runner."""
 
     if not VERSION_RE.match(version):
         raise UsageError(f"--version must look like X.Y.Z (e.g. 1.2.0 or 1.2.0-rc.1), not '{version}'")
@@ -51,11 +52,14 @@ def make_release(manifest: dict, out: Path, targets, version: str, dist: Path, b
                          f"({', '.join(t.name for t in ship)})")
     name = f"{manifest['model']}-{version}"
     final = Path(dist) / name
+    if final.exists() and not force:
+        raise UsageError(f"{final} exists: a published version is never replaced; use a new version, "
+                         f"or --force to replace it")
     tmp = Path(dist) / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        archives = [package(t, rows[t.name], out, data, manifest, version, tmp, epoch) for t in ship]
+        archives = [package(t, rows[t.name], out, data, manifest, version, tmp, epoch, bundles) for t in ship]
         write_release_files(tmp, manifest, version, epoch, archives, excluded, bench)
         replace_dir(tmp, final)
     finally:
@@ -143,9 +147,9 @@ def tolerance(outputs: list[dict]) -> list[dict]:
     return tol
 
 
-def package(target, row: dict, out: Path, data, manifest: dict, version: str, dist: Path, epoch: int) -> dict:
+def package(target, row: dict, out: Path, data, manifest: dict, version: str, dist: Path, epoch: int,
+            bundles=()) -> dict:
     """Run the artifact on the test vectors in its runtime and write its archive into `dist`."""
-    import io
     import json
     import tempfile
 
@@ -156,13 +160,21 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
 
     main = out / row["path"]
     files = {f: main.parent / f for f in target.files}
-    x = np.load(data.file("x_test.npy"), allow_pickle=False)
+    from pipeline.builder import _first, _load_array
+    from pipeline.interface import to_artifact
+
+    x = _load_array(data, "x_test")
     y = np.load(data.file("y_test.npy"), allow_pickle=False) if data.file("y_test.npy").exists() else None
-    idx = pick_vectors(y, len(x))
-    x = x[idx].astype(np.float32)
+    idx = pick_vectors(y, len(_first(x)))
+    if isinstance(x, dict):  # several inputs: one array per input name, taken as they are
+        x = {k: v[idx] for k, v in x.items()}
+        vector_file, x_bytes = "test_vectors/inputs.npz", npz_bytes(x)
+    else:
+        x = to_artifact(x[idx].astype(np.float32), (row.get("input_perms") or [None])[0])
+        vector_file, x_bytes = "test_vectors/inputs.npy", npy_bytes(x)
     with tempfile.TemporaryDirectory() as work:
-        inputs, outputs = Path(work) / "inputs.npy", Path(work) / "outputs.npz"
-        np.save(inputs, x)
+        inputs, outputs = Path(work) / Path(vector_file).name, Path(work) / "outputs.npz"
+        inputs.write_bytes(x_bytes)
         res = runner.run(target.runner_path, main, ["--inputs", inputs, "--outputs", outputs, "--threads", "1"])
         if not res["ok"]:
             raise RunnerError(f"{target.name}: cannot make test vectors: "
@@ -174,11 +186,9 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
         raise RunnerError(f"{target.name}: the runner described outputs {[t['output'] for t in tol]} "
                           f"but wrote {sorted(expected)}")
     # Every array as .npy: an .npz is a zip whose entries carry the time it was written.
-    vectors = {"test_vectors/inputs.npy": x, **{f"test_vectors/{k}.npy": v for k, v in expected.items()}}
-    for rel, arr in vectors.items():
-        buf = io.BytesIO()
-        np.save(buf, arr, allow_pickle=False)
-        files[rel] = buf.getvalue()
+    files[vector_file] = x_bytes
+    for k, v in expected.items():
+        files[f"test_vectors/{k}.npy"] = npy_bytes(v)
     files["labels.txt"] = "".join(f"{label}\n" for label in manifest["labels"]).encode()
     digests = {rel: sha256_file(src) if isinstance(src, Path) else _sha256(src) for rel, src in files.items()}
     meta = {
@@ -186,10 +196,15 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
         "config_hash": manifest["config_hash"], "target": target.name, "family": target.family,
         "artifact": target.filename, "quantization": row["quantization"], "files": digests,
         "inputs": row.get("inputs"), "outputs": row.get("outputs"), "preprocessing": manifest["preprocessing"],
+        "input_layout": row.get("input_layout"), "run_config": row.get("run_config") or {},
         "runner": target.runner, "runtime": f"{res.get('runtime')} {res.get('runtime_version')}", "threads": 1,
+        "made_from": row.get("made_from"), "method": row.get("method"),
+        "versus_original_model": {k: row.get(k) for k in ("accuracy", "reference_accuracy", "top1_agreement",
+                                                          "cosine", "max_abs_diff") if row.get(k) is not None},
+        "data": {k: manifest["preprocessing"].get(k) for k in ("source", "samples", "calibration_samples", "labelled")},
         "test_vectors": {
-            "inputs": "test_vectors/inputs.npy",
-            "about": "float32 held-out samples, preprocessed, in the float input layout; the runner quantizes "
+            "inputs": vector_file,
+            "about": "float32 held-out samples, preprocessed, in the artifact's input layout (input_layout); the runner quantizes "
                      "them for an integer input; outputs are float32 (integer outputs dequantized)",
             "held_out_indices": idx, "true_labels": None if y is None else [int(v) for v in y[idx]],
             "tolerance": tol,
@@ -201,7 +216,62 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
     write_archive(archive, top, files, epoch)
     return {"target": target.name, "archive": archive.name, "bytes": archive.stat().st_size,
             "sha256": sha256_file(archive), "vectors": len(idx), "runtime": meta["runtime"],
-            "files": sorted(files), "tolerance": meta["test_vectors"]["tolerance"]}
+            "files": sorted(files), "tolerance": meta["test_vectors"]["tolerance"],
+            "bundles": [write_bundle(target, files, meta, top, arch, dist, epoch) for arch in bundles]}
+
+
+def write_bundle(target, files: dict, meta: dict, top: str, arch: str, dist: Path, epoch: int) -> dict:
+    """<top>-linux-<arch>.tar.gz: the target's archive plus the native runner, the runtime's libraries for
+    `arch` and a run.sh that benchmarks the artifact and replays its test vectors on a board with no Python."""
+    import json
+    import shlex
+
+    from pipeline import native
+    from pipeline.util import sha256_file
+
+    rt = native.runtime_for(target.runner)
+    tol = ",".join(f"{t['max_abs_diff']:.9g}" for t in meta["test_vectors"]["tolerance"])
+    argv = native.command(rt, arch, lib=f"lib/{native.library(rt, arch).name}", exe="./edge_bench") + [
+        target.filename, "--inputs", "test_vectors/inputs.npy", "--expect", "test_vectors", "--atol", tol, "--bench"]
+    run_sh = (f"#!/bin/sh\n# {target.name} on linux-{arch} with no Python: benchmark it, replay its test vectors\n"
+              "# (exit 0 only if every output is within tolerance); one JSON line. Extra options go to edge_bench\n"
+              "# (--threads N, --runs N, --min-seconds S, --outputs Y.npz). EDGE_BENCH_WRAPPER: e.g. qemu.\n"
+              'case $0 in */*) cd "${0%/*}" || exit 2;; esac\n'  # the bundle's folder, with no tool but sh
+              f'exec $EDGE_BENCH_WRAPPER {shlex.join(argv)} "$@"\n')
+    out = {**{k: v for k, v in files.items() if k != RELEASE_JSON}, **native.bundle_files(rt, arch),
+           "run.sh": run_sh.encode()}
+    digests = {rel: sha256_file(src) if isinstance(src, Path) else _sha256(src) for rel, src in out.items()}
+    out[RELEASE_JSON] = (json.dumps({**meta, "files": digests, "bundle": {
+        "arch": arch, "run": "sh run.sh", "runtime_library": f"lib/{native.library(rt, arch).name}",
+        "glibc": ".".join(map(str, native.BUNDLE_GLIBC[arch]))}}, indent=2, sort_keys=True) + "\n").encode()
+    name = f"{top}-linux-{arch}"
+    path = dist / f"{name}.tar.gz"
+    write_archive(path, name, out, epoch, executables=("edge_bench", "run.sh"))
+    return {"arch": arch, "archive": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def npy_bytes(a) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def npz_bytes(arrays: dict) -> bytes:
+    """An .npz as np.load reads it, without the clock time np.savez puts on each entry: reproducible bytes."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            z.writestr(info, npy_bytes(arrays[name]))
+    return buf.getvalue()
 
 
 def _sha256(data: bytes) -> str:
@@ -210,8 +280,9 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_archive(path: Path, top: str, files: dict, mtime: int) -> None:
-    """A .tar.gz of `files` ({name under top/: Path or bytes}) whose bytes depend only on them and `mtime`."""
+def write_archive(path: Path, top: str, files: dict, mtime: int, executables=()) -> None:
+    """A .tar.gz of `files` ({name under top/: Path or bytes}) whose bytes depend only on them and `mtime`;
+    the members named in `executables` get mode 755."""
     import gzip
     import io
     import tarfile
@@ -230,7 +301,7 @@ def write_archive(path: Path, top: str, files: dict, mtime: int) -> None:
                 tar.addfile(info)
                 continue
             data = src.read_bytes() if isinstance(src, Path) else src
-            info.size, info.mode = len(data), 0o644
+            info.size, info.mode = len(data), 0o755 if name[len(top) + 1:] in executables else 0o644
             tar.addfile(info, io.BytesIO(data))
 
 
@@ -252,8 +323,9 @@ def write_release_files(folder: Path, manifest: dict, version: str, epoch: int, 
     manifest["stages"] = {n: {k: v for k, v in s.items() if k != "reused"} for n, s in manifest["stages"].items()}
     release = {
         "version": version, "source_date_epoch": epoch,
-        "archives": {a["target"]: {k: a[k] for k in ("archive", "bytes", "sha256", "files", "vectors",
-                                                     "runtime", "tolerance")} for a in archives},
+        "archives": {a["target"]: {**{k: a[k] for k in ("archive", "bytes", "sha256", "files", "vectors", "runtime",
+                                                        "tolerance")}, **({"bundles": a["bundles"]} if a["bundles"] else {})}
+                     for a in archives},
         "excluded": excluded, "benchmarks": bench,
     }
     full = {**manifest, "artifacts": [a for a in manifest["artifacts"] if a["target"] in shipped],

@@ -83,6 +83,7 @@ def check_manifest(folder: Path, archives: list[Path]) -> dict:
     try:
         listed = json.loads((folder / "manifest.json").read_text())["release"]["archives"]
         named = {v["archive"]: v["sha256"] for v in listed.values()}
+        named.update({b["archive"]: b["sha256"] for v in listed.values() for b in v.get("bundles", [])})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         return _row("manifest", "manifest.json", False, f"unreadable release section: {type(e).__name__} {e}")
     on_disk = {a.name for a in archives}
@@ -167,7 +168,7 @@ def check_archive(archive: Path, timeout: float) -> list[dict]:
         meta, content_rows = check_contents(archive.name, folder, files)
         rows += content_rows
         if meta is not None:
-            rows.append(replay(archive.name, folder, meta, timeout))
+            rows.append((replay_bundle if "bundle" in meta else replay)(archive.name, folder, meta, timeout))
         return rows
 
 
@@ -213,7 +214,7 @@ def replay(name: str, folder: Path, meta: dict, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "outputs.npz"
         res = runner.run(RUNNERS / meta["runner"], folder / meta["artifact"],
-                         ["--inputs", folder / "test_vectors/inputs.npy", "--outputs", out,
+                         ["--inputs", folder / meta["test_vectors"]["inputs"], "--outputs", out,
                           "--threads", str(meta.get("threads", 1))], timeout=timeout)
         runtime = f"{res.get('runtime')} {res.get('runtime_version')}"
         if not res["ok"]:
@@ -241,6 +242,43 @@ def replay(name: str, folder: Path, meta: dict, timeout: float) -> dict:
                                       f"tolerance, in {runtime} (recorded in {meta.get('runtime')})")
 
 
+def replay_bundle(name: str, folder: Path, meta: dict, timeout: float) -> dict:
+    """A native bundle replays its test vectors with its own run.sh, as a board would: here for this machine's
+    arch, under the emulated board for aarch64. Only code this checkout built or installed is run: the
+    bundle's binary and libraries must be byte-identical to ours (else the check is skipped, not trusted)."""
+    import platform
+
+    from pipeline import native, runner
+    from pipeline.devices import emulator
+    from pipeline.util import sha256_file
+
+    arch = (meta.get("bundle") or {}).get("arch")
+    if arch not in native.ARCHES:
+        return _row("replay", name, False, f"release.json names no known bundle arch ({arch!r})")
+    try:
+        rt = native.runtime_for(meta["runner"])
+        ours = native.bundle_files(rt, arch)
+    except native.NativeError as e:
+        return _row("replay", name, None, f"not replayed here: {e}")
+    if any(not (folder / rel).is_file() or sha256_file(folder / rel) != sha256_file(src) for rel, src in ours.items()):
+        return _row("replay", name, None, f"not replayed: its {arch} runner or libraries are not this checkout's "
+                                          "build; run its run.sh on the board")
+    wrapper = []
+    if arch != platform.machine():
+        if not emulator.is_ready("rpi4"):
+            return _row("replay", name, None, f"not replayed: {arch} needs the emulated board "
+                                              "(python -m pipeline device setup emu:rpi4)")
+        wrapper = emulator.python_command("rpi4")[:-1]  # qemu with the board's sysroot, without its Python (no spaces)
+    res = runner.run_command(["env", f"EDGE_BENCH_WRAPPER={' '.join(wrapper)}", "sh", folder / "run.sh",
+                              "--runs", "3", "--min-seconds", "0", "--warmup", "1"], timeout)
+    vectors = res.get("test_vectors") or {}
+    if not res.get("ok") or not vectors.get("ok"):
+        return _row("replay", name, False, f"{meta.get('target')} on linux-{arch}: {res.get('error', 'no result')}")
+    return _row("replay", name, True, f"{meta.get('target')}: run.sh on linux-{arch}{' (emulated)' if wrapper else ''}: "
+                                      f"{vectors['vectors']} vectors, max abs diff {max(vectors['max_abs_diff']):.3g} "
+                                      f"within tolerance, in {res.get('runtime')} {res.get('runtime_version')} (native)")
+
+
 def _unusable(meta: dict, runners: set[str]) -> str | None:
     """What makes release.json unfit to replay from, or None. It comes from the archive: trust nothing."""
     files = meta["files"]
@@ -249,7 +287,9 @@ def _unusable(meta: dict, runners: set[str]) -> str | None:
     if not isinstance(meta.get("runner"), str) or meta["runner"] not in runners:
         return f"names no runner of this checkout ({meta.get('runner')!r})"
     if not isinstance(meta.get("artifact"), str) or meta["artifact"] not in files \
-            or "test_vectors/inputs.npy" not in files:
+            or not isinstance(meta.get("test_vectors"), dict) \
+            or meta["test_vectors"].get("inputs") not in ("test_vectors/inputs.npy", "test_vectors/inputs.npz") \
+            or meta["test_vectors"]["inputs"] not in files:
         return "names an artifact or inputs that are not in the archive"
     if not isinstance(meta.get("threads", 1), int) or meta.get("threads", 1) < 1:
         return "has a bad thread count"

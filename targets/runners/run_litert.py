@@ -50,7 +50,11 @@ class TFLiteRuntime:
                 "delegate": self.delegate}
 
     def infer(self, interp, x):
-        self._set(self._in0, x)
+        if isinstance(x, list):  # several inputs, in the interpreter's order
+            for i, a in zip(self._in, x):
+                self._set(i, a)
+        else:
+            self._set(self._in0, x)
         self._invoke()
         get = self._get
         return [get(i) for i in self._out] if len(self._out) > 1 else [get(self._out[0])]

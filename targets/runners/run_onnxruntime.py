@@ -32,6 +32,7 @@ class OnnxRuntime:
         so.log_severity_level = 3  # errors only: a runner prints one JSON line
         session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         self._input = session.get_inputs()[0].name
+        self._inputs = [i.name for i in session.get_inputs()]
         return session
 
     @staticmethod
@@ -45,6 +46,8 @@ class OnnxRuntime:
                 "providers": session.get_providers()}
 
     def infer(self, session, x):
+        if isinstance(x, list):  # several inputs
+            return session.run(None, dict(zip(self._inputs, x)))
         return session.run(None, {self._input: x})
 
 

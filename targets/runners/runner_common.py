@@ -120,7 +120,8 @@ def peak_rss_mb() -> float:
 def parse_args(argv, runtime_options: dict) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Load an artifact, run it, print one JSON result.")
     p.add_argument("model")
-    p.add_argument("--inputs", help=".npy of float samples (N, ...) in the model's float input layout")
+    p.add_argument("--inputs", help=".npy of float samples (N, ...) in the model's input layout, or for a model "
+                   "with several inputs an .npz with one array per input name (entry i of each is call i)")
     p.add_argument("--outputs", help="write float outputs of every sample to this .npz (output_0, ...)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N samples")
     p.add_argument("--bench", action="store_true", help="time inferences (batch 1)")
@@ -152,13 +153,14 @@ def main(runtime, argv=None) -> int:
         if "delegate" in desc:
             result["conditions"]["delegate"] = desc["delegate"]
         if args.inputs:
-            x = np.load(args.inputs, allow_pickle=False)
+            x = load_inputs(args.inputs, desc["inputs"])
             if args.limit:
-                x = x[: args.limit]
-            if len(x) == 0:
+                x = [a[: args.limit] for a in x]
+            if len(x[0]) == 0:
                 raise ValueError(f"{args.inputs} holds no samples")
-            result["input"] = {"file": os.path.basename(args.inputs), "samples": int(len(x)),
-                               "sample_shape": list(x.shape[1:]), "dtype": str(x.dtype)}
+            result["input"] = {"file": os.path.basename(args.inputs), "samples": int(len(x[0])),
+                               "sample_shape": list(x[0].shape[1:]) if len(x) == 1 else [list(a.shape[1:]) for a in x],
+                               "dtype": str(x[0].dtype) if len(x) == 1 else [str(a.dtype) for a in x]}
             if args.outputs:
                 _predict(runtime, session, desc, x, args.outputs, result)
             if args.bench:
@@ -173,15 +175,44 @@ def main(runtime, argv=None) -> int:
     return 0 if result["ok"] else 1
 
 
+def load_inputs(path: str, inputs: list[dict]) -> list[np.ndarray]:
+    """One array of samples per model input, in the model's input order: an .npy for a single input, an
+    .npz with an array per input name (or, unnamed, in order) for several."""
+    if not path.endswith(".npz"):
+        return [np.load(path, allow_pickle=False)]
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    names = [i["name"] for i in inputs]
+    if set(names) <= arrays.keys():
+        x = [arrays[n] for n in names]
+    elif len(arrays) == len(names):
+        x = list(arrays.values())
+    else:
+        raise ValueError(f"{path} holds {sorted(arrays)} but the model's inputs are {names}")
+    if len({len(a) for a in x}) > 1:
+        raise ValueError(f"{path}: the arrays hold different numbers of samples {[len(a) for a in x]}")
+    return x
+
+
+def one_call(sample: np.ndarray, inp: dict) -> np.ndarray:
+    """Entry i of an input's samples as the model takes it: with a batch dimension of 1 added when the
+    model's input has one more dimension than the entry, in the input's own type (quantized for int8)."""
+    rank = len(inp["shape"]) if "shape" in inp else sample.ndim + 1
+    s = sample[None] if sample.ndim < rank else sample
+    if inp["dtype"] in ("int8", "uint8", "int16") and inp.get("scale"):
+        return quantize(s.astype(np.float32), inp["dtype"], inp["scale"], inp["zero_point"])
+    return np.ascontiguousarray(s.astype(inp["dtype"] if inp["dtype"] in ("int32", "int64", "float16") else np.float32))
+
+
 def _prepare(runtime, session, desc, x):
-    """Per-sample feeds in the artifact's own input type, made before any timing."""
-    inp = desc["inputs"][0]
+    """Per-sample feeds in the artifact's own input types, made before any timing: an array for a model with
+    one input, a list of arrays (one per input) for several."""
     native = getattr(runtime, "prepare", None)
+    x = [x] if isinstance(x, np.ndarray) else x  # one input's samples, or a list of one array per input
     feeds = []
-    for sample in x:
-        s = sample[None].astype(np.float32)
-        if inp["dtype"] in ("int8", "uint8", "int16") and inp.get("scale"):
-            s = quantize(s, inp["dtype"], inp["scale"], inp["zero_point"])
+    for i in range(len(x[0])):
+        s = [one_call(a[i], inp) for a, inp in zip(x, desc["inputs"])]
+        s = s[0] if len(s) == 1 else s
         feeds.append(native(session, s) if native else s)
     return feeds
 

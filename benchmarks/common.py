@@ -1,24 +1,43 @@
-"""A realistic edge vision model for the benchmarks: MobileNetV2 (random init, trained here) on
-Fashion-MNIST upscaled to SIZE x SIZE, and the data as a pipeline Dataset.
+"""What the benchmark scripts share: a log line, the harness-fidelity table's columns, and a realistic
+edge vision model: MobileNetV2 (random init, trained here) on Fashion-MNIST upscaled to SIZE x SIZE,
+handed to the pipeline as a pretrained model with its images as an .npz.
 
 Fashion-MNIST comes from Debian's `dataset-fashion-mnist` (MIT; offline, gzipped IDX files under
 /usr/share/datasets/fashion-mnist). Without it, scikit-learn's 8x8 digits upscaled stand in, and
 the results say so: accuracy is then on that data.
+
+Imports no TensorFlow until a model is trained (benchmarks/fidelity.py must stay free of it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.data import Dataset, read_idx
 
+FIDELITY_COLUMNS = [("model", "model"), ("target", "artifact"), ("reference", "reference"),
+                    ("ours_p50_ms", "ours p50 ms"), ("reference_p50_ms", "ref p50 ms"), ("ratio", "wall ratio"),
+                    ("within_5pct", "within 5 %"), ("ours_runtime_timer_p50_ms", "ours, runtime timer p50 ms"),
+                    ("runtime_timer_ratio", "timer ratio"), ("runtime_timer_within_5pct", "timer within 5 %"),
+                    ("error", "error")]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                   "ankle-boot")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
@@ -58,7 +77,17 @@ def mobilenet(keras, size: int, alpha: float, n_classes: int):
                                           classes=n_classes, include_top=True, classifier_activation="softmax")
 
 
-def train_float(folder: Path, size: int, alpha: float, epochs: int, n_train: int, n_test: int, log) -> None:
+def float_mobilenet(work: Path, size: int, alpha: float, epochs: int, n_train: int, n_test: int) -> Path:
+    """The folder of a trained float MobileNetV2 (float.h5, data.npz, source.txt), trained once per
+    setting: the folder is named by a key of them."""
+    key = hashlib.sha256(json.dumps([size, alpha, epochs, n_train, n_test, 1]).encode()).hexdigest()[:12]
+    folder = work / f"mobilenet-v2-{key}"
+    if not (folder / "float.h5").exists():
+        train_float(folder, size, alpha, epochs, n_train, n_test)
+    return folder
+
+
+def train_float(folder: Path, size: int, alpha: float, epochs: int, n_train: int, n_test: int) -> None:
     """Train the float MobileNetV2 and write float.h5, data.npz (8-bit images) and source.txt into
     `folder`, atomically: a folder that exists is complete."""
     from pipeline import stages
@@ -83,3 +112,21 @@ def train_float(folder: Path, size: int, alpha: float, epochs: int, n_train: int
     (tmp / "source.txt").write_text(ds.preprocessing["source"] + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
+
+
+def benchmark_app_p50(model: Path, x: np.ndarray, threads: int, seconds: float) -> float:
+    """OpenVINO's own tool; its median is the C++-side latency of `infer()` for each request."""
+    app = Path(sys.executable).parent / "benchmark_app"
+    cmd = [str(app)] if app.exists() else [sys.executable, "-m", "openvino.tools.benchmark.main"]
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = Path(tmp) / "input.npy"
+        np.save(sample, x[:1].astype(np.float32))  # one real sample, batch 1
+        cmd += ["-m", str(model.resolve()), "-d", "CPU", "-hint", "none", "-api", "sync", "-nireq", "1", "-nstreams", "1",
+                "-nthreads", str(threads), "-ip", "f32", "-infer_precision", "f32", "-i", str(sample),
+                "-data_shape", "[" + ",".join(map(str, (1, *x.shape[1:]))) + "]", "-t", f"{max(1, round(seconds))}"]
+        env = {**os.environ, "OPENVINO_TELEMETRY_OPTOUT": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
+    m = re.search(r"Median:\s+([\d.]+)\s+(ms|us)", proc.stdout)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError(f"benchmark_app failed: {(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
+    return float(m.group(1)) / (1000 if m.group(2) == "us" else 1)

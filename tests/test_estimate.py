@@ -1,0 +1,115 @@
+"""The latency estimate of the emulated boards: block profile, llvm-mca pricing, labelled estimates."""
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.devices import emulated, estimate
+from pipeline.devices import emulator as emu
+from pipeline.devices.profiles import get_profile
+
+RUNNER = os.path.join(os.path.dirname(__file__), "..", "targets", "runners", "run_litert.py")
+needs_llvm = pytest.mark.skipif(shutil.which(f"llvm-mca-{estimate.LLVM}") is None,
+                                reason=f"llvm-{estimate.LLVM} not installed (scripts/install_system.sh)")
+
+
+@pytest.fixture(scope="module")
+def small_tflite(tmp_path_factory):
+    """A small conv net as fp32 and full-int8 .tflite, and input samples."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)), keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.DepthwiseConv2D(3, activation="relu"), keras.layers.Conv2D(32, 1, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    folder = tmp_path_factory.mktemp("estimate")
+    np.save(folder / "x.npy", x)
+    for dtype in ("fp32", "int8"):
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+        if dtype == "int8":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.representative_dataset = lambda: ([s[None]] for s in x)
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            conv.inference_input_type = conv.inference_output_type = tf.int8
+        (folder / f"{dtype}.tflite").write_bytes(conv.convert())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def profiles(small_tflite):
+    try:
+        emu.setup("emu:rpi4", log=lambda line: None)
+    except emu.EmuError as e:
+        pytest.skip(f"aarch64 emulation cannot be set up here: {e}")
+    out = {}
+    for dtype in ("fp32", "int8"):
+        folder = small_tflite / f"run-{dtype}"
+        folder.mkdir()
+        blocks, n, res = emulated.block_profile("rpi4", RUNNER, small_tflite / f"{dtype}.tflite", small_tflite / "x.npy",
+                                                folder, runs=3)
+        out[dtype] = (blocks, n, emu.read_counts(folder / "counts.txt"), res)
+    return out
+
+
+@pytest.mark.emu
+@pytest.mark.slow
+def test_block_profile_accounts_for_every_instruction_the_counter_counted(profiles):
+    for blocks, n, counts, res in profiles.values():
+        assert n == res["latency"]["runs"]
+        assert len(counts) == 1  # one timed section
+        assert sum(runs * (len(b) // 8) for b, runs in blocks.items()) == counts[0]
+
+
+@pytest.mark.emu
+@pytest.mark.slow
+@needs_llvm
+def test_int8_and_fp32_get_labelled_estimates_on_every_board(profiles):
+    for blocks, n, counts, _ in profiles.values():
+        for board, spec in estimate.BOARDS.items():
+            e = estimate.estimate(blocks, n, board)
+            assert e["estimate_model"] == estimate.MODEL_VERSION
+            assert e["estimate_board"] == f"{board} {spec.cpu} {get_profile(board).max_mhz} MHz"
+            assert math.isfinite(e["estimated_p50_ms"]) and e["estimated_p50_ms"] > 0
+            assert e["estimate_priced_share"] >= estimate.COVERAGE - 0.01
+            # cycles are what the blocks cost: a per-instruction cost of ~0.2-10 cycles, never 0
+            assert 0.1 < e["estimate_cycles_per_inference"] / (counts[0] / n) < 20
+            assert 0 < e["estimate_memory_accesses_per_inference"] < counts[0] / n
+
+
+@pytest.mark.emu
+@pytest.mark.slow
+@needs_llvm
+def test_the_estimate_is_cycles_over_the_clock(profiles):
+    blocks, n, _, _ = profiles["fp32"]
+    fast, slow = estimate.estimate(blocks, n, "rpi4", mhz=1800), estimate.estimate(blocks, n, "rpi4", mhz=1500)
+    assert fast["estimate_cycles_per_inference"] == slow["estimate_cycles_per_inference"]
+    assert slow["estimated_p50_ms"] == pytest.approx(fast["estimated_p50_ms"] * 1800 / 1500)
+
+
+@needs_llvm
+def test_an_in_order_a53_needs_more_cycles_than_an_a72_for_the_same_fma_block():
+    asm = ["fmla v0.4s, v1.4s, v2.4s", "fmla v3.4s, v4.4s, v2.4s", "ldr q1, [x0], #16", "subs x1, x1, #1"]
+    hexes = _assemble(asm)
+    assert [" ".join(i.replace(",", " ").split()) for i in estimate.disassemble(hexes)] == [
+        " ".join(a.replace(",", " ").split()) for a in asm]
+    a53 = estimate.block_cycles([hexes], "cortex-a53")[hexes]
+    a72 = estimate.block_cycles([hexes], "cortex-a72")[hexes]
+    assert a53 > a72 > 0
+
+
+def _assemble(asm):
+    import subprocess
+
+    out = subprocess.run([f"llvm-mc-{estimate.LLVM}", "-triple=aarch64", "-mattr=+neon", "-show-encoding"],
+                         input="\n".join(asm) + "\n", capture_output=True, text=True, check=True).stdout
+    words = []
+    for line in out.splitlines():
+        if "encoding:" in line:
+            words.append("".join(b[2:] for b in line.split("encoding:")[1].strip(" []").split(",")))
+    return "".join(words)

@@ -1,0 +1,110 @@
+"""The post-training choice (targets/ptq.py) on a small real model: scikit-learn's MLP trained on the
+8x8 digits, written as ONNX (Gemm, Relu, Gemm) and as Keras, calibrated and validated on real digits."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from targets import onnx as onnx_target
+from targets import openvino as openvino_target
+from targets import ptq
+
+
+@pytest.fixture(scope="module")
+def digits_mlp(tmp_path_factory):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    warnings.simplefilter("ignore", ConvergenceWarning)  # 60 iterations: 0.88 on held-out digits; agreement is what is tested
+    d = load_digits()
+    x = (d.data / 16).astype(np.float32)
+    mlp = MLPClassifier((32,), max_iter=60, random_state=0).fit(x[:1200], d.target[:1200])
+    (w1, w2), (b1, b2) = mlp.coefs_, mlp.intercepts_
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["input", "w1", "b1"], ["h"], name="fc1"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], name="fc2")],
+        "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("mlp") / "mlp.onnx"
+    onnx.save(model, path)
+    # calibration, validation (never test), test: all from the held-out digits
+    return path, mlp, x[1200:1300], x[1300:1400], x[1400:]
+
+
+def test_the_onnx_choice_is_the_candidate_that_agrees_best_on_validation_and_reads_back_int8(digits_mlp, tmp_path):
+    src, _, cal, val, test = digits_mlp
+    model, record = ptq.onnx_int8(src, cal, val)
+    scored = [c for c in record["candidates"] if "agreement" in c]
+    skipped = [c for c in record["candidates"] if "skipped" in c]
+    assert len(scored) + len(skipped) == len(record["candidates"]) >= 4
+    assert not skipped or scored[-1]["agreement"] == 1.0  # the search ends at a method agreeing on every sample
+    assert record["chosen"] == max(scored, key=lambda c: c["agreement"])["method"]
+    assert record["agreement"] == max(c["agreement"] for c in scored)
+    assert "validation split" in record["why"]
+    out = tmp_path / "int8.onnx"
+    out.write_bytes(model.SerializeToString())
+    info = onnx_target.inspect(out)
+    assert info["quantization"] == "int8-qdq" and info["float_ops"] == []
+    assert ptq.agreement(ptq.run_onnx(src, test), ptq.run_onnx(out, test)) >= 0.95
+
+
+def test_an_onnx_file_with_a_layer_left_float_reads_back_int8_mixed_and_names_it(digits_mlp, tmp_path):
+    src, _, cal, _, _ = digits_mlp
+    out = tmp_path / "mixed.onnx"
+    out.write_bytes(ptq.ort_static(src, cal, nodes_to_exclude=["fc2"]).SerializeToString())
+    info = onnx_target.inspect(out)
+    assert info["quantization"] == "int8-mixed"
+    assert info["float_ops"] == ["Gemm fc2"]
+
+
+@pytest.mark.slow
+def test_mixed_precision_restores_float_layers_only_when_the_budget_is_missed(digits_mlp):
+    src, _, cal, val, _ = digits_mlp
+    model, record = ptq.onnx_full_int8(src, cal, val)
+    same, kept = ptq.onnx_mixed(src, cal, val, model, record, budget=record["agreement"])
+    assert same is model and kept is record  # the budget holds: nothing restored
+    _, raised = ptq.onnx_mixed(src, cal, val, model, record, budget=1.0 + 1e-9)  # cannot hold: NNCF tries
+    assert raised["candidates"][-1]["method"] == "nncf-accuracy-control"
+    assert raised.get("mixed", False) == (raised["chosen"] == "nncf-accuracy-control")
+
+
+@pytest.mark.slow
+def test_the_openvino_choice_reads_back_int8_from_the_ir(digits_mlp, tmp_path):
+    src, _, cal, val, test = digits_mlp
+    model, record = ptq.openvino_int8(lambda: openvino_target.float_ir(src), cal, val)
+    assert record["chosen"].startswith("nncf")
+    openvino_target.import_openvino().save_model(model, str(tmp_path / "m.xml"), compress_to_fp16=False)
+    assert openvino_target.inspect(tmp_path / "m.xml")["quantization"] == "int8"
+    ref = ptq.run_openvino(openvino_target.float_ir(src), test)
+    assert ptq.agreement(ref, ptq.run_openvino(model, test)) >= 0.95
+
+
+@pytest.mark.slow
+def test_tflite_choice_sensitivity_and_selective_float_layers_read_back_truthfully(digits_mlp, tmp_path):
+    from pipeline import stages
+    from targets import tflite
+
+    _, mlp, cal, val, test = digits_mlp
+    _, keras = stages.tf_setup(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+    model.set_weights([*mlp.coefs_[:1], mlp.intercepts_[0], mlp.coefs_[1], mlp.intercepts_[1]])
+    q, record = ptq.tflite_int8(model, cal, val)
+    assert {c["method"] for c in record["candidates"]} >= {"tflite-converter", "ai-edge-quantizer-a8w8"}
+    (tmp_path / "q.tflite").write_bytes(q)
+    info = tflite.inspect(tmp_path / "q.tflite")
+    assert info["quantization"] == "int8"  # ai-edge-quantizer's float I/O turned into int8 I/O too
+    assert ptq.agreement(model.predict(test, verbose=0), ptq.run_tflite(q, test)) >= 0.95
+    ranked = ptq.sensitivity(model, cal)
+    assert ranked and [r["rmse_per_scale"] for r in ranked] == sorted((r["rmse_per_scale"] for r in ranked), reverse=True)
+    (tmp_path / "m.tflite").write_bytes(ptq.selective_int8(model, cal, [ranked[0]["layer"]]))
+    mixed = tflite.inspect(tmp_path / "m.tflite")
+    assert mixed["quantization"] == "int8-mixed"
+    assert any(ranked[0]["layer"] in op for op in mixed["float_ops"])
