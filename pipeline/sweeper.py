@@ -570,7 +570,7 @@ class _Driver:
                 self._tick()
                 self._artifact_done(v, t, None)
                 continue
-            ship = [n for n in ("data", "prune", "qat") if n in p.stages]
+            ship = [n for n in ("data", "train", "prune", "qat") if n in p.stages]
             if len(steps) == 1:  # the export is cached, only its verification is missing
                 ship.append(f"export:{t.name}")
             ref = self.task.options(name=f"export:{t.name}:{v.id}").remote(
