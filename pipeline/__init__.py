@@ -16,9 +16,10 @@ from pipeline.api import (
     inspect,
     load_config,
     release,
+    sweep,
     verify_on,
     verify_release,
 )
 
 __all__ = ["Artifact", "Build", "ReleaseReport", "__version__", "bench", "build", "built", "inspect", "load_config",
-           "release", "verify_on", "verify_release"]
+           "release", "sweep", "verify_on", "verify_release"]

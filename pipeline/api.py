@@ -283,3 +283,21 @@ def inspect(path: str | os.PathLike, *, timeout: float = 60.0) -> dict:
     from pipeline.inspection import inspect_file
 
     return inspect_file(Path(path), timeout)
+
+
+def sweep(config=None, *, grid, targets=None, devices=("local",), out: str | os.PathLike = "build",
+          address: str | None = None, model=None, data=None, overrides: dict | None = None, pick: str | None = None,
+          runs: int = 100, min_seconds: float = 1.0, samples: int = 100, device_options: dict | None = None,
+          log: Log | None = None):
+    """Build, verify and bench every variant of `config` over `grid` ({"prune.sparsity": [0.5, 0.75]} or
+    ["prune.sparsity=0.5,0.75"]: the cross product) for `targets` on `devices`, on Ray: a local one, or the
+    cluster at `address`. A stage several variants share runs once; OUT/.cache is shared with `build`.
+    `pick` ("p50_ms<=2,agreement>=0.98") chooses the best variant within the limits and writes OUT/pick.toml.
+    Returns a pipeline.sweeper.Result: rows (variant x target x device, with status), variants, stats."""
+    from pipeline import sweeper
+
+    cfg = load_config(config, model=model, data=data, overrides=overrides)
+    check_writable(Path(out))
+    return sweeper.run(cfg, grid=grid, targets=targets, devices=tuple(devices), out=out, address=address,
+                       log=log or _quiet, pick_limits=pick, device_options=device_options,
+                       bench_settings={"runs": runs, "min_seconds": min_seconds, "samples": samples})

@@ -25,9 +25,10 @@ from pipeline.util import atomic_copy, folder_bytes, gzip_size, locked, sha256_f
 
 
 class Builder:
-    def __init__(self, cfg: Config, out: Path, log=print):
+    def __init__(self, cfg: Config, out: Path, log=print, cache: Path | None = None):
+        """`cache`: another stage cache than OUT/.cache (a sweep's variants share one)."""
         self.cfg, self.out, self.log = cfg, Path(out), log
-        self.cache = Cache(self.out / ".cache")
+        self.cache = Cache(cache or self.out / ".cache")
         self.tools = tool_versions()
         self.seed = cfg.build.seed
         self.stages: dict[str, Entry] = {}
@@ -35,9 +36,8 @@ class Builder:
         self._interface: dict | None = None
 
     def stage(self, name: str, params: dict, inputs: dict[str, str], produce, code=()) -> Entry:
-        """`code`: source files beyond CODE[kind] that decide this stage's output (a target's module)."""
-        kind = name.split(":")[0]
-        key = stage_key(name, code_hash([*STAGES[kind].code, *code]), params, inputs, self.tools)
+        """`code`: source files beyond STAGES[kind].code that decide this stage's output (a target's module)."""
+        key = self.key(name, params, inputs, code)
         entry = self.cache.get(name, key)
         if entry is not None:
             self.log(f"{name:<24} cached ({key[:12]})")
@@ -53,6 +53,9 @@ class Builder:
             self.log(f"{name:<24} done in {entry.meta['seconds']:.1f} s")
         self.stages[name] = entry
         return entry
+
+    def key(self, name: str, params: dict, inputs: dict[str, str], code=()) -> str:
+        return stage_key(name, code_hash([*STAGES[name.split(":")[0]].code, *code]), params, inputs, self.tools)
 
     # -- the float and QAT models ------------------------------------------------------------
 
@@ -112,40 +115,58 @@ class Builder:
         return self._dataset
 
     def models(self, need_qat: bool) -> None:
-        from pipeline import stages
-
         cfg, d = self.cfg, self.data()
-        source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
         if self.several_inputs():
             from pipeline.interface_export import original_outputs
 
+            source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
             self.stage("original", {"model": source}, {"data": d.key},
                        lambda f: original_outputs(cfg.model.path, d.file("x_test.npz"), f))
             return
-        train = self.stage("train", {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed,
-                                     **source},
-                           {"data": d.key}, lambda f: stages.train(self.dataset(), cfg, self.seed, f, self.cache.root))
+        train = self.train()
         self.log(report.original_line(train.meta, d.meta))
-        # `strict` is in the keys of the stages that may fall back: a strict build must re-decide.
-        # The budget decides what "auto" picks: it is in the prune key.
-        b = cfg.build
-        prune = self.stage("prune", {"prune": cfg.section("prune"), "batch_size": cfg.train.batch_size,
-                                     "seed": self.seed, "strict": b.strict,
-                                     "budget": [b.max_accuracy_drop, b.min_agreement, b.min_cosine]},
-                           {"model": train.key, "data": d.key},
-                           lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), train.path, f))
+        prune = self.prune()
         self.log(report.prune_summary(train.meta, prune.meta))
         self.within_budget("prune", prune.meta, train.meta, report.prune_advice(cfg, prune.meta))
         if need_qat:
-            qat = self.stage("qat", {"qat": cfg.section("qat"), "batch_size": cfg.train.batch_size, "seed": self.seed,
-                                     "strict": b.strict},
-                             {"model": prune.key, "original": train.key, "data": d.key},
-                             lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), prune.meta,
-                                                  train.path, f))
+            qat = self.qat()
             if qat.meta.get("vs_original"):
                 self.log(report.stage_line("qat", qat.meta, train.meta))
                 self.within_budget("qat", qat.meta, train.meta, "lower qat.learning_rate or qat.epochs, or set "
                                    "qat.epochs = 0 for post-training quantization")
+
+    # One method per stage (after data): each reads its inputs from self.stages, so a sweep can run any one of them.
+
+    def train(self) -> Entry:
+        from pipeline import stages
+
+        cfg, d = self.cfg, self.stages["data"]
+        source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
+        return self.stage("train", {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed,
+                                    **source},
+                          {"data": d.key}, lambda f: stages.train(self.dataset(), cfg, self.seed, f, self.cache.root))
+
+    def prune(self) -> Entry:
+        from pipeline import stages
+
+        cfg, d, train, b = self.cfg, self.stages["data"], self.stages["train"], self.cfg.build
+        # `strict` is in the keys of the stages that may fall back: a strict build must re-decide.
+        # The budget decides what "auto" picks: it is in the prune key.
+        return self.stage("prune", {"prune": cfg.section("prune"), "batch_size": cfg.train.batch_size,
+                                    "seed": self.seed, "strict": b.strict,
+                                    "budget": [b.max_accuracy_drop, b.min_agreement, b.min_cosine]},
+                          {"model": train.key, "data": d.key},
+                          lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), train.path, f))
+
+    def qat(self) -> Entry:
+        from pipeline import stages
+
+        cfg, d, train, prune = self.cfg, self.stages["data"], self.stages["train"], self.stages["prune"]
+        return self.stage("qat", {"qat": cfg.section("qat"), "batch_size": cfg.train.batch_size, "seed": self.seed,
+                                  "strict": cfg.build.strict},
+                          {"model": prune.key, "original": train.key, "data": d.key},
+                          lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), prune.meta,
+                                               train.path, f))
 
     def within_budget(self, name: str, meta: dict, original: dict, advice: str) -> None:
         """A stage whose model already breaks the budget against the original stops the build here."""

@@ -10,7 +10,7 @@ fi
 # The stamp skips a 70 s re-resolve when nothing changed.
 stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/pip install -q -c constraints.txt -e '.[test,ptq]'
+  .venv/bin/pip install -q -c constraints.txt -e '.[test,ray,ptq]'
   touch "$stamp"
 fi
 # The native runner (C, no Python on the board): seconds, and a no-op when up to date.

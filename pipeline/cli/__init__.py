@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "pipeline.cli.inspect",
     "cache": "pipeline.cli.cache",
     "device": "pipeline.cli.device",
+    "sweep": "pipeline.cli.sweep",
 }
 
 

@@ -21,7 +21,8 @@ def add_arguments(p) -> None:
 def referenced(out: Path) -> set[str]:
     """Stage keys that some manifest in OUT points at: what the current artifacts were made from."""
     keys = set()
-    for m in out.glob("*/manifest.json"):
+    # A sweep's variants keep their manifests in OUT/sweep/<variant>/<model>/ and share OUT/.cache.
+    for m in [*out.glob("*/manifest.json"), *out.glob("sweep/*/*/manifest.json")]:
         try:
             manifest = json.loads(m.read_text())
         except (OSError, json.JSONDecodeError):
