@@ -26,14 +26,21 @@ import numpy as np
 
 from pipeline.data import Dataset, read_idx
 
-FIDELITY_COLUMNS = [("model", "model"), ("target", "artifact"), ("reference", "reference"),
-                    ("ours_p50_ms", "ours p50 ms"), ("reference_p50_ms", "ref p50 ms"), ("ratio", "wall ratio"),
-                    ("within_5pct", "within 5 %"), ("ours_runtime_timer_p50_ms", "ours, runtime timer p50 ms"),
-                    ("runtime_timer_ratio", "timer ratio"), ("runtime_timer_within_5pct", "timer within 5 %"),
-                    ("error", "error")]
+FIDELITY_COLUMNS = [
+    ("model", "model"),
+    ("target", "artifact"),
+    ("reference", "reference"),
+    ("ours_p50_ms", "ours p50 ms"),
+    ("reference_p50_ms", "ref p50 ms"),
+    ("ratio", "wall ratio"),
+    ("within_5pct", "within 5 %"),
+    ("ours_runtime_timer_p50_ms", "ours, runtime timer p50 ms"),
+    ("runtime_timer_ratio", "timer ratio"),
+    ("runtime_timer_within_5pct", "timer within 5 %"),
+    ("error", "error"),
+]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-FASHION_LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                  "ankle-boot")
+FASHION_LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
 
 
 def log(msg: str) -> None:
@@ -66,15 +73,29 @@ def load(size: int, n_train: int, n_test: int, n_cal: int, seed: int = 0) -> Dat
     te = rng.choice(len(xte), min(n_test, len(xte)), replace=False)
     x_train, x_test = _resize(xtr[tr], size), _resize(xte[te], size)
     cal = np.sort(rng.choice(len(x_train), min(n_cal, len(x_train)), replace=False))
-    prep = {"source": source, "layout": "NHWC", "scale": 1 / 255, "mean": 0.0, "std": 1.0,
-            "resize": f"bilinear to {size}x{size}", "calibration_split": "train", "calibration_samples": len(cal)}
+    prep = {
+        "source": source,
+        "layout": "NHWC",
+        "scale": 1 / 255,
+        "mean": 0.0,
+        "std": 1.0,
+        "resize": f"bilinear to {size}x{size}",
+        "calibration_split": "train",
+        "calibration_samples": len(cal),
+    }
     return Dataset(x_train, ytr[tr].astype(np.int64), x_test, yte[te].astype(np.int64), x_train[cal], labels, prep)
 
 
 def mobilenet(keras, size: int, alpha: float, n_classes: int):
     """Keras' MobileNetV2 architecture, random init, one grey channel, `alpha` width multiplier."""
-    return keras.applications.MobileNetV2(input_shape=(size, size, 1), alpha=alpha, weights=None,
-                                          classes=n_classes, include_top=True, classifier_activation="softmax")
+    return keras.applications.MobileNetV2(
+        input_shape=(size, size, 1),
+        alpha=alpha,
+        weights=None,
+        classes=n_classes,
+        include_top=True,
+        classifier_activation="softmax",
+    )
 
 
 def float_mobilenet(work: Path, size: int, alpha: float, epochs: int, n_train: int, n_test: int) -> Path:
@@ -99,15 +120,14 @@ def train_float(folder: Path, size: int, alpha: float, epochs: int, n_train: int
     for layer in model.layers:  # Keras' 0.999 needs thousands of steps to settle; we train a few hundred
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9
-    model.compile(optimizer=keras.optimizers.Adam(0.002), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(0.002), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(ds.x_train, ds.y_train, epochs=epochs, batch_size=64, shuffle=True, verbose=0)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save(tmp / "float.h5")
     # 8-bit images, exactly what the model was trained on (x255): the pipeline scales them by 1/255.
-    u8 = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)[..., None]  # noqa: E731
+    u8 = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)[..., None]
     np.savez(tmp / "data.npz", x_train=u8(ds.x_train), y_train=ds.y_train, x_test=u8(ds.x_test), y_test=ds.y_test)
     (tmp / "source.txt").write_text(ds.preprocessing["source"] + "\n")
     shutil.rmtree(folder, ignore_errors=True)
@@ -121,9 +141,32 @@ def benchmark_app_p50(model: Path, x: np.ndarray, threads: int, seconds: float) 
     with tempfile.TemporaryDirectory() as tmp:
         sample = Path(tmp) / "input.npy"
         np.save(sample, x[:1].astype(np.float32))  # one real sample, batch 1
-        cmd += ["-m", str(model.resolve()), "-d", "CPU", "-hint", "none", "-api", "sync", "-nireq", "1", "-nstreams", "1",
-                "-nthreads", str(threads), "-ip", "f32", "-infer_precision", "f32", "-i", str(sample),
-                "-data_shape", "[" + ",".join(map(str, (1, *x.shape[1:]))) + "]", "-t", f"{max(1, round(seconds))}"]
+        cmd += [
+            "-m",
+            str(model.resolve()),
+            "-d",
+            "CPU",
+            "-hint",
+            "none",
+            "-api",
+            "sync",
+            "-nireq",
+            "1",
+            "-nstreams",
+            "1",
+            "-nthreads",
+            str(threads),
+            "-ip",
+            "f32",
+            "-infer_precision",
+            "f32",
+            "-i",
+            str(sample),
+            "-data_shape",
+            "[" + ",".join(map(str, (1, *x.shape[1:]))) + "]",
+            "-t",
+            f"{max(1, round(seconds))}",
+        ]
         env = {**os.environ, "OPENVINO_TELEMETRY_OPTOUT": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
     m = re.search(r"Median:\s+([\d.]+)\s+(ms|us)", proc.stdout)

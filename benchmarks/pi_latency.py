@@ -11,6 +11,7 @@ each published int8/fp32 pair is ranked right. Also estimates every model on eve
 The profiles are kept in --work (default build/pi_latency) and reused: re-pricing is seconds,
 re-profiling ~1 min per model and board under qemu.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,11 @@ RUNNER = ROOT / "targets" / "runners" / "run_litert.py"
 
 def models(work: Path) -> None:
     """Builds the .tflite files in a child process (TensorFlow stays out of this one)."""
-    if all((work / f"{m}-{d}.tflite").exists() for m in ("mobilenet_v1", "mobilenet_v2", "efficientnet_lite0")
-           for d in ("fp32", "int8")):
+    if all(
+        (work / f"{m}-{d}.tflite").exists()
+        for m in ("mobilenet_v1", "mobilenet_v2", "efficientnet_lite0")
+        for d in ("fp32", "int8")
+    ):
         return
     subprocess.run([sys.executable, "-m", "benchmarks.pi_models", str(work)], check=True, cwd=ROOT)
 
@@ -46,8 +50,9 @@ def profiled(work: Path, model: str, dtype: str, board: str, runs: int) -> tuple
         return data["blocks"], data["inferences"]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pi-latency-") as tmp:
-        blocks, inferences, _ = emulated.block_profile(board, RUNNER, work / f"{model}-{dtype}.tflite",
-                                                        work / f"{model}-inputs.npy", Path(tmp), runs=runs)
+        blocks, inferences, _ = emulated.block_profile(
+            board, RUNNER, work / f"{model}-{dtype}.tflite", work / f"{model}-inputs.npy", Path(tmp), runs=runs
+        )
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp_cache = cache.with_suffix(".tmp")
     tmp_cache.write_text(json.dumps({"blocks": blocks, "inferences": inferences}))
@@ -71,10 +76,15 @@ def main() -> int:
         est = estimate.estimate(blocks, n, p["board"], mhz=p["mhz"])
         err = (est["estimated_p50_ms"] - p["ms"]) / p["ms"]
         rows.append({**p, **est, "error": err})
-    table = ["| model | board | dtype | published ms | estimated ms | error | source |", "|---|---|---|---|---|---|---|"]
+    table = [
+        "| model | board | dtype | published ms | estimated ms | error | source |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        table.append(f"| {r['model']} | {r['board']} ({r['mhz']} MHz) | {r['dtype']} | {r['ms']:.1f} | "
-                     f"{r['estimated_p50_ms']:.1f} | {100 * r['error']:+.1f} % | {r['source']} |")
+        table.append(
+            f"| {r['model']} | {r['board']} ({r['mhz']} MHz) | {r['dtype']} | {r['ms']:.1f} | "
+            f"{r['estimated_p50_ms']:.1f} | {100 * r['error']:+.1f} % | {r['source']} |"
+        )
     summary = []
     for board in sorted({r["board"] for r in rows}):
         errs = [abs(r["error"]) for r in rows if r["board"] == board]
@@ -86,21 +96,34 @@ def main() -> int:
                     blocks, n = profiled(args.work, r["model"], r["dtype"], board, args.runs)
                     ms = estimate.estimate(blocks, n, board, mhz=r["mhz"], in_order=False)["estimated_p50_ms"]
                     alt.append(f"{r['model']} {r['dtype']} {ms:.1f} ms ({100 * (ms - r['ms']) / r['ms']:+.0f} %)")
-            summary.append(f"- {board} priced by llvm-mca's in-order simulation instead of the resource bound "
-                           f"(set aside): {'; '.join(alt)}")
+            summary.append(
+                f"- {board} priced by llvm-mca's in-order simulation instead of the resource bound "
+                f"(set aside): {'; '.join(alt)}"
+            )
     pairs = []
     for r in rows:
         if r["dtype"] != "int8":
             continue
-        fp = next((q for q in rows if q["dtype"] == "fp32" and (q["model"], q["board"], q["source"]) ==
-                   (r["model"], r["board"], r["source"])), None)
+        fp = next(
+            (
+                q
+                for q in rows
+                if q["dtype"] == "fp32"
+                and (q["model"], q["board"], q["source"]) == (r["model"], r["board"], r["source"])
+            ),
+            None,
+        )
         if fp:
             ok = (r["ms"] < fp["ms"]) == (r["estimated_p50_ms"] < fp["estimated_p50_ms"])
-            pairs.append(f"- {r['model']} on {r['board']}: published int8/fp32 {r['ms'] / fp['ms']:.2f}, "
-                         f"estimated {r['estimated_p50_ms'] / fp['estimated_p50_ms']:.2f}: "
-                         f"{'ranked right' if ok else 'RANKED WRONG'}")
-    every = ["| model | dtype | " + " | ".join(b for b in args.boards.split(",")) + " |",
-             "|---|---|" + "---|" * len(args.boards.split(","))]
+            pairs.append(
+                f"- {r['model']} on {r['board']}: published int8/fp32 {r['ms'] / fp['ms']:.2f}, "
+                f"estimated {r['estimated_p50_ms'] / fp['estimated_p50_ms']:.2f}: "
+                f"{'ranked right' if ok else 'RANKED WRONG'}"
+            )
+    every = [
+        "| model | dtype | " + " | ".join(b for b in args.boards.split(",")) + " |",
+        "|---|---|" + "---|" * len(args.boards.split(",")),
+    ]
     for m in ("mobilenet_v1", "mobilenet_v2", "efficientnet_lite0"):
         for d in ("fp32", "int8"):
             cells = []
@@ -109,12 +132,25 @@ def main() -> int:
                 e = estimate.estimate(blocks, n, b)
                 cells.append(f"{e['estimated_p50_ms']:.1f} ms ({e['estimate_board'].split(' ', 1)[1]})")
             every.append(f"| {m} | {d} | " + " | ".join(cells) + " |")
-    text = "\n".join([
-        f"# Estimated vs published Raspberry Pi latency (estimate model {estimate.MODEL_VERSION})", "",
-        f"`{' '.join(['.venv/bin/python -m benchmarks.pi_latency', *sys.argv[1:]])}`; LiteRT (XNNPACK), "
-        f"1 thread, {args.runs} profiled inferences after 1 warm-up per model and board.", "",
-        *table, "", *summary, "", *pairs, "",
-        "Every rebuilt model on every board, at the board profile's clock:", "", *every, ""])
+    text = "\n".join(
+        [
+            f"# Estimated vs published Raspberry Pi latency (estimate model {estimate.MODEL_VERSION})",
+            "",
+            f"`{' '.join(['.venv/bin/python -m benchmarks.pi_latency', *sys.argv[1:]])}`; LiteRT (XNNPACK), "
+            f"1 thread, {args.runs} profiled inferences after 1 warm-up per model and board.",
+            "",
+            *table,
+            "",
+            *summary,
+            "",
+            *pairs,
+            "",
+            "Every rebuilt model on every board, at the board profile's clock:",
+            "",
+            *every,
+            "",
+        ]
+    )
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pi_latency.md").write_text(text)

@@ -6,6 +6,7 @@ image has ([-1, 1]). Written once into a folder, reused by benchmarks/pi_latency
 
     python -m benchmarks.pi_models OUT_DIR [NAME ...]
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,15 @@ def efficientnet_lite0():
         return act(layers.BatchNormalization()(x))
 
     # (repeats, kernel, stride, expand ratio, input filters, output filters) of B0
-    blocks = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
+    blocks = [
+        (1, 3, 1, 1, 32, 16),
+        (2, 3, 2, 6, 16, 24),
+        (2, 5, 2, 6, 24, 40),
+        (3, 3, 2, 6, 40, 80),
+        (3, 5, 1, 6, 80, 112),
+        (4, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320),
+    ]
     inp = keras.Input((SIZE, SIZE, 3))
     x = conv_bn(inp, 32, 3, 2)
     for repeats, kernel, stride, expand, f_in, f_out in blocks:
@@ -62,8 +70,7 @@ def efficientnet_lite0():
     return keras.Model(inp, out, name="efficientnet_lite0")
 
 
-MODELS = {"mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2,
-          "efficientnet_lite0": efficientnet_lite0}
+MODELS = {"mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2, "efficientnet_lite0": efficientnet_lite0}
 
 
 def write(out: Path, name: str) -> dict[str, Path]:

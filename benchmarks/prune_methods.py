@@ -63,6 +63,7 @@ SPARSE_INT8 = "tflite-int8-sparse"  # benchmark-only: the QAT model with EXPERIM
 
 # -- configs -------------------------------------------------------------------------------------
 
+
 def toml(sections: dict) -> str:
     def value(v):
         if isinstance(v, bool):
@@ -97,41 +98,76 @@ def variants(model: str, args) -> list[dict]:
         dense_extra = {"model": {"fine_tune_epochs": args.fine_tune_epochs + args.prune_epochs}}
         unstructured, block, channels = args.mobilenet_sparsity, args.mobilenet_block, args.mobilenet_channels
         residual = args.mobilenet_channels_residual
-    out = [{"name": "dense", "method": "dense", "strength": "-",
-            "sections": merge({"prune": {"method": "unstructured", "sparsity": 0.0}}, dense_extra)}]
-    out += [{"name": f"unstructured-{s:g}", "method": "unstructured", "strength": f"sparsity {s:g}",
-             "sections": {"prune": {"method": "unstructured", "sparsity": s}}} for s in unstructured]
-    out += [{"name": f"block-{s:g}", "method": "block", "strength": f"sparsity {s:g}, 4x1 blocks in Dense",
-             "sections": {"prune": {"method": "block", "sparsity": s}}} for s in block]
-    out += [{"name": f"channels-{f:g}" + (f"-x{m}" if m else ""), "method": "channels",
-             "strength": f"{f:g} of channels" + (f", multiples of {m}" if m else "") + " (residual streams kept)",
-             "sections": {"prune": {"method": "channels", "channels_fraction": f}
-                          | ({"channels_multiple": m} if m else {})}} for f, m in channels]
-    out += [{"name": f"channels-residual-{f:g}", "method": "channels",
-             "strength": f"{f:g} of channels, residual streams too",
-             "sections": {"prune": {"method": "channels", "channels_fraction": f, "channels_residual": True}}}
-            for f in residual]
+    out = [
+        {
+            "name": "dense",
+            "method": "dense",
+            "strength": "-",
+            "sections": merge({"prune": {"method": "unstructured", "sparsity": 0.0}}, dense_extra),
+        }
+    ]
+    out += [
+        {
+            "name": f"unstructured-{s:g}",
+            "method": "unstructured",
+            "strength": f"sparsity {s:g}",
+            "sections": {"prune": {"method": "unstructured", "sparsity": s}},
+        }
+        for s in unstructured
+    ]
+    out += [
+        {
+            "name": f"block-{s:g}",
+            "method": "block",
+            "strength": f"sparsity {s:g}, 4x1 blocks in Dense",
+            "sections": {"prune": {"method": "block", "sparsity": s}},
+        }
+        for s in block
+    ]
+    out += [
+        {
+            "name": f"channels-{f:g}" + (f"-x{m}" if m else ""),
+            "method": "channels",
+            "strength": f"{f:g} of channels" + (f", multiples of {m}" if m else "") + " (residual streams kept)",
+            "sections": {
+                "prune": {"method": "channels", "channels_fraction": f} | ({"channels_multiple": m} if m else {})
+            },
+        }
+        for f, m in channels
+    ]
+    out += [
+        {
+            "name": f"channels-residual-{f:g}",
+            "method": "channels",
+            "strength": f"{f:g} of channels, residual streams too",
+            "sections": {"prune": {"method": "channels", "channels_fraction": f, "channels_residual": True}},
+        }
+        for f in residual
+    ]
     return out
 
 
 def mobilenet_base(args) -> dict:
     """Train the float MobileNetV2 once (kept under a key of its settings); its build config."""
     folder = float_mobilenet(WORK, args.size, args.alpha, args.train_epochs, args.train_samples, args.test_samples)
-    return {"model": {"name": "mobilenet-v2", "path": str(folder / "float.h5"), "fine_tune_epochs": args.fine_tune_epochs},
-            "data": {"path": str(folder / "data.npz"), "calibration_samples": 300},
-            # Cosine decay: on seed 0 the float models gained 1.0 (dense) to 1.6 (channels 0.6x16) points over a
-            # constant rate, int8 within 0.6 either way (a constant rate left dense under-annealed until QAT).
-            "train": {"batch_size": 64, "learning_rate": 0.001, "lr_schedule": "cosine"},
-            # BatchNormalization |gamma| ranks MobileNetV2's channels: in a trial at 0.75 (8 epochs) it kept
-            # 3 points more accuracy than L1, at 0.5 and 0.6 they were within noise of each other.
-            "prune": {"epochs": args.prune_epochs, "learning_rate": 0.001, "channels_criterion": "bn"},
-            # At the default QAT learning rate (5e-4) the one QAT epoch trained dense further (int8 +1.0 point over
-            # fp32) and cost channels-0.5 0.3; at 1e-4 both gained (+1.1, +0.5), on 10,000 test images.
-            "qat": {"epochs": 1, "learning_rate": 0.0001},
-            "build": {"max_accuracy_drop": 3.0}}, (folder / "source.txt").read_text().strip()
+    return {
+        "model": {"name": "mobilenet-v2", "path": str(folder / "float.h5"), "fine_tune_epochs": args.fine_tune_epochs},
+        "data": {"path": str(folder / "data.npz"), "calibration_samples": 300},
+        # Cosine decay: on seed 0 the float models gained 1.0 (dense) to 1.6 (channels 0.6x16) points over a
+        # constant rate, int8 within 0.6 either way (a constant rate left dense under-annealed until QAT).
+        "train": {"batch_size": 64, "learning_rate": 0.001, "lr_schedule": "cosine"},
+        # BatchNormalization |gamma| ranks MobileNetV2's channels: in a trial at 0.75 (8 epochs) it kept
+        # 3 points more accuracy than L1, at 0.5 and 0.6 they were within noise of each other.
+        "prune": {"epochs": args.prune_epochs, "learning_rate": 0.001, "channels_criterion": "bn"},
+        # At the default QAT learning rate (5e-4) the one QAT epoch trained dense further (int8 +1.0 point over
+        # fp32) and cost channels-0.5 0.3; at 1e-4 both gained (+1.1, +0.5), on 10,000 test images.
+        "qat": {"epochs": 1, "learning_rate": 0.0001},
+        "build": {"max_accuracy_drop": 3.0},
+    }, (folder / "source.txt").read_text().strip()
 
 
 # -- building ------------------------------------------------------------------------------------
+
 
 def with_seed(v: dict, seed: int) -> dict:
     """The variant built with another `[build] seed` (the shuffling of fine-tuning, pruning and QAT)."""
@@ -151,7 +187,10 @@ def build_variant(model: str, base: dict, v: dict, targets: str, out: Path) -> d
     t0 = time.time()
     with open(log_file, "w") as f:
         try:
-            b, error = pipeline.build(cfg_file, targets=targets, out=out, log=lambda m: print(m, file=f, flush=True)), None
+            b, error = (
+                pipeline.build(cfg_file, targets=targets, out=out, log=lambda m: print(m, file=f, flush=True)),
+                None,
+            )
         except Exception as e:  # one variant failing (say, a strength its model cannot take) is a row, not the end
             b, error = None, f"{type(e).__name__}: {e}"
             print(f"error: {error}", file=f)
@@ -165,10 +204,20 @@ def build_variant(model: str, base: dict, v: dict, targets: str, out: Path) -> d
             shutil.copytree(a.path.parent, keep / name)
             row["file"] = str(keep / name / a.path.name)
         arts[name] = row
-    log(f"{model} {v['name']}: {error or 'built'} in {seconds:.0f} s; "
-        + ", ".join(f"{t} {a['status']}" for t, a in arts.items()))
-    return {"variant": v, "config": str(cfg_file), "error": error, "seconds": round(seconds, 1),
-            "log": str(log_file), "build": b, "manifest": b.manifest if b else {}, "artifacts": arts}
+    log(
+        f"{model} {v['name']}: {error or 'built'} in {seconds:.0f} s; "
+        + ", ".join(f"{t} {a['status']}" for t, a in arts.items())
+    )
+    return {
+        "variant": v,
+        "config": str(cfg_file),
+        "error": error,
+        "seconds": round(seconds, 1),
+        "log": str(log_file),
+        "build": b,
+        "manifest": b.manifest if b else {},
+        "artifacts": arts,
+    }
 
 
 def fresh_keras() -> None:
@@ -190,22 +239,40 @@ def sparse_int8(model: str, built: dict) -> dict | None:
     qat_model = stages.load_model(b.stage_file("qat", "model.h5"), qat=True)
     path = WORK / "artifacts" / model / built["variant"]["name"] / SPARSE_INT8 / "model.tflite"
     path.parent.mkdir(parents=True, exist_ok=True)
-    target = Target(SPARSE_INT8, "tflite", "sparse int8", "model.tflite", "qat", "run_litert.py", "int8",
-                    {"mode": "int8", "sparse": True})
+    target = Target(
+        SPARSE_INT8,
+        "tflite",
+        "sparse int8",
+        "model.tflite",
+        "qat",
+        "run_litert.py",
+        "int8",
+        {"mode": "int8", "sparse": True},
+    )
     tflite.export(target, qat_model, np.load(b.stage_file("data", "x_cal.npy")), path, {})
     info = tflite.inspect(path)
     # Does it run under the default delegate, as the pipeline's verification would run it?
     default = runner.run(RUNNERS / "run_litert.py", path, ["--inputs", b.eval_inputs(), "--limit", "2"])
     from pipeline.util import gzip_size
 
-    return {"target": SPARSE_INT8, "status": "ok", "file": str(path), "bytes": path.stat().st_size,
-            "gzip_bytes": gzip_size(path), "quantization": info["quantization"], "sparse_tensors": info["sparse_tensors"],
-            "sparsity": info["sparsity"], "accuracy": None, "options": [("delegate", "none")],
-            "note": "XNNPACK (default delegate): " + ("runs" if default.get("ok") else
-                                                     f"refused ({(default.get('error') or '')[:90]})")}
+    return {
+        "target": SPARSE_INT8,
+        "status": "ok",
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "gzip_bytes": gzip_size(path),
+        "quantization": info["quantization"],
+        "sparse_tensors": info["sparse_tensors"],
+        "sparsity": info["sparsity"],
+        "accuracy": None,
+        "options": [("delegate", "none")],
+        "note": "XNNPACK (default delegate): "
+        + ("runs" if default.get("ok") else f"refused ({(default.get('error') or '')[:90]})"),
+    }
 
 
 # -- measuring -----------------------------------------------------------------------------------
+
 
 def measure_x86(items: list[dict], inputs: Path, args) -> None:
     """Interleaved rounds: every artifact once per round (grouped by target, so a variant is timed close to
@@ -217,10 +284,11 @@ def measure_x86(items: list[dict], inputs: Path, args) -> None:
     for it in items:
         it["p50s"] = [None] * args.rounds
     for r in range(args.rounds):
-        order = items[r % len(items):] + items[:r % len(items)]
+        order = items[r % len(items) :] + items[: r % len(items)]
         for it in order:
-            settings = bench.Settings(runs=args.runs, min_seconds=args.min_seconds, warmup=10, samples=100,
-                                      options=it.get("options", []))
+            settings = bench.Settings(
+                runs=args.runs, min_seconds=args.min_seconds, warmup=10, samples=100, options=it.get("options", [])
+            )
             row = bench.bench_one(device, RUNNERS / it["runner"], Path(it["file"]), inputs, 1, settings)
             if row["status"] == "ok":
                 it["p50s"][r] = row["p50_ms"]
@@ -254,11 +322,14 @@ def measure_pi4(items: list[dict], inputs: Path, args) -> str:
             it["pi4_instructions"] = row["instructions_per_inference"]
         else:
             it["pi4_error"] = row.get("error") or "no instruction count"
-    return (f"emulated Raspberry Pi 4 (qemu -cpu cortex-a72) as `pipeline bench --device emu:rpi4` runs it: LiteRT, "
-            f"1 thread, median of {EMU_SECTIONS} sections of {EMU_RUNS} inferences")
+    return (
+        f"emulated Raspberry Pi 4 (qemu -cpu cortex-a72) as `pipeline bench --device emu:rpi4` runs it: LiteRT, "
+        f"1 thread, median of {EMU_SECTIONS} sections of {EMU_RUNS} inferences"
+    )
 
 
 # -- the XNNPACK sparse-inference probe ----------------------------------------------------------
+
 
 def xnnpack_probe(args) -> tuple[list[dict], Path]:
     """A MobileNet-style fp32 net that meets XNNPACK's sparse-inference conditions (3-channel input,
@@ -305,10 +376,19 @@ def xnnpack_probe(args) -> tuple[list[dict], Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tflite.export(target, m, None, path, {"probe": True})
         info = tflite.inspect(path)
-        items.append({"model": "xnnpack-probe", "variant": f"1x1 convs {s:.0%} zero" if s else "dense",
-                      "method": "dense" if not s else "block", "target": "tflite-fp32", "runner": "run_litert.py",
-                      "file": str(path), "bytes": path.stat().st_size, "sparse_tensors": info["sparse_tensors"],
-                      "sparsity": info["sparsity"]})
+        items.append(
+            {
+                "model": "xnnpack-probe",
+                "variant": f"1x1 convs {s:.0%} zero" if s else "dense",
+                "method": "dense" if not s else "block",
+                "target": "tflite-fp32",
+                "runner": "run_litert.py",
+                "file": str(path),
+                "bytes": path.stat().st_size,
+                "sparse_tensors": info["sparse_tensors"],
+                "sparsity": info["sparsity"],
+            }
+        )
     return items, inputs
 
 
@@ -330,13 +410,25 @@ def alignment_probe(model_path: str, calibration: np.ndarray, args) -> list[dict
         path = WORK / "alignment" / name.replace(" ", "-") / "model.tflite"
         path.parent.mkdir(parents=True, exist_ok=True)
         tflite.export(target, pruned, calibration, path, {"probe": True})
-        items.append({"model": "alignment-probe", "variant": name, "method": "channels" if f else "dense",
-                      "target": "tflite-int8", "runner": "run_litert.py", "file": str(path), "status": "ok",
-                      "params": pruned.count_params(), "macs": count_macs(pruned), "bytes": path.stat().st_size})
+        items.append(
+            {
+                "model": "alignment-probe",
+                "variant": name,
+                "method": "channels" if f else "dense",
+                "target": "tflite-int8",
+                "runner": "run_litert.py",
+                "file": str(path),
+                "status": "ok",
+                "params": pruned.count_params(),
+                "macs": count_macs(pruned),
+                "bytes": path.stat().st_size,
+            }
+        )
     return items
 
 
 # -- report --------------------------------------------------------------------------------------
+
 
 def rows_for(model: str, builds: list[dict], seeded: dict | None = None) -> list[dict]:
     """One row per artifact; `seeded` {variant: builds with other seeds} adds each seed's accuracy and their mean."""
@@ -344,19 +436,43 @@ def rows_for(model: str, builds: list[dict], seeded: dict | None = None) -> list
     for b in builds:
         v, prune = b["variant"], b["manifest"].get("stages", {}).get("prune", {})
         for t, a in b["artifacts"].items():
-            seeds = [a.get("accuracy")] + [sb["artifacts"].get(t, {}).get("accuracy")
-                                           for sb in (seeded or {}).get(v["name"], [])]
+            seeds = [a.get("accuracy")] + [
+                sb["artifacts"].get(t, {}).get("accuracy") for sb in (seeded or {}).get(v["name"], [])
+            ]
             seeds = [x for x in seeds if x is not None]
-            rows.append({"model": model, "variant": v["name"], "method": v["method"], "strength": v["strength"],
-                         "target": t, "runner": TARGETS[t].runner if t in TARGETS else "run_litert.py",
-                         "status": a.get("status"), "reason": a.get("reason"), "file": a.get("file"),
-                         "accuracy": a.get("accuracy"), "float_accuracy": prune.get("accuracy"),
-                         "params": prune.get("params_after"), "nonzero_params": prune.get("nonzero_params_after"),
-                         "macs": prune.get("macs_after"), "bytes": a.get("bytes"), "gzip_bytes": a.get("gzip_bytes"),
-                         "sparsity": a.get("sparsity"), "quantization": a.get("quantization"),
-                         "options": a.get("options", []), "note": a.get("note")}
-                        | ({"accuracy_seeds": seeds, "accuracy_mean": statistics.mean(seeds),
-                            "seeds": ", ".join(f"{x:.4f}" for x in seeds)} if len(seeds) > 1 else {}))
+            rows.append(
+                {
+                    "model": model,
+                    "variant": v["name"],
+                    "method": v["method"],
+                    "strength": v["strength"],
+                    "target": t,
+                    "runner": TARGETS[t].runner if t in TARGETS else "run_litert.py",
+                    "status": a.get("status"),
+                    "reason": a.get("reason"),
+                    "file": a.get("file"),
+                    "accuracy": a.get("accuracy"),
+                    "float_accuracy": prune.get("accuracy"),
+                    "params": prune.get("params_after"),
+                    "nonzero_params": prune.get("nonzero_params_after"),
+                    "macs": prune.get("macs_after"),
+                    "bytes": a.get("bytes"),
+                    "gzip_bytes": a.get("gzip_bytes"),
+                    "sparsity": a.get("sparsity"),
+                    "quantization": a.get("quantization"),
+                    "options": a.get("options", []),
+                    "note": a.get("note"),
+                }
+                | (
+                    {
+                        "accuracy_seeds": seeds,
+                        "accuracy_mean": statistics.mean(seeds),
+                        "seeds": ", ".join(f"{x:.4f}" for x in seeds),
+                    }
+                    if len(seeds) > 1
+                    else {}
+                )
+            )
     return rows
 
 
@@ -384,17 +500,55 @@ def ratios(rows: list[dict]) -> None:
             r["gzip_vs_dense"] = r["gzip_bytes"] / d["gzip_bytes"]
 
 
-COLUMNS = [("variant", "variant"), ("target", "target"), ("status", "status"), ("accuracy", "accuracy"),
-           ("seeds", "accuracy, seeds 0, 1, ..."), ("accuracy_delta_points", "Δ acc pts"), ("params", "params"),
-           ("nonzero_params", "non-zero params"),
-           ("macs", "MACs"), ("bytes", "bytes"), ("gzip_bytes", "gzip bytes"), ("gzip_vs_dense", "gzip / dense"),
-           ("p50_ms", "x86 p50 ms"), ("speedup_x86", "x86 speedup"), ("pi4_minstr", "Pi 4 Minstr/inf"),
-           ("speedup_pi4", "Pi 4 speedup")]
-CSV_FIELDS = ["model", "variant", "method", "strength", "target", "status", "reason", "accuracy", "float_accuracy",
-              "accuracy_seeds", "accuracy_mean", "accuracy_delta_points", "params", "nonzero_params", "macs", "bytes",
-              "gzip_bytes", "gzip_vs_dense",
-              "sparsity", "sparse_tensors", "quantization", "p50_ms", "p50s", "speedup_x86", "pi4_instructions",
-              "speedup_pi4", "note", "error", "pi4_error"]
+COLUMNS = [
+    ("variant", "variant"),
+    ("target", "target"),
+    ("status", "status"),
+    ("accuracy", "accuracy"),
+    ("seeds", "accuracy, seeds 0, 1, ..."),
+    ("accuracy_delta_points", "Δ acc pts"),
+    ("params", "params"),
+    ("nonzero_params", "non-zero params"),
+    ("macs", "MACs"),
+    ("bytes", "bytes"),
+    ("gzip_bytes", "gzip bytes"),
+    ("gzip_vs_dense", "gzip / dense"),
+    ("p50_ms", "x86 p50 ms"),
+    ("speedup_x86", "x86 speedup"),
+    ("pi4_minstr", "Pi 4 Minstr/inf"),
+    ("speedup_pi4", "Pi 4 speedup"),
+]
+CSV_FIELDS = [
+    "model",
+    "variant",
+    "method",
+    "strength",
+    "target",
+    "status",
+    "reason",
+    "accuracy",
+    "float_accuracy",
+    "accuracy_seeds",
+    "accuracy_mean",
+    "accuracy_delta_points",
+    "params",
+    "nonzero_params",
+    "macs",
+    "bytes",
+    "gzip_bytes",
+    "gzip_vs_dense",
+    "sparsity",
+    "sparse_tensors",
+    "quantization",
+    "p50_ms",
+    "p50s",
+    "speedup_x86",
+    "pi4_instructions",
+    "speedup_pi4",
+    "note",
+    "error",
+    "pi4_error",
+]
 
 
 def goal(rows: list[dict], model: str) -> list[str]:
@@ -403,31 +557,46 @@ def goal(rows: list[dict], model: str) -> list[str]:
     rs = [r for r in rows if r["model"] == model and r["status"] == "ok"]
     out = []
     for t in ("tflite-int8", "tflite-fp32"):
-        ok = [r for r in rs if r["method"] == "channels" and r["target"] == t
-              and r.get("accuracy_delta_points") is not None and r["accuracy_delta_points"] >= -1.0
-              and r.get("speedup_x86")]
+        ok = [
+            r
+            for r in rs
+            if r["method"] == "channels"
+            and r["target"] == t
+            and r.get("accuracy_delta_points") is not None
+            and r["accuracy_delta_points"] >= -1.0
+            and r.get("speedup_x86")
+        ]
         if not ok:
             out.append(f"- {t}: no channels variant within 1 accuracy point of dense: goal not reached.")
             continue
         best = max(ok, key=lambda r: r["speedup_x86"])
-        pi4 = (f"{best['speedup_pi4']:.2f}x fewer instructions on the emulated Pi 4" if best.get("speedup_pi4")
-               else "Pi 4 not measured")
+        pi4 = (
+            f"{best['speedup_pi4']:.2f}x fewer instructions on the emulated Pi 4"
+            if best.get("speedup_pi4")
+            else "Pi 4 not measured"
+        )
         verdict = "reached" if best["speedup_x86"] >= 1.5 and (best.get("speedup_pi4") or 2) > 1 else "NOT reached"
-        out.append(f"- {t}: best channels variant within 1 point is {best['variant']} "
-                   f"(Δ {best['accuracy_delta_points']:+.2f} pts): {best['speedup_x86']:.2f}x faster than dense "
-                   f"on LiteRT x86, {pi4}: goal {verdict}.")
+        out.append(
+            f"- {t}: best channels variant within 1 point is {best['variant']} "
+            f"(Δ {best['accuracy_delta_points']:+.2f} pts): {best['speedup_x86']:.2f}x faster than dense "
+            f"on LiteRT x86, {pi4}: goal {verdict}."
+        )
     timed = [r for r in rs if r.get("p50_ms") and r["target"] in MEASURED]
     close = [r for r in timed if (r.get("accuracy_delta_points") or 0) >= -1.0]
     for what, among in (("of the table", timed), ("within 1 point of dense (same target)", close)):
         if among:
             f = min(among, key=lambda r: r["p50_ms"])
-            out.append(f"- fastest artifact {what}: {f['variant']} {f['target']} ({f['p50_ms']:.4g} ms, "
-                       f"accuracy {f.get('accuracy') or 0:.4f}, Δ {f.get('accuracy_delta_points') or 0:+.2f} pts).")
+            out.append(
+                f"- fastest artifact {what}: {f['variant']} {f['target']} ({f['p50_ms']:.4g} ms, "
+                f"accuracy {f.get('accuracy') or 0:.4f}, Δ {f.get('accuracy_delta_points') or 0:+.2f} pts)."
+            )
     for method in ("unstructured", "block"):
         for r in [r for r in rs if r["method"] == method and r["target"] in ("tflite-fp32", "tflite-int8")]:
-            out.append(f"- {r['variant']} {r['target']}: gzip {r.get('gzip_vs_dense', 0):.2f}x of dense, "
-                       f"bytes {r['bytes']}, x86 speedup {r.get('speedup_x86') or 0:.2f}x, "
-                       f"Pi 4 speedup {r.get('speedup_pi4') or 0:.2f}x")
+            out.append(
+                f"- {r['variant']} {r['target']}: gzip {r.get('gzip_vs_dense', 0):.2f}x of dense, "
+                f"bytes {r['bytes']}, x86 speedup {r.get('speedup_x86') or 0:.2f}x, "
+                f"Pi 4 speedup {r.get('speedup_pi4') or 0:.2f}x"
+            )
     return out
 
 
@@ -441,25 +610,47 @@ def chart(rows: list[dict], path: Path) -> None:
     colors = {"dense": "black", "unstructured": "tab:blue", "block": "tab:orange", "channels": "tab:green"}
     fig, axes = plt.subplots(2, len(models), figsize=(7 * len(models), 10), squeeze=False)
     for j, model in enumerate(models):
-        rs = [r for r in rows if r["model"] == model and r["status"] == "ok" and r.get("accuracy") is not None
-              and r["target"] in ("tflite-fp32", "tflite-int8")]
-        for ax, key, label in ((axes[0][j], "p50_ms", "LiteRT x86 p50 latency, ms (1 thread)"),
-                               (axes[1][j], "gzip_bytes", "gzip bytes of the .tflite")):
+        rs = [
+            r
+            for r in rows
+            if r["model"] == model
+            and r["status"] == "ok"
+            and r.get("accuracy") is not None
+            and r["target"] in ("tflite-fp32", "tflite-int8")
+        ]
+        for ax, key, label in (
+            (axes[0][j], "p50_ms", "LiteRT x86 p50 latency, ms (1 thread)"),
+            (axes[1][j], "gzip_bytes", "gzip bytes of the .tflite"),
+        ):
             for r in rs:
                 if not r.get(key):
                     continue
                 filled = r["target"] == "tflite-int8"
-                ax.scatter(r[key], r["accuracy"], s=60, color=colors[r["method"]] if filled else "none",
-                           edgecolors=colors[r["method"]], linewidths=1.5)
-                ax.annotate(r["variant"].replace("unstructured", "unstr"), (r[key], r["accuracy"]), fontsize=6,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.scatter(
+                    r[key],
+                    r["accuracy"],
+                    s=60,
+                    color=colors[r["method"]] if filled else "none",
+                    edgecolors=colors[r["method"]],
+                    linewidths=1.5,
+                )
+                ax.annotate(
+                    r["variant"].replace("unstructured", "unstr"),
+                    (r[key], r["accuracy"]),
+                    fontsize=6,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
             ax.set_xscale("log")
             ax.set_xlabel(label)
             ax.set_ylabel("accuracy (held-out)")
             ax.grid(True, which="both", alpha=0.3)
-            ax.set_title(f"{model}: filled = tflite-int8, hollow = tflite-fp32; "
-                         + ", ".join(f"{k} {c}" for k, c in colors.items() if k != "dense") + ", dense black",
-                         fontsize=7)
+            ax.set_title(
+                f"{model}: filled = tflite-int8, hollow = tflite-fp32; "
+                + ", ".join(f"{k} {c}" for k, c in colors.items() if k != "dense")
+                + ", dense black",
+                fontsize=7,
+            )
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -474,32 +665,59 @@ def main(argv=None) -> int:
     p.add_argument("--train-epochs", type=int, default=8, help="training epochs of the float MobileNetV2")
     p.add_argument("--train-samples", type=int, default=6000)
     p.add_argument("--test-samples", type=int, default=10000)
-    p.add_argument("--fine-tune-epochs", type=int, default=8,
-                   help="MobileNetV2: epochs the pretrained model is fine-tuned by the pipeline before pruning")
+    p.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=8,
+        help="MobileNetV2: epochs the pretrained model is fine-tuned by the pipeline before pruning",
+    )
     p.add_argument("--prune-epochs", type=int, default=16, help="MobileNetV2: pruning fine-tuning epochs")
     p.add_argument("--digits-sparsity", default="0.5,0.75,0.9")
     p.add_argument("--digits-channels", default="0.25,0.5,0.6,0.75")
     p.add_argument("--mobilenet-sparsity", default="0.75")
     p.add_argument("--mobilenet-block", default="0.75")
-    p.add_argument("--mobilenet-channels", default="0.5,0.55x16,0.6x16,0.75",
-                   help="channel fractions, FRACTIONxMULTIPLE for a prune.channels_multiple other than 8")
-    p.add_argument("--mobilenet-channels-residual", default="",
-                   help="channels variants that also prune the residual streams (channels_residual = true)")
-    p.add_argument("--seeds", type=int, default=3,
-                   help="build seeds of dense and every channels variant (tflite-fp32/int8); Δ acc is of their means")
+    p.add_argument(
+        "--mobilenet-channels",
+        default="0.5,0.55x16,0.6x16,0.75",
+        help="channel fractions, FRACTIONxMULTIPLE for a prune.channels_multiple other than 8",
+    )
+    p.add_argument(
+        "--mobilenet-channels-residual",
+        default="",
+        help="channels variants that also prune the residual streams (channels_residual = true)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="build seeds of dense and every channels variant (tflite-fp32/int8); Δ acc is of their means",
+    )
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median kept)")
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--min-seconds", type=float, default=0.3)
     p.add_argument("--no-probe", action="store_true", help="skip the XNNPACK sparse-inference and alignment probes")
-    p.add_argument("--align-fractions", default="0.5,0.55,0.6",
-                   help="channel fractions of the alignment probe (MobileNetV2 only)")
+    p.add_argument(
+        "--align-fractions", default="0.5,0.55,0.6", help="channel fractions of the alignment probe (MobileNetV2 only)"
+    )
     args = p.parse_args(argv)
-    for k in ("digits_sparsity", "mobilenet_sparsity", "mobilenet_block", "mobilenet_channels_residual",
-              "align_fractions"):
+    for k in (
+        "digits_sparsity",
+        "mobilenet_sparsity",
+        "mobilenet_block",
+        "mobilenet_channels_residual",
+        "align_fractions",
+    ):
         setattr(args, k, [float(x) for x in getattr(args, k).split(",") if x.strip()])
     for k in ("digits_channels", "mobilenet_channels"):  # FRACTION or FRACTIONxMULTIPLE
-        setattr(args, k, [(float(x.split("x")[0]), int(x.split("x")[1]) if "x" in x else None)
-                          for x in getattr(args, k).split(",") if x.strip()])
+        setattr(
+            args,
+            k,
+            [
+                (float(x.split("x")[0]), int(x.split("x")[1]) if "x" in x else None)
+                for x in getattr(args, k).split(",")
+                if x.strip()
+            ],
+        )
     t0 = time.time()
     WORK.mkdir(parents=True, exist_ok=True)
     from targets import telemetry_off
@@ -515,9 +733,11 @@ def main(argv=None) -> int:
             targets = MOBILENET_TARGETS
         out = WORK / "build" / model
         builds = [build_variant(model, base, v, targets, out) for v in variants(model, args)]
-        seeded = {v["name"]: [build_variant(model, base, with_seed(v, s), SEED_TARGETS, out)
-                              for s in range(1, args.seeds)]
-                  for v in variants(model, args) if v["method"] in ("dense", "channels")}
+        seeded = {
+            v["name"]: [build_variant(model, base, with_seed(v, s), SEED_TARGETS, out) for s in range(1, args.seeds)]
+            for v in variants(model, args)
+            if v["method"] in ("dense", "channels")
+        }
         build_seconds += sum(b["seconds"] for b in builds + [b for bs in seeded.values() for b in bs])
         model_rows = rows_for(model, builds, seeded)
         for b in builds:
@@ -531,14 +751,21 @@ def main(argv=None) -> int:
         inputs = dense.eval_inputs()  # every variant's data stage is the same
         if model == "mobilenet-v2":
             align_source = (base["model"]["path"], inputs, np.load(dense.stage_file("data", "x_cal.npy")))
-        timed = [r for r in model_rows if r["status"] == "ok" and r.get("file")
-                 and (r["target"] in MEASURED or r["target"] == SPARSE_INT8)]
+        timed = [
+            r
+            for r in model_rows
+            if r["status"] == "ok" and r.get("file") and (r["target"] in MEASURED or r["target"] == SPARSE_INT8)
+        ]
         measure_x86(timed, inputs, args)
         pi4_line = measure_pi4(timed, inputs, args)
-        notes[model] = {"source": source, "builds": [{k: b[k] for k in ("config", "error", "seconds", "log")}
-                                                     | {"variant": b["variant"]["name"]} for b in builds],
-                        "statuses": {b["variant"]["name"]: {t: a["status"] for t, a in b["artifacts"].items()}
-                                     for b in builds}}
+        notes[model] = {
+            "source": source,
+            "builds": [
+                {k: b[k] for k in ("config", "error", "seconds", "log")} | {"variant": b["variant"]["name"]}
+                for b in builds
+            ],
+            "statuses": {b["variant"]["name"]: {t: a["status"] for t, a in b["artifacts"].items()} for b in builds},
+        }
         rows += model_rows
     if not args.no_probe:
         probe, probe_inputs = xnnpack_probe(args)
@@ -561,8 +788,10 @@ def main(argv=None) -> int:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     clean = [{k: v for k, v in r.items() if k not in ("loads",)} for r in rows]
-    atomic_write_json(RESULTS / "prune_methods.json", {"rows": clean, "notes": notes, "args": vars(args),
-                                                        "conditions": conditions, "pi4": pi4_line})
+    atomic_write_json(
+        RESULTS / "prune_methods.json",
+        {"rows": clean, "notes": notes, "args": vars(args), "conditions": conditions, "pi4": pi4_line},
+    )
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -571,52 +800,83 @@ def main(argv=None) -> int:
     chart(rows, RESULTS / "prune_methods.png")
 
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
-    parts = ["# Pruning methods, measured\n",
-             f"Made by `{f'.venv/bin/python -m benchmarks.prune_methods {cmd}'.rstrip()}` in {time.time() - t0:.0f} s "
-             f"({build_seconds:.0f} s of it building: a build whose stages are in the pipeline's cache takes a second) "
-             f"on {conditions.get('cpu')} ({conditions.get('cpus_available')} CPUs shared with other jobs; load average "
-             f"{min(loads, default=0):.2f}..{max(loads, default=0):.2f} during timing), {platform.system()} "
-             f"{platform.machine()}, Python {platform.python_version()}, ai-edge-litert "
-             f"{conditions.get('runtime_version')}.\n",
-             f"- x86 latency: p50 of batch-1 inferences on real held-out samples, 1 thread, runner of `pipeline bench`"
-             f" (LiteRT with XNNPACK, OpenVINO CPU f32 hint); {args.rounds} interleaved rounds (every artifact once per "
-             f"round, grouped by target, rotated start); p50 shown = median of the rounds' p50s; >= {args.runs} runs and "
-             f">= {args.min_seconds:g} s each. Speedup = median over rounds of (dense p50 / variant p50), same "
-             f"target, same round.",
-             f"- Pi 4: {pi4_line}; guest instructions per inference (deterministic, no wall time). "
-             "Speedup = dense instructions / variant instructions.",
-             "- Accuracy: the artifact's own accuracy on the held-out split (from its verification), seed 0; dense and "
-             f"every channels variant are also built with seeds 1..{args.seeds - 1} (`[build] seed`: the shuffling of "
-             "fine-tuning, pruning and QAT), tflite-fp32 and tflite-int8 only. Δ is in points against dense's artifact "
-             "of the same target, of the seeds' means where there are several. MACs: dense multiply-accumulates of the "
-             "graph (zeros are still multiplied by every runtime measured here).",
-             f"- `{SPARSE_INT8}`: benchmark-only, the block variant's QAT model converted with EXPERIMENTAL_SPARSITY, "
-             f"run with `--delegate none` (compared with dense tflite-int8 under XNNPACK).\n",
-             "![accuracy vs latency and size](prune_methods.png)\n"]
+    parts = [
+        "# Pruning methods, measured\n",
+        f"Made by `{f'.venv/bin/python -m benchmarks.prune_methods {cmd}'.rstrip()}` in {time.time() - t0:.0f} s "
+        f"({build_seconds:.0f} s of it building: a build whose stages are in the pipeline's cache takes a second) "
+        f"on {conditions.get('cpu')} ({conditions.get('cpus_available')} CPUs shared with other jobs; load average "
+        f"{min(loads, default=0):.2f}..{max(loads, default=0):.2f} during timing), {platform.system()} "
+        f"{platform.machine()}, Python {platform.python_version()}, ai-edge-litert "
+        f"{conditions.get('runtime_version')}.\n",
+        f"- x86 latency: p50 of batch-1 inferences on real held-out samples, 1 thread, runner of `pipeline bench`"
+        f" (LiteRT with XNNPACK, OpenVINO CPU f32 hint); {args.rounds} interleaved rounds (every artifact once per "
+        f"round, grouped by target, rotated start); p50 shown = median of the rounds' p50s; >= {args.runs} runs and "
+        f">= {args.min_seconds:g} s each. Speedup = median over rounds of (dense p50 / variant p50), same "
+        f"target, same round.",
+        f"- Pi 4: {pi4_line}; guest instructions per inference (deterministic, no wall time). "
+        "Speedup = dense instructions / variant instructions.",
+        "- Accuracy: the artifact's own accuracy on the held-out split (from its verification), seed 0; dense and "
+        f"every channels variant are also built with seeds 1..{args.seeds - 1} (`[build] seed`: the shuffling of "
+        "fine-tuning, pruning and QAT), tflite-fp32 and tflite-int8 only. Δ is in points against dense's artifact "
+        "of the same target, of the seeds' means where there are several. MACs: dense multiply-accumulates of the "
+        "graph (zeros are still multiplied by every runtime measured here).",
+        f"- `{SPARSE_INT8}`: benchmark-only, the block variant's QAT model converted with EXPERIMENTAL_SPARSITY, "
+        f"run with `--delegate none` (compared with dense tflite-int8 under XNNPACK).\n",
+        "![accuracy vs latency and size](prune_methods.png)\n",
+    ]
     for model in dict.fromkeys(r["model"] for r in rows):
         rs = [r for r in rows if r["model"] == model]
         if model == "alignment-probe":
-            parts += ["\n## Channel alignment probe (int8, untrained after pruning: latency only)\n",
-                      alignment_probe.__doc__.split("\n\n")[0].replace("\n   ", "") + "\n",
-                      md_table(rs, [("variant", "variant"), ("params", "params"), ("macs", "MACs"),
-                                    ("p50_ms", "x86 p50 ms"), ("speedup_x86", "x86 speedup"),
-                                    ("pi4_minstr", "Pi 4 Minstr/inf"), ("speedup_pi4", "Pi 4 speedup")])]
+            parts += [
+                "\n## Channel alignment probe (int8, untrained after pruning: latency only)\n",
+                alignment_probe.__doc__.split("\n\n")[0].replace("\n   ", "") + "\n",
+                md_table(
+                    rs,
+                    [
+                        ("variant", "variant"),
+                        ("params", "params"),
+                        ("macs", "MACs"),
+                        ("p50_ms", "x86 p50 ms"),
+                        ("speedup_x86", "x86 speedup"),
+                        ("pi4_minstr", "Pi 4 Minstr/inf"),
+                        ("speedup_pi4", "Pi 4 speedup"),
+                    ],
+                ),
+            ]
             continue
         if model == "xnnpack-probe":
-            parts += ["\n## XNNPACK sparse-inference probe (random weights, latency only)\n",
-                      xnnpack_probe.__doc__.split("\n\n")[0].replace("\n   ", "") + "\n",
-                      md_table(rs, [("variant", "variant"), ("bytes", "bytes"), ("sparse_tensors", "sparse tensors"),
-                                    ("sparsity", "sparsity (read back)"), ("p50_ms", "x86 p50 ms"),
-                                    ("speedup_x86", "x86 speedup"), ("pi4_minstr", "Pi 4 Minstr/inf"),
-                                    ("speedup_pi4", "Pi 4 speedup")])]
+            parts += [
+                "\n## XNNPACK sparse-inference probe (random weights, latency only)\n",
+                xnnpack_probe.__doc__.split("\n\n")[0].replace("\n   ", "") + "\n",
+                md_table(
+                    rs,
+                    [
+                        ("variant", "variant"),
+                        ("bytes", "bytes"),
+                        ("sparse_tensors", "sparse tensors"),
+                        ("sparsity", "sparsity (read back)"),
+                        ("p50_ms", "x86 p50 ms"),
+                        ("speedup_x86", "x86 speedup"),
+                        ("pi4_minstr", "Pi 4 Minstr/inf"),
+                        ("speedup_pi4", "Pi 4 speedup"),
+                    ],
+                ),
+            ]
             continue
         n = notes[model]
-        parts += [f"\n## {model}\n", f"Data: {n['source']}.\n", md_table(rs, COLUMNS),
-                  "\nGoal check (computed from the rows above):\n", *goal(rows, model)]
+        parts += [
+            f"\n## {model}\n",
+            f"Data: {n['source']}.\n",
+            md_table(rs, COLUMNS),
+            "\nGoal check (computed from the rows above):\n",
+            *goal(rows, model),
+        ]
         failed = {v: {t: s for t, s in st.items() if s != "ok"} for v, st in n["statuses"].items()}
         failed = {v: f for v, f in failed.items() if f}
-        parts.append(f"\nBuilds: {len(n['statuses'])} variants x {len(next(iter(n['statuses'].values()), {}))} "
-                     f"targets; " + ("every artifact ok." if not failed else f"not ok: {failed}"))
+        parts.append(
+            f"\nBuilds: {len(n['statuses'])} variants x {len(next(iter(n['statuses'].values()), {}))} "
+            f"targets; " + ("every artifact ok." if not failed else f"not ok: {failed}")
+        )
     text = "\n".join(parts) + "\n"
     atomic_write_bytes(RESULTS / "prune_methods.md", text.encode())
     print(text)

@@ -65,6 +65,7 @@ def route(name: str) -> str:
 
 # -- artifacts ------------------------------------------------------------------------------------
 
+
 def artifact_row(target, path: Path, verified: dict) -> dict:
     row = {"target": target.name, "path": str(path), **verified}
     if path.exists():
@@ -76,8 +77,17 @@ def ptq_int8(float_model, calib, out: Path, metadata: dict) -> Target:
     """Peer 1: the same converter settings as tflite-int8, applied to the float model as trained."""
     from targets import tflite
 
-    t = Target("ptq-int8", "tflite", PEERS["ptq-int8"], "model.tflite", "float", "run_litert.py", "int8",
-               {"mode": "int8"}, legacy_runner=LEGACY)
+    t = Target(
+        "ptq-int8",
+        "tflite",
+        PEERS["ptq-int8"],
+        "model.tflite",
+        "float",
+        "run_litert.py",
+        "int8",
+        {"mode": "int8"},
+        legacy_runner=LEGACY,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tflite.export(t, float_model, calib, out, metadata)
     return t
@@ -88,8 +98,17 @@ def onnx2tf_int8(float_model, calib, out: Path, work: Path) -> Target:
     import tensorflow as tf
     import tf2onnx
 
-    t = Target("onnx2tf-int8", "tflite", PEERS["onnx2tf-int8"], "model.tflite", "float", "run_litert.py",
-               "int8", {}, legacy_runner=LEGACY)
+    t = Target(
+        "onnx2tf-int8",
+        "tflite",
+        PEERS["onnx2tf-int8"],
+        "model.tflite",
+        "float",
+        "run_litert.py",
+        "int8",
+        {},
+        legacy_runner=LEGACY,
+    )
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     spec = (tf.TensorSpec((1, *float_model.input_shape[1:]), tf.float32, name="input"),)
@@ -98,12 +117,27 @@ def onnx2tf_int8(float_model, calib, out: Path, work: Path) -> Target:
     shutil.copy(work / "model.onnx", work / "copy.onnx")  # onnx2tf overwrites its input with the simplified graph
     np.save(work / "calib.npy", calib.astype(np.float32))  # NHWC: "dimension order after conversion to TF"
     # onnx2tf 1.28.8 runs a test inference on this file name and tries to download it if absent.
-    np.save(work / "calibration_image_sample_data_20x128x128x3_float32.npy",
-            np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+    np.save(
+        work / "calibration_image_sample_data_20x128x128x3_float32.npy",
+        np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32),
+    )
     venv_bin = str(Path(sys.executable).parent)  # onnxsim must be on PATH or onnx2tf silently skips it
     env = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [str(Path(venv_bin) / "onnx2tf"), "-i", "copy.onnx", "-o", "out", "-oiqt", "-qt", "per-channel",
-           "-cind", "input", "calib.npy", "[[[[0.0]]]]", "[[[[1.0]]]]"]
+    cmd = [
+        str(Path(venv_bin) / "onnx2tf"),
+        "-i",
+        "copy.onnx",
+        "-o",
+        "out",
+        "-oiqt",
+        "-qt",
+        "per-channel",
+        "-cind",
+        "input",
+        "calib.npy",
+        "[[[[0.0]]]]",
+        "[[[[1.0]]]]",
+    ]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
     produced = work / "out" / "copy_full_integer_quant.tflite"
     if proc.returncode != 0 or not produced.exists():
@@ -124,18 +158,27 @@ def peers(b: pipeline.Build, folder: Path):
     float_model = stages.load_model(b.stage_file("train", "model.h5"))
     calib = np.load(b.stage_file("data", "x_cal.npy"))
     m = b.manifest  # what the pipeline embeds in its own files
-    metadata = {"model": m["model"], "version": m["model_version"], "target": "tflite-int8", "labels": m["labels"],
-                "preprocessing": m["preprocessing"], "config_hash": m["config_hash"]}
+    metadata = {
+        "model": m["model"],
+        "version": m["model_version"],
+        "target": "tflite-int8",
+        "labels": m["labels"],
+        "preprocessing": m["preprocessing"],
+        "config_hash": m["config_hash"],
+    }
     items = []
-    for name, make in (("ptq-int8", lambda p: ptq_int8(float_model, calib, p, metadata)),
-                       ("onnx2tf-int8", lambda p: onnx2tf_int8(float_model, calib, p, WORK / "onnx2tf" / folder.name))):
+    for name, make in (
+        ("ptq-int8", lambda p: ptq_int8(float_model, calib, p, metadata)),
+        ("onnx2tf-int8", lambda p: onnx2tf_int8(float_model, calib, p, WORK / "onnx2tf" / folder.name)),
+    ):
         path = folder / name / "model.tflite"
         log(f"{folder.name}: peer {name}")
         try:
             t = make(path)
         except Exception as e:
-            t = Target(name, "tflite", PEERS[name], "model.tflite", "float", "run_litert.py", "int8", {},
-                       legacy_runner=LEGACY)
+            t = Target(
+                name, "tflite", PEERS[name], "model.tflite", "float", "run_litert.py", "int8", {}, legacy_runner=LEGACY
+            )
             items.append((t, {"target": name, "status": "failed_build", "reason": str(e)[:300]}, None))
             continue
         items.append((t, artifact_row(t, path, b.verify_file(t, path)), path))
@@ -143,6 +186,7 @@ def peers(b: pipeline.Build, folder: Path):
 
 
 # -- the two models ---------------------------------------------------------------------------------
+
 
 def mobilenet_config(args) -> Path:
     """Train the float MobileNetV2 once (kept by a key of its settings) and write the build config."""
@@ -180,14 +224,20 @@ def run_model(name: str, config: Path | None, args, threads: list[int]):
     items = peers(b, WORK / "peers" / name)
     st = b.manifest["stages"]
     train, prune = st["train"], st["prune"]
-    info = {"float": train.get("accuracy"), "pruned": prune.get("accuracy"), "sparsity": prune.get("sparsity"),
-            "params": train.get("params"), "data": b.manifest["preprocessing"].get("source")}
+    info = {
+        "float": train.get("accuracy"),
+        "pruned": prune.get("accuracy"),
+        "sparsity": prune.get("sparsity"),
+        "params": train.get("params"),
+        "data": b.manifest["preprocessing"].get("source"),
+    }
     if config is not None and (config.parent / "source.txt").exists():
         info["data"] = (config.parent / "source.txt").read_text().strip()
     return rows, items, b.eval_inputs(), out / b.name, info
 
 
 # -- report ---------------------------------------------------------------------------------------
+
 
 def bench_items(model: str, items, inputs: Path, threads: list[int], settings) -> list[dict]:
     from pipeline.devices import get_device
@@ -220,24 +270,40 @@ def chart(rows: list[dict], path: Path) -> None:
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5.5))
     for ax, model in zip(np.atleast_1d(axes), models):
-        pts = [r for r in rows if r["model"] == model and r["status"] == "ok" and r["threads"] == 1
-               and r["runtime"] != "tflite-runtime" and r.get("accuracy") is not None]
+        pts = [
+            r
+            for r in rows
+            if r["model"] == model
+            and r["status"] == "ok"
+            and r["threads"] == 1
+            and r["runtime"] != "tflite-runtime"
+            and r.get("accuracy") is not None
+        ]
         xy = [(r["p50_ms"], r["accuracy"]) for r in pts]
         front = set(pareto(xy))
         biggest = max(r["bytes"] for r in pts)
         for i, r in enumerate(pts):
             color = {"peer": "tab:red", "pipeline: pruned + PQAT": "tab:green"}.get(r["route"], "tab:blue")
-            ax.scatter(r["p50_ms"], r["accuracy"], s=40 + 600 * r["bytes"] / biggest, alpha=0.55, color=color,
-                       edgecolors="black" if i in front else "none", linewidths=2)
-            ax.annotate(r["target"], (r["p50_ms"], r["accuracy"]), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")
+            ax.scatter(
+                r["p50_ms"],
+                r["accuracy"],
+                s=40 + 600 * r["bytes"] / biggest,
+                alpha=0.55,
+                color=color,
+                edgecolors="black" if i in front else "none",
+                linewidths=2,
+            )
+            ax.annotate(
+                r["target"], (r["p50_ms"], r["accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            )
         fx = sorted(xy[i] for i in front)
         ax.plot([p[0] for p in fx], [p[1] for p in fx], "k--", lw=1, label="Pareto front (black edge)")
         ax.set_xscale("log")
         ax.set_xlabel("p50 latency, ms (1 thread, batch 1, log scale)")
         ax.set_ylabel("accuracy on the held-out split")
-        ax.set_title(f"{model}: marker area = file size; green = pruned+PQAT, blue = pruned float, red = peers",
-                     fontsize=8)
+        ax.set_title(
+            f"{model}: marker area = file size; green = pruned+PQAT, blue = pruned float, red = peers", fontsize=8
+        )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -249,52 +315,127 @@ def chart(rows: list[dict], path: Path) -> None:
 def int8_ratios(rows: list[dict]) -> list[dict]:
     """p50(int8) / p50(fp32) per model, runtime and thread count: what integer kernels buy here."""
     out = []
-    pairs = {"litert": ("tflite-fp32", "tflite-int8"), "tflite-runtime": ("tflite-fp32", "tflite-int8"),
-             "onnxruntime": ("onnx-fp32", "onnx-int8"), "openvino": ("openvino-fp32", "openvino-int8")}
+    pairs = {
+        "litert": ("tflite-fp32", "tflite-int8"),
+        "tflite-runtime": ("tflite-fp32", "tflite-int8"),
+        "onnxruntime": ("onnx-fp32", "onnx-int8"),
+        "openvino": ("openvino-fp32", "openvino-int8"),
+    }
     ok = {(r["model"], r["runtime"], r["target"], r["threads"]): r for r in rows if r["status"] == "ok"}
     for (model, runtime, target, threads), r in ok.items():
         if runtime in pairs and target == pairs[runtime][1]:
             fp32 = ok.get((model, runtime, pairs[runtime][0], threads))
             if fp32:
-                out.append({"model": model, "runtime": runtime, "threads": threads, "fp32_p50_ms": fp32["p50_ms"],
-                            "int8_p50_ms": r["p50_ms"], "int8_over_fp32": r["p50_ms"] / fp32["p50_ms"]})
+                out.append(
+                    {
+                        "model": model,
+                        "runtime": runtime,
+                        "threads": threads,
+                        "fp32_p50_ms": fp32["p50_ms"],
+                        "int8_p50_ms": r["p50_ms"],
+                        "int8_over_fp32": r["p50_ms"] / fp32["p50_ms"],
+                    }
+                )
     return out
 
 
-MD_COLUMNS = [("target", "artifact"), ("route", "route"), ("runtime", "runtime"), ("threads", "thr"),
-              ("status", "status"), ("quantization", "quantization"), ("kb", "KB"), ("accuracy", "accuracy"),
-              ("load_ms", "load ms"), ("first_inference_ms", "first ms"), ("p50_ms", "p50 ms"),
-              ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("std_ms", "std ms"), ("peak_rss_mb", "RSS MB"),
-              ("runs", "runs")]
+MD_COLUMNS = [
+    ("target", "artifact"),
+    ("route", "route"),
+    ("runtime", "runtime"),
+    ("threads", "thr"),
+    ("status", "status"),
+    ("quantization", "quantization"),
+    ("kb", "KB"),
+    ("accuracy", "accuracy"),
+    ("load_ms", "load ms"),
+    ("first_inference_ms", "first ms"),
+    ("p50_ms", "p50 ms"),
+    ("p90_ms", "p90 ms"),
+    ("p99_ms", "p99 ms"),
+    ("std_ms", "std ms"),
+    ("peak_rss_mb", "RSS MB"),
+    ("runs", "runs"),
+]
 
 
 def markdown(rows, ratios, fidelity, header: str) -> str:
     md = md_table
     parts = [header]
     for model in dict.fromkeys(r["model"] for r in rows):
-        rs = [{**r, "kb": round(r["bytes"] / 1024, 1) if r.get("bytes") else None,
-               "status": r["status"] if r["status"] == "ok" else f"{r['status']}: {(r.get('error') or '')[:80]}"}
-              for r in rows if r["model"] == model]
+        rs = [
+            {
+                **r,
+                "kb": round(r["bytes"] / 1024, 1) if r.get("bytes") else None,
+                "status": r["status"] if r["status"] == "ok" else f"{r['status']}: {(r.get('error') or '')[:80]}",
+            }
+            for r in rows
+            if r["model"] == model
+        ]
         parts += [f"\n## {model}\n", md(rs, MD_COLUMNS)]
-    parts += ["\n## int8 vs fp32 latency (p50 ratio, same runtime and threads; < 1 means int8 is faster)\n",
-              md(ratios, [("model", "model"), ("runtime", "runtime"), ("threads", "thr"),
-                          ("fp32_p50_ms", "fp32 p50 ms"), ("int8_p50_ms", "int8 p50 ms"),
-                          ("int8_over_fp32", "int8 / fp32")])]
+    parts += [
+        "\n## int8 vs fp32 latency (p50 ratio, same runtime and threads; < 1 means int8 is faster)\n",
+        md(
+            ratios,
+            [
+                ("model", "model"),
+                ("runtime", "runtime"),
+                ("threads", "thr"),
+                ("fp32_p50_ms", "fp32 p50 ms"),
+                ("int8_p50_ms", "int8 p50 ms"),
+                ("int8_over_fp32", "int8 / fp32"),
+            ],
+        ),
+    ]
     if fidelity:
-        parts += ["\n## Harness fidelity (median over rounds of our runner's p50 / reference p50; goal within 5 %)\n",
-                  md(fidelity, FIDELITY_COLUMNS),
-                  "\nLiteRT: the bare loop sets the input, invokes and reads the output, timed per call like the "
-                  "runner. OpenVINO: benchmark_app's median is `request.latency`, OpenVINO's C++ clock of each "
-                  "`infer()`. The wall ratio compares our per-call wall time (what a Python application pays: "
-                  "the binding costs 2-3 us a call) with it; the timer ratio compares the same clock read by our "
-                  "runner, like for like."]
+        parts += [
+            "\n## Harness fidelity (median over rounds of our runner's p50 / reference p50; goal within 5 %)\n",
+            md(fidelity, FIDELITY_COLUMNS),
+            "\nLiteRT: the bare loop sets the input, invokes and reads the output, timed per call like the "
+            "runner. OpenVINO: benchmark_app's median is `request.latency`, OpenVINO's C++ clock of each "
+            "`infer()`. The wall ratio compares our per-call wall time (what a Python application pays: "
+            "the binding costs 2-3 us a call) with it; the timer ratio compares the same clock read by our "
+            "runner, like for like.",
+        ]
     return "\n".join(parts) + "\n"
 
 
-CSV_FIELDS = ["model", "target", "route", "runtime", "runtime_version", "delegate", "device", "threads", "status",
-              "error", "quantization", "bytes", "gzip_bytes", "accuracy", "load_ms", "first_inference_ms", "min_ms",
-              "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "max_ms", "throughput_per_s", "runs", "warmup",
-              "peak_rss_mb", "cpu", "cpus_available", "loadavg_1m", "os", "arch", "python", "input"]
+CSV_FIELDS = [
+    "model",
+    "target",
+    "route",
+    "runtime",
+    "runtime_version",
+    "delegate",
+    "device",
+    "threads",
+    "status",
+    "error",
+    "quantization",
+    "bytes",
+    "gzip_bytes",
+    "accuracy",
+    "load_ms",
+    "first_inference_ms",
+    "min_ms",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "std_ms",
+    "max_ms",
+    "throughput_per_s",
+    "runs",
+    "warmup",
+    "peak_rss_mb",
+    "cpu",
+    "cpus_available",
+    "loadavg_1m",
+    "os",
+    "arch",
+    "python",
+    "input",
+]
 
 
 def main(argv=None) -> int:
@@ -325,10 +466,25 @@ def main(argv=None) -> int:
 
     fid_file = RESULTS / "fidelity.json"
     log("harness fidelity")
-    subprocess.run([sys.executable, "-m", "benchmarks.fidelity", *fidelity_args, "--rounds", str(args.fidelity_rounds),
-                    "--seconds", "1",
-                    "--json", str(fid_file), "--targets", "tflite-fp32,tflite-int8,openvino-fp32,openvino-int8"],
-                   check=False, stdout=sys.stderr, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.fidelity",
+            *fidelity_args,
+            "--rounds",
+            str(args.fidelity_rounds),
+            "--seconds",
+            "1",
+            "--json",
+            str(fid_file),
+            "--targets",
+            "tflite-fp32,tflite-int8,openvino-fp32,openvino-int8",
+        ],
+        check=False,
+        stdout=sys.stderr,
+        cwd=ROOT,
+    )
     fidelity = json.loads(fid_file.read_text()) if fid_file.exists() else []
 
     ratios = int8_ratios(rows)
@@ -340,22 +496,24 @@ def main(argv=None) -> int:
     atomic_write_bytes(RESULTS / "bench.csv", buf.getvalue().encode())
     ok = next((r for r in rows if r["status"] == "ok"), {})
     m = infos["mobilenet-v2"]
-    header = (f"# Benchmark results\n\nMade by `.venv/bin/python -m benchmarks.run "
-              f"{' '.join(argv if argv is not None else sys.argv[1:])}` in {time.time() - t0:.0f} s on "
-              f"{ok.get('cpu')} ({ok.get('cpus_available')} CPUs, shared with other jobs: load {ok.get('loadavg_1m')}), "
-              f"{ok.get('os')} {ok.get('arch')}, Python {platform.python_version()}. Batch 1, real held-out "
-              f"samples, {settings.warmup} warm-up runs then >= {settings.runs} runs and >= {settings.min_seconds:g} s "
-              f"per row; each row is its own child process. One run on a shared 2-core machine: compare rows of "
-              f"the same run, never across runs.\n\n"
-              f"- digits-cnn: the default config (`pipeline.built(targets=\"all\")`, then `pipeline.bench`).\n"
-              f"- mobilenet-v2: Keras MobileNetV2 alpha {args.alpha}, {args.size}x{args.size}x1, "
-              f"{m['params']} parameters, trained by benchmarks/run.py for {args.epochs} epochs on "
-              f"{args.train_samples} images of {m['data']}, then given to the pipeline as a "
-              f"pretrained model (`[model] path`). Float accuracy {m['float']:.4f}; pruned to "
-              f"{m['sparsity']} sparsity: {m['pruned']:.4f}.\n"
-              f"- Peers start from the same trained float model: {PEERS['ptq-int8']}; {PEERS['onnx2tf-int8']}.\n"
-              f"- runtime tflite-runtime: the same .tflite files in the legacy tflite-runtime 2.14.\n\n"
-              f"![accuracy vs latency](chart.png)\n")
+    header = (
+        f"# Benchmark results\n\nMade by `.venv/bin/python -m benchmarks.run "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}` in {time.time() - t0:.0f} s on "
+        f"{ok.get('cpu')} ({ok.get('cpus_available')} CPUs, shared with other jobs: load {ok.get('loadavg_1m')}), "
+        f"{ok.get('os')} {ok.get('arch')}, Python {platform.python_version()}. Batch 1, real held-out "
+        f"samples, {settings.warmup} warm-up runs then >= {settings.runs} runs and >= {settings.min_seconds:g} s "
+        f"per row; each row is its own child process. One run on a shared 2-core machine: compare rows of "
+        f"the same run, never across runs.\n\n"
+        f'- digits-cnn: the default config (`pipeline.built(targets="all")`, then `pipeline.bench`).\n'
+        f"- mobilenet-v2: Keras MobileNetV2 alpha {args.alpha}, {args.size}x{args.size}x1, "
+        f"{m['params']} parameters, trained by benchmarks/run.py for {args.epochs} epochs on "
+        f"{args.train_samples} images of {m['data']}, then given to the pipeline as a "
+        f"pretrained model (`[model] path`). Float accuracy {m['float']:.4f}; pruned to "
+        f"{m['sparsity']} sparsity: {m['pruned']:.4f}.\n"
+        f"- Peers start from the same trained float model: {PEERS['ptq-int8']}; {PEERS['onnx2tf-int8']}.\n"
+        f"- runtime tflite-runtime: the same .tflite files in the legacy tflite-runtime 2.14.\n\n"
+        f"![accuracy vs latency](chart.png)\n"
+    )
     text = markdown(rows, ratios, fidelity, header)
     atomic_write_bytes(RESULTS / "results.md", text.encode())
     chart(rows, RESULTS / "chart.png")

@@ -49,14 +49,19 @@ RAY = Path(sys.executable).with_name("ray")
 
 
 def base_config(args) -> dict:
-    folder = WORK / f"mobilenet-v2-{args.size}-{args.alpha}-{args.train_epochs}-{args.train_samples}-{args.test_samples}"
+    folder = (
+        WORK / f"mobilenet-v2-{args.size}-{args.alpha}-{args.train_epochs}-{args.train_samples}-{args.test_samples}"
+    )
     if not (folder / "float.h5").exists():
         train_float(folder, args.size, args.alpha, args.train_epochs, args.train_samples, args.test_samples)
-    return {"model": {"name": "mobilenet-v2", "path": str(folder / "float.h5"), "fine_tune_epochs": 0},
-            "data": {"path": str(folder / "data.npz"), "calibration_samples": 200},
-            "train": {"batch_size": 64, "learning_rate": 0.001, "lr_schedule": "cosine"},
-            "prune": {"method": "channels", "epochs": 1, "learning_rate": 0.001, "channels_criterion": "bn"},
-            "qat": {"learning_rate": 0.0001}, "build": {"max_accuracy_drop": 3.0}}
+    return {
+        "model": {"name": "mobilenet-v2", "path": str(folder / "float.h5"), "fine_tune_epochs": 0},
+        "data": {"path": str(folder / "data.npz"), "calibration_samples": 200},
+        "train": {"batch_size": 64, "learning_rate": 0.001, "lr_schedule": "cosine"},
+        "prune": {"method": "channels", "epochs": 1, "learning_rate": 0.001, "channels_criterion": "bn"},
+        "qat": {"learning_rate": 0.0001},
+        "build": {"max_accuracy_drop": 3.0},
+    }
 
 
 def cli(*args) -> list[str]:
@@ -75,15 +80,24 @@ def one_by_one(cfg: config.Config) -> dict:
         folder.mkdir(parents=True)
         (folder / "variant.toml").write_text(to_toml(v.cfg.as_dict()))
         log(f"one by one: {v.id} {v.values}")
-        proc = subprocess.run(cli("build", "--config", folder / "variant.toml", "--target", TARGETS, "--out",
-                                  folder / "out"), env=env, capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            cli("build", "--config", folder / "variant.toml", "--target", TARGETS, "--out", folder / "out"),
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode not in (0, 1):  # 1: an artifact failed its gate, a result like any other
             raise SystemExit(f"build of {v.id} failed:\n{proc.stderr[-2000:]}")
         m = json.loads((folder / "out" / "mobilenet-v2" / "manifest.json").read_text())
         runs += sum(not s["reused"] for s in m["stages"].values()) + 2 * len(m["artifacts"])
         shas.update({(v.id, a["target"]): a["sha256"] for a in m["artifacts"]})
-    return {"seconds": round(time.perf_counter() - t0, 1), "stage_runs": runs, "sha256": shas,
-            "loadavg_1m_after": os.getloadavg()[0]}
+    return {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "stage_runs": runs,
+        "sha256": shas,
+        "loadavg_1m_after": os.getloadavg()[0],
+    }
 
 
 def on_cluster(base_toml: Path, out: Path, pick: str | None) -> dict:
@@ -92,19 +106,44 @@ def on_cluster(base_toml: Path, out: Path, pick: str | None) -> dict:
     stamps = WORK / "stamps.txt"
     port = 6397
     grid = " ".join(f"--grid {g}" for g in GRID)
-    sweep = " ".join(cli("sweep", "--config", base_toml, "--target", TARGETS, "--out", out,
-                         "--address", f"127.0.0.1:{port}", "--json", out / "rows.json"))
+    sweep = " ".join(
+        cli(
+            "sweep",
+            "--config",
+            base_toml,
+            "--target",
+            TARGETS,
+            "--out",
+            out,
+            "--address",
+            f"127.0.0.1:{port}",
+            "--json",
+            out / "rows.json",
+        )
+    )
     sweep += f" {grid}" + (f" --pick '{pick}'" if pick else "")
-    script = (f"set -u; ip link set lo up; "
-              f"{RAY} start --head --node-ip-address=127.0.0.1 --port={port} --num-cpus=1 "
-              f"--include-dashboard=false --disable-usage-stats --temp-dir={temp} >/dev/null && "
-              f"{RAY} start --address=127.0.0.1:{port} --node-ip-address=127.0.0.1 --num-cpus=1 >/dev/null && "
-              f"t0=$(date +%s.%N) && {sweep}; rc=$?; t1=$(date +%s.%N); echo $t0 $t1 > {stamps}; "
-              f"{RAY} stop --force >/dev/null 2>&1; exit $rc")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    proc = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "bash", "-c", script], env=env,
-                          capture_output=True, text=True, check=False)
+    script = (
+        f"set -u; ip link set lo up; "
+        f"{RAY} start --head --node-ip-address=127.0.0.1 --port={port} --num-cpus=1 "
+        f"--include-dashboard=false --disable-usage-stats --temp-dir={temp} >/dev/null && "
+        f"{RAY} start --address=127.0.0.1:{port} --node-ip-address=127.0.0.1 --num-cpus=1 >/dev/null && "
+        f"t0=$(date +%s.%N) && {sweep}; rc=$?; t1=$(date +%s.%N); echo $t0 $t1 > {stamps}; "
+        f"{RAY} stop --force >/dev/null 2>&1; exit $rc"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
+    proc = subprocess.run(
+        ["unshare", "-n", "-p", "-f", "--mount-proc", "bash", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     shutil.rmtree(temp, ignore_errors=True)
     (WORK / f"sweep-{'pick' if pick else 'first'}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode not in (0, 1):
@@ -113,8 +152,14 @@ def on_cluster(base_toml: Path, out: Path, pick: str | None) -> dict:
     summary = json.loads((out / "sweep" / "summary.json").read_text())
     rows = json.loads((out / "rows.json").read_text())
     picked = [line for line in proc.stdout.splitlines() if line.startswith("pick:")]
-    return {"seconds": round(t1 - t0, 1), "summary": summary, "rows": rows, "pick": picked[0] if picked else None,
-            "exit_code": proc.returncode, "loadavg_1m_after": os.getloadavg()[0]}
+    return {
+        "seconds": round(t1 - t0, 1),
+        "summary": summary,
+        "rows": rows,
+        "pick": picked[0] if picked else None,
+        "exit_code": proc.returncode,
+        "loadavg_1m_after": os.getloadavg()[0],
+    }
 
 
 def artifact_sha(row: dict) -> str:
@@ -151,14 +196,24 @@ def main() -> None:
     ran = len(s["stage_runs"])
     shutil.copyfile(out / "sweep" / "pareto.png", RESULTS / "sweep_pareto.png")
     keys = list(parse_grid(GRID))
-    columns = ([("variant", "variant")] + [(k, k) for k in keys] +
-               [("target", "target"), ("status", "status"), ("bytes", "bytes"), ("accuracy", "accuracy"),
-                ("accuracy_drop", "drop vs user's model (pts)"), ("p50_ms", "p50 ms"), ("front", "Pareto")])
+    columns = (
+        [("variant", "variant")]
+        + [(k, k) for k in keys]
+        + [
+            ("target", "target"),
+            ("status", "status"),
+            ("bytes", "bytes"),
+            ("accuracy", "accuracy"),
+            ("accuracy_drop", "drop vs user's model (pts)"),
+            ("p50_ms", "p50 ms"),
+            ("front", "Pareto"),
+        ]
+    )
     md = [
         "# Sweep on a 2-node Ray cluster vs one by one",
         "",
         f"`.venv/bin/python benchmarks/sweep.py --size {args.size} --alpha {args.alpha} --train-samples "
-        f"{args.train_samples} --test-samples {args.test_samples} --pick \"{args.pick}\"` "
+        f'{args.train_samples} --test-samples {args.test_samples} --pick "{args.pick}"` '
         f"({time.strftime('%Y-%m-%d')}, 2 shared cores).",
         "",
         f"Model: MobileNetV2 alpha {args.alpha}, {args.size} px, trained here on {args.train_samples} Fashion-MNIST "
@@ -182,7 +237,7 @@ def main() -> None:
         f"included) against {serial['stage_runs']} one by one, on {len(s['nodes'])} Ray nodes. Sweep artifacts "
         f"byte-identical to their one-by-one builds: {same} of {sum(1 for r in rows if r['artifact'])}.",
         "",
-        f"`--pick \"{args.pick}\"`: {again['pick'] or 'nothing'}",
+        f'`--pick "{args.pick}"`: {again["pick"] or "nothing"}',
         "",
         "![Pareto chart](sweep_pareto.png)",
         "",
@@ -193,10 +248,16 @@ def main() -> None:
         "",
     ]
     atomic_write_bytes(RESULTS / "sweep.md", "\n".join(md).encode())
-    atomic_write_json(RESULTS / "sweep.json", {"one_by_one": {k: v for k, v in serial.items() if k != "sha256"},
-                                               "sweep": {k: v for k, v in first.items() if k != "rows"},
-                                               "again": {k: v for k, v in again.items() if k != "rows"},
-                                               "identical": same, "rows": again["rows"]})
+    atomic_write_json(
+        RESULTS / "sweep.json",
+        {
+            "one_by_one": {k: v for k, v in serial.items() if k != "sha256"},
+            "sweep": {k: v for k, v in first.items() if k != "rows"},
+            "again": {k: v for k, v in again.items() if k != "rows"},
+            "identical": same,
+            "rows": again["rows"],
+        },
+    )
     log(f"wrote {RESULTS / 'sweep.md'}")
 
 

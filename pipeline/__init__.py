@@ -21,5 +21,18 @@ from pipeline.api import (
     verify_release,
 )
 
-__all__ = ["Artifact", "Build", "ReleaseReport", "__version__", "bench", "build", "built", "inspect", "load_config",
-           "release", "sweep", "verify_on", "verify_release"]
+__all__ = [
+    "Artifact",
+    "Build",
+    "ReleaseReport",
+    "__version__",
+    "bench",
+    "build",
+    "built",
+    "inspect",
+    "load_config",
+    "release",
+    "sweep",
+    "verify_on",
+    "verify_release",
+]

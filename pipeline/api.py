@@ -68,9 +68,18 @@ class Build:
     @property
     def artifacts(self) -> dict[str, Artifact]:
         names = {t.name for t in self.targets}
-        return {a["target"]: Artifact(a["target"], a["status"], self.out / a["path"] if a.get("path") else None,
-                                      a.get("quantization"), a.get("reason"), a)
-                for a in self.manifest["artifacts"] if a["target"] in names}
+        return {
+            a["target"]: Artifact(
+                a["target"],
+                a["status"],
+                self.out / a["path"] if a.get("path") else None,
+                a.get("quantization"),
+                a.get("reason"),
+                a,
+            )
+            for a in self.manifest["artifacts"]
+            if a["target"] in names
+        }
 
     @property
     def ok(self) -> bool:
@@ -104,13 +113,23 @@ class Build:
         from pipeline.stages import REFERENCE_OUTPUTS
 
         reference = "train" if "train" in self.manifest["stages"] else "original"  # several inputs: no Keras stage
-        return verify_artifact(target, Path(path), self.eval_inputs().parent,
-                               self.stage_file(reference, REFERENCE_OUTPUTS), self.config.build,
-                               self.manifest["stages"][reference].get("accuracy"))
+        return verify_artifact(
+            target,
+            Path(path),
+            self.eval_inputs().parent,
+            self.stage_file(reference, REFERENCE_OUTPUTS),
+            self.config.build,
+            self.manifest["stages"][reference].get("accuracy"),
+        )
 
 
-def load_config(config=None, *, model: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
-                overrides: dict | None = None) -> Config:
+def load_config(
+    config=None,
+    *,
+    model: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    overrides: dict | None = None,
+) -> Config:
     """The effective config: a TOML path, a dict of sections or a Config, then `overrides`
     ({"prune.sparsity": 0.5}), then the model and data paths. Checked before anything is written."""
     from pipeline import config as config_mod
@@ -152,8 +171,16 @@ def check_writable(out: Path, what: str = "output folder", option: str = "--out"
         raise UsageError(f"{what} {out} cannot be written: choose another with {option}") from None
 
 
-def build(config=None, *, targets: str | Iterable[str] | None = None, out: str | os.PathLike = "build",
-          model=None, data=None, overrides: dict | None = None, log: Log | None = None) -> Build:
+def build(
+    config=None,
+    *,
+    targets: str | Iterable[str] | None = None,
+    out: str | os.PathLike = "build",
+    model=None,
+    data=None,
+    overrides: dict | None = None,
+    log: Log | None = None,
+) -> Build:
     """Run the stages (reusing cached ones), verify every artifact, write OUT/<model>/ and its manifest.
 
     A target that fails to build or verify fails only itself: see `Build.artifacts[...].status`."""
@@ -167,8 +194,16 @@ def build(config=None, *, targets: str | Iterable[str] | None = None, out: str |
     return Build(out, cfg, chosen, manifest)
 
 
-def built(config=None, *, targets=None, out: str | os.PathLike = "build", model=None, data=None,
-          overrides: dict | None = None, log: Log | None = None) -> Build:
+def built(
+    config=None,
+    *,
+    targets=None,
+    out: str | os.PathLike = "build",
+    model=None,
+    data=None,
+    overrides: dict | None = None,
+    log: Log | None = None,
+) -> Build:
     """The build recorded in OUT/<model>/manifest.json, as it was made: what bench, release and
     verify_on work on. With no config, model, data or overrides, the one build in OUT (its recorded
     config). Targets it lacks are built with that same config; a build in OUT of another config is
@@ -183,15 +218,20 @@ def built(config=None, *, targets=None, out: str | os.PathLike = "build", model=
         found = {name: m for name, m in found.items() if m and "config" in m}
         if len(found) > 1:
             raise UsageError(f"{out} holds builds of {', '.join(found)}: say which with --model or --config")
-        cfg = config_mod.from_dict(next(iter(found.values()))["config"], source="the recorded build") if found \
+        cfg = (
+            config_mod.from_dict(next(iter(found.values()))["config"], source="the recorded build")
+            if found
             else load_config()
+        )
     else:
         cfg = load_config(config, model=model, data=data, overrides=overrides)
     m = manifest_mod.read(out / cfg.name / "manifest.json")
     if m and m.get("config_hash") != cfg.digest():
-        raise UsageError(f"{out / cfg.name} holds a build of another config (manifest config_hash "
-                         f"{m.get('config_hash')}, this one {cfg.digest()}): nothing is rebuilt over it; run "
-                         f"`build` with this config to replace it, or choose another --out")
+        raise UsageError(
+            f"{out / cfg.name} holds a build of another config (manifest config_hash "
+            f"{m.get('config_hash')}, this one {cfg.digest()}): nothing is rebuilt over it; run "
+            f"`build` with this config to replace it, or choose another --out"
+        )
     recorded = [a["target"] for a in m["artifacts"]] if m else []
     chosen = _targets(targets or recorded or None, cfg)
     if m and usable(m, out, chosen) is not None:
@@ -199,10 +239,23 @@ def built(config=None, *, targets=None, out: str | os.PathLike = "build", model=
     return build(cfg, targets=[t.name for t in chosen], out=out, log=log)
 
 
-def bench(build: Build, *, targets=None, devices=("local",), threads=(1,), runs: int = 100,
-          min_seconds: float = 1.0, warmup: int = 10, samples: int = 100, options=(), timeout: float = 300.0,
-          legacy: bool = False, harness=("python",), device_options: dict | None = None,
-          log: Log | None = None) -> list[dict]:
+def bench(
+    build: Build,
+    *,
+    targets=None,
+    devices=("local",),
+    threads=(1,),
+    runs: int = 100,
+    min_seconds: float = 1.0,
+    warmup: int = 10,
+    samples: int = 100,
+    options=(),
+    timeout: float = 300.0,
+    legacy: bool = False,
+    harness=("python",),
+    device_options: dict | None = None,
+    log: Log | None = None,
+) -> list[dict]:
     """Time each artifact of `build` on each device and thread count: the rows `bench --json` writes.
 
     `devices`: specs (`local`, `emu:rpi4`, `ssh://user@host`) or device objects; `options`: runtime
@@ -213,7 +266,8 @@ def bench(build: Build, *, targets=None, devices=("local",), threads=(1,), runs:
     from pipeline import benchmark as bench_mod
 
     devs = [d for d in devices if not isinstance(d, str)] or bench_mod.get_devices(
-        list(devices), list(harness), **(device_options or {}))
+        list(devices), list(harness), **(device_options or {})
+    )
     opts = tuple(o if isinstance(o, tuple) else bench_mod.parse_options([o])[0] for o in options)
     settings = bench_mod.Settings(runs, min_seconds, warmup, samples, opts, timeout)
     wanted = {t.name for t in _targets(targets, build.config)} if targets else {t.name for t in build.targets}
@@ -233,14 +287,23 @@ def verify_on(build: Build, devices, *, device_options: dict | None = None, log:
     from pipeline.devices.verify_on import verify_devices
     from pipeline.devices.verify_on import verify_on as check
 
-    devs = ([d for d in devices if not isinstance(d, str)] if not isinstance(devices, str) else []) \
-        or verify_devices(devices, **(device_options or {}))
+    devs = ([d for d in devices if not isinstance(d, str)] if not isinstance(devices, str) else []) or verify_devices(
+        devices, **(device_options or {})
+    )
     rows = [a.entry for a in build.artifacts.values()]
     return check(devs, build.config, build.out, rows, build.eval_inputs(), log=log or _quiet)
 
 
-def release(build: Build, version: str, *, dist: str | os.PathLike = "dist", bench: str | os.PathLike | list | None = None,
-            allow_failed: Iterable[str] = (), force: bool = False, bundle: Iterable[str] = ()) -> Path:
+def release(
+    build: Build,
+    version: str,
+    *,
+    dist: str | os.PathLike = "dist",
+    bench: str | os.PathLike | list | None = None,
+    allow_failed: Iterable[str] = (),
+    force: bool = False,
+    bundle: Iterable[str] = (),
+) -> Path:
     """Pack the build's verified artifacts as DIST/<model>-<version>/: archives with test vectors,
     manifest, model card, benchmarks, SHA256SUMS. Returns the folder. `bench`: rows or a `bench --json`
     file. A version already in DIST is never replaced unless `force`. `bundle`: architectures (x86_64,
@@ -251,12 +314,13 @@ def release(build: Build, version: str, *, dist: str | os.PathLike = "dist", ben
 
     bundle = list(dict.fromkeys(bundle))
     if any(a not in ARCHES for a in bundle):
-        raise UsageError(f"--bundle takes {' and '.join(ARCHES)}, not {', '.join(a for a in bundle if a not in ARCHES)}")
+        raise UsageError(
+            f"--bundle takes {' and '.join(ARCHES)}, not {', '.join(a for a in bundle if a not in ARCHES)}"
+        )
     allowed = {t.name for spec in allow_failed for t in resolve(spec)}
     check_writable(Path(dist), "release folder", "--dist")
     rows = load_bench(Path(bench), build.name) if isinstance(bench, str | os.PathLike) else bench
-    return make_release(build.manifest, build.out, build.targets, version, Path(dist), rows, allowed, force,
-                        bundle)[0]
+    return make_release(build.manifest, build.out, build.targets, version, Path(dist), rows, allowed, force, bundle)[0]
 
 
 @dataclass(frozen=True)
@@ -285,10 +349,24 @@ def inspect(path: str | os.PathLike, *, timeout: float = 60.0) -> dict:
     return inspect_file(Path(path), timeout)
 
 
-def sweep(config=None, *, grid, targets=None, devices=("local",), out: str | os.PathLike = "build",
-          address: str | None = None, model=None, data=None, overrides: dict | None = None, pick: str | None = None,
-          runs: int = 100, min_seconds: float = 1.0, samples: int = 100, device_options: dict | None = None,
-          log: Log | None = None):
+def sweep(
+    config=None,
+    *,
+    grid,
+    targets=None,
+    devices=("local",),
+    out: str | os.PathLike = "build",
+    address: str | None = None,
+    model=None,
+    data=None,
+    overrides: dict | None = None,
+    pick: str | None = None,
+    runs: int = 100,
+    min_seconds: float = 1.0,
+    samples: int = 100,
+    device_options: dict | None = None,
+    log: Log | None = None,
+):
     """Build, verify and bench every variant of `config` over `grid` ({"prune.sparsity": [0.5, 0.75]} or
     ["prune.sparsity=0.5,0.75"]: the cross product) for `targets` on `devices`, on Ray: a local one, or the
     cluster at `address`. A stage several variants share runs once; OUT/.cache is shared with `build`.
@@ -298,6 +376,15 @@ def sweep(config=None, *, grid, targets=None, devices=("local",), out: str | os.
 
     cfg = load_config(config, model=model, data=data, overrides=overrides)
     check_writable(Path(out))
-    return sweeper.run(cfg, grid=grid, targets=targets, devices=tuple(devices), out=out, address=address,
-                       log=log or _quiet, pick_limits=pick, device_options=device_options,
-                       bench_settings={"runs": runs, "min_seconds": min_seconds, "samples": samples})
+    return sweeper.run(
+        cfg,
+        grid=grid,
+        targets=targets,
+        devices=tuple(devices),
+        out=out,
+        address=address,
+        log=log or _quiet,
+        pick_limits=pick,
+        device_options=device_options,
+        bench_settings={"runs": runs, "min_seconds": min_seconds, "samples": samples},
+    )

@@ -13,15 +13,28 @@ from pathlib import Path
 from pipeline.devices import RunRequest, Timing
 from pipeline.errors import UsageError
 
-LATENCY_KEYS = ("min_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "max_ms", "throughput_per_s",
-                "runs")
+LATENCY_KEYS = ("min_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "max_ms", "throughput_per_s", "runs")
 CONDITION_KEYS = ("batch", "cpu", "cpus_available", "loadavg_1m", "os", "arch", "python")
 
-TABLE_COLUMNS = [("target", "target"), ("device", "device"), ("threads", "thr"), ("status", "status"),
-                 ("runtime", "runtime"), ("delegate", "delegate"), ("load_ms", "load ms"),
-                 ("first_inference_ms", "first ms"), ("min_ms", "min ms"), ("p50_ms", "p50 ms"),
-                 ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("mean_ms", "mean ms"), ("std_ms", "std ms"),
-                 ("throughput_per_s", "per s"), ("peak_rss_mb", "rss MB"), ("runs", "runs")]
+TABLE_COLUMNS = [
+    ("target", "target"),
+    ("device", "device"),
+    ("threads", "thr"),
+    ("status", "status"),
+    ("runtime", "runtime"),
+    ("delegate", "delegate"),
+    ("load_ms", "load ms"),
+    ("first_inference_ms", "first ms"),
+    ("min_ms", "min ms"),
+    ("p50_ms", "p50 ms"),
+    ("p90_ms", "p90 ms"),
+    ("p99_ms", "p99 ms"),
+    ("mean_ms", "mean ms"),
+    ("std_ms", "std ms"),
+    ("throughput_per_s", "per s"),
+    ("peak_rss_mb", "rss MB"),
+    ("runs", "runs"),
+]
 
 
 @dataclass(frozen=True)
@@ -37,15 +50,21 @@ class Settings:
 
     def __post_init__(self):
         if self.runs < 1 or self.warmup < 0 or self.samples < 1 or self.min_seconds < 0 or self.timeout <= 0:
-            raise UsageError("--runs and --samples must be >= 1, --warmup and --min-seconds >= 0, "
-                             "--timeout > 0")
+            raise UsageError("--runs and --samples must be >= 1, --warmup and --min-seconds >= 0, --timeout > 0")
 
     def timing(self, threads: int) -> Timing:
         return Timing(threads, self.warmup, self.runs, self.min_seconds)
 
     def request(self, runner: Path, model: Path, inputs: Path, threads: int) -> RunRequest:
-        return RunRequest(runner, model, inputs, limit=self.samples, timing=self.timing(threads),
-                          options=tuple(self.options), timeout=self.timeout)
+        return RunRequest(
+            runner,
+            model,
+            inputs,
+            limit=self.samples,
+            timing=self.timing(threads),
+            options=tuple(self.options),
+            timeout=self.timeout,
+        )
 
 
 HARNESSES = ("python", "native")
@@ -65,8 +84,12 @@ def get_devices(specs, harnesses=("python",), **options) -> list:
     from pipeline import devices, native
 
     items = specs.split(",") if isinstance(specs, str) else list(specs)
-    out = [(native.get_device if h == "native" else devices.get_device)(s.strip(), **options)
-           for h in harnesses for s in items if s.strip()]
+    out = [
+        (native.get_device if h == "native" else devices.get_device)(s.strip(), **options)
+        for h in harnesses
+        for s in items
+        if s.strip()
+    ]
     if not out:
         raise UsageError("no device given: name at least one, e.g. local")
     return out
@@ -97,20 +120,30 @@ def bench_one(device, runner_path: Path, model: Path, inputs: Path, threads: int
     res = device.run(settings.request(runner_path, model, inputs, threads))
     cond = res.get("conditions") or {}
     lat = res.get("latency") or {}
-    row = {"device": device.name, "harness": getattr(device, "harness", "python"), "threads": threads,
-           "status": "ok" if res.get("ok") else "failed",
-           "error": None if res.get("ok") else res.get("error", "no result"),
-           "runtime": res.get("runtime"), "runtime_version": res.get("runtime_version"),
-           "runner": runner_path.name, "options": dict(settings.options),
-           "load_ms": res.get("load_ms"), "first_inference_ms": res.get("first_inference_ms"),
-           **{k: lat.get(k) for k in LATENCY_KEYS},
-           "runtime_p50_ms": (res.get("runtime_latency") or {}).get("p50_ms"), "peak_rss_mb": res.get("peak_rss_mb"),
-           "warmup": res.get("warmup"), "min_seconds": settings.min_seconds,
-           **{k: cond.get(k) for k in CONDITION_KEYS},
-           "delegate": res.get("delegate", cond.get("delegate")), "precision": res.get("precision"),
-           **(res.get("device_fields") or {})}
+    row = {
+        "device": device.name,
+        "harness": getattr(device, "harness", "python"),
+        "threads": threads,
+        "status": "ok" if res.get("ok") else "failed",
+        "error": None if res.get("ok") else res.get("error", "no result"),
+        "runtime": res.get("runtime"),
+        "runtime_version": res.get("runtime_version"),
+        "runner": runner_path.name,
+        "options": dict(settings.options),
+        "load_ms": res.get("load_ms"),
+        "first_inference_ms": res.get("first_inference_ms"),
+        **{k: lat.get(k) for k in LATENCY_KEYS},
+        "runtime_p50_ms": (res.get("runtime_latency") or {}).get("p50_ms"),
+        "peak_rss_mb": res.get("peak_rss_mb"),
+        "warmup": res.get("warmup"),
+        "min_seconds": settings.min_seconds,
+        **{k: cond.get(k) for k in CONDITION_KEYS},
+        "delegate": res.get("delegate", cond.get("delegate")),
+        "precision": res.get("precision"),
+        **(res.get("device_fields") or {}),
+    }
     inp = res.get("input") or {}
-    row["input"] = (f"{inp['samples']} samples of {inp['file']} {inp['sample_shape']}" if inp else None)
+    row["input"] = f"{inp['samples']} samples of {inp['file']} {inp['sample_shape']}" if inp else None
     return row
 
 
@@ -132,20 +165,33 @@ def _bench_all(items, devices, threads, settings, log, inputs_for) -> list[dict]
     rows = []
     for device in devices:
         for target, art, path in items:
-            base = {"target": target.name, "quantization": art.get("quantization"), "bytes": art.get("bytes"),
-                    "gzip_bytes": art.get("gzip_bytes"), "accuracy": art.get("accuracy"),
-                    "artifact_status": art.get("status"), "artifact": str(path) if path else None}
+            base = {
+                "target": target.name,
+                "quantization": art.get("quantization"),
+                "bytes": art.get("bytes"),
+                "gzip_bytes": art.get("gzip_bytes"),
+                "accuracy": art.get("accuracy"),
+                "artifact_status": art.get("status"),
+                "artifact": str(path) if path else None,
+            }
             for n in threads:
                 if path is None or not Path(path).exists():
-                    row = {"device": device.name, "threads": n, "status": "not_built",
-                           "error": art.get("reason", "no artifact file")}
+                    row = {
+                        "device": device.name,
+                        "threads": n,
+                        "status": "not_built",
+                        "error": art.get("reason", "no artifact file"),
+                    }
                 else:
                     row = bench_one(device, target.runner_path, Path(path), inputs_for(art), n, settings)
                 rows.append({**base, **row})
                 if log:
                     r = rows[-1]
-                    what = ((r.get("summary") or f"p50 {r['p50_ms']:.4g} ms over {r['runs']} runs") if r["status"] == "ok"
-                            else f"{r['status']}: {r['error']}")
+                    what = (
+                        (r.get("summary") or f"p50 {r['p50_ms']:.4g} ms over {r['runs']} runs")
+                        if r["status"] == "ok"
+                        else f"{r['status']}: {r['error']}"
+                    )
                     harness = f" ({device.harness})" if getattr(device, "harness", "python") != "python" else ""
                     log(f"bench {target.name:<18} {device.name}{harness} threads={n}: {what}")
     return rows
@@ -156,7 +202,9 @@ def conditions_line(rows: list[dict], settings: Settings) -> str:
     if not ok:
         return "conditions: no successful run"
     r = ok[0]
-    return (f"conditions: {r['cpu']} ({r['cpus_available']} CPUs available, load {r['loadavg_1m']}), "
-            f"{r['os']} {r['arch']}, Python {r['python']}; batch 1; inputs: {r['input']} (held-out split); "
-            f"{settings.warmup} warm-up runs, then >= {settings.runs} runs and >= {settings.min_seconds:g} s "
-            f"per row; latencies in ms")
+    return (
+        f"conditions: {r['cpu']} ({r['cpus_available']} CPUs available, load {r['loadavg_1m']}), "
+        f"{r['os']} {r['arch']}, Python {r['python']}; batch 1; inputs: {r['input']} (held-out split); "
+        f"{settings.warmup} warm-up runs, then >= {settings.runs} runs and >= {settings.min_seconds:g} s "
+        f"per row; latencies in ms"
+    )

@@ -75,13 +75,27 @@ class Builder:
                     np.savez(folder / f"{a}.npz", **arr)
                 elif arr is not None:
                     np.save(folder / f"{a}.npy", arr)
-            return {"labels": list(ds.labels), "preprocessing": ds.preprocessing, "labelled": ds.labelled,
-                    "train_samples": len(_first(ds.x_train)), "test_samples": len(_first(ds.x_test)),
-                    "input_shape": ds.preprocessing["input_shape"]}
+            return {
+                "labels": list(ds.labels),
+                "preprocessing": ds.preprocessing,
+                "labelled": ds.labelled,
+                "train_samples": len(_first(ds.x_train)),
+                "test_samples": len(_first(ds.x_test)),
+                "input_shape": ds.preprocessing["input_shape"],
+            }
 
         source = {"path_sha256": content_hash(self.cfg.data.path)} if self.cfg.data.path else {}
-        return self.stage("data", {"data": self.cfg.section("data"), "seed": self.seed, **source,
-                                   **({"model_inputs": self.interface()["inputs"]} if model_input else {})}, {}, produce)
+        return self.stage(
+            "data",
+            {
+                "data": self.cfg.section("data"),
+                "seed": self.seed,
+                **source,
+                **({"model_inputs": self.interface()["inputs"]} if model_input else {}),
+            },
+            {},
+            produce,
+        )
 
     def several_inputs(self) -> bool:
         """A user's ONNX model with more than one input: no Keras conversion (see interface_export)."""
@@ -120,8 +134,12 @@ class Builder:
             from pipeline.interface_export import original_outputs
 
             source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
-            self.stage("original", {"model": source}, {"data": d.key},
-                       lambda f: original_outputs(cfg.model.path, d.file("x_test.npz"), f))
+            self.stage(
+                "original",
+                {"model": source},
+                {"data": d.key},
+                lambda f: original_outputs(cfg.model.path, d.file("x_test.npz"), f),
+            )
             return
         train = self.train()
         self.log(report.original_line(train.meta, d.meta))
@@ -132,8 +150,12 @@ class Builder:
             qat = self.qat()
             if qat.meta.get("vs_original"):
                 self.log(report.stage_line("qat", qat.meta, train.meta))
-                self.within_budget("qat", qat.meta, train.meta, "lower qat.learning_rate or qat.epochs, or set "
-                                   "qat.epochs = 0 for post-training quantization")
+                self.within_budget(
+                    "qat",
+                    qat.meta,
+                    train.meta,
+                    "lower qat.learning_rate or qat.epochs, or set qat.epochs = 0 for post-training quantization",
+                )
 
     # One method per stage (after data): each reads its inputs from self.stages, so a sweep can run any one of them.
 
@@ -142,9 +164,12 @@ class Builder:
 
         cfg, d = self.cfg, self.stages["data"]
         source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
-        return self.stage("train", {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed,
-                                    **source},
-                          {"data": d.key}, lambda f: stages.train(self.dataset(), cfg, self.seed, f, self.cache.root))
+        return self.stage(
+            "train",
+            {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed, **source},
+            {"data": d.key},
+            lambda f: stages.train(self.dataset(), cfg, self.seed, f, self.cache.root),
+        )
 
     def prune(self) -> Entry:
         from pipeline import stages
@@ -152,21 +177,34 @@ class Builder:
         cfg, d, train, b = self.cfg, self.stages["data"], self.stages["train"], self.cfg.build
         # `strict` is in the keys of the stages that may fall back: a strict build must re-decide.
         # The budget decides what "auto" picks: it is in the prune key.
-        return self.stage("prune", {"prune": cfg.section("prune"), "batch_size": cfg.train.batch_size,
-                                    "seed": self.seed, "strict": b.strict,
-                                    "budget": [b.max_accuracy_drop, b.min_agreement, b.min_cosine]},
-                          {"model": train.key, "data": d.key},
-                          lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), train.path, f))
+        return self.stage(
+            "prune",
+            {
+                "prune": cfg.section("prune"),
+                "batch_size": cfg.train.batch_size,
+                "seed": self.seed,
+                "strict": b.strict,
+                "budget": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
+            },
+            {"model": train.key, "data": d.key},
+            lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), train.path, f),
+        )
 
     def qat(self) -> Entry:
         from pipeline import stages
 
         cfg, d, train, prune = self.cfg, self.stages["data"], self.stages["train"], self.stages["prune"]
-        return self.stage("qat", {"qat": cfg.section("qat"), "batch_size": cfg.train.batch_size, "seed": self.seed,
-                                  "strict": cfg.build.strict},
-                          {"model": prune.key, "original": train.key, "data": d.key},
-                          lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), prune.meta,
-                                               train.path, f))
+        return self.stage(
+            "qat",
+            {
+                "qat": cfg.section("qat"),
+                "batch_size": cfg.train.batch_size,
+                "seed": self.seed,
+                "strict": cfg.build.strict,
+            },
+            {"model": prune.key, "original": train.key, "data": d.key},
+            lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), prune.meta, train.path, f),
+        )
 
     def within_budget(self, name: str, meta: dict, original: dict, advice: str) -> None:
         """A stage whose model already breaks the budget against the original stops the build here."""
@@ -177,16 +215,23 @@ class Builder:
         reasons = budget_reasons(figures, self.cfg.build)
         if reasons:
             what = {"prune": "pruned", "qat": "quantization-aware trained"}[name]
-            raise BudgetError(f"{name}: the {what} model already breaks the build's budget, before any artifact: "
-                              f"{'; '.join(reasons)} ({self.cfg.data.path or 'built-in data'}, test split); {advice}")
+            raise BudgetError(
+                f"{name}: the {what} model already breaks the build's budget, before any artifact: "
+                f"{'; '.join(reasons)} ({self.cfg.data.path or 'built-in data'}, test split); {advice}"
+            )
 
     # -- targets -----------------------------------------------------------------------------
 
     def artifact_metadata(self, target) -> dict:
         d = self.stages["data"].meta
-        return {"model": self.cfg.name, "version": self.cfg.model.version, "target": target.name,
-                "labels": list(self.cfg.model.labels or d["labels"]), "preprocessing": d["preprocessing"],
-                "config_hash": self.cfg.digest()}
+        return {
+            "model": self.cfg.name,
+            "version": self.cfg.model.version,
+            "target": target.name,
+            "labels": list(self.cfg.model.labels or d["labels"]),
+            "preprocessing": d["preprocessing"],
+            "config_hash": self.cfg.digest(),
+        }
 
     def ptq_settings(self):
         """What the int8 targets without QAT choose their post-training method with (None: one method each).
@@ -198,7 +243,7 @@ class Builder:
             return None
         ds = self.dataset()
         cal = {x.tobytes() for x in ds.x_cal}
-        val = [x for x in ds.x_train if x.tobytes() not in cal][:p.validation_samples]
+        val = [x for x in ds.x_train if x.tobytes() not in cal][: p.validation_samples]
         return Settings(np.stack(val) if val else ds.x_cal, p.mixed, p.budget)
 
     def interface_route(self, target) -> str | None:
@@ -218,36 +263,62 @@ class Builder:
 
         route = self.interface_route(target)
         if self.several_inputs() and not route:
-            raise UsageError(f"{target.name} is made through the Keras conversion, which takes single-input models "
-                             f"only; this model has inputs {[p['name'] for p in self.interface()['inputs']]}")
+            raise UsageError(
+                f"{target.name} is made through the Keras conversion, which takes single-input models "
+                f"only; this model has inputs {[p['name'] for p in self.interface()['inputs']]}"
+            )
         # A QAT stage that fell back to post-training quantization left no model: use the float one.
         use_qat = target.source == "qat" and self.stages.get("qat") and self.stages["qat"].meta.get("method") == "qat"
         src_name = "qat" if use_qat else "prune"
         src = self.stages.get(src_name) or self.reference()
         metadata = self.artifact_metadata(target)
         if route:
-            metadata["input_layout"] = ",".join(dict.fromkeys(p.get("layout", "N...") for p in self.interface()["inputs"]))
+            metadata["input_layout"] = ",".join(
+                dict.fromkeys(p.get("layout", "N...") for p in self.interface()["inputs"])
+            )
 
         def produce(folder):
             calib = self.dataset().x_cal
-            progress = lambda i, n: report.progress("calibrate", i, n)  # noqa: E731
+            progress = lambda i, n: report.progress("calibrate", i, n)
             if route:
                 from pipeline.interface_export import export_keeping_interface
 
-                return export_keeping_interface(self, target, route, src.file("model.h5"), calib,
-                                                folder / target.filename, metadata, progress)
+                return export_keeping_interface(
+                    self, target, route, src.file("model.h5"), calib, folder / target.filename, metadata, progress
+                )
             stages.tf_setup(self.seed)
             model = stages.load_model(src.file("model.h5"), qat=use_qat)
-            choice = target.module.export(target, model, calib, folder / target.filename, metadata, progress=progress,
-                                          **({} if use_qat else {"ptq": self.ptq_settings()}))
-            return {"source": src_name, "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert",
-                    **({"ptq": choice} if choice else {})}
+            choice = target.module.export(
+                target,
+                model,
+                calib,
+                folder / target.filename,
+                metadata,
+                progress=progress,
+                **({} if use_qat else {"ptq": self.ptq_settings()}),
+            )
+            return {
+                "source": src_name,
+                "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert",
+                **({"ptq": choice} if choice else {}),
+            }
 
-        params = {"target": target.name, "options": target.options, "metadata": metadata,
-                  **({"route": route} if route else {})}
-        return self.stage(f"export:{target.name}", params, {"model": src.key, "data": self.stages["data"].key},
-                          produce, code=[_source(target.module), *(["pipeline/interface.py", "pipeline/interface_export.py"]
-                                                                   if route else [])])
+        params = {
+            "target": target.name,
+            "options": target.options,
+            "metadata": metadata,
+            **({"route": route} if route else {}),
+        }
+        return self.stage(
+            f"export:{target.name}",
+            params,
+            {"model": src.key, "data": self.stages["data"].key},
+            produce,
+            code=[
+                _source(target.module),
+                *(["pipeline/interface.py", "pipeline/interface_export.py"] if route else []),
+            ],
+        )
 
     def verify(self, target, artifact: Entry) -> Entry:
         from pipeline.stages import REFERENCE_OUTPUTS
@@ -258,16 +329,35 @@ class Builder:
         expected = "int8-mixed" if artifact.meta.get("ptq", {}).get("mixed") else target.quantization
 
         def produce(folder):
-            return verify_artifact(target, artifact.file(target.filename), d.path, ref.file(REFERENCE_OUTPUTS),
-                                   self.cfg.build, ref.meta.get("accuracy"), perms=artifact.meta, expected=expected)
+            return verify_artifact(
+                target,
+                artifact.file(target.filename),
+                d.path,
+                ref.file(REFERENCE_OUTPUTS),
+                self.cfg.build,
+                ref.meta.get("accuracy"),
+                perms=artifact.meta,
+                expected=expected,
+            )
 
         b = self.cfg.build
-        params = {"target": target.name, "quantization": expected, "runner": target.runner,
-                  "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
-                  **({"run_config": target.run_config} if target.run_config else {})}
-        return self.stage(f"verify:{target.name}", params,
-                          {"artifact": artifact.key, "reference": ref.key, "data": d.key}, produce,
-                          code=[_source(target.module), *(f"targets/runners/{r}" for r in (target.runner, target.legacy_runner) if r)])
+        params = {
+            "target": target.name,
+            "quantization": expected,
+            "runner": target.runner,
+            "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
+            **({"run_config": target.run_config} if target.run_config else {}),
+        }
+        return self.stage(
+            f"verify:{target.name}",
+            params,
+            {"artifact": artifact.key, "reference": ref.key, "data": d.key},
+            produce,
+            code=[
+                _source(target.module),
+                *(f"targets/runners/{r}" for r in (target.runner, target.legacy_runner) if r),
+            ],
+        )
 
     def publish(self, target, artifact: Entry, result: dict) -> dict:
         # Every file of the artifact (an OpenVINO IR is .xml + .bin): bytes and gzip are their sums,
@@ -276,15 +366,22 @@ class Builder:
         dests[0].parent.mkdir(parents=True, exist_ok=True)
         for name, dest in zip(target.files, dests):
             atomic_copy(artifact.file(name), dest)
-        return {"target": target.name, "path": str(dests[0].relative_to(self.out)), "files": target.files,
-                "bytes": sum(d.stat().st_size for d in dests), "gzip_bytes": sum(gzip_size(d) for d in dests),
-                "sha256": sha256_file(*dests), **result,
-                "build_seconds": round(artifact.meta.get("seconds", 0.0) + result.get("seconds", 0.0), 2),
-                "made_from": artifact.meta.get("source"), "method": artifact.meta.get("method"),
-                **({"ptq": artifact.meta["ptq"]} if "ptq" in artifact.meta else {}),  # what PTQ chose, and why
-                **interface_fields(artifact.meta, self.stages["data"].meta["preprocessing"]),
-                "fallbacks": self.fallbacks(target),
-                "stage_keys": {"export": artifact.key, "verify": self.stages[f"verify:{target.name}"].key}}
+        return {
+            "target": target.name,
+            "path": str(dests[0].relative_to(self.out)),
+            "files": target.files,
+            "bytes": sum(d.stat().st_size for d in dests),
+            "gzip_bytes": sum(gzip_size(d) for d in dests),
+            "sha256": sha256_file(*dests),
+            **result,
+            "build_seconds": round(artifact.meta.get("seconds", 0.0) + result.get("seconds", 0.0), 2),
+            "made_from": artifact.meta.get("source"),
+            "method": artifact.meta.get("method"),
+            **({"ptq": artifact.meta["ptq"]} if "ptq" in artifact.meta else {}),  # what PTQ chose, and why
+            **interface_fields(artifact.meta, self.stages["data"].meta["preprocessing"]),
+            "fallbacks": self.fallbacks(target),
+            "stage_keys": {"export": artifact.key, "verify": self.stages[f"verify:{target.name}"].key},
+        }
 
     def fallbacks(self, target) -> list[str]:
         """What could not be done as asked on the way to this artifact (recorded, never silent)."""
@@ -319,9 +416,11 @@ class Builder:
     def storage(self) -> str:
         new = [e for e in self.stages.values() if not e.reused]
         added = sum(folder_bytes(e.path) for e in new)
-        return (f"cache: stored {added / 1e6:.1f} MB in {len(new)} new entries; "
-                f"{self.cache.root} holds {folder_bytes(self.cache.root) / 1e6:.1f} MB "
-                f"(`python -m pipeline cache ls|prune --out {self.out}`)")
+        return (
+            f"cache: stored {added / 1e6:.1f} MB in {len(new)} new entries; "
+            f"{self.cache.root} holds {folder_bytes(self.cache.root) / 1e6:.1f} MB "
+            f"(`python -m pipeline cache ls|prune --out {self.out}`)"
+        )
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -358,9 +457,12 @@ def content_hash(path: str) -> str:
 def interface_fields(export_meta: dict, preprocessing: dict) -> dict:
     """What the manifest row says of the artifact's interface: the layout its inputs take, and how it maps
     to the pipeline's arrays (bench, release and verify feed each artifact in its own layout)."""
-    return {"input_layout": export_meta.get("input_layout") or preprocessing.get("layout"),
-            "route": export_meta.get("route"), "input_perms": export_meta.get("input_perms"),
-            "output_perms": export_meta.get("output_perms")}
+    return {
+        "input_layout": export_meta.get("input_layout") or preprocessing.get("layout"),
+        "route": export_meta.get("route"),
+        "input_perms": export_meta.get("input_perms"),
+        "output_perms": export_meta.get("output_perms"),
+    }
 
 
 def _first(x):
@@ -383,7 +485,12 @@ def _one_line(e: BaseException) -> str:
 
 
 def failed_build(target, reason: str) -> dict:
-    return {"target": target.name, "status": "failed_build", "reason": reason, "expected_quantization": target.quantization}
+    return {
+        "target": target.name,
+        "status": "failed_build",
+        "reason": reason,
+        "expected_quantization": target.quantization,
+    }
 
 
 def clean_target_dir(out: Path, model: str, target: str) -> None:

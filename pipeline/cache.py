@@ -22,8 +22,19 @@ from pathlib import Path
 from pipeline.config import canonical_json
 from pipeline.util import sha256_file
 
-TOOLS = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy",
-         "scikit-learn", "tf2onnx", "onnx", "onnxruntime", "openvino", "nncf")
+TOOLS = (
+    "tensorflow",
+    "tf-keras",
+    "tensorflow-model-optimization",
+    "ai-edge-litert",
+    "numpy",
+    "scikit-learn",
+    "tf2onnx",
+    "onnx",
+    "onnxruntime",
+    "openvino",
+    "nncf",
+)
 
 
 def tool_versions() -> dict[str, str]:

@@ -202,8 +202,9 @@ def _coerce(where: str, value, annotation):
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if not isinstance(value, kinds) or isinstance(value, bool):
-            raise ConfigError(f"{where} must be {' or '.join(k.__name__ for k in kinds)}, "
-                              f"got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                f"{where} must be {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__} {value!r}"
+            )
         return value
     hint = typing.get_origin(annotation) or annotation
     if hint is tuple:
@@ -223,8 +224,11 @@ def _check_ranges(cfg: Config) -> None:
     rules = [
         ("data.test_fraction", 0 < cfg.data.test_fraction < 1, "between 0 and 1"),
         ("data.calibration_samples", cfg.data.calibration_samples >= 1, "at least 1"),
-        ("prune.sparsity", cfg.prune.sparsity == "auto" or (isinstance(cfg.prune.sparsity, float)
-                                                            and 0 <= cfg.prune.sparsity < 1), '"auto" or in [0, 1)'),
+        (
+            "prune.sparsity",
+            cfg.prune.sparsity == "auto" or (isinstance(cfg.prune.sparsity, float) and 0 <= cfg.prune.sparsity < 1),
+            '"auto" or in [0, 1)',
+        ),
         ("data.validation_fraction", 0 <= cfg.data.validation_fraction < 1, "in [0, 1)"),
         ("prune.method", cfg.prune.method in PRUNE_METHODS, " or ".join(f"'{m}'" for m in PRUNE_METHODS)),
         ("prune.channels_fraction", 0 <= cfg.prune.channels_fraction < 1, "in [0, 1)"),
@@ -232,11 +236,17 @@ def _check_ranges(cfg: Config) -> None:
         ("prune.channels_criterion", cfg.prune.channels_criterion in ("l1", "bn"), "'l1' or 'bn'"),
         ("train.lr_schedule", cfg.train.lr_schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
         ("prune.channels_multiple", cfg.prune.channels_multiple >= 1, "at least 1"),
-        ("prune.block_size", len(cfg.prune.block_size) == 2 and min(cfg.prune.block_size) >= 1,
-         "[rows, cols] of positive integers"),
-        ("prune.block_m_by_n", cfg.prune.block_m_by_n == () or (len(cfg.prune.block_m_by_n) == 2
-                                                                and 0 < cfg.prune.block_m_by_n[0] < cfg.prune.block_m_by_n[1]),
-         "empty or [m, n] with 0 < m < n"),
+        (
+            "prune.block_size",
+            len(cfg.prune.block_size) == 2 and min(cfg.prune.block_size) >= 1,
+            "[rows, cols] of positive integers",
+        ),
+        (
+            "prune.block_m_by_n",
+            cfg.prune.block_m_by_n == ()
+            or (len(cfg.prune.block_m_by_n) == 2 and 0 < cfg.prune.block_m_by_n[0] < cfg.prune.block_m_by_n[1]),
+            "empty or [m, n] with 0 < m < n",
+        ),
         ("build.max_accuracy_drop", cfg.build.max_accuracy_drop >= 0, "at least 0"),
         ("train.epochs", cfg.train.epochs >= 1, "at least 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, "at least 1"),

@@ -46,6 +46,7 @@ class Dataset:
 @dataclass(frozen=True)
 class Raw:
     """What a loader found, before preprocessing. `test` is None when the source has no test split."""
+
     x: np.ndarray
     y: np.ndarray | None
     x_test: np.ndarray | None
@@ -59,8 +60,14 @@ def _digits() -> Raw:
 
     d = load_digits()
     # Values are 0..16: scale 1/16 (set in load) puts them in [0, 1].
-    return Raw(d.images.astype(np.float32)[..., None], d.target.astype(np.int64), None, None,
-               tuple(str(i) for i in range(10)), "scikit-learn load_digits")
+    return Raw(
+        d.images.astype(np.float32)[..., None],
+        d.target.astype(np.int64),
+        None,
+        None,
+        tuple(str(i) for i in range(10)),
+        "scikit-learn load_digits",
+    )
 
 
 def _npz(path: Path) -> Raw:
@@ -73,8 +80,9 @@ def _npz(path: Path) -> Raw:
         return Raw(arrays["x_train"], arrays.get("y_train"), arrays["x_test"], arrays.get("y_test"), (), str(path))
     if "x" in arrays:
         return Raw(arrays["x"], arrays.get("y"), None, None, (), str(path))
-    raise DataError(f"{path}: an .npz needs arrays x_train/x_test (with y_train/y_test) or x (with y); "
-                    f"found {sorted(arrays)}")
+    raise DataError(
+        f"{path}: an .npz needs arrays x_train/x_test (with y_train/y_test) or x (with y); found {sorted(arrays)}"
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -89,10 +97,10 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in dtypes:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(dtypes[raw[2]])
     need = int(np.prod(dims)) * dtype.itemsize
-    body = raw[4 + 4 * ndim:]
+    body = raw[4 + 4 * ndim :]
     if len(body) != need:
         raise DataError(f"{path}: IDX file is truncated or padded ({len(body)} data bytes, header says {need})")
     return np.frombuffer(body, dtype=dtype).reshape(dims)
@@ -104,7 +112,9 @@ def _idx(path: Path) -> Raw:
     for f in files:
         name = f.name.lower()
         split = "test" if name.startswith(("t10k", "test")) else "train" if name.startswith("train") else None
-        kind = "images" if "images" in name or "idx3" in name else "labels" if "labels" in name or "idx1" in name else None
+        kind = (
+            "images" if "images" in name or "idx3" in name else "labels" if "labels" in name or "idx1" in name else None
+        )
         if split and kind and "idx" in name:
             found[(split, kind)] = f
     if ("train", "images") not in found:
@@ -120,9 +130,14 @@ def _image_folder(path: Path, cfg: DataConfig) -> Raw:
     from PIL import Image, UnidentifiedImageError
 
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    groups = [(i, sorted(p for p in (path / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-              for i, c in enumerate(classes)] if classes else \
-        [(None, sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))]
+    groups = (
+        [
+            (i, sorted(p for p in (path / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            for i, c in enumerate(classes)
+        ]
+        if classes
+        else [(None, sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))]
+    )
     mode = {"gray": "L", "rgb": "RGB", "bgr": "RGB", "": "RGB"}[cfg.channels]
     xs, ys = [], []
     for label, files in groups:
@@ -186,8 +201,12 @@ def _resize(x: np.ndarray, size) -> np.ndarray:
 
     out = []
     for img in x:
-        chans = [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize(
-            (size[1], size[0]), Image.BILINEAR)) for c in range(img.shape[-1])]
+        chans = [
+            np.asarray(
+                Image.fromarray(img[..., c].astype(np.float32), mode="F").resize((size[1], size[0]), Image.BILINEAR)
+            )
+            for c in range(img.shape[-1])
+        ]
         out.append(np.stack(chans, axis=-1))
     return np.stack(out)
 
@@ -201,7 +220,9 @@ def _check(name: str, x: np.ndarray, y: np.ndarray | None, where: str) -> None:
         raise DataError(f"{where}: {name} contains NaN or inf values: clean the data first")
     if y is not None:
         if y.ndim != 1 or len(y) != len(x):
-            raise DataError(f"{where}: {len(x)} samples but labels of shape {y.shape}; labels must be one int per sample")
+            raise DataError(
+                f"{where}: {len(x)} samples but labels of shape {y.shape}; labels must be one int per sample"
+            )
         if y.dtype.kind not in "iu":
             raise DataError(f"{where}: labels have dtype {y.dtype}; they must be integer class indices")
         if y.min() < 0:
@@ -228,8 +249,9 @@ def load_several(cfg: DataConfig, seed: int, inputs: list[dict]) -> Dataset:
     names = [p["name"] for p in inputs]
     path = Path(cfg.path)
     if not cfg.path or path.suffix != ".npz" or not path.is_file():
-        raise DataError(f"a model with inputs {names} takes an .npz with one array per input name; got "
-                        f"{cfg.path or 'no --data'}")
+        raise DataError(
+            f"a model with inputs {names} takes an .npz with one array per input name; got {cfg.path or 'no --data'}"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -237,12 +259,15 @@ def load_several(cfg: DataConfig, seed: int, inputs: list[dict]) -> Dataset:
         raise DataError(f"{path}: not a readable .npz without pickled objects ({e})") from None
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise DataError(f"{path}: the model's inputs are {names} but the .npz has no array {missing} "
-                        f"(found {sorted(arrays)})")
+        raise DataError(
+            f"{path}: the model's inputs are {names} but the .npz has no array {missing} (found {sorted(arrays)})"
+        )
     x, y = {n: arrays[n] for n in names}, arrays.get("y")
     if len({len(a) for a in x.values()}) > 1:
-        raise DataError(f"{path}: the input arrays hold different numbers of samples "
-                        f"{ {n: len(a) for n, a in x.items()} }: entry i of each is one call")
+        raise DataError(
+            f"{path}: the input arrays hold different numbers of samples "
+            f"{ {n: len(a) for n, a in x.items()} }: entry i of each is one call"
+        )
     for n, a in x.items():
         _check(n, a, y, str(path))
     train, _, test, _ = split(np.arange(len(x[names[0]])), y, cfg.test_fraction, seed)
@@ -250,15 +275,25 @@ def load_several(cfg: DataConfig, seed: int, inputs: list[dict]) -> Dataset:
         raise DataError("data split left no training or no test samples: change data.test_fraction")
     n_cal = min(cfg.calibration_samples, len(train))
     if n_cal < MIN_CALIBRATION:
-        print(f"warning: only {n_cal} calibration samples (fewer than {MIN_CALIBRATION}): int8 ranges may be poor",
-              file=sys.stderr)
+        print(
+            f"warning: only {n_cal} calibration samples (fewer than {MIN_CALIBRATION}): int8 ranges may be poor",
+            file=sys.stderr,
+        )
     cal = train[np.sort(np.random.default_rng(seed + 1).choice(len(train), n_cal, replace=False))]
-    pick = lambda idx: {n: a[idx] for n, a in x.items()}  # noqa: E731
+    pick = lambda idx: {n: a[idx] for n, a in x.items()}
     yt = (y[train], y[test]) if y is not None else (None, None)
     labels = tuple(str(i) for i in range(int(y.max()) + 1)) if y is not None else ()
-    prep = {"source": str(path), "layout": "as given", "data_layout": "as given", "inputs": names,
-            "input_shape": {n: list(a.shape[1:]) for n, a in x.items()}, "preprocessing": "none (several inputs)",
-            "labelled": y is not None, "calibration_split": "train", "calibration_samples": n_cal}
+    prep = {
+        "source": str(path),
+        "layout": "as given",
+        "data_layout": "as given",
+        "inputs": names,
+        "input_shape": {n: list(a.shape[1:]) for n, a in x.items()},
+        "preprocessing": "none (several inputs)",
+        "labelled": y is not None,
+        "calibration_split": "train",
+        "calibration_samples": n_cal,
+    }
     return Dataset(pick(train), yt[0], pick(test), yt[1], pick(cal), labels, prep)
 
 
@@ -299,15 +334,27 @@ def load(cfg: DataConfig, seed: int, model_input: dict | None = None) -> Dataset
     rng = np.random.default_rng(seed + 1)
     n_cal = min(cfg.calibration_samples, len(x_train))
     if n_cal < MIN_CALIBRATION:
-        print(f"warning: only {n_cal} calibration samples (fewer than {MIN_CALIBRATION}): int8 ranges may be poor",
-              file=sys.stderr)
+        print(
+            f"warning: only {n_cal} calibration samples (fewer than {MIN_CALIBRATION}): int8 ranges may be poor",
+            file=sys.stderr,
+        )
     x_cal = x_train[np.sort(rng.choice(len(x_train), n_cal, replace=False))]
     n_classes = int(max(y_train.max(), y_test.max())) + 1 if y_train is not None else 0
     labels = raw.labels or tuple(str(i) for i in range(n_classes))
     # `layout`: of the arrays inside the pipeline; `data_layout`: of the samples as the user gave them.
-    prep = {"source": raw.source, "layout": "NHWC" if x_train.ndim == 4 else "N...", "data_layout": given,
-            "input_shape": list(x_train.shape[1:]), "resize": list(cfg.resize), "channels": cfg.channels or "as stored",
-            "scale": cfg.scale or default_scale, "mean": list(cfg.mean) or [0.0], "std": list(cfg.std) or [1.0],
-            "labelled": y_train is not None, "calibration_split": "train", "calibration_samples": n_cal,
-            "samples": {"train": len(x_train), "validation": 0 if x_val is None else len(x_val), "test": len(x_test)}}
+    prep = {
+        "source": raw.source,
+        "layout": "NHWC" if x_train.ndim == 4 else "N...",
+        "data_layout": given,
+        "input_shape": list(x_train.shape[1:]),
+        "resize": list(cfg.resize),
+        "channels": cfg.channels or "as stored",
+        "scale": cfg.scale or default_scale,
+        "mean": list(cfg.mean) or [0.0],
+        "std": list(cfg.std) or [1.0],
+        "labelled": y_train is not None,
+        "calibration_split": "train",
+        "calibration_samples": n_cal,
+        "samples": {"train": len(x_train), "validation": 0 if x_val is None else len(x_val), "test": len(x_test)},
+    }
     return Dataset(x_train, y_train, x_test, y_test, x_cal, labels, prep, x_val, y_val)

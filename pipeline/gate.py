@@ -71,8 +71,10 @@ def budget_reasons(figures: dict, build, share: float = 1.0) -> list[str]:
     if acc is not None and ref is not None:
         drop, allowed = (ref - acc) * 100, build.max_accuracy_drop * share
         if drop > allowed:
-            return [f"accuracy {acc:.4f} vs the original model's {ref:.4f}: drop of {drop:.2f} points "
-                    f"exceeds {'' if share == 1 else f'{share:g} x '}max_accuracy_drop {build.max_accuracy_drop:g}"]
+            return [
+                f"accuracy {acc:.4f} vs the original model's {ref:.4f}: drop of {drop:.2f} points "
+                f"exceeds {'' if share == 1 else f'{share:g} x '}max_accuracy_drop {build.max_accuracy_drop:g}"
+            ]
         return []
     return agreement_gate(figures.get("top1_agreement"), figures.get("cosine"), build, "the original model", share)
 
@@ -106,8 +108,11 @@ def legacy_check(target, artifact: Path, data_dir: Path, outputs: list[np.ndarra
 
     Runs in its own process: tflite-runtime breaks in a process that has imported TensorFlow."""
     outs = tmp / "legacy.npz"
-    run = runner.run(RUNNERS / target.legacy_runner, artifact,
-                     ["--inputs", data_dir / "x_test.npy", "--limit", LEGACY_SAMPLES, "--outputs", outs])
+    run = runner.run(
+        RUNNERS / target.legacy_runner,
+        artifact,
+        ["--inputs", data_dir / "x_test.npy", "--limit", LEGACY_SAMPLES, "--outputs", outs],
+    )
     if not run["ok"]:
         return legacy_verdict(run["error"], [], [], "ai-edge-litert")
     return legacy_verdict(None, load_outputs(outs), outputs, "ai-edge-litert")
@@ -149,7 +154,10 @@ def default_run(target, artifact: Path, inputs: Path, perms: dict | None, ref: l
     if len(outputs) != len(ref) or any(o.shape != r.shape for o, r in zip(outputs, ref)):
         return {"error": "outputs of another shape"}
     c = compare(outputs, ref, None)
-    return {"precision": run.get("precision"), **{k: c[k] for k in ("max_abs_diff", "cosine", "top1_agreement") if k in c}}
+    return {
+        "precision": run.get("precision"),
+        **{k: c[k] for k in ("max_abs_diff", "cosine", "top1_agreement") if k in c},
+    }
 
 
 def test_inputs(data_dir: Path) -> Path:
@@ -168,16 +176,28 @@ def artifact_inputs(x_file: Path, perms: dict | None, tmp: Path) -> Path:
     return path
 
 
-def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, build,
-                    reference_accuracy: float | None, perms: dict | None = None, expected: str | None = None) -> dict:
+def verify_artifact(
+    target,
+    artifact: Path,
+    data_dir: Path,
+    reference: Path,
+    build,
+    reference_accuracy: float | None,
+    perms: dict | None = None,
+    expected: str | None = None,
+) -> dict:
     """`perms`: the artifact's interface (input_perms, output_perms; see pipeline/interface.py) when it
     takes another layout than the pipeline's arrays: its inputs and outputs are moved accordingly.
     `expected`: the quantization the file must read back as, when not the target's own (`int8-mixed`:
     the post-training choice kept some layers in float, [ptq] mixed)."""
     expected = expected or target.quantization
-    result = {"expected_quantization": expected, "reference_accuracy": reference_accuracy,
-              "gate": "accuracy" if reference_accuracy is not None else "agreement",
-              "accuracy": None, "top1_agreement": None}
+    result = {
+        "expected_quantization": expected,
+        "reference_accuracy": reference_accuracy,
+        "gate": "accuracy" if reference_accuracy is not None else "agreement",
+        "accuracy": None,
+        "top1_agreement": None,
+    }
     try:
         info = target.module.inspect(artifact)
     except (ValueError, OSError) as e:
@@ -191,7 +211,11 @@ def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, bui
         run = runner.run(target.runner_path, artifact, ["--inputs", inputs, "--outputs", outs])
         result["runtime"] = f"{run.get('runtime')} {run.get('runtime_version')}"
         if not run["ok"]:
-            return {**result, "status": "failed_verification", "reason": f"{run.get('runtime', 'runtime')}: {run['error']}"}
+            return {
+                **result,
+                "status": "failed_verification",
+                "reason": f"{run.get('runtime', 'runtime')}: {run['error']}",
+            }
         outputs = interface.from_artifact(load_outputs(outs), (perms or {}).get("output_perms"))
         if target.legacy_runner:
             result["legacy_tflite_runtime"] = legacy_check(target, artifact, data_dir, outputs, Path(tmp))
@@ -200,11 +224,19 @@ def verify_artifact(target, artifact: Path, data_dir: Path, reference: Path, bui
             result["run_config"] = dict(target.run_config)
             result["runtime_default"] = default_run(target, artifact, inputs, perms, ref, Path(tmp))
     if len(outputs) != len(ref) or any(o.shape != r.shape for o, r in zip(outputs, ref)):
-        return {**result, "status": "failed_verification",
-                "reason": f"outputs {[o.shape for o in outputs]} do not match the original model's {[r.shape for r in ref]}"}
+        return {
+            **result,
+            "status": "failed_verification",
+            "reason": f"outputs {[o.shape for o in outputs]} do not match the original model's {[r.shape for r in ref]}",
+        }
     labels = data_dir / "y_test.npy"
-    result.update(compare(outputs, ref, np.load(labels, allow_pickle=False)
-                          if labels.exists() and reference_accuracy is not None else None))
+    result.update(
+        compare(
+            outputs,
+            ref,
+            np.load(labels, allow_pickle=False) if labels.exists() and reference_accuracy is not None else None,
+        )
+    )
     reasons = gate(result, expected, build)
     result["status"] = "failed_verification" if reasons else "ok"
     if reasons:

@@ -38,8 +38,10 @@ def inspect_file(path: Path, timeout: float = 60.0) -> dict:
     known = families()
     family = known.get(path.suffix.lower())
     if family is None:
-        raise UsageError(f"cannot inspect {path}: unknown file type '{path.suffix or '(no suffix)'}' "
-                         f"(known: {', '.join(sorted(known))})")
+        raise UsageError(
+            f"cannot inspect {path}: unknown file type '{path.suffix or '(no suffix)'}' "
+            f"(known: {', '.join(sorted(known))})"
+        )
     env = {**runner.child_env(), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "pipeline.inspection", family, str(path.resolve())]
     try:
@@ -52,13 +54,21 @@ def inspect_file(path: Path, timeout: float = 60.0) -> dict:
     except ValueError:  # a library's own log line that happens to start with '{'
         result = None
     if not isinstance(result, dict) or "ok" not in result:
-        why = (f"crashed with {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
-               else f"exited {proc.returncode} without a result")
+        why = (
+            f"crashed with {signal.Signals(-proc.returncode).name}"
+            if proc.returncode < 0
+            else f"exited {proc.returncode} without a result"
+        )
         raise UsageError(f"cannot inspect {path}: the {family} reader {why}")
     if not result["ok"]:
         raise UsageError(f"cannot inspect {path} as {family}: {result['error']}")
-    return {"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path), **result["info"],
-            **how_to_run(result["info"])}
+    return {
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        **result["info"],
+        **how_to_run(result["info"]),
+    }
 
 
 def how_to_run(info: dict) -> dict:
@@ -70,8 +80,10 @@ def how_to_run(info: dict) -> dict:
     if "target" not in meta:
         return {}
     target = TARGETS.get(meta["target"])
-    return {"input_layout": meta.get("input_layout") or (meta.get("preprocessing") or {}).get("layout"),
-            "run_config": dict(target.run_config) if target else {}}
+    return {
+        "input_layout": meta.get("input_layout") or (meta.get("preprocessing") or {}).get("layout"),
+        "run_config": dict(target.run_config) if target else {},
+    }
 
 
 FIRST = ("file", "bytes", "sha256", "format", "quantization", "sparsity", "inputs", "outputs", "ops")
@@ -85,9 +97,11 @@ def describe(info: dict) -> str:
     for k in keys:
         v = info[k]
         if k in ("inputs", "outputs"):
-            vals = [f"{t.get('name')}  {t.get('dtype')}  {t.get('shape')}"
-                    + (f"  scale {t['scale']:.6g}  zero point {t.get('zero_point')}" if t.get("scale") else "")
-                    for t in v] or ["-"]
+            vals = [
+                f"{t.get('name')}  {t.get('dtype')}  {t.get('shape')}"
+                + (f"  scale {t['scale']:.6g}  zero point {t.get('zero_point')}" if t.get("scale") else "")
+                for t in v
+            ] or ["-"]
         elif isinstance(v, dict) and k == "metadata":
             vals = [f"{mk}: {mv}" for mk, mv in sorted(v.items())] or ["(none)"]
         elif isinstance(v, dict):

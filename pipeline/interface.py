@@ -40,8 +40,10 @@ def layout_of(rank: int, channels_first: bool) -> str:
 
 
 def _dims(value_info) -> list[int | None]:
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in value_info.type.tensor_type.shape.dim]
+    return [
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+        for d in value_info.type.tensor_type.shape.dim
+    ]
 
 
 def load_onnx(path: str | Path):
@@ -66,16 +68,21 @@ def onnx_interface(path: str | Path) -> dict:
 
     def port(v, with_layout):
         shape = _dims(v)
-        p = {"name": v.name, "shape": shape,
-             "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))}
+        p = {
+            "name": v.name,
+            "shape": shape,
+            "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)),
+        }
         if with_layout:
             p["layout"] = layout_of(len(shape), channels_first=True)
         return p
 
     inputs = [v for v in m.graph.input if v.name not in init]
     # Several inputs are taken as they are (no Keras conversion, see interface_export): no layout to change.
-    return {"inputs": [{**port(v, True), **({"layout": "as given"} if len(inputs) > 1 else {})} for v in inputs],
-            "outputs": [port(v, False) for v in m.graph.output]}
+    return {
+        "inputs": [{**port(v, True), **({"layout": "as given"} if len(inputs) > 1 else {})} for v in inputs],
+        "outputs": [port(v, False) for v in m.graph.output],
+    }
 
 
 def channels_first(port: dict) -> bool:
@@ -145,8 +152,10 @@ def restore(proto, original: dict):
 
     g = proto.graph
     if len(g.input) != len(original["inputs"]) or len(g.output) != len(original["outputs"]):
-        raise ValueError(f"the converted graph has {len(g.input)} inputs and {len(g.output)} outputs, "
-                         f"the original {len(original['inputs'])} and {len(original['outputs'])}")
+        raise ValueError(
+            f"the converted graph has {len(g.input)} inputs and {len(g.output)} outputs, "
+            f"the original {len(original['inputs'])} and {len(original['outputs'])}"
+        )
     # The converted graph's own tensors step aside: the original names go on the new edges.
     taken = {p["name"] for p in [*original["inputs"], *original["outputs"]]}
     inner = {v.name: v.name + "__internal" for v in [*g.input, *g.output]}
@@ -161,16 +170,22 @@ def restore(proto, original: dict):
         conv = _dims(v)
         perm = to_last(len(conv)) if channels_first(port) else None
         dims = [conv[i] for i in to_first(len(conv))] if perm else conv
-        head.append(helper.make_node("Transpose", [port["name"]], [inner[v.name]], perm=perm) if perm
-                    else helper.make_node("Identity", [port["name"]], [inner[v.name]]))
+        head.append(
+            helper.make_node("Transpose", [port["name"]], [inner[v.name]], perm=perm)
+            if perm
+            else helper.make_node("Identity", [port["name"]], [inner[v.name]])
+        )
         v.CopyFrom(helper.make_tensor_value_info(port["name"], TensorProto.FLOAT, _free_batch(dims, port)))
         input_perms.append(to_first(len(conv)) if perm else None)
     for v, port in zip(list(g.output), original["outputs"]):
         conv = _dims(v)
         perm = output_perm(port["shape"], conv)
         back = to_first(len(conv)) if perm else None
-        tail.append(helper.make_node("Transpose", [inner[v.name]], [port["name"]], perm=back) if back
-                    else helper.make_node("Identity", [inner[v.name]], [port["name"]]))
+        tail.append(
+            helper.make_node("Transpose", [inner[v.name]], [port["name"]], perm=back)
+            if back
+            else helper.make_node("Identity", [inner[v.name]], [port["name"]])
+        )
         dims = [conv[i] for i in back] if back else conv
         v.CopyFrom(helper.make_tensor_value_info(port["name"], v.type.tensor_type.elem_type, _free_batch(dims, port)))
         out_perms.append(perm)

@@ -17,8 +17,9 @@ import numpy as np
 from pipeline import interface
 
 
-def export_keeping_interface(builder, target, route: str, model_h5: Path, calibration: np.ndarray, out: Path,
-                             metadata: dict, progress) -> dict:
+def export_keeping_interface(
+    builder, target, route: str, model_h5: Path, calibration: np.ndarray, out: Path, metadata: dict, progress
+) -> dict:
     """Write the artifact; returns the export stage's metadata, with the artifact's interface."""
     from pipeline import report
 
@@ -30,15 +31,21 @@ def export_keeping_interface(builder, target, route: str, model_h5: Path, calibr
         n_in, n_out = len(original["inputs"]), len(original["outputs"])
         calib = [calibration[p["name"]] for p in original["inputs"]]
         target.module.write(target, proto, calib, out, metadata, progress)
-        return {"source": "original", "method": "ptq" if target.options["mode"] == "int8" else "convert",
-                "route": route, "input_perms": [None] * n_in, "output_perms": [None] * n_out,
-                "input_layout": metadata["input_layout"]}
+        return {
+            "source": "original",
+            "method": "ptq" if target.options["mode"] == "int8" else "convert",
+            "route": route,
+            "input_perms": [None] * n_in,
+            "output_perms": [None] * n_out,
+            "input_layout": metadata["input_layout"],
+        }
     if route == "original":
         import onnx
 
         proto = onnx.load(builder.cfg.model.path)
-        in_perms = [interface.to_first(len(p["shape"])) if interface.channels_first(p) else None
-                    for p in original["inputs"]]
+        in_perms = [
+            interface.to_first(len(p["shape"])) if interface.channels_first(p) else None for p in original["inputs"]
+        ]
         reference = builder.reference().file("reference_outputs.npz")
         with np.load(reference, allow_pickle=False) as z:
             shapes = [list(z[f"output_{i}"].shape) for i in range(len(z.files))]
@@ -56,8 +63,14 @@ def export_keeping_interface(builder, target, route: str, model_h5: Path, calibr
         source, method = "prune", "ptq" if target.options["mode"] == "int8" else "convert"
     calib = [interface.to_artifact(calibration, in_perms[0])]
     target.module.write(target, proto, calib, out, metadata, progress)
-    return {"source": source, "method": method, "route": route, "input_perms": in_perms, "output_perms": out_perms,
-            "input_layout": metadata["input_layout"]}
+    return {
+        "source": source,
+        "method": method,
+        "route": route,
+        "input_perms": in_perms,
+        "output_perms": out_perms,
+        "input_layout": metadata["input_layout"],
+    }
 
 
 def original_outputs(model: str, x_test: Path, folder: Path) -> dict:
@@ -67,10 +80,17 @@ def original_outputs(model: str, x_test: Path, folder: Path) -> dict:
     from pipeline.errors import ModelLoadError
     from targets import RUNNERS
 
-    res = runner.run(RUNNERS / "run_onnxruntime.py", Path(model),
-                     ["--inputs", x_test, "--outputs", folder / "reference_outputs.npz"])
+    res = runner.run(
+        RUNNERS / "run_onnxruntime.py", Path(model), ["--inputs", x_test, "--outputs", folder / "reference_outputs.npz"]
+    )
     if not res["ok"]:
         raise ModelLoadError(f"{model}: onnxruntime cannot run it on the data: {res['error']}")
     skipped = "several inputs: no fine-tuning, pruning or QAT (they work on the single-input Keras conversion)"
-    return {"accuracy": None, "outputs": len(res["outputs"]), "inputs": res["inputs"], "method": "none",
-            "pruned_layers": 0, "fallbacks": [skipped]}
+    return {
+        "accuracy": None,
+        "outputs": len(res["outputs"]),
+        "inputs": res["inputs"],
+        "method": "none",
+        "pruned_layers": 0,
+        "fallbacks": [skipped],
+    }

@@ -25,8 +25,11 @@ def write_manifest(builder, rows: list[dict], started: float) -> dict:
     # Artifacts of earlier builds of the same model config stay listed (e.g. a second target).
     old = read(path) or {}
     keep, old_stages = [], {}
-    stages = {name: {"key": e.key, "reused": e.reused, **{k: v for k, v in e.meta.items() if k != "preprocessing"}}
-              for name, e in builder.stages.items() if ":" not in name}
+    stages = {
+        name: {"key": e.key, "reused": e.reused, **{k: v for k, v in e.meta.items() if k != "preprocessing"}}
+        for name, e in builder.stages.items()
+        if ":" not in name
+    }
     if old.get("config_hash") == cfg.digest():
         built = {r["target"] for r in rows}
         keep = [a for a in old.get("artifacts", []) if a["target"] not in built]

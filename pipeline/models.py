@@ -32,7 +32,9 @@ def kind(path: Path) -> str:
         raise ModelLoadError(f"{path}: the model file is empty")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise ModelLoadError(f"{path}: unknown model format '{suffix}': use {', '.join(SUFFIXES)} or a SavedModel folder")
+        raise ModelLoadError(
+            f"{path}: unknown model format '{suffix}': use {', '.join(SUFFIXES)} or a SavedModel folder"
+        )
     return {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".onnx": "onnx"}[suffix]
 
 
@@ -62,8 +64,10 @@ def load(path: str | Path, trust: bool = False, onnx_input_shape=(), workdir: Pa
             model = tf_keras.models.load_model(path, compile=False, safe_mode=not trust)
         elif k == "h5":
             if _h5_has_lambda(path) and not trust:
-                raise ModelLoadError(f"{path}: contains Lambda layers whose code would run on load; "
-                                     "pass --trust-model only if you trust this file")
+                raise ModelLoadError(
+                    f"{path}: contains Lambda layers whose code would run on load; "
+                    "pass --trust-model only if you trust this file"
+                )
             model = tf_keras.models.load_model(path, compile=False)
         elif k == "savedmodel":
             model = tf_keras.models.load_model(path, compile=False)
@@ -77,7 +81,9 @@ def load(path: str | Path, trust: bool = False, onnx_input_shape=(), workdir: Pa
     if not isinstance(model, tf_keras.Model):
         raise ModelLoadError(f"{path}: loaded object is not a Keras model; save it with Keras or export ONNX")
     if len(model.inputs) != 1:
-        raise ModelLoadError(f"{path}: the model has {len(model.inputs)} inputs; only single-input models are supported")
+        raise ModelLoadError(
+            f"{path}: the model has {len(model.inputs)} inputs; only single-input models are supported"
+        )
     info["input_shape"] = [None if d is None else int(d) for d in model.input_shape]
     return model, info
 
@@ -96,8 +102,10 @@ def _onnx_shape(path: Path, override) -> tuple[str, list[int]]:
             raise ModelLoadError(f"model.onnx_input_shape has {len(override)} dims but the model input has {len(dims)}")
         dims = list(override)
     if any(d <= 0 for d in dims):
-        raise ModelLoadError(f"{path}: input '{inputs[0].name}' has dynamic dimensions {dims}: "
-                             "set model.onnx_input_shape or --input-shape, e.g. 1,3,224,224")
+        raise ModelLoadError(
+            f"{path}: input '{inputs[0].name}' has dynamic dimensions {dims}: "
+            "set model.onnx_input_shape or --input-shape, e.g. 1,3,224,224"
+        )
     return inputs[0].name, dims
 
 
@@ -112,8 +120,10 @@ def _from_onnx(path: Path, override, workdir: Path | None):
         shutil.copyfile(path, tmp / "model.onnx")
         # For 3-channel inputs onnx2tf runs a sanity inference on sample images it would download;
         # a seeded random file of that name in its working folder keeps it offline.
-        np.save(tmp / "calibration_image_sample_data_20x128x128x3_float32.npy",
-                np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+        np.save(
+            tmp / "calibration_image_sample_data_20x128x128x3_float32.npy",
+            np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32),
+        )
         cwd, path_env = os.getcwd(), os.environ.get("PATH", "")
         os.chdir(tmp)
         # onnx2tf fixes the input shape and simplifies by running the `onnxsim` program; without it
@@ -121,9 +131,12 @@ def _from_onnx(path: Path, override, workdir: Path | None):
         os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_env])
         try:
             with report.step("convert", f"ONNX -> Keras (onnx2tf, input {name} {dims})"):
-                model = onnx2tf.convert(input_onnx_file_path="model.onnx", output_folder_path="saved_model",
-                                        overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
-                                        non_verbose=True)
+                model = onnx2tf.convert(
+                    input_onnx_file_path="model.onnx",
+                    output_folder_path="saved_model",
+                    overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
+                    non_verbose=True,
+                )
         finally:
             os.chdir(cwd)
             os.environ["PATH"] = path_env

@@ -67,8 +67,10 @@ def binary(arch: str) -> Path:
         proc = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not path.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no compiler"]
-            raise NativeError(f"cannot build the {arch} native runner: {tail[0]} "
-                              "(scripts/install_system.sh installs gcc, make and gcc-aarch64-linux-gnu)")
+            raise NativeError(
+                f"cannot build the {arch} native runner: {tail[0]} "
+                "(scripts/install_system.sh installs gcc, make and gcc-aarch64-linux-gnu)"
+            )
     return path
 
 
@@ -81,8 +83,10 @@ def site_dir(arch: str) -> Path:
 
         site = emulator.emu_home() / "base" / "site"
         if not site.is_dir():
-            raise NativeError("no aarch64 runtime libraries: run python -m pipeline device setup emu:rpi4 "
-                              "(it unpacks the aarch64 wheels)")
+            raise NativeError(
+                "no aarch64 runtime libraries: run python -m pipeline device setup emu:rpi4 "
+                "(it unpacks the aarch64 wheels)"
+            )
         return site
     raise NativeError(f"no runtime libraries for {arch} on this {platform.machine()} machine")
 
@@ -102,7 +106,7 @@ def library(rt, arch: str) -> Path:
 def version(rt, arch: str) -> str:
     """The wheel's version, from its .dist-info name (LiteRT's C API has no version call)."""
     info = sorted(site_dir(arch).glob(f"{rt.module}-*.dist-info"))
-    return info[0].name[len(rt.module) + 1:-len(".dist-info")] if info else ""
+    return info[0].name[len(rt.module) + 1 : -len(".dist-info")] if info else ""
 
 
 def bundle_files(rt, arch: str) -> dict[str, Path]:
@@ -116,8 +120,15 @@ def bundle_files(rt, arch: str) -> dict[str, Path]:
 
 def command(rt, arch: str, lib: Path | str | None = None, exe: Path | str | None = None) -> list[str]:
     """argv of the native runner up to the model: append MODEL and the runner arguments."""
-    return [str(exe or binary(arch)), "--runtime", rt.native, "--lib", str(lib or library(rt, arch)),
-            "--runtime-version", version(rt, arch)]
+    return [
+        str(exe or binary(arch)),
+        "--runtime",
+        rt.native,
+        "--lib",
+        str(lib or library(rt, arch)),
+        "--runtime-version",
+        version(rt, arch),
+    ]
 
 
 def native_args(args) -> list[str]:
@@ -125,8 +136,10 @@ def native_args(args) -> list[str]:
     args = [str(a) for a in args]
     for a in args:
         if a.startswith("--") and a not in NATIVE_FLAGS:
-            raise NativeError(f"the native runner has no option {a}: it runs each runtime's defaults "
-                              "(LiteRT with XNNPACK, OpenVINO in f32)")
+            raise NativeError(
+                f"the native runner has no option {a}: it runs each runtime's defaults "
+                "(LiteRT with XNNPACK, OpenVINO in f32)"
+            )
     return args
 
 
@@ -143,6 +156,7 @@ def run_local(runner_path: Path, model: Path, args, timeout: float) -> dict:
 
 
 # -- bench's devices, with the native runner as what they run -----------------------------------
+
 
 class NativeLocal:
     """`local` with the native runner."""
@@ -175,8 +189,12 @@ class NativeEmu(EmuDevice):
         counts_file = Path(folder) / f"counts-native-{rt.native}.txt"
         # the emulated Python's qemu prefix without the Python: the binary runs in its place
         blocks = Path(folder) / f"blocks-{site}.txt"  # what EmuDevice.run reads for its latency estimate
-        qemu = emu.python_command(self.profile.name, count_instructions=count, counts_file=counts_file,
-                                  blocks_file=blocks if count and emu.profile_plugin_path().exists() else None)[:-1]
+        qemu = emu.python_command(
+            self.profile.name,
+            count_instructions=count,
+            counts_file=counts_file,
+            blocks_file=blocks if count and emu.profile_plugin_path().exists() else None,
+        )[:-1]
         if count:  # EMU_SECTIONS counted sections in one process, as emu_sections.py runs the Python runner
             argv += ["--sections", str(EMU_SECTIONS)]
         res = runner.run_command(["env", "-i", *GUEST_ENV, *qemu, *argv], timeout)
@@ -200,8 +218,14 @@ class NativeEmu(EmuDevice):
                 bundle_files(rt, "aarch64")
         except NativeError as e:
             why = why or str(e)
-        return [{"site": "native", "arch": "aarch64", "glibc": ".".join(map(str, glibc)) if glibc else None,
-                 "bundle": f"no: {why}" if why else "yes"}]
+        return [
+            {
+                "site": "native",
+                "arch": "aarch64",
+                "glibc": ".".join(map(str, glibc)) if glibc else None,
+                "bundle": f"no: {why}" if why else "yes",
+            }
+        ]
 
 
 # Board-side steps without Python: POSIX sh, mktemp, tar, uname, getconf (coreutils or busybox).
@@ -254,13 +278,16 @@ class NativeSSH(SSHDevice):
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
         with open(tar_path, "rb") as stdin:
-            proc = self._ssh([], timeout + tar_path.stat().st_size / 1e6, stdin=stdin, raw=_NATIVE_UPLOAD,
-                             step="copying the bundle")
+            proc = self._ssh(
+                [], timeout + tar_path.stat().st_size / 1e6, stdin=stdin, raw=_NATIVE_UPLOAD, step="copying the bundle"
+            )
         remote = proc.stdout.decode(errors="replace").strip().splitlines()
         if proc.returncode != 0 or not remote or not remote[-1].startswith("/"):
             err = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise DeviceError(f"{self.name}: copying the bundle to the board failed: "
-                              f"{err[-1] if err else f'exit status {proc.returncode}'}")
+            raise DeviceError(
+                f"{self.name}: copying the bundle to the board failed: "
+                f"{err[-1] if err else f'exit status {proc.returncode}'}"
+            )
         return remote[-1]
 
     def run(self, request) -> dict:
@@ -279,7 +306,9 @@ class NativeSSH(SSHDevice):
                 files.update({f"model/{p.name}": p for p in artifact_files(model)})
                 files[f"inputs/{x.name}"] = x
                 argv = command(rt, self.arch, lib=f"lib/{library(rt, self.arch).name}", exe="./edge_bench") + [
-                    f"model/{model.name}", *native_args(request.argv(f"inputs/{x.name}", "outputs.npz"))]
+                    f"model/{model.name}",
+                    *native_args(request.argv(f"inputs/{x.name}", "outputs.npz")),
+                ]
                 remote = self._upload(files, folder, SSH_STEP_TIMEOUT)
                 res = self._run_remote(remote, argv, request.timeout)
                 fields["loads"] = "yes" if "load_ms" in res else f"no: {res.get('error', '?')}"
@@ -318,6 +347,8 @@ def get_device(spec: str, **options):
 
     kind = spec.split(":", 1)[0]
     if kind not in KINDS:
-        raise UsageError(f"unknown device '{spec}': known device kinds are {', '.join(KINDS)} "
-                         "(local, emu:rpi3|rpi4|rpi5, ssh://user@host[:port])")
+        raise UsageError(
+            f"unknown device '{spec}': known device kinds are {', '.join(KINDS)} "
+            "(local, emu:rpi3|rpi4|rpi5, ssh://user@host[:port])"
+        )
     return KINDS[kind](spec, **options)

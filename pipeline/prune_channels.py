@@ -25,22 +25,53 @@ channels touching it are left whole and it is listed in report["skipped"].
 TensorFlow is imported inside the functions so that importing this module
 stays cheap.
 """
+
 import os
 
 import numpy as np
 
 _ELEMENTWISE_ACTIVATIONS = {
-    "linear", "relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "elu",
-    "selu", "gelu", "swish", "silu", "softplus", "softsign", "exponential",
-    "leaky_relu", "mish", "hard_swish",
+    "linear",
+    "relu",
+    "relu6",
+    "sigmoid",
+    "hard_sigmoid",
+    "tanh",
+    "elu",
+    "selu",
+    "gelu",
+    "swish",
+    "silu",
+    "softplus",
+    "softsign",
+    "exponential",
+    "leaky_relu",
+    "mish",
+    "hard_swish",
 }
 _PASSTHROUGH = {
-    "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "Dropout",
-    "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout",
-    "AlphaDropout", "MaxPooling1D", "MaxPooling2D", "AveragePooling1D",
-    "AveragePooling2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "ZeroPadding2D", "Cropping2D",
-    "UpSampling2D", "Identity",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "ThresholdedReLU",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    "ZeroPadding2D",
+    "Cropping2D",
+    "UpSampling2D",
+    "Identity",
 }
 _MERGES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
 _CRITERIA = ("l1", "bn")
@@ -57,9 +88,15 @@ def _keras():
 def _layer_kinds(keras):
     """Exact classes only: Conv2DTranspose subclasses Conv2D but is not one."""
     L = keras.layers
-    kinds = {L.Conv2D: "conv", L.Dense: "conv", L.DepthwiseConv2D: "depthwise",
-             L.BatchNormalization: "bn", L.Flatten: "flatten",
-             L.Activation: "activation", L.Softmax: "mixing"}
+    kinds = {
+        L.Conv2D: "conv",
+        L.Dense: "conv",
+        L.DepthwiseConv2D: "depthwise",
+        L.BatchNormalization: "bn",
+        L.Flatten: "flatten",
+        L.Activation: "activation",
+        L.Softmax: "mixing",
+    }
     for name in _PASSTHROUGH:
         if hasattr(L, name):
             kinds[getattr(L, name)] = "pass"
@@ -77,6 +114,7 @@ def _flatten_expand(prev, positions, width):
     def expand(keep):
         idx = np.asarray(_apply(prev, keep))
         return (np.arange(positions)[:, None] * width + idx[None, :]).ravel()
+
     return expand
 
 
@@ -85,6 +123,7 @@ def _multiplier_expand(prev, m):
     def expand(keep):
         idx = np.asarray(_apply(prev, keep))
         return (idx[:, None] * m + np.arange(m)[None, :]).ravel()
+
     return expand
 
 
@@ -193,8 +232,8 @@ class _Plan:
         if not isinstance(model, keras.Model):
             raise TypeError("expected a tf_keras model (set TF_USE_LEGACY_KERAS=1)")
         self.model, self.groups, self.skipped = model, _Groups(), []
-        self.layout = {}   # tensor key -> (group, expand)
-        self.nodes = []    # (layer, kind, input layouts, output layout)
+        self.layout = {}  # tensor key -> (group, expand)
+        self.nodes = []  # (layer, kind, input layouts, output layout)
         kinds = _layer_kinds(keras)
         entries, inputs, outputs = _topology(keras, model)
         g = self.groups
@@ -209,8 +248,9 @@ class _Plan:
             reason = _unsupported_reason(keras, layer, kind)
             if reason:
                 if strict:
-                    raise ValueError(f"cannot prune channels through layer "
-                                     f"{layer.name!r} ({type(layer).__name__}): {reason}")
+                    raise ValueError(
+                        f"cannot prune channels through layer {layer.name!r} ({type(layer).__name__}): {reason}"
+                    )
                 self.skipped.append({"layer": layer.name, "reason": reason})
                 for known in filter(None, ins):
                     g.freeze(known[0])
@@ -244,12 +284,13 @@ class _Plan:
                     if not residual:
                         g.freeze(grp)
                 out = (grp, None)
-            else:   # bn, pass, activation, mixing
+            else:  # bn, pass, activation, mixing
                 out = (grp, expand)
                 if kind == "bn" and expand is None:
                     g.bns[g.find(grp)].append(layer.name)
-                if kind == "mixing" or (kind == "activation" and _activation_name(
-                        keras, layer.activation) not in _ELEMENTWISE_ACTIVATIONS):
+                if kind == "mixing" or (
+                    kind == "activation" and _activation_name(keras, layer.activation) not in _ELEMENTWISE_ACTIVATIONS
+                ):
                     g.freeze(grp)
             self.layout[(layer.name, 0)] = out
             self.nodes.append((layer, kind, ins, out))
@@ -268,7 +309,7 @@ class _Plan:
             bns = [b for b in bns if b.scale]
             if criterion == "bn" and bns:
                 out[root] = sum(np.abs(b.gamma.numpy()) for b in bns)
-            else:   # l1, or bn without a BatchNormalization in the group
+            else:  # l1, or bn without a BatchNormalization in the group
                 kernels = [self.model.get_layer(n).kernel.numpy() for n in g.producers[root]]
                 out[root] = sum(np.abs(k).reshape(-1, g.width[root]).sum(0) for k in kernels)
         return out
@@ -289,8 +330,7 @@ class _Plan:
             if not given:
                 continue
             if len(set(given.values())) > 1:
-                raise ValueError(f"layers {sorted(given)} share channels (they meet in a "
-                                 "merge) and need one keep-set")
+                raise ValueError(f"layers {sorted(given)} share channels (they meet in a merge) and need one keep-set")
             if g.frozen[root] and len(next(iter(given.values()))) != g.width[root]:
                 raise ValueError(f"channels of {sorted(given)} cannot be pruned")
             keep[root] = np.asarray(next(iter(given.values())), dtype=int)
@@ -311,13 +351,13 @@ class _Plan:
                 continue
             i, o = self._idx(ins[0], keep), self._idx(out, keep)
             full = [np.arange(n) for n in weights[0].shape]
-            if kind == "conv":      # kernel (..., in, out), bias (out,)
+            if kind == "conv":  # kernel (..., in, out), bias (out,)
                 axes = [full[:-2] + [i, o], [o]]
-            elif kind == "depthwise":   # kernel (kh, kw, in, m), bias (in * m,)
+            elif kind == "depthwise":  # kernel (kh, kw, in, m), bias (in * m,)
                 axes = [full[:2] + [i, full[3]], [o]]
-            else:                   # bn: gamma, beta, mean, var all (channels,)
+            else:  # bn: gamma, beta, mean, var all (channels,)
                 axes = [[i]] * len(weights)
-            slices[layer.name] = axes[:len(weights)]
+            slices[layer.name] = axes[: len(weights)]
         return slices
 
     def channels(self, keep):
@@ -447,8 +487,15 @@ def _masked(w, ix):
     return out
 
 
-def prune_channels(model, fraction: float, criterion: str = "l1", strict: bool = False,
-                   target: str = "channels", residual: bool = True, multiple: int = 1):
+def prune_channels(
+    model,
+    fraction: float,
+    criterion: str = "l1",
+    strict: bool = False,
+    target: str = "channels",
+    residual: bool = True,
+    multiple: int = 1,
+):
     """Remove `fraction` of the channels of every prunable channel group.
 
     fraction: share of channels removed per group (rounded down, at least one
@@ -483,8 +530,7 @@ def prune_channels(model, fraction: float, criterion: str = "l1", strict: bool =
     channels = plan.channels(keep)
     sizes = {layer.name: channels[layer.name][1] for layer, kind, _, _ in plan.nodes if kind == "conv"}
     new = _rebuild(model, sizes, plan.weight_slices(keep), masked=False)
-    layer_keep = {name: plan._idx(plan.layout[(name, 0)], keep).tolist()
-                  for name in sizes}
+    layer_keep = {name: plan._idx(plan.layout[(name, 0)], keep).tolist() for name in sizes}
     report = {
         "criterion": criterion,
         "fraction": channel_fraction,

@@ -23,6 +23,7 @@ def progress(label: str, done: int, total: int, extra: str = "") -> None:
 
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """`columns` is [(key, header)]; floats are shown with 4 significant digits, None as '-'."""
+
     def cell(v):
         if v is None:
             return "-"
@@ -33,7 +34,7 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
     heads = [h for _, h in columns]
     widths = [max(len(x) for x in col) for col in zip(heads, *body)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([fmt(heads), fmt(["-" * w for w in widths]), *map(fmt, body)])
 
 
@@ -78,8 +79,10 @@ def prune_summary(trained: dict, pruned: dict) -> str:
     auto = pruned.get("auto")
     if auto:
         tried = ", ".join(f"{t['sparsity']:g}" for t in auto["tried"])
-        parts.append(f"sparsity auto -> {auto['chosen']:g} (tried {tried} on {auto['validation_samples']} "
-                     f"validation samples, {auto.get('seconds', 0):.0f} s)")
+        parts.append(
+            f"sparsity auto -> {auto['chosen']:g} (tried {tried} on {auto['validation_samples']} "
+            f"validation samples, {auto.get('seconds', 0):.0f} s)"
+        )
     before, after = pruned.get("params_before"), pruned.get("params_after")
     if before and after is not None and after != before:
         parts.append(f"params {before:,} -> {after:,} ({after / before:.2f}x)")

@@ -33,8 +33,9 @@ def parse_result(stdout: str) -> dict | None:
     return None
 
 
-def run(runner: Path, model: Path, args: list[str] = (), timeout: float = DEFAULT_TIMEOUT_S,
-        prefix: list[str] | None = None) -> dict:
+def run(
+    runner: Path, model: Path, args: list[str] = (), timeout: float = DEFAULT_TIMEOUT_S, prefix: list[str] | None = None
+) -> dict:
     """Run `runner model args...`; always returns the runner's JSON, or one with ok=False and why."""
     return run_command([*(prefix or [sys.executable]), str(runner), str(model), *map(str, args)], timeout)
 
@@ -43,8 +44,9 @@ def run_command(cmd: list, timeout: float = DEFAULT_TIMEOUT_S) -> dict:
     """Run any runner command line (a script, or the native runner of pipeline/native.py) the same way."""
     cmd = [str(c) for c in cmd]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(),
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout:.0f} s (runtime hung), killed"}
     except OSError as e:

@@ -34,17 +34,44 @@ class Runtime:
         return f"{self.dist}=={self.version}"
 
 
-RUNTIMES: dict[str, Runtime] = {r.dist: r for r in [
-    Runtime("ai-edge-litert", "ai_edge_litert", "run_litert.py", "2.3.0", native="litert",
-            native_files=("libLiteRt.so",)),
-    Runtime("onnxruntime", "onnxruntime", "run_onnxruntime.py", "1.32.0", native="onnxruntime",
-            native_files=("capi/libonnxruntime.so.*",)),
-    # libopenvino_c needs libopenvino, which finds its IR reader and CPU plugin by name beside it ($ORIGIN)
-    Runtime("openvino", "openvino", "run_openvino.py", "2026.4.1", native="openvino",
-            native_files=("libs/libopenvino_c.so.*", "libs/libopenvino.so.*", "libs/libopenvino_ir_frontend.so.*",
-                          "libs/libopenvino_*_cpu_plugin.so", "libs/libtbb.so.*", "libs/libhwloc.so.*")),
-    Runtime("tflite-runtime", "tflite_runtime", "run_tflite_runtime.py", "2.14.0", site="tflite_runtime"),
-]}
+RUNTIMES: dict[str, Runtime] = {
+    r.dist: r
+    for r in [
+        Runtime(
+            "ai-edge-litert",
+            "ai_edge_litert",
+            "run_litert.py",
+            "2.3.0",
+            native="litert",
+            native_files=("libLiteRt.so",),
+        ),
+        Runtime(
+            "onnxruntime",
+            "onnxruntime",
+            "run_onnxruntime.py",
+            "1.32.0",
+            native="onnxruntime",
+            native_files=("capi/libonnxruntime.so.*",),
+        ),
+        # libopenvino_c needs libopenvino, which finds its IR reader and CPU plugin by name beside it ($ORIGIN)
+        Runtime(
+            "openvino",
+            "openvino",
+            "run_openvino.py",
+            "2026.4.1",
+            native="openvino",
+            native_files=(
+                "libs/libopenvino_c.so.*",
+                "libs/libopenvino.so.*",
+                "libs/libopenvino_ir_frontend.so.*",
+                "libs/libopenvino_*_cpu_plugin.so",
+                "libs/libtbb.so.*",
+                "libs/libhwloc.so.*",
+            ),
+        ),
+        Runtime("tflite-runtime", "tflite_runtime", "run_tflite_runtime.py", "2.14.0", site="tflite_runtime"),
+    ]
+}
 
 
 def by_runner(script: str) -> Runtime:

@@ -30,15 +30,37 @@ def split_separable(keras, model):
             continue
         c = entry["config"]
         name = c["name"]
-        depthwise = {"class_name": "DepthwiseConv2D", "config": {
-            "name": f"{name}_depthwise", "trainable": c.get("trainable", True), "dtype": c.get("dtype", "float32"),
-            "kernel_size": c["kernel_size"], "strides": c["strides"], "padding": c["padding"],
-            "depth_multiplier": c["depth_multiplier"], "dilation_rate": c["dilation_rate"],
-            "data_format": c.get("data_format"), "activation": "linear", "use_bias": False}}
-        pointwise = {"class_name": "Conv2D", "config": {
-            "name": name, "trainable": c.get("trainable", True), "dtype": c.get("dtype", "float32"),
-            "filters": c["filters"], "kernel_size": (1, 1), "strides": (1, 1), "padding": "valid",
-            "data_format": c.get("data_format"), "activation": c["activation"], "use_bias": c["use_bias"]}}
+        depthwise = {
+            "class_name": "DepthwiseConv2D",
+            "config": {
+                "name": f"{name}_depthwise",
+                "trainable": c.get("trainable", True),
+                "dtype": c.get("dtype", "float32"),
+                "kernel_size": c["kernel_size"],
+                "strides": c["strides"],
+                "padding": c["padding"],
+                "depth_multiplier": c["depth_multiplier"],
+                "dilation_rate": c["dilation_rate"],
+                "data_format": c.get("data_format"),
+                "activation": "linear",
+                "use_bias": False,
+            },
+        }
+        pointwise = {
+            "class_name": "Conv2D",
+            "config": {
+                "name": name,
+                "trainable": c.get("trainable", True),
+                "dtype": c.get("dtype", "float32"),
+                "filters": c["filters"],
+                "kernel_size": (1, 1),
+                "strides": (1, 1),
+                "padding": "valid",
+                "data_format": c.get("data_format"),
+                "activation": c["activation"],
+                "use_bias": c["use_bias"],
+            },
+        }
         if not sequential:
             depthwise.update(name=depthwise["config"]["name"], inbound_nodes=entry["inbound_nodes"])
             pointwise.update(name=name, inbound_nodes=[[[depthwise["name"], 0, 0, {}]]])

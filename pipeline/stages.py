@@ -31,21 +31,46 @@ class Stage:
     changing the code (or upgrading the package) invalidates what it made; no version number to forget."""
 
 
-STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("data", "seeded stratified split; the held-out part is never trained on",
-          ("pipeline/data.py", "pipeline/interface.py")),
-    Stage("train", "the model trained (or loaded and fine-tuned)",
-          ("pipeline/stages.py", "pipeline/models.py", "pipeline/interface.py")),
-    Stage("prune", "pruned by prune.method, fine-tuned, stripped", ("pipeline/stages.py", "pipeline/prune_channels.py")),
-    Stage("qat", "quantization-aware training that keeps the pruned zeros (for the int8 targets made from it)",
-          ("pipeline/stages.py", "pipeline/separable.py")),
-    Stage("original", "a model with several inputs: the user's own file run in onnxruntime, the reference",
-          ("pipeline/interface_export.py", "targets/runners/run_onnxruntime.py", "targets/runners/runner_common.py")),
-    Stage("export", "the target's converter (int8 without QAT: the post-training method chosen by measurement)",
-          ("pipeline/stages.py", "targets/ptq.py")),
-    Stage("verify", "the artifact run in its runtime on the held-out split, gated",
-          ("pipeline/gate.py", "pipeline/runner.py", "targets/runners/runner_common.py")),
-]}
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in [
+        Stage(
+            "data",
+            "seeded stratified split; the held-out part is never trained on",
+            ("pipeline/data.py", "pipeline/interface.py"),
+        ),
+        Stage(
+            "train",
+            "the model trained (or loaded and fine-tuned)",
+            ("pipeline/stages.py", "pipeline/models.py", "pipeline/interface.py"),
+        ),
+        Stage(
+            "prune",
+            "pruned by prune.method, fine-tuned, stripped",
+            ("pipeline/stages.py", "pipeline/prune_channels.py"),
+        ),
+        Stage(
+            "qat",
+            "quantization-aware training that keeps the pruned zeros (for the int8 targets made from it)",
+            ("pipeline/stages.py", "pipeline/separable.py"),
+        ),
+        Stage(
+            "original",
+            "a model with several inputs: the user's own file run in onnxruntime, the reference",
+            ("pipeline/interface_export.py", "targets/runners/run_onnxruntime.py", "targets/runners/runner_common.py"),
+        ),
+        Stage(
+            "export",
+            "the target's converter (int8 without QAT: the post-training method chosen by measurement)",
+            ("pipeline/stages.py", "targets/ptq.py"),
+        ),
+        Stage(
+            "verify",
+            "the artifact run in its runtime on the held-out split, gated",
+            ("pipeline/gate.py", "pipeline/runner.py", "targets/runners/runner_common.py"),
+        ),
+    ]
+}
 
 
 @contextlib.contextmanager
@@ -170,7 +195,7 @@ def _distillation_loss(student_probabilities: bool):
         student = tf.math.log(tf.clip_by_value(student_out, 1e-7, 1.0)) if student_probabilities else student_out
         t, s = teacher_logits / TEMPERATURE, student / TEMPERATURE
         kl = tf.reduce_sum(tf.nn.softmax(t) * (tf.nn.log_softmax(t) - tf.nn.log_softmax(s)), axis=-1)
-        return kl * TEMPERATURE ** 2
+        return kl * TEMPERATURE**2
 
     return loss
 
@@ -180,8 +205,15 @@ def _fit(keras, model, ds, teacher: Teacher, epochs, lr, cfg, label, callbacks=(
     if cfg.train.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, int(np.ceil(len(ds.x_train) / batch)) * epochs)
     teacher.compile(keras, model, lr)
-    model.fit(ds.x_train, teacher.y, epochs=epochs, batch_size=batch, shuffle=True, verbose=0,
-              callbacks=[*callbacks, _progress_callback(keras, label, epochs)])
+    model.fit(
+        ds.x_train,
+        teacher.y,
+        epochs=epochs,
+        batch_size=batch,
+        shuffle=True,
+        verbose=0,
+        callbacks=[*callbacks, _progress_callback(keras, label, epochs)],
+    )
 
 
 def _batch(model, batch_size: int) -> int:
@@ -221,17 +253,20 @@ def vs_original(outs: list[np.ndarray], original: list[np.ndarray], y) -> dict:
 def default_model(keras, input_shape, n_classes: int, filters: int):
     """A small CNN for small images: three conv layers, a dense layer, softmax."""
     L = keras.layers
-    return keras.Sequential([
-        keras.Input(shape=input_shape),
-        L.Conv2D(filters, 3, padding="same", activation="relu"),
-        L.Conv2D(filters * 2, 3, padding="same", activation="relu"),
-        L.MaxPooling2D(),
-        L.Conv2D(filters * 4, 3, padding="same", activation="relu"),
-        L.MaxPooling2D(),
-        L.Flatten(),
-        L.Dense(64, activation="relu"),
-        L.Dense(n_classes, activation="softmax"),
-    ], name="digits_cnn")
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            L.Conv2D(filters, 3, padding="same", activation="relu"),
+            L.Conv2D(filters * 2, 3, padding="same", activation="relu"),
+            L.MaxPooling2D(),
+            L.Conv2D(filters * 4, 3, padding="same", activation="relu"),
+            L.MaxPooling2D(),
+            L.Flatten(),
+            L.Dense(64, activation="relu"),
+            L.Dense(n_classes, activation="softmax"),
+        ],
+        name="digits_cnn",
+    )
 
 
 def _check_input(model, ds, port: dict | None) -> None:
@@ -249,10 +284,13 @@ def _check_input(model, ds, port: dict | None) -> None:
         shown = tuple((1, *have)[i] for i in first[1:]) if given == port["layout"] else have
         where = f"{shown} ({given})" if given != "as stored" else f"{shown}"
         expected = tuple((1, *want)[i] for i in first[1:])
-        raise DataError(f"data samples are {where} but the model expects {expected} ({port['layout']}, "
-                        f"or {want} channels-last): set data.resize / data.channels, or use matching data")
-    raise DataError(f"data samples are {have} but the model expects {want}: "
-                    "set data.resize / data.channels, or use matching data")
+        raise DataError(
+            f"data samples are {where} but the model expects {expected} ({port['layout']}, "
+            f"or {want} channels-last): set data.resize / data.channels, or use matching data"
+        )
+    raise DataError(
+        f"data samples are {have} but the model expects {want}: set data.resize / data.channels, or use matching data"
+    )
 
 
 def _onnx_input_shape(cfg, ds) -> tuple[tuple[int, ...], dict]:
@@ -284,8 +322,16 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
         original = _save_original(model, ds, cfg, out)
         info["fine_tuned"] = bool(cfg.model.fine_tune_epochs and ds.labelled)
         if info["fine_tuned"]:
-            _fit(keras, model, ds, Teacher(model, ds, cfg.train.batch_size), cfg.model.fine_tune_epochs,
-                 cfg.train.learning_rate, cfg, "fine-tune")
+            _fit(
+                keras,
+                model,
+                ds,
+                Teacher(model, ds, cfg.train.batch_size),
+                cfg.model.fine_tune_epochs,
+                cfg.train.learning_rate,
+                cfg,
+                "fine-tune",
+            )
             extra["fine_tuned"] = vs_original(predict(model, ds.x_test, cfg.train.batch_size), original, ds.y_test)
     else:
         if not ds.labelled:
@@ -293,15 +339,28 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
 
             raise DataError("the built-in model needs labelled data: give labels, or bring a model with --model")
         model = default_model(keras, ds.x_train.shape[1:], len(ds.labels), cfg.model.filters)
-        _fit(keras, model, ds, Teacher(model, ds, cfg.train.batch_size), cfg.train.epochs,
-             cfg.train.learning_rate, cfg, "train")
+        _fit(
+            keras,
+            model,
+            ds,
+            Teacher(model, ds, cfg.train.batch_size),
+            cfg.train.epochs,
+            cfg.train.learning_rate,
+            cfg,
+            "train",
+        )
         original = _save_original(model, ds, cfg, out)
     model.save(out / "model.h5")
     from pipeline.models import is_classifier
 
     acc = accuracy(original[0], ds.y_test) if is_classifier(model, len(ds.labels)) else None
-    return {"accuracy": acc, "params": int(model.count_params()), "source_model": info or "built-in",
-            "outputs": len(model.outputs), **extra}
+    return {
+        "accuracy": acc,
+        "params": int(model.count_params()),
+        "source_model": info or "built-in",
+        "outputs": len(model.outputs),
+        **extra,
+    }
 
 
 def _save_original(model, ds, cfg, out: Path) -> list[np.ndarray]:
@@ -400,9 +459,15 @@ def prune(ds, cfg, seed: int, model_path: Path, original: Path, out: Path) -> di
     meta, outs = _scores(model, ds, cfg.train.batch_size)
     after = _model_size(model)
     size = {f"{k}_{when}": v[k] for when, v in (("before", before), ("after", after)) for k in v}
-    return {**meta, "method": p.method, "sparsity": round(weight_sparsity(model), 4), **size,
-            "sparse_encoding": sparse_encoding, **info,
-            "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test)}
+    return {
+        **meta,
+        "method": p.method,
+        "sparsity": round(weight_sparsity(model), 4),
+        **size,
+        "sparse_encoding": sparse_encoding,
+        **info,
+        "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test),
+    }
 
 
 def _auto_sparsity(keras, model_path: Path, ds, cfg, teacher, original: Path):
@@ -412,8 +477,10 @@ def _auto_sparsity(keras, model_path: Path, ds, cfg, teacher, original: Path):
     from pipeline.gate import budget_reasons
 
     if ds.x_val is None:
-        raise ConfigError('prune.sparsity = "auto" needs a validation split: set data.validation_fraction > 0 '
-                          "(and give at least 10 training samples), or a number")
+        raise ConfigError(
+            'prune.sparsity = "auto" needs a validation split: set data.validation_fraction > 0 '
+            "(and give at least 10 training samples), or a number"
+        )
     from pipeline.config import AUTO_SPARSITIES
 
     ref = load_outputs(original / REFERENCE_VAL_OUTPUTS)
@@ -421,20 +488,38 @@ def _auto_sparsity(keras, model_path: Path, ds, cfg, teacher, original: Path):
     tried = []
     for sparsity in AUTO_SPARSITIES:
         model, info = _prune_magnitude(keras, load_model(model_path), ds, cfg, teacher, sparsity)
-        figures = vs_original(predict(model, ds.x_val, cfg.train.batch_size), ref,
-                              ds.y_val if ref_acc is not None else None)
+        figures = vs_original(
+            predict(model, ds.x_val, cfg.train.batch_size), ref, ds.y_val if ref_acc is not None else None
+        )
         reasons = budget_reasons({**figures, "reference_accuracy": ref_acc}, cfg.build, AUTO_SHARE)
         tried.append({"sparsity": sparsity, **figures, "within": not reasons})
-        report.progress("auto", len(tried), len(AUTO_SPARSITIES), f"sparsity {sparsity}: "
-                        + ("within" if not reasons else "over") + " the budget")
+        report.progress(
+            "auto",
+            len(tried),
+            len(AUTO_SPARSITIES),
+            f"sparsity {sparsity}: " + ("within" if not reasons else "over") + " the budget",
+        )
         if not reasons:
-            info["auto"] = {"chosen": sparsity, "tried": tried, "validation_samples": len(ds.x_val),
-                            "budget_share": AUTO_SHARE}
+            info["auto"] = {
+                "chosen": sparsity,
+                "tried": tried,
+                "validation_samples": len(ds.x_val),
+                "budget_share": AUTO_SHARE,
+            }
             return model, info
     model = load_model(model_path)
-    info = {"pruned_layers": 0, "patterns": {}, "fallbacks": [],
-            "auto": {"chosen": 0.0, "tried": tried, "validation_samples": len(ds.x_val), "budget_share": AUTO_SHARE,
-                     "note": "no sparsity tried kept the budget: not pruned"}}
+    info = {
+        "pruned_layers": 0,
+        "patterns": {},
+        "fallbacks": [],
+        "auto": {
+            "chosen": 0.0,
+            "tried": tried,
+            "validation_samples": len(ds.x_val),
+            "budget_share": AUTO_SHARE,
+            "note": "no sparsity tried kept the budget: not pruned",
+        },
+    }
     return model, info
 
 
@@ -457,8 +542,9 @@ def _prune_magnitude(keras, model, ds, cfg, teacher_outputs, sparsity: float):
         # tfmot's default frequency (100 steps) would skip the schedule entirely on short runs.
         # m-by-n masks ignore the level; the schedule only paces their updates.
         final = m_by_n[0] / m_by_n[1] if m_by_n else sparsity
-        schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=final,
-                                                        begin_step=0, end_step=end, frequency=max(1, end // 10))
+        schedule = tfmot.sparsity.keras.PolynomialDecay(
+            initial_sparsity=0.0, final_sparsity=final, begin_step=0, end_step=end, frequency=max(1, end // 10)
+        )
         weighted = [layer for layer in model.layers if layer.trainable_weights]
         skipped = [layer.name for layer in weighted if not PruneRegistry.supports(layer)]
         pruned_layers = [layer.name for layer in weighted if layer.name not in skipped]
@@ -467,6 +553,7 @@ def _prune_magnitude(keras, model, ds, cfg, teacher_outputs, sparsity: float):
         if not pruned_layers:
             fallbacks.append(_fallback(cfg.build.strict, "prune: no prunable layers; pruning skipped"))
         else:
+
             def pattern(layer) -> tuple[str, dict]:
                 if not block:
                     return "elementwise", {}
@@ -484,15 +571,25 @@ def _prune_magnitude(keras, model, ds, cfg, teacher_outputs, sparsity: float):
 
             def wrap(layer):
                 if layer.name in pruned_layers:
-                    return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule,
-                                                                    **pattern(layer)[1])
+                    return tfmot.sparsity.keras.prune_low_magnitude(
+                        layer, pruning_schedule=schedule, **pattern(layer)[1]
+                    )
                 return layer.__class__.from_config(layer.get_config())
 
             wrapped = keras.models.clone_model(model, clone_function=wrap)
             wrapped.set_weights(_weights_for(wrapped, model))
             teacher = Teacher(model, ds, cfg.train.batch_size, teacher_outputs)
-            _fit(keras, wrapped, ds, teacher, p.epochs, p.learning_rate, cfg, "prune",
-                 callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+            _fit(
+                keras,
+                wrapped,
+                ds,
+                teacher,
+                p.epochs,
+                p.learning_rate,
+                cfg,
+                "prune",
+                callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+            )
             model = tfmot.sparsity.keras.strip_pruning(wrapped)
     return model, {"pruned_layers": len(pruned_layers), "patterns": patterns, "fallbacks": fallbacks}
 
@@ -502,25 +599,46 @@ def _prune_channels(keras, model, ds, cfg, teacher_outputs):
     from pipeline.prune_channels import prune_channels
 
     p, strict = cfg.prune, cfg.build.strict
-    info = {"pruned_layers": 0, "criterion": p.channels_criterion, "target": p.channels_target,
-            "fraction": p.channels_fraction, "residual": p.channels_residual, "multiple": p.channels_multiple,
-            "channels": {}, "fallbacks": []}
+    info = {
+        "pruned_layers": 0,
+        "criterion": p.channels_criterion,
+        "target": p.channels_target,
+        "fraction": p.channels_fraction,
+        "residual": p.channels_residual,
+        "multiple": p.channels_multiple,
+        "channels": {},
+        "fallbacks": [],
+    }
     if p.channels_fraction == 0:
         return model, info
     try:
-        new, rep = prune_channels(model, p.channels_fraction, criterion=p.channels_criterion, strict=False,
-                                  target=p.channels_target, residual=p.channels_residual,
-                                  multiple=p.channels_multiple)
+        new, rep = prune_channels(
+            model,
+            p.channels_fraction,
+            criterion=p.channels_criterion,
+            strict=False,
+            target=p.channels_target,
+            residual=p.channels_residual,
+            multiple=p.channels_multiple,
+        )
     except ValueError as e:  # a subclassed model, a dynamic spatial size: nothing to prune by channel
         info["fallbacks"].append(_fallback(strict, f"prune: cannot prune channels of this model ({e}); left unpruned"))
         return model, info
     for s in rep["skipped"]:
         kind = type(model.get_layer(s["layer"])).__name__
-        info["fallbacks"].append(_fallback(strict, f"prune: cannot prune channels through layer '{s['layer']}' "
-                                                   f"({kind}): {s['reason']}; the channels it touches are left whole"))
+        info["fallbacks"].append(
+            _fallback(
+                strict,
+                f"prune: cannot prune channels through layer '{s['layer']}' "
+                f"({kind}): {s['reason']}; the channels it touches are left whole",
+            )
+        )
     changed = {name: [b, a] for name, (b, a) in rep["layers"].items()}
-    info.update(channel_fraction=round(rep["fraction"], 4), channels=changed,
-                pruned_layers=sum(1 for b, a in changed.values() if a < b))
+    info.update(
+        channel_fraction=round(rep["fraction"], 4),
+        channels=changed,
+        pruned_layers=sum(1 for b, a in changed.values() if a < b),
+    )
     if not info["pruned_layers"]:
         info["fallbacks"].append(_fallback(strict, "prune: no channels can be removed from this model; left unpruned"))
         return model, info
@@ -561,8 +679,11 @@ def qat(ds, cfg, seed: int, model_path: Path, prune_meta: dict, original: Path, 
     model = load_model(model_path)
     if cfg.qat.split_separable:
         model = split_separable(keras, model)
-    scheme = (tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if keeps_zeros(prune_meta)
-              else tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme())
+    scheme = (
+        tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+        if keeps_zeros(prune_meta)
+        else tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
+    )
     registry = Default8BitQuantizeRegistry()
     if not any(layer.weights and registry.supports(layer) for layer in model.layers):
         # e.g. onnx2tf graphs of TFOpLambda layers: trying costs a minute and cannot succeed.
@@ -571,8 +692,11 @@ def qat(ds, cfg, seed: int, model_path: Path, prune_meta: dict, original: Path, 
     try:
         q = tfmot.quantization.keras.quantize_apply(tfmot.quantization.keras.quantize_annotate_model(model), scheme)
     except (ValueError, RuntimeError, TypeError, KeyError) as e:
-        layers = [f"{layer.name} ({type(layer).__name__})" for layer in model.layers
-                  if layer.weights and not registry.supports(layer)]
+        layers = [
+            f"{layer.name} ({type(layer).__name__})"
+            for layer in model.layers
+            if layer.weights and not registry.supports(layer)
+        ]
         why = f"layers {layers}" if layers else f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
         msg = f"qat: tfmot cannot quantize this model ({why}); int8 targets use post-training quantization"
         if has_separable(model):
@@ -583,5 +707,10 @@ def qat(ds, cfg, seed: int, model_path: Path, prune_meta: dict, original: Path, 
         _fit(keras, q, ds, teacher, cfg.qat.epochs, cfg.qat.learning_rate, cfg, "qat")
     q.save(out / "model.h5")
     meta, outs = _scores(q, ds, cfg.train.batch_size)
-    return {**meta, "method": "qat", "sparsity": round(weight_sparsity(q), 4), "fallbacks": [],
-            "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test)}
+    return {
+        **meta,
+        "method": "qat",
+        "sparsity": round(weight_sparsity(q), 4),
+        "fallbacks": [],
+        "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test),
+    }

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # -- the grid ------------------------------------------------------------------------------------
 
+
 def _split_values(text: str) -> list[str]:
     """`a,b,[1, 2]` -> ['a', 'b', '[1, 2]']: commas inside brackets belong to a list value."""
     out, depth, cur = [], 0, ""
@@ -77,8 +78,10 @@ def parse_grid(items) -> dict[str, list]:
         key, values = item if isinstance(item, tuple) else _split_item(item)
         section, _, name = key.partition(".")
         if section not in config_mod.SECTIONS or not name:
-            raise UsageError(f"--grid {key}: keys look like section.key, as `python -m pipeline config` prints "
-                             f"them{config_mod.closest(section, config_mod.SECTIONS)}")
+            raise UsageError(
+                f"--grid {key}: keys look like section.key, as `python -m pipeline config` prints "
+                f"them{config_mod.closest(section, config_mod.SECTIONS)}"
+            )
         if key == "build.targets":
             raise UsageError("--grid build.targets: give the targets with --target")
         values = [_value(v) if isinstance(v, str) else v for v in values]
@@ -122,6 +125,7 @@ def variants(base: config_mod.Config, grid: dict[str, list]) -> list[Variant]:
 
 # -- the plan: stage keys without running --------------------------------------------------------
 
+
 class Planner(Builder):
     """Derives stage keys without running a stage: an entry in the cache is the real one, a missing one a
     placeholder with its key (its metadata is unknown until it ran, so nothing that needs it may follow)."""
@@ -144,6 +148,7 @@ class Planner(Builder):
 @dataclass
 class Node:
     """One distinct stage run: the variants that need it, the keys it depends on."""
+
     name: str
     key: str
     inputs: list[str]
@@ -169,6 +174,7 @@ def plan(vs: list[Variant], cache: Path, targets) -> tuple[dict[str, Node], dict
 
 
 # -- entries as bytes ----------------------------------------------------------------------------
+
 
 def pack(entry: Entry) -> tuple[str, str, bytes]:
     buf = io.BytesIO()
@@ -213,15 +219,27 @@ def run_steps(cfg_dict: dict, steps: list[tuple[str, str]], *inputs) -> dict:
         for name, want in steps:
             kind, _, target = name.partition(":")
             t0 = time.perf_counter()
-            e = (b.export(TARGETS[target]) if kind == "export" else
-                 b.verify(TARGETS[target], b.stages[f"export:{target}"]) if kind == "verify" else getattr(b, name)())
+            e = (
+                b.export(TARGETS[target])
+                if kind == "export"
+                else b.verify(TARGETS[target], b.stages[f"export:{target}"])
+                if kind == "verify"
+                else getattr(b, name)()
+            )
             if e.key != want:
-                raise RuntimeError(f"{name}: this worker derives key {e.key[:12]}, the driver {want[:12]}: "
-                                   "its edge-export code or tool versions differ from the driver's")
+                raise RuntimeError(
+                    f"{name}: this worker derives key {e.key[:12]}, the driver {want[:12]}: "
+                    "its edge-export code or tool versions differ from the driver's"
+                )
             entries.append(pack(e))
             seconds.append(round(time.perf_counter() - t0, 2))
-        return {"entries": entries, "seconds": seconds, "node": ray.get_runtime_context().get_node_id(),
-                "ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
+        return {
+            "entries": entries,
+            "seconds": seconds,
+            "node": ray.get_runtime_context().get_node_id(),
+            "ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid(),
+        }
 
 
 class DeviceActor:
@@ -251,8 +269,9 @@ def parse_pick(text: str) -> list[tuple[str, str, float]]:
         if not m:
             raise UsageError(f"--pick: '{part.strip()}' must look like KEY<=NUMBER (e.g. p50_ms<=2,agreement>=0.98)")
         if m[1] not in PICK_KEYS:
-            raise UsageError(f"--pick: unknown key '{m[1]}'{config_mod.closest(m[1], PICK_KEYS)}; "
-                             f"known: {', '.join(PICK_KEYS)}")
+            raise UsageError(
+                f"--pick: unknown key '{m[1]}'{config_mod.closest(m[1], PICK_KEYS)}; known: {', '.join(PICK_KEYS)}"
+            )
         terms.append((m[1], m[2], float(m[3])))
     return terms
 
@@ -278,18 +297,25 @@ def mark_pareto(rows: list[dict]) -> None:
     for r in ok:
         mine = (-quality(r), cost(r), r["bytes"])
         r["pareto"] = not any(
-            o is not r and o["device"] == r["device"]
+            o is not r
+            and o["device"] == r["device"]
             and all(a <= b for a, b in zip((-quality(o), cost(o), o["bytes"]), mine))
-            and (-quality(o), cost(o), o["bytes"]) != mine for o in ok)
+            and (-quality(o), cost(o), o["bytes"]) != mine
+            for o in ok
+        )
 
 
 def pick(rows: list[dict], terms) -> dict | None:
     """The best ok row within the limits: highest quality, then lowest latency, then smallest."""
-    fits = [r for r in rows if r["status"] == "ok"
-            and all(r.get(k) is not None and _OPS[op](float(r[k]), v) for k, op, v in terms)]
+    fits = [
+        r
+        for r in rows
+        if r["status"] == "ok" and all(r.get(k) is not None and _OPS[op](float(r[k]), v) for k, op, v in terms)
+    ]
     fits = [r for r in fits if quality(r) is not None]
-    return min(fits, key=lambda r: (-quality(r), cost(r) if cost(r) is not None else float("inf"), r["bytes"]),
-               default=None)
+    return min(
+        fits, key=lambda r: (-quality(r), cost(r) if cost(r) is not None else float("inf"), r["bytes"]), default=None
+    )
 
 
 def to_toml(cfg: dict) -> str:
@@ -302,19 +328,46 @@ def to_toml(cfg: dict) -> str:
             return "[" + ", ".join(value(x) for x in v) + "]"
         return repr(v)
 
-    return "\n".join(f"[{s}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in keys.items())
-                     for s, keys in cfg.items())
+    return "\n".join(f"[{s}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in keys.items()) for s, keys in cfg.items())
 
 
-CSV_KEYS = ("variant", "target", "device", "status", "quantization", "bytes", "gzip_bytes", "accuracy",
-            "original_accuracy", "accuracy_drop", "agreement", "p50_ms", "instructions", "pareto", "reason", "artifact")
+CSV_KEYS = (
+    "variant",
+    "target",
+    "device",
+    "status",
+    "quantization",
+    "bytes",
+    "gzip_bytes",
+    "accuracy",
+    "original_accuracy",
+    "accuracy_drop",
+    "agreement",
+    "p50_ms",
+    "instructions",
+    "pareto",
+    "reason",
+    "artifact",
+)
 
 
 def table_columns(grid_keys) -> list[tuple[str, str]]:
-    return ([("variant", "variant")] + [(k, k) for k in grid_keys] +
-            [("target", "target"), ("device", "device"), ("status", "status"), ("bytes", "bytes"),
-             ("accuracy", "accuracy"), ("accuracy_drop", "drop pts"), ("agreement", "agreement"),
-             ("p50_ms", "p50 ms"), ("instructions", "insn/inf"), ("front", "pareto")])
+    return (
+        [("variant", "variant")]
+        + [(k, k) for k in grid_keys]
+        + [
+            ("target", "target"),
+            ("device", "device"),
+            ("status", "status"),
+            ("bytes", "bytes"),
+            ("accuracy", "accuracy"),
+            ("accuracy_drop", "drop pts"),
+            ("agreement", "agreement"),
+            ("p50_ms", "p50 ms"),
+            ("instructions", "insn/inf"),
+            ("front", "pareto"),
+        ]
+    )
 
 
 def write_csv(path: Path, rows: list[dict], grid_keys) -> None:
@@ -338,16 +391,32 @@ def chart(path: Path, rows: list[dict]) -> bool:
     fig, axes = plt.subplots(1, len(devices), figsize=(6.5 * len(devices), 4.8), squeeze=False)
     biggest = max(r["bytes"] for r in rows if r.get("bytes"))
     for ax, device in zip(axes[0], devices):
-        mine = [r for r in rows if r["device"] == device and r["status"] == "ok" and cost(r) is not None
-                and quality(r) is not None]
+        mine = [
+            r
+            for r in rows
+            if r["device"] == device and r["status"] == "ok" and cost(r) is not None and quality(r) is not None
+        ]
         for r in mine:
-            ax.scatter(cost(r), quality(r), s=30 + 400 * r["bytes"] / biggest, alpha=0.6,
-                       edgecolors="red" if r["pareto"] else "none", linewidths=1.5)
-            ax.annotate(f"{r['variant'][:6]} {r['target']}", (cost(r), quality(r)), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.scatter(
+                cost(r),
+                quality(r),
+                s=30 + 400 * r["bytes"] / biggest,
+                alpha=0.6,
+                edgecolors="red" if r["pareto"] else "none",
+                linewidths=1.5,
+            )
+            ax.annotate(
+                f"{r['variant'][:6]} {r['target']}",
+                (cost(r), quality(r)),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         front = sorted((r for r in mine if r["pareto"]), key=cost)
         ax.plot([cost(r) for r in front], [quality(r) for r in front], "r--", lw=1, label="Pareto front")
-        latency = "p50 ms (1 thread)" if any(r.get("p50_ms") is not None for r in mine) else "instructions per inference"
+        latency = (
+            "p50 ms (1 thread)" if any(r.get("p50_ms") is not None for r in mine) else "instructions per inference"
+        )
         ax.set(xlabel=latency, ylabel="accuracy (or agreement)", title=f"{device}: area = file size")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -359,6 +428,7 @@ def chart(path: Path, rows: list[dict]) -> bool:
 
 
 # -- the sweep -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Result:
@@ -385,8 +455,9 @@ def _ray(address: str | None):
         else:  # a new private Ray on this machine (never one `ray start` left running), loopback only, no dashboard
             ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **common)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UsageError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
-                         f"{str(e).strip().splitlines()[0][:200]}") from None
+        raise UsageError(
+            f"cannot start or reach Ray{f' at {address}' if address else ''}: {str(e).strip().splitlines()[0][:200]}"
+        ) from None
     return ray
 
 
@@ -397,8 +468,19 @@ def _one_line(e: BaseException) -> str:
     return line(cause) if isinstance(cause, BaseException) else line(e)
 
 
-def run(base: config_mod.Config, *, grid, targets=None, devices=("local",), out="build", address=None, log=None,
-        bench_settings=None, device_options=None, pick_limits=None) -> Result:
+def run(
+    base: config_mod.Config,
+    *,
+    grid,
+    targets=None,
+    devices=("local",),
+    out="build",
+    address=None,
+    log=None,
+    bench_settings=None,
+    device_options=None,
+    pick_limits=None,
+) -> Result:
     """Build every variant of `base` over `grid` ({'prune.sparsity': [0.5, 0.75]} or ['prune.sparsity=0.5,0.75']),
     for `targets`, benched on `devices` (pipeline.api.sweep is the documented entry); see the module docstring."""
     from pipeline import report
@@ -414,15 +496,23 @@ def run(base: config_mod.Config, *, grid, targets=None, devices=("local",), out=
     options = device_options or {}
     for spec in devices:  # a board that is not set up: one line before anything runs
         get_device(spec, **options)
-    settings = {"runs": 100, "min_seconds": 1.0, "warmup": 10, "samples": 100, "timeout": 300.0,
-                **(bench_settings or {})}
+    settings = {
+        "runs": 100,
+        "min_seconds": 1.0,
+        "warmup": 10,
+        "samples": 100,
+        "timeout": 300.0,
+        **(bench_settings or {}),
+    }
     cache = Cache(out / ".cache")
     nodes, vkeys = plan(vs, cache.root, targets)
     todo = [n for n in nodes.values() if cache.get(n.name, n.key) is None]
     planned = sum(len(k) for k in vkeys.values())
-    log(f"sweep: {len(vs)} variants x {len(targets)} targets x {len(devices)} devices; {planned} model stage runs "
+    log(
+        f"sweep: {len(vs)} variants x {len(targets)} targets x {len(devices)} devices; {planned} model stage runs "
         f"planned, {len(nodes)} distinct ({planned - len(nodes)} saved by dedup), "
-        f"{len(nodes) - len(todo)} already cached, {len(todo)} to run")
+        f"{len(nodes) - len(todo)} already cached, {len(todo)} to run"
+    )
     t_start = time.perf_counter()
     ray = _ray(address)
     try:
@@ -434,11 +524,18 @@ def run(base: config_mod.Config, *, grid, targets=None, devices=("local",), out=
     mark_pareto(rows)
     for r in rows:
         r["front"] = "*" if r["pareto"] else ""
-    stats = {"variants": len(vs), "targets": [t.name for t in targets], "devices": list(devices),
-             "model_stage_runs_planned": planned, "distinct_model_stages": len(nodes),
-             "already_cached": len(nodes) - len(todo), "saved_by_dedup": planned - len(nodes),
-             "stage_runs": d.runs, "nodes": sorted({r["node"] for r in d.runs}),
-             "seconds": round(time.perf_counter() - t_start, 1)}
+    stats = {
+        "variants": len(vs),
+        "targets": [t.name for t in targets],
+        "devices": list(devices),
+        "model_stage_runs_planned": planned,
+        "distinct_model_stages": len(nodes),
+        "already_cached": len(nodes) - len(todo),
+        "saved_by_dedup": planned - len(nodes),
+        "stage_runs": d.runs,
+        "nodes": sorted({r["node"] for r in d.runs}),
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
     folder = out / "sweep"
     write_csv(folder / "results.csv", rows, list(grid))
     atomic_write_json(folder / "summary.json", {**stats, "grid": grid})
@@ -471,8 +568,10 @@ class _Driver:
         # Devices are reached from the driver's machine (a local CPU, qemu, an SSH client).
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         actor = ray.remote(DeviceActor)
-        self.actors = {spec: actor.options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote(spec, options)
-                       for spec in devices}
+        self.actors = {
+            spec: actor.options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote(spec, options)
+            for spec in devices
+        }
 
     def vout(self, v: Variant) -> Path:
         return self.out / "sweep" / v.id
@@ -493,7 +592,8 @@ class _Driver:
         self.total = len(todo) + len(self.vs) * len(self.targets) * (1 + len(self.devices))
         for n in todo:
             ref = self.task.options(name=f"{n.name}:{n.key[:12]}").remote(
-                n.cfg.as_dict(), [(n.name, n.key)], *(self._input(k, names[k]) for k in n.inputs))
+                n.cfg.as_dict(), [(n.name, n.key)], *(self._input(k, names[k]) for k in n.inputs)
+            )
             self.refs[n.key] = ref
             self.pending[ref] = ("stage", n)
         for v in self.vs.values():
@@ -522,10 +622,20 @@ class _Driver:
     def _land(self, result: dict) -> None:
         for (stage, key, blob), seconds in zip(result["entries"], result["seconds"]):
             land(self.cache, (stage, key, blob))
-            self.runs.append({"stage": stage, "key": key, "node": result["node"], "ip": result["ip"],
-                              "pid": result["pid"], "seconds": seconds})
-            self.log(f"{stage:<24} ran in {seconds:.1f} s ({key[:12]}) on node {result['node'][:8]} "
-                     f"({result['ip']}, pid {result['pid']})")
+            self.runs.append(
+                {
+                    "stage": stage,
+                    "key": key,
+                    "node": result["node"],
+                    "ip": result["ip"],
+                    "pid": result["pid"],
+                    "seconds": seconds,
+                }
+            )
+            self.log(
+                f"{stage:<24} ran in {seconds:.1f} s ({key[:12]}) on node {result['node'][:8]} "
+                f"({result['ip']}, pid {result['pid']})"
+            )
 
     def _finished(self, kind: str, what, result) -> None:
         if kind == "stage":
@@ -556,8 +666,11 @@ class _Driver:
 
     def _maybe_artifacts(self, v: Variant) -> None:
         """Once a variant's model stages are all in the driver's cache: its export and verify tasks."""
-        if v.status != "ok" or v.id in self.leaves or not all(
-                self.cache.get(name, key) is not None for name, key in self.vkeys[v.id].items()):
+        if (
+            v.status != "ok"
+            or v.id in self.leaves
+            or not all(self.cache.get(name, key) is not None for name, key in self.vkeys[v.id].items())
+        ):
             return
         self.leaves[v.id] = {}
         p = Planner(v.cfg, self.vout(v), log=lambda m: None, cache=self.cache.root)
@@ -574,7 +687,8 @@ class _Driver:
             if len(steps) == 1:  # the export is cached, only its verification is missing
                 ship.append(f"export:{t.name}")
             ref = self.task.options(name=f"export:{t.name}:{v.id}").remote(
-                v.cfg.as_dict(), steps, *(self._input(p.stages[n].key, n) for n in ship))
+                v.cfg.as_dict(), steps, *(self._input(p.stages[n].key, n) for n in ship)
+            )
             self.pending[ref] = ("artifact", (v, t))
 
     def _artifact_done(self, v: Variant, t, reason: str | None) -> None:
@@ -614,14 +728,23 @@ class _Driver:
                 for spec in self.devices:
                     b = self.benches.get((v.id, t.name, spec)) or {}
                     acc = art.get("accuracy")
-                    row = {"variant": v.id, **v.values, "target": t.name, "device": b.get("device", spec),
-                           "quantization": art.get("quantization"), "bytes": art.get("bytes"),
-                           "gzip_bytes": art.get("gzip_bytes"), "accuracy": acc, "original_accuracy": original,
-                           "accuracy_drop": round((original - acc) * 100, 2) if None not in (acc, original) else None,
-                           "agreement": art.get("top1_agreement"), "p50_ms": b.get("p50_ms"),
-                           "instructions": b.get("instructions_per_inference"),
-                           "artifact": str(self.vout(v) / art["path"]) if "path" in art else None,
-                           "config": v.cfg.as_dict()}
+                    row = {
+                        "variant": v.id,
+                        **v.values,
+                        "target": t.name,
+                        "device": b.get("device", spec),
+                        "quantization": art.get("quantization"),
+                        "bytes": art.get("bytes"),
+                        "gzip_bytes": art.get("gzip_bytes"),
+                        "accuracy": acc,
+                        "original_accuracy": original,
+                        "accuracy_drop": round((original - acc) * 100, 2) if None not in (acc, original) else None,
+                        "agreement": art.get("top1_agreement"),
+                        "p50_ms": b.get("p50_ms"),
+                        "instructions": b.get("instructions_per_inference"),
+                        "artifact": str(self.vout(v) / art["path"]) if "path" in art else None,
+                        "config": v.cfg.as_dict(),
+                    }
                     if v.status != "ok":
                         row.update(status=v.status, reason=v.reason)
                     elif art.get("status") != "ok":

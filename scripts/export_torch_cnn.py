@@ -3,6 +3,7 @@ seeded, exported to ONNX by the README's route, with its inputs and PyTorch's ow
 
     python export_torch_cnn.py OUT.onnx OUT_io.npz
 """
+
 import sys
 
 import numpy as np
@@ -11,14 +12,29 @@ from torch import nn
 
 torch.manual_seed(0)
 model = nn.Sequential(
-    nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-    nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    nn.Conv2d(3, 8, 3, padding=1),
+    nn.BatchNorm2d(8),
+    nn.ReLU(),
+    nn.MaxPool2d(2),
+    nn.Conv2d(8, 16, 3, padding=1),
+    nn.ReLU(),
+    nn.AdaptiveAvgPool2d(1),
+    nn.Flatten(),
+    nn.Linear(16, 10),
 ).eval()
 with torch.no_grad():  # BatchNorm statistics that are not the identity, so folding them is tested
     model[1].running_mean.uniform_(-0.2, 0.2)
     model[1].running_var.uniform_(0.5, 1.5)
-torch.onnx.export(model, torch.randn(1, 3, 32, 32), sys.argv[1], input_names=["pixels"], output_names=["logits"],
-                  dynamic_axes={"pixels": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
+torch.onnx.export(
+    model,
+    torch.randn(1, 3, 32, 32),
+    sys.argv[1],
+    input_names=["pixels"],
+    output_names=["logits"],
+    dynamic_axes={"pixels": {0: "N"}, "logits": {0: "N"}},
+    opset_version=17,
+    dynamo=False,
+)
 # Smooth images (blurred noise), NCHW as PyTorch takes them, and what PyTorch answers for each.
 rng = np.random.default_rng(0)
 x = torch.nn.functional.avg_pool2d(torch.from_numpy(rng.random((160, 3, 36, 36), dtype=np.float32)), 5, 1)

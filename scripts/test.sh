@@ -5,4 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/install_system.sh
 scripts/install.sh
 scripts/fetch_test_assets.sh
+# Lint and format are part of the test: a change that breaks either fails here, as in CI.
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest -q "$@"

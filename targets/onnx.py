@@ -43,8 +43,9 @@ def _stable_names(graph) -> None:
     targets than a clean one)."""
     suffix = re.compile(r"__(\d+)(?=(:\d+)?$)")
     named = [*graph.node, *graph.initializer, *graph.input, *graph.output, *graph.value_info]
-    dims = [d for v in [*graph.input, *graph.output, *graph.value_info]
-            for d in v.type.tensor_type.shape.dim if d.dim_param]  # a free dimension is `unk__N`
+    dims = [
+        d for v in [*graph.input, *graph.output, *graph.value_info] for d in v.type.tensor_type.shape.dim if d.dim_param
+    ]  # a free dimension is `unk__N`
     strings = [s for x in named for s in [x.name, *getattr(x, "input", ()), *getattr(x, "output", ())]]
     strings += [d.dim_param for d in dims]
     numbers = sorted({int(m.group(1)) for s in strings if (m := suffix.search(s))})
@@ -77,8 +78,11 @@ def quantize_qdq(proto, calibration: list[np.ndarray], progress=None):
 
         proto = version_converter.convert_version(proto, 13)
     init = {i.name for i in proto.graph.initializer}
-    inputs = [{"name": v.name, "shape": list(v.type.tensor_type.shape.dim), "dtype": _dtype(v.type.tensor_type.elem_type)}
-              for v in proto.graph.input if v.name not in init]
+    inputs = [
+        {"name": v.name, "shape": list(v.type.tensor_type.shape.dim), "dtype": _dtype(v.type.tensor_type.elem_type)}
+        for v in proto.graph.input
+        if v.name not in init
+    ]
     n = len(calibration[0])
 
     class Samples(CalibrationDataReader):
@@ -108,8 +112,15 @@ def quantize_qdq(proto, calibration: list[np.ndarray], progress=None):
                 if "symbolic shape inference" not in str(e):
                     raise
                 quant_pre_process(src, pre, skip_symbolic_shape=True)
-            quantize_static(pre, out, Samples(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                pre,
+                out,
+                Samples(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+            )
         return onnx.load(out)
 
 
@@ -121,8 +132,9 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
     return write(target, proto, [calibration], out, metadata, progress, ptq)
 
 
-def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dict, progress=None,
-          ptq=None) -> dict | None:
+def write(
+    target, proto, calibration: list[np.ndarray], out: Path, metadata: dict, progress=None, ptq=None
+) -> dict | None:
     """Write `target`'s .onnx of the ONNX graph `proto` (converted, or the user's own) to `out`.
     `calibration`: one array of samples per graph input, in the graph's layout. With `ptq` and one input,
     int8 is the best of several post-training methods (targets/ptq.py); returns the record of that choice."""
@@ -132,8 +144,14 @@ def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dic
 
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "float.onnx").write_bytes(proto.SerializeToString())
-            proto, choice = methods.onnx_int8(Path(tmp) / "float.onnx", calibration[0], ptq.validation,
-                                              budget=ptq.budget, mixed=ptq.mixed, progress=progress)
+            proto, choice = methods.onnx_int8(
+                Path(tmp) / "float.onnx",
+                calibration[0],
+                ptq.validation,
+                budget=ptq.budget,
+                mixed=ptq.mixed,
+                progress=progress,
+            )
     elif mode == "int8":
         proto = quantize_qdq(proto, calibration, progress)
     elif mode != "fp32":
@@ -179,13 +197,21 @@ def inspect(path: str | Path) -> dict:
             name = producer[name].input[0]
         return inits.get(name)
 
-    weighted = [(n, w) for n in g.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1
-                for w in [weight(n.input[1])] if w is not None]
+    weighted = [
+        (n, w)
+        for n in g.node
+        if n.op_type in WEIGHTED_OPS and len(n.input) > 1
+        for w in [weight(n.input[1])]
+        if w is not None
+    ]
     weights = [w for _, w in weighted]
     weight_types = Counter(_dtype(w.data_type) for w in weights)
     # A partly quantized graph: the weighted ops whose weights stayed float (read back as int8-mixed).
-    float_ops = [f"{n.op_type} {n.name}" for n, w in weighted if _dtype(w.data_type).startswith("float")] \
-        if weight_types["int8"] + weight_types["uint8"] else []
+    float_ops = (
+        [f"{n.op_type} {n.name}" for n, w in weighted if _dtype(w.data_type).startswith("float")]
+        if weight_types["int8"] + weight_types["uint8"]
+        else []
+    )
     quantized_activations = sum(1 for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
     zeros = total = 0
     for w in weights:

@@ -23,10 +23,28 @@ METADATA_KEY = "edge_export"
 WEIGHTED_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
 # Ops between a weight constant and the op that uses it (weight decompression, layout changes).
 WEIGHT_PATH_OPS = ("Convert", "Multiply", "Subtract", "Reshape", "Transpose", "Unsqueeze")
-ELEMENT_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i8": "int8", "u8": "uint8",
-                 "i4": "int4", "u4": "uint4", "i32": "int32", "i64": "int64", "boolean": "bool"}
-PRECISIONS = {"FP32": "float32", "FP16": "float16", "BF16": "bfloat16", "I8": "int8", "U8": "uint8",
-              "I32": "int32", "I64": "int64", "BOOL": "bool"}
+ELEMENT_TYPES = {
+    "f32": "float32",
+    "f16": "float16",
+    "bf16": "bfloat16",
+    "i8": "int8",
+    "u8": "uint8",
+    "i4": "int4",
+    "u4": "uint4",
+    "i32": "int32",
+    "i64": "int64",
+    "boolean": "bool",
+}
+PRECISIONS = {
+    "FP32": "float32",
+    "FP16": "float16",
+    "BF16": "bfloat16",
+    "I8": "int8",
+    "U8": "uint8",
+    "I32": "int32",
+    "I64": "int64",
+    "BOOL": "bool",
+}
 
 
 def import_openvino():
@@ -49,8 +67,16 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
     return write(target, proto, [calibration], out, metadata, progress, fix_batch=True, ptq=ptq)
 
 
-def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dict, progress=None,
-          fix_batch: bool = False, ptq=None) -> dict | None:
+def write(
+    target,
+    proto,
+    calibration: list[np.ndarray],
+    out: Path,
+    metadata: dict,
+    progress=None,
+    fix_batch: bool = False,
+    ptq=None,
+) -> dict | None:
     """Write `target`'s IR of the ONNX graph `proto` (converted, or the user's own) to `out`. `calibration`:
     one array of samples per graph input, in its layout. `fix_batch`: batch 1 (see _fix_batch); a user's
     own interface keeps its free dimensions. With `ptq` and one input, int8 is the best of several NNCF
@@ -75,8 +101,9 @@ def write(target, proto, calibration: list[np.ndarray], out: Path, metadata: dic
         if mode == "int8" and ptq is not None and len(calibration) == 1:
             from targets import ptq as methods
 
-            ov_model, choice = methods.openvino_int8(convert, calibration[0], ptq.validation, budget=ptq.budget,
-                                                     mixed=ptq.mixed, progress=progress)
+            ov_model, choice = methods.openvino_int8(
+                convert, calibration[0], ptq.validation, budget=ptq.budget, mixed=ptq.mixed, progress=progress
+            )
         elif mode == "int8":
             ov_model = quantize(ov_model, calibration, progress)
         layout = metadata.get("input_layout") or metadata.get("preprocessing", {}).get("layout", "")
@@ -134,8 +161,9 @@ def quantize(ov_model, calibration: list[np.ndarray], progress=None):
 
     nncf.set_log_level(logging.ERROR)
     n = len(calibration[0])
-    inputs = [{"shape": list(p.get_partial_shape()), "dtype": str(p.get_element_type().to_dtype())}
-              for p in ov_model.inputs]
+    inputs = [
+        {"shape": list(p.get_partial_shape()), "dtype": str(p.get_element_type().to_dtype())} for p in ov_model.inputs
+    ]
     seen = 0
 
     def sample(i):
@@ -190,12 +218,17 @@ def _read(root, weights_bin: bytes) -> dict:
             src = inputs(src)[0]
         return src.get("type") != "Const"
 
-    weighted = [(l, w) for l in layers.values() if l.get("type") in WEIGHTED_OPS for w in [weight(l)] if w[0] is not None]
+    weighted = [
+        (l, w) for l in layers.values() if l.get("type") in WEIGHTED_OPS for w in [weight(l)] if w[0] is not None
+    ]
     weights = [w for _, w in weighted]
     weight_types = Counter(_etype(c) for c, _ in weights)
     # A partly quantized IR: the weighted layers whose weights stayed float (read back as int8-mixed).
-    float_ops = [f"{l.get('type')} {l.get('name')}" for l, (c, _) in weighted if _etype(c).startswith("float")] \
-        if weight_types["int8"] + weight_types["uint8"] else []
+    float_ops = (
+        [f"{l.get('type')} {l.get('name')}" for l, (c, _) in weighted if _etype(c).startswith("float")]
+        if weight_types["int8"] + weight_types["uint8"]
+        else []
+    )
     fake_quantize = sum(1 for l in layers.values() if l.get("type") == "FakeQuantize" and on_activation(l))
     zeros = total = 0
     for c, shifted in weights:
@@ -251,5 +284,10 @@ def _size(const) -> int:
 def _io(layer, side: str) -> dict:
     port = layer.find(side).find("port")
     names = (port.get("names") or layer.get("output_names") or layer.get("name")).split(",")
-    return {"name": names[0], "shape": [int(d.text) for d in port.findall("dim")],
-            "dtype": PRECISIONS.get(port.get("precision"), port.get("precision")), "scale": 0.0, "zero_point": 0}
+    return {
+        "name": names[0],
+        "shape": [int(d.text) for d in port.findall("dim")],
+        "dtype": PRECISIONS.get(port.get("precision"), port.get("precision")),
+        "scale": 0.0,
+        "zero_point": 0,
+    }

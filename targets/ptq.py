@@ -40,6 +40,7 @@ MAX_RESTORE_STEPS = 10
 @dataclass(frozen=True)
 class Settings:
     """How an export chooses (the build's [ptq] section and its validation samples)."""
+
     validation: np.ndarray
     mixed: bool = False
     budget: float = BUDGET
@@ -67,8 +68,14 @@ def _pick(candidates, score) -> tuple[object, dict]:
             model = make()
             a = score(model)
         except Exception as e:
-            tried.append({"method": name, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
-                          if str(e).strip() else type(e).__name__})
+            tried.append(
+                {
+                    "method": name,
+                    "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+                    if str(e).strip()
+                    else type(e).__name__,
+                }
+            )
             continue
         tried.append({"method": name, "agreement": round(a, 4), "seconds": round(time.perf_counter() - start, 2)})
         if a > best_a:
@@ -87,6 +94,7 @@ def _why(record: dict) -> str:
 
 # -- ONNX (onnxruntime QDQ) -----------------------------------------------------------------------
 
+
 def run_onnx(model, x: np.ndarray, threads: int = 0) -> np.ndarray:
     """The first output of an ONNX model (ModelProto, bytes or path) on every sample of `x`."""
     import onnxruntime as ort
@@ -94,7 +102,13 @@ def run_onnx(model, x: np.ndarray, threads: int = 0) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model) if isinstance(model, Path) else model
+    src = (
+        model.SerializeToString()
+        if hasattr(model, "SerializeToString")
+        else str(model)
+        if isinstance(model, Path)
+        else model
+    )
     s = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
     return np.concatenate([s.run(None, {name: xi[None].astype(np.float32)})[0] for xi in x])
@@ -130,8 +144,14 @@ def _pre_processed(src: Path, tmp: Path) -> Path:
     return pre
 
 
-def ort_static(src: Path, calibration: np.ndarray, method: str = "MinMax", per_channel: bool = True,
-               pre_process: bool = True, nodes_to_exclude=()):
+def ort_static(
+    src: Path,
+    calibration: np.ndarray,
+    method: str = "MinMax",
+    per_channel: bool = True,
+    pre_process: bool = True,
+    nodes_to_exclude=(),
+):
     """onnxruntime `quantize_static`, QDQ, int8 weights and activations, with `method` calibration."""
     import onnx
     from onnxruntime.quantization import (
@@ -148,10 +168,17 @@ def ort_static(src: Path, calibration: np.ndarray, method: str = "MinMax", per_c
         out = tmp / "int8.onnx"
         # The Percentile calibrator writes augmented models into cwd and prints its progress on stdout.
         with contextlib.chdir(tmp), contextlib.redirect_stdout(io.StringIO()):
-            quantize_static(inp, out, _reader(name, calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=getattr(CalibrationMethod, method),
-                            nodes_to_exclude=list(nodes_to_exclude))
+            quantize_static(
+                inp,
+                out,
+                _reader(name, calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, method),
+                nodes_to_exclude=list(nodes_to_exclude),
+            )
         return onnx.load(str(out))
 
 
@@ -177,8 +204,15 @@ def nncf_onnx(src: Path, calibration: np.ndarray, **kwargs):
         return nncf.quantize(model, data, subset_size=len(calibration), **kwargs)
 
 
-def onnx_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, *, budget: float = BUDGET,
-              mixed: bool = False, progress=None):
+def onnx_int8(
+    src: Path,
+    calibration: np.ndarray,
+    validation: np.ndarray,
+    *,
+    budget: float = BUDGET,
+    mixed: bool = False,
+    progress=None,
+):
     """The best int8 QDQ ModelProto of the float ONNX file `src`, and the record of the choice."""
     model, record = onnx_full_int8(src, calibration, validation, progress)
     return onnx_mixed(src, calibration, validation, model, record, budget) if mixed else (model, record)
@@ -187,8 +221,10 @@ def onnx_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, *, bud
 def onnx_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, progress=None):
     src = Path(src)
     ref = run_onnx(src, validation)
+
     def score(m):
         return agreement(ref, run_onnx(m, validation))
+
     step = _stepper(progress, 4)
     # onnxruntime's Entropy calibration was tried too: on EfficientNet-Lite0 it cost twice Percentile's time
     # and agreed no better than MinMax (0.75 on the validation split, as MinMax).
@@ -203,8 +239,7 @@ def onnx_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, p
     return model, record
 
 
-def onnx_mixed(src: Path, calibration: np.ndarray, validation: np.ndarray, model, record: dict,
-               budget: float = BUDGET):
+def onnx_mixed(src: Path, calibration: np.ndarray, validation: np.ndarray, model, record: dict, budget: float = BUDGET):
     """`model` (the best full-int8 choice) if it meets `budget`, else NNCF accuracy control's partly-float one."""
     import onnx
 
@@ -212,8 +247,18 @@ def onnx_mixed(src: Path, calibration: np.ndarray, validation: np.ndarray, model
         return model, record
     proto = onnx.load(str(src))
     name = proto.graph.input[0].name
-    return _restore(_nncf(), proto, calibration, validation, run_onnx(Path(src), validation), budget, record, model,
-                    lambda x: {name: x[None].astype(np.float32)}, run_onnx)
+    return _restore(
+        _nncf(),
+        proto,
+        calibration,
+        validation,
+        run_onnx(Path(src), validation),
+        budget,
+        record,
+        model,
+        lambda x: {name: x[None].astype(np.float32)},
+        run_onnx,
+    )
 
 
 def _restore(nncf, model, calibration, validation, ref, budget, record, best, feed, infer):
@@ -232,20 +277,32 @@ def _restore(nncf, model, calibration, validation, ref, budget, record, best, fe
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             q = nncf.quantize_with_accuracy_control(
-                model, nncf.Dataset(calibration, feed), nncf.Dataset(validation, feed), validate,
-                max_drop=1 - budget, subset_size=len(calibration),
+                model,
+                nncf.Dataset(calibration, feed),
+                nncf.Dataset(validation, feed),
+                validate,
+                max_drop=1 - budget,
+                subset_size=len(calibration),
                 advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                    ranking_subset_size=len(validation), max_num_iterations=MAX_RESTORE_STEPS))
+                    ranking_subset_size=len(validation), max_num_iterations=MAX_RESTORE_STEPS
+                ),
+            )
         a = agreement(ref, infer(q, validation))
     except Exception as e:  # seen: NNCF 3.4's restorer on a real ONNX graph, "ONNX backend is not supported"
         failed = {"method": "nncf-accuracy-control", "error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
         return best, {**record, "candidates": [*record["candidates"], failed]}
-    tried = {"method": "nncf-accuracy-control", "agreement": round(a, 4), "seconds": round(time.perf_counter() - start, 2)}
+    tried = {
+        "method": "nncf-accuracy-control",
+        "agreement": round(a, 4),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
     record = {**record, "candidates": [*record["candidates"], tried]}
     if a <= record["agreement"]:
         return best, record
-    why = (f"the best full-int8 method ({record['chosen']}) agreed {record['agreement']:.4f} < budget {budget} on the "
-           f"validation split; NNCF accuracy control kept the most costly layers in float: {a:.4f}")
+    why = (
+        f"the best full-int8 method ({record['chosen']}) agreed {record['agreement']:.4f} < budget {budget} on the "
+        f"validation split; NNCF accuracy control kept the most costly layers in float: {a:.4f}"
+    )
     return q, {**record, "chosen": tried["method"], "agreement": tried["agreement"], "why": why, "mixed": True}
 
 
@@ -259,11 +316,14 @@ def _stepper(progress, n: int):
             if progress:
                 progress(count, n)
             return make()
+
         return run
+
     return wrap
 
 
 # -- OpenVINO (NNCF) -------------------------------------------------------------------------------
+
 
 def _openvino():
     from targets import telemetry_off
@@ -292,8 +352,15 @@ def nncf_openvino(convert, calibration: np.ndarray, **kwargs):
         return nncf.quantize(convert(), data, subset_size=len(calibration), **kwargs)
 
 
-def openvino_int8(convert, calibration: np.ndarray, validation: np.ndarray, *, budget: float = BUDGET,
-                  mixed: bool = False, progress=None):
+def openvino_int8(
+    convert,
+    calibration: np.ndarray,
+    validation: np.ndarray,
+    *,
+    budget: float = BUDGET,
+    mixed: bool = False,
+    progress=None,
+):
     """The best NNCF-quantized OpenVINO model of the float model `convert()` returns (targets.openvino.float_ir
     of the float ONNX file), and the record of the choice."""
     model, record = openvino_full_int8(convert, calibration, validation, progress)
@@ -307,31 +374,53 @@ def openvino_full_int8(convert, calibration: np.ndarray, validation: np.ndarray,
 
     ref = run_openvino(convert(), validation)
     step = _stepper(progress, 4)
-    quantile = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_QUANTILE)
+    quantile = AdvancedQuantizationParameters(
+        activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_QUANTILE
+    )
     candidates = [
         ("nncf", step(lambda: nncf_openvino(convert, calibration))),
         ("nncf-bias-correction", step(lambda: nncf_openvino(convert, calibration, fast_bias_correction=False))),
-        ("nncf-mixed-preset", step(lambda: nncf_openvino(convert, calibration, preset=nncf.QuantizationPreset.MIXED,
-                                                          fast_bias_correction=False))),
-        ("nncf-mean-quantile-ranges", step(lambda: nncf_openvino(convert, calibration, fast_bias_correction=False,
-                                                             advanced_parameters=quantile))),
+        (
+            "nncf-mixed-preset",
+            step(
+                lambda: nncf_openvino(
+                    convert, calibration, preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=False
+                )
+            ),
+        ),
+        (
+            "nncf-mean-quantile-ranges",
+            step(lambda: nncf_openvino(convert, calibration, fast_bias_correction=False, advanced_parameters=quantile)),
+        ),
     ]
     model, record = _pick(candidates, lambda m: agreement(ref, run_openvino(m, validation)))
     record["why"] = _why(record)
     return model, record
 
 
-def openvino_mixed(convert, calibration: np.ndarray, validation: np.ndarray, model, record: dict,
-                   budget: float = BUDGET):
+def openvino_mixed(
+    convert, calibration: np.ndarray, validation: np.ndarray, model, record: dict, budget: float = BUDGET
+):
     """`model` (the best full-int8 choice) if it meets `budget`, else NNCF accuracy control's partly-float one."""
     if record["agreement"] >= budget:
         return model, record
     ref = run_openvino(convert(), validation)
-    return _restore(_nncf(), convert(), calibration, validation, ref, budget, record, model,
-                    lambda x: x[None].astype(np.float32), run_openvino)
+    return _restore(
+        _nncf(),
+        convert(),
+        calibration,
+        validation,
+        ref,
+        budget,
+        record,
+        model,
+        lambda x: x[None].astype(np.float32),
+        run_openvino,
+    )
 
 
 # -- TFLite (TFLiteConverter, ai-edge-quantizer) ---------------------------------------------------
+
 
 def run_tflite(model: bytes, x: np.ndarray, threads: int | None = None) -> np.ndarray:
     """The first output of a .tflite model on every sample, (de)quantizing integer I/O."""
@@ -365,8 +454,10 @@ def _converter(keras_model, calibration: np.ndarray, int16x8: bool = False, allo
         conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         conv.inference_input_type = conv.inference_output_type = tf.int16
     else:
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                          *([tf.lite.OpsSet.TFLITE_BUILTINS] if allow_float else [])]
+        conv.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            *([tf.lite.OpsSet.TFLITE_BUILTINS] if allow_float else []),
+        ]
         conv.inference_input_type = conv.inference_output_type = tf.int8
     conv.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in calibration)
     return conv
@@ -414,15 +505,21 @@ def int8_io(model: bytes) -> bytes:
 
     m = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
     g = m.subgraphs[0]
+
     def code(op):
         return max(m.operatorCodes[op.opcodeIndex].builtinCode, m.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+
     moved, dropped = {}, set()
     int8 = schema.TensorType.INT8
     for i, op in enumerate(g.operators):
         src, dst = int(op.inputs[0]), int(op.outputs[0])
         users = [o for o in g.operators if src in list(o.inputs)]
-        if code(op) == schema.BuiltinOperator.QUANTIZE and src in list(g.inputs) and len(users) == 1 \
-                and g.tensors[dst].type == int8:
+        if (
+            code(op) == schema.BuiltinOperator.QUANTIZE
+            and src in list(g.inputs)
+            and len(users) == 1
+            and g.tensors[dst].type == int8
+        ):
             moved[src], dropped = dst, dropped | {i}
         elif code(op) == schema.BuiltinOperator.DEQUANTIZE and dst in list(g.outputs) and g.tensors[src].type == int8:
             moved[dst], dropped = src, dropped | {i}
@@ -452,14 +549,21 @@ def sensitivity(keras_model, calibration: np.ndarray) -> list[dict]:
     with stderr_silenced(), contextlib.redirect_stdout(io.StringIO()):
         dbg = tf.lite.experimental.QuantizationDebugger(
             converter=_converter(keras_model, calibration),
-            debug_dataset=lambda: ([x[None].astype(np.float32)] for x in calibration))
+            debug_dataset=lambda: ([x[None].astype(np.float32)] for x in calibration),
+        )
         dbg.run()
         dump = io.StringIO()
         dbg.layer_statistics_dump(dump)
     rows = list(csv.DictReader(io.StringIO(dump.getvalue())))
-    layers = [{"layer": r["tensor_name"], "op": r["op_name"],
-               "rmse_per_scale": round(float(np.sqrt(float(r["mean_squared_error"])) / float(r["scale"])), 4)}
-              for r in rows if float(r["scale"]) > 0]
+    layers = [
+        {
+            "layer": r["tensor_name"],
+            "op": r["op_name"],
+            "rmse_per_scale": round(float(np.sqrt(float(r["mean_squared_error"])) / float(r["scale"])), 4),
+        }
+        for r in rows
+        if float(r["scale"]) > 0
+    ]
     return sorted(layers, key=lambda r: -r["rmse_per_scale"])
 
 
@@ -474,26 +578,40 @@ def selective_int8(keras_model, calibration: np.ndarray, float_layers: list[str]
         dbg = tf.lite.experimental.QuantizationDebugger(
             converter=_converter(keras_model, calibration, allow_float=True),
             debug_dataset=lambda: ([x[None].astype(np.float32)] for x in calibration),
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_layers)))
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_layers)),
+        )
         return dbg.get_nondebug_quantized_model()
 
 
-def tflite_int8(keras_model, calibration: np.ndarray, validation: np.ndarray, *, budget: float = BUDGET,
-                mixed: bool = False, max_float_layers: int = 8, progress=None):
+def tflite_int8(
+    keras_model,
+    calibration: np.ndarray,
+    validation: np.ndarray,
+    *,
+    budget: float = BUDGET,
+    mixed: bool = False,
+    max_float_layers: int = 8,
+    progress=None,
+):
     """The best int8 .tflite (bytes) of the float Keras model, and the record of the choice.
 
     With `mixed`, while the best full-int8 file stays below `budget`, the 1, 2, 4, ... layers with the
     largest own quantization error (`sensitivity`) stay float, up to `max_float_layers`."""
     model, record = tflite_full_int8(keras_model, calibration, validation, progress)
-    return tflite_mixed(keras_model, calibration, validation, model, record, budget, max_float_layers) if mixed \
+    return (
+        tflite_mixed(keras_model, calibration, validation, model, record, budget, max_float_layers)
+        if mixed
         else (model, record)
+    )
 
 
 def tflite_full_int8(keras_model, calibration: np.ndarray, validation: np.ndarray, progress=None):
     float_model = float_tflite(keras_model)
     ref = run_tflite(float_model, validation)
+
     def score(m):
         return agreement(ref, run_tflite(m, validation))
+
     step = _stepper(progress, 2)
     candidates = [
         ("tflite-converter", step(lambda: converter_int8(keras_model, calibration))),
@@ -504,15 +622,24 @@ def tflite_full_int8(keras_model, calibration: np.ndarray, validation: np.ndarra
     return model, record
 
 
-def tflite_mixed(keras_model, calibration: np.ndarray, validation: np.ndarray, model, record: dict,
-                 budget: float = BUDGET, max_float_layers: int = 8):
+def tflite_mixed(
+    keras_model,
+    calibration: np.ndarray,
+    validation: np.ndarray,
+    model,
+    record: dict,
+    budget: float = BUDGET,
+    max_float_layers: int = 8,
+):
     """`model` (the best full-int8 choice) if it meets `budget`, else the best with the 1, 2, 4, ... most
     sensitive layers in float."""
     if record["agreement"] >= budget:
         return model, record
     ref = run_tflite(float_tflite(keras_model), validation)
+
     def score(m):
         return agreement(ref, run_tflite(m, validation))
+
     record = {**record, "candidates": list(record["candidates"])}
     start = time.perf_counter()
     ranked = sensitivity(keras_model, calibration)
@@ -522,15 +649,24 @@ def tflite_mixed(keras_model, calibration: np.ndarray, validation: np.ndarray, m
         layers = [r["layer"] for r in ranked[:k]]
         m = selective_int8(keras_model, calibration, layers)
         tried.append((score(m), m, layers))
-        record["candidates"].append({"method": f"tflite-converter-{k}-float-layers", "agreement": round(tried[-1][0], 4),
-                                     "seconds": round(time.perf_counter() - start, 2)})
+        record["candidates"].append(
+            {
+                "method": f"tflite-converter-{k}-float-layers",
+                "agreement": round(tried[-1][0], 4),
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
         k *= 2
     a, m, layers = max(tried, key=lambda t: t[0], default=(0, None, []))
     if a > record["agreement"]:
-        record.update(chosen=f"tflite-converter-{len(layers)}-float-layers", agreement=round(a, 4), float_layers=layers,
-                      mixed=True,
-                      why=f"the best full-int8 method ({record['chosen']}) agreed {record['agreement']:.4f} < budget "
-                          f"{budget} on the validation split; keeping the {len(layers)} layers with the largest own "
-                          f"quantization error in float: {a:.4f}")
+        record.update(
+            chosen=f"tflite-converter-{len(layers)}-float-layers",
+            agreement=round(a, 4),
+            float_layers=layers,
+            mixed=True,
+            why=f"the best full-int8 method ({record['chosen']}) agreed {record['agreement']:.4f} < budget "
+            f"{budget} on the validation split; keeping the {len(layers)} layers with the largest own "
+            f"quantization error in float: {a:.4f}",
+        )
         model = m
     return model, record

@@ -29,8 +29,9 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
     if mode == "int8" and ptq is not None:
         from targets import ptq as methods
 
-        model_bytes, choice = methods.tflite_int8(model, calibration, ptq.validation, budget=ptq.budget,
-                                                  mixed=ptq.mixed, progress=progress)
+        model_bytes, choice = methods.tflite_int8(
+            model, calibration, ptq.validation, budget=ptq.budget, mixed=ptq.mixed, progress=progress
+        )
         out.write_bytes(embed_metadata(model_bytes, metadata))
         return choice
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -119,7 +120,7 @@ def inspect(path: str | Path) -> dict:
     def data(t):
         b = m.buffers[t.buffer]
         if b.offset and b.offset > 1:
-            return np.frombuffer(raw[b.offset:b.offset + b.size], dtype=np.uint8)
+            return np.frombuffer(raw[b.offset : b.offset + b.size], dtype=np.uint8)
         return b.data
 
     const_types, act_types = Counter(), Counter()
@@ -130,7 +131,11 @@ def inspect(path: str | Path) -> dict:
         dt = dtypes[t.type]
         if d is not None and len(d):
             const_types[dt] += 1
-            w = np.frombuffer(bytes(d), dtype=WEIGHT_DTYPES[dt]) if dt in WEIGHT_DTYPES and t.shape is not None else None
+            w = (
+                np.frombuffer(bytes(d), dtype=WEIGHT_DTYPES[dt])
+                if dt in WEIGHT_DTYPES and t.shape is not None
+                else None
+            )
             if t.sparsity is not None:
                 sparse_tensors += 1
                 if w is not None:
@@ -139,7 +144,11 @@ def inspect(path: str | Path) -> dict:
                     zeros += size - int(np.count_nonzero(w))
                     total += size
             elif w is not None and len(t.shape) >= 2:
-                zp = t.quantization.zeroPoint if t.quantization is not None and t.quantization.zeroPoint is not None else None
+                zp = (
+                    t.quantization.zeroPoint
+                    if t.quantization is not None and t.quantization.zeroPoint is not None
+                    else None
+                )
                 # Per-channel int8 weights are symmetric (zero point 0), so zero is zero.
                 zero = 0 if zp is None or np.all(np.asarray(zp) == 0) else None
                 if zero is not None:

@@ -10,10 +10,12 @@ from conftest import ROOT
 
 
 def test_importing_the_package_imports_no_tensorflow_and_offers_the_promised_names():
-    code = ("import sys, pipeline; "
-            "names = ['build', 'built', 'bench', 'verify_on', 'release', 'verify_release', 'inspect']; "
-            "assert all(callable(getattr(pipeline, n)) for n in names); "
-            "print('tensorflow' in sys.modules, 'tf_keras' in sys.modules)")
+    code = (
+        "import sys, pipeline; "
+        "names = ['build', 'built', 'bench', 'verify_on', 'release', 'verify_release', 'inspect']; "
+        "assert all(callable(getattr(pipeline, n)) for n in names); "
+        "print('tensorflow' in sys.modules, 'tf_keras' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.stdout.split() == ["False", "False"], proc.stderr
 
@@ -32,11 +34,12 @@ def test_overrides_are_checked_like_a_config_file():
 @pytest.mark.slow
 def test_the_readme_python_api_example_runs(tmp_path):
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Python API"):]
+    section = readme[readme.index("## Python API") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "dist" / "digits-cnn-1.0.0" / "SHA256SUMS").is_file()
 

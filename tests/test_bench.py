@@ -50,9 +50,25 @@ def test_thread_lists_and_runner_options_are_checked():
     with pytest.raises(UsageError):
         bench.parse_options(["delegate"])
     req = bench.Settings(runs=7, min_seconds=0.5, warmup=2, samples=9, options=[("delegate", "none")]).request(
-        Path("r.py"), Path("m"), Path("x.npy"), 2)
-    assert req.argv("x.npy") == ["--inputs", "x.npy", "--limit", "9", "--bench", "--threads", "2", "--warmup", "2",
-                                 "--runs", "7", "--min-seconds", "0.5", "--delegate", "none"]
+        Path("r.py"), Path("m"), Path("x.npy"), 2
+    )
+    assert req.argv("x.npy") == [
+        "--inputs",
+        "x.npy",
+        "--limit",
+        "9",
+        "--bench",
+        "--threads",
+        "2",
+        "--warmup",
+        "2",
+        "--runs",
+        "7",
+        "--min-seconds",
+        "0.5",
+        "--delegate",
+        "none",
+    ]
 
 
 def test_local_is_one_device_behind_a_small_interface():
@@ -62,12 +78,15 @@ def test_local_is_one_device_behind_a_small_interface():
         get_device("toaster")
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--threads", "0"], "--threads"),
-    (["--runs", "0"], "--runs"),
-    (["--device", "toaster"], "unknown device 'toaster'"),
-    (["--option", "delegate"], "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--threads", "0"], "--threads"),
+        (["--runs", "0"], "--runs"),
+        (["--device", "toaster"], "unknown device 'toaster'"),
+        (["--option", "delegate"], "KEY=VALUE"),
+    ],
+)
 def test_bad_bench_options_are_one_line_errors_before_any_build(argv, fragment, tmp_path):
     t0 = time.perf_counter()
     proc = run_cli("bench", "--out", tmp_path / "out", *argv)
@@ -79,18 +98,40 @@ def test_bad_bench_options_are_one_line_errors_before_any_build(argv, fragment, 
 
 
 @pytest.mark.slow
-def test_bench_times_two_targets_at_two_thread_counts_in_both_runtimes_into_json_rows(small_build, small_config, tmp_path):
+def test_bench_times_two_targets_at_two_thread_counts_in_both_runtimes_into_json_rows(
+    small_build, small_config, tmp_path
+):
     out, _ = small_build
     rows_file = tmp_path / "rows.json"
-    proc = run_cli("bench", "--config", small_config, "--out", out, "--target", "tflite-fp32,tflite-int8",
-                   "--threads", "1,2", "--runs", "20", "--min-seconds", "0.05", "--warmup", "2", "--legacy",
-                   "--json", rows_file)
+    proc = run_cli(
+        "bench",
+        "--config",
+        small_config,
+        "--out",
+        out,
+        "--target",
+        "tflite-fp32,tflite-int8",
+        "--threads",
+        "1,2",
+        "--runs",
+        "20",
+        "--min-seconds",
+        "0.05",
+        "--warmup",
+        "2",
+        "--legacy",
+        "--json",
+        rows_file,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "running" not in proc.stderr  # everything came from the build's cache
     rows = json.loads(rows_file.read_text())
     assert [(r["target"], r["threads"], r["runtime"]) for r in rows] == [
-        (t, n, runtime) for runtime in ("litert", "tflite-runtime") for t in ("tflite-fp32", "tflite-int8")
-        for n in (1, 2)]
+        (t, n, runtime)
+        for runtime in ("litert", "tflite-runtime")
+        for t in ("tflite-fp32", "tflite-int8")
+        for n in (1, 2)
+    ]
     for r in rows:
         assert r["status"] == "ok" and r["error"] is None, r
         assert r["model"] == "tiny-digits" and r["device"] == "local"
@@ -115,14 +156,19 @@ def test_a_corrupt_artifact_is_a_failed_row_and_the_other_targets_are_still_time
     data[4:8] = b"XXXX"  # no longer a TFLite flatbuffer
     corrupt.write_bytes(bytes(data[: len(data) // 2]))
     missing = {"target": "tflite-fp16", "status": "failed_build", "reason": "converter failed"}
-    items = [(TARGETS["tflite-int8"], arts["tflite-int8"], corrupt),
-             (TARGETS["tflite-fp16"], missing, None),
-             (TARGETS["tflite-fp32"], arts["tflite-fp32"], out / arts["tflite-fp32"]["path"])]
+    items = [
+        (TARGETS["tflite-int8"], arts["tflite-int8"], corrupt),
+        (TARGETS["tflite-fp16"], missing, None),
+        (TARGETS["tflite-fp32"], arts["tflite-fp32"], out / arts["tflite-fp32"]["path"]),
+    ]
     inputs = next((out / ".cache" / "data").glob("*/x_test.npy"))
     settings = bench.Settings(runs=10, min_seconds=0, warmup=1, samples=10, timeout=60)
     rows = bench.bench_artifacts(items, [get_device("local")], inputs, [1], settings)
     assert [(r["target"], r["status"]) for r in rows] == [
-        ("tflite-int8", "failed"), ("tflite-fp16", "not_built"), ("tflite-fp32", "ok")]
+        ("tflite-int8", "failed"),
+        ("tflite-fp16", "not_built"),
+        ("tflite-fp32", "ok"),
+    ]
     assert rows[0]["error"] and rows[0]["p50_ms"] is None
     assert rows[1]["error"] == "converter failed"
     assert rows[2]["p50_ms"] > 0

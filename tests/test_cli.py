@@ -6,8 +6,10 @@ from conftest import ROOT, run_cli
 
 
 def test_help_answers_fast_without_importing_tensorflow():
-    code = ("import sys, pipeline.cli as c; c.parser().format_help(); c.main(['targets']); "
-            "print('tensorflow' in sys.modules, 'tf_keras' in sys.modules, 'numpy' in sys.modules)")
+    code = (
+        "import sys, pipeline.cli as c; c.parser().format_help(); c.main(['targets']); "
+        "print('tensorflow' in sys.modules, 'tf_keras' in sys.modules, 'numpy' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.stdout.split()[-3:] == ["False", "False", "False"], proc.stderr
     t0 = time.perf_counter()

@@ -25,17 +25,20 @@ def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
     assert cfg.build.max_accuracy_drop == 2.0 and isinstance(cfg.build.max_accuracy_drop, float)
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"prune": {"sparsty": 0.5}}, "unknown key prune.sparsty (did you mean 'sparsity'?)"),
-    ({"prun": {}}, "unknown section [prun] (did you mean 'prune'?)"),
-    ({"train": {"epochs": "ten"}}, "train.epochs must be int, got str 'ten'"),
-    ({"train": {"epochs": True}}, "train.epochs must be int, got bool True"),
-    ({"build": {"targets": "tflite-int8"}}, "build.targets must be a list of strings"),
-    ({"prune": {"sparsity": 1.5}}, 'prune.sparsity must be "auto" or in [0, 1), got 1.5'),
-    ({"prune": {"sparsity": "most"}}, 'prune.sparsity must be "auto" or in [0, 1), got \'most\''),
-    ({"data": {"test_fraction": 0}}, "data.test_fraction must be between 0 and 1"),
-    ({"train": {"lr_schedule": "linear"}}, "train.lr_schedule must be 'constant' or 'cosine', got 'linear'"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"prune": {"sparsty": 0.5}}, "unknown key prune.sparsty (did you mean 'sparsity'?)"),
+        ({"prun": {}}, "unknown section [prun] (did you mean 'prune'?)"),
+        ({"train": {"epochs": "ten"}}, "train.epochs must be int, got str 'ten'"),
+        ({"train": {"epochs": True}}, "train.epochs must be int, got bool True"),
+        ({"build": {"targets": "tflite-int8"}}, "build.targets must be a list of strings"),
+        ({"prune": {"sparsity": 1.5}}, 'prune.sparsity must be "auto" or in [0, 1), got 1.5'),
+        ({"prune": {"sparsity": "most"}}, "prune.sparsity must be \"auto\" or in [0, 1), got 'most'"),
+        ({"data": {"test_fraction": 0}}, "data.test_fraction must be between 0 and 1"),
+        ({"train": {"lr_schedule": "linear"}}, "train.lr_schedule must be 'constant' or 'cosine', got 'linear'"),
+    ],
+)
 def test_bad_configs_are_rejected_with_what_is_wrong(raw, message):
     with pytest.raises(ConfigError) as e:
         config.from_dict(raw)

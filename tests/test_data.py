@@ -56,15 +56,18 @@ def test_pickled_npz_files_are_refused(tmp_path):
         data.load(DataConfig(path=str(tmp_path / "d.npz")), seed=0)
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"x": np.array([[np.nan, 1.0]] * 10, dtype=np.float32)}, "NaN or inf"),
-    ({"x": np.array([[np.inf, 1.0]] * 10, dtype=np.float32)}, "NaN or inf"),
-    ({"x": np.zeros((0, 4), dtype=np.float32)}, "is empty"),
-    ({"x": np.zeros((10, 4)), "y": np.zeros(9, dtype=np.int64)}, "10 samples but labels of shape (9,)"),
-    ({"x": np.zeros((10, 4)), "y": np.zeros(10, dtype=np.float32)}, "must be integer class indices"),
-    ({"x": np.array(["a"] * 10)}, "samples must be numeric"),
-    ({"images": np.zeros((10, 4))}, "needs arrays x_train/x_test"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": np.array([[np.nan, 1.0]] * 10, dtype=np.float32)}, "NaN or inf"),
+        ({"x": np.array([[np.inf, 1.0]] * 10, dtype=np.float32)}, "NaN or inf"),
+        ({"x": np.zeros((0, 4), dtype=np.float32)}, "is empty"),
+        ({"x": np.zeros((10, 4)), "y": np.zeros(9, dtype=np.int64)}, "10 samples but labels of shape (9,)"),
+        ({"x": np.zeros((10, 4)), "y": np.zeros(10, dtype=np.float32)}, "must be integer class indices"),
+        ({"x": np.array(["a"] * 10)}, "samples must be numeric"),
+        ({"images": np.zeros((10, 4))}, "needs arrays x_train/x_test"),
+    ],
+)
 def test_bad_arrays_are_named_with_what_is_wrong(tmp_path, arrays, message):
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(DataError) as e:
@@ -99,7 +102,9 @@ def test_a_truncated_idx_file_is_refused(tmp_path):
         data.read_idx(tmp_path / "u-idx3-ubyte")
 
 
-@pytest.mark.skipif(not __import__("os").path.isdir(FASHION), reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not __import__("os").path.isdir(FASHION), reason="Debian package dataset-fashion-mnist not installed"
+)
 def test_the_real_fashion_mnist_folder_loads_with_its_own_test_split():
     ds = data.load(DataConfig(path=FASHION, calibration_samples=300), seed=0)
     # its own 10,000 test images; 15 % of the 60,000 training images held apart for validation

@@ -45,8 +45,7 @@ def sshd(tmp_path_factory):
     site = Path(np.__file__).resolve().parent.parent
     for p in site.glob("numpy*"):
         (numpy_only / p.name).symlink_to(p)
-    boards = {"host": [sys.executable],
-              "nort": ["env", f"PYTHONPATH={numpy_only}", sys.executable, "-S"]}
+    boards = {"host": [sys.executable], "nort": ["env", f"PYTHONPATH={numpy_only}", sys.executable, "-S"]}
     try:
         emu.setup(PROFILE, log=print)
         boards["emu"] = emu.python_command(PROFILE)
@@ -90,17 +89,29 @@ def _no_pwned(*trees):
 
 # --------------------------------------------------------------- without a board
 
+
 def test_ssh_specs_are_parsed_strictly_and_never_become_options():
-    ok = {"ssh://pi@raspberrypi.local": ("raspberrypi.local", "pi", None),
-          "ssh://pi@10.0.0.7:2222": ("10.0.0.7", "pi", 2222),
-          "ssh://board": ("board", None, None),
-          "ssh://pi@[fe80::1]:22": ("fe80::1", "pi", 22)}
+    ok = {
+        "ssh://pi@raspberrypi.local": ("raspberrypi.local", "pi", None),
+        "ssh://pi@10.0.0.7:2222": ("10.0.0.7", "pi", 2222),
+        "ssh://board": ("board", None, None),
+        "ssh://pi@[fe80::1]:22": ("fe80::1", "pi", 22),
+    }
     for spec, want in ok.items():
         d = ssh.SSHDevice(spec, probe=False)
         assert (d.host, d.user, d.port) == want
-    for bad in ("ssh://pi@-oProxyCommand=touch_x", "ssh://-oProxyCommand=x", "ssh://pi;id@host", "ssh://pi@host/path",
-                "ssh://pi:secret@host", "ssh://pi@host:99999", "ssh://pi@host:0", "ssh://pi@ho st", "ssh://",
-                "ssh://pi@host?x=1"):
+    for bad in (
+        "ssh://pi@-oProxyCommand=touch_x",
+        "ssh://-oProxyCommand=x",
+        "ssh://pi;id@host",
+        "ssh://pi@host/path",
+        "ssh://pi:secret@host",
+        "ssh://pi@host:99999",
+        "ssh://pi@host:0",
+        "ssh://pi@ho st",
+        "ssh://",
+        "ssh://pi@host?x=1",
+    ):
         with pytest.raises(UsageError, match="ssh://"):
             ssh.SSHDevice(bad, probe=False)
 
@@ -116,18 +127,26 @@ def test_every_remote_word_is_quoted_and_ssh_is_strict(tmp_path):
 
     assert shlex.split(cmd[-1]) == words  # what the board's shell sees is exactly these words
     opts = " ".join(cmd)
-    for o in ("BatchMode=yes", "StrictHostKeyChecking=yes", "UpdateHostKeys=no", "GlobalKnownHostsFile=/dev/null",
-              "-p 2222", "-l pi"):
+    for o in (
+        "BatchMode=yes",
+        "StrictHostKeyChecking=yes",
+        "UpdateHostKeys=no",
+        "GlobalKnownHostsFile=/dev/null",
+        "-p 2222",
+        "-l pi",
+    ):
         assert o in opts
     assert f'UserKnownHostsFile="{str(kh).replace("%", "%%")}"' in cmd  # spaces kept, %-tokens not expanded
 
 
 def test_a_board_without_the_runtime_is_told_what_to_install():
-    for error, pip in [("PackageNotFoundError: No package metadata was found for onnxruntime", "onnxruntime"),
-                       ("ModuleNotFoundError: No module named 'ai_edge_litert'", "ai-edge-litert"),
-                       ("runner exited 1 without a result: ModuleNotFoundError: No module named 'numpy'", "numpy"),
-                       ("ModuleNotFoundError: No module named 'openvino._pyopenvino'", "openvino"),
-                       ("ImportError: No module named 'tflite_runtime'", "tflite-runtime")]:
+    for error, pip in [
+        ("PackageNotFoundError: No package metadata was found for onnxruntime", "onnxruntime"),
+        ("ModuleNotFoundError: No module named 'ai_edge_litert'", "ai-edge-litert"),
+        ("runner exited 1 without a result: ModuleNotFoundError: No module named 'numpy'", "numpy"),
+        ("ModuleNotFoundError: No module named 'openvino._pyopenvino'", "openvino"),
+        ("ImportError: No module named 'tflite_runtime'", "tflite-runtime"),
+    ]:
         res = agreement.missing_runtime({"ok": False, "error": error})
         assert res["error"] == f"board has no {pip}: pip install {pip} there"
         assert res["runtime_error"] == error
@@ -137,7 +156,8 @@ def test_a_board_without_the_runtime_is_told_what_to_install():
 
 def test_runtime_options_are_kept_apart_from_timing_arguments():
     req = bench.Settings(runs=7, min_seconds=0.5, warmup=2, samples=9, options=[("delegate", "none")]).request(
-        Path("run_x.py"), Path("m"), Path("x.npy"), 2)
+        Path("run_x.py"), Path("m"), Path("x.npy"), 2
+    )
     assert req.option_argv() == ["--delegate", "none"]
     assert req.limit == 9 and req.timing == Timing(threads=2, warmup=2, runs=7, min_seconds=0.5)
     emu_args = req.argv("in.npy", "out.npz", Timing(runs=10, min_seconds=0))
@@ -145,8 +165,14 @@ def test_runtime_options_are_kept_apart_from_timing_arguments():
 
 
 def test_no_wall_clock_figure_of_an_emulated_run_keeps_a_device_time_name():
-    res = {"ok": True, "latency": {"p50_ms": 50.0, "runs": 20}, "runtime_latency": {"p50_ms": 42.0},
-           "load_ms": 9.0, "first_inference_ms": 3.0, "peak_rss_mb": 300.0}
+    res = {
+        "ok": True,
+        "latency": {"p50_ms": 50.0, "runs": 20},
+        "runtime_latency": {"p50_ms": 42.0},
+        "load_ms": 9.0,
+        "first_inference_ms": 3.0,
+        "peak_rss_mb": 300.0,
+    }
     fields = agreement.emulated_fields(res)
 
     class Board:
@@ -223,7 +249,8 @@ def test_a_board_that_is_not_set_up_is_one_line_naming_the_setup_command(command
     proc = run_cli(*command, "--out", tmp_path / "out", env={"EDGE_EXPORT_EMU_HOME": str(tmp_path / "emu")})
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "error: emu:rpi4 is not set up; run: python -m pipeline device setup emu:rpi4"]
+        "error: emu:rpi4 is not set up; run: python -m pipeline device setup emu:rpi4"
+    ]
     assert not (tmp_path / "out").exists() and not (tmp_path / "emu").exists()
     assert time.perf_counter() - t0 < 15
 
@@ -242,8 +269,10 @@ def test_arm_checks_are_recorded_only_for_the_bytes_that_were_checked(tmp_path):
     folder.mkdir()
     manifest = {"artifacts": [{"target": "tflite-int8", "sha256": "aaa"}, {"target": "onnx-fp32", "sha256": "bbb"}]}
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    checks = {"tflite-int8": [{"device": "emu:rpi4", "status": "ok", "sha256": "aaa"}],
-              "onnx-fp32": [{"device": "emu:rpi4", "status": "ok", "sha256": "changed since"}]}
+    checks = {
+        "tflite-int8": [{"device": "emu:rpi4", "status": "ok", "sha256": "aaa"}],
+        "onnx-fp32": [{"device": "emu:rpi4", "status": "ok", "sha256": "changed since"}],
+    }
     record_arm_checks(tmp_path, "m", checks)
     arts = json.loads((folder / "manifest.json").read_text())["artifacts"]
     assert arts[0]["arm_check"] == {"emu:rpi4": {"device": "emu:rpi4", "status": "ok"}}
@@ -252,11 +281,13 @@ def test_arm_checks_are_recorded_only_for_the_bytes_that_were_checked(tmp_path):
 
 # --------------------------------------------------------------- SSH without a build
 
+
 @pytest.mark.ssh
 @pytest.mark.parametrize("command", [["bench", "--device"], ["build", "--verify-on"]])
 def test_a_wrong_host_key_stops_before_anything_runs(sshd, tmp_path, command):
-    proc = run_cli(*command, sshd.spec(), *sshd.options("host", known_hosts=sshd.wrong_known_hosts),
-                   "--out", tmp_path / "out")
+    proc = run_cli(
+        *command, sshd.spec(), *sshd.options("host", known_hosts=sshd.wrong_known_hosts), "--out", tmp_path / "out"
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "host key verification failed" in lines[0], lines
@@ -279,6 +310,7 @@ def test_device_check_says_what_the_board_has(sshd, tmp_path):
 
 # --------------------------------------------------------------- end to end
 
+
 @pytest.mark.slow
 @pytest.mark.emu
 @pytest.mark.ssh
@@ -287,8 +319,21 @@ def test_bench_on_local_emulated_and_ssh_to_an_emulated_board(small_build, small
     out = _out_copy(small_build, tmp_path / "out")
     _board(sshd, "emu")
     rows_file = tmp_path / "rows.json"
-    proc = run_cli("bench", "--config", small_config, "--out", out, "--target", "tflite-int8,onnx-fp32",
-                   "--device", f"local,{PROFILE},{sshd.spec()}", *sshd.options("emu"), *FAST, "--json", rows_file)
+    proc = run_cli(
+        "bench",
+        "--config",
+        small_config,
+        "--out",
+        out,
+        "--target",
+        "tflite-int8,onnx-fp32",
+        "--device",
+        f"local,{PROFILE},{sshd.spec()}",
+        *sshd.options("emu"),
+        *FAST,
+        "--json",
+        rows_file,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {(r["device"], r["target"]): r for r in json.loads(rows_file.read_text())}
     assert len(rows) == 6
@@ -336,8 +381,9 @@ def test_hostile_file_names_are_data_on_every_device(small_build, emu_ready, ssh
     shutil.copy(_artifact(out, "onnx-fp32"), model)
     inputs = folder / f"{HOSTILE}.npy"
     np.save(inputs, np.load(next((out / ".cache" / "data").glob("*/x_test.npy")))[:10])
-    request = RunRequest(TARGETS["onnx-fp32"].runner_path, model, inputs, limit=10,
-                         timing=Timing(runs=10, min_seconds=0, warmup=1))
+    request = RunRequest(
+        TARGETS["onnx-fp32"].runner_path, model, inputs, limit=10, timing=Timing(runs=10, min_seconds=0, warmup=1)
+    )
     board = get_device(PROFILE)
     first = board.run(request)
     again = board.run(request)
@@ -360,9 +406,22 @@ def test_hostile_file_names_are_data_on_every_device(small_build, emu_ready, ssh
 @pytest.mark.ssh
 def test_bench_over_ssh_from_a_hostile_out_folder_keeps_files_when_asked(small_build, small_config, sshd, tmp_path):
     out = _out_copy(small_build, tmp_path / HOSTILE)
-    proc = run_cli("bench", "--config", small_config, "--out", out, "--target", "openvino-fp32",
-                   "--device", f"local,{sshd.spec()}", *sshd.options("host"), *FAST, "--keep",
-                   "--json", out / "rows.json")
+    proc = run_cli(
+        "bench",
+        "--config",
+        small_config,
+        "--out",
+        out,
+        "--target",
+        "openvino-fp32",
+        "--device",
+        f"local,{sshd.spec()}",
+        *sshd.options("host"),
+        *FAST,
+        "--keep",
+        "--json",
+        out / "rows.json",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "running" not in proc.stderr  # the copied cache was reused, nothing rebuilt
     row = json.loads((out / "rows.json").read_text())[1]
@@ -379,8 +438,19 @@ def test_bench_over_ssh_from_a_hostile_out_folder_keeps_files_when_asked(small_b
 @pytest.mark.ssh
 def test_a_board_without_the_runtime_says_what_to_pip_install(small_build, small_config, sshd, tmp_path):
     out = _out_copy(small_build, tmp_path / "out")
-    proc = run_cli("bench", "--config", small_config, "--out", out, "--target", "onnx-fp32",
-                   "--device", sshd.spec(), *sshd.options("nort"), *FAST)
+    proc = run_cli(
+        "bench",
+        "--config",
+        small_config,
+        "--out",
+        out,
+        "--target",
+        "onnx-fp32",
+        "--device",
+        sshd.spec(),
+        *sshd.options("nort"),
+        *FAST,
+    )
     assert proc.returncode == 1
     assert "board has no onnxruntime: pip install onnxruntime there" in proc.stderr
     assert list(sshd.tmpdirs["nort"].iterdir()) == []
@@ -390,8 +460,9 @@ def test_a_board_without_the_runtime_says_what_to_pip_install(small_build, small
 @pytest.mark.emu
 def test_build_verify_on_records_the_aarch64_check_in_the_manifest(small_build, small_config, emu_ready, tmp_path):
     out = _out_copy(small_build, tmp_path / "out")
-    proc = run_cli("build", "--config", small_config, "--out", out, "--target", "tflite-dynamic,onnx-int8",
-                   "--verify-on", PROFILE)
+    proc = run_cli(
+        "build", "--config", small_config, "--out", out, "--target", "tflite-dynamic,onnx-int8", "--verify-on", PROFILE
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "arm check" in proc.stdout
     arts = {a["target"]: a for a in json.loads((out / "tiny-digits" / "manifest.json").read_text())["artifacts"]}

@@ -1,4 +1,5 @@
 """Emulated aarch64 boards: setup, guest Python, runtimes, instruction counts, registry."""
+
 import dataclasses
 import subprocess
 import time
@@ -28,6 +29,7 @@ def run_guest(argv, timeout=300):
 
 # --------------------------------------------------------------- emulation
 
+
 @pytest.mark.emu
 def test_setup_is_cached_and_second_call_is_instant(rpi4):
     t0 = time.monotonic()
@@ -40,18 +42,26 @@ def test_setup_is_cached_and_second_call_is_instant(rpi4):
 
 @pytest.mark.emu
 def test_guest_python_is_aarch64(rpi4):
-    out = run_guest(emu.python_command(PROFILE) + [
-        "-c", "import platform, sys; print(platform.machine(), sys.version_info[:2])"]).stdout
+    out = run_guest(
+        emu.python_command(PROFILE) + ["-c", "import platform, sys; print(platform.machine(), sys.version_info[:2])"]
+    ).stdout
     assert out.split()[0] == "aarch64"
     assert "(3, 11)" in out
 
 
 @pytest.mark.emu
 def test_runtimes_import_under_emulation_without_cpu_warnings(rpi4):
-    proc = run_guest(emu.python_command(PROFILE) + ["-c", (
-        "import numpy, ai_edge_litert.interpreter, onnxruntime, openvino;"
-        "print(numpy.__version__, onnxruntime.__version__, openvino.__version__,"
-        " openvino.Core().get_property('CPU', 'FULL_DEVICE_NAME'))")])
+    proc = run_guest(
+        emu.python_command(PROFILE)
+        + [
+            "-c",
+            (
+                "import numpy, ai_edge_litert.interpreter, onnxruntime, openvino;"
+                "print(numpy.__version__, onnxruntime.__version__, openvino.__version__,"
+                " openvino.Core().get_property('CPU', 'FULL_DEVICE_NAME'))"
+            ),
+        ]
+    )
     assert proc.stdout.startswith("1.26.4 1.32.0 2026.4.1")
     assert "Raspberry Pi 4" in proc.stdout  # the profile's identity, not the x86 host's
     assert "MIDR" not in proc.stderr
@@ -59,8 +69,10 @@ def test_runtimes_import_under_emulation_without_cpu_warnings(rpi4):
 
 @pytest.mark.emu
 def test_tflite_runtime_has_its_own_numpy_1_site(rpi4):
-    out = run_guest(emu.python_command(PROFILE, runtime="tflite_runtime") + [
-        "-c", "import numpy, tflite_runtime.interpreter; print(numpy.__version__)"]).stdout
+    out = run_guest(
+        emu.python_command(PROFILE, runtime="tflite_runtime")
+        + ["-c", "import numpy, tflite_runtime.interpreter; print(numpy.__version__)"]
+    ).stdout
     assert out.strip().startswith("1.")
 
 
@@ -90,8 +102,9 @@ def test_instruction_counts_are_exact_repeatable_and_proportional(rpi4, tmp_path
     runs = []
     for i in range(2):
         counts_file = tmp_path / f"counts{i}.txt"
-        run_guest(emu.python_command(PROFILE, count_instructions=True, counts_file=counts_file)
-                  + [str(script), "20000"])
+        run_guest(
+            emu.python_command(PROFILE, count_instructions=True, counts_file=counts_file) + [str(script), "20000"]
+        )
         runs.append(emu.read_counts(counts_file))
     assert runs[0] == runs[1]
     single, double = runs[0]
@@ -117,11 +130,15 @@ def test_native_host_cannot_be_emulated():
 
 # --------------------------------------------------------------- device registry
 
+
 def test_pi_profiles_name_their_qemu_cpu():
     assert {n: d.cpu for n, d in DEVICES.items()} == {
-        "rpi3": "cortex-a53", "rpi4": "cortex-a72", "rpi5": "cortex-a76", "x86": None}
-    assert all(DEVICES[n].cores == 4 and DEVICES[n].arch == "aarch64"
-               for n in ("rpi3", "rpi4", "rpi5"))
+        "rpi3": "cortex-a53",
+        "rpi4": "cortex-a72",
+        "rpi5": "cortex-a76",
+        "x86": None,
+    }
+    assert all(DEVICES[n].cores == 4 and DEVICES[n].arch == "aarch64" for n in ("rpi3", "rpi4", "rpi5"))
 
 
 def test_unknown_device_suggests_the_closest_name():

@@ -1,4 +1,5 @@
 """The latency estimate of the emulated boards: block profile, llvm-mca pricing, labelled estimates."""
+
 import math
 import os
 import shutil
@@ -11,8 +12,10 @@ from pipeline.devices import emulator as emu
 from pipeline.devices.profiles import get_profile
 
 RUNNER = os.path.join(os.path.dirname(__file__), "..", "targets", "runners", "run_litert.py")
-needs_llvm = pytest.mark.skipif(shutil.which(f"llvm-mca-{estimate.LLVM}") is None,
-                                reason=f"llvm-{estimate.LLVM} not installed (scripts/install_system.sh)")
+needs_llvm = pytest.mark.skipif(
+    shutil.which(f"llvm-mca-{estimate.LLVM}") is None,
+    reason=f"llvm-{estimate.LLVM} not installed (scripts/install_system.sh)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +26,16 @@ def small_tflite(tmp_path_factory):
     import tf_keras as keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((32, 32, 3)), keras.layers.Conv2D(16, 3, activation="relu"),
-        keras.layers.DepthwiseConv2D(3, activation="relu"), keras.layers.Conv2D(32, 1, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.DepthwiseConv2D(3, activation="relu"),
+            keras.layers.Conv2D(32, 1, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+        ]
+    )
     x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
     folder = tmp_path_factory.mktemp("estimate")
     np.save(folder / "x.npy", x)
@@ -51,8 +60,9 @@ def profiles(small_tflite):
     for dtype in ("fp32", "int8"):
         folder = small_tflite / f"run-{dtype}"
         folder.mkdir()
-        blocks, n, res = emulated.block_profile("rpi4", RUNNER, small_tflite / f"{dtype}.tflite", small_tflite / "x.npy",
-                                                folder, runs=3)
+        blocks, n, res = emulated.block_profile(
+            "rpi4", RUNNER, small_tflite / f"{dtype}.tflite", small_tflite / "x.npy", folder, runs=3
+        )
         out[dtype] = (blocks, n, emu.read_counts(folder / "counts.txt"), res)
     return out
 
@@ -97,7 +107,8 @@ def test_an_in_order_a53_needs_more_cycles_than_an_a72_for_the_same_fma_block():
     asm = ["fmla v0.4s, v1.4s, v2.4s", "fmla v3.4s, v4.4s, v2.4s", "ldr q1, [x0], #16", "subs x1, x1, #1"]
     hexes = _assemble(asm)
     assert [" ".join(i.replace(",", " ").split()) for i in estimate.disassemble(hexes)] == [
-        " ".join(a.replace(",", " ").split()) for a in asm]
+        " ".join(a.replace(",", " ").split()) for a in asm
+    ]
     a53 = estimate.block_cycles([hexes], "cortex-a53")[hexes]
     a72 = estimate.block_cycles([hexes], "cortex-a72")[hexes]
     assert a53 > a72 > 0
@@ -106,8 +117,13 @@ def test_an_in_order_a53_needs_more_cycles_than_an_a72_for_the_same_fma_block():
 def _assemble(asm):
     import subprocess
 
-    out = subprocess.run([f"llvm-mc-{estimate.LLVM}", "-triple=aarch64", "-mattr=+neon", "-show-encoding"],
-                         input="\n".join(asm) + "\n", capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [f"llvm-mc-{estimate.LLVM}", "-triple=aarch64", "-mattr=+neon", "-show-encoding"],
+        input="\n".join(asm) + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     words = []
     for line in out.splitlines():
         if "encoding:" in line:

@@ -20,8 +20,12 @@ TINY = "tiny-digits"
 
 
 def artifacts(out: Path) -> dict[str, bytes]:
-    return {t.name + "/" + f: (out / TINY / t.name / f).read_bytes()
-            for t in TARGETS.values() for f in t.files if (out / TINY / t.name / f).exists()}
+    return {
+        t.name + "/" + f: (out / TINY / t.name / f).read_bytes()
+        for t in TARGETS.values()
+        for f in t.files
+        if (out / TINY / t.name / f).exists()
+    }
 
 
 def test_a_runtime_that_segfaults_is_one_failed_result_naming_the_signal(tmp_path):
@@ -60,8 +64,10 @@ def test_fuzzed_artifacts_never_crash_or_hang_the_main_process(small_build):
 
 def _can_mount_tmpfs(path: Path) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(path)], capture_output=True).returncode
+        == 0
+    )
 
 
 @pytest.mark.slow
@@ -87,8 +93,18 @@ def test_builds_killed_at_random_moments_resume_to_the_same_artifacts(small_buil
     out = tmp_path / "out"
     rng = np.random.default_rng(3)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "pipeline", "build", "--config", str(small_config), "--target", "all",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "build",
+        "--config",
+        str(small_config),
+        "--target",
+        "all",
+        "--out",
+        str(out),
+    ]
     interrupted = 0
     for sig in (signal.SIGKILL, signal.SIGINT, signal.SIGKILL):
         p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -113,16 +129,40 @@ def test_two_builds_into_one_folder_keep_each_others_artifacts(small_build, smal
     out = tmp_path / "out"
     shutil.copytree(ref_out / ".cache", out / ".cache")  # both builds reuse the trained models
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-m", "pipeline", "build", "--config", str(small_config), "--target",
-                               targets, "--out", str(out)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for targets in ("tflite-int8,onnx-fp32,openvino-int8", "tflite-fp32,onnx-int8,openvino-fp16")]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "build",
+                "--config",
+                str(small_config),
+                "--target",
+                targets,
+                "--out",
+                str(out),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for targets in ("tflite-int8,onnx-fp32,openvino-int8", "tflite-fp32,onnx-int8,openvino-fp16")
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
     manifest = json.loads((out / TINY / "manifest.json").read_text())
     assert {a["target"] for a in manifest["artifacts"]} == {
-        "tflite-int8", "onnx-fp32", "openvino-int8", "tflite-fp32", "onnx-int8", "openvino-fp16"}
+        "tflite-int8",
+        "onnx-fp32",
+        "openvino-int8",
+        "tflite-fp32",
+        "onnx-int8",
+        "openvino-fp16",
+    }
     built = artifacts(out)
     assert built == {k: v for k, v in artifacts(ref_out).items() if k in built}
 

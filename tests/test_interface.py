@@ -20,12 +20,19 @@ def conv_model(path, dynamic=True, seed=0):
     w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1")
     b1 = numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1")
     w2 = numpy_helper.from_array(rng.normal(0, 0.3, (2, 8, 1, 1)).astype(np.float32), "w2")
-    nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2"], ["mask"])]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["mask"]),
+    ]
     h, w = ("H", "W") if dynamic else (16, 16)
-    g = helper.make_graph(nodes, "seg", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, h, w])],
-                          [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 2, h, w])], [w1, b1, w2])
+    g = helper.make_graph(
+        nodes,
+        "seg",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, h, w])],
+        [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 2, h, w])],
+        [w1, b1, w2],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.checker.check_model(m)
@@ -77,7 +84,9 @@ def test_an_nchw_onnx_model_with_nchw_data_keeps_its_interface_on_onnx_and_openv
     x = np.random.default_rng(1).random((60, 3, 16, 16), dtype=np.float32)
     np.savez(tmp_path / "d.npz", x=x)
     targets = "onnx-fp32,onnx-int8,openvino-fp32,openvino-int8,tflite-fp32"
-    proc = run_cli("build", "--model", model, "--data", tmp_path / "d.npz", "--target", targets, "--out", tmp_path / "o")
+    proc = run_cli(
+        "build", "--model", model, "--data", tmp_path / "d.npz", "--target", targets, "--out", tmp_path / "o"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / "o" / "seg" / "manifest.json").read_text())
     arts = {a["target"]: a for a in m["artifacts"]}
@@ -98,8 +107,9 @@ def test_an_nchw_onnx_model_with_nchw_data_keeps_its_interface_on_onnx_and_openv
     np.testing.assert_allclose(got, want, atol=1e-5)
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(tmp_path / "o" / arts["openvino-fp32"]["path"]), "CPU",
-                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov.Core().compile_model(
+        str(tmp_path / "o" / arts["openvino-fp32"]["path"]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
     np.testing.assert_allclose(compiled(probe)["mask"], want, atol=1e-4)
 
 
@@ -117,8 +127,11 @@ def channels_last_copy(nchw_path, path):
     for n in g.node:
         n.input[:] = ["x_nchw" if s == "image" else s for s in n.input]
         n.output[:] = ["y_nchw" if s == "mask" else s for s in n.output]
-    nodes = [helper.make_node("Transpose", ["input"], ["x_nchw"], perm=[0, 3, 1, 2]), *g.node,
-             helper.make_node("Transpose", ["y_nchw"], ["mask"], perm=[0, 2, 3, 1])]
+    nodes = [
+        helper.make_node("Transpose", ["input"], ["x_nchw"], perm=[0, 3, 1, 2]),
+        *g.node,
+        helper.make_node("Transpose", ["y_nchw"], ["mask"], perm=[0, 2, 3, 1]),
+    ]
     del g.node[:]
     g.node.extend(nodes)
     g.input[0].CopyFrom(helper.make_tensor_value_info("input", TensorProto.FLOAT, ["unk__1", 16, 16, 3]))
@@ -138,7 +151,9 @@ def test_a_converted_channels_last_graph_gets_the_original_names_and_layout_back
     assert [(p["name"], p["shape"]) for p in io["inputs"]] == [("image", [None, 3, 16, 16])]
     assert [(p["name"], p["shape"]) for p in io["outputs"]] == [("mask", [None, 2, 16, 16])]
     probe = {"image": np.random.default_rng(3).random((2, 3, 16, 16), dtype=np.float32)}
-    np.testing.assert_allclose(run_model(tmp_path / "restored.onnx", probe)[0], run_model(original, probe)[0], atol=1e-5)
+    np.testing.assert_allclose(
+        run_model(tmp_path / "restored.onnx", probe)[0], run_model(original, probe)[0], atol=1e-5
+    )
 
 
 def two_input_model(path, seed=0):
@@ -146,13 +161,26 @@ def two_input_model(path, seed=0):
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array(rng.normal(0, 0.5, (6, 5)).astype(np.float32), "W")
     v = numpy_helper.from_array(rng.normal(0, 0.5, (3, 5)).astype(np.float32), "V")
-    nodes = [helper.make_node("MatMul", ["features", "W"], ["fa"]), helper.make_node("MatMul", ["extra", "V"], ["fb"]),
-             helper.make_node("Add", ["fa", "fb"], ["s"]), helper.make_node("Relu", ["s"], ["hidden"]),
-             helper.make_node("Softmax", ["hidden"], ["scores"], axis=-1)]
-    g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 6]),
-                                         helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["N", 3])],
-                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5]),
-                           helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["N", 5])], [w, v])
+    nodes = [
+        helper.make_node("MatMul", ["features", "W"], ["fa"]),
+        helper.make_node("MatMul", ["extra", "V"], ["fb"]),
+        helper.make_node("Add", ["fa", "fb"], ["s"]),
+        helper.make_node("Relu", ["s"], ["hidden"]),
+        helper.make_node("Softmax", ["hidden"], ["scores"], axis=-1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "two",
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 6]),
+            helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["N", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5]),
+            helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["N", 5]),
+        ],
+        [w, v],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, path)
@@ -167,7 +195,9 @@ def test_a_two_input_onnx_model_builds_fp32_and_int8_targets_and_tflite_says_why
 
     model = two_input_model(tmp_path / "two.onnx")
     rng = np.random.default_rng(1)
-    np.savez(tmp_path / "d.npz", features=rng.random((80, 6), dtype=np.float32), extra=rng.random((80, 3), dtype=np.float32))
+    np.savez(
+        tmp_path / "d.npz", features=rng.random((80, 6), dtype=np.float32), extra=rng.random((80, 3), dtype=np.float32)
+    )
     (tmp_path / "c.toml").write_text("[build]\nmin_agreement = 0.9\n")
     out = tmp_path / "o"
     common = ["--config", tmp_path / "c.toml", "--model", model, "--data", tmp_path / "d.npz", "--out", out]
@@ -208,10 +238,23 @@ def test_the_readmes_pytorch_route_gives_artifacts_that_answer_as_pytorch_does(t
         x, logits = z["x"], z["logits"]
     np.savez(tmp_path / "d.npz", x=x, y=logits.argmax(1))
     labels = ", ".join(f'"{i}"' for i in range(10))  # PyTorch's answers may not use every class
-    (tmp_path / "c.toml").write_text(f"[model]\nname = 'torch-cnn'\nlabels = [{labels}]\n[data]\ncalibration_samples = 100\n")
+    (tmp_path / "c.toml").write_text(
+        f"[model]\nname = 'torch-cnn'\nlabels = [{labels}]\n[data]\ncalibration_samples = 100\n"
+    )
     out = tmp_path / "o"
-    proc = run_cli("build", "--config", tmp_path / "c.toml", "--model", ASSETS / "torch_cnn.onnx", "--data",
-                   tmp_path / "d.npz", "--target", "onnx-fp32,openvino-fp32,tflite-fp32,tflite-int8", "--out", out)
+    proc = run_cli(
+        "build",
+        "--config",
+        tmp_path / "c.toml",
+        "--model",
+        ASSETS / "torch_cnn.onnx",
+        "--data",
+        tmp_path / "d.npz",
+        "--target",
+        "onnx-fp32,openvino-fp32,tflite-fp32,tflite-int8",
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     arts = {a["target"]: a for a in json.loads((out / "torch-cnn" / "manifest.json").read_text())["artifacts"]}
     for a in arts.values():

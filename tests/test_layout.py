@@ -35,7 +35,7 @@ def test_no_module_imports_itself_through_others():
 
     def visit(node, stack, done):
         if node in stack:
-            cycles.append(stack[stack.index(node):] + [node])
+            cycles.append(stack[stack.index(node) :] + [node])
             return
         if node in done:
             return
@@ -50,9 +50,14 @@ def test_no_module_imports_itself_through_others():
 
 
 def _docstrings(tree) -> set[int]:
-    return {id(node.body[0].value) for node in ast.walk(tree)
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
 
 
 def test_benchmarks_use_the_api_not_sys_path_patches_cache_paths_or_each_other():
@@ -63,17 +68,30 @@ def test_benchmarks_use_the_api_not_sys_path_patches_cache_paths_or_each_other()
         docs = _docstrings(tree)
         for node in ast.walk(tree):
             where = f"benchmarks/{p.name}:{getattr(node, 'lineno', '?')}"
-            if isinstance(node, ast.Attribute) and node.attr in ("insert", "append") \
-                    and ast.unparse(node.value) == "sys.path":
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("insert", "append")
+                and ast.unparse(node.value) == "sys.path"
+            ):
                 found.append(f"{where}: sys.path.{node.attr}")
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs \
-                    and ".cache" in node.value:
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docs
+                and ".cache" in node.value
+            ):
                 found.append(f"{where}: a path into the cache ({node.value!r})")
             elif isinstance(node, ast.Import | ast.ImportFrom):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                    [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
-                siblings = [n for n in names if n.split(".")[0] in scripts
-                            or (n.startswith("benchmarks.") and n.split(".")[1] in scripts)]
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                )
+                siblings = [
+                    n
+                    for n in names
+                    if n.split(".")[0] in scripts or (n.startswith("benchmarks.") and n.split(".")[1] in scripts)
+                ]
                 if siblings or (isinstance(node, ast.ImportFrom) and node.level):
                     found.append(f"{where}: imports a sibling script ({', '.join(siblings) or 'relative'})")
     assert not found, "\n".join(found)

@@ -46,13 +46,23 @@ def tiny_onnx(tmp_path_factory):
     rng = np.random.default_rng(0)
     w = rng.normal(size=(64, 10)).astype(np.float32)
     b = rng.normal(size=(10,)).astype(np.float32)
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["mm"]),
-             helper.make_node("Add", ["mm", "b"], ["logits"]), helper.make_node("Softmax", ["logits"], ["y"])]
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+        helper.make_node("Add", ["mm", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["y"]),
+    ]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 1])],
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
-         numpy_helper.from_array(np.array([1, 64], dtype=np.int64), "shape")])
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(b, "b"),
+            numpy_helper.from_array(np.array([1, 64], dtype=np.int64), "shape"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     folder = tmp_path_factory.mktemp("tiny-onnx")
@@ -67,11 +77,25 @@ def _native(model, runtime, *args):
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-def test_the_native_runner_answers_what_the_python_runner_answers_and_times_it(edge_bench, tiny_onnx, runtime,
-                                                                                tmp_path):
+def test_the_native_runner_answers_what_the_python_runner_answers_and_times_it(
+    edge_bench, tiny_onnx, runtime, tmp_path
+):
     model, x = tiny_onnx
-    res = _native(model, runtime, "--inputs", x, "--outputs", tmp_path / "native.npz", "--bench", "--runs", 50,
-                  "--min-seconds", 0, "--warmup", 3)
+    res = _native(
+        model,
+        runtime,
+        "--inputs",
+        x,
+        "--outputs",
+        tmp_path / "native.npz",
+        "--bench",
+        "--runs",
+        50,
+        "--min-seconds",
+        0,
+        "--warmup",
+        3,
+    )
     assert res["ok"], res
     assert res["harness"] == "native" and res["runtime"] == runtime and res["runtime_version"]
     assert res["inputs"][0]["shape"] == [1, 8, 8, 1] and res["outputs"][0]["shape"] == [1, 10]
@@ -143,6 +167,7 @@ def test_the_bundle_holds_the_binary_and_only_the_runtime_libraries_it_loads(edg
 
 # --------------------------------------------------------------- every target of the tiny build
 
+
 def _items(small_build):
     out = small_build[0]
     manifest = json.loads((out / "tiny-digits" / "manifest.json").read_text())
@@ -199,8 +224,9 @@ def nopy_board(tmp_path_factory):
     """A loopback SSH board whose python3 cannot run: the first python3 on its PATH exits 127."""
     root = tmp_path_factory.mktemp("sshd-native")
     try:
-        server = LoopbackSSHD(root, {"nopy": ["sh", "-c", "echo 'python3: not found' >&2; exit 127", "--"],
-                                     "host": [sys.executable]})
+        server = LoopbackSSHD(
+            root, {"nopy": ["sh", "-c", "echo 'python3: not found' >&2; exit 127", "--"], "host": [sys.executable]}
+        )
     except SSHDUnavailable as e:
         pytest.skip(f"cannot start a loopback sshd: {e}")
     yield server
@@ -219,15 +245,37 @@ def test_device_check_says_a_board_without_python_can_run_the_native_bundle(nopy
 
 @pytest.mark.slow
 @pytest.mark.ssh
-def test_bench_harness_native_on_an_ssh_board_without_python_keeps_nothing_there(small_build, small_config,
-                                                                                edge_bench, nopy_board, tmp_path):
+def test_bench_harness_native_on_an_ssh_board_without_python_keeps_nothing_there(
+    small_build, small_config, edge_bench, nopy_board, tmp_path
+):
     out = tmp_path / "out"
     shutil.copytree(small_build[0], out, symlinks=True)  # a bench rewrites the manifest: never the shared build
     rows_file = tmp_path / "rows.json"
     before = len(nopy_board.commands("nopy"))
-    proc = run_cli("bench", "--config", small_config, "--out", out, "--target", "tflite-int8,onnx-int8,openvino-int8",
-                   "--device", f"local,{nopy_board.spec()}", "--harness", "native", *nopy_board.options("nopy"),
-                   "--samples", 20, "--runs", 20, "--min-seconds", 0, "--warmup", 2, "--json", rows_file)
+    proc = run_cli(
+        "bench",
+        "--config",
+        small_config,
+        "--out",
+        out,
+        "--target",
+        "tflite-int8,onnx-int8,openvino-int8",
+        "--device",
+        f"local,{nopy_board.spec()}",
+        "--harness",
+        "native",
+        *nopy_board.options("nopy"),
+        "--samples",
+        20,
+        "--runs",
+        20,
+        "--min-seconds",
+        0,
+        "--warmup",
+        2,
+        "--json",
+        rows_file,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(rows_file.read_text())
     assert {r["harness"] for r in rows} == {"native"} and len(rows) == 6
@@ -242,8 +290,9 @@ def test_bench_harness_native_on_an_ssh_board_without_python_keeps_nothing_there
 
 @pytest.mark.slow
 @pytest.mark.emu
-def test_a_release_bundle_benchmarks_and_replays_its_vectors_with_no_python_and_verifies(small_build, small_config,
-                                                                                         edge_bench, tmp_path):
+def test_a_release_bundle_benchmarks_and_replays_its_vectors_with_no_python_and_verifies(
+    small_build, small_config, edge_bench, tmp_path
+):
     import tarfile
 
     arches = ["x86_64"] + (["aarch64"] if emu.is_ready("rpi4") else [])
@@ -252,8 +301,21 @@ def test_a_release_bundle_benchmarks_and_replays_its_vectors_with_no_python_and_
     dists = []
     for n in (1, 2):  # twice: bundles are as reproducible as the other archives
         dists.append(tmp_path / f"dist{n}")
-        proc = run_cli("release", "--config", small_config, "--out", out, "--version", "1.0.0", "--target",
-                       "tflite-int8", "--dist", dists[-1], "--bundle", ",".join(arches))
+        proc = run_cli(
+            "release",
+            "--config",
+            small_config,
+            "--out",
+            out,
+            "--version",
+            "1.0.0",
+            "--target",
+            "tflite-int8",
+            "--dist",
+            dists[-1],
+            "--bundle",
+            ",".join(arches),
+        )
         assert proc.returncode == 0, proc.stderr
     folder = dists[0] / "tiny-digits-1.0.0"
     for arch in arches:
@@ -263,8 +325,12 @@ def test_a_release_bundle_benchmarks_and_replays_its_vectors_with_no_python_and_
         tar.extractall(tmp_path / "board", filter="data")
     board = tmp_path / "board" / "tiny-digits-1.0.0-tflite-int8-linux-x86_64"
     no_python = {"PATH": "/nonexistent", "HOME": str(tmp_path)}  # run.sh needs sh and nothing else
-    proc = subprocess.run(["/bin/sh", board / "run.sh", "--runs", "5", "--min-seconds", "0"], env=no_python,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["/bin/sh", board / "run.sh", "--runs", "5", "--min-seconds", "0"],
+        env=no_python,
+        capture_output=True,
+        text=True,
+    )
     res = runner.parse_result(proc.stdout)
     assert proc.returncode == 0 and res["ok"] and res["test_vectors"]["ok"], proc.stdout + proc.stderr
     assert res["test_vectors"]["vectors"] == 12 and res["latency"]["runs"] == 5

@@ -18,25 +18,28 @@ def _randomise_bn(model, rng):
     for layer in model.layers:
         if isinstance(layer, L.BatchNormalization):
             n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.5, n),
-                               rng.normal(0, 0.5, n), rng.uniform(0.5, 2.0, n)])
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n), rng.uniform(0.5, 2.0, n)]
+            )
     return model
 
 
 def sequential_cnn():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        L.Conv2D(8, 3, padding="same", name="conv1"),
-        L.BatchNormalization(name="bn1"),
-        L.ReLU(),
-        L.MaxPooling2D(),
-        L.Conv2D(16, 3, padding="same", activation="relu", name="conv2"),
-        L.Flatten(),
-        L.Dense(32, activation="relu", name="fc1"),
-        L.Dropout(0.5),
-        L.Dense(10, activation="softmax", name="out"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Conv2D(8, 3, padding="same", name="conv1"),
+            L.BatchNormalization(name="bn1"),
+            L.ReLU(),
+            L.MaxPooling2D(),
+            L.Conv2D(16, 3, padding="same", activation="relu", name="conv2"),
+            L.Flatten(),
+            L.Dense(32, activation="relu", name="fc1"),
+            L.Dropout(0.5),
+            L.Dense(10, activation="softmax", name="out"),
+        ]
+    )
     return _randomise_bn(model, np.random.default_rng(0))
 
 
@@ -60,14 +63,16 @@ def residual_model():
 
 def lambda_model():
     keras.utils.set_random_seed(2)
-    return keras.Sequential([
-        keras.Input((6, 6, 2)),
-        L.Conv2D(8, 3, name="conv1"),
-        L.Lambda(lambda t: t * 2.0, name="double"),
-        L.Conv2D(8, 3, name="conv2"),
-        L.Flatten(),
-        L.Dense(4, name="out"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            L.Conv2D(8, 3, name="conv1"),
+            L.Lambda(lambda t: t * 2.0, name="double"),
+            L.Conv2D(8, 3, name="conv2"),
+            L.Flatten(),
+            L.Dense(4, name="out"),
+        ]
+    )
 
 
 def _inputs(model, n=4, seed=0):
@@ -118,8 +123,14 @@ def test_residual_add_prunes_its_branches_with_one_keep_set_and_loses_the_expect
     model = residual_model()
     new, report = prune_channels(model, 0.5)
     assert report["keep"]["stem"] == report["keep"]["project"]
-    assert report["layers"] == {"stem": (8, 4), "dw": (8, 4), "project": (8, 4),
-                                "head": (12, 6), "fc": (16, 8), "out": (5, 5)}
+    assert report["layers"] == {
+        "stem": (8, 4),
+        "dw": (8, 4),
+        "project": (8, 4),
+        "head": (12, 6),
+        "fc": (16, 8),
+        "out": (5, 5),
+    }
     macs = 64 * (9 * 3 * 4 + 9 * 4 + 4 * 4 + 9 * 4 * 6) + 6 * 8 + 8 * 5
     assert report["macs_after"] == count_macs(new) == macs
     assert report["params_after"] < 0.5 * report["params_before"]
@@ -129,7 +140,7 @@ def test_add_group_is_ranked_by_the_summed_l1_norm_of_its_producers():
     model = residual_model()
     stem, project = model.get_layer("stem"), model.get_layer("project")
     k1, k2 = stem.kernel.numpy(), project.kernel.numpy()
-    k1[..., :4] *= 0.01      # weak in stem, strong in project: the sum decides
+    k1[..., :4] *= 0.01  # weak in stem, strong in project: the sum decides
     k2[..., :4] *= 100.0
     k2[..., 4:] *= 0.001
     stem.kernel.assign(k1)
@@ -169,16 +180,18 @@ def test_lambda_layer_is_left_unpruned_and_reported_when_not_strict():
     assert [s["layer"] for s in report["skipped"]] == ["double"]
     assert report["layers"] == {"conv1": (8, 8), "conv2": (8, 4), "out": (4, 4)}
     x = _inputs(model)
-    np.testing.assert_allclose(_predict(new, x), _predict(masked_copy(model, report["keep"]), x),
-                               atol=1e-5)
+    np.testing.assert_allclose(_predict(new, x), _predict(masked_copy(model, report["keep"]), x), atol=1e-5)
 
 
-@pytest.mark.parametrize("multiple, expected", [
-    (1, {"conv1": (8, 4), "conv2": (16, 7), "fc1": (32, 13)}),
-    # nearest multiple, halves up; never fewer than one multiple, never more than the layer has
-    (4, {"conv1": (8, 4), "conv2": (16, 8), "fc1": (32, 12)}),
-    (16, {"conv1": (8, 8), "conv2": (16, 16), "fc1": (32, 16)}),
-])
+@pytest.mark.parametrize(
+    "multiple, expected",
+    [
+        (1, {"conv1": (8, 4), "conv2": (16, 7), "fc1": (32, 13)}),
+        # nearest multiple, halves up; never fewer than one multiple, never more than the layer has
+        (4, {"conv1": (8, 4), "conv2": (16, 8), "fc1": (32, 12)}),
+        (16, {"conv1": (8, 8), "conv2": (16, 16), "fc1": (32, 16)}),
+    ],
+)
 def test_multiple_keeps_a_multiple_of_that_many_channels_in_every_pruned_layer(multiple, expected):
     model = sequential_cnn()
     new, report = prune_channels(model, 0.6, multiple=multiple)
@@ -219,14 +232,15 @@ def test_pruned_model_runs_in_litert_with_the_keras_outputs(pruned_half):
     for sample in x:
         interpreter.set_tensor(inp["index"], sample[None])
         interpreter.invoke()
-        np.testing.assert_allclose(interpreter.get_tensor(out["index"]), _predict(new, sample[None]),
-                                   atol=1e-4)
+        np.testing.assert_allclose(interpreter.get_tensor(out["index"]), _predict(new, sample[None]), atol=1e-4)
 
 
 def test_importing_the_module_does_not_import_tensorflow():
     import subprocess
 
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import pipeline.prune_channels; "
-            "assert 'tensorflow' not in sys.modules")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import pipeline.prune_channels; "
+        "assert 'tensorflow' not in sys.modules"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code, root], check=True)

@@ -21,6 +21,7 @@ def manifest(out, name="tiny-digits"):
 
 # -- config and command line (fast) ------------------------------------------------------------
 
+
 def test_the_new_keys_default_to_todays_unstructured_pruning():
     p = config.load(None).prune
     assert p.method == "unstructured" and p.sparsity == "auto"
@@ -30,31 +31,47 @@ def test_the_new_keys_default_to_todays_unstructured_pruning():
 
 
 def test_good_values_of_the_new_keys_are_accepted():
-    p = config.from_dict({"prune": {"method": "channels", "channels_fraction": 0.3, "channels_target": "macs",
-                                    "channels_criterion": "bn", "channels_residual": True, "channels_multiple": 16,
-                                    "block_size": [1, 16],
-                                    "block_m_by_n": [2, 4]}}).prune
+    p = config.from_dict(
+        {
+            "prune": {
+                "method": "channels",
+                "channels_fraction": 0.3,
+                "channels_target": "macs",
+                "channels_criterion": "bn",
+                "channels_residual": True,
+                "channels_multiple": 16,
+                "block_size": [1, 16],
+                "block_m_by_n": [2, 4],
+            }
+        }
+    ).prune
     assert p.channels_residual is True and p.channels_multiple == 16
     assert (p.method, p.channels_fraction, p.channels_target, p.channels_criterion) == ("channels", 0.3, "macs", "bn")
     assert p.block_size == (1, 16) and p.block_m_by_n == (2, 4)
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"method": "filters"}, "prune.method must be 'unstructured' or 'channels' or 'block' or 'none', got 'filters'"),
-    ({"method": 3}, "prune.method must be str"),
-    ({"channels_fraction": 1.0}, "prune.channels_fraction must be in [0, 1), got 1.0"),
-    ({"channels_fraction": -0.1}, "prune.channels_fraction must be in [0, 1)"),
-    ({"channels_target": "flops"}, "prune.channels_target must be 'channels' or 'macs', got 'flops'"),
-    ({"channels_criterion": "l2"}, "prune.channels_criterion must be 'l1' or 'bn', got 'l2'"),
-    ({"block_size": [4]}, "prune.block_size must be [rows, cols] of positive integers, got (4,)"),
-    ({"block_size": [0, 4]}, "prune.block_size must be [rows, cols] of positive integers"),
-    ({"block_size": [1.5, 4]}, "prune.block_size must be a list of integers"),
-    ({"block_m_by_n": [4, 2]}, "prune.block_m_by_n must be empty or [m, n] with 0 < m < n, got (4, 2)"),
-    ({"block_m_by_n": [2, 4, 8]}, "prune.block_m_by_n must be empty or [m, n]"),
-    ({"channels_residual": "yes"}, "prune.channels_residual must be bool, got str 'yes'"),
-    ({"channels_multiple": 0}, "prune.channels_multiple must be at least 1, got 0"),
-    ({"channel_fraction": 0.5}, "unknown key prune.channel_fraction (did you mean 'channels_fraction'?)"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            {"method": "filters"},
+            "prune.method must be 'unstructured' or 'channels' or 'block' or 'none', got 'filters'",
+        ),
+        ({"method": 3}, "prune.method must be str"),
+        ({"channels_fraction": 1.0}, "prune.channels_fraction must be in [0, 1), got 1.0"),
+        ({"channels_fraction": -0.1}, "prune.channels_fraction must be in [0, 1)"),
+        ({"channels_target": "flops"}, "prune.channels_target must be 'channels' or 'macs', got 'flops'"),
+        ({"channels_criterion": "l2"}, "prune.channels_criterion must be 'l1' or 'bn', got 'l2'"),
+        ({"block_size": [4]}, "prune.block_size must be [rows, cols] of positive integers, got (4,)"),
+        ({"block_size": [0, 4]}, "prune.block_size must be [rows, cols] of positive integers"),
+        ({"block_size": [1.5, 4]}, "prune.block_size must be a list of integers"),
+        ({"block_m_by_n": [4, 2]}, "prune.block_m_by_n must be empty or [m, n] with 0 < m < n, got (4, 2)"),
+        ({"block_m_by_n": [2, 4, 8]}, "prune.block_m_by_n must be empty or [m, n]"),
+        ({"channels_residual": "yes"}, "prune.channels_residual must be bool, got str 'yes'"),
+        ({"channels_multiple": 0}, "prune.channels_multiple must be at least 1, got 0"),
+        ({"channel_fraction": 0.5}, "unknown key prune.channel_fraction (did you mean 'channels_fraction'?)"),
+    ],
+)
 def test_bad_values_of_the_new_keys_are_rejected_with_what_is_wrong(raw, message):
     with pytest.raises(ConfigError) as e:
         config.from_dict({"prune": raw})
@@ -85,8 +102,14 @@ def test_residual_false_keeps_the_channels_an_add_joins_whole_and_prunes_the_res
 
     new, report = prune_channels(residual_model(), 0.5, residual=False)
     # stem and project feed one Add (the depthwise conv follows stem's channels): left whole.
-    assert report["layers"] == {"stem": (8, 8), "dw": (8, 8), "project": (8, 8), "head": (12, 6), "fc": (16, 8),
-                                "out": (5, 5)}
+    assert report["layers"] == {
+        "stem": (8, 8),
+        "dw": (8, 8),
+        "project": (8, 8),
+        "head": (12, 6),
+        "fc": (16, 8),
+        "out": (5, 5),
+    }
     assert report["residual"] is False and report["macs_after"] < report["macs_before"]
     _, everything = prune_channels(residual_model(), 0.5)
     assert everything["layers"]["project"] == (8, 4) and everything["residual"] is True
@@ -96,16 +119,33 @@ def test_the_prune_line_says_what_pruning_changed_and_leaves_out_what_it_did_not
     from pipeline.report import prune_summary
 
     trained = {"accuracy": 0.98}
-    channels = {"method": "channels", "params_before": 40394, "params_after": 10346, "macs_before": 616064,
-                "macs_after": 156480, "sparsity": 0.0, "accuracy": 0.9756}
-    assert prune_summary(trained, channels) == ("prune: channels, params 40,394 -> 10,346 (0.26x), "
-                                                "MACs 616,064 -> 156,480 (0.25x), float accuracy 0.9800 -> 0.9756")
-    zeros = {"method": "unstructured", "params_before": 40394, "params_after": 40394, "macs_before": 616064,
-             "macs_after": 616064, "sparsity": 0.7502, "accuracy": 0.9778}
+    channels = {
+        "method": "channels",
+        "params_before": 40394,
+        "params_after": 10346,
+        "macs_before": 616064,
+        "macs_after": 156480,
+        "sparsity": 0.0,
+        "accuracy": 0.9756,
+    }
+    assert prune_summary(trained, channels) == (
+        "prune: channels, params 40,394 -> 10,346 (0.26x), "
+        "MACs 616,064 -> 156,480 (0.25x), float accuracy 0.9800 -> 0.9756"
+    )
+    zeros = {
+        "method": "unstructured",
+        "params_before": 40394,
+        "params_after": 40394,
+        "macs_before": 616064,
+        "macs_after": 616064,
+        "sparsity": 0.7502,
+        "accuracy": 0.9778,
+    }
     assert prune_summary({"accuracy": None}, zeros) == "prune: unstructured, 75.0% of the weights zero"
 
 
 # -- end to end (tiny model) -------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_channels_gives_a_smaller_model_recorded_in_the_manifest_and_every_tflite_target_ok(tmp_path, small_config):
@@ -121,8 +161,10 @@ def test_channels_gives_a_smaller_model_recorded_in_the_manifest_and_every_tflit
     halved = [name for name, (before, after) in p["channels"].items() if after == before // 2]
     assert len(halved) == 3 and p["fallbacks"] == []
     assert p["sparsity"] == 0.0  # smaller and dense: nothing for QAT to keep
-    assert (f"prune: channels, params {p['params_before']:,} -> {p['params_after']:,}" in proc.stderr
-            and f"MACs {p['macs_before']:,} -> {p['macs_after']:,}" in proc.stderr)
+    assert (
+        f"prune: channels, params {p['params_before']:,} -> {p['params_after']:,}" in proc.stderr
+        and f"MACs {p['macs_before']:,} -> {p['macs_after']:,}" in proc.stderr
+    )
     for t in TFLITE.split(","):
         assert arts[t]["status"] == "ok", (t, arts[t].get("reason"))
     assert arts["tflite-int8"]["quantization"] == "int8"
@@ -130,8 +172,9 @@ def test_channels_gives_a_smaller_model_recorded_in_the_manifest_and_every_tflit
 
 @pytest.mark.slow
 def test_block_gives_a_tflite_whose_sparse_encoding_and_zeros_are_read_back(tmp_path, small_config):
-    proc = run_cli("build", "--config", small_config, "--prune", "block", "--target", "tflite-fp32,tflite-int8",
-                   "--out", tmp_path)
+    proc = run_cli(
+        "build", "--config", small_config, "--prune", "block", "--target", "tflite-fp32,tflite-int8", "--out", tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m, arts = manifest(tmp_path)
     p = m["stages"]["prune"]

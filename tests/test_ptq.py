@@ -19,18 +19,27 @@ def digits_mlp(tmp_path_factory):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    warnings.simplefilter("ignore", ConvergenceWarning)  # 60 iterations: 0.88 on held-out digits; agreement is what is tested
+    warnings.simplefilter(
+        "ignore", ConvergenceWarning
+    )  # 60 iterations: 0.88 on held-out digits; agreement is what is tested
     d = load_digits()
     x = (d.data / 16).astype(np.float32)
     mlp = MLPClassifier((32,), max_iter=60, random_state=0).fit(x[:1200], d.target[:1200])
     (w1, w2), (b1, b2) = mlp.coefs_, mlp.intercepts_
-    inits = [numpy_helper.from_array(a.astype(np.float32), n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
+    inits = [
+        numpy_helper.from_array(a.astype(np.float32), n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))
+    ]
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["input", "w1", "b1"], ["h"], name="fc1"),
-         helper.make_node("Relu", ["h"], ["r"], name="relu"),
-         helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], name="fc2")],
-        "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+        [
+            helper.make_node("Gemm", ["input", "w1", "b1"], ["h"], name="fc1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], name="fc2"),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path = tmp_path_factory.mktemp("mlp") / "mlp.onnx"
@@ -103,7 +112,9 @@ def test_tflite_choice_sensitivity_and_selective_float_layers_read_back_truthful
     assert info["quantization"] == "int8"  # ai-edge-quantizer's float I/O turned into int8 I/O too
     assert ptq.agreement(model.predict(test, verbose=0), ptq.run_tflite(q, test)) >= 0.95
     ranked = ptq.sensitivity(model, cal)
-    assert ranked and [r["rmse_per_scale"] for r in ranked] == sorted((r["rmse_per_scale"] for r in ranked), reverse=True)
+    assert ranked and [r["rmse_per_scale"] for r in ranked] == sorted(
+        (r["rmse_per_scale"] for r in ranked), reverse=True
+    )
     (tmp_path / "m.tflite").write_bytes(ptq.selective_int8(model, cal, [ranked[0]["layer"]]))
     mixed = tflite.inspect(tmp_path / "m.tflite")
     assert mixed["quantization"] == "int8-mixed"

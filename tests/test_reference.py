@@ -59,9 +59,15 @@ def users_classifier(tmp_path_factory):
     d = load_digits()
     x, y = (d.images / 16.0).astype(np.float32)[..., None], d.target.astype(np.int64)
     np.savez(folder / "digits.npz", x=x, y=y)
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
-                              keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x, y, epochs=4, verbose=0)
     model.save(folder / "my_classifier.h5")
@@ -70,8 +76,17 @@ def users_classifier(tmp_path_factory):
 
 def test_a_users_classifier_is_named_after_its_file_and_every_figure_is_against_it(users_classifier, tmp_path):
     out = tmp_path / "out"
-    proc = run_cli("build", "--model", users_classifier / "my_classifier.h5", "--data", users_classifier / "digits.npz",
-                   "--target", "tflite-fp32,tflite-int8", "--out", out)
+    proc = run_cli(
+        "build",
+        "--model",
+        users_classifier / "my_classifier.h5",
+        "--data",
+        users_classifier / "digits.npz",
+        "--target",
+        "tflite-fp32,tflite-int8",
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "original: accuracy" in proc.stderr and "vs original:" in proc.stderr
     m = json.loads((out / "my_classifier" / "manifest.json").read_text())
@@ -94,8 +109,19 @@ def test_a_destructive_setting_fails_at_the_prune_stage_with_both_figures(users_
     cfg = tmp_path / "c.toml"
     cfg.write_text("[prune]\nsparsity = 0.95\nepochs = 1\n")
     out = tmp_path / "out"
-    proc = run_cli("build", "--config", cfg, "--model", users_classifier / "my_classifier.h5",
-                   "--data", users_classifier / "digits.npz", "--target", "tflite-int8", "--out", out)
+    proc = run_cli(
+        "build",
+        "--config",
+        cfg,
+        "--model",
+        users_classifier / "my_classifier.h5",
+        "--data",
+        users_classifier / "digits.npz",
+        "--target",
+        "tflite-int8",
+        "--out",
+        out,
+    )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: prune: the pruned model already breaks the build's budget"), last
@@ -106,9 +132,20 @@ def test_a_destructive_setting_fails_at_the_prune_stage_with_both_figures(users_
 def test_bench_and_release_on_a_brought_models_build_leave_it_untouched(users_classifier, tmp_path):
     out, dist = tmp_path / "out", tmp_path / "dist"
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[prune]\nmethod = \"none\"\n[qat]\nepochs = 0\n")
-    proc = run_cli("build", "--config", cfg, "--model", users_classifier / "my_classifier.h5",
-                   "--data", users_classifier / "digits.npz", "--target", "tflite-int8,onnx-fp32", "--out", out)
+    cfg.write_text('[prune]\nmethod = "none"\n[qat]\nepochs = 0\n')
+    proc = run_cli(
+        "build",
+        "--config",
+        cfg,
+        "--model",
+        users_classifier / "my_classifier.h5",
+        "--data",
+        users_classifier / "digits.npz",
+        "--target",
+        "tflite-int8,onnx-fp32",
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted((out / "my_classifier").rglob("*"))
     before = {p: sha256_file(p) for p in files if p.is_file() and p.name != ".lock"}
@@ -142,8 +179,20 @@ def test_a_brought_pretrained_model_with_default_settings_builds_ok_against_the_
     cfg.write_text("[data]\nresize = [64, 64]\nscale = 2.0\nmean = [1.0]\n[prune]\nepochs = 2\n")
     out = tmp_path / "out"
     model = ASSETS / "fer_emotion_model.hdf5"
-    proc = run_cli("build", "--config", cfg, "--model", model, "--data", tmp_path / "faces.npz",
-                   "--target", "tflite-fp32,tflite-int8", "--out", out, timeout=1800)
+    proc = run_cli(
+        "build",
+        "--config",
+        cfg,
+        "--model",
+        model,
+        "--data",
+        tmp_path / "faces.npz",
+        "--target",
+        "tflite-fp32,tflite-int8",
+        "--out",
+        out,
+        timeout=1800,
+    )
     assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     m = json.loads((out / "fer_emotion_model" / "manifest.json").read_text())
     x_file, _ = held_out(out, "fer_emotion_model")
@@ -152,8 +201,11 @@ def test_a_brought_pretrained_model_with_default_settings_builds_ok_against_the_
     arts = {a["target"]: a for a in m["artifacts"]}
     assert arts["tflite-fp32"]["status"] == "ok"
     for name, a in arts.items():
-        agree = float(np.mean(artifact_outputs(out, "fer_emotion_model", name, x_file, tmp_path).argmax(-1)
-                              == original.argmax(-1)))
+        agree = float(
+            np.mean(
+                artifact_outputs(out, "fer_emotion_model", name, x_file, tmp_path).argmax(-1) == original.argmax(-1)
+            )
+        )
         assert a["top1_agreement"] == pytest.approx(agree, abs=1e-9)
         # ok means within the budget against the original; below it, the build says so and fails
         assert (a["status"] == "ok") == (agree >= 0.97), (name, agree, a["status"])

@@ -84,8 +84,13 @@ def test_each_archive_is_sorted_dated_ownerless_and_holds_its_test_vectors(relea
             top = f"{MODEL}-{VERSION}-{name}/"
             files = {m.name.removeprefix(top) for m in members if m.isfile()}
             meta = json.load(tar.extractfile(top + "release.json"))
-        assert files == {*TARGETS[name].files, "labels.txt", "release.json", "test_vectors/inputs.npy",
-                         "test_vectors/output_0.npy"}
+        assert files == {
+            *TARGETS[name].files,
+            "labels.txt",
+            "release.json",
+            "test_vectors/inputs.npy",
+            "test_vectors/output_0.npy",
+        }
         assert meta["target"] == name and len(meta["test_vectors"]["held_out_indices"]) == 12
         assert meta["test_vectors"]["tolerance"][0]["max_abs_diff"] > 0
     card = (release / "MODEL_CARD.md").read_text()
@@ -114,8 +119,9 @@ def _flip_byte(folder, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["flip a byte in an archive", "flip a byte in manifest.json",
-                                    "remove an archive", "remove MODEL_CARD.md"])
+@pytest.mark.parametrize(
+    "damage", ["flip a byte in an archive", "flip a byte in manifest.json", "remove an archive", "remove MODEL_CARD.md"]
+)
 def test_verify_fails_naming_the_damaged_file(release, tmp_path, damage):
     copy = tmp_path / release.name
     shutil.copytree(release, copy)
@@ -163,8 +169,14 @@ def _evil_archive(folder, kind):
     with tarfile.open(path, "w:gz") as tar:
         ok = tarfile.TarInfo(f"{top}/release.json")
         tar.addfile(ok, None)
-        bad = tarfile.TarInfo({"dotdot": f"{top}/../../outside.txt", "absolute": str(outside),
-                               "symlink": f"{top}/link", "device": f"{top}/dev"}[kind])
+        bad = tarfile.TarInfo(
+            {
+                "dotdot": f"{top}/../../outside.txt",
+                "absolute": str(outside),
+                "symlink": f"{top}/link",
+                "device": f"{top}/dev",
+            }[kind]
+        )
         if kind == "symlink":
             bad.type, bad.linkname = tarfile.SYMTYPE, str(folder)
         elif kind == "device":
@@ -202,8 +214,20 @@ def test_release_refuses_a_failed_target_unless_allowed_and_records_it(small_bui
         path.write_text(json.dumps(m))
         reason = row["reason"]
     else:  # as build --verify-on records a board that cannot run the file
-        record_arm_checks(copy, MODEL, {failed: [{"device": "emu:rpi4", "status": "failed", "sha256": row["sha256"],
-                                                   "reason": "top-1 differs from x86 on 40% of 10 samples: crafted"}]})
+        record_arm_checks(
+            copy,
+            MODEL,
+            {
+                failed: [
+                    {
+                        "device": "emu:rpi4",
+                        "status": "failed",
+                        "sha256": row["sha256"],
+                        "reason": "top-1 differs from x86 on 40% of 10 samples: crafted",
+                    }
+                ]
+            },
+        )
         reason = "on emu:rpi4: top-1 differs from x86 on 40% of 10 samples: crafted"
     dist = tmp_path / "dist"
     proc = release_cli(copy, small_config, dist, "--target", ",".join(names))
@@ -227,8 +251,25 @@ def test_bench_results_give_the_model_card_latency_and_a_chart(small_build, smal
     out, _ = small_build
     target = ok_targets(out)[-1]
     rows = tmp_path / "bench.json"
-    proc = run_cli("bench", "--config", small_config, "--out", out, "--target", target, "--runs", "5",
-                   "--min-seconds", "0", "--warmup", "1", "--samples", "5", "--json", rows)
+    proc = run_cli(
+        "bench",
+        "--config",
+        small_config,
+        "--out",
+        out,
+        "--target",
+        target,
+        "--runs",
+        "5",
+        "--min-seconds",
+        "0",
+        "--warmup",
+        "1",
+        "--samples",
+        "5",
+        "--json",
+        rows,
+    )
     assert proc.returncode == 0, proc.stderr
     proc = release_cli(out, small_config, tmp_path / "dist", "--target", target, "--bench", rows)
     assert proc.returncode == 0, proc.stderr

@@ -17,8 +17,18 @@ from targets import RUNNERS, TARGETS
 RUNTIME_MODULES = {"litert": {"ai_edge_litert"}, "tflite-runtime": {"tflite_runtime"}}
 HARMLESS = {"numpy", "__main__", "cython_runtime", "_distutils_hack"}
 # Never: the build side. A runner is copied to a board where none of this exists.
-FORBIDDEN = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "pipeline", "targets",
-             "tf2onnx", "onnx2tf", "nncf", "sklearn")
+FORBIDDEN = (
+    "tensorflow",
+    "tf_keras",
+    "keras",
+    "tensorflow_model_optimization",
+    "pipeline",
+    "targets",
+    "tf2onnx",
+    "onnx2tf",
+    "nncf",
+    "sklearn",
+)
 
 # Runs a runner under `python -I` (no PYTHONPATH, no user site, no current folder on sys.path)
 # with an import hook that refuses the build-side packages, then lists what got imported.
@@ -67,19 +77,41 @@ def test_a_runner_needs_only_numpy_and_its_runtime_and_speaks_the_protocol(case,
     probe.write_text(PROBE.format(forbidden=FORBIDDEN))
     outputs = tmp_path / "y.npz"
     proc = subprocess.run(
-        [sys.executable, "-I", str(probe), str(runner_path), str(artifact), "--inputs",
-         str(_data_file(out, "x_test.npy")), "--outputs", str(outputs), "--bench", "--runs", "5",
-         "--min-seconds", "0", "--warmup", "1"],
-        capture_output=True, text=True, timeout=120, env=runner.child_env(), cwd=tmp_path)
+        [
+            sys.executable,
+            "-I",
+            str(probe),
+            str(runner_path),
+            str(artifact),
+            "--inputs",
+            str(_data_file(out, "x_test.npy")),
+            "--outputs",
+            str(outputs),
+            "--bench",
+            "--runs",
+            "5",
+            "--min-seconds",
+            "0",
+            "--warmup",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=runner.child_env(),
+        cwd=tmp_path,
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     probe_line = [ln for ln in proc.stderr.splitlines() if ln.startswith("PROBE ")][-1]
-    seen = json.loads(probe_line[len("PROBE "):])
+    seen = json.loads(probe_line[len("PROBE ") :])
     assert result["ok"], result
     assert seen["attempted"] == [], f"tried to import {seen['attempted']}"
     assert not set(seen["modules"]) & set(FORBIDDEN)
     if result["runtime"] in RUNTIME_MODULES:
         # `pip install -e .` puts an import hook in site-packages that site loads at start-up, before the runner.
-        extra = {m for m in seen["modules"] if m not in HARMLESS and not m.startswith(("_cython_", "run", "__editable__"))}
+        extra = {
+            m for m in seen["modules"] if m not in HARMLESS and not m.startswith(("_cython_", "run", "__editable__"))
+        }
         assert extra <= RUNTIME_MODULES[result["runtime"]], extra
     for key in ("runtime_version", "load_ms", "inputs", "outputs", "first_inference_ms", "peak_rss_mb", "input"):
         assert key in result, key
@@ -125,8 +157,11 @@ def test_peak_memory_is_the_runners_own_not_its_parents(small_build):
     # from a parent holding 600 MB a runner would claim 600 MB.
     out, _ = small_build
     ballast = np.ones(600 * 2**20 // 8)
-    res = runner.run(TARGETS["tflite-int8"].runner_path, out / "tiny-digits" / "tflite-int8" / "model.tflite",
-                     ["--inputs", _data_file(out, "x_test.npy"), "--bench", "--runs", "5", "--min-seconds", "0"])
+    res = runner.run(
+        TARGETS["tflite-int8"].runner_path,
+        out / "tiny-digits" / "tflite-int8" / "model.tflite",
+        ["--inputs", _data_file(out, "x_test.npy"), "--bench", "--runs", "5", "--min-seconds", "0"],
+    )
     assert res["ok"], res
     assert 10 < res["peak_rss_mb"] < 400, res["peak_rss_mb"]
     assert ballast.sum() > 0

@@ -8,7 +8,9 @@ from pipeline.data import Dataset
 
 
 # The rate of the last of 15 steps: cosine decays from 0.01 to 0 at step 15, so step 14 is 0.5 * (1 + cos(14/15 pi)).
-@pytest.mark.parametrize("schedule, last_rate", [("constant", 0.01), ("cosine", 0.01 * 0.5 * (1 + np.cos(np.pi * 14 / 15)))])
+@pytest.mark.parametrize(
+    "schedule, last_rate", [("constant", 0.01), ("cosine", 0.01 * 0.5 * (1 + np.cos(np.pi * 14 / 15)))]
+)
 def test_each_fit_follows_train_lr_schedule_to_its_last_step(schedule, last_rate):
     tf, keras = stages.tf_setup(0)
     rng = np.random.default_rng(0)
@@ -36,7 +38,7 @@ def test_distillation_without_labels_fits_the_teachers_probabilities_with_kl_at_
     t = stages.Teacher(student, ds, 32, teacher_out)
     assert not t.labelled and t.scores
     np.testing.assert_allclose(np.exp(t.y), teacher_out[0], rtol=1e-4, atol=1e-6)  # fits log-probabilities
-    agree = lambda: float(np.mean(stages.predict(student, x)[0].argmax(-1) == teacher_out[0].argmax(-1)))  # noqa: E731
+    agree = lambda: float(np.mean(stages.predict(student, x)[0].argmax(-1) == teacher_out[0].argmax(-1)))
     before = agree()
     cfg = config.from_dict({"train": {"batch_size": 32}})
     stages._fit(keras, student, ds, t, 30, 0.05, cfg, "distil")

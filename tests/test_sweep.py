@@ -30,8 +30,13 @@ from pipeline.sweeper import (
 from targets import resolve
 
 # The digits default, kept small: two epochs of training, one of pruning and of QAT.
-TINY = {"model": {"name": "tiny-digits", "filters": 4}, "train": {"epochs": 2}, "prune": {"epochs": 1},
-        "qat": {"epochs": 1}, "build": {"max_accuracy_drop": 40.0}}
+TINY = {
+    "model": {"name": "tiny-digits", "filters": 4},
+    "train": {"epochs": 2},
+    "prune": {"epochs": 1},
+    "qat": {"epochs": 1},
+    "build": {"max_accuracy_drop": 40.0},
+}
 GRID = ["prune.sparsity=0.5,0.75"]
 RAY = Path(sys.executable).with_name("ray")
 
@@ -42,7 +47,11 @@ def test_a_grid_is_the_cross_product_of_checked_values():
     vs = variants(config.from_dict(TINY), grid)
     assert len(vs) == 4 and len({v.id for v in vs}) == 4
     assert {(v.cfg.prune.sparsity, v.cfg.prune.block_size) for v in vs} == {
-        (0.5, (4, 1)), (0.5, (2, 2)), (0.75, (4, 1)), (0.75, (2, 2))}
+        (0.5, (4, 1)),
+        (0.5, (2, 2)),
+        (0.75, (4, 1)),
+        (0.75, (2, 2)),
+    }
     with pytest.raises(ConfigError, match="prune.sparsity must be"):
         variants(config.from_dict(TINY), parse_grid(["prune.sparsity=0.5,2"]))
     with pytest.raises(ConfigError, match="did you mean 'sparsity'"):
@@ -76,13 +85,27 @@ def test_an_entry_travels_as_bytes_and_lands_checked(tmp_path):
 
 
 def _row(variant, acc, p50, size, device="local", status="ok"):
-    return {"variant": variant, "target": "tflite-int8", "device": device, "status": status, "accuracy": acc,
-            "agreement": 1.0, "p50_ms": p50, "instructions": None, "bytes": size}
+    return {
+        "variant": variant,
+        "target": "tflite-int8",
+        "device": device,
+        "status": status,
+        "accuracy": acc,
+        "agreement": 1.0,
+        "p50_ms": p50,
+        "instructions": None,
+        "bytes": size,
+    }
 
 
 def test_the_pareto_front_and_pick_follow_accuracy_latency_and_size():
-    rows = [_row("a", 0.95, 2.0, 100), _row("b", 0.90, 1.0, 100), _row("c", 0.90, 1.5, 100),
-            _row("d", 0.97, 3.0, 50), _row("e", 0.99, 0.5, 10, status="failed_verification")]
+    rows = [
+        _row("a", 0.95, 2.0, 100),
+        _row("b", 0.90, 1.0, 100),
+        _row("c", 0.90, 1.5, 100),
+        _row("d", 0.97, 3.0, 50),
+        _row("e", 0.99, 0.5, 10, status="failed_verification"),
+    ]
     mark_pareto(rows)
     assert [r["variant"] for r in rows if r["pareto"]] == ["a", "b", "d"]
     assert pick(rows, parse_pick("p50_ms<=2"))["variant"] == "a"
@@ -101,11 +124,13 @@ def test_the_picked_config_is_a_valid_build_config(tmp_path):
 
 def test_a_bad_grid_or_pick_is_one_line_and_nothing_is_written(tmp_path):
     out = tmp_path / "out"
-    for args, fragment in ((["--grid", "prune.sparsity=2"], "prune.sparsity must be"),
-                           (["--grid", "prune.sparsty=0.5"], "did you mean 'sparsity'"),
-                           (["--grid", "prune.sparsity=0.5", "--pick", "speed<=2"], "unknown key 'speed'"),
-                           (["--grid", "prune.sparsity=0.5", "--target", "tflite-int9"], "unknown target"),
-                           ([], "at least one --grid")):
+    for args, fragment in (
+        (["--grid", "prune.sparsity=2"], "prune.sparsity must be"),
+        (["--grid", "prune.sparsty=0.5"], "did you mean 'sparsity'"),
+        (["--grid", "prune.sparsity=0.5", "--pick", "speed<=2"], "unknown key 'speed'"),
+        (["--grid", "prune.sparsity=0.5", "--target", "tflite-int9"], "unknown target"),
+        ([], "at least one --grid"),
+    ):
         proc = run_cli("sweep", "--out", out, *args)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
@@ -115,9 +140,15 @@ def test_a_bad_grid_or_pick_is_one_line_and_nothing_is_written(tmp_path):
 
 # -- on Ray ----------------------------------------------------------------------------------------
 
+
 def _namespace_ok() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-n", "-p", "-f", "--mount-proc", "true"], check=False, capture_output=True).returncode == 0
+    return (
+        shutil.which("unshare") is not None
+        and subprocess.run(
+            ["unshare", "-n", "-p", "-f", "--mount-proc", "true"], check=False, capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 needs_namespace = pytest.mark.skipif(not _namespace_ok(), reason="needs unshare (network + PID namespaces)")
@@ -127,15 +158,43 @@ def in_namespace(script: str, timeout=900, env=None) -> subprocess.CompletedProc
     """Run `script` in a new network namespace (only its own loopback) and PID namespace: every process
     it starts, Ray's included, ends with it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
-    return subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "bash", "-c",
-                           f"set -u; ip link set lo up; cd {ROOT}; {script}"],
-                          env=env, check=False, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["unshare", "-n", "-p", "-f", "--mount-proc", "bash", "-c", f"set -u; ip link set lo up; cd {ROOT}; {script}"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def sweep_cmd(out: Path, cfg: Path, *extra) -> str:
-    return " ".join(map(str, [sys.executable, "-m", "pipeline", "sweep", "--config", cfg, "--grid", *GRID,
-                              "--target", "tflite-int8", "--out", out, "--runs", 20, "--min-seconds", 0.05,
-                              "--json", out / "rows.json", *extra]))
+    return " ".join(
+        map(
+            str,
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "sweep",
+                "--config",
+                cfg,
+                "--grid",
+                *GRID,
+                "--target",
+                "tflite-int8",
+                "--out",
+                out,
+                "--runs",
+                20,
+                "--min-seconds",
+                0.05,
+                "--json",
+                out / "rows.json",
+                *extra,
+            ],
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +240,8 @@ def _ran_once(summary) -> None:
 @pytest.mark.slow
 @needs_namespace
 def test_a_sweep_on_a_local_ray_runs_shared_stages_once_matches_plain_builds_and_reruns_from_cache(
-        tmp_path, tiny_config, serial_builds):
+    tmp_path, tiny_config, serial_builds
+):
     out = tmp_path / "out"
     proc = in_namespace(sweep_cmd(out, tiny_config, "--pick", "'accuracy>=0'"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -204,7 +264,8 @@ def test_a_sweep_on_a_local_ray_runs_shared_stages_once_matches_plain_builds_and
 @pytest.mark.slow
 @needs_namespace
 def test_a_two_node_cluster_on_loopback_shares_stages_across_nodes_and_matches_plain_builds(
-        tmp_path, tiny_config, serial_builds):
+    tmp_path, tiny_config, serial_builds
+):
     out = tmp_path / "out"
     temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
     port = 6391
@@ -215,7 +276,8 @@ def test_a_two_node_cluster_on_loopback_shares_stages_across_nodes_and_matches_p
         f"{sweep_cmd(out, tiny_config, '--address', f'127.0.0.1:{port}')}; rc=$?; "
         f"{RAY} stop --force >/dev/null 2>&1; exit $rc",
         # The nodes and the driver share one token of the test's own (Ray's token authentication).
-        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+    )
     shutil.rmtree(temp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows, summary = _results(out)
@@ -238,7 +300,8 @@ def test_a_worker_killed_mid_sweep_fails_only_its_variant_and_a_rerun_completes(
     proc = in_namespace(
         f"({sweep_cmd(out, tiny_config)}) & sweep=$!; "
         f"until pid=$(pgrep -f '^{title}'); do sleep 0.2; kill -0 $sweep 2>/dev/null || break; done; "
-        f"kill -9 $pid; echo killed $pid >&2; wait $sweep")
+        f"kill -9 $pid; echo killed $pid >&2; wait $sweep"
+    )
     assert "killed" in proc.stderr and proc.returncode == 1, proc.stderr[-3000:]
     rows, summary = _results(out)
     status = {r["variant"]: r for r in rows}
@@ -250,5 +313,9 @@ def test_a_worker_killed_mid_sweep_fails_only_its_variant_and_a_rerun_completes(
     assert again.returncode == 0, again.stderr[-3000:]
     rows, summary = _results(out)
     assert all(r["status"] == "ok" for r in rows)
-    assert sorted(r["stage"] for r in summary["stage_runs"]) == ["export:tflite-int8", "prune", "qat",
-                                                                  "verify:tflite-int8"]
+    assert sorted(r["stage"] for r in summary["stage_runs"]) == [
+        "export:tflite-int8",
+        "prune",
+        "qat",
+        "verify:tflite-int8",
+    ]

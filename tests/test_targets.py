@@ -57,7 +57,9 @@ def test_a_target_is_built_runs_in_its_runtime_and_reads_back_what_it_promises(s
     assert run["ok"], run
     assert run["runtime"] == runtime and run["inputs"][0]["dtype"] == input_dtype
     y = np.load(tmp_path / "y.npz")["output_0"]
-    assert y.shape == (16, 10) and len(np.unique(y.round(5), axis=0)) > 1  # each sample's own output, not the last one's
+    assert (
+        y.shape == (16, 10) and len(np.unique(y.round(5), axis=0)) > 1
+    )  # each sample's own output, not the last one's
     if target.family == "openvino":
         assert run["inputs"][0]["shape"] == [1, 8, 8, 1]  # batch fixed: the CPU plugin's static-shape path
 
@@ -75,8 +77,14 @@ def test_an_export_does_not_depend_on_what_the_process_converted_before(tmp_path
     from pipeline import stages
 
     _, keras = stages.tf_setup(0)
-    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
-                              keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     calib = np.random.default_rng(0).random((8, 6, 6, 1), dtype=np.float32)
     files = []
     for i in range(2):  # the second export runs after the first has advanced every counter
@@ -108,20 +116,31 @@ def tiny_onnx(path, int8_weights=False, quantized_activations=False):
     """y = x @ W, with W stored as int8 + DequantizeLinear and/or x through QuantizeLinear/DequantizeLinear."""
     inits, nodes, x = [], [], "x"
     if quantized_activations:
-        inits += [numpy_helper.from_array(np.array(0.01, np.float32), "xs"),
-                  numpy_helper.from_array(np.array(0, np.int8), "xz")]
-        nodes += [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
-                  helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"])]
+        inits += [
+            numpy_helper.from_array(np.array(0.01, np.float32), "xs"),
+            numpy_helper.from_array(np.array(0, np.int8), "xz"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        ]
         x = "xd"
     if int8_weights:
-        inits += [numpy_helper.from_array(np.round(W / 0.01).astype(np.int8), "wq"),
-                  numpy_helper.from_array(np.array(0.01, np.float32), "ws")]
+        inits += [
+            numpy_helper.from_array(np.round(W / 0.01).astype(np.int8), "wq"),
+            numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+        ]
         nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"]))
     else:
         inits.append(numpy_helper.from_array(W, "w"))
     nodes.append(helper.make_node("MatMul", [x, "w"], ["y"]))
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx_family.set_metadata(model, {"model": "tiny"})
     onnx.save(model, path)
@@ -137,9 +156,12 @@ def tiny_ir(onnx_path, xml_path, fp16=False):
 
 
 # (int8 weights, quantized activations) -> what each family must call it
-KINDS = {(False, False): ("fp32", "fp32"), (True, True): ("int8-qdq", "int8"),
-         (True, False): ("int8-weight-only", "int8-weight-only"),
-         (False, True): ("qdq-float-weights", "fake-quant-float-weights")}
+KINDS = {
+    (False, False): ("fp32", "fp32"),
+    (True, True): ("int8-qdq", "int8"),
+    (True, False): ("int8-weight-only", "int8-weight-only"),
+    (False, True): ("qdq-float-weights", "fake-quant-float-weights"),
+}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -178,8 +200,11 @@ def test_the_runners_compute_the_float_graph_exactly(runner_name, tmp_path):
         model = tiny_ir(model, tmp_path / "m.xml")
     x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    run = runner.run(ROOT / "targets" / "runners" / runner_name, model,
-                     ["--inputs", tmp_path / "x.npy", "--outputs", tmp_path / "y.npz"])
+    run = runner.run(
+        ROOT / "targets" / "runners" / runner_name,
+        model,
+        ["--inputs", tmp_path / "x.npy", "--outputs", tmp_path / "y.npz"],
+    )
     assert run["ok"], run
     assert run["inputs"][0] == {"name": "x", "shape": [-1, 4], "dtype": "float32", "scale": 0.0, "zero_point": 0}
     np.testing.assert_allclose(np.load(tmp_path / "y.npz")["output_0"], x @ W, rtol=1e-6, atol=1e-6)
@@ -195,6 +220,7 @@ def test_openvino_runner_verifies_in_f32_unless_told_otherwise(tmp_path):
 
 
 # -- offline and private ------------------------------------------------------------------
+
 
 def offline(cmd: list) -> list:
     """`cmd` in a network namespace of its own (no interface but a down loopback)."""
@@ -234,14 +260,27 @@ def test_quantizers_and_runners_work_offline_and_send_nothing(tmp_path):
     src, q_onnx, q_ir = tiny_onnx(tmp_path / "m.onnx"), tmp_path / "q.onnx", tmp_path / "q.xml"
     np.save(tmp_path / "x.npy", np.ones((4, 4), np.float32))
     env = private_env(home)
-    proc = subprocess.run(offline([sys.executable, "-c", QUANTIZE_BOTH, src, q_onnx, q_ir]), env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        offline([sys.executable, "-c", QUANTIZE_BOTH, src, q_onnx, q_ir]),
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert onnx_family.inspect(q_onnx)["quantization"] == "int8-qdq"
     assert openvino_family.inspect(q_ir)["quantization"] == "int8"
     for runner_name, path in (("run_onnxruntime.py", q_onnx), ("run_openvino.py", q_ir)):
-        cmd = [sys.executable, ROOT / "targets" / "runners" / runner_name, path, "--inputs", tmp_path / "x.npy",
-               "--outputs", tmp_path / "y.npz"]
+        cmd = [
+            sys.executable,
+            ROOT / "targets" / "runners" / runner_name,
+            path,
+            "--inputs",
+            tmp_path / "x.npy",
+            "--outputs",
+            tmp_path / "y.npz",
+        ]
         proc = subprocess.run(offline(cmd), env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert_nothing_phoned_home(home)
@@ -253,11 +292,26 @@ def test_a_build_runs_with_the_network_cut_and_sends_nothing(small_build, small_
     copy, home = tmp_path / "out", tmp_path / "home"
     home.mkdir()
     # The trained models are reused; every export and verification runs again without a network.
-    shutil.copytree(out / ".cache", copy / ".cache",
-                    ignore=lambda d, names: [n for n in names if n.startswith(("export-", "verify-"))])
+    shutil.copytree(
+        out / ".cache",
+        copy / ".cache",
+        ignore=lambda d, names: [n for n in names if n.startswith(("export-", "verify-"))],
+    )
     names = ["tflite-int8", "onnx-int8", "openvino-int8"]
-    cmd = offline([sys.executable, "-m", "pipeline", "build", "--config", small_config, "--target", ",".join(names),
-                   "--out", copy])
+    cmd = offline(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "build",
+            "--config",
+            small_config,
+            "--target",
+            ",".join(names),
+            "--out",
+            copy,
+        ]
+    )
     proc = subprocess.run(cmd, env=private_env(home), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ran = {line.split()[0] for line in proc.stderr.splitlines() if line.split()[1:2] == ["running"]}

@@ -20,12 +20,16 @@ def test_quantization_is_named_from_the_tensor_types_in_the_file():
 
 def test_the_gate_names_both_accuracies_and_the_tolerance():
     reasons = gate({"quantization": "int8", "accuracy": 0.90, "reference_accuracy": 0.97}, "int8", BuildConfig())
-    assert reasons == ["accuracy 0.9000 vs the original model's 0.9700: drop of 7.00 points exceeds max_accuracy_drop 1"]
+    assert reasons == [
+        "accuracy 0.9000 vs the original model's 0.9700: drop of 7.00 points exceeds max_accuracy_drop 1"
+    ]
     assert gate({"quantization": "int8", "accuracy": 0.965, "reference_accuracy": 0.97}, "int8", BuildConfig()) == []
 
 
 def test_a_dynamic_range_file_never_passes_as_int8():
-    reasons = gate({"quantization": "dynamic-range", "accuracy": 0.97, "reference_accuracy": 0.97}, "int8", BuildConfig())
+    reasons = gate(
+        {"quantization": "dynamic-range", "accuracy": 0.97, "reference_accuracy": 0.97}, "int8", BuildConfig()
+    )
     assert reasons == ["file is dynamic-range, not the int8 this target promises"]
 
 
@@ -40,9 +44,12 @@ def test_compare_counts_agreement_and_the_largest_difference():
 def test_without_labels_the_gate_uses_agreement_or_cosine():
     low = {"quantization": "int8", "top1_agreement": 0.9, "reference_accuracy": None}
     assert gate(low, "int8", BuildConfig()) == [
-        "top-1 agreement with the original model 0.9000 is below min_agreement 0.97"]
+        "top-1 agreement with the original model 0.9000 is below min_agreement 0.97"
+    ]
     maps = {"quantization": "int8", "cosine": 0.95, "reference_accuracy": None}
-    assert gate(maps, "int8", BuildConfig()) == ["cosine similarity with the original model 0.9500 is below min_cosine 0.99"]
+    assert gate(maps, "int8", BuildConfig()) == [
+        "cosine similarity with the original model 0.9500 is below min_cosine 0.99"
+    ]
 
 
 def test_several_outputs_are_compared_one_by_one_and_summarised_by_the_worst():

@@ -34,9 +34,13 @@ COMMANDS: dict[str, str] = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m pipeline", description=(
-        "Train, prune, quantize and export a model to verified edge artifacts "
-        "(TFLite, ONNX, OpenVINO). Run `build` with no options for the digits demo."))
+    p = _Parser(
+        prog="python -m pipeline",
+        description=(
+            "Train, prune, quantize and export a model to verified edge artifacts "
+            "(TFLite, ONNX, OpenVINO). Run `build` with no options for the digits demo."
+        ),
+    )
     p.add_argument("--version", action="version", version=f"edge-export {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -62,8 +66,10 @@ def _os_error(e: OSError, out) -> tuple[str, int]:
             probe = probe.parent
         full = shutil.disk_usage(probe).free < 1 << 20
     if full:
-        return (f"disk full while writing{where} ({e.strerror or e}): free some space or choose another --out; "
-                "finished stages are cached and nothing half-written was kept"), 1
+        return (
+            f"disk full while writing{where} ({e.strerror or e}): free some space or choose another --out; "
+            "finished stages are cached and nothing half-written was kept"
+        ), 1
     return f"{e.strerror or e}{where}", 1
 
 

@@ -13,26 +13,46 @@ HELP = "time built artifacts in their runtimes: load, first inference, latency p
 
 def add_arguments(p) -> None:
     add_build_options(p)
-    p.add_argument("--device", default="local", help="comma list of devices to run on: local, emu:rpi3|rpi4|rpi5 "
-                   "(emulated aarch64 board), ssh://user@host[:port] (a real board) (default: local)")
+    p.add_argument(
+        "--device",
+        default="local",
+        help="comma list of devices to run on: local, emu:rpi3|rpi4|rpi5 "
+        "(emulated aarch64 board), ssh://user@host[:port] (a real board) (default: local)",
+    )
     add_device_arguments(p)
-    p.add_argument("--harness", default="python", help="comma list of what times each artifact: python (the "
-                   "runner scripts) or native (a C program, no Python on the board; LiteRT, onnxruntime and "
-                   "OpenVINO through their C APIs) (default: python)")
+    p.add_argument(
+        "--harness",
+        default="python",
+        help="comma list of what times each artifact: python (the "
+        "runner scripts) or native (a C program, no Python on the board; LiteRT, onnxruntime and "
+        "OpenVINO through their C APIs) (default: python)",
+    )
     p.add_argument("--threads", default="1", help="comma list of thread counts, e.g. 1,2,4 (default: 1)")
     p.add_argument("--runs", type=int, default=100, help="at least this many timed inferences (default: 100)")
-    p.add_argument("--min-seconds", type=float, default=1.0,
-                   help="and keep timing for at least this long (default: 1.0)")
+    p.add_argument(
+        "--min-seconds", type=float, default=1.0, help="and keep timing for at least this long (default: 1.0)"
+    )
     p.add_argument("--warmup", type=int, default=10, help="untimed inferences before timing (default: 10)")
-    p.add_argument("--samples", type=int, default=100,
-                   help="held-out samples cycled through as inputs (default: 100)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="passed to every runner as --KEY VALUE, e.g. delegate=none (LiteRT) or "
-                        "precision=f32 (OpenVINO); repeatable")
-    p.add_argument("--timeout", type=float, default=300.0,
-                   help="seconds one runner may take before it counts as hung (default: 300)")
-    p.add_argument("--legacy", action="store_true",
-                   help="also time each artifact in its target's legacy runtime (tflite-runtime 2.14), if it has one")
+    p.add_argument("--samples", type=int, default=100, help="held-out samples cycled through as inputs (default: 100)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to every runner as --KEY VALUE, e.g. delegate=none (LiteRT) or "
+        "precision=f32 (OpenVINO); repeatable",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds one runner may take before it counts as hung (default: 300)",
+    )
+    p.add_argument(
+        "--legacy",
+        action="store_true",
+        help="also time each artifact in its target's legacy runtime (tflite-runtime 2.14), if it has one",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the rows to FILE as a JSON list")
 
 
@@ -55,27 +75,43 @@ def run(args) -> int:
 
     threads = bench.parse_threads(args.threads)
     devices = bench.get_devices(args.device, bench.parse_harness(args.harness), **device_options(args))
-    settings = bench.Settings(args.runs, args.min_seconds, args.warmup, args.samples, bench.parse_options(args.option),
-                              args.timeout)
+    settings = bench.Settings(
+        args.runs, args.min_seconds, args.warmup, args.samples, bench.parse_options(args.option), args.timeout
+    )
     if args.json:
         _check_writable(args.json)
     b = pipeline.built(**build_kwargs(args))
-    rows = pipeline.bench(b, devices=devices, threads=threads, runs=settings.runs, min_seconds=settings.min_seconds,
-                          warmup=settings.warmup, samples=settings.samples, options=settings.options,
-                          timeout=settings.timeout, legacy=args.legacy, log=log)
+    rows = pipeline.bench(
+        b,
+        devices=devices,
+        threads=threads,
+        runs=settings.runs,
+        min_seconds=settings.min_seconds,
+        warmup=settings.warmup,
+        samples=settings.samples,
+        options=settings.options,
+        timeout=settings.timeout,
+        legacy=args.legacy,
+        log=log,
+    )
     for device in devices:  # one table per device and harness: an emulated board has no latency columns
         harness = getattr(device, "harness", "python")
         mine = [r for r in rows if r["device"] == device.name and r["harness"] == harness]
         if harness != "python":
             print(f"{device.name}, {harness} runner:")
         print(report.table(mine, getattr(device, "columns", bench.TABLE_COLUMNS)))
-        print(device.conditions_line(mine, settings) if hasattr(device, "conditions_line")
-              else bench.conditions_line(mine, settings))
+        print(
+            device.conditions_line(mine, settings)
+            if hasattr(device, "conditions_line")
+            else bench.conditions_line(mine, settings)
+        )
     if args.json:
         atomic_write_json(args.json, rows)
         print(f"rows: {args.json}")
     failed = [r for r in rows if r["status"] != "ok"]
     for r in failed:
-        print(f"error: {r['target']} on {r['device']} ({r['threads']} threads) {r['status']}: {r['error']}",
-              file=sys.stderr)
+        print(
+            f"error: {r['target']} on {r['device']} ({r['threads']} threads) {r['status']}: {r['error']}",
+            file=sys.stderr,
+        )
     return 1 if failed else 0

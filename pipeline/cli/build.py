@@ -7,21 +7,35 @@ import sys
 from pipeline.cli.options import add_build_options, add_device_arguments, build_kwargs, device_options, log
 
 HELP = "build and verify artifacts"
-DESCRIPTION = ("Run the stages (train, prune, QAT, export, verify), reusing cached stages, and write "
-               "OUT/<model>/<target>/ and OUT/<model>/manifest.json.")
+DESCRIPTION = (
+    "Run the stages (train, prune, QAT, export, verify), reusing cached stages, and write "
+    "OUT/<model>/<target>/ and OUT/<model>/manifest.json."
+)
 
-SUMMARY_COLUMNS = [("target", "target"), ("status", "status"), ("quantization", "quantization"),
-                   ("bytes", "bytes"), ("gzip_bytes", "gzip"), ("sparsity", "sparsity"),
-                   ("accuracy", "accuracy"), ("reference_accuracy", "original acc"),
-                   ("top1_agreement", "agreement vs original"), ("max_abs_diff", "max |diff| vs original"),
-                   ("legacy_tflite_runtime", "tflite-runtime 2.14"),
-                   ("build_seconds", "seconds")]
+SUMMARY_COLUMNS = [
+    ("target", "target"),
+    ("status", "status"),
+    ("quantization", "quantization"),
+    ("bytes", "bytes"),
+    ("gzip_bytes", "gzip"),
+    ("sparsity", "sparsity"),
+    ("accuracy", "accuracy"),
+    ("reference_accuracy", "original acc"),
+    ("top1_agreement", "agreement vs original"),
+    ("max_abs_diff", "max |diff| vs original"),
+    ("legacy_tflite_runtime", "tflite-runtime 2.14"),
+    ("build_seconds", "seconds"),
+]
 
 
 def add_arguments(p) -> None:
     add_build_options(p)
-    p.add_argument("--verify-on", metavar="DEVICE", help="also load each artifact on DEVICE (emu:rpi4, ssh://user@host; "
-                   "comma list) and compare its outputs with x86's: recorded as arm_check in the manifest")
+    p.add_argument(
+        "--verify-on",
+        metavar="DEVICE",
+        help="also load each artifact on DEVICE (emu:rpi4, ssh://user@host; "
+        "comma list) and compare its outputs with x86's: recorded as arm_check in the manifest",
+    )
     add_device_arguments(p)
 
 

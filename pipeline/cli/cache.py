@@ -59,11 +59,19 @@ def run(args) -> int:
             freed += size
             removed += 1
     if args.action == "ls":
-        print(report.table(rows, [("stage", "stage"), ("key", "key"), ("mb", "MB"), ("age_h", "age (h)"),
-                                  ("state", "state")]) if rows else f"{root}: empty")
+        print(
+            report.table(
+                rows, [("stage", "stage"), ("key", "key"), ("mb", "MB"), ("age_h", "age (h)"), ("state", "state")]
+            )
+            if rows
+            else f"{root}: empty"
+        )
         print(f"total {sum(r['mb'] for r in rows):.1f} MB in {len(rows)} entries")
     else:
-        kept = "" if args.all else (f" (kept what the manifests in {args.out} use, "
-                                    f"and anything younger than {GRACE_S // 60} min)")
+        kept = (
+            ""
+            if args.all
+            else (f" (kept what the manifests in {args.out} use, and anything younger than {GRACE_S // 60} min)")
+        )
         print(f"removed {removed} entries, freed {freed / 1e6:.1f} MB{kept}")
     return 0

@@ -23,13 +23,24 @@ ACTIONS = ("ls", "setup", "check")
 def add_arguments(p) -> None:
     from pipeline.cli.options import add_device_arguments
 
-    p.add_argument("action", choices=ACTIONS, help="ls: list the profiles; setup: build emulated boards; "
-                                                   "check: what a board has installed")
-    p.add_argument("devices", nargs="*", metavar="DEVICE",
-                   help="emu:rpi3, emu:rpi4, emu:rpi5 (setup, check) or ssh://user@host[:port] (check)")
+    p.add_argument(
+        "action",
+        choices=ACTIONS,
+        help="ls: list the profiles; setup: build emulated boards; check: what a board has installed",
+    )
+    p.add_argument(
+        "devices",
+        nargs="*",
+        metavar="DEVICE",
+        help="emu:rpi3, emu:rpi4, emu:rpi5 (setup, check) or ssh://user@host[:port] (check)",
+    )
     add_device_arguments(p)
-    p.add_argument("--harness", default="python", help="check: python (what the runner scripts need, default) "
-                   "or native (what the native runner's bundle needs: arch and glibc, no Python); comma list")
+    p.add_argument(
+        "--harness",
+        default="python",
+        help="check: python (what the runner scripts need, default) "
+        "or native (what the native runner's bundle needs: arch and glibc, no Python); comma list",
+    )
 
 
 def _spec(spec: str) -> str:
@@ -49,15 +60,36 @@ def cmd_ls(args) -> int:
             name, cpu = f"emu:{d.name}", d.cpu
         else:
             name, cpu, status = "local", "native", "ready"
-        rows.append({"device": name, "cpu": cpu, "cores": d.cores, "memory_mb": d.memory_mb, "status": status,
-                     "description": d.description})
-    print(report.table(rows, [("device", "device"), ("cpu", "qemu -cpu"), ("cores", "cores"),
-                              ("memory_mb", "memory MB"), ("status", "status"), ("description", "board")]))
+        rows.append(
+            {
+                "device": name,
+                "cpu": cpu,
+                "cores": d.cores,
+                "memory_mb": d.memory_mb,
+                "status": status,
+                "description": d.description,
+            }
+        )
+    print(
+        report.table(
+            rows,
+            [
+                ("device", "device"),
+                ("cpu", "qemu -cpu"),
+                ("cores", "cores"),
+                ("memory_mb", "memory MB"),
+                ("status", "status"),
+                ("description", "board"),
+            ],
+        )
+    )
     missing = [r["device"] for r in rows if r["status"] != "ready"]
     if missing:
         print(f"set up with: python -m pipeline device setup {' '.join(missing)}")
-    print(f"emulated boards live in {emu.emu_home()} (EDGE_EXPORT_EMU_HOME); a real board is "
-          "ssh://user@host[:port] (`device check` says what it has)")
+    print(
+        f"emulated boards live in {emu.emu_home()} (EDGE_EXPORT_EMU_HOME); a real board is "
+        "ssh://user@host[:port] (`device check` says what it has)"
+    )
     return 0
 
 
@@ -71,8 +103,10 @@ def cmd_setup(args) -> int:
     specs = [_spec(s) for s in args.devices]
     for spec in specs:
         if spec.startswith("ssh:"):
-            raise UsageError(f"{spec}: a real board needs no setup here; install python3 and the runtimes there "
-                             f"({pip_hint()}); `python -m pipeline device check {spec}` says what is missing")
+            raise UsageError(
+                f"{spec}: a real board needs no setup here; install python3 and the runtimes there "
+                f"({pip_hint()}); `python -m pipeline device check {spec}` says what is missing"
+            )
         emu_profile(spec)  # every name checked before anything is built
     for spec in specs:
         t0 = time.monotonic()
@@ -95,14 +129,29 @@ def cmd_check(args) -> int:
             raise UsageError(f"device '{device.name}': nothing to check, it is this machine")
         for site in device.runtimes():
             (bundles if getattr(device, "harness", "python") == "native" else rows).append(
-                {"device": device.name, **site})
+                {"device": device.name, **site}
+            )
     if bundles:
-        print(report.table(bundles, [("device", "device"), ("arch", "arch"), ("glibc", "glibc"),
-                                     ("bundle", "runs the native bundle")]))
+        print(
+            report.table(
+                bundles,
+                [("device", "device"), ("arch", "arch"), ("glibc", "glibc"), ("bundle", "runs the native bundle")],
+            )
+        )
     if not rows:
         return 1 if any(b["bundle"] != "yes" for b in bundles) else 0
-    print(report.table(rows, [("device", "device"), ("site", "python"), ("arch", "arch"), ("python", "version"),
-                              *((d, d) for d in dists())]))
+    print(
+        report.table(
+            rows,
+            [
+                ("device", "device"),
+                ("site", "python"),
+                ("arch", "arch"),
+                ("python", "version"),
+                *((d, d) for d in dists()),
+            ],
+        )
+    )
     for name in dict.fromkeys(r["device"] for r in rows):
         mine = [r for r in rows if r["device"] == name]
         missing = [d for d in dists() if all(r.get(d) is None for r in mine)]

@@ -13,8 +13,26 @@ def run(args) -> int:
     from pipeline import report
     from targets import TARGETS
 
-    rows = [{"name": t.name, "quantization": t.quantization, "from": t.source, "runtime": t.runner,
-             "description": t.description} for t in TARGETS.values()]
-    print(report.table(rows, [("name", "target"), ("quantization", "quantization"), ("from", "made from"),
-                              ("runtime", "runner"), ("description", "contains")]))
+    rows = [
+        {
+            "name": t.name,
+            "quantization": t.quantization,
+            "from": t.source,
+            "runtime": t.runner,
+            "description": t.description,
+        }
+        for t in TARGETS.values()
+    ]
+    print(
+        report.table(
+            rows,
+            [
+                ("name", "target"),
+                ("quantization", "quantization"),
+                ("from", "made from"),
+                ("runtime", "runner"),
+                ("description", "contains"),
+            ],
+        )
+    )
     return 0

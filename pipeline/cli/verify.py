@@ -9,8 +9,9 @@ HELP = "check a release folder or archive: checksums, safe contents, each artifa
 
 def add_arguments(p) -> None:
     p.add_argument("path", type=Path, help="a release folder (DIST/<model>-<version>) or one .tar.gz of it")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds a runtime may take to replay one archive (default: 120)")
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds a runtime may take to replay one archive (default: 120)"
+    )
 
 
 def run(args) -> int:
@@ -25,7 +26,10 @@ def run(args) -> int:
     failed = [r for r in rows if r["result"] == "FAIL"]
     if failed:
         more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
-        raise VerificationError(f"{args.path}: {len(failed)} of {len(rows)} checks failed: "
-                                + "; ".join(f"{r['file']}: {r['detail']}" for r in failed[:3]) + more)
+        raise VerificationError(
+            f"{args.path}: {len(failed)} of {len(rows)} checks failed: "
+            + "; ".join(f"{r['file']}: {r['detail']}" for r in failed[:3])
+            + more
+        )
     print(f"verified: {args.path} ({len(rows)} checks)")
     return 0

@@ -20,9 +20,11 @@ from pathlib import Path
 from pipeline.errors import UsageError
 
 # spec prefix (the part before ':') -> "module:class"; each class takes (spec, known_hosts, identity, keep).
-KINDS = {"local": "pipeline.devices.local:LocalDevice",
-         "emu": "pipeline.devices.emulated:EmuDevice",
-         "ssh": "pipeline.devices.ssh:SSHDevice"}
+KINDS = {
+    "local": "pipeline.devices.local:LocalDevice",
+    "emu": "pipeline.devices.emulated:EmuDevice",
+    "ssh": "pipeline.devices.ssh:SSHDevice",
+}
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,17 @@ class Timing:
             raise UsageError("threads and runs must be >= 1, warmup and min-seconds >= 0")
 
     def argv(self) -> list[str]:
-        return ["--bench", "--threads", str(self.threads), "--warmup", str(self.warmup), "--runs", str(self.runs),
-                "--min-seconds", str(self.min_seconds)]
+        return [
+            "--bench",
+            "--threads",
+            str(self.threads),
+            "--warmup",
+            str(self.warmup),
+            "--runs",
+            str(self.runs),
+            "--min-seconds",
+            str(self.min_seconds),
+        ]
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,10 @@ def get_device(spec: str, known_hosts: Path | None = None, identity: Path | None
     """The device a spec names: `local`, `emu:rpi3|rpi4|rpi5`, `ssh://[user@]host[:port]`."""
     kind = spec.split(":", 1)[0]
     if kind not in KINDS:
-        raise UsageError(f"unknown device '{spec}': known device kinds are {', '.join(KINDS)} "
-                         "(local, emu:rpi3|rpi4|rpi5, ssh://user@host[:port])")
+        raise UsageError(
+            f"unknown device '{spec}': known device kinds are {', '.join(KINDS)} "
+            "(local, emu:rpi3|rpi4|rpi5, ssh://user@host[:port])"
+        )
     module, cls = KINDS[kind].split(":")
     return getattr(importlib.import_module(module), cls)(spec, known_hosts=known_hosts, identity=identity, keep=keep)
 

@@ -16,7 +16,9 @@ def vs_x86(f: dict) -> list[str]:
     parts = []
     if f.get("max_abs_diff_vs_x86") is not None:
         top1 = f.get("top1_agreement_vs_x86")
-        parts.append(f"vs x86: max |diff| {f['max_abs_diff_vs_x86']:.2g}" + (f", top-1 {top1:.4g}" if top1 is not None else ""))
+        parts.append(
+            f"vs x86: max |diff| {f['max_abs_diff_vs_x86']:.2g}" + (f", top-1 {top1:.4g}" if top1 is not None else "")
+        )
     if f.get("agreement_error"):
         parts.append(f["agreement_error"])
     return parts
@@ -36,7 +38,6 @@ def slice_inputs(inputs: Path, limit: int | None, folder: Path) -> Path:
     return dest
 
 
-
 _REFERENCE: dict = {}
 
 
@@ -51,10 +52,15 @@ def x86_reference(request, inputs: Path):
     if key not in _REFERENCE:
         with tempfile.TemporaryDirectory(prefix="edge-export-ref-") as tmp:
             out = Path(tmp) / "outputs.npz"
-            res = runner.run(request.runner, request.model,
-                             ["--inputs", inputs, "--outputs", out, *request.option_argv()], timeout=request.timeout)
-            _REFERENCE[key] = ((load_outputs(out), None) if res["ok"]
-                               else (None, f"x86 reference run failed: {res['error']}"))
+            res = runner.run(
+                request.runner,
+                request.model,
+                ["--inputs", inputs, "--outputs", out, *request.option_argv()],
+                timeout=request.timeout,
+            )
+            _REFERENCE[key] = (
+                (load_outputs(out), None) if res["ok"] else (None, f"x86 reference run failed: {res['error']}")
+            )
     return _REFERENCE[key]
 
 
@@ -63,11 +69,17 @@ def agreement(outputs, reference) -> dict:
     from pipeline.gate import compare
 
     if len(outputs) != len(reference) or any(o.shape != r.shape for o, r in zip(outputs, reference)):
-        return {"agreement_error": f"outputs {[o.shape for o in outputs]} differ in shape from x86's "
-                                   f"{[r.shape for r in reference]}"}
+        return {
+            "agreement_error": f"outputs {[o.shape for o in outputs]} differ in shape from x86's "
+            f"{[r.shape for r in reference]}"
+        }
     c = compare(outputs, reference, None)
-    return {"max_abs_diff_vs_x86": c["max_abs_diff"], "cosine_vs_x86": c["cosine"],
-            "top1_agreement_vs_x86": c.get("top1_agreement"), "agreement_samples": int(len(outputs[0]))}
+    return {
+        "max_abs_diff_vs_x86": c["max_abs_diff"],
+        "cosine_vs_x86": c["cosine"],
+        "top1_agreement_vs_x86": c.get("top1_agreement"),
+        "agreement_samples": int(len(outputs[0])),
+    }
 
 
 def agree_fields(res: dict, out_file: Path, ref, ref_error) -> dict:
@@ -101,8 +113,9 @@ def legacy_on_board(res: dict, out: Path, ref, ref_error) -> str:
 def missing_runtime(res: dict, where: str = "board") -> dict:
     """A runner that could not import its runtime (or numpy): say what to install, once, plainly."""
     error = res.get("error") or ""
-    m = (re.search(r"No module named '([\w.]+)'", error)
-         or re.search(r"No package metadata was found for ([\w.-]+)", error))
+    m = re.search(r"No module named '([\w.]+)'", error) or re.search(
+        r"No package metadata was found for ([\w.-]+)", error
+    )
     if res.get("ok") or not m:
         return res
     pip = pip_name(m[1])
@@ -113,12 +126,15 @@ def emulated_fields(res: dict) -> dict:
     """Move every wall-clock figure of an emulated run under an `emulated_` key: none is device time."""
     lat = res.pop("latency", None) or {}
     own = res.pop("runtime_latency", None) or {}  # OpenVINO's own clock, ticking in emulated time too
-    out = {"emulated_p50_ms": lat.get("p50_ms"), "emulated_runtime_p50_ms": own.get("p50_ms"),
-           "emulated_load_ms": res.pop("load_ms", None),
-           "emulated_first_inference_ms": res.pop("first_inference_ms", None), "timed_inferences": lat.get("runs")}
+    out = {
+        "emulated_p50_ms": lat.get("p50_ms"),
+        "emulated_runtime_p50_ms": own.get("p50_ms"),
+        "emulated_load_ms": res.pop("load_ms", None),
+        "emulated_first_inference_ms": res.pop("first_inference_ms", None),
+        "timed_inferences": lat.get("runs"),
+    }
     res.pop("peak_rss_mb", None)  # qemu's own memory (translated code included), not the board's
     return out
-
 
 
 def artifact_files(model: Path) -> list[Path]:
@@ -129,7 +145,6 @@ def artifact_files(model: Path) -> list[Path]:
     if model.suffix == ".xml":
         names.add(model.with_suffix(".bin").name)
     return [model, *(model.with_name(n) for n in sorted(names) if model.with_name(n).is_file())]
-
 
 
 # What is installed, from package metadata (no import: fast, even under qemu).
@@ -152,4 +167,3 @@ def runtimes_json(text: str, where: str) -> dict:
         if line.startswith("{"):
             return json.loads(line)
     raise DeviceError(f"{where}: python3 did not say what it has installed")
-

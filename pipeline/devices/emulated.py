@@ -37,8 +37,13 @@ EMU_WARMUP = 2
 EMU_SECTIONS = 3
 GUEST_SECTIONS = Path(__file__).with_name("emu_sections.py")
 # EDGE_EXPORT_NO_OWN_TIMER: nothing but the inference between the counted markers (runner_common._bench).
-GUEST_ENV = ("PATH=/usr/bin:/bin", "LANG=C.UTF-8", "ORT_DISABLE_TELEMETRY=1", "OPENVINO_TELEMETRY_OPTOUT=1",
-             "EDGE_EXPORT_NO_OWN_TIMER=1")
+GUEST_ENV = (
+    "PATH=/usr/bin:/bin",
+    "LANG=C.UTF-8",
+    "ORT_DISABLE_TELEMETRY=1",
+    "OPENVINO_TELEMETRY_OPTOUT=1",
+    "EDGE_EXPORT_NO_OWN_TIMER=1",
+)
 
 
 def emu_profile(spec: str):
@@ -56,12 +61,20 @@ def emu_profile(spec: str):
 
 
 def emu_columns():
-    return [("target", "target"), ("device", "device"), ("threads", "thr"), ("status", "status"),
-            ("runtime", "runtime"), ("loads", "loads"), ("max_abs_diff_vs_x86", "max|diff| vs x86"),
-            ("top1_agreement_vs_x86", "top-1 vs x86"), ("instructions_per_inference", "guest insn/inference"),
-            ("estimated_p50_ms", "estimated p50 ms (estimate)"),
-            ("emulated_p50_ms", "emulated p50 ms (not device time)"),
-            ("tflite_runtime_2_14", "tflite-runtime 2.14 aarch64")]
+    return [
+        ("target", "target"),
+        ("device", "device"),
+        ("threads", "thr"),
+        ("status", "status"),
+        ("runtime", "runtime"),
+        ("loads", "loads"),
+        ("max_abs_diff_vs_x86", "max|diff| vs x86"),
+        ("top1_agreement_vs_x86", "top-1 vs x86"),
+        ("instructions_per_inference", "guest insn/inference"),
+        ("estimated_p50_ms", "estimated p50 ms (estimate)"),
+        ("emulated_p50_ms", "emulated p50 ms (not device time)"),
+        ("tflite_runtime_2_14", "tflite-runtime 2.14 aarch64"),
+    ]
 
 
 class EmuDevice:
@@ -79,8 +92,9 @@ class EmuDevice:
         self.columns = emu_columns()
         self._legacy: dict = {}
 
-    def _guest(self, runner_path: Path, model: Path, args: list[str], runtime: str, folder: Path,
-               count: bool, timeout: float) -> tuple[dict, list[int]]:
+    def _guest(
+        self, runner_path: Path, model: Path, args: list[str], runtime: str, folder: Path, count: bool, timeout: float
+    ) -> tuple[dict, list[int]]:
         """One emulated runner process; with `count`, EMU_SECTIONS timed sections and their counts."""
         from pipeline import runner
         from pipeline.devices import emulator as emu
@@ -88,8 +102,12 @@ class EmuDevice:
         counts_file = folder / f"counts-{runtime}.txt"
         # qemu hands its environment to the guest; its size moves the guest's heap and with it the counts.
         prefix = [shutil.which("env") or "/usr/bin/env", "-i", *GUEST_ENV] + emu.python_command(
-            self.profile.name, count_instructions=count, counts_file=counts_file, runtime=runtime,
-            blocks_file=folder / f"blocks-{runtime}.txt" if count and emu.profile_plugin_path().exists() else None)
+            self.profile.name,
+            count_instructions=count,
+            counts_file=counts_file,
+            runtime=runtime,
+            blocks_file=folder / f"blocks-{runtime}.txt" if count and emu.profile_plugin_path().exists() else None,
+        )
         if count:
             prefix += [str(GUEST_SECTIONS), str(EMU_SECTIONS)]
         res = runner.run(runner_path, model, args, timeout=timeout, prefix=prefix)
@@ -108,8 +126,11 @@ class EmuDevice:
             site = by_runner(Path(request.runner).name).site
             res, counts = self._guest(request.runner, request.model, args, site, folder, count, request.timeout)
             loaded = "load_ms" in res
-            fields = {"emulated": True, "loads": "yes" if loaded else f"no: {res.get('error', '?')}",
-                      **agree_fields(res, folder / "outputs.npz", ref, ref_error)}
+            fields = {
+                "emulated": True,
+                "loads": "yes" if loaded else f"no: {res.get('error', '?')}",
+                **agree_fields(res, folder / "outputs.npz", ref, ref_error),
+            }
             if timing:
                 fields.update(self._counts(res, counts, timing.threads))
                 if count and fields.get("instructions_per_inference"):
@@ -132,17 +153,23 @@ class EmuDevice:
         runs = (res.get("latency") or {}).get("runs") or EMU_RUNS
         if not res.get("ok") or not counts:
             return {}
-        return {"instructions_per_inference": round(statistics.median(counts) / runs), "instruction_counts": counts,
-                "instructions_spread": (max(counts) - min(counts)) / max(min(counts), 1),
-                "instruction_sections": len(counts), "inferences_per_section": runs}
+        return {
+            "instructions_per_inference": round(statistics.median(counts) / runs),
+            "instruction_counts": counts,
+            "instructions_spread": (max(counts) - min(counts)) / max(min(counts), 1),
+            "instruction_sections": len(counts),
+            "inferences_per_section": runs,
+        }
 
     def _estimate(self, blocks_file: Path, inferences: int) -> dict:
         """Estimated latency on the real board from the last counted section's blocks (estimate.py)."""
         from pipeline.devices import estimate
 
         if not blocks_file.exists():
-            return {"estimate_note": f"no estimate: the block profiler is not built; run python -m pipeline device "
-                                     f"setup {self.name}"}
+            return {
+                "estimate_note": f"no estimate: the block profiler is not built; run python -m pipeline device "
+                f"setup {self.name}"
+            }
         try:
             sections = estimate.parse_blocks(blocks_file)
             if not sections:
@@ -165,11 +192,11 @@ class EmuDevice:
         key = (str(model), st.st_mtime_ns, st.st_size, x.stat().st_size, request.options)
         if key not in self._legacy:
             out = folder / "legacy.npz"
-            timing = request.timing and dataclasses.replace(request.timing, threads=1, runs=EMU_RUNS, min_seconds=0,
-                                                            warmup=EMU_WARMUP)
+            timing = request.timing and dataclasses.replace(
+                request.timing, threads=1, runs=EMU_RUNS, min_seconds=0, warmup=EMU_WARMUP
+            )
             args = ["--inputs", x, "--outputs", out, *request.option_argv(), *(timing.argv() if count else [])]
-            res, counts = self._guest(legacy, model, args, by_runner(legacy.name).site, folder, count,
-                                      request.timeout)
+            res, counts = self._guest(legacy, model, args, by_runner(legacy.name).site, folder, count, request.timeout)
             fields = {"tflite_runtime_2_14": legacy_on_board(res, out, ref, ref_error)}
             runs = (res.get("latency") or {}).get("runs") or EMU_RUNS
             if res.get("ok") and counts:
@@ -184,8 +211,10 @@ class EmuDevice:
             parts.append(f"{f['instructions_per_inference']:,} guest instructions/inference (1 thread)")
         parts += vs_x86(f)
         if f.get("estimated_p50_ms") is not None:
-            parts.append(f"estimated p50 {f['estimated_p50_ms']:.3g} ms on {f['estimate_board']} "
-                         f"(an estimate, model {f['estimate_model']})")
+            parts.append(
+                f"estimated p50 {f['estimated_p50_ms']:.3g} ms on {f['estimate_board']} "
+                f"(an estimate, model {f['estimate_model']})"
+            )
         if f.get("emulated_p50_ms") is not None:
             parts.append(f"emulated p50 {f['emulated_p50_ms']:.3g} ms (not device time)")
         if f.get("tflite_runtime_2_14"):
@@ -198,20 +227,34 @@ class EmuDevice:
 
         out = []
         for site in dict.fromkeys(r.site for r in RUNTIMES.values()):
-            proc = subprocess.run(emu.python_command(self.profile.name, runtime=site) + ["-c", RUNTIMES_PROBE],
-                                  capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(
+                emu.python_command(self.profile.name, runtime=site) + ["-c", RUNTIMES_PROBE],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             out.append({"site": site, **runtimes_json(proc.stdout, self.name)})
         return out
 
     def conditions_line(self, rows: list[dict], timing) -> str:
-        return (f"conditions: {self.name} = {self.profile.description}, emulated by qemu user mode "
-                f"(-cpu {self.profile.cpu}) on this machine; batch 1; guest instructions counted over the timed "
-                f"section only, 1 thread, median of {EMU_SECTIONS} sections of {EMU_RUNS} inferences after "
-                f"{EMU_WARMUP} warm-up runs; emulated times are not device times; agreement: same samples on x86")
+        return (
+            f"conditions: {self.name} = {self.profile.description}, emulated by qemu user mode "
+            f"(-cpu {self.profile.cpu}) on this machine; batch 1; guest instructions counted over the timed "
+            f"section only, 1 thread, median of {EMU_SECTIONS} sections of {EMU_RUNS} inferences after "
+            f"{EMU_WARMUP} warm-up runs; emulated times are not device times; agreement: same samples on x86"
+        )
 
 
-def block_profile(board: str, runner: Path, model: Path, inputs: Path, folder: Path, runs: int = 2,
-                  warmup: int = 1, timeout: float = 1800) -> tuple[dict[str, int], int, dict]:
+def block_profile(
+    board: str,
+    runner: Path,
+    model: Path,
+    inputs: Path,
+    folder: Path,
+    runs: int = 2,
+    warmup: int = 1,
+    timeout: float = 1800,
+) -> tuple[dict[str, int], int, dict]:
     """Run `runner` on the emulated `board` with the block profiler: (blocks, inferences, runner result).
 
     One timed section of `runs` inferences after `warmup` untimed ones, one thread, in the same fixed
@@ -222,10 +265,24 @@ def block_profile(board: str, runner: Path, model: Path, inputs: Path, folder: P
     from pipeline.devices.estimate import parse_blocks
 
     counts, blocks = Path(folder) / "counts.txt", Path(folder) / "blocks.txt"
-    prefix = [shutil.which("env") or "/usr/bin/env", "-i", *GUEST_ENV] + emu.python_command(
-        board, count_instructions=True, counts_file=counts, blocks_file=blocks) + [str(GUEST_SECTIONS), "1"]
-    args = ["--inputs", str(inputs), "--bench", "--threads", "1", "--runs", str(runs), "--min-seconds", "0",
-            "--warmup", str(warmup)]
+    prefix = (
+        [shutil.which("env") or "/usr/bin/env", "-i", *GUEST_ENV]
+        + emu.python_command(board, count_instructions=True, counts_file=counts, blocks_file=blocks)
+        + [str(GUEST_SECTIONS), "1"]
+    )
+    args = [
+        "--inputs",
+        str(inputs),
+        "--bench",
+        "--threads",
+        "1",
+        "--runs",
+        str(runs),
+        "--min-seconds",
+        "0",
+        "--warmup",
+        str(warmup),
+    ]
     res = runner_mod.run(Path(runner), Path(model), args, timeout=timeout, prefix=prefix)
     sections = parse_blocks(blocks) if blocks.exists() else []
     if not res.get("ok") or not sections:

@@ -17,6 +17,7 @@ with os.lseek(-1, MAGIC_START, 0) / os.lseek(-1, MAGIC_STOP, 0) (each raises
 OSError EBADF, to be ignored) and `python_command(..., count_instructions=True)`
 records; only the marking thread is counted, so count single-threaded runs.
 """
+
 from __future__ import annotations
 
 import compileall
@@ -53,12 +54,41 @@ HOST_PACKAGES = ("qemu-user-static", "qemu-user", "gcc", "libc6-dev")
 # arm64 .debs for a Python 3.11 with the shared libraries its stdlib and the
 # manylinux wheels need (libstdc++, libgomp); no dpkg/perl, nothing is configured.
 DEBS = (
-    "python3.11", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
-    "media-types", "libc6", "libgcc-s1", "libstdc++6", "libgomp1", "zlib1g", "libbz2-1.0",
-    "liblzma5", "libzstd1", "libffi8", "libexpat1", "libssl3", "libsqlite3-0", "libncursesw6",
-    "libtinfo6", "libreadline8", "readline-common", "libuuid1", "libcrypt1", "libnsl2",
-    "libtirpc3", "libtirpc-common", "libgssapi-krb5-2", "libk5crypto3", "libkeyutils1",
-    "libkrb5-3", "libkrb5support0", "libcom-err2", "libdb5.3", "libgdbm6", "libgdbm-compat4",
+    "python3.11",
+    "python3.11-minimal",
+    "libpython3.11-minimal",
+    "libpython3.11-stdlib",
+    "media-types",
+    "libc6",
+    "libgcc-s1",
+    "libstdc++6",
+    "libgomp1",
+    "zlib1g",
+    "libbz2-1.0",
+    "liblzma5",
+    "libzstd1",
+    "libffi8",
+    "libexpat1",
+    "libssl3",
+    "libsqlite3-0",
+    "libncursesw6",
+    "libtinfo6",
+    "libreadline8",
+    "readline-common",
+    "libuuid1",
+    "libcrypt1",
+    "libnsl2",
+    "libtirpc3",
+    "libtirpc-common",
+    "libgssapi-krb5-2",
+    "libk5crypto3",
+    "libkeyutils1",
+    "libkrb5-3",
+    "libkrb5support0",
+    "libcom-err2",
+    "libdb5.3",
+    "libgdbm6",
+    "libgdbm-compat4",
 )
 
 # One site folder per runtime set: tflite-runtime 2.14 is built against numpy 1.x
@@ -67,11 +97,11 @@ WHEELS = emulator_wheels()
 _SITE_DIRS = {"default": "site", "tflite_runtime": "site-tflite"}
 # Without the newer tags pip settles for old openvino/onnxruntime releases.
 _WHEEL_PLATFORMS = ("manylinux2014_aarch64",) + tuple(
-    f"manylinux_2_{v}_aarch64" for v in (17, 24, 26, 27, 28, 31, 34, 35))
+    f"manylinux_2_{v}_aarch64" for v in (17, 24, 26, 27, 28, 31, 34, 35)
+)
 
 # Host variables that would send the guest to x86 libraries or the host's Python.
-_GUEST_UNSET = ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "LD_LIBRARY_PATH",
-                "LD_PRELOAD")
+_GUEST_UNSET = ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "LD_LIBRARY_PATH", "LD_PRELOAD")
 _GUEST_ADDRESS_SPACE = "0x8000000000"  # 512 GiB of virtual addresses, none committed
 _PLUGIN_SOURCE = Path(__file__).resolve().parents[2] / "scripts" / "qemu_plugin" / "insn_count.c"
 _PROFILE_PLUGIN_SOURCE = _PLUGIN_SOURCE.with_name("bb_profile.c")
@@ -82,6 +112,7 @@ def emu_home() -> Path:
 
 
 # ---------------------------------------------------------------- public API
+
 
 def setup(profile_name: str, log: Callable[[str], None] = print) -> Path:
     """Build (once) everything `profile_name` needs; returns the profile's folder."""
@@ -101,18 +132,19 @@ def setup(profile_name: str, log: Callable[[str], None] = print) -> Path:
         if not profile_plugin_path().exists():
             _build_plugin(log, _PROFILE_PLUGIN_SOURCE, profile_plugin_path())
         if _stamp_key(_profile_dir(device)) != _profile_key(device):
-            _build_atomically(_profile_dir(device),
-                              lambda tmp, log: _build_profile(device, tmp), log)
+            _build_atomically(_profile_dir(device), lambda tmp, log: _build_profile(device, tmp), log)
     return _profile_dir(device)
 
 
 def is_ready(profile_name: str) -> bool:
     device = _device(profile_name)
-    return (shutil.which("qemu-aarch64-static") is not None
-            and shutil.which("qemu-aarch64") is not None
-            and _stamp_key(emu_home() / "base") == _base_key()
-            and _stamp_key(_profile_dir(device)) == _profile_key(device)
-            and _plugin_path().exists())
+    return (
+        shutil.which("qemu-aarch64-static") is not None
+        and shutil.which("qemu-aarch64") is not None
+        and _stamp_key(emu_home() / "base") == _base_key()
+        and _stamp_key(_profile_dir(device)) == _profile_key(device)
+        and _plugin_path().exists()
+    )
 
 
 def env(profile_name: str, runtime: str = "default") -> dict[str, str]:
@@ -128,9 +160,13 @@ def env(profile_name: str, runtime: str = "default") -> dict[str, str]:
     }
 
 
-def python_command(profile_name: str, count_instructions: bool = False,
-                   counts_file: Path | None = None, runtime: str = "default",
-                   blocks_file: Path | None = None) -> list[str]:
+def python_command(
+    profile_name: str,
+    count_instructions: bool = False,
+    counts_file: Path | None = None,
+    runtime: str = "default",
+    blocks_file: Path | None = None,
+) -> list[str]:
     """argv prefix running the aarch64 python3.11 on `profile_name`; append script and args.
 
     With count_instructions, each timed section's guest instruction count is
@@ -145,11 +181,16 @@ def python_command(profile_name: str, count_instructions: bool = False,
     if count_instructions:
         if counts_file is None:
             raise ValueError("count_instructions needs a counts_file")
-        argv = [shutil.which("qemu-aarch64"), "-plugin",
-                f"{_qemu_opt(_plugin_path())},out={_qemu_opt(Path(counts_file).absolute())}"]
+        argv = [
+            shutil.which("qemu-aarch64"),
+            "-plugin",
+            f"{_qemu_opt(_plugin_path())},out={_qemu_opt(Path(counts_file).absolute())}",
+        ]
         if blocks_file is not None:
             if not profile_plugin_path().exists():
-                raise EmuError(f"the block profiler is not built: run python -m pipeline device setup emu:{device.name}")
+                raise EmuError(
+                    f"the block profiler is not built: run python -m pipeline device setup emu:{device.name}"
+                )
             argv += ["-plugin", f"{_qemu_opt(profile_plugin_path())},out={_qemu_opt(Path(blocks_file).absolute())}"]
     else:
         argv = [shutil.which("qemu-aarch64-static")]
@@ -172,6 +213,7 @@ def read_counts(counts_file: Path) -> list[int]:
 
 
 # ---------------------------------------------------------------- keys and folders
+
 
 def _device(profile_name: str) -> Profile:
     device = get_profile(profile_name.removeprefix("emu:"))
@@ -201,8 +243,7 @@ def _qemu_version() -> str:
     qemu = shutil.which("qemu-aarch64")
     if qemu is None:
         return ""
-    return subprocess.run([qemu, "--version"], capture_output=True, text=True,
-                          check=True).stdout.splitlines()[0]
+    return subprocess.run([qemu, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
 
 
 def _plugin_path() -> Path:
@@ -218,13 +259,17 @@ def _stamp_key(folder: Path) -> str | None:
 
 
 def _write_stamp(folder: Path, key: str, **info: object) -> None:
-    stamp = {"key": key, "emu_version": EMU_VERSION, "qemu": _qemu_version(),
-             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
+    stamp = {
+        "key": key,
+        "emu_version": EMU_VERSION,
+        "qemu": _qemu_version(),
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **info,
+    }
     (folder / "READY").write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
 
 
-def _build_atomically(target: Path, build: Callable[[Path, Callable], None],
-                      log: Callable[[str], None]) -> None:
+def _build_atomically(target: Path, build: Callable[[Path, Callable], None], log: Callable[[str], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
     try:
@@ -259,11 +304,13 @@ def _qemu_opt(path: Path) -> str:
 
 # ---------------------------------------------------------------- host packages
 
+
 def _ensure_host_packages(log: Callable[[str], None]) -> None:
     if not shutil.which("dpkg-query") or not shutil.which("apt-get"):
         raise EmuError("emulation needs a Debian-based host (apt-get, dpkg)")
-    out = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n",
-                          *HOST_PACKAGES], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n", *HOST_PACKAGES], capture_output=True, text=True
+    ).stdout
     installed = {line.split()[0] for line in out.splitlines() if line.split()[1:2] == ["ii"]}
     missing = [p for p in HOST_PACKAGES if p not in installed]
     if not missing:
@@ -279,6 +326,7 @@ def _ensure_host_packages(log: Callable[[str], None]) -> None:
 
 # ---------------------------------------------------------------- private apt
 
+
 def _host_debian_sources() -> list[dict[str, list[str]]]:
     """The host's enabled entries for its own Debian release, as deb822 fields.
 
@@ -290,9 +338,12 @@ def _host_debian_sources() -> list[dict[str, list[str]]]:
         for line in f:
             if line.startswith("VERSION_CODENAME="):
                 codename = line.split("=", 1)[1].strip().strip('"')
-    dirs = dict(line.split("=", 1) for line in _run(
-        ["apt-config", "shell", "SL", "Dir::Etc::sourcelist/f",
-         "SP", "Dir::Etc::sourceparts/d"]).splitlines())
+    dirs = dict(
+        line.split("=", 1)
+        for line in _run(
+            ["apt-config", "shell", "SL", "Dir::Etc::sourcelist/f", "SP", "Dir::Etc::sourceparts/d"]
+        ).splitlines()
+    )
     files = [Path(shlex.split(dirs["SL"])[0])] if "SL" in dirs else []
     if "SP" in dirs:
         parts = Path(shlex.split(dirs["SP"])[0])
@@ -328,12 +379,15 @@ def _parse_deb822(text: str) -> list[dict[str, list[str]]]:
                 key = key.strip().title()
                 fields[key] = [value.strip()]
         if "Uris" in fields and "Suites" in fields:
-            entries.append({
-                "URIs": fields["Uris"][0].split(), "Suites": fields["Suites"][0].split(),
-                "Components": fields.get("Components", [""])[0].split(),
-                "Enabled": fields.get("Enabled", ["yes"]),
-                **({"Signed-By": fields["Signed-By"]} if "Signed-By" in fields else {}),
-            })
+            entries.append(
+                {
+                    "URIs": fields["Uris"][0].split(),
+                    "Suites": fields["Suites"][0].split(),
+                    "Components": fields.get("Components", [""])[0].split(),
+                    "Enabled": fields.get("Enabled", ["yes"]),
+                    **({"Signed-By": fields["Signed-By"]} if "Signed-By" in fields else {}),
+                }
+            )
     return entries
 
 
@@ -346,10 +400,10 @@ def _parse_one_line(text: str) -> list[dict[str, list[str]]]:
         options = {}
         if words[1].startswith("["):
             end = next(i for i, w in enumerate(words) if w.endswith("]"))
-            for opt in " ".join(words[1:end + 1]).strip("[]").split():
+            for opt in " ".join(words[1 : end + 1]).strip("[]").split():
                 name, _, value = opt.partition("=")
                 options[name] = value
-            words = [words[0]] + words[end + 1:]
+            words = [words[0]] + words[end + 1 :]
         entry = {"URIs": [words[1]], "Suites": [words[2]], "Components": words[3:]}
         if "signed-by" in options:
             entry["Signed-By"] = [options["signed-by"]]
@@ -378,9 +432,12 @@ def _private_apt(root: Path, kind: str) -> dict[str, str]:
         stanzas.append("\n".join(lines) + "\n")
     (root / "sources.list.d" / "host.sources").write_text("\n".join(stanzas))
     conf = [
-        f'Dir::State "{root}/state";', f'Dir::State::status "{root}/state/status";',
-        f'Dir::Cache "{root}/cache";', f'Dir::Etc::sourcelist "{root}/sources.list";',
-        f'Dir::Etc::sourceparts "{root}/sources.list.d";', 'Acquire::Languages "none";',
+        f'Dir::State "{root}/state";',
+        f'Dir::State::status "{root}/state/status";',
+        f'Dir::Cache "{root}/cache";',
+        f'Dir::Etc::sourcelist "{root}/sources.list";',
+        f'Dir::Etc::sourceparts "{root}/sources.list.d";',
+        'Acquire::Languages "none";',
     ]
     if kind == "arm64":
         conf += ['APT::Architecture "arm64";', 'APT::Architectures { "arm64"; };']
@@ -393,6 +450,7 @@ def _private_apt(root: Path, kind: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- builds
+
 
 def _build_base(tmp: Path, log: Callable[[str], None]) -> None:
     t0 = time.monotonic()
@@ -413,20 +471,34 @@ def _build_base(tmp: Path, log: Callable[[str], None]) -> None:
     for runtime, requirements in WHEELS.items():
         wheels = tmp / f"wheels-{runtime}"
         platforms = [arg for tag in _WHEEL_PLATFORMS for arg in ("--platform", tag)]
-        _run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-              "--only-binary=:all:", *platforms, "--python-version", "3.11",
-              "--implementation", "cp", "-d", str(wheels), *requirements])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                *platforms,
+                "--python-version",
+                "3.11",
+                "--implementation",
+                "cp",
+                "-d",
+                str(wheels),
+                *requirements,
+            ]
+        )
         wheel_names[runtime] = sorted(p.name for p in wheels.glob("*.whl"))
         for wheel in sorted(wheels.glob("*.whl")):
             _unpack_wheel(wheel, tmp / _SITE_DIRS[runtime])
-        log(f"emu: {runtime} wheels: {', '.join(wheel_names[runtime])} "
-            f"({time.monotonic() - t0:.0f} s)")
+        log(f"emu: {runtime} wheels: {', '.join(wheel_names[runtime])} ({time.monotonic() - t0:.0f} s)")
 
     # Compiling natively saves seconds on every emulated start; only a 3.11 host
     # writes .pyc files the arm64 Python 3.11 accepts.
     if sys.version_info[:2] == (3, 11):
-        for folder in [sysroot / "usr" / "lib" / "python3.11",
-                       *(tmp / d for d in _SITE_DIRS.values())]:
+        for folder in [sysroot / "usr" / "lib" / "python3.11", *(tmp / d for d in _SITE_DIRS.values())]:
             compileall.compile_dir(folder, quiet=2, workers=1)
     shutil.rmtree(debs)
     shutil.rmtree(tmp / "apt")
@@ -453,8 +525,7 @@ def _unpack_wheel(wheel: Path, site: Path) -> None:
                 shutil.copyfileobj(src, out)
 
 
-def _build_plugin(log: Callable[[str], None], source: Path = _PLUGIN_SOURCE,
-                  target: Path | None = None) -> None:
+def _build_plugin(log: Callable[[str], None], source: Path = _PLUGIN_SOURCE, target: Path | None = None) -> None:
     t0 = time.monotonic()
     target = target or _plugin_path()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -466,8 +537,7 @@ def _build_plugin(log: Callable[[str], None], source: Path = _PLUGIN_SOURCE,
         # The header of the qemu-user we run; the newest source if that one is gone.
         version = _run(["dpkg-query", "-W", "-f", "${source:Version}", "qemu-user"]).strip()
         try:
-            _run(["apt-get", "-q", "source", "--download-only", f"qemu={version}"],
-                 env=apt_env, cwd=src)
+            _run(["apt-get", "-q", "source", "--download-only", f"qemu={version}"], env=apt_env, cwd=src)
         except EmuError:
             log(f"emu: qemu source {version} not available, using the newest")
             _run(["apt-get", "-q", "source", "--download-only", "qemu"], env=apt_env, cwd=src)
@@ -482,8 +552,21 @@ def _build_plugin(log: Callable[[str], None], source: Path = _PLUGIN_SOURCE,
             else:
                 raise EmuError(f"{orig.name} has no include/qemu/qemu-plugin.h")
         built = tmp / target.name
-        _run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-Wno-unused-parameter",
-              "-I", str(header.parent), "-o", str(built), str(source)])
+        _run(
+            [
+                "gcc",
+                "-O2",
+                "-shared",
+                "-fPIC",
+                "-Wall",
+                "-Wno-unused-parameter",
+                "-I",
+                str(header.parent),
+                "-o",
+                str(built),
+                str(source),
+            ]
+        )
         os.replace(built, target)
     prefix = target.name.rsplit("-", 1)[0]
     for stale in target.parent.glob(f"{prefix}-*.so"):
@@ -500,8 +583,7 @@ def profile_plugin_path() -> Path:
 
 def _build_profile(device: Profile, tmp: Path) -> None:
     # Hard links: a profile costs inodes, not another copy of the sysroot.
-    shutil.copytree(emu_home() / "base" / "sysroot", tmp / "sysroot", symlinks=True,
-                    copy_function=os.link)
+    shutil.copytree(emu_home() / "base" / "sysroot", tmp / "sysroot", symlinks=True, copy_function=os.link)
     for rel, text in _identity_files(device).items():
         path = tmp / "sysroot" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -533,14 +615,24 @@ def _identity_files(device: Profile) -> dict[str, str]:
         files[f"{cpu}/regs/identification/midr_el1"] = f"0x{device.midr:016x}\n"
         files[f"{cpu}/cpufreq/cpuinfo_max_freq"] = f"{device.max_mhz * 1000}\n"
         files[f"{cpu}/cpufreq/cpuinfo_min_freq"] = f"{device.min_mhz * 1000}\n"
-        for name, value in (("physical_package_id", "0"), ("cluster_id", "0"),
-                            ("core_id", str(i)), ("thread_siblings_list", str(i)),
-                            ("core_cpus_list", str(i)), ("core_siblings_list", all_cpus),
-                            ("cluster_cpus_list", all_cpus), ("package_cpus_list", all_cpus)):
+        for name, value in (
+            ("physical_package_id", "0"),
+            ("cluster_id", "0"),
+            ("core_id", str(i)),
+            ("thread_siblings_list", str(i)),
+            ("core_cpus_list", str(i)),
+            ("core_siblings_list", all_cpus),
+            ("cluster_cpus_list", all_cpus),
+            ("package_cpus_list", all_cpus),
+        ):
             files[f"{cpu}/topology/{name}"] = value.rstrip("\n") + "\n"
         for index, cache in enumerate(device.caches):
-            for name, value in (("level", cache.level), ("type", cache.type),
-                                ("size", f"{cache.size_kb}K"), ("coherency_line_size", 64),
-                                ("shared_cpu_list", all_cpus if cache.shared else i)):
+            for name, value in (
+                ("level", cache.level),
+                ("type", cache.type),
+                ("size", f"{cache.size_kb}K"),
+                ("coherency_line_size", 64),
+                ("shared_cpu_list", all_cpus if cache.shared else i),
+            ):
                 files[f"{cpu}/cache/index{index}/{name}"] = f"{value}".rstrip("\n") + "\n"
     return files

@@ -21,6 +21,7 @@ constant fitted to six points of one board. Loads and stores are counted and rep
 
 Needs llvm-mc-19 and llvm-mca-19 (Debian's llvm-19, scripts/install_system.sh).
 """
+
 from __future__ import annotations
 
 import functools
@@ -78,10 +79,13 @@ def _tool(name: str) -> str:
 @functools.lru_cache(maxsize=65536)
 def disassemble(hexbytes: str) -> tuple[str, ...]:
     data = bytes.fromhex(hexbytes)
-    proc = subprocess.run([_tool("llvm-mc"), "--disassemble", "-triple=aarch64", f"-mattr={_ATTRS}"],
-                          input=" ".join(f"0x{b:02x}" for b in data), capture_output=True, text=True)
-    return tuple(line.strip() for line in proc.stdout.splitlines()
-                 if line.strip() and not line.strip().startswith("."))
+    proc = subprocess.run(
+        [_tool("llvm-mc"), "--disassemble", "-triple=aarch64", f"-mattr={_ATTRS}"],
+        input=" ".join(f"0x{b:02x}" for b in data),
+        capture_output=True,
+        text=True,
+    )
+    return tuple(line.strip() for line in proc.stdout.splitlines() if line.strip() and not line.strip().startswith("."))
 
 
 def block_cycles(blocks: list[str], cpu: str, in_order: bool = False) -> dict[str, float]:
@@ -102,10 +106,21 @@ def block_cycles(blocks: list[str], cpu: str, in_order: bool = False) -> dict[st
                 owner[len(lines) + 1] = b
                 lines.append(insn)
             lines.append(f"# LLVM-MCA-END b{i}")
-        proc = subprocess.run([_tool("llvm-mca"), "-mtriple=aarch64", f"-mcpu={cpu}", f"-mattr={_ATTRS}",
-                               f"-iterations={MCA_ITERATIONS}", "-summary-view", "-resource-pressure=0",
-                               "-instruction-info=0"],
-                              input="\n".join(lines) + "\n", capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                _tool("llvm-mca"),
+                "-mtriple=aarch64",
+                f"-mcpu={cpu}",
+                f"-mattr={_ATTRS}",
+                f"-iterations={MCA_ITERATIONS}",
+                "-summary-view",
+                "-resource-pressure=0",
+                "-instruction-info=0",
+            ],
+            input="\n".join(lines) + "\n",
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             bad = {owner[int(m)] for m in re.findall(r"<stdin>:(\d+):", proc.stderr) if int(m) in owner}
             if not bad:
@@ -124,8 +139,9 @@ def block_cycles(blocks: list[str], cpu: str, in_order: bool = False) -> dict[st
     return out
 
 
-def estimate(blocks: dict[str, int], inferences: int, board: str, mhz: int | None = None,
-             in_order: bool | None = None) -> dict:
+def estimate(
+    blocks: dict[str, int], inferences: int, board: str, mhz: int | None = None, in_order: bool | None = None
+) -> dict:
     """Estimated milliseconds per inference on `board` from one section's blocks ({hex: executions}).
 
     mhz: another clock than the profile's; in_order: override the board's pricing (for the validation).
@@ -162,4 +178,3 @@ def estimate(blocks: dict[str, int], inferences: int, board: str, mhz: int | Non
         "estimate_priced_share": round(priced / total, 4),
         "estimate_hot_blocks": len(cycles),
     }
-

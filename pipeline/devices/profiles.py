@@ -5,6 +5,7 @@ The identity fields (MIDR, cpuinfo text, caches, clocks) are what the real
 board's kernel reports; the emulator (pipeline/devices/emulator.py) writes them into the
 aarch64 sysroot so runtimes that probe the CPU see the board, not the x86 host.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -64,46 +65,87 @@ def _host_memory_mb() -> int:
 
 _PI_FEATURES = "fp asimd evtstrm crc32 cpuid"
 
-PROFILES: MappingProxyType[str, Profile] = MappingProxyType({d.name: d for d in (
-    Profile(
-        name="rpi3", arch="aarch64", cpu="cortex-a53", cores=4, memory_mb=1024,
-        default_threads=4,
-        description="Raspberry Pi 3 B / Zero 2 W class: 4x Cortex-A53 (BCM2837), 1 GiB "
-                    "(Zero 2 W: 512 MiB)",
-        midr=0x410FD034, features=_PI_FEATURES, bogomips="38.40",
-        model="Raspberry Pi 3 Model B Rev 1.2", revision="a02082",
-        max_mhz=1200, min_mhz=600,
-        caches=(CacheLevel(1, "Data", 32, False), CacheLevel(1, "Instruction", 32, False),
-                CacheLevel(2, "Unified", 512, True)),
-    ),
-    Profile(
-        name="rpi4", arch="aarch64", cpu="cortex-a72", cores=4, memory_mb=4096,
-        default_threads=4,
-        description="Raspberry Pi 4 B: 4x Cortex-A72 (BCM2711), 4 GiB",
-        midr=0x410FD083, features=_PI_FEATURES, bogomips="108.00",
-        model="Raspberry Pi 4 Model B Rev 1.4", revision="c03114",
-        max_mhz=1800, min_mhz=600,
-        caches=(CacheLevel(1, "Data", 32, False), CacheLevel(1, "Instruction", 48, False),
-                CacheLevel(2, "Unified", 1024, True)),
-    ),
-    Profile(
-        name="rpi5", arch="aarch64", cpu="cortex-a76", cores=4, memory_mb=8192,
-        default_threads=4,
-        description="Raspberry Pi 5: 4x Cortex-A76 (BCM2712), 8 GiB",
-        midr=0x414FD0B1,
-        features="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid "
-                 "asimdrdm lrcpc dcpop asimddp",
-        bogomips="108.00", model="Raspberry Pi 5 Model B Rev 1.0", revision="d04170",
-        max_mhz=2400, min_mhz=1500,
-        caches=(CacheLevel(1, "Data", 64, False), CacheLevel(1, "Instruction", 64, False),
-                CacheLevel(2, "Unified", 512, False), CacheLevel(3, "Unified", 2048, True)),
-    ),
-    Profile(
-        name="x86", arch="x86_64", cpu=None, cores=os.cpu_count() or 1,
-        memory_mb=_host_memory_mb(), default_threads=os.cpu_count() or 1,
-        description="the local x86-64 host, run natively",
-    ),
-)})
+PROFILES: MappingProxyType[str, Profile] = MappingProxyType(
+    {
+        d.name: d
+        for d in (
+            Profile(
+                name="rpi3",
+                arch="aarch64",
+                cpu="cortex-a53",
+                cores=4,
+                memory_mb=1024,
+                default_threads=4,
+                description="Raspberry Pi 3 B / Zero 2 W class: 4x Cortex-A53 (BCM2837), 1 GiB (Zero 2 W: 512 MiB)",
+                midr=0x410FD034,
+                features=_PI_FEATURES,
+                bogomips="38.40",
+                model="Raspberry Pi 3 Model B Rev 1.2",
+                revision="a02082",
+                max_mhz=1200,
+                min_mhz=600,
+                caches=(
+                    CacheLevel(1, "Data", 32, False),
+                    CacheLevel(1, "Instruction", 32, False),
+                    CacheLevel(2, "Unified", 512, True),
+                ),
+            ),
+            Profile(
+                name="rpi4",
+                arch="aarch64",
+                cpu="cortex-a72",
+                cores=4,
+                memory_mb=4096,
+                default_threads=4,
+                description="Raspberry Pi 4 B: 4x Cortex-A72 (BCM2711), 4 GiB",
+                midr=0x410FD083,
+                features=_PI_FEATURES,
+                bogomips="108.00",
+                model="Raspberry Pi 4 Model B Rev 1.4",
+                revision="c03114",
+                max_mhz=1800,
+                min_mhz=600,
+                caches=(
+                    CacheLevel(1, "Data", 32, False),
+                    CacheLevel(1, "Instruction", 48, False),
+                    CacheLevel(2, "Unified", 1024, True),
+                ),
+            ),
+            Profile(
+                name="rpi5",
+                arch="aarch64",
+                cpu="cortex-a76",
+                cores=4,
+                memory_mb=8192,
+                default_threads=4,
+                description="Raspberry Pi 5: 4x Cortex-A76 (BCM2712), 8 GiB",
+                midr=0x414FD0B1,
+                features="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid "
+                "asimdrdm lrcpc dcpop asimddp",
+                bogomips="108.00",
+                model="Raspberry Pi 5 Model B Rev 1.0",
+                revision="d04170",
+                max_mhz=2400,
+                min_mhz=1500,
+                caches=(
+                    CacheLevel(1, "Data", 64, False),
+                    CacheLevel(1, "Instruction", 64, False),
+                    CacheLevel(2, "Unified", 512, False),
+                    CacheLevel(3, "Unified", 2048, True),
+                ),
+            ),
+            Profile(
+                name="x86",
+                arch="x86_64",
+                cpu=None,
+                cores=os.cpu_count() or 1,
+                memory_mb=_host_memory_mb(),
+                default_threads=os.cpu_count() or 1,
+                description="the local x86-64 host, run natively",
+            ),
+        )
+    }
+)
 
 
 def get_profile(name: str) -> Profile:
@@ -113,5 +155,4 @@ def get_profile(name: str) -> Profile:
     except KeyError:
         close = difflib.get_close_matches(name, PROFILES, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"unknown device {name!r}{hint} (known: {', '.join(PROFILES)})") from None
+        raise ValueError(f"unknown device {name!r}{hint} (known: {', '.join(PROFILES)})") from None

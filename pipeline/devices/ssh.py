@@ -46,6 +46,7 @@ print(d)
 _PROBE = "import platform, sys; print(platform.machine(), platform.python_version())"
 # What is installed, from package metadata (no import: fast, even under qemu).
 
+
 def _ssh_opt_path(path: Path) -> str:
     """A path as an ssh -o value: ssh expands %-tokens and splits on spaces unless quoted."""
     text = str(Path(path).expanduser().absolute())
@@ -55,11 +56,24 @@ def _ssh_opt_path(path: Path) -> str:
 
 
 def ssh_columns():
-    return [("target", "target"), ("device", "device"), ("threads", "thr"), ("status", "status"),
-            ("runtime", "runtime"), ("delegate", "delegate"), ("load_ms", "load ms"),
-            ("first_inference_ms", "first ms"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
-            ("throughput_per_s", "per s"), ("peak_rss_mb", "rss MB"), ("runs", "runs"),
-            ("max_abs_diff_vs_x86", "max|diff| vs x86"), ("top1_agreement_vs_x86", "top-1 vs x86")]
+    return [
+        ("target", "target"),
+        ("device", "device"),
+        ("threads", "thr"),
+        ("status", "status"),
+        ("runtime", "runtime"),
+        ("delegate", "delegate"),
+        ("load_ms", "load ms"),
+        ("first_inference_ms", "first ms"),
+        ("p50_ms", "p50 ms"),
+        ("p90_ms", "p90 ms"),
+        ("p99_ms", "p99 ms"),
+        ("throughput_per_s", "per s"),
+        ("peak_rss_mb", "rss MB"),
+        ("runs", "runs"),
+        ("max_abs_diff_vs_x86", "max|diff| vs x86"),
+        ("top1_agreement_vs_x86", "top-1 vs x86"),
+    ]
 
 
 class SSHDevice:
@@ -67,31 +81,71 @@ class SSHDevice:
 
     emulated = False
 
-    def __init__(self, spec: str, known_hosts: Path | None = None, identity: Path | None = None, keep: bool = False,
-                 probe: bool = True, **_options):
+    def __init__(
+        self,
+        spec: str,
+        known_hosts: Path | None = None,
+        identity: Path | None = None,
+        keep: bool = False,
+        probe: bool = True,
+        **_options,
+    ):
         parts = urlsplit(spec)
         try:
             port = parts.port
         except ValueError:
             port = -1
         host, user = parts.hostname or "", parts.username
-        if (parts.scheme != "ssh" or not host or not _HOST.match(host) or port in (-1, 0) or parts.password
-                or (user is not None and not _USER.match(user)) or parts.path not in ("", "/") or parts.query
-                or parts.fragment):
-            raise UsageError(f"device '{spec}' is not ssh://[user@]host[:port] (a host name or address, "
-                             "a user name of letters, digits, '.', '_', '-')")
+        if (
+            parts.scheme != "ssh"
+            or not host
+            or not _HOST.match(host)
+            or port in (-1, 0)
+            or parts.password
+            or (user is not None and not _USER.match(user))
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise UsageError(
+                f"device '{spec}' is not ssh://[user@]host[:port] (a host name or address, "
+                "a user name of letters, digits, '.', '_', '-')"
+            )
         self.host, self.user, self.port, self.keep = host, user, port, keep
-        self.name = "ssh://" + (f"{user}@" if user else "") + (f"[{host}]" if ":" in host else host) + (
-            f":{port}" if port else "")
-        self.options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "UpdateHostKeys=no",
-                        "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT}", "-o", "ServerAliveInterval=15",
-                        "-o", "ServerAliveCountMax=4", "-o", "LogLevel=ERROR", "-o", "RequestTTY=no"]
+        self.name = (
+            "ssh://"
+            + (f"{user}@" if user else "")
+            + (f"[{host}]" if ":" in host else host)
+            + (f":{port}" if port else "")
+        )
+        self.options = [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "UpdateHostKeys=no",
+            "-o",
+            f"ConnectTimeout={SSH_CONNECT_TIMEOUT}",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "RequestTTY=no",
+        ]
         self.known_hosts = known_hosts
         if known_hosts is not None:
             if not Path(known_hosts).expanduser().is_file():
                 raise UsageError(f"--known-hosts {known_hosts}: no such file")
-            self.options += ["-o", f"UserKnownHostsFile={_ssh_opt_path(known_hosts)}",
-                             "-o", "GlobalKnownHostsFile=/dev/null"]
+            self.options += [
+                "-o",
+                f"UserKnownHostsFile={_ssh_opt_path(known_hosts)}",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+            ]
         if identity is not None:
             if not Path(identity).expanduser().is_file():
                 raise UsageError(f"--identity {identity}: no such file")
@@ -113,8 +167,12 @@ class SSHDevice:
         if shutil.which("ssh") is None:
             raise DeviceError("ssh:// devices need the OpenSSH client (`ssh`) on this machine")
         try:
-            proc = subprocess.run(self.command(words, raw), stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                                  capture_output=True, timeout=timeout)
+            proc = subprocess.run(
+                self.command(words, raw),
+                stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             raise DeviceError(f"{self.name}: {step or 'ssh'} timed out after {timeout:.0f} s") from None
         if proc.returncode == 255:
@@ -127,12 +185,16 @@ class SSHDevice:
         where = f"{self.host}:{self.port or 22}"
         kh = self.known_hosts or "~/.ssh/known_hosts"
         if "Host key verification failed" in stderr or "HOST IDENTIFICATION HAS CHANGED" in stderr:
-            return (f"{self.name}: host key verification failed: the key {where} presented is not the one for it "
-                    f"in {kh} (or there is none); nothing was run. Check the board's fingerprint, then add it: "
-                    f"ssh-keyscan -p {self.port or 22} {self.host} >> {kh}")
+            return (
+                f"{self.name}: host key verification failed: the key {where} presented is not the one for it "
+                f"in {kh} (or there is none); nothing was run. Check the board's fingerprint, then add it: "
+                f"ssh-keyscan -p {self.port or 22} {self.host} >> {kh}"
+            )
         if "Permission denied" in stderr:
-            return (f"{self.name}: the board refused every key ({last}); only key authentication is used: "
-                    "pass --identity FILE or load the key into ssh-agent")
+            return (
+                f"{self.name}: the board refused every key ({last}); only key authentication is used: "
+                "pass --identity FILE or load the key into ssh-agent"
+            )
         return f"{self.name}: cannot connect: {last}"
 
     def probe(self) -> tuple[str, str]:
@@ -143,8 +205,10 @@ class SSHDevice:
             err = proc.stderr.decode(errors="replace").strip().splitlines()
             why = err[-1] if err else f"exit status {proc.returncode}"
             if proc.returncode == 127:
-                why = ("python3 is not on the board's PATH: install python3 and numpy there, or use the native "
-                       "runner, which needs no Python (--harness native)")
+                why = (
+                    "python3 is not on the board's PATH: install python3 and numpy there, or use the native "
+                    "runner, which needs no Python (--harness native)"
+                )
             raise DeviceError(f"{self.name}: cannot run python3 on the board: {why}")
         self.arch, self.python = words[-2], words[-1]
         return self.arch, self.python
@@ -164,13 +228,16 @@ class SSHDevice:
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
         with open(bundle, "rb") as stdin:
-            proc = self._ssh(["python3", "-c", _UPLOAD], timeout + bundle.stat().st_size / 1e6, stdin=stdin,
-                             step="copying files")
+            proc = self._ssh(
+                ["python3", "-c", _UPLOAD], timeout + bundle.stat().st_size / 1e6, stdin=stdin, step="copying files"
+            )
         remote = proc.stdout.decode(errors="replace").strip().splitlines()
         if proc.returncode != 0 or not remote or not remote[-1].startswith("/"):
             err = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise DeviceError(f"{self.name}: copying files to the board failed: "
-                              f"{err[-1] if err else f'exit status {proc.returncode}'}")
+            raise DeviceError(
+                f"{self.name}: copying files to the board failed: "
+                f"{err[-1] if err else f'exit status {proc.returncode}'}"
+            )
         return remote[-1]
 
     def _remove(self, remote: str) -> None:
@@ -191,8 +258,12 @@ class SSHDevice:
                 files.update({f"model/{p.name}": p for p in artifact_files(model)})
                 files[f"inputs/{x.name}"] = x
                 remote = self._upload(files, folder, SSH_STEP_TIMEOUT)
-                argv = ["python3", f"runner/{runner_path.name}", f"model/{model.name}",
-                        *request.argv(f"inputs/{x.name}", "outputs.npz")]
+                argv = [
+                    "python3",
+                    f"runner/{runner_path.name}",
+                    f"model/{model.name}",
+                    *request.argv(f"inputs/{x.name}", "outputs.npz"),
+                ]
                 res = missing_runtime(self._run_remote(remote, argv, request.timeout))
                 fields = {"emulated": False, "loads": "yes" if "load_ms" in res else f"no: {res.get('error', '?')}"}
                 if res.get("ok"):
@@ -217,8 +288,10 @@ class SSHDevice:
         cmd = shlex.join(argv)
         limit = max(1, int(timeout))
         # coreutils `timeout` on the board stops a hung runtime there too; without it, only our ssh is killed.
-        raw = (f"cd {shlex.quote(remote)} && if command -v timeout >/dev/null 2>&1; "
-               f"then exec timeout -k 10 {limit} {cmd}; else exec {cmd}; fi")
+        raw = (
+            f"cd {shlex.quote(remote)} && if command -v timeout >/dev/null 2>&1; "
+            f"then exec timeout -k 10 {limit} {cmd}; else exec {cmd}; fi"
+        )
         try:
             proc = self._ssh([], timeout + 30, raw=raw, step="running")
         except DeviceError as e:
@@ -230,15 +303,21 @@ class SSHDevice:
         if proc.returncode == 124:
             return {"ok": False, "error": f"timed out on the board after {limit} s (runtime hung), killed"}
         tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
-        why = (f"runtime crashed with signal {proc.returncode - 128}" if proc.returncode > 128
-               else f"runner exited {proc.returncode} without a result")
+        why = (
+            f"runtime crashed with signal {proc.returncode - 128}"
+            if proc.returncode > 128
+            else f"runner exited {proc.returncode} without a result"
+        )
         return {"ok": False, "error": why + (f": {tail[0][:300]}" if tail else "")}
 
     @staticmethod
     def _summary(res: dict, f: dict) -> str:
         lat = res.get("latency") or {}
-        parts = [f"p50 {lat['p50_ms']:.4g} ms over {lat['runs']} runs" if lat.get("p50_ms") is not None
-                 else f"loads {f.get('loads')}"]
+        parts = [
+            f"p50 {lat['p50_ms']:.4g} ms over {lat['runs']} runs"
+            if lat.get("p50_ms") is not None
+            else f"loads {f.get('loads')}"
+        ]
         parts += vs_x86(f)
         if f.get("board_dir"):
             parts.append(f"files kept on the board in {f['board_dir']}")
@@ -247,7 +326,9 @@ class SSHDevice:
     def conditions_line(self, rows: list[dict], timing) -> str:
         ok = [r for r in rows if r["status"] == "ok"]
         r = ok[0] if ok else {}
-        return (f"conditions: {self.name}: {r.get('cpu', '?')} ({r.get('cpus_available', '?')} CPUs, load "
-                f"{r.get('loadavg_1m', '?')}), {r.get('os', '?')} {self.arch}, Python {self.python}; batch 1; "
-                f"{timing.warmup} warm-up runs, then >= {timing.runs} runs and >= {timing.min_seconds:g} s per "
-                f"row; latencies in ms, measured on the board; agreement: same samples on x86")
+        return (
+            f"conditions: {self.name}: {r.get('cpu', '?')} ({r.get('cpus_available', '?')} CPUs, load "
+            f"{r.get('loadavg_1m', '?')}), {r.get('os', '?')} {self.arch}, Python {self.python}; batch 1; "
+            f"{timing.warmup} warm-up runs, then >= {timing.runs} runs and >= {timing.min_seconds:g} s per "
+            f"row; latencies in ms, measured on the board; agreement: same samples on x86"
+        )

@@ -28,10 +28,23 @@ def arm_check(device, target, art: dict, path: Path, inputs: Path, build, timeou
 
     res = device.run(RunRequest(target.runner_path, path, inputs, limit=ARM_CHECK_SAMPLES, timeout=timeout))
     f = res.get("device_fields") or {}
-    check = {"device": device.name, "arch": getattr(device, "arch", None) or "aarch64",
-             "runtime": f"{res.get('runtime')} {res.get('runtime_version')}", "loads": f.get("loads") == "yes",
-             **{k: f.get(k) for k in ("max_abs_diff_vs_x86", "top1_agreement_vs_x86", "cosine_vs_x86",
-                                      "agreement_samples", "tflite_runtime_2_14") if f.get(k) is not None}}
+    check = {
+        "device": device.name,
+        "arch": getattr(device, "arch", None) or "aarch64",
+        "runtime": f"{res.get('runtime')} {res.get('runtime_version')}",
+        "loads": f.get("loads") == "yes",
+        **{
+            k: f.get(k)
+            for k in (
+                "max_abs_diff_vs_x86",
+                "top1_agreement_vs_x86",
+                "cosine_vs_x86",
+                "agreement_samples",
+                "tflite_runtime_2_14",
+            )
+            if f.get(k) is not None
+        },
+    }
     if getattr(device, "emulated", False):
         check["cpu"] = device.profile.cpu
     reasons = []
@@ -64,8 +77,7 @@ def record_arm_checks(out: Path, model_name: str, checks: dict[str, dict]) -> No
         for a in m.get("artifacts", []):
             for check in checks.get(a["target"], []):
                 if check.get("sha256") == a.get("sha256"):
-                    a.setdefault("arm_check", {})[check["device"]] = {k: v for k, v in check.items()
-                                                                      if k != "sha256"}
+                    a.setdefault("arm_check", {})[check["device"]] = {k: v for k, v in check.items() if k != "sha256"}
         atomic_write_json(path, m)
 
 
@@ -85,15 +97,26 @@ def verify_on(devices: list, cfg, out: Path, rows: list[dict], inputs: Path, log
                 continue
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:  # the samples in the artifact's own input layout
-                check = arm_check(device, TARGETS[a["target"]], a, path, artifact_inputs(inputs, a, Path(tmp)), cfg.build)
+                check = arm_check(
+                    device, TARGETS[a["target"]], a, path, artifact_inputs(inputs, a, Path(tmp)), cfg.build
+                )
             checks.setdefault(a["target"], []).append(check)
             table.append({"target": a["target"], **check})
-            log(f"verify-on {a['target']:<16} {device.name}: {check['status']}"
-                f"{': ' + check['reason'] if check.get('reason') else ''} ({time.perf_counter() - t0:.1f} s)")
+            log(
+                f"verify-on {a['target']:<16} {device.name}: {check['status']}"
+                f"{': ' + check['reason'] if check.get('reason') else ''} ({time.perf_counter() - t0:.1f} s)"
+            )
     record_arm_checks(out, cfg.name, checks)
     return table
 
 
-TABLE_COLUMNS = [("target", "target"), ("device", "device"), ("status", "arm check"), ("runtime", "runtime"),
-                 ("max_abs_diff_vs_x86", "max|diff| vs x86"), ("top1_agreement_vs_x86", "top-1 vs x86"),
-                 ("agreement_samples", "samples"), ("tflite_runtime_2_14", "tflite-runtime 2.14 aarch64")]
+TABLE_COLUMNS = [
+    ("target", "target"),
+    ("device", "device"),
+    ("status", "arm check"),
+    ("runtime", "runtime"),
+    ("max_abs_diff_vs_x86", "max|diff| vs x86"),
+    ("top1_agreement_vs_x86", "top-1 vs x86"),
+    ("agreement_samples", "samples"),
+    ("tflite_runtime_2_14", "tflite-runtime 2.14 aarch64"),
+]

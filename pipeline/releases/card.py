@@ -5,30 +5,56 @@ from __future__ import annotations
 from pipeline.releases import FLOAT_ATOL
 from pipeline.stages import STAGES
 
-BENCH_COLUMNS = [("target", "target"), ("device", "device"), ("runtime", "runtime"), ("runtime_version", "version"),
-                 ("delegate", "delegate"), ("threads", "threads"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"),
-                 ("p99_ms", "p99 ms"), ("load_ms", "load ms"), ("peak_rss_mb", "peak RSS MB"), ("cpu", "cpu")]
+BENCH_COLUMNS = [
+    ("target", "target"),
+    ("device", "device"),
+    ("runtime", "runtime"),
+    ("runtime_version", "version"),
+    ("delegate", "delegate"),
+    ("threads", "threads"),
+    ("p50_ms", "p50 ms"),
+    ("p90_ms", "p90 ms"),
+    ("p99_ms", "p99 ms"),
+    ("load_ms", "load ms"),
+    ("peak_rss_mb", "peak RSS MB"),
+    ("cpu", "cpu"),
+]
 
 
 def benchmarks_md(m: dict) -> str:
     bench = m["release"]["benchmarks"]
     head = f"# Benchmarks: {m['model']} {m['release']['version']}\n\n"
     if not bench:
-        return (head + "Not benchmarked: this release was made without bench results "
-                "(`python -m pipeline bench --json FILE`, then `release --bench FILE`).\n")
+        return (
+            head + "Not benchmarked: this release was made without bench results "
+            "(`python -m pipeline bench --json FILE`, then `release --bench FILE`).\n"
+        )
     cols = [c for c in BENCH_COLUMNS if any(r.get(c[0]) is not None for r in bench)]
     width = 40
     top = max(r["p50_ms"] for r in bench)
-    label = lambda r: f"{r['target']} {r.get('device', '?')} {r.get('threads', '?')}t"  # noqa: E731
+    label = lambda r: f"{r['target']} {r.get('device', '?')} {r.get('threads', '?')}t"
     pad = max(len(label(r)) for r in bench)
-    bars = "\n".join(f"{label(r):<{pad}}  {'#' * max(1, round(width * r['p50_ms'] / top)):<{width}}  "
-                     f"{r['p50_ms']:.4g} ms" for r in bench)
-    conditions = sorted({f"{r.get('device', '?')}: {r.get('cpu', '?')}, {r.get('os', '?')} {r.get('arch', '')}, "
-                         f"Python {r.get('python', '?')}" for r in bench})
-    return (head + "Median (p50) latency of one inference, batch 1, as measured by `python -m pipeline bench` "
-            "(shorter is faster):\n\n```\n" + bars + "\n```\n\n" + md_table(bench, cols) + "\n\nConditions:\n\n"
-            + "".join(f"- {c}\n" for c in conditions)
-            + "\nLatency holds only for these conditions; an emulated device's wall time is not device latency.\n")
+    bars = "\n".join(
+        f"{label(r):<{pad}}  {'#' * max(1, round(width * r['p50_ms'] / top)):<{width}}  {r['p50_ms']:.4g} ms"
+        for r in bench
+    )
+    conditions = sorted(
+        {
+            f"{r.get('device', '?')}: {r.get('cpu', '?')}, {r.get('os', '?')} {r.get('arch', '')}, "
+            f"Python {r.get('python', '?')}"
+            for r in bench
+        }
+    )
+    return (
+        head + "Median (p50) latency of one inference, batch 1, as measured by `python -m pipeline bench` "
+        "(shorter is faster):\n\n```\n"
+        + bars
+        + "\n```\n\n"
+        + md_table(bench, cols)
+        + "\n\nConditions:\n\n"
+        + "".join(f"- {c}\n" for c in conditions)
+        + "\nLatency holds only for these conditions; an emulated device's wall time is not device latency.\n"
+    )
 
 
 # -- the model card ------------------------------------------------------------------------------
@@ -42,12 +68,22 @@ def _step_order(name: str):
     return (order.index(name) if name in order else len(order), name)
 
 
-ARTIFACT_COLUMNS = [("target", "target"), ("quantization", "quantization"), ("bytes", "bytes"),
-                    ("gzip_bytes", "gzip"), ("sparsity", "sparsity"), ("accuracy", "accuracy"),
-                    ("reference_accuracy", "original acc"), ("top1_agreement", "agreement vs original"),
-                    ("max_abs_diff", "max abs diff vs original"), ("input_layout", "input layout"), ("input", "input"),
-                    ("output", "output"), ("run_with", "run with"),
-                    ("runtime", "verified in")]
+ARTIFACT_COLUMNS = [
+    ("target", "target"),
+    ("quantization", "quantization"),
+    ("bytes", "bytes"),
+    ("gzip_bytes", "gzip"),
+    ("sparsity", "sparsity"),
+    ("accuracy", "accuracy"),
+    ("reference_accuracy", "original acc"),
+    ("top1_agreement", "agreement vs original"),
+    ("max_abs_diff", "max abs diff vs original"),
+    ("input_layout", "input layout"),
+    ("input", "input"),
+    ("output", "output"),
+    ("run_with", "run with"),
+    ("runtime", "verified in"),
+]
 
 
 def model_card(m: dict) -> str:
@@ -65,7 +101,8 @@ def model_card(m: dict) -> str:
         "",
         f"- Settings: {_settings(cfg.get('model', {}))}",
         f"- Input: {d.get('input_shape', '?')} per sample, preprocessed as: {_settings(m['preprocessing'])}",
-        "- Output: " + (f"{len(m['labels'])} class scores: {', '.join(m['labels'])}" if m["labels"] else "unlabelled")
+        "- Output: "
+        + (f"{len(m['labels'])} class scores: {', '.join(m['labels'])}" if m["labels"] else "unlabelled")
         + " (each target's I/O types below)",
         "",
         "## Data",
@@ -77,16 +114,33 @@ def model_card(m: dict) -> str:
         "Every figure is measured against the original model (the model as brought, or the trained built-in "
         "one) on the held-out split: accuracy with labels, else top-1 agreement and cosine similarity.",
         "",
-        md_table(_stage_rows(m), [("step", "step"), ("what", "what"), ("settings", "settings"),
-                                  ("result", "result"), ("vs_original", "vs the original model")]),
+        md_table(
+            _stage_rows(m),
+            [
+                ("step", "step"),
+                ("what", "what"),
+                ("settings", "settings"),
+                ("result", "result"),
+                ("vs_original", "vs the original model"),
+            ],
+        ),
         "",
         _gate_line(cfg.get("build", {}), m["preprocessing"].get("labelled")),
         "",
         "## Artifacts",
         "",
-        md_table([{**a, "input": _io(a.get("inputs")), "output": _io(a.get("outputs")),
-                   "run_with": ", ".join(f"{k}={v}" for k, v in (a.get("run_config") or {}).items()) or None}
-                  for a in shipped], ARTIFACT_COLUMNS),
+        md_table(
+            [
+                {
+                    **a,
+                    "input": _io(a.get("inputs")),
+                    "output": _io(a.get("outputs")),
+                    "run_with": ", ".join(f"{k}={v}" for k, v in (a.get("run_config") or {}).items()) or None,
+                }
+                for a in shipped
+            ],
+            ARTIFACT_COLUMNS,
+        ),
         "",
         "Accuracy and agreement (top-1) against the original model on the held-out split, in the runtime named.",
         *_run_config_notes(shipped),
@@ -96,8 +150,11 @@ def model_card(m: dict) -> str:
     ]
     bench = rel["benchmarks"]
     if bench:
-        lines += [md_table(bench, [c for c in BENCH_COLUMNS if any(r.get(c[0]) is not None for r in bench)]),
-                  "", "Batch 1; details and conditions in BENCHMARKS.md."]
+        lines += [
+            md_table(bench, [c for c in BENCH_COLUMNS if any(r.get(c[0]) is not None for r in bench)]),
+            "",
+            "Batch 1; details and conditions in BENCHMARKS.md.",
+        ]
     else:
         lines.append("Not benchmarked.")
     runtimes = sorted({a.get("runtime", "?") for a in shipped})
@@ -117,8 +174,10 @@ def model_card(m: dict) -> str:
     ]
     fell = [f"{name}: {f}" for name, s in stages.items() for f in s.get("fallbacks", [])]
     fell += [f"{a['target']}: {f}" for a in shipped for f in a.get("fallbacks", [])]
-    fell += [f"{e['target']} not released ({e['status'].replace('_', ' ')}: {e['reason']}; --allow-failed)"
-             for e in rel["excluded"]]
+    fell += [
+        f"{e['target']} not released ({e['status'].replace('_', ' ')}: {e['reason']}; --allow-failed)"
+        for e in rel["excluded"]
+    ]
     lines += [f"- {f}" for f in fell] or ["Nothing: every step ran as configured and every requested target shipped."]
     return "\n".join(lines) + "\n"
 
@@ -128,18 +187,29 @@ def _data_line(m: dict) -> str:
     n = p.get("samples", {})
     split = ", ".join(f"{v} {k}" for k, v in n.items()) if n else "?"
     how = {k: p[k] for k in ("resize", "channels", "scale", "mean", "std") if k in p}
-    return (f"{p.get('source', '?')}, {'labelled' if p.get('labelled') else 'without labels'}: {split} samples "
-            f"(validation carved from the training samples, never trained on; test held out); "
-            f"{p.get('calibration_samples', '?')} training samples calibrated quantization; "
-            f"preprocessing: {_settings(how)}; input shape {p.get('input_shape', '?')}.")
+    return (
+        f"{p.get('source', '?')}, {'labelled' if p.get('labelled') else 'without labels'}: {split} samples "
+        f"(validation carved from the training samples, never trained on; test held out); "
+        f"{p.get('calibration_samples', '?')} training samples calibrated quantization; "
+        f"preprocessing: {_settings(how)}; input shape {p.get('input_shape', '?')}."
+    )
 
 
 # The prune settings each method reads: a card shows no setting of a method that did not run.
-PRUNE_KEYS = {"unstructured": ("sparsity", "epochs", "learning_rate"),
-              "block": ("sparsity", "block_size", "block_m_by_n", "epochs", "learning_rate"),
-              "channels": ("channels_fraction", "channels_target", "channels_criterion", "channels_residual",
-                           "channels_multiple", "epochs", "learning_rate"),
-              "none": ()}
+PRUNE_KEYS = {
+    "unstructured": ("sparsity", "epochs", "learning_rate"),
+    "block": ("sparsity", "block_size", "block_m_by_n", "epochs", "learning_rate"),
+    "channels": (
+        "channels_fraction",
+        "channels_target",
+        "channels_criterion",
+        "channels_residual",
+        "channels_multiple",
+        "epochs",
+        "learning_rate",
+    ),
+    "none": (),
+}
 
 
 def _stage_rows(m: dict) -> list[dict]:
@@ -158,9 +228,15 @@ def _stage_rows(m: dict) -> list[dict]:
         elif name == "train" and (cfg.get("model", {}).get("path")):
             settings = {k: v for k, v in cfg.get("model", {}).items() if k in ("path", "fine_tune_epochs")}
         result = {k: st[k] for k in STEP_RESULTS if k in st}
-        rows.append({"step": name, "what": STAGES[name].about if name in STAGES else "",
-                     "settings": _settings(settings), "result": _settings(result, "-"),
-                     "vs_original": _vs_original(st, name, original)})
+        rows.append(
+            {
+                "step": name,
+                "what": STAGES[name].about if name in STAGES else "",
+                "settings": _settings(settings),
+                "result": _settings(result, "-"),
+                "vs_original": _vs_original(st, name, original),
+            }
+        )
     return rows
 
 
@@ -180,11 +256,15 @@ def _vs_original(st: dict, name: str, original: float | None) -> str:
 
 def _gate_line(build: dict, labelled: bool) -> str:
     if labelled:
-        return (f"Gate: the pruned model, the QAT model and every artifact may lose at most "
-                f"{build.get('max_accuracy_drop', '?')} accuracy points against the original model.")
-    return (f"Gate: the pruned model, the QAT model and every artifact must agree with the original model on at "
-            f"least {build.get('min_agreement', '?')} of the held-out samples (top-1; cosine similarity "
-            f"{build.get('min_cosine', '?')} for other outputs).")
+        return (
+            f"Gate: the pruned model, the QAT model and every artifact may lose at most "
+            f"{build.get('max_accuracy_drop', '?')} accuracy points against the original model."
+        )
+    return (
+        f"Gate: the pruned model, the QAT model and every artifact must agree with the original model on at "
+        f"least {build.get('min_agreement', '?')} of the held-out samples (top-1; cosine similarity "
+        f"{build.get('min_cosine', '?')} for other outputs)."
+    )
 
 
 def _settings(d: dict, empty: str = "defaults") -> str:
@@ -200,16 +280,22 @@ def _run_config_notes(shipped: list[dict]) -> list[str]:
             continue
         need = ", ".join(f"`{k}={v}`" for k, v in a["run_config"].items())
         d = a.get("runtime_default") or {}
-        seen = (f"; with the runtime's default ({d.get('precision')} on the build machine's CPU) it differed from "
-                f"the float model by up to {d['max_abs_diff']:.2g} (against {a.get('max_abs_diff', 0):.2g})"
-                if "max_abs_diff" in d else "")
+        seen = (
+            f"; with the runtime's default ({d.get('precision')} on the build machine's CPU) it differed from "
+            f"the float model by up to {d['max_abs_diff']:.2g} (against {a.get('max_abs_diff', 0):.2g})"
+            if "max_abs_diff" in d
+            else ""
+        )
         notes.append(f"- `{a['target']}` must be compiled with {need}{seen}.")
     return ["", *notes] if notes else []
 
 
 def _io(specs) -> str:
-    return "; ".join(f"{s.get('name', '')} {s['dtype']} {s['shape']}".strip() + (f" (scale {s['scale']:.6g}, zero point {s['zero_point']})"
-                                                     if s.get("scale") else "") for s in specs or [])
+    return "; ".join(
+        f"{s.get('name', '')} {s['dtype']} {s['shape']}".strip()
+        + (f" (scale {s['scale']:.6g}, zero point {s['zero_point']})" if s.get("scale") else "")
+        for s in specs or []
+    )
 
 
 def _cell(v) -> str:
@@ -226,4 +312,3 @@ def md_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     out = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     out += ["| " + " | ".join(_cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join(out)
-

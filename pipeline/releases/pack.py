@@ -31,8 +31,17 @@ VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+(?:[-+][0-9A-Za-z.-]+)?$")
 RELEASE_JSON = "release.json"
 
 
-def make_release(manifest: dict, out: Path, targets, version: str, dist: Path, bench: list[dict] | None,
-                 allowed: set[str], force: bool = False, bundles=()) -> tuple[Path, list[dict], list[dict]]:
+def make_release(
+    manifest: dict,
+    out: Path,
+    targets,
+    version: str,
+    dist: Path,
+    bench: list[dict] | None,
+    allowed: set[str],
+    force: bool = False,
+    bundles=(),
+) -> tuple[Path, list[dict], list[dict]]:
     """Write DIST/<model>-<version>/ from a build's manifest. Returns (folder, archives, excluded).
 
     `bench`: rows of `bench --json` (None: not benchmarked); given, it must measure a released target.
@@ -48,13 +57,13 @@ def make_release(manifest: dict, out: Path, targets, version: str, dist: Path, b
     ship, excluded = select(targets, rows, allowed)
     given, bench = bench is not None, [r for r in bench or [] if r.get("target") in {t.name for t in ship}]
     if given and not bench:
-        raise UsageError(f"the bench rows given have none for the targets released "
-                         f"({', '.join(t.name for t in ship)})")
+        raise UsageError(f"the bench rows given have none for the targets released ({', '.join(t.name for t in ship)})")
     name = f"{manifest['model']}-{version}"
     final = Path(dist) / name
     if final.exists() and not force:
-        raise UsageError(f"{final} exists: a published version is never replaced; use a new version, "
-                         f"or --force to replace it")
+        raise UsageError(
+            f"{final} exists: a published version is never replaced; use a new version, or --force to replace it"
+        )
     tmp = Path(dist) / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -76,6 +85,7 @@ def source_date_epoch() -> int:
 
 
 # -- the build -------------------------------------------------------------------------------------
+
 
 def usable(manifest: dict | None, out: Path, targets):
     """The data stage's cache entry if the manifest covers every target with files that match it, else None."""
@@ -121,8 +131,11 @@ def _failure(row: dict) -> dict | None:
         return {"target": row["target"], "status": row["status"], "reason": row.get("reason", "")}
     bad = {d: c for d, c in (row.get("arm_check") or {}).items() if c.get("status") != "ok"}
     if bad:
-        return {"target": row["target"], "status": "failed_arm_check",
-                "reason": "; ".join(f"on {d}: {c.get('reason') or c.get('status')}" for d, c in bad.items())}
+        return {
+            "target": row["target"],
+            "status": "failed_arm_check",
+            "reason": "; ".join(f"on {d}: {c.get('reason') or c.get('status')}" for d, c in bad.items()),
+        }
     return None
 
 
@@ -140,15 +153,21 @@ def tolerance(outputs: list[dict]) -> list[dict]:
     tol = []
     for i, o in enumerate(outputs):
         if "int" in str(o.get("dtype", "")) and o.get("scale"):
-            tol.append({"output": f"output_{i}", "max_abs_diff": INT_STEPS * o["scale"],
-                        "rule": f"one quantization step of the {o['dtype']} output (scale {o['scale']:.6g})"})
+            tol.append(
+                {
+                    "output": f"output_{i}",
+                    "max_abs_diff": INT_STEPS * o["scale"],
+                    "rule": f"one quantization step of the {o['dtype']} output (scale {o['scale']:.6g})",
+                }
+            )
         else:
             tol.append({"output": f"output_{i}", "max_abs_diff": FLOAT_ATOL, "rule": "float output, absolute"})
     return tol
 
 
-def package(target, row: dict, out: Path, data, manifest: dict, version: str, dist: Path, epoch: int,
-            bundles=()) -> dict:
+def package(
+    target, row: dict, out: Path, data, manifest: dict, version: str, dist: Path, epoch: int, bundles=()
+) -> dict:
     """Run the artifact on the test vectors in its runtime and write its archive into `dist`."""
     import json
     import tempfile
@@ -177,14 +196,16 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
         inputs.write_bytes(x_bytes)
         res = runner.run(target.runner_path, main, ["--inputs", inputs, "--outputs", outputs, "--threads", "1"])
         if not res["ok"]:
-            raise RunnerError(f"{target.name}: cannot make test vectors: "
-                              f"{res.get('runtime', 'runtime')}: {res['error']}")
+            raise RunnerError(
+                f"{target.name}: cannot make test vectors: {res.get('runtime', 'runtime')}: {res['error']}"
+            )
         with np.load(outputs, allow_pickle=False) as z:
             expected = {k: z[k] for k in sorted(z.files)}
     tol = tolerance(res.get("outputs") or [])
     if {t["output"] for t in tol} != set(expected):
-        raise RunnerError(f"{target.name}: the runner described outputs {[t['output'] for t in tol]} "
-                          f"but wrote {sorted(expected)}")
+        raise RunnerError(
+            f"{target.name}: the runner described outputs {[t['output'] for t in tol]} but wrote {sorted(expected)}"
+        )
     # Every array as .npy: an .npz is a zip whose entries carry the time it was written.
     files[vector_file] = x_bytes
     for k, v in expected.items():
@@ -192,21 +213,37 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
     files["labels.txt"] = "".join(f"{label}\n" for label in manifest["labels"]).encode()
     digests = {rel: sha256_file(src) if isinstance(src, Path) else _sha256(src) for rel, src in files.items()}
     meta = {
-        "model": manifest["model"], "model_version": manifest["model_version"], "release": version,
-        "config_hash": manifest["config_hash"], "target": target.name, "family": target.family,
-        "artifact": target.filename, "quantization": row["quantization"], "files": digests,
-        "inputs": row.get("inputs"), "outputs": row.get("outputs"), "preprocessing": manifest["preprocessing"],
-        "input_layout": row.get("input_layout"), "run_config": row.get("run_config") or {},
-        "runner": target.runner, "runtime": f"{res.get('runtime')} {res.get('runtime_version')}", "threads": 1,
-        "made_from": row.get("made_from"), "method": row.get("method"),
-        "versus_original_model": {k: row.get(k) for k in ("accuracy", "reference_accuracy", "top1_agreement",
-                                                          "cosine", "max_abs_diff") if row.get(k) is not None},
+        "model": manifest["model"],
+        "model_version": manifest["model_version"],
+        "release": version,
+        "config_hash": manifest["config_hash"],
+        "target": target.name,
+        "family": target.family,
+        "artifact": target.filename,
+        "quantization": row["quantization"],
+        "files": digests,
+        "inputs": row.get("inputs"),
+        "outputs": row.get("outputs"),
+        "preprocessing": manifest["preprocessing"],
+        "input_layout": row.get("input_layout"),
+        "run_config": row.get("run_config") or {},
+        "runner": target.runner,
+        "runtime": f"{res.get('runtime')} {res.get('runtime_version')}",
+        "threads": 1,
+        "made_from": row.get("made_from"),
+        "method": row.get("method"),
+        "versus_original_model": {
+            k: row.get(k)
+            for k in ("accuracy", "reference_accuracy", "top1_agreement", "cosine", "max_abs_diff")
+            if row.get(k) is not None
+        },
         "data": {k: manifest["preprocessing"].get(k) for k in ("source", "samples", "calibration_samples", "labelled")},
         "test_vectors": {
             "inputs": vector_file,
             "about": "float32 held-out samples, preprocessed, in the artifact's input layout (input_layout); the runner quantizes "
-                     "them for an integer input; outputs are float32 (integer outputs dequantized)",
-            "held_out_indices": idx, "true_labels": None if y is None else [int(v) for v in y[idx]],
+            "them for an integer input; outputs are float32 (integer outputs dequantized)",
+            "held_out_indices": idx,
+            "true_labels": None if y is None else [int(v) for v in y[idx]],
             "tolerance": tol,
         },
     }
@@ -214,10 +251,17 @@ def package(target, row: dict, out: Path, data, manifest: dict, version: str, di
     top = f"{manifest['model']}-{version}-{target.name}"
     archive = dist / f"{top}.tar.gz"
     write_archive(archive, top, files, epoch)
-    return {"target": target.name, "archive": archive.name, "bytes": archive.stat().st_size,
-            "sha256": sha256_file(archive), "vectors": len(idx), "runtime": meta["runtime"],
-            "files": sorted(files), "tolerance": meta["test_vectors"]["tolerance"],
-            "bundles": [write_bundle(target, files, meta, top, arch, dist, epoch) for arch in bundles]}
+    return {
+        "target": target.name,
+        "archive": archive.name,
+        "bytes": archive.stat().st_size,
+        "sha256": sha256_file(archive),
+        "vectors": len(idx),
+        "runtime": meta["runtime"],
+        "files": sorted(files),
+        "tolerance": meta["test_vectors"]["tolerance"],
+        "bundles": [write_bundle(target, files, meta, top, arch, dist, epoch) for arch in bundles],
+    }
 
 
 def write_bundle(target, files: dict, meta: dict, top: str, arch: str, dist: Path, epoch: int) -> dict:
@@ -232,18 +276,45 @@ def write_bundle(target, files: dict, meta: dict, top: str, arch: str, dist: Pat
     rt = native.runtime_for(target.runner)
     tol = ",".join(f"{t['max_abs_diff']:.9g}" for t in meta["test_vectors"]["tolerance"])
     argv = native.command(rt, arch, lib=f"lib/{native.library(rt, arch).name}", exe="./edge_bench") + [
-        target.filename, "--inputs", "test_vectors/inputs.npy", "--expect", "test_vectors", "--atol", tol, "--bench"]
-    run_sh = (f"#!/bin/sh\n# {target.name} on linux-{arch} with no Python: benchmark it, replay its test vectors\n"
-              "# (exit 0 only if every output is within tolerance); one JSON line. Extra options go to edge_bench\n"
-              "# (--threads N, --runs N, --min-seconds S, --outputs Y.npz). EDGE_BENCH_WRAPPER: e.g. qemu.\n"
-              'case $0 in */*) cd "${0%/*}" || exit 2;; esac\n'  # the bundle's folder, with no tool but sh
-              f'exec $EDGE_BENCH_WRAPPER {shlex.join(argv)} "$@"\n')
-    out = {**{k: v for k, v in files.items() if k != RELEASE_JSON}, **native.bundle_files(rt, arch),
-           "run.sh": run_sh.encode()}
+        target.filename,
+        "--inputs",
+        "test_vectors/inputs.npy",
+        "--expect",
+        "test_vectors",
+        "--atol",
+        tol,
+        "--bench",
+    ]
+    run_sh = (
+        f"#!/bin/sh\n# {target.name} on linux-{arch} with no Python: benchmark it, replay its test vectors\n"
+        "# (exit 0 only if every output is within tolerance); one JSON line. Extra options go to edge_bench\n"
+        "# (--threads N, --runs N, --min-seconds S, --outputs Y.npz). EDGE_BENCH_WRAPPER: e.g. qemu.\n"
+        'case $0 in */*) cd "${0%/*}" || exit 2;; esac\n'  # the bundle's folder, with no tool but sh
+        f'exec $EDGE_BENCH_WRAPPER {shlex.join(argv)} "$@"\n'
+    )
+    out = {
+        **{k: v for k, v in files.items() if k != RELEASE_JSON},
+        **native.bundle_files(rt, arch),
+        "run.sh": run_sh.encode(),
+    }
     digests = {rel: sha256_file(src) if isinstance(src, Path) else _sha256(src) for rel, src in out.items()}
-    out[RELEASE_JSON] = (json.dumps({**meta, "files": digests, "bundle": {
-        "arch": arch, "run": "sh run.sh", "runtime_library": f"lib/{native.library(rt, arch).name}",
-        "glibc": ".".join(map(str, native.BUNDLE_GLIBC[arch]))}}, indent=2, sort_keys=True) + "\n").encode()
+    out[RELEASE_JSON] = (
+        json.dumps(
+            {
+                **meta,
+                "files": digests,
+                "bundle": {
+                    "arch": arch,
+                    "run": "sh run.sh",
+                    "runtime_library": f"lib/{native.library(rt, arch).name}",
+                    "glibc": ".".join(map(str, native.BUNDLE_GLIBC[arch])),
+                },
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    ).encode()
     name = f"{top}-linux-{arch}"
     path = dist / f"{name}.tar.gz"
     write_archive(path, name, out, epoch, executables=("edge_bench", "run.sh"))
@@ -288,11 +359,14 @@ def write_archive(path: Path, top: str, files: dict, mtime: int, executables=())
     import tarfile
 
     dirs = {top} | {f"{top}/{parent}" for rel in files for parent in _parents(rel)}
-    entries = sorted([(d, None) for d in dirs] + [(f"{top}/{rel}", src) for rel, src in files.items()],
-                     key=lambda e: e[0])
-    with open(path, "wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    entries = sorted(
+        [(d, None) for d in dirs] + [(f"{top}/{rel}", src) for rel, src in files.items()], key=lambda e: e[0]
+    )
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for name, src in entries:
             info = tarfile.TarInfo(name)
             info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
@@ -301,7 +375,7 @@ def write_archive(path: Path, top: str, files: dict, mtime: int, executables=())
                 tar.addfile(info)
                 continue
             data = src.read_bytes() if isinstance(src, Path) else src
-            info.size, info.mode = len(data), 0o755 if name[len(top) + 1:] in executables else 0o644
+            info.size, info.mode = len(data), 0o755 if name[len(top) + 1 :] in executables else 0o644
             tar.addfile(info, io.BytesIO(data))
 
 
@@ -312,8 +386,16 @@ def _parents(rel: str) -> list[str]:
 
 # -- the release folder --------------------------------------------------------------------------
 
-def write_release_files(folder: Path, manifest: dict, version: str, epoch: int, archives: list[dict],
-                        excluded: list[dict], bench: list[dict]) -> None:
+
+def write_release_files(
+    folder: Path,
+    manifest: dict,
+    version: str,
+    epoch: int,
+    archives: list[dict],
+    excluded: list[dict],
+    bench: list[dict],
+) -> None:
     from pipeline.util import atomic_write_bytes, atomic_write_json
 
     shipped = {a["target"] for a in archives} | {e["target"] for e in excluded}
@@ -322,14 +404,19 @@ def write_release_files(folder: Path, manifest: dict, version: str, epoch: int, 
     manifest = {k: v for k, v in manifest.items() if k not in ("started", "finished")}
     manifest["stages"] = {n: {k: v for k, v in s.items() if k != "reused"} for n, s in manifest["stages"].items()}
     release = {
-        "version": version, "source_date_epoch": epoch,
-        "archives": {a["target"]: {**{k: a[k] for k in ("archive", "bytes", "sha256", "files", "vectors", "runtime",
-                                                        "tolerance")}, **({"bundles": a["bundles"]} if a["bundles"] else {})}
-                     for a in archives},
-        "excluded": excluded, "benchmarks": bench,
+        "version": version,
+        "source_date_epoch": epoch,
+        "archives": {
+            a["target"]: {
+                **{k: a[k] for k in ("archive", "bytes", "sha256", "files", "vectors", "runtime", "tolerance")},
+                **({"bundles": a["bundles"]} if a["bundles"] else {}),
+            }
+            for a in archives
+        },
+        "excluded": excluded,
+        "benchmarks": bench,
     }
-    full = {**manifest, "artifacts": [a for a in manifest["artifacts"] if a["target"] in shipped],
-            "release": release}
+    full = {**manifest, "artifacts": [a for a in manifest["artifacts"] if a["target"] in shipped], "release": release}
     atomic_write_json(folder / "manifest.json", full)
     atomic_write_bytes(folder / "MODEL_CARD.md", model_card(full).encode())
     atomic_write_bytes(folder / "BENCHMARKS.md", benchmarks_md(full).encode())
@@ -363,6 +450,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 
 # -- benchmarks ----------------------------------------------------------------------------------
+
 
 def load_bench(path: Path, model: str) -> list[dict]:
     """The successful rows of a `bench --json` file, for this model."""

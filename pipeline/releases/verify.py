@@ -34,11 +34,11 @@ def check(path: Path, timeout: float) -> list[dict]:
 
 
 def _row(check: str, file: str, ok: bool | None, detail: str) -> dict:
-    return {"check": check, "file": file, "result": {True: "ok", False: "FAIL", None: "skipped"}[ok],
-            "detail": detail}
+    return {"check": check, "file": file, "result": {True: "ok", False: "FAIL", None: "skipped"}[ok], "detail": detail}
 
 
 # -- the folder ----------------------------------------------------------------------------------
+
 
 def check_folder(folder: Path, timeout: float) -> list[dict]:
     from pipeline.util import sha256_file
@@ -64,8 +64,16 @@ def check_folder(folder: Path, timeout: float) -> list[dict]:
             rows.append(_row("sha256", name, False, "missing"))
         else:
             actual = sha256_file(p)
-            rows.append(_row("sha256", name, actual == digest, "matches SHA256SUMS" if actual == digest else
-                             f"sha256 {actual[:16]}... but SHA256SUMS says {digest[:16]}..."))
+            rows.append(
+                _row(
+                    "sha256",
+                    name,
+                    actual == digest,
+                    "matches SHA256SUMS"
+                    if actual == digest
+                    else f"sha256 {actual[:16]}... but SHA256SUMS says {digest[:16]}...",
+                )
+            )
     for p in sorted(folder.iterdir()):
         if p.name not in listed and p.name != "SHA256SUMS":
             rows.append(_row("sha256", p.name, False, "not listed in SHA256SUMS"))
@@ -115,6 +123,7 @@ def check_archive_alone(archive: Path, timeout: float) -> list[dict]:
 
 
 # -- one archive ---------------------------------------------------------------------------------
+
 
 def unsafe_member(members, top: str) -> str | None:
     """Why extracting these members is unsafe (naming the first bad one), or None."""
@@ -213,9 +222,19 @@ def replay(name: str, folder: Path, meta: dict, timeout: float) -> dict:
     tol = meta["test_vectors"]["tolerance"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "outputs.npz"
-        res = runner.run(RUNNERS / meta["runner"], folder / meta["artifact"],
-                         ["--inputs", folder / meta["test_vectors"]["inputs"], "--outputs", out,
-                          "--threads", str(meta.get("threads", 1))], timeout=timeout)
+        res = runner.run(
+            RUNNERS / meta["runner"],
+            folder / meta["artifact"],
+            [
+                "--inputs",
+                folder / meta["test_vectors"]["inputs"],
+                "--outputs",
+                out,
+                "--threads",
+                str(meta.get("threads", 1)),
+            ],
+            timeout=timeout,
+        )
         runtime = f"{res.get('runtime')} {res.get('runtime_version')}"
         if not res["ok"]:
             return _row("replay", name, False, f"{meta.get('target')} does not run: {runtime}: {res['error']}")
@@ -229,17 +248,30 @@ def replay(name: str, folder: Path, meta: dict, timeout: float) -> dict:
                 except (KeyError, ValueError, TypeError, OSError) as e:  # the archive's arrays: trust nothing
                     return _row("replay", name, False, f"{meta.get('target')}: {t['output']} cannot be compared: {e}")
                 if not same_shape:
-                    return _row("replay", name, False, f"{meta.get('target')}: {t['output']} has another shape "
-                                                       f"than test_vectors/{t['output']}.npy")
+                    return _row(
+                        "replay",
+                        name,
+                        False,
+                        f"{meta.get('target')}: {t['output']} has another shape than test_vectors/{t['output']}.npy",
+                    )
                 if not diff <= t["max_abs_diff"]:
-                    return _row("replay", name, False,
-                                f"{meta.get('target')}: test vector {t['output']} differs by {diff:.4g} > "
-                                f"{t['max_abs_diff']:.4g} ({t.get('rule', 'recorded tolerance')}) in {runtime}; "
-                                f"recorded in {meta.get('runtime')}")
+                    return _row(
+                        "replay",
+                        name,
+                        False,
+                        f"{meta.get('target')}: test vector {t['output']} differs by {diff:.4g} > "
+                        f"{t['max_abs_diff']:.4g} ({t.get('rule', 'recorded tolerance')}) in {runtime}; "
+                        f"recorded in {meta.get('runtime')}",
+                    )
                 worst.append(diff)
     n = res.get("predicted", "?")
-    return _row("replay", name, True, f"{meta.get('target')}: {n} vectors, max abs diff {max(worst):.3g} within "
-                                      f"tolerance, in {runtime} (recorded in {meta.get('runtime')})")
+    return _row(
+        "replay",
+        name,
+        True,
+        f"{meta.get('target')}: {n} vectors, max abs diff {max(worst):.3g} within "
+        f"tolerance, in {runtime} (recorded in {meta.get('runtime')})",
+    )
 
 
 def replay_bundle(name: str, folder: Path, meta: dict, timeout: float) -> dict:
@@ -261,22 +293,48 @@ def replay_bundle(name: str, folder: Path, meta: dict, timeout: float) -> dict:
     except native.NativeError as e:
         return _row("replay", name, None, f"not replayed here: {e}")
     if any(not (folder / rel).is_file() or sha256_file(folder / rel) != sha256_file(src) for rel, src in ours.items()):
-        return _row("replay", name, None, f"not replayed: its {arch} runner or libraries are not this checkout's "
-                                          "build; run its run.sh on the board")
+        return _row(
+            "replay",
+            name,
+            None,
+            f"not replayed: its {arch} runner or libraries are not this checkout's build; run its run.sh on the board",
+        )
     wrapper = []
     if arch != platform.machine():
         if not emulator.is_ready("rpi4"):
-            return _row("replay", name, None, f"not replayed: {arch} needs the emulated board "
-                                              "(python -m pipeline device setup emu:rpi4)")
+            return _row(
+                "replay",
+                name,
+                None,
+                f"not replayed: {arch} needs the emulated board (python -m pipeline device setup emu:rpi4)",
+            )
         wrapper = emulator.python_command("rpi4")[:-1]  # qemu with the board's sysroot, without its Python (no spaces)
-    res = runner.run_command(["env", f"EDGE_BENCH_WRAPPER={' '.join(wrapper)}", "sh", folder / "run.sh",
-                              "--runs", "3", "--min-seconds", "0", "--warmup", "1"], timeout)
+    res = runner.run_command(
+        [
+            "env",
+            f"EDGE_BENCH_WRAPPER={' '.join(wrapper)}",
+            "sh",
+            folder / "run.sh",
+            "--runs",
+            "3",
+            "--min-seconds",
+            "0",
+            "--warmup",
+            "1",
+        ],
+        timeout,
+    )
     vectors = res.get("test_vectors") or {}
     if not res.get("ok") or not vectors.get("ok"):
         return _row("replay", name, False, f"{meta.get('target')} on linux-{arch}: {res.get('error', 'no result')}")
-    return _row("replay", name, True, f"{meta.get('target')}: run.sh on linux-{arch}{' (emulated)' if wrapper else ''}: "
-                                      f"{vectors['vectors']} vectors, max abs diff {max(vectors['max_abs_diff']):.3g} "
-                                      f"within tolerance, in {res.get('runtime')} {res.get('runtime_version')} (native)")
+    return _row(
+        "replay",
+        name,
+        True,
+        f"{meta.get('target')}: run.sh on linux-{arch}{' (emulated)' if wrapper else ''}: "
+        f"{vectors['vectors']} vectors, max abs diff {max(vectors['max_abs_diff']):.3g} "
+        f"within tolerance, in {res.get('runtime')} {res.get('runtime_version')} (native)",
+    )
 
 
 def _unusable(meta: dict, runners: set[str]) -> str | None:
@@ -286,16 +344,26 @@ def _unusable(meta: dict, runners: set[str]) -> str | None:
     # Only a runner of this checkout, by name: release.json must not choose what code runs.
     if not isinstance(meta.get("runner"), str) or meta["runner"] not in runners:
         return f"names no runner of this checkout ({meta.get('runner')!r})"
-    if not isinstance(meta.get("artifact"), str) or meta["artifact"] not in files \
-            or not isinstance(meta.get("test_vectors"), dict) \
-            or meta["test_vectors"].get("inputs") not in ("test_vectors/inputs.npy", "test_vectors/inputs.npz") \
-            or meta["test_vectors"]["inputs"] not in files:
+    if (
+        not isinstance(meta.get("artifact"), str)
+        or meta["artifact"] not in files
+        or not isinstance(meta.get("test_vectors"), dict)
+        or meta["test_vectors"].get("inputs") not in ("test_vectors/inputs.npy", "test_vectors/inputs.npz")
+        or meta["test_vectors"]["inputs"] not in files
+    ):
         return "names an artifact or inputs that are not in the archive"
     if not isinstance(meta.get("threads", 1), int) or meta.get("threads", 1) < 1:
         return "has a bad thread count"
-    if not isinstance(tol, list) or not tol or not all(
-            isinstance(t, dict) and OUTPUT_NAME.match(str(t.get("output")))
-            and f"test_vectors/{t['output']}.npy" in files and isinstance(t.get("max_abs_diff"), int | float)
-            for t in tol):
+    if (
+        not isinstance(tol, list)
+        or not tol
+        or not all(
+            isinstance(t, dict)
+            and OUTPUT_NAME.match(str(t.get("output")))
+            and f"test_vectors/{t['output']}.npy" in files
+            and isinstance(t.get("max_abs_diff"), int | float)
+            for t in tol
+        )
+    ):
         return "records no usable tolerance for its test vector outputs"
     return None

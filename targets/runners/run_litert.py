@@ -41,13 +41,20 @@ class TFLiteRuntime:
     @staticmethod
     def _io(d):
         scale, zero_point = d["quantization"]
-        return {"name": d["name"], "shape": [int(s) for s in d["shape"]], "dtype": d["dtype"].__name__,
-                "scale": float(scale), "zero_point": int(zero_point)}
+        return {
+            "name": d["name"],
+            "shape": [int(s) for s in d["shape"]],
+            "dtype": d["dtype"].__name__,
+            "scale": float(scale),
+            "zero_point": int(zero_point),
+        }
 
     def describe(self, interp):
-        return {"inputs": [self._io(d) for d in interp.get_input_details()],
-                "outputs": [self._io(d) for d in interp.get_output_details()],
-                "delegate": self.delegate}
+        return {
+            "inputs": [self._io(d) for d in interp.get_input_details()],
+            "outputs": [self._io(d) for d in interp.get_output_details()],
+            "delegate": self.delegate,
+        }
 
     def infer(self, interp, x):
         if isinstance(x, list):  # several inputs, in the interpreter's order

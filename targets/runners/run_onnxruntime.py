@@ -9,8 +9,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import runner_common
 
-DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
-          "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64"}
+DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+}
 
 
 class OnnxRuntime:
@@ -37,13 +43,20 @@ class OnnxRuntime:
 
     @staticmethod
     def _io(v):
-        return {"name": v.name, "shape": [d if isinstance(d, int) else -1 for d in v.shape],
-                "dtype": DTYPES.get(v.type, v.type), "scale": 0.0, "zero_point": 0}
+        return {
+            "name": v.name,
+            "shape": [d if isinstance(d, int) else -1 for d in v.shape],
+            "dtype": DTYPES.get(v.type, v.type),
+            "scale": 0.0,
+            "zero_point": 0,
+        }
 
     def describe(self, session):
-        return {"inputs": [self._io(v) for v in session.get_inputs()],
-                "outputs": [self._io(v) for v in session.get_outputs()],
-                "providers": session.get_providers()}
+        return {
+            "inputs": [self._io(v) for v in session.get_inputs()],
+            "outputs": [self._io(v) for v in session.get_outputs()],
+            "providers": session.get_providers(),
+        }
 
     def infer(self, session, x):
         if isinstance(x, list):  # several inputs

@@ -10,14 +10,23 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import runner_common
 
-DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i8": "int8", "u8": "uint8",
-          "i32": "int32", "i64": "int64"}
+DTYPES = {
+    "f32": "float32",
+    "f16": "float16",
+    "bf16": "bfloat16",
+    "i8": "int8",
+    "u8": "uint8",
+    "i32": "int32",
+    "i64": "int64",
+}
 
 
 class OpenVINORuntime:
     NAME = "openvino"
-    OPTIONS = {"precision": "f32 (default: float math as exact as the file, for verification) or default "
-                            "(the CPU plugin's own choice: bf16 or fp16 on CPUs that have it)"}
+    OPTIONS = {
+        "precision": "f32 (default: float math as exact as the file, for verification) or default "
+        "(the CPU plugin's own choice: bf16 or fp16 on CPUs that have it)"
+    }
 
     def version(self):
         from importlib.metadata import version
@@ -42,12 +51,14 @@ class OpenVINORuntime:
     def _io(port):
         shape = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
         t = port.get_element_type().get_type_name()
-        return {"name": port.get_any_name(), "shape": shape, "dtype": DTYPES.get(t, t), "scale": 0.0,
-                "zero_point": 0}
+        return {"name": port.get_any_name(), "shape": shape, "dtype": DTYPES.get(t, t), "scale": 0.0, "zero_point": 0}
 
     def describe(self, compiled):
-        return {"inputs": [self._io(p) for p in compiled.inputs], "outputs": [self._io(p) for p in compiled.outputs],
-                "precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
+        return {
+            "inputs": [self._io(p) for p in compiled.inputs],
+            "outputs": [self._io(p) for p in compiled.outputs],
+            "precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+        }
 
     def prepare(self, compiled, x):
         """Wrap each sample once, before timing: infer({0: array}) converts the array on every call

@@ -120,8 +120,11 @@ def peak_rss_mb() -> float:
 def parse_args(argv, runtime_options: dict) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Load an artifact, run it, print one JSON result.")
     p.add_argument("model")
-    p.add_argument("--inputs", help=".npy of float samples (N, ...) in the model's input layout, or for a model "
-                   "with several inputs an .npz with one array per input name (entry i of each is call i)")
+    p.add_argument(
+        "--inputs",
+        help=".npy of float samples (N, ...) in the model's input layout, or for a model "
+        "with several inputs an .npz with one array per input name (entry i of each is call i)",
+    )
     p.add_argument("--outputs", help="write float outputs of every sample to this .npz (output_0, ...)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N samples")
     p.add_argument("--bench", action="store_true", help="time inferences (batch 1)")
@@ -158,9 +161,12 @@ def main(runtime, argv=None) -> int:
                 x = [a[: args.limit] for a in x]
             if len(x[0]) == 0:
                 raise ValueError(f"{args.inputs} holds no samples")
-            result["input"] = {"file": os.path.basename(args.inputs), "samples": int(len(x[0])),
-                               "sample_shape": list(x[0].shape[1:]) if len(x) == 1 else [list(a.shape[1:]) for a in x],
-                               "dtype": str(x[0].dtype) if len(x) == 1 else [str(a.dtype) for a in x]}
+            result["input"] = {
+                "file": os.path.basename(args.inputs),
+                "samples": int(len(x[0])),
+                "sample_shape": list(x[0].shape[1:]) if len(x) == 1 else [list(a.shape[1:]) for a in x],
+                "dtype": str(x[0].dtype) if len(x) == 1 else [str(a.dtype) for a in x],
+            }
             if args.outputs:
                 _predict(runtime, session, desc, x, args.outputs, result)
             if args.bench:

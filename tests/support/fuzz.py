@@ -43,8 +43,8 @@ def mutate(data: bytes, rng: np.random.Generator, kind: str) -> bytes:
     else:
         n = int(rng.integers(1, max(2, len(b) // 8)))
         src, dst = int(rng.integers(0, len(b) - n + 1)), int(rng.integers(0, len(b) - n + 1))
-        chunk = bytes(b[src:src + n]) if rng.random() < 0.5 else rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-        b[dst:dst + n] = chunk
+        chunk = bytes(b[src : src + n]) if rng.random() < 0.5 else rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        b[dst : dst + n] = chunk
     return bytes(b)
 
 
@@ -72,18 +72,32 @@ def one_case(i: int, seed: int, sources: list, inputs: Path, timeout: float) -> 
             inspected = "ok"
         except PipelineError as e:
             inspected = "error: " + short(str(e).split(": ", 1)[-1])
-        run = runner.run(target.runner_path, model, ["--inputs", inputs, "--limit", 2, "--outputs",
-                                                      Path(tmp) / "o.npz"], timeout=timeout)
+        run = runner.run(
+            target.runner_path,
+            model,
+            ["--inputs", inputs, "--limit", 2, "--outputs", Path(tmp) / "o.npz"],
+            timeout=timeout,
+        )
         ran = "ok" if run["ok"] else "error: " + short(run["error"])
         seconds = time.perf_counter() - t0
-    return {"case": i, "target": target.name, "file": victim, "mutation": kind, "inspect": inspected,
-            "runner": ran, "seconds": round(seconds, 2)}
+    return {
+        "case": i,
+        "target": target.name,
+        "file": victim,
+        "mutation": kind,
+        "inspect": inspected,
+        "runner": ran,
+        "seconds": round(seconds, 2),
+    }
 
 
 def fuzz(model_dir: Path, cases: int, seed: int = 0, timeout: float = 20.0, workers: int = 2) -> dict:
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    sources = [(TARGETS[a["target"]], model_dir / a["target"]) for a in manifest["artifacts"]
-               if a["status"] == "ok" and a["target"] in TARGETS]
+    sources = [
+        (TARGETS[a["target"]], model_dir / a["target"])
+        for a in manifest["artifacts"]
+        if a["status"] == "ok" and a["target"] in TARGETS
+    ]
     shape = manifest["artifacts"][0]["inputs"][0]["shape"][1:]
     with tempfile.TemporaryDirectory() as tmp:
         inputs = Path(tmp) / "x.npy"
@@ -103,15 +117,24 @@ def fuzz(model_dir: Path, cases: int, seed: int = 0, timeout: float = 20.0, work
     hangs = [r for r in results if r["seconds"] > 2 * timeout + 5]
     reasons = Counter(r[k] for r in results for k in ("inspect", "runner") if r[k] != "ok")
     silent = [r for r in results if r["runner"] == "error: ?" or r["inspect"] == "error: ?"]
-    return {"cases": cases, "completed": len(results), "main_process_crashes": len(crashes), "crash_details": crashes,
-            "hangs": len(hangs), "failures_without_reason": len(silent),
-            "runner_failed": sum(r["runner"] != "ok" for r in results),
-            "inspect_failed": sum(r["inspect"] != "ok" for r in results),
-            "both_ok": sum(r["runner"] == "ok" and r["inspect"] == "ok" for r in results),
-            "crashed_children": sum("crashed with SIG" in r["runner"] for r in results),
-            "timeouts": sum("timed out" in r["runner"] or "timed out" in r["inspect"] for r in results),
-            "distinct_reasons": len(reasons), "top_reasons": reasons.most_common(12),
-            "by_target": dict(Counter(r["target"] for r in results)), "seed": seed, "timeout_s": timeout}
+    return {
+        "cases": cases,
+        "completed": len(results),
+        "main_process_crashes": len(crashes),
+        "crash_details": crashes,
+        "hangs": len(hangs),
+        "failures_without_reason": len(silent),
+        "runner_failed": sum(r["runner"] != "ok" for r in results),
+        "inspect_failed": sum(r["inspect"] != "ok" for r in results),
+        "both_ok": sum(r["runner"] == "ok" and r["inspect"] == "ok" for r in results),
+        "crashed_children": sum("crashed with SIG" in r["runner"] for r in results),
+        "timeouts": sum("timed out" in r["runner"] or "timed out" in r["inspect"] for r in results),
+        "distinct_reasons": len(reasons),
+        "top_reasons": reasons.most_common(12),
+        "by_target": dict(Counter(r["target"] for r in results)),
+        "seed": seed,
+        "timeout_s": timeout,
+    }
 
 
 def main() -> int:
@@ -125,8 +148,20 @@ def main() -> int:
     t0 = time.perf_counter()
     s = fuzz(args.model_dir, args.cases, args.seed, args.timeout)
     s["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    for k in ("cases", "completed", "main_process_crashes", "hangs", "failures_without_reason", "inspect_failed",
-              "runner_failed", "crashed_children", "timeouts", "both_ok", "distinct_reasons", "wall_seconds"):
+    for k in (
+        "cases",
+        "completed",
+        "main_process_crashes",
+        "hangs",
+        "failures_without_reason",
+        "inspect_failed",
+        "runner_failed",
+        "crashed_children",
+        "timeouts",
+        "both_ok",
+        "distinct_reasons",
+        "wall_seconds",
+    ):
         print(f"{k:<26} {s[k]}")
     for reason, n in s["top_reasons"]:
         print(f"{n:>5}  {reason}")

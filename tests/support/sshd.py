@@ -42,7 +42,9 @@ class LoopbackSSHD:
     def __init__(self, root: Path, boards: dict[str, list[str]]):
         """`boards`: name -> the argv prefix its `python3` runs (e.g. the emulated aarch64 Python)."""
         if not SSHD.exists() or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
-            raise SSHDUnavailable(f"{SSHD} or the ssh client is not installed (scripts/install_system.sh installs them)")
+            raise SSHDUnavailable(
+                f"{SSHD} or the ssh client is not installed (scripts/install_system.sh installs them)"
+            )
         if not Path("/run/sshd").is_dir():
             if os.geteuid() != 0:
                 raise SSHDUnavailable("/run/sshd (sshd's privilege separation folder) is missing and we are not root")
@@ -64,7 +66,7 @@ class LoopbackSSHD:
             (board / "bin").mkdir(parents=True)
             (board / "tmp").mkdir()
             python3 = board / "bin" / "python3"
-            python3.write_text(f"#!/bin/sh\nexec {shlex.join(python)} \"$@\"\n")
+            python3.write_text(f'#!/bin/sh\nexec {shlex.join(python)} "$@"\n')
             python3.chmod(0o755)
             enter = board / "enter.sh"
             enter.write_text(
@@ -72,30 +74,55 @@ class LoopbackSSHD:
                 f"PATH={shlex.quote(str(board / 'bin'))}:/usr/bin:/bin; export PATH\n"
                 f"TMPDIR={shlex.quote(str(board / 'tmp'))}; export TMPDIR\n"
                 f"printf '%s\\n' \"$SSH_ORIGINAL_COMMAND\" >> {shlex.quote(str(board / 'commands.log'))}\n"
-                "exec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n")
+                'exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"\n'
+            )
             enter.chmod(0o755)
             key = root / f"key_{name}"
             _keygen(key)
             forced = str(enter).replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(f'command="{forced}",no-port-forwarding,no-agent-forwarding,no-X11-forwarding,no-pty '
-                         + (root / f"key_{name}.pub").read_text().strip())
+            lines.append(
+                f'command="{forced}",no-port-forwarding,no-agent-forwarding,no-X11-forwarding,no-pty '
+                + (root / f"key_{name}.pub").read_text().strip()
+            )
             self.keys[name], self.tmpdirs[name], self.logs[name] = key, board / "tmp", board / "commands.log"
         (root / "authorized_keys").write_text("\n".join(lines) + "\n")
         config = root / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_key'}", "PidFile none",
-            f"AuthorizedKeysFile {root / 'authorized_keys'}", "PubkeyAuthentication yes",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            "PermitRootLogin prohibit-password", f"AllowUsers {self.user}", "X11Forwarding no",
-            "AllowTcpForwarding no", "PrintMotd no", "LogLevel VERBOSE", "MaxStartups 50", "MaxSessions 50",
-        ]) + "\n")
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {root / 'host_key'}",
+                    "PidFile none",
+                    f"AuthorizedKeysFile {root / 'authorized_keys'}",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PermitRootLogin prohibit-password",
+                    f"AllowUsers {self.user}",
+                    "X11Forwarding no",
+                    "AllowTcpForwarding no",
+                    "PrintMotd no",
+                    "LogLevel VERBOSE",
+                    "MaxStartups 50",
+                    "MaxSessions 50",
+                ]
+            )
+            + "\n"
+        )
         self.log = root / "sshd.log"
         test = subprocess.run([str(SSHD), "-t", "-f", str(config)], capture_output=True, text=True)
         if test.returncode != 0:
             raise SSHDUnavailable(f"sshd rejects its test config: {test.stderr.strip()}")
         self._log_file = open(self.log, "w")
-        self.proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [str(SSHD), "-D", "-e", "-f", str(config)],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
