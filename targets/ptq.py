@@ -505,6 +505,12 @@ def int8_io(model: bytes) -> bytes:
 
     m = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
     g = m.subgraphs[0]
+    # ai-edge-quantizer stores large constants after the flatbuffer (offset/size): Pack() writes only the
+    # flatbuffer, so such data is taken inline, or the repacked file points past its own end.
+    for buf in m.buffers or []:
+        if (getattr(buf, "offset", 0) or 0) > 1:
+            buf.data = np.frombuffer(model[buf.offset : buf.offset + buf.size], dtype=np.uint8)
+            buf.offset = buf.size = 0
 
     def code(op):
         return max(m.operatorCodes[op.opcodeIndex].builtinCode, m.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
