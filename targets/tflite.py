@@ -70,12 +70,26 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
     out.write_bytes(embed_metadata(model_bytes, metadata))
 
 
+def unpack(model_bytes: bytes):
+    """The model as an editable schema.ModelT. Constants stored after the flatbuffer (offset/size, as
+    ai-edge-quantizer writes them) are taken inline: Pack() writes only the flatbuffer, and a repacked
+    file would point past its own end ('Constant buffer N specified an out of range offset')."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    for buf in m.buffers or []:
+        if (getattr(buf, "offset", 0) or 0) > 1:
+            buf.data = np.frombuffer(model_bytes[buf.offset : buf.offset + buf.size], dtype=np.uint8)
+            buf.offset = buf.size = 0
+    return m
+
+
 def embed_metadata(model_bytes: bytes, metadata: dict) -> bytes:
     """Add `metadata` as a JSON entry in the model's own metadata table (read back by inspect)."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
-    m = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    m = unpack(model_bytes)
     buf = schema.BufferT()
     buf.data = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), dtype=np.uint8)
     m.buffers.append(buf)

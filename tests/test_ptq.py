@@ -156,6 +156,7 @@ def test_int8_io_keeps_constants_stored_after_the_flatbuffer(digits_mlp, tmp_pat
     from ai_edge_litert.interpreter import Interpreter
 
     from pipeline import stages
+    from targets import tflite
 
     _, mlp, cal, _, test = digits_mlp
     _, keras = stages.tf_setup(0)
@@ -167,4 +168,8 @@ def test_int8_io_keeps_constants_stored_after_the_flatbuffer(digits_mlp, tmp_pat
     q = ptq.int8_io(external)
     (tmp_path / "q.tflite").write_bytes(q)
     Interpreter(model_path=str(tmp_path / "q.tflite")).allocate_tensors()  # loads from a file, as the runners do
+    # the artifact's metadata is embedded by another repack: the same constants must survive it
+    (tmp_path / "meta.tflite").write_bytes(tflite.embed_metadata(external, {"model": "m"}))
+    Interpreter(model_path=str(tmp_path / "meta.tflite")).allocate_tensors()
+    assert tflite.inspect(tmp_path / "meta.tflite")["metadata"]["model"] == "m"
     assert ptq.agreement(model.predict(test, verbose=0), ptq.run_tflite(q, test)) >= 0.95
