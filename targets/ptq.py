@@ -497,13 +497,25 @@ def ai_edge_quantizer_int8(float_model: bytes, calibration: np.ndarray, recipe=N
         return int8_io(bytes(qt.quantize(result).quantized_model))
 
 
+def unpack(model_bytes: bytes):
+    """The model as an editable schema.ModelT. Constants stored after the flatbuffer (offset/size, as
+    ai-edge-quantizer writes them) are taken inline: Pack() writes only the flatbuffer, and a repacked
+    file would point past its own end ('Constant buffer N specified an out of range offset')."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    for buf in m.buffers or []:
+        if (getattr(buf, "offset", 0) or 0) > 1:
+            buf.data = np.frombuffer(model_bytes[buf.offset : buf.offset + buf.size], dtype=np.uint8)
+            buf.offset = buf.size = 0
+    return m
+
+
 def int8_io(model: bytes) -> bytes:
     """Drop the QUANTIZE after each float input and the DEQUANTIZE before each float output, so the graph's
     I/O are the int8 tensors themselves (what TFLiteConverter's `inference_input_type = int8` makes)."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
-
-    from targets.tflite import unpack
 
     m = unpack(model)
     g = m.subgraphs[0]
@@ -594,12 +606,14 @@ def tflite_int8(
     mixed: bool = False,
     max_float_layers: int = 8,
     progress=None,
+    check=None,
 ):
-    """The best int8 .tflite (bytes) of the float Keras model, and the record of the choice.
+    """The best int8 .tflite (bytes) of the float Keras model, and the record of the choice. `check(bytes)`
+    may refuse a full-int8 candidate (raise) before it is scored.
 
     With `mixed`, while the best full-int8 file stays below `budget`, the 1, 2, 4, ... layers with the
     largest own quantization error (`sensitivity`) stay float, up to `max_float_layers`."""
-    model, record = tflite_full_int8(keras_model, calibration, validation, progress)
+    model, record = tflite_full_int8(keras_model, calibration, validation, progress, check)
     return (
         tflite_mixed(keras_model, calibration, validation, model, record, budget, max_float_layers)
         if mixed
@@ -607,31 +621,18 @@ def tflite_int8(
     )
 
 
-def full_int8_only(model: bytes) -> bytes:
-    """A full-int8 candidate must read back as int8: ai-edge-quantizer's default recipe leaves some ops
-    float on some graphs (PP-OCR's detector), and such a file is int8-mixed, never the int8 promised."""
-    from targets.tflite import inspect
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "candidate.tflite"
-        path.write_bytes(model)
-        q = inspect(path)["quantization"]
-    if q != "int8":
-        raise ValueError(f"reads back as {q}, not int8")
-    return model
-
-
-def tflite_full_int8(keras_model, calibration: np.ndarray, validation: np.ndarray, progress=None):
+def tflite_full_int8(keras_model, calibration: np.ndarray, validation: np.ndarray, progress=None, check=None):
     float_model = float_tflite(keras_model)
     ref = run_tflite(float_model, validation)
 
     def score(m):
         return agreement(ref, run_tflite(m, validation))
 
+    check = check or (lambda m: m)
     step = _stepper(progress, 2)
     candidates = [
-        ("tflite-converter", step(lambda: full_int8_only(converter_int8(keras_model, calibration)))),
-        ("ai-edge-quantizer-a8w8", step(lambda: full_int8_only(ai_edge_quantizer_int8(float_model, calibration)))),
+        ("tflite-converter", step(lambda: check(converter_int8(keras_model, calibration)))),
+        ("ai-edge-quantizer-a8w8", step(lambda: check(ai_edge_quantizer_int8(float_model, calibration)))),
     ]
     model, record = _pick(candidates, score)
     record["why"] = _why(record)

@@ -30,7 +30,13 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
         from targets import ptq as methods
 
         model_bytes, choice = methods.tflite_int8(
-            model, calibration, ptq.validation, budget=ptq.budget, mixed=ptq.mixed, progress=progress
+            model,
+            calibration,
+            ptq.validation,
+            budget=ptq.budget,
+            mixed=ptq.mixed,
+            progress=progress,
+            check=full_int8_only,
         )
         out.write_bytes(embed_metadata(model_bytes, metadata))
         return choice
@@ -70,24 +76,26 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
     out.write_bytes(embed_metadata(model_bytes, metadata))
 
 
-def unpack(model_bytes: bytes):
-    """The model as an editable schema.ModelT. Constants stored after the flatbuffer (offset/size, as
-    ai-edge-quantizer writes them) are taken inline: Pack() writes only the flatbuffer, and a repacked
-    file would point past its own end ('Constant buffer N specified an out of range offset')."""
-    from ai_edge_litert import schema_py_generated as schema
+def full_int8_only(model: bytes) -> bytes:
+    """A full-int8 candidate must read back as int8: ai-edge-quantizer's default recipe leaves some ops
+    float on some graphs (PP-OCR's detector), and such a file is int8-mixed, never the int8 promised."""
+    import tempfile
 
-    m = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    for buf in m.buffers or []:
-        if (getattr(buf, "offset", 0) or 0) > 1:
-            buf.data = np.frombuffer(model_bytes[buf.offset : buf.offset + buf.size], dtype=np.uint8)
-            buf.offset = buf.size = 0
-    return m
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidate.tflite"
+        path.write_bytes(model)
+        q = inspect(path)["quantization"]
+    if q != "int8":
+        raise ValueError(f"reads back as {q}, not int8")
+    return model
 
 
 def embed_metadata(model_bytes: bytes, metadata: dict) -> bytes:
     """Add `metadata` as a JSON entry in the model's own metadata table (read back by inspect)."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
+
+    from targets.ptq import unpack
 
     m = unpack(model_bytes)
     buf = schema.BufferT()
