@@ -20,7 +20,6 @@ import platform
 import re
 import subprocess
 import sysconfig
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -267,29 +266,6 @@ class NativeSSH(SSHDevice):
         self.arch, self.glibc = lines[0].strip(), parse_glibc("\n".join(lines[1:]))
         return bundle_check(self.arch, self.glibc)
 
-    def _upload(self, files: dict[str, Path], folder: Path, timeout: float) -> str:
-        tar_path = folder / "bundle.tar"
-        with tarfile.open(tar_path, "w", format=tarfile.GNU_FORMAT) as tar:  # busybox tar reads GNU
-            for arcname, path in files.items():
-                info = tar.gettarinfo(str(path), arcname=arcname)
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mode = 0o755 if arcname == "edge_bench" else 0o644
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
-        with open(tar_path, "rb") as stdin:
-            proc = self._ssh(
-                [], timeout + tar_path.stat().st_size / 1e6, stdin=stdin, raw=_NATIVE_UPLOAD, step="copying the bundle"
-            )
-        remote = proc.stdout.decode(errors="replace").strip().splitlines()
-        if proc.returncode != 0 or not remote or not remote[-1].startswith("/"):
-            err = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise DeviceError(
-                f"{self.name}: copying the bundle to the board failed: "
-                f"{err[-1] if err else f'exit status {proc.returncode}'}"
-            )
-        return remote[-1]
-
     def run(self, request) -> dict:
         model = Path(request.model)
         remote, fields = None, {"emulated": False}
@@ -309,7 +285,14 @@ class NativeSSH(SSHDevice):
                     f"model/{model.name}",
                     *native_args(request.argv(f"inputs/{x.name}", "outputs.npz")),
                 ]
-                remote = self._upload(files, folder, SSH_STEP_TIMEOUT)
+                remote = self._upload(
+                    files,
+                    folder,
+                    SSH_STEP_TIMEOUT,
+                    raw=_NATIVE_UPLOAD,
+                    executables=("edge_bench",),
+                    step="copying the bundle",
+                )
                 res = self._run_remote(remote, argv, request.timeout)
                 fields["loads"] = "yes" if "load_ms" in res else f"no: {res.get('error', '?')}"
                 if res.get("ok"):

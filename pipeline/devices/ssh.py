@@ -217,26 +217,35 @@ class SSHDevice:
         proc = self._ssh(["python3", "-c", RUNTIMES_PROBE], SSH_STEP_TIMEOUT, step="asking python3")
         return [{"site": "python3", **runtimes_json(proc.stdout.decode(errors="replace"), self.name)}]
 
-    def _upload(self, files: dict[str, Path], folder: Path, timeout: float) -> str:
+    def _upload(
+        self,
+        files: dict[str, Path],
+        folder: Path,
+        timeout: float,
+        *,
+        raw: str = "",
+        executables: tuple[str, ...] = (),
+        step: str = "copying files",
+    ) -> str:
+        """Send `files` (arcname -> path) as one tar on stdin to a fresh temp folder on the board; its path.
+        `raw`: the board-side unpacking command (default: the board's python3 with _UPLOAD)."""
         bundle = folder / "upload.tar"
-        with tarfile.open(bundle, "w", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(bundle, "w", format=tarfile.GNU_FORMAT) as tar:  # GNU: busybox tar reads it too
             for arcname, path in files.items():
                 info = tar.gettarinfo(str(path), arcname=arcname)
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
-                info.mode = 0o644
+                info.mode = 0o755 if arcname in executables else 0o644
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
         with open(bundle, "rb") as stdin:
-            proc = self._ssh(
-                ["python3", "-c", _UPLOAD], timeout + bundle.stat().st_size / 1e6, stdin=stdin, step="copying files"
-            )
+            words = [] if raw else ["python3", "-c", _UPLOAD]
+            proc = self._ssh(words, timeout + bundle.stat().st_size / 1e6, stdin=stdin, raw=raw, step=step)
         remote = proc.stdout.decode(errors="replace").strip().splitlines()
         if proc.returncode != 0 or not remote or not remote[-1].startswith("/"):
             err = proc.stderr.decode(errors="replace").strip().splitlines()
             raise DeviceError(
-                f"{self.name}: copying files to the board failed: "
-                f"{err[-1] if err else f'exit status {proc.returncode}'}"
+                f"{self.name}: {step} to the board failed: {err[-1] if err else f'exit status {proc.returncode}'}"
             )
         return remote[-1]
 
