@@ -234,17 +234,24 @@ class Builder:
         }
 
     def ptq_settings(self):
-        """What the int8 targets without QAT choose their post-training method with (None: one method each).
-        Validation: training samples that do not calibrate (the calibration ones if there are none)."""
+        """What the int8 targets without QAT choose their post-training method with (None: one method each),
+        scored against the original model's outputs: the validation split (REFERENCE_VAL_OUTPUTS), else
+        training samples that do not calibrate (TEACHER_OUTPUTS), else the calibration ones against the
+        float model."""
+        from pipeline.stages import REFERENCE_VAL_OUTPUTS, TEACHER_OUTPUTS, load_outputs
         from targets.ptq import Settings
 
         p = self.cfg.ptq
         if not p.choose:
             return None
-        ds = self.dataset()
+        ds, ref, n = self.dataset(), self.reference(), p.validation_samples
+        if ds.x_val is not None and ref.file(REFERENCE_VAL_OUTPUTS).exists():
+            return Settings(ds.x_val[:n], p.mixed, p.budget, load_outputs(ref.file(REFERENCE_VAL_OUTPUTS))[0][:n])
         cal = {x.tobytes() for x in ds.x_cal}
-        val = [x for x in ds.x_train if x.tobytes() not in cal][: p.validation_samples]
-        return Settings(np.stack(val) if val else ds.x_cal, p.mixed, p.budget)
+        keep = [i for i, x in enumerate(ds.x_train) if x.tobytes() not in cal][:n]
+        if keep and ref.file(TEACHER_OUTPUTS).exists():
+            return Settings(ds.x_train[keep], p.mixed, p.budget, load_outputs(ref.file(TEACHER_OUTPUTS))[0][keep])
+        return Settings(ds.x_cal, p.mixed, p.budget)
 
     def interface_route(self, target) -> str | None:
         """How an ONNX/OpenVINO target of a user's ONNX model keeps its interface: `original` (made from the

@@ -116,13 +116,13 @@ class QatConfig:
 @dataclass(frozen=True)
 class PtqConfig:
     choose: bool = True
-    """int8 targets without QAT: try the field's post-training methods, keep the one agreeing best with the float model."""
+    """int8 targets without QAT: try the field's post-training methods, keep the one agreeing best with the original model."""
     validation_samples: int = 64
-    """Training samples (not calibration, never test) the methods are compared on."""
+    """Validation samples (never test; training ones not calibrating without a validation split) the methods are compared on."""
     mixed: bool = False
     """Keep the layers whose quantization costs most in float until `budget` holds (the file reads back int8-mixed)."""
     budget: float = 0.99
-    """Top-1 agreement with the float model on the validation samples that `mixed` restores layers until."""
+    """Top-1 agreement with the original model on the validation samples that `mixed` restores layers until."""
 
 
 @dataclass(frozen=True)

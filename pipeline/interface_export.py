@@ -10,6 +10,7 @@ dimensions are the ones the conversion fixed, its batch dimension stays free if 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,15 +63,28 @@ def export_keeping_interface(
         proto, in_perms, out_perms = interface.restore(proto, original)
         source, method = "prune", "ptq" if target.options["mode"] == "int8" else "convert"
     calib = [interface.to_artifact(calibration, in_perms[0])]
-    target.module.write(target, proto, calib, out, metadata, progress)
+    ptq = _in_artifact_layout(builder.ptq_settings(), in_perms[0], out_perms[0]) if method == "ptq" else None
+    choice = target.module.write(target, proto, calib, out, metadata, progress, ptq=ptq)
     return {
         "source": source,
         "method": method,
+        **({"ptq": choice} if choice else {}),
         "route": route,
         "input_perms": in_perms,
         "output_perms": out_perms,
         "input_layout": metadata["input_layout"],
     }
+
+
+def _in_artifact_layout(settings, in_perm, out_perm):
+    """The post-training choice's validation samples and the original's outputs on them (targets.ptq.Settings,
+    internal layout) in the artifact's own layout, so candidates are scored as the artifact runs."""
+    if settings is None:
+        return None
+    ref = settings.reference
+    if ref is not None and out_perm:
+        ref = ref.transpose(np.argsort(out_perm))  # inverse of from_artifact's transpose
+    return replace(settings, validation=interface.to_artifact(settings.validation, in_perm), reference=ref)
 
 
 def original_outputs(model: str, x_test: Path, folder: Path) -> dict:

@@ -151,6 +151,7 @@ def write(
                 budget=ptq.budget,
                 mixed=ptq.mixed,
                 progress=progress,
+                reference=ptq.reference,
             )
     elif mode == "int8":
         proto = quantize_qdq(proto, calibration, progress)

@@ -102,7 +102,13 @@ def write(
             from targets import ptq as methods
 
             ov_model, choice = methods.openvino_int8(
-                convert, calibration[0], ptq.validation, budget=ptq.budget, mixed=ptq.mixed, progress=progress
+                convert,
+                calibration[0],
+                ptq.validation,
+                budget=ptq.budget,
+                mixed=ptq.mixed,
+                progress=progress,
+                reference=ptq.reference,
             )
         elif mode == "int8":
             ov_model = quantize(ov_model, calibration, progress)

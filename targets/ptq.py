@@ -4,7 +4,8 @@ Each function takes a float model (an ONNX file for onnx-int8 and openvino-int8,
 for tflite-int8), calibration samples and a validation split (never the test split), tries the
 methods the field ships - onnxruntime `quantize_static` calibrations, NNCF (bias correction, presets),
 ai-edge-quantizer recipes, TFLiteConverter - runs every result in its own runtime on the validation
-split and keeps the one whose outputs agree best with the float model's. Ties go to the candidate
+split and keeps the one whose outputs agree best with the original model's (Settings.reference: the train stage's
+outputs on the validation split; the float model's when none is given). Ties go to the candidate
 listed first (the cheapest).
 
 When even the best stays below `budget` and `mixed` is on, the layers whose quantization costs the
@@ -30,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 BUDGET = 0.99
-"""Top-1 agreement with the float model on the validation split that mixed precision restores layers until."""
+"""Top-1 agreement with the reference (the original model) on the validation split that mixed precision
+restores layers until."""
 
 
 MAX_RESTORE_STEPS = 10
@@ -44,6 +46,9 @@ class Settings:
     validation: np.ndarray
     mixed: bool = False
     budget: float = BUDGET
+    reference: np.ndarray | None = None
+    """The ORIGINAL model's (first) outputs on `validation`: what candidates are scored against. None: the
+    float model being quantized (the same when nothing changed it)."""
 
 
 def agreement(ref: np.ndarray, out: np.ndarray) -> float:
@@ -89,7 +94,18 @@ def _why(record: dict) -> str:
     others = [c for c in record["candidates"] if "agreement" in c and c["method"] != record["chosen"]]
     runner_up = max(others, key=lambda c: c["agreement"], default=None)
     vs = f" (next best {runner_up['method']} {runner_up['agreement']:.4f})" if runner_up else ""
-    return f"highest top-1 agreement with the float model on the validation split: {record['agreement']:.4f}{vs}"
+    return (
+        f"highest top-1 agreement with the {record['against']} model on the validation split: "
+        f"{record['agreement']:.4f}{vs}"
+    )
+
+
+def _reference(reference, float_outputs) -> tuple[np.ndarray, str]:
+    """What candidates are scored against: the original model's validation outputs when given, else the
+    float model's (`float_outputs()`), and which of the two it is (for the record)."""
+    if reference is not None:
+        return np.asarray(reference), "original"
+    return float_outputs(), "float"
 
 
 # -- ONNX (onnxruntime QDQ) -----------------------------------------------------------------------
@@ -212,15 +228,17 @@ def onnx_int8(
     budget: float = BUDGET,
     mixed: bool = False,
     progress=None,
+    reference: np.ndarray | None = None,
 ):
-    """The best int8 QDQ ModelProto of the float ONNX file `src`, and the record of the choice."""
-    model, record = onnx_full_int8(src, calibration, validation, progress)
-    return onnx_mixed(src, calibration, validation, model, record, budget) if mixed else (model, record)
+    """The best int8 QDQ ModelProto of the float ONNX file `src`, and the record of the choice. `reference`:
+    the original model's outputs on `validation` (Settings.reference)."""
+    model, record = onnx_full_int8(src, calibration, validation, progress, reference)
+    return onnx_mixed(src, calibration, validation, model, record, budget, reference) if mixed else (model, record)
 
 
-def onnx_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, progress=None):
+def onnx_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, progress=None, reference=None):
     src = Path(src)
-    ref = run_onnx(src, validation)
+    ref, against = _reference(reference, lambda: run_onnx(src, validation))
 
     def score(m):
         return agreement(ref, run_onnx(m, validation))
@@ -235,11 +253,19 @@ def onnx_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, p
         ("nncf-bias-correction", step(lambda: nncf_onnx(src, calibration, fast_bias_correction=False))),
     ]
     model, record = _pick(candidates, score)
-    record["why"] = _why(record)
+    record.update(against=against, why=_why({**record, "against": against}))
     return model, record
 
 
-def onnx_mixed(src: Path, calibration: np.ndarray, validation: np.ndarray, model, record: dict, budget: float = BUDGET):
+def onnx_mixed(
+    src: Path,
+    calibration: np.ndarray,
+    validation: np.ndarray,
+    model,
+    record: dict,
+    budget: float = BUDGET,
+    reference: np.ndarray | None = None,
+):
     """`model` (the best full-int8 choice) if it meets `budget`, else NNCF accuracy control's partly-float one."""
     import onnx
 
@@ -252,20 +278,22 @@ def onnx_mixed(src: Path, calibration: np.ndarray, validation: np.ndarray, model
         proto,
         calibration,
         validation,
-        run_onnx(Path(src), validation),
         budget,
         record,
         model,
         lambda x: {name: x[None].astype(np.float32)},
         run_onnx,
+        reference,
     )
 
 
-def _restore(nncf, model, calibration, validation, ref, budget, record, best, feed, infer):
+def _restore(nncf, model, calibration, validation, budget, record, best, feed, infer, reference=None):
     """NNCF accuracy control: quantize, rank the quantizers by how far each moves the outputs on the
     validation split, restore the worst to float until the agreement is within `1 - budget` of the
-    float model's. `infer(model, x)` runs what NNCF hands the validation function (an ONNX ModelProto,
-    an OpenVINO CompiledModel). Kept only if it beats `best`."""
+    reference's (the original model's outputs, else the float `model`'s). `infer(model, x)` runs `model`
+    and what NNCF hands the validation function (an ONNX ModelProto, an OpenVINO CompiledModel). Kept
+    only if it beats `best`."""
+    ref, _ = _reference(reference, lambda: infer(model, validation))
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     def validate(m, _data):
@@ -360,19 +388,23 @@ def openvino_int8(
     budget: float = BUDGET,
     mixed: bool = False,
     progress=None,
+    reference: np.ndarray | None = None,
 ):
     """The best NNCF-quantized OpenVINO model of the float model `convert()` returns (targets.openvino.float_ir
-    of the float ONNX file), and the record of the choice."""
-    model, record = openvino_full_int8(convert, calibration, validation, progress)
-    return openvino_mixed(convert, calibration, validation, model, record, budget) if mixed else (model, record)
+    of the float ONNX file), and the record of the choice. `reference`: the original model's outputs on
+    `validation` (Settings.reference)."""
+    model, record = openvino_full_int8(convert, calibration, validation, progress, reference)
+    return (
+        openvino_mixed(convert, calibration, validation, model, record, budget, reference) if mixed else (model, record)
+    )
 
 
-def openvino_full_int8(convert, calibration: np.ndarray, validation: np.ndarray, progress=None):
+def openvino_full_int8(convert, calibration: np.ndarray, validation: np.ndarray, progress=None, reference=None):
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    ref = run_openvino(convert(), validation)
+    ref, against = _reference(reference, lambda: run_openvino(convert(), validation))
     step = _stepper(progress, 4)
     quantile = AdvancedQuantizationParameters(
         activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_QUANTILE
@@ -394,28 +426,33 @@ def openvino_full_int8(convert, calibration: np.ndarray, validation: np.ndarray,
         ),
     ]
     model, record = _pick(candidates, lambda m: agreement(ref, run_openvino(m, validation)))
-    record["why"] = _why(record)
+    record.update(against=against, why=_why({**record, "against": against}))
     return model, record
 
 
 def openvino_mixed(
-    convert, calibration: np.ndarray, validation: np.ndarray, model, record: dict, budget: float = BUDGET
+    convert,
+    calibration: np.ndarray,
+    validation: np.ndarray,
+    model,
+    record: dict,
+    budget: float = BUDGET,
+    reference: np.ndarray | None = None,
 ):
     """`model` (the best full-int8 choice) if it meets `budget`, else NNCF accuracy control's partly-float one."""
     if record["agreement"] >= budget:
         return model, record
-    ref = run_openvino(convert(), validation)
     return _restore(
         _nncf(),
         convert(),
         calibration,
         validation,
-        ref,
         budget,
         record,
         model,
         lambda x: x[None].astype(np.float32),
         run_openvino,
+        reference,
     )
 
 
@@ -607,23 +644,27 @@ def tflite_int8(
     max_float_layers: int = 8,
     progress=None,
     check=None,
+    reference: np.ndarray | None = None,
 ):
     """The best int8 .tflite (bytes) of the float Keras model, and the record of the choice. `check(bytes)`
-    may refuse a full-int8 candidate (raise) before it is scored.
+    may refuse a full-int8 candidate (raise) before it is scored. `reference`: the original model's outputs
+    on `validation` (Settings.reference).
 
     With `mixed`, while the best full-int8 file stays below `budget`, the 1, 2, 4, ... layers with the
     largest own quantization error (`sensitivity`) stay float, up to `max_float_layers`."""
-    model, record = tflite_full_int8(keras_model, calibration, validation, progress, check)
+    model, record = tflite_full_int8(keras_model, calibration, validation, progress, check, reference)
     return (
-        tflite_mixed(keras_model, calibration, validation, model, record, budget, max_float_layers)
+        tflite_mixed(keras_model, calibration, validation, model, record, budget, max_float_layers, reference)
         if mixed
         else (model, record)
     )
 
 
-def tflite_full_int8(keras_model, calibration: np.ndarray, validation: np.ndarray, progress=None, check=None):
+def tflite_full_int8(
+    keras_model, calibration: np.ndarray, validation: np.ndarray, progress=None, check=None, reference=None
+):
     float_model = float_tflite(keras_model)
-    ref = run_tflite(float_model, validation)
+    ref, against = _reference(reference, lambda: run_tflite(float_model, validation))
 
     def score(m):
         return agreement(ref, run_tflite(m, validation))
@@ -635,7 +676,7 @@ def tflite_full_int8(keras_model, calibration: np.ndarray, validation: np.ndarra
         ("ai-edge-quantizer-a8w8", step(lambda: check(ai_edge_quantizer_int8(float_model, calibration)))),
     ]
     model, record = _pick(candidates, score)
-    record["why"] = _why(record)
+    record.update(against=against, why=_why({**record, "against": against}))
     return model, record
 
 
@@ -647,12 +688,13 @@ def tflite_mixed(
     record: dict,
     budget: float = BUDGET,
     max_float_layers: int = 8,
+    reference: np.ndarray | None = None,
 ):
     """`model` (the best full-int8 choice) if it meets `budget`, else the best with the 1, 2, 4, ... most
     sensitive layers in float."""
     if record["agreement"] >= budget:
         return model, record
-    ref = run_tflite(float_tflite(keras_model), validation)
+    ref, _ = _reference(reference, lambda: run_tflite(float_tflite(keras_model), validation))
 
     def score(m):
         return agreement(ref, run_tflite(m, validation))

@@ -37,6 +37,7 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
             mixed=ptq.mixed,
             progress=progress,
             check=full_int8_only,
+            reference=ptq.reference,
         )
         out.write_bytes(embed_metadata(model_bytes, metadata))
         return choice

@@ -75,7 +75,7 @@ def io_of(a):
 
 
 @pytest.mark.slow
-def test_an_nchw_onnx_model_with_nchw_data_keeps_its_interface_on_onnx_and_openvino(tmp_path):
+def test_an_nchw_onnx_model_with_nchw_data_keeps_its_interface_on_onnx_and_openvino_and_chooses_its_int8(tmp_path):
     import json
 
     from conftest import run_cli
@@ -97,6 +97,9 @@ def test_an_nchw_onnx_model_with_nchw_data_keeps_its_interface_on_onnx_and_openv
         # the free batch, height and width of the original stay free
         assert io_of(a) == ([("image", [-1, 3, -1, -1])], [("mask", [-1, 2, -1, -1])]), a
         assert a["cosine"] > 0.99
+    for name in ("onnx-int8", "openvino-int8"):  # the post-training choice runs on the user's own graph too
+        choice = arts[name]["ptq"]
+        assert choice["against"] == "original" and choice["chosen"] in [c["method"] for c in choice["candidates"]]
     assert arts["openvino-fp32"]["run_config"] == {"INFERENCE_PRECISION_HINT": "f32"}
     assert arts["openvino-fp32"]["runtime_default"]["precision"] in ("bf16", "f16", "f32")
     assert arts["tflite-fp32"]["input_layout"] == "NHWC" and arts["tflite-fp32"]["inputs"][0]["shape"] == [1, 16, 16, 3]

@@ -65,6 +65,20 @@ def test_the_onnx_choice_is_the_candidate_that_agrees_best_on_validation_and_rea
     assert ptq.agreement(ptq.run_onnx(src, test), ptq.run_onnx(out, test)) >= 0.95
 
 
+def test_candidates_are_scored_against_the_original_models_outputs_when_given(digits_mlp):
+    """The original may differ from the float model being quantized (pruned, converted): its outputs on the
+    validation split are the reference. Here it answers the next class on every sample, so no int8 file
+    of the float model agrees with it anywhere."""
+    src, _, cal, val, _ = digits_mlp
+    float_out = ptq.run_onnx(src, val)
+    shifted = np.roll(float_out, 1, axis=1)
+    _, record = ptq.onnx_full_int8(src, cal, val, reference=shifted)
+    assert record["against"] == "original" and "original model" in record["why"]
+    assert all(c["agreement"] <= 0.05 for c in record["candidates"] if "agreement" in c)
+    _, own = ptq.onnx_full_int8(src, cal, val)
+    assert own["against"] == "float" and own["agreement"] >= 0.95
+
+
 def test_an_onnx_file_with_a_layer_left_float_reads_back_int8_mixed_and_names_it(digits_mlp, tmp_path):
     src, _, cal, _, _ = digits_mlp
     out = tmp_path / "mixed.onnx"
