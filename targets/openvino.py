@@ -89,8 +89,8 @@ def write(
         src = Path(tmp) / "model.onnx"
         src.write_bytes(proto.SerializeToString())
 
-        def convert():
-            m = ov.convert_model(src)
+        def convert(path=src):
+            m = ov.convert_model(path)
             if fix_batch:
                 _fix_batch(m)
             return m
@@ -109,6 +109,7 @@ def write(
                 mixed=ptq.mixed,
                 progress=progress,
                 reference=ptq.reference,
+                src=src,
             )
         elif mode == "int8":
             ov_model = quantize(ov_model, calibration, progress)

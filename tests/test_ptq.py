@@ -79,6 +79,22 @@ def test_candidates_are_scored_against_the_original_models_outputs_when_given(di
     assert own["against"] == "float" and own["agreement"] >= 0.95
 
 
+def test_onnx_bias_correction_takes_each_channels_mean_error_out_of_its_int32_bias(digits_mlp, tmp_path):
+    src, _, cal, val, _ = digits_mlp
+    q = ptq.ort_static(src, cal)
+    fixed = ptq.minmax_bias_corrected(q, src, cal)
+    float_out = ptq.run_onnx(src, val)
+
+    def channel_error(m):  # of the logits, on samples the correction never saw
+        return np.abs((ptq.run_onnx(m, val) - float_out).mean(0))
+
+    assert channel_error(fixed).mean() < channel_error(q).mean()
+    out = tmp_path / "bc.onnx"
+    out.write_bytes(fixed.SerializeToString())
+    assert onnx_target.inspect(out)["quantization"] == "int8-qdq"
+    assert ptq.agreement(float_out, ptq.run_onnx(out, val)) >= 0.95
+
+
 def test_an_onnx_file_with_a_layer_left_float_reads_back_int8_mixed_and_names_it(digits_mlp, tmp_path):
     src, _, cal, _, _ = digits_mlp
     out = tmp_path / "mixed.onnx"
@@ -102,8 +118,8 @@ def test_mixed_precision_restores_float_layers_only_when_the_budget_is_missed(di
 @pytest.mark.slow
 def test_the_openvino_choice_reads_back_int8_from_the_ir(digits_mlp, tmp_path):
     src, _, cal, val, test = digits_mlp
-    model, record = ptq.openvino_int8(lambda: openvino_target.float_ir(src), cal, val)
-    assert record["chosen"].startswith("nncf")
+    model, record = ptq.openvino_int8(lambda path=src: openvino_target.float_ir(path), cal, val, src=src)
+    assert [c["method"] for c in record["candidates"]] == ["nncf", "onnxruntime-minmax-bias-correction"]
     openvino_target.import_openvino().save_model(model, str(tmp_path / "m.xml"), compress_to_fp16=False)
     assert openvino_target.inspect(tmp_path / "m.xml")["quantization"] == "int8"
     ref = ptq.run_openvino(openvino_target.float_ir(src), test)
@@ -120,10 +136,12 @@ def test_tflite_choice_sensitivity_and_selective_float_layers_read_back_truthful
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
     model.set_weights([*mlp.coefs_[:1], mlp.intercepts_[0], mlp.coefs_[1], mlp.intercepts_[1]])
     q, record = ptq.tflite_int8(model, cal, val)
-    assert {c["method"] for c in record["candidates"]} >= {"tflite-converter", "ai-edge-quantizer-a8w8"}
+    assert [c["method"] for c in record["candidates"]] == ["tflite-converter", "tflite-converter-bias-correction"]
     (tmp_path / "q.tflite").write_bytes(q)
-    info = tflite.inspect(tmp_path / "q.tflite")
-    assert info["quantization"] == "int8"  # ai-edge-quantizer's float I/O turned into int8 I/O too
+    assert tflite.inspect(tmp_path / "q.tflite")["quantization"] == "int8"
+    # the benchmark's ai-edge-quantizer peer: its float I/O turned into int8 I/O
+    (tmp_path / "aeq.tflite").write_bytes(ptq.ai_edge_quantizer_int8(ptq.float_tflite(model), cal))
+    assert tflite.inspect(tmp_path / "aeq.tflite")["quantization"] == "int8"
     assert ptq.agreement(model.predict(test, verbose=0), ptq.run_tflite(q, test)) >= 0.95
     ranked = ptq.sensitivity(model, cal)
     assert ranked and [r["rmse_per_scale"] for r in ranked] == sorted(
@@ -133,6 +151,26 @@ def test_tflite_choice_sensitivity_and_selective_float_layers_read_back_truthful
     mixed = tflite.inspect(tmp_path / "m.tflite")
     assert mixed["quantization"] == "int8-mixed"
     assert any(ranked[0]["layer"] in op for op in mixed["float_ops"])
+
+
+def test_tflite_bias_correction_takes_each_channels_mean_error_out_of_its_int32_bias(digits_mlp, tmp_path):
+    from pipeline import stages
+    from targets import tflite
+
+    _, mlp, cal, val, _ = digits_mlp
+    _, keras = stages.tf_setup(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+    model.set_weights([*mlp.coefs_[:1], mlp.intercepts_[0], mlp.coefs_[1], mlp.intercepts_[1]])
+    float_model, q = ptq.float_tflite(model), ptq.converter_int8(model, cal)
+    fixed = ptq.bias_corrected(q, float_model, cal)
+
+    def channel_error(m):  # of the logits, on samples the correction never saw
+        return np.abs((ptq.run_tflite(m, val) - ptq.run_tflite(float_model, val)).mean(0))
+
+    assert channel_error(fixed).mean() < channel_error(q).mean()
+    (tmp_path / "bc.tflite").write_bytes(fixed)
+    assert tflite.inspect(tmp_path / "bc.tflite")["quantization"] == "int8"
+    assert ptq.agreement(ptq.run_tflite(float_model, val), ptq.run_tflite(fixed, val)) >= 0.95
 
 
 def _with_external_buffers(model: bytes) -> bytes:
