@@ -79,6 +79,15 @@ def test_candidates_are_scored_against_the_original_models_outputs_when_given(di
     assert own["against"] == "float" and own["agreement"] >= 0.95
 
 
+def test_equal_top1_agreement_goes_to_the_candidate_whose_outputs_are_closest_to_the_reference():
+    ref = np.array([[2.0, 1.0], [1.0, 2.0], [1.0, 1.2]])
+    far = np.array([[2.0, 1.9], [1.9, 2.0], [1.5, 1.2]])  # both miss the third sample: 2/3 each
+    near = np.array([[2.0, 1.1], [1.1, 2.0], [1.5, 1.2]])
+    model, record = ptq._pick([("far", lambda: far), ("near", lambda: near)], lambda m: m, ref)
+    assert model is near and record["chosen"] == "near"
+    assert [c["agreement"] for c in record["candidates"]] == [0.6667, 0.6667]
+
+
 def test_onnx_bias_correction_takes_each_channels_mean_error_out_of_its_int32_bias(digits_mlp, tmp_path):
     src, _, cal, val, _ = digits_mlp
     q = ptq.ort_static(src, cal)
