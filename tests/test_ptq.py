@@ -53,7 +53,7 @@ def test_the_onnx_choice_is_the_candidate_that_agrees_best_on_validation_and_rea
     model, record = ptq.onnx_int8(src, cal, val)
     scored = [c for c in record["candidates"] if "agreement" in c]
     skipped = [c for c in record["candidates"] if "skipped" in c]
-    assert len(scored) + len(skipped) == len(record["candidates"]) >= 4
+    assert len(scored) + len(skipped) == len(record["candidates"]) >= 3
     assert not skipped or scored[-1]["agreement"] == 1.0  # the search ends at a method agreeing on every sample
     assert record["chosen"] == max(scored, key=lambda c: c["agreement"])["method"]
     assert record["agreement"] == max(c["agreement"] for c in scored)
