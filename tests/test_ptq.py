@@ -145,7 +145,11 @@ def test_tflite_choice_sensitivity_and_selective_float_layers_read_back_truthful
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
     model.set_weights([*mlp.coefs_[:1], mlp.intercepts_[0], mlp.coefs_[1], mlp.intercepts_[1]])
     q, record = ptq.tflite_int8(model, cal, val)
-    assert [c["method"] for c in record["candidates"]] == ["tflite-converter", "tflite-converter-bias-correction"]
+    assert [c["method"] for c in record["candidates"]] == [
+        "tflite-converter",
+        "tflite-converter-bias-correction",
+        "tflite-converter-bias-correction-all-samples",
+    ]
     (tmp_path / "q.tflite").write_bytes(q)
     assert tflite.inspect(tmp_path / "q.tflite")["quantization"] == "int8"
     # the benchmark's ai-edge-quantizer peer: its float I/O turned into int8 I/O
