@@ -11,7 +11,7 @@
  * libopenvino_c.so.*), loaded with dlopen: one binary serves whichever runtime is present.
  * Inputs are samples (N, ...) as numpy saves them: an .npy for a model with one input, an .npz with
  * one array per input name (or, unnamed, in order) for several, as runner_common.load_inputs reads
- * them. Each is cast to its input's type as runner_common.one_call does; int8 inputs are quantized
+ * them. Each is cast to its input's type as runner_common.one_call does, before any timing; int8 inputs are quantized
  * here and int8 outputs dequantized (per-tensor scale and zero point from the model), so the outputs
  * (.npz of output_<i>, float32) compare with the Python runners' directly. --precision (OpenVINO)
  * and --delegate (LiteRT) are the Python runners' runtime options; the CompiledModel API of LiteRT
@@ -748,22 +748,23 @@ static float half_to_float(uint16_t h) {
 }
 
 /* As runner_common.one_call: quantized like runner_common.quantize (round half to even, then clip)
-   for int8/uint8, numpy's astype for the other types (integers truncate toward zero). */
-static void to_input(const float *x, io_t *t) {
+   for int8/uint8, numpy's astype for the other types (integers truncate toward zero). One sample of
+   input t, written to dst in the input's own type. */
+static void to_input(const float *x, const io_t *t, void *dst) {
     size_t n = elements(t);
     switch (t->dtype) {
-    case DT_F32: memcpy(t->buf, x, n * sizeof(float)); return;
-    case DT_I32: for (size_t i = 0; i < n; i++) ((int32_t *)t->buf)[i] = (int32_t)x[i]; return;
-    case DT_I64: for (size_t i = 0; i < n; i++) ((int64_t *)t->buf)[i] = (int64_t)x[i]; return;
-    case DT_F16: for (size_t i = 0; i < n; i++) ((_Float16 *)t->buf)[i] = (_Float16)x[i]; return;
+    case DT_F32: memcpy(dst, x, n * sizeof(float)); return;
+    case DT_I32: for (size_t i = 0; i < n; i++) ((int32_t *)dst)[i] = (int32_t)x[i]; return;
+    case DT_I64: for (size_t i = 0; i < n; i++) ((int64_t *)dst)[i] = (int64_t)x[i]; return;
+    case DT_F16: for (size_t i = 0; i < n; i++) ((_Float16 *)dst)[i] = (_Float16)x[i]; return;
     default: break;
     }
     double lo = t->dtype == DT_I8 ? -128 : 0, hi = t->dtype == DT_I8 ? 127 : 255;
     for (size_t i = 0; i < n; i++) {
         float q = nearbyintf(x[i] / (float)t->scale) + (float)t->zero_point;
         q = q < lo ? (float)lo : q > hi ? (float)hi : q;
-        if (t->dtype == DT_I8) ((int8_t *)t->buf)[i] = (int8_t)q;
-        else ((uint8_t *)t->buf)[i] = (uint8_t)q;
+        if (t->dtype == DT_I8) ((int8_t *)dst)[i] = (int8_t)q;
+        else ((uint8_t *)dst)[i] = (uint8_t)q;
     }
 }
 
@@ -808,15 +809,22 @@ static double percentile(const double *v, size_t n, double p) {
     return v[lo] + (v[hi] - v[lo]) * (r - (double)lo);
 }
 
-/* Sample i of every input is copied into the runtime's input buffers inside the timed call and the
-   outputs read out of them, as an application must (runner_common times set + invoke + get). */
-static bool one_inference(runtime_t *rt, const samples_t *in, size_t i, float **scratch) {
-    for (int k = 0; k < rt->n_in; k++) {
-        size_t per = elements(&rt->in[k]);
-        to_input(in[k].data + (i % (size_t)in[k].shape[0]) * per, &rt->in[k]);
-    }
+/* Every sample of every input in the input's own type, made before any timing, as runner_common's
+   _prepare: feeds[k] holds n samples of rt->in[k].bytes. */
+static unsigned char *prepare(const runtime_t *rt, const samples_t *in, int k, size_t n) {
+    const io_t *t = &rt->in[k];
+    unsigned char *feed = malloc(n * t->bytes + 1);
+    for (size_t i = 0; i < n; i++) to_input(in[k].data + i * elements(t), t, feed + i * t->bytes);
+    return feed;
+}
+
+/* Sample i is copied into the runtime's input buffers inside the timed call and the outputs copied out
+   in their own type, as an application must (runner_common times set + invoke + get); float outputs
+   for the .npz are made after, by from_output. */
+static bool one_inference(runtime_t *rt, unsigned char *const *feeds, size_t n, size_t i, void **raw) {
+    for (int k = 0; k < rt->n_in; k++) memcpy(rt->in[k].buf, feeds[k] + (i % n) * rt->in[k].bytes, rt->in[k].bytes);
     if (!rt->infer(rt)) return false;
-    for (int o = 0; o < rt->n_out; o++) from_output(&rt->out[o], scratch[o]);
+    for (int o = 0; o < rt->n_out; o++) memcpy(raw[o], rt->out[o].buf, rt->out[o].bytes);
     return true;
 }
 
@@ -1010,9 +1018,11 @@ int main(int argc, char **argv) {
             if (rt->in[k].dtype == DT_OTHER) ok = fail("input %s has a type the native runner cannot feed", rt->in[k].name);
     }
     if (ok && a.inputs) ok = read_inputs(a.inputs, rt, in, a.limit);
-    float *scratch[MAX_IO] = {0};
-    for (int o = 0; ok && rt && o < rt->n_out; o++) scratch[o] = malloc(elements(&rt->out[o]) * sizeof(float) + 4);
     size_t n_samples = ok && a.inputs ? (size_t)in[0].shape[0] : 0;
+    void *raw[MAX_IO] = {0};
+    unsigned char *feeds[MAX_IO] = {0};
+    for (int o = 0; ok && rt && o < rt->n_out; o++) raw[o] = malloc(rt->out[o].bytes + 4);
+    for (int k = 0; n_samples && k < rt->n_in; k++) feeds[k] = prepare(rt, in, k, n_samples);
     double vec_diff[MAX_IO] = {0};
     bool vectors_checked = false;
     if (ok && (a.outputs || a.expect) && n_samples) {
@@ -1029,11 +1039,8 @@ int main(int argc, char **argv) {
             for (int d = 1; d < rt->out[o].rank; d++) shapes[o][d] = rt->out[o].shape[d];
         }
         for (size_t i = 0; ok && i < n_samples; i++) {
-            ok = one_inference(rt, in, i, scratch);
-            for (int o = 0; ok && o < rt->n_out; o++) {
-                size_t per = elements(&rt->out[o]);
-                memcpy(arrays[o] + i * per, scratch[o], per * sizeof(float));
-            }
+            ok = one_inference(rt, feeds, n_samples, i, raw);
+            for (int o = 0; ok && o < rt->n_out; o++) from_output(&rt->out[o], arrays[o] + i * elements(&rt->out[o]));
         }
         if (ok && a.outputs) ok = write_npz(a.outputs, rt->n_out, arrays, (const int64_t (*)[MAX_RANK + 1])shapes, ranks);
         if (ok) predicted = n_samples;
@@ -1044,10 +1051,10 @@ int main(int argc, char **argv) {
     }
     if (ok && a.bench) {
         double t0 = now_s();
-        ok = one_inference(rt, in, 0, scratch);
+        ok = one_inference(rt, feeds, n_samples, 0, raw);
         first_ms = (now_s() - t0) * 1e3;
         for (int i = 0; ok && i < a.warmup; i++)
-            ok = one_inference(rt, in, (size_t)i + 1, scratch);
+            ok = one_inference(rt, feeds, n_samples, (size_t)i + 1, raw);
         size_t cap = 1024;
         lat = malloc(cap * sizeof(double));
         for (int sec = 0; ok && sec < a.sections && sec < 64; sec++) {
@@ -1057,7 +1064,7 @@ int main(int argc, char **argv) {
             mark(MARK_START);
             while (ok && (i < (size_t)a.runs || now_s() - start < a.min_seconds)) {
                 double t = now_s();
-                ok = one_inference(rt, in, i, scratch);
+                ok = one_inference(rt, feeds, n_samples, i, raw);
                 double dt = now_s() - t;
                 if (n_lat == cap) lat = realloc(lat, (cap *= 2) * sizeof(double));
                 lat[n_lat++] = dt * 1e3;
