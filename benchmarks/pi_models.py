@@ -31,6 +31,23 @@ def mobilenet_v2():
     return keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), weights=None, classes=1000)
 
 
+def mobilenet_v3_large():
+    import tf_keras as keras
+
+    # XNNPACK's end2end models take the preprocessed tensor: no Rescaling layer in front
+    return keras.applications.MobileNetV3Large(
+        input_shape=(SIZE, SIZE, 3), weights=None, classes=1000, include_preprocessing=False
+    )
+
+
+def mobilenet_v3_small():
+    import tf_keras as keras
+
+    return keras.applications.MobileNetV3Small(
+        input_shape=(SIZE, SIZE, 3), weights=None, classes=1000, include_preprocessing=False
+    )
+
+
 def efficientnet_lite0():
     """EfficientNet-Lite0 as TensorFlow's efficientnet_lite_builder defines it: EfficientNet-B0's
     blocks without squeeze-and-excitation, ReLU6 instead of swish, stem and head not scaled."""
@@ -70,7 +87,13 @@ def efficientnet_lite0():
     return keras.Model(inp, out, name="efficientnet_lite0")
 
 
-MODELS = {"mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2, "efficientnet_lite0": efficientnet_lite0}
+MODELS = {
+    "mobilenet_v1": mobilenet_v1,
+    "mobilenet_v2": mobilenet_v2,
+    "mobilenet_v3_large": mobilenet_v3_large,
+    "mobilenet_v3_small": mobilenet_v3_small,
+    "efficientnet_lite0": efficientnet_lite0,
+}
 
 
 def write(out: Path, name: str) -> dict[str, Path]:

@@ -114,6 +114,29 @@ def test_an_in_order_a53_needs_more_cycles_than_an_a72_for_the_same_fma_block():
     assert a53 > a72 > 0
 
 
+@needs_llvm
+def test_threads_divide_the_compute_time_and_the_memory_term_adds_the_moved_bytes_over_the_bandwidth():
+    hexes = _assemble(["fmla v0.4s, v1.4s, v2.4s", "ldr q1, [x0], #16", "subs x1, x1, #1"])
+    blocks, moved = {hexes: 1_000_000}, 8_000_000
+    alone = estimate.estimate(blocks, 1, "rpi4")
+    assert alone["estimate_memory_ms"] == 0 and "without its memory term" in alone["estimate_note"]
+    four = estimate.estimate(blocks, 1, "rpi4", moved_bytes=moved, threads=4)
+    assert four["estimate_memory_ms"] == pytest.approx(moved / (estimate.BOARDS["rpi4"].gbps * 1e6))
+    assert four["estimated_p50_ms"] == pytest.approx(alone["estimate_compute_ms"] / 4 + four["estimate_memory_ms"])
+    # the Pi 3 has no fitted bandwidth: its estimate is the compute time, whatever the bytes
+    pi3 = estimate.estimate(blocks, 1, "rpi3", moved_bytes=moved)
+    assert pi3["estimated_p50_ms"] == pi3["estimate_compute_ms"] > 0
+
+
+def test_an_int8_tflite_moves_about_a_quarter_of_the_bytes_of_its_fp32_original(small_tflite):
+    from targets.tflite import tensor_bytes
+
+    fp32, int8 = tensor_bytes(small_tflite / "fp32.tflite"), tensor_bytes(small_tflite / "int8.tflite")
+    # at least every fp32 weight (1,482 parameters) once and the fp32 input written and read
+    assert fp32 > 4 * 1482 + 2 * 4 * 32 * 32 * 3
+    assert 3 < fp32 / int8 < 4.5
+
+
 def _assemble(asm):
     import subprocess
 
