@@ -114,6 +114,31 @@ def test_an_in_order_a53_needs_more_cycles_than_an_a72_for_the_same_fma_block():
     assert a53 > a72 > 0
 
 
+@pytest.mark.emu
+@pytest.mark.slow
+@needs_llvm
+def test_each_emulated_board_runs_the_int8_kernels_xnnpack_picks_for_its_core(small_tflite, tmp_path):
+    """XNNPACK picks int8 kernels by the core it detects: the A53's hand-scheduled SMLAL-by-lane
+    kernel, the A72's SMULL/SADALP ones, the A76's dot products (the only core of the three with SDOT)."""
+    mnemonics = {}
+    for board in ("rpi3", "rpi4", "rpi5"):
+        try:
+            emu.setup(f"emu:{board}", log=lambda line: None)
+        except emu.EmuError as e:
+            pytest.skip(f"aarch64 emulation cannot be set up here: {e}")
+        folder = tmp_path / board
+        folder.mkdir()
+        blocks, _, _ = emulated.block_profile(
+            board, RUNNER, small_tflite / "int8.tflite", small_tflite / "x.npy", folder, runs=1
+        )
+        hot = sorted(blocks, key=lambda b: blocks[b] * len(b), reverse=True)[:20]
+        mnemonics[board] = " ".join(i for b in hot for i in estimate.disassemble(b))
+    assert "sdot" in mnemonics["rpi5"]
+    assert "sdot" not in mnemonics["rpi3"] and "sdot" not in mnemonics["rpi4"]
+    assert ".h[" in mnemonics["rpi3"]  # multiply-accumulate by lane: the Cortex-A53 kernel
+    assert "sadalp" in mnemonics["rpi4"] and ".h[" not in mnemonics["rpi4"]
+
+
 @needs_llvm
 def test_threads_divide_the_compute_time_and_the_memory_term_adds_the_moved_bytes_over_the_bandwidth():
     hexes = _assemble(["fmla v0.4s, v1.4s, v2.4s", "ldr q1, [x0], #16", "subs x1, x1, #1"])
