@@ -61,7 +61,7 @@ BOARDS = {
     "rpi4": Board("cortex-a72", gbps=2.30),
     # The Neoverse N1 is the Cortex-A76 design for servers; LLVM (19) models it, while its cortex-a76
     # entry reuses the older Cortex-A57 model (as cortex-a72 does).
-    "rpi5": Board("neoverse-n1", gbps=11.75),
+    "rpi5": Board("neoverse-n1", gbps=13.03),
 }
 
 
