@@ -161,7 +161,7 @@ def main() -> int:
         if fp:
             ok = (r["ms"] < fp["ms"]) == (r["estimated_ms"] < fp["estimated_ms"])
             pairs.append(
-                f"- {r['model']} on {r['board']} ({r['threads']} threads): published int8/fp32 "
+                f"- {r['model']} on {r['board']} ({r['threads']} thread{'s' * (r['threads'] > 1)}): published int8/fp32 "
                 f"{r['ms'] / fp['ms']:.2f}, estimated {r['estimated_ms'] / fp['estimated_ms']:.2f}: "
                 f"{'ranked right' if ok else 'RANKED WRONG'}"
             )
