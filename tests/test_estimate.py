@@ -162,11 +162,19 @@ def test_an_int8_tflite_moves_about_a_quarter_of_the_bytes_of_its_fp32_original(
     assert 3 < fp32 / int8 < 4.5
 
 
+@needs_llvm
+def test_a_block_the_core_model_cannot_price_is_left_out_and_the_rest_priced():
+    fma = _assemble(["fmla v0.4s, v1.4s, v2.4s", "subs x1, x1, #1"])
+    atomic = _assemble(["casa w0, w1, [x2]", "add x0, x0, #1"])  # no scheduling data in LLVM's N1 model
+    cycles = estimate.block_cycles([fma, atomic], "neoverse-n1")
+    assert set(cycles) == {fma} and cycles[fma] > 0
+
+
 def _assemble(asm):
     import subprocess
 
     out = subprocess.run(
-        [f"llvm-mc-{estimate.LLVM}", "-triple=aarch64", "-mattr=+neon", "-show-encoding"],
+        [f"llvm-mc-{estimate.LLVM}", "-triple=aarch64", f"-mattr={estimate._ATTRS}", "-show-encoding"],
         input="\n".join(asm) + "\n",
         capture_output=True,
         text=True,
