@@ -160,20 +160,19 @@ def estimate(
     in_order: bool | None = None,
     moved_bytes: int | None = None,
     threads: int = 1,
-    gbps: float | None = None,
 ) -> dict:
     """Estimated milliseconds per inference on `board` from one section's blocks ({hex: executions}),
     run with `threads` threads.
 
     moved_bytes: what one inference moves through memory (tensor_bytes); None leaves the memory term
-    out (and says so). mhz: another clock than the profile's; in_order, gbps: override the board's
-    pricing and bandwidth (for the validation).
+    out (and says so). mhz: another clock than the profile's; in_order: override the board's pricing
+    (for the validation).
     """
     from pipeline.devices.profiles import get_profile
 
     spec = BOARDS[board]
     mhz = mhz or get_profile(board).max_mhz
-    gbps = gbps or spec.gbps
+    gbps = spec.gbps
     if threads > 1 and gbps is None:
         raise EstimateError(f"{board} has no memory term (no multi-thread points to fit it): 1 thread only")
     weight = {b: n * (len(b) // 8) for b, n in blocks.items()}  # instructions (4 bytes each) executed
@@ -190,7 +189,7 @@ def estimate(
     priced = sum(weight[b] for b in cycles)
     hot_cycles = sum(blocks[b] * c for b, c in cycles.items())
     cpi = hot_cycles / priced
-    # loads and stores of the priced blocks: what a cache model would start from (none is applied)
+    # loads and stores of the priced blocks, reported (the memory term counts tensor bytes instead)
     memory = sum(blocks[b] * sum(i.split()[0].startswith(("ld", "st")) for i in disassemble(b)) for b in cycles)
     total_cycles = hot_cycles + (total - priced) * cpi  # unpriced blocks at the priced mean
     compute_ms = total_cycles / inferences / (mhz * 1e3)
