@@ -31,6 +31,23 @@ def mobilenet_v2():
     return keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), weights=None, classes=1000)
 
 
+def mobilenet_v3_large():
+    import tf_keras as keras
+
+    # XNNPACK's end2end models take the preprocessed tensor: no Rescaling layer in front
+    return keras.applications.MobileNetV3Large(
+        input_shape=(SIZE, SIZE, 3), weights=None, classes=1000, include_preprocessing=False
+    )
+
+
+def mobilenet_v3_small():
+    import tf_keras as keras
+
+    return keras.applications.MobileNetV3Small(
+        input_shape=(SIZE, SIZE, 3), weights=None, classes=1000, include_preprocessing=False
+    )
+
+
 def efficientnet_lite0():
     """EfficientNet-Lite0 as TensorFlow's efficientnet_lite_builder defines it: EfficientNet-B0's
     blocks without squeeze-and-excitation, ReLU6 instead of swish, stem and head not scaled."""
@@ -70,7 +87,73 @@ def efficientnet_lite0():
     return keras.Model(inp, out, name="efficientnet_lite0")
 
 
-MODELS = {"mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2, "efficientnet_lite0": efficientnet_lite0}
+def _resnet(blocks: list[int], bottleneck: bool, name: str):
+    """torchvision's ResNet (as microsoft/resnet-18 and -50 on Hugging Face): the stride of a
+    bottleneck block on its 3x3 convolution (v1.5)."""
+    import tf_keras as keras
+    from tf_keras import layers
+
+    def conv_bn(x, filters, kernel, stride=1, relu=True):
+        x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        return layers.ReLU()(x) if relu else x
+
+    inp = keras.Input((SIZE, SIZE, 3))
+    x = layers.MaxPooling2D(3, 2, padding="same")(conv_bn(inp, 64, 7, 2))
+    for stage, repeats in enumerate(blocks):
+        width = 64 * 2**stage
+        for i in range(repeats):
+            stride = 2 if stage and not i else 1
+            out = width * 4 if bottleneck else width
+            if bottleneck:
+                y = conv_bn(conv_bn(conv_bn(x, width, 1), width, 3, stride), out, 1, relu=False)
+            else:
+                y = conv_bn(conv_bn(x, width, 3, stride), width, 3, relu=False)
+            short = conv_bn(x, out, 1, stride, relu=False) if stride != 1 or x.shape[-1] != out else x
+            x = layers.ReLU()(layers.Add()([short, y]))
+    out = layers.Dense(1000, activation="softmax")(layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inp, out, name=name)
+
+
+def resnet18():
+    return _resnet([2, 2, 2, 2], False, "resnet18")
+
+
+def resnet50():
+    return _resnet([3, 4, 6, 3], True, "resnet50")
+
+
+def squeezenet1_1():
+    """torchvision's SqueezeNet 1.1 (its max pools round up, Keras' down: a few rows differ)."""
+    import tf_keras as keras
+    from tf_keras import layers
+
+    def fire(x, squeeze, expand):
+        s = layers.Conv2D(squeeze, 1, activation="relu")(x)
+        e1 = layers.Conv2D(expand, 1, activation="relu")(s)
+        e3 = layers.Conv2D(expand, 3, padding="same", activation="relu")(s)
+        return layers.Concatenate()([e1, e3])
+
+    inp = keras.Input((SIZE, SIZE, 3))
+    x = layers.Conv2D(64, 3, 2, activation="relu")(inp)
+    for squeeze, expand, pool in ((16, 64, True), (32, 128, True), (48, 192, True), (64, 256, False)):
+        x = layers.MaxPooling2D(3, 2)(x) if pool else x
+        x = fire(fire(x, squeeze, expand), squeeze, expand)
+    x = layers.Conv2D(1000, 1, activation="relu")(x)
+    out = layers.Softmax()(layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inp, out, name="squeezenet1_1")
+
+
+MODELS = {
+    "mobilenet_v1": mobilenet_v1,
+    "mobilenet_v2": mobilenet_v2,
+    "mobilenet_v3_large": mobilenet_v3_large,
+    "mobilenet_v3_small": mobilenet_v3_small,
+    "efficientnet_lite0": efficientnet_lite0,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "squeezenet1_1": squeezenet1_1,
+}
 
 
 def write(out: Path, name: str) -> dict[str, Path]:

@@ -34,8 +34,9 @@ ARCHES = ("x86_64", "aarch64")
 # The oldest glibc the bundle needs on a board: the newest of its parts' manylinux tags (OpenVINO's
 # aarch64 wheel is manylinux_2_35); the binary itself, built on Debian 12, asks for no newer symbol.
 BUNDLE_GLIBC = {"x86_64": (2, 28), "aarch64": (2, 35)}
-# The runner arguments edge_bench takes (runtime options such as --delegate it has not).
+# The runner arguments edge_bench takes, with the values it has of each runtime option.
 NATIVE_FLAGS = {"--inputs", "--outputs", "--limit", "--threads", "--warmup", "--runs", "--min-seconds", "--bench"}
+NATIVE_OPTIONS = {"--precision": ("f32", "default"), "--delegate": ("xnnpack",)}
 
 
 class NativeError(PipelineError):
@@ -131,13 +132,16 @@ def command(rt, arch: str, lib: Path | str | None = None, exe: Path | str | None
 
 
 def native_args(args) -> list[str]:
-    """The runner arguments the native runner takes; a runtime option (--delegate, --precision) it has not."""
+    """The runner arguments for the native runner; a runtime option value it has not is refused here, before
+    anything is copied to a board."""
     args = [str(a) for a in args]
-    for a in args:
-        if a.startswith("--") and a not in NATIVE_FLAGS:
+    for a, v in zip(args, [*args[1:], None]):
+        if a.startswith("--") and a not in NATIVE_FLAGS | NATIVE_OPTIONS.keys():
+            raise NativeError(f"the native runner has no option {a}")
+        if a in NATIVE_OPTIONS and v not in NATIVE_OPTIONS[a]:
             raise NativeError(
-                f"the native runner has no option {a}: it runs each runtime's defaults "
-                "(LiteRT with XNNPACK, OpenVINO in f32)"
+                f"the native runner has no {a} {v}: it takes {' or '.join(NATIVE_OPTIONS[a])} "
+                "(LiteRT's CompiledModel API runs XNNPACK only); use --harness python for it"
             )
     return args
 

@@ -223,6 +223,30 @@ def inspect(path: str | Path) -> dict:
     }
 
 
+def _itemsize(dtype: str) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # int4, bfloat16, string, resource, variant: not numpy names
+        return 2 if dtype == "bfloat16" else 1
+
+
+def tensor_bytes(path: str | Path) -> int:
+    """Bytes one inference moves through memory, for the latency estimate's memory term
+    (pipeline/devices/estimate.py): every weight read once, every activation written once and read once."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    raw = Path(path).read_bytes()
+    m = schema.ModelT.InitFromPackedBuf(bytearray(raw), 0)
+    dtypes = _dtype_names()
+    moved = 0
+    for t in m.subgraphs[0].tensors:
+        b = m.buffers[t.buffer]
+        const = (b.data is not None and len(b.data)) or (b.offset or 0) > 1
+        size = int(np.prod([abs(int(d)) for d in t.shape])) if t.shape is not None else 0
+        moved += size * _itemsize(dtypes[t.type]) * (1 if const else 2)
+    return moved
+
+
 def classify(const_types: Counter, act_types: Counter, inputs, outputs) -> str:
     """Name the quantization from the tensor types the file holds (activations exclude the I/O)."""
     io_types = {t["dtype"] for t in inputs + outputs}

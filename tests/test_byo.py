@@ -65,6 +65,8 @@ sparsity = 0.5
 epochs = 2
 [qat]
 epochs = 1
+[ptq]
+choose = false
 [build]
 min_agreement = 0.9
 """)
@@ -110,6 +112,7 @@ min_agreement = 0.9
 
 @needs_assets
 def test_an_onnx_detector_comes_in_through_onnx2tf_and_is_compared_by_its_maps(tmp_path):
+    """(The post-training choice among methods is tests/test_ptq.py's: here one method keeps the test short.)"""
     np.savez(tmp_path / "text.npz", x=text_images(40))
     user_file = ASSETS / "ppocr_v4_det.onnx"
     before = user_file.read_bytes()
@@ -126,6 +129,8 @@ std = [0.229, 0.224, 0.225]
 calibration_samples = 30
 [qat]
 epochs = 1
+[ptq]
+choose = false
 [build]
 min_cosine = 0.9
 """)

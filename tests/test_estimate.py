@@ -114,11 +114,67 @@ def test_an_in_order_a53_needs_more_cycles_than_an_a72_for_the_same_fma_block():
     assert a53 > a72 > 0
 
 
+@pytest.mark.emu
+@pytest.mark.slow
+@needs_llvm
+def test_each_emulated_board_runs_the_int8_kernels_xnnpack_picks_for_its_core(small_tflite, tmp_path):
+    """XNNPACK picks int8 kernels by the core it detects: the A53's hand-scheduled SMLAL-by-lane
+    kernel, the A72's SMULL/SADALP ones, the A76's dot products (the only core of the three with SDOT)."""
+    mnemonics = {}
+    for board in ("rpi3", "rpi4", "rpi5"):
+        try:
+            emu.setup(f"emu:{board}", log=lambda line: None)
+        except emu.EmuError as e:
+            pytest.skip(f"aarch64 emulation cannot be set up here: {e}")
+        folder = tmp_path / board
+        folder.mkdir()
+        blocks, _, _ = emulated.block_profile(
+            board, RUNNER, small_tflite / "int8.tflite", small_tflite / "x.npy", folder, runs=1
+        )
+        hot = sorted(blocks, key=lambda b: blocks[b] * len(b), reverse=True)[:20]
+        mnemonics[board] = " ".join(i for b in hot for i in estimate.disassemble(b))
+    assert "sdot" in mnemonics["rpi5"]
+    assert "sdot" not in mnemonics["rpi3"] and "sdot" not in mnemonics["rpi4"]
+    assert ".h[" in mnemonics["rpi3"]  # multiply-accumulate by lane: the Cortex-A53 kernel
+    assert "sadalp" in mnemonics["rpi4"] and ".h[" not in mnemonics["rpi4"]
+
+
+@needs_llvm
+def test_threads_divide_the_compute_time_and_the_memory_term_adds_the_moved_bytes_over_the_bandwidth():
+    hexes = _assemble(["fmla v0.4s, v1.4s, v2.4s", "ldr q1, [x0], #16", "subs x1, x1, #1"])
+    blocks, moved = {hexes: 1_000_000}, 8_000_000
+    alone = estimate.estimate(blocks, 1, "rpi4")
+    assert alone["estimate_memory_ms"] == 0 and "without its memory term" in alone["estimate_note"]
+    four = estimate.estimate(blocks, 1, "rpi4", moved_bytes=moved, threads=4)
+    assert four["estimate_memory_ms"] == pytest.approx(moved / (estimate.BOARDS["rpi4"].gbps * 1e6))
+    assert four["estimated_p50_ms"] == pytest.approx(alone["estimate_compute_ms"] / 4 + four["estimate_memory_ms"])
+    # the Pi 3 has no fitted bandwidth: its estimate is the compute time, whatever the bytes
+    pi3 = estimate.estimate(blocks, 1, "rpi3", moved_bytes=moved)
+    assert pi3["estimated_p50_ms"] == pi3["estimate_compute_ms"] > 0
+
+
+def test_an_int8_tflite_moves_about_a_quarter_of_the_bytes_of_its_fp32_original(small_tflite):
+    from targets.tflite import tensor_bytes
+
+    fp32, int8 = tensor_bytes(small_tflite / "fp32.tflite"), tensor_bytes(small_tflite / "int8.tflite")
+    # at least every fp32 weight (1,482 parameters) once and the fp32 input written and read
+    assert fp32 > 4 * 1482 + 2 * 4 * 32 * 32 * 3
+    assert 3 < fp32 / int8 < 4.5
+
+
+@needs_llvm
+def test_a_block_the_core_model_cannot_price_is_left_out_and_the_rest_priced():
+    fma = _assemble(["fmla v0.4s, v1.4s, v2.4s", "subs x1, x1, #1"])
+    atomic = _assemble(["casa w0, w1, [x2]", "add x0, x0, #1"])  # no scheduling data in LLVM's N1 model
+    cycles = estimate.block_cycles([fma, atomic], "neoverse-n1")
+    assert set(cycles) == {fma} and cycles[fma] > 0
+
+
 def _assemble(asm):
     import subprocess
 
     out = subprocess.run(
-        [f"llvm-mc-{estimate.LLVM}", "-triple=aarch64", "-mattr=+neon", "-show-encoding"],
+        [f"llvm-mc-{estimate.LLVM}", "-triple=aarch64", f"-mattr={estimate._ATTRS}", "-show-encoding"],
         input="\n".join(asm) + "\n",
         capture_output=True,
         text=True,

@@ -131,18 +131,81 @@ def test_a_bad_model_or_bad_inputs_is_a_failed_result_with_the_reason_never_a_cr
     assert not res["ok"] and "onnxruntime CreateSession failed" in res["error"]
     np.save(tmp_path / "wrong.npy", np.zeros((3, 5), dtype=np.float32))
     res = _native(model, "onnxruntime", "--inputs", tmp_path / "wrong.npy")
-    assert not res["ok"] and "a sample has 5 values, the model's input 64" in res["error"]
-    np.save(tmp_path / "f64.npy", np.zeros((3, 8, 8, 1)))
-    assert "float32" in _native(model, "onnxruntime", "--inputs", tmp_path / "f64.npy")["error"]
+    assert not res["ok"] and "a sample of input x has 5 values, the model's input 64" in res["error"]
+    np.save(tmp_path / "c64.npy", np.zeros((3, 8, 8, 1), dtype=np.complex64))
+    assert "float, int or bool" in _native(model, "onnxruntime", "--inputs", tmp_path / "c64.npy")["error"]
+    np.savez_compressed(tmp_path / "zipped.npz", x=np.zeros((3, 8, 8, 1), dtype=np.float32))
+    assert "np.savez_compressed" in _native(model, "onnxruntime", "--inputs", tmp_path / "zipped.npz")["error"]
+    np.savez(tmp_path / "two.npz", a=np.zeros((3, 64)), b=np.zeros((3, 64)))
+    assert (
+        "holds 2 arrays but the model's inputs are [x]"
+        in _native(model, "onnxruntime", "--inputs", tmp_path / "two.npz")["error"]
+    )
     assert "--bench needs --inputs" in _native(model, "onnxruntime", "--bench")["error"]
     res = runner.run_command([edge_bench, "--runtime", "litert", "--lib", tmp_path / "none.so", model], 60)
     assert not res["ok"] and "cannot load" in res["error"]
 
 
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory):
+    """y = audio * float(gain): a float and an int64 input, fed from an .npz by name, as the Python runner feeds
+    a model with several inputs (the arrays stored in the other order, float64 as numpy makes them)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["gain"], ["g"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["audio", "g"], ["y"]),
+        ],
+        "two",
+        [
+            helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("gain", TensorProto.INT64, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder = tmp_path_factory.mktemp("two-inputs")
+    onnx.save(model, folder / "model.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(folder / "x.npz", gain=rng.integers(-3, 4, size=(12, 1)), audio=rng.normal(size=(12, 4)))
+    return folder / "model.onnx", folder / "x.npz"
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_a_model_with_several_inputs_of_several_types_is_fed_from_an_npz_by_name(
+    edge_bench, two_inputs, runtime, tmp_path
+):
+    model, x = two_inputs
+    res = _native(model, runtime, "--inputs", x, "--outputs", tmp_path / "native.npz", "--bench", "--runs", 5)
+    assert res["ok"], res
+    assert [i["name"] for i in res["inputs"]] == ["audio", "gain"] and res["inputs"][1]["dtype"] == "int64"
+    script = RUNNERS / ("run_onnxruntime.py" if runtime == "onnxruntime" else "run_openvino.py")
+    py = runner.run(script, model, ["--inputs", x, "--outputs", tmp_path / "python.npz"])
+    assert py["ok"], py
+    with np.load(x) as z:
+        expected = z["audio"].astype(np.float32) * z["gain"]
+    np.testing.assert_allclose(load_outputs(tmp_path / "native.npz")[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(load_outputs(tmp_path / "python.npz")[0], expected, rtol=1e-6)
+
+
+def test_openvino_at_its_default_precision_says_which_it_compiled_for(edge_bench, tiny_onnx):
+    model, x = tiny_onnx
+    exact, default = (_native(model, "openvino", "--inputs", x, "--precision", p) for p in ("f32", "default"))
+    assert exact["ok"] and default["ok"], (exact, default)
+    assert exact["precision"] == "f32" and default["precision"] in ("f32", "bf16", "f16")
+    assert "--delegate" in _native(model, "onnxruntime", "--delegate", "xnnpack")["error"]
+
+
 def test_runtime_options_the_native_runner_lacks_are_refused_by_name():
-    with pytest.raises(native.NativeError, match="no option --delegate"):
+    with pytest.raises(native.NativeError, match="no --delegate none: it takes xnnpack"):
         native.native_args(["--bench", "--delegate", "none"])
+    with pytest.raises(native.NativeError, match="no option --frobnicate"):
+        native.native_args(["--frobnicate", "1"])
     assert native.native_args(["--bench", "--threads", "2"]) == ["--bench", "--threads", "2"]
+    assert native.native_args(["--precision", "default"]) == ["--precision", "default"]
     with pytest.raises(native.NativeError, match="no native runner for run_tflite_runtime.py"):
         native.runtime_for("run_tflite_runtime.py")
 

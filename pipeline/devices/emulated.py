@@ -134,7 +134,9 @@ class EmuDevice:
             if timing:
                 fields.update(self._counts(res, counts, timing.threads))
                 if count and fields.get("instructions_per_inference"):
-                    fields.update(self._estimate(folder / f"blocks-{site}.txt", fields["inferences_per_section"]))
+                    fields.update(
+                        self._estimate(folder / f"blocks-{site}.txt", fields["inferences_per_section"], request.model)
+                    )
             fields.update(emulated_fields(res))
             legacy = self._legacy_runner(Path(request.runner))
             if legacy and loaded:
@@ -161,9 +163,10 @@ class EmuDevice:
             "inferences_per_section": runs,
         }
 
-    def _estimate(self, blocks_file: Path, inferences: int) -> dict:
+    def _estimate(self, blocks_file: Path, inferences: int, model: Path) -> dict:
         """Estimated latency on the real board from the last counted section's blocks (estimate.py)."""
         from pipeline.devices import estimate
+        from targets.tflite import tensor_bytes
 
         if not blocks_file.exists():
             return {
@@ -174,7 +177,8 @@ class EmuDevice:
             sections = estimate.parse_blocks(blocks_file)
             if not sections:
                 raise EstimateError("the block profiler wrote no section")
-            return estimate.estimate(sections[-1][1], inferences, self.profile.name)
+            moved = tensor_bytes(model) if Path(model).suffix == ".tflite" else None
+            return estimate.estimate(sections[-1][1], inferences, self.profile.name, moved_bytes=moved)
         except EstimateError as e:
             return {"estimate_note": f"no estimate: {e}"}
 

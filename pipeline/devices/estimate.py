@@ -1,11 +1,12 @@
-"""Estimated single-thread latency on a Raspberry Pi board from its emulated run: an ESTIMATE, never a measurement.
+"""Estimated latency on a Raspberry Pi board from its emulated run: an ESTIMATE, never a measurement.
 
 The emulated board (emulator.py) runs the real aarch64 runtime with the board's CPU identity, so the
-runtime picks the kernels it would pick on the board. The profiling plugin (scripts/qemu_plugin/bb_profile.c)
-records every translation block the timed section executed, with its instruction bytes and how often it
-ran. The blocks covering COVERAGE of the instructions are disassembled (llvm-mc) and priced by LLVM's
-scheduling model of the board's core; the sum of count x cycles at the board's clock is the estimate.
-Nothing is fitted.
+runtime picks the kernels it would pick on the board (checked: XNNPACK's Cortex-A53 int8 kernel on
+rpi3, its SMULL/SADALP kernels on rpi4, SDOT on rpi5). The profiling plugin
+(scripts/qemu_plugin/bb_profile.c) records every translation block the timed section executed, with
+its instruction bytes and how often it ran. The blocks covering COVERAGE of the instructions are
+disassembled (llvm-mc) and priced by LLVM's scheduling model of the board's core; count x cycles at
+the board's clock is the compute time of one thread.
 
 - Out-of-order cores (Pi 4's Cortex-A72, Pi 5's Cortex-A76): llvm-mca's simulated cycles per iteration
   of the block in steady state, i.e. as the inner loop it usually is.
@@ -15,9 +16,13 @@ Nothing is fitted.
   latency that schedule hides (2.8-3 cycles per instruction on the fp32 kernels, 1.7-5x the published
   Pi 3B+ latencies). This choice was made after seeing that miss (README: Estimated latency).
 
-llvm-mca assumes every load hits L1 and there is no memory-stall term: on the published Pi 3B+ points
-the estimate is at or above the measured latency for four of six, so a stall term could only be a
-constant fitted to six points of one board. Loads and stores are counted and reported instead.
+llvm-mca assumes every load hits L1. The memory term adds the bytes one inference moves through
+memory (tensor_bytes: every weight read once, every activation written once and read once) at an
+effective bandwidth per board, and it does not shrink with threads: estimated ms = compute ms /
+threads + bytes / bandwidth. The bandwidths are the only fitted constants, fitted on the published
+4-thread Pi 4 and Pi 5 points (benchmarks/pi_latency.py reports every point leave-one-out). The
+Pi 3's published points are single-thread, where the term cannot be told apart from the compute
+time, so rpi3 has none.
 
 Needs llvm-mc-19 and llvm-mca-19 (Debian's llvm-19, scripts/install_system.sh).
 """
@@ -33,7 +38,7 @@ from pathlib import Path
 
 from pipeline.errors import EstimateError
 
-MODEL_VERSION = "mca-1"  # bump when the estimate's meaning changes
+MODEL_VERSION = "mca-2"  # bump when the estimate's meaning changes
 COVERAGE = 0.995  # share of executed instructions priced by llvm-mca; the rest at the priced mean
 MCA_ITERATIONS = 50  # steady state: long enough for the loop-carried chains, short enough to stay fast
 LLVM = 19  # Debian's llvm-19 models the Neoverse N1 (A76 design); llvm-14 maps a72, a76 and n1 to the A57
@@ -44,15 +49,19 @@ _ATTRS = "+neon,+fp-armv8,+crc,+dotprod,+fullfp16,+rcpc,+lse"  # decode everythi
 class Board:
     cpu: str  # llvm-mca -mcpu
     in_order: bool = False  # price blocks by their resource bound instead of the simulation
+    gbps: float | None = None  # effective memory bandwidth of the memory term (None: no term)
 
 
 # The clock is the board profile's (profiles.py max_mhz); estimate(mhz=...) for other revisions.
+# gbps: fitted on all of the board's published points by benchmarks/pi_latency.py (which prints the
+# fit and checks it against these values); far below the DRAM's peak, it stands for every stall the
+# bytes cause, not for a bus speed.
 BOARDS = {
     "rpi3": Board("cortex-a53", in_order=True),
-    "rpi4": Board("cortex-a72"),
+    "rpi4": Board("cortex-a72", gbps=2.30),
     # The Neoverse N1 is the Cortex-A76 design for servers; LLVM (19) models it, while its cortex-a76
     # entry reuses the older Cortex-A57 model (as cortex-a72 does).
-    "rpi5": Board("neoverse-n1"),
+    "rpi5": Board("neoverse-n1", gbps=13.03),
 }
 
 
@@ -123,6 +132,10 @@ def block_cycles(blocks: list[str], cpu: str, in_order: bool = False) -> dict[st
         )
         if proc.returncode != 0:
             bad = {owner[int(m)] for m in re.findall(r"<stdin>:(\d+):", proc.stderr) if int(m) in owner}
+            # an instruction the core's model has no scheduling data for (e.g. an LSE atomic on the
+            # Neoverse N1) is reported by its text, not by its line
+            unpriced = {i.strip() for i in re.findall(r"note: instruction:(.+)", proc.stderr)}
+            bad |= {b for b in names if unpriced & set(todo[b])}
             if not bad:
                 raise EstimateError(f"llvm-mca failed: {proc.stderr.strip()[:300]}")
             for b in bad:
@@ -140,16 +153,28 @@ def block_cycles(blocks: list[str], cpu: str, in_order: bool = False) -> dict[st
 
 
 def estimate(
-    blocks: dict[str, int], inferences: int, board: str, mhz: int | None = None, in_order: bool | None = None
+    blocks: dict[str, int],
+    inferences: int,
+    board: str,
+    mhz: int | None = None,
+    in_order: bool | None = None,
+    moved_bytes: int | None = None,
+    threads: int = 1,
 ) -> dict:
-    """Estimated milliseconds per inference on `board` from one section's blocks ({hex: executions}).
+    """Estimated milliseconds per inference on `board` from one section's blocks ({hex: executions}),
+    run with `threads` threads.
 
-    mhz: another clock than the profile's; in_order: override the board's pricing (for the validation).
+    moved_bytes: what one inference moves through memory (tensor_bytes); None leaves the memory term
+    out (and says so). mhz: another clock than the profile's; in_order: override the board's pricing
+    (for the validation).
     """
     from pipeline.devices.profiles import get_profile
 
     spec = BOARDS[board]
     mhz = mhz or get_profile(board).max_mhz
+    gbps = spec.gbps
+    if threads > 1 and gbps is None:
+        raise EstimateError(f"{board} has no memory term (no multi-thread points to fit it): 1 thread only")
     weight = {b: n * (len(b) // 8) for b, n in blocks.items()}  # instructions (4 bytes each) executed
     total = sum(weight.values())
     if not total:
@@ -164,14 +189,27 @@ def estimate(
     priced = sum(weight[b] for b in cycles)
     hot_cycles = sum(blocks[b] * c for b, c in cycles.items())
     cpi = hot_cycles / priced
-    # loads and stores of the priced blocks: what a cache model would start from (none is applied)
+    # loads and stores of the priced blocks, reported (the memory term counts tensor bytes instead)
     memory = sum(blocks[b] * sum(i.split()[0].startswith(("ld", "st")) for i in disassemble(b)) for b in cycles)
     total_cycles = hot_cycles + (total - priced) * cpi  # unpriced blocks at the priced mean
+    compute_ms = total_cycles / inferences / (mhz * 1e3)
+    note = "an estimate from emulated instructions priced by llvm-mca, not a measurement"
+    if gbps is None:
+        memory_ms = 0.0
+    elif moved_bytes is None:
+        memory_ms = 0.0
+        note += "; without its memory term (tensor sizes are read from .tflite files only)"
+    else:
+        memory_ms = moved_bytes / (gbps * 1e6)
+        note += f"; memory term: {moved_bytes / 1e6:.1f} MB at a fitted {gbps:g} GB/s"
     return {
-        "estimated_p50_ms": total_cycles / inferences / (mhz * 1e3),
+        "estimated_p50_ms": compute_ms / threads + memory_ms,
         "estimate_model": MODEL_VERSION,
         "estimate_board": f"{board} {spec.cpu} {mhz} MHz",
-        "estimate_note": "an estimate from emulated instructions priced by llvm-mca, not a measurement",
+        "estimate_note": note,
+        "estimate_threads": threads,
+        "estimate_compute_ms": compute_ms,
+        "estimate_memory_ms": memory_ms,
         "estimate_cycles_per_inference": round(total_cycles / inferences),
         "estimate_cpi": round(cpi, 3),
         "estimate_memory_accesses_per_inference": round(memory * total / priced / inferences),

@@ -278,7 +278,7 @@ def write_bundle(target, files: dict, meta: dict, top: str, arch: str, dist: Pat
     argv = native.command(rt, arch, lib=f"lib/{native.library(rt, arch).name}", exe="./edge_bench") + [
         target.filename,
         "--inputs",
-        "test_vectors/inputs.npy",
+        meta["test_vectors"]["inputs"],  # .npy, or .npz for a model with several inputs
         "--expect",
         "test_vectors",
         "--atol",

@@ -2,16 +2,20 @@
  * edge_bench: the native runner. Same protocol as the runner scripts in targets/runners/, without Python:
  *
  *   edge_bench --runtime litert|onnxruntime|openvino --lib LIBRARY MODEL
- *              [--inputs X.npy] [--outputs Y.npz] [--limit N] [--bench] [--threads T]
+ *              [--inputs X.npy|X.npz] [--outputs Y.npz] [--limit N] [--bench] [--threads T]
  *              [--warmup W] [--runs R] [--min-seconds S] [--sections K] [--runtime-version V]
- *              [--expect DIR --atol A[,A...]]
+ *              [--expect DIR --atol A[,A...]] [--precision f32|default] [--delegate xnnpack]
  *
  * prints one JSON object on the last line of stdout, exit 0 if "ok" is true. LIBRARY is the
  * runtime's own C library from its Python wheel (libLiteRt.so, libonnxruntime.so.*,
  * libopenvino_c.so.*), loaded with dlopen: one binary serves whichever runtime is present.
- * Inputs are float32 samples (N, ...) as numpy saves them; int8 inputs are quantized here and
- * int8 outputs dequantized (per-tensor scale and zero point from the model), as runner_common does,
- * so the outputs (.npz of output_<i>, float32) compare with the Python runners' directly.
+ * Inputs are samples (N, ...) as numpy saves them: an .npy for a model with one input, an .npz with
+ * one array per input name (or, unnamed, in order) for several, as runner_common.load_inputs reads
+ * them. Each is cast to its input's type as runner_common.one_call does, before any timing; int8 inputs are quantized
+ * here and int8 outputs dequantized (per-tensor scale and zero point from the model), so the outputs
+ * (.npz of output_<i>, float32) compare with the Python runners' directly. --precision (OpenVINO)
+ * and --delegate (LiteRT) are the Python runners' runtime options; the CompiledModel API of LiteRT
+ * runs XNNPACK only, so --delegate none is refused.
  *
  * Only the few functions used are declared, from each runtime's public C API (LiteRT
  * litert/c/, onnxruntime_c_api.h, openvino/c/); the wheels ship no LiteRT or ORT headers.
@@ -96,12 +100,15 @@ static void *aligned(size_t bytes) {
 
 /* ------------------------------------------------------------------ runtimes */
 
+static const char *g_precision = "f32"; /* OpenVINO: f32, or default (the CPU plugin's choice, bf16/fp16) */
+
 typedef struct runtime {
     const char *name;
     bool (*load)(struct runtime *rt, const char *lib, const char *model, int threads);
     bool (*infer)(struct runtime *rt);  /* reads in[i].buf, writes out[i].buf */
     char version[128];
     const char *delegate;
+    char precision[16]; /* OpenVINO's inference precision, as compiled */
     int n_in, n_out;
     io_t in[MAX_IO], out[MAX_IO];
     void *state;
@@ -418,6 +425,7 @@ static struct {
     ov_status_e (*set_output)(void *, size_t, const void *);
     ov_status_e (*infer)(void *);
     ov_status_e (*get_version)(ov_version_t *);
+    ov_status_e (*get_property)(const void *, const char *, char **);
     const char *(*last_err)(void);
 } ov;
 
@@ -457,6 +465,7 @@ static bool ov_load(runtime_t *rt, const char *path, const char *model, int thre
     BIND(lib, ov.set_output, "ov_infer_request_set_output_tensor_by_index");
     BIND(lib, ov.infer, "ov_infer_request_infer");
     BIND(lib, ov.get_version, "ov_get_openvino_version");
+    BIND(lib, ov.get_property, "ov_compiled_model_get_property");
     BIND(lib, ov.last_err, "ov_get_last_err_msg");
     ov_version_t v;
     OV(ov.get_version(&v), "get_openvino_version");
@@ -467,10 +476,19 @@ static bool ov_load(runtime_t *rt, const char *path, const char *model, int thre
     char nthreads[16];
     snprintf(nthreads, sizeof nthreads, "%d", threads);
     OV(ov.core_create(&core), "core_create");
-    /* As the Python runner: f32 math (not the CPU's bf16), latency hint, one stream. */
-    OV(ov.compile_from_file(core, model, "CPU", 8, &compiled, "INFERENCE_NUM_THREADS", nthreads,
-                            "PERFORMANCE_HINT", "LATENCY", "NUM_STREAMS", "1", "INFERENCE_PRECISION_HINT", "f32"),
-       "compile_model");
+    /* As the Python runner: f32 math (not the CPU's bf16) unless --precision default, latency hint,
+       one stream. */
+    if (!strcmp(g_precision, "f32"))
+        OV(ov.compile_from_file(core, model, "CPU", 8, &compiled, "INFERENCE_NUM_THREADS", nthreads,
+                                "PERFORMANCE_HINT", "LATENCY", "NUM_STREAMS", "1", "INFERENCE_PRECISION_HINT", "f32"),
+           "compile_model");
+    else
+        OV(ov.compile_from_file(core, model, "CPU", 6, &compiled, "INFERENCE_NUM_THREADS", nthreads,
+                                "PERFORMANCE_HINT", "LATENCY", "NUM_STREAMS", "1"),
+           "compile_model");
+    char *precision = NULL;
+    if (ov.get_property(compiled, "INFERENCE_PRECISION_HINT", &precision) == 0 && precision)
+        snprintf(rt->precision, sizeof rt->precision, "%s", precision);
     OV(ov.create_infer_request(compiled, &st->request), "create_infer_request");
     size_t n_in = 0, n_out = 0;
     OV(ov.inputs_size(compiled, &n_in), "inputs_size");
@@ -516,11 +534,34 @@ static runtime_t RUNTIMES[] = {
 
 /* ------------------------------------------------------------------ .npy in, .npz out */
 
-typedef struct { float *data; size_t n; int rank; int64_t shape[MAX_RANK]; } samples_t;
+typedef struct { float *data; size_t n; int rank; int64_t shape[MAX_RANK]; char name[128]; } samples_t;
 
-static bool read_npy(const char *path, samples_t *s) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return fail("cannot open %s: %s", path, strerror(errno));
+/* numpy's little-endian numeric types, each read as float32 (integers above 2^24 lose precision). */
+static bool to_floats(const char *descr, const unsigned char *raw, size_t n, float *out) {
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char *v = raw;
+        float x;
+        if (!strcmp(descr, "<f4")) { memcpy(&x, v + 4 * i, 4); }
+        else if (!strcmp(descr, "<f8")) { double d; memcpy(&d, v + 8 * i, 8); x = (float)d; }
+        else if (!strcmp(descr, "<f2")) { _Float16 h; memcpy(&h, v + 2 * i, 2); x = (float)h; }
+        else if (!strcmp(descr, "<i8")) { int64_t k; memcpy(&k, v + 8 * i, 8); x = (float)k; }
+        else if (!strcmp(descr, "<i4")) { int32_t k; memcpy(&k, v + 4 * i, 4); x = (float)k; }
+        else if (!strcmp(descr, "<i2")) { int16_t k; memcpy(&k, v + 2 * i, 2); x = (float)k; }
+        else if (!strcmp(descr, "|i1")) { x = (float)(int8_t)v[i]; }
+        else if (!strcmp(descr, "|u1") || !strcmp(descr, "|b1")) { x = (float)v[i]; }
+        else return false;
+        out[i] = x;
+    }
+    return true;
+}
+
+static size_t descr_size(const char *descr) {
+    size_t k = (size_t)atoi(descr + 2);
+    return strlen(descr) == 3 && (descr[0] == '<' || descr[0] == '|') ? k : 0;
+}
+
+/* One .npy array from f at its current position (a file, or a member of an uncompressed .npz). */
+static bool read_npy_from(FILE *f, const char *path, samples_t *s) {
     unsigned char head[10];
     bool ok = fread(head, 1, 10, f) == 10 && memcmp(head, "\x93NUMPY", 6) == 0;
     size_t hlen = 0;
@@ -532,13 +573,15 @@ static bool read_npy(const char *path, samples_t *s) {
     }
     char *h = ok && hlen < 65536 ? calloc(1, hlen + 1) : NULL;
     if (!h || fread(h, 1, hlen, f) != hlen) {
-        fclose(f);
         free(h);
         return fail("%s is not a .npy file", path);
     }
-    if (!strstr(h, "'descr': '<f4'") || !strstr(h, "'fortran_order': False")) {
-        fclose(f);
-        fail("%s: expected little-endian float32 C-order samples, header %s", path, h);
+    char descr[8] = "";
+    char *d = strstr(h, "'descr': '");
+    if (d) sscanf(d + 10, "%7[^']", descr);
+    size_t item = descr_size(descr);
+    if (!item || !strstr(h, "'fortran_order': False")) {
+        fail("%s: expected a C-order little-endian float, int or bool array, header %s", path, h);
         free(h);
         return false;
     }
@@ -556,15 +599,61 @@ static bool read_npy(const char *path, samples_t *s) {
         while (*p == ',' || *p == ' ') p++;
     }
     free(h);
-    if (s->rank < 1) {
-        fclose(f);
-        return fail("%s: no sample dimension in its shape", path);
-    }
+    if (s->rank < 1) return fail("%s: no sample dimension in its shape", path);
+    unsigned char *raw = malloc(s->n * item + 1);
     s->data = malloc(s->n * sizeof(float) + 1);
-    size_t got = fread(s->data, sizeof(float), s->n, f);
+    size_t got = fread(raw, item, s->n, f);
+    if (got != s->n) ok = fail("%s is truncated: %zu of %zu values", path, got, s->n);
+    else if (!to_floats(descr, raw, s->n, s->data)) ok = fail("%s: %s values: expected a float, int or bool array", path, descr);
+    free(raw);
+    return ok;
+}
+
+static bool read_npy(const char *path, samples_t *s) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail("cannot open %s: %s", path, strerror(errno));
+    bool ok = read_npy_from(f, path, s);
     fclose(f);
-    if (got != s->n) return fail("%s is truncated: %zu of %zu values", path, got, s->n);
-    return true;
+    return ok;
+}
+
+static uint32_t le(const unsigned char *b, int bytes) {
+    uint32_t v = 0;
+    for (int i = bytes - 1; i >= 0; i--) v = v << 8 | b[i];
+    return v;
+}
+
+/* The arrays of an .npz as np.savez writes it: a zip of stored (uncompressed) <name>.npy members,
+   read in file order by their local headers. */
+static bool read_npz(const char *path, samples_t *arrays, int *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail("cannot open %s: %s", path, strerror(errno));
+    bool ok = true;
+    *n = 0;
+    unsigned char h[30];
+    while (ok && fread(h, 1, 4, f) == 4 && le(h, 4) == 0x04034b50) {
+        if (fread(h + 4, 1, 26, f) != 26) { ok = fail("%s is truncated", path); break; }
+        unsigned flags = le(h + 6, 2), method = le(h + 8, 2), name_len = le(h + 26, 2), extra = le(h + 28, 2);
+        if (method != 0) { ok = fail("%s is compressed: save it with np.savez, not np.savez_compressed", path); break; }
+        if (*n == MAX_IO) { ok = fail("%s holds more than %d arrays", path, MAX_IO); break; }
+        samples_t *a = &arrays[(*n)++];
+        char name[256] = "";
+        if (name_len >= sizeof name || fread(name, 1, name_len, f) != name_len || fseek(f, extra, SEEK_CUR)) {
+            ok = fail("%s: bad member name", path);
+            break;
+        }
+        size_t len = strlen(name);
+        if (len > 4 && !strcmp(name + len - 4, ".npy")) name[len - 4] = 0;
+        snprintf(a->name, sizeof a->name, "%s", name);
+        ok = read_npy_from(f, path, a);
+        if (ok && (flags & 8)) { /* a data descriptor follows the data: its own signature, crc, sizes */
+            unsigned char dd[4];
+            ok = fread(dd, 1, 4, f) == 4 && fseek(f, le(dd, 4) == 0x08074b50 ? 12 : 8, SEEK_CUR) == 0;
+        }
+    }
+    fclose(f);
+    if (ok && !*n) return fail("%s holds no arrays: is it an .npz from np.savez?", path);
+    return ok;
 }
 
 static uint32_t crc32(const unsigned char *p, size_t n, uint32_t c) {
@@ -658,19 +747,24 @@ static float half_to_float(uint16_t h) {
     return sign ? -v : v;
 }
 
-/* Quantized like runner_common.quantize: round half to even, then clip. */
-static void to_input(const float *x, io_t *t) {
+/* As runner_common.one_call: quantized like runner_common.quantize (round half to even, then clip)
+   for int8/uint8, numpy's astype for the other types (integers truncate toward zero). One sample of
+   input t, written to dst in the input's own type. */
+static void to_input(const float *x, const io_t *t, void *dst) {
     size_t n = elements(t);
-    if (t->dtype == DT_F32) {
-        memcpy(t->buf, x, n * sizeof(float));
-        return;
+    switch (t->dtype) {
+    case DT_F32: memcpy(dst, x, n * sizeof(float)); return;
+    case DT_I32: for (size_t i = 0; i < n; i++) ((int32_t *)dst)[i] = (int32_t)x[i]; return;
+    case DT_I64: for (size_t i = 0; i < n; i++) ((int64_t *)dst)[i] = (int64_t)x[i]; return;
+    case DT_F16: for (size_t i = 0; i < n; i++) ((_Float16 *)dst)[i] = (_Float16)x[i]; return;
+    default: break;
     }
     double lo = t->dtype == DT_I8 ? -128 : 0, hi = t->dtype == DT_I8 ? 127 : 255;
     for (size_t i = 0; i < n; i++) {
         float q = nearbyintf(x[i] / (float)t->scale) + (float)t->zero_point;
         q = q < lo ? (float)lo : q > hi ? (float)hi : q;
-        if (t->dtype == DT_I8) ((int8_t *)t->buf)[i] = (int8_t)q;
-        else ((uint8_t *)t->buf)[i] = (uint8_t)q;
+        if (t->dtype == DT_I8) ((int8_t *)dst)[i] = (int8_t)q;
+        else ((uint8_t *)dst)[i] = (uint8_t)q;
     }
 }
 
@@ -715,12 +809,22 @@ static double percentile(const double *v, size_t n, double p) {
     return v[lo] + (v[hi] - v[lo]) * (r - (double)lo);
 }
 
-/* The sample's samples are copied into the runtime's input buffer inside the timed call and the
-   outputs read out of it, as an application must (runner_common times set + invoke + get). */
-static bool one_inference(runtime_t *rt, const float *sample, float **scratch) {
-    to_input(sample, &rt->in[0]);
+/* Every sample of every input in the input's own type, made before any timing, as runner_common's
+   _prepare: feeds[k] holds n samples of rt->in[k].bytes. */
+static unsigned char *prepare(const runtime_t *rt, const samples_t *in, int k, size_t n) {
+    const io_t *t = &rt->in[k];
+    unsigned char *feed = malloc(n * t->bytes + 1);
+    for (size_t i = 0; i < n; i++) to_input(in[k].data + i * elements(t), t, feed + i * t->bytes);
+    return feed;
+}
+
+/* Sample i is copied into the runtime's input buffers inside the timed call and the outputs copied out
+   in their own type, as an application must (runner_common times set + invoke + get); float outputs
+   for the .npz are made after, by from_output. */
+static bool one_inference(runtime_t *rt, unsigned char *const *feeds, size_t n, size_t i, void **raw) {
+    for (int k = 0; k < rt->n_in; k++) memcpy(rt->in[k].buf, feeds[k] + (i % n) * rt->in[k].bytes, rt->in[k].bytes);
     if (!rt->infer(rt)) return false;
-    for (int o = 0; o < rt->n_out; o++) from_output(&rt->out[o], scratch[o]);
+    for (int o = 0; o < rt->n_out; o++) memcpy(raw[o], rt->out[o].buf, rt->out[o].bytes);
     return true;
 }
 
@@ -797,10 +901,52 @@ static bool check_vectors(const char *dir, const char *atol, int n_out, float **
     return true;
 }
 
+/* One array of samples per model input, in the model's order, as runner_common.load_inputs: an .npy
+   for a single input; an .npz with an array per input name, or as many arrays as inputs, in order. */
+static bool read_inputs(const char *path, runtime_t *rt, samples_t *in, long limit) {
+    size_t len = strlen(path);
+    if (len < 4 || strcmp(path + len - 4, ".npz")) {
+        if (rt->n_in != 1) return fail("the model has %d inputs: give an .npz with one array per input name", rt->n_in);
+        if (!read_npy(path, &in[0])) return false;
+    } else {
+        samples_t got[MAX_IO] = {0};
+        int n = 0, named = 0;
+        if (!read_npz(path, got, &n)) return false;
+        for (int k = 0; k < rt->n_in; k++)
+            for (int j = 0; j < n; j++)
+                if (!strcmp(got[j].name, rt->in[k].name)) {
+                    in[k] = got[j];
+                    named++;
+                    break;
+                }
+        if (named != rt->n_in) {
+            if (n != rt->n_in) {
+                char names[1024] = "";
+                for (int k = 0; k < rt->n_in; k++)
+                    snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", k ? ", " : "", rt->in[k].name);
+                return fail("%s holds %d arrays but the model's inputs are [%s]", path, n, names);
+            }
+            for (int k = 0; k < n; k++) in[k] = got[k];
+        }
+    }
+    for (int k = 0; k < rt->n_in; k++) {
+        if (limit > 0 && limit < in[k].shape[0]) in[k].shape[0] = limit;
+        if (in[k].shape[0] != in[0].shape[0])
+            return fail("%s: the arrays hold different numbers of samples", path);
+        if (in[k].shape[0] == 0) return fail("%s holds no samples", path);
+        size_t per = 1;
+        for (int d = 1; d < in[k].rank; d++) per *= (size_t)in[k].shape[d];
+        if (per != elements(&rt->in[k]))
+            return fail("a sample of input %s has %zu values, the model's input %zu", rt->in[k].name, per,
+                        elements(&rt->in[k]));
+    }
+    return true;
+}
+
 /* ------------------------------------------------------------------ main */
 
 typedef struct {
-    const char *runtime, *lib, *model, *inputs, *outputs, *version, *expect, *atol;
+    const char *runtime, *lib, *model, *inputs, *outputs, *version, *expect, *atol, *precision, *delegate;
     int bench, threads, warmup, runs, sections;
     long limit;
     double min_seconds;
@@ -832,6 +978,8 @@ static bool parse_args(int argc, char **argv, args_t *a) {
         else if (!strcmp(k, "--sections")) a->sections = atoi(v);
         else if (!strcmp(k, "--limit")) a->limit = atol(v);
         else if (!strcmp(k, "--min-seconds")) a->min_seconds = atof(v);
+        else if (!strcmp(k, "--precision")) a->precision = v;
+        else if (!strcmp(k, "--delegate")) a->delegate = v;
         else return fail("unknown option %s", k);
     }
     if (!a->model) return fail("no model given");
@@ -839,15 +987,21 @@ static bool parse_args(int argc, char **argv, args_t *a) {
     if (a->threads < 1 || a->sections < 1 || a->runs < 1 || a->warmup < 0) return fail("bad numeric option");
     if (a->bench && !a->inputs) return fail("--bench needs --inputs: latency is measured on real samples");
     if (a->expect && (!a->inputs || !a->atol)) return fail("--expect needs --inputs and --atol");
+    if (a->precision && (strcmp(a->runtime, "openvino") || (strcmp(a->precision, "f32") && strcmp(a->precision, "default"))))
+        return fail("--precision is OpenVINO's: f32 or default");
+    if (a->delegate && (strcmp(a->runtime, "litert") || strcmp(a->delegate, "xnnpack")))
+        return fail("--delegate: the native runner runs LiteRT's CompiledModel API, which has XNNPACK only "
+                    "(the Python runner has --delegate none)");
+    if (a->precision) g_precision = a->precision;
     return true;
 }
 
 int main(int argc, char **argv) {
     args_t a;
     runtime_t *rt = NULL;
-    samples_t s = {0};
+    samples_t in[MAX_IO] = {0};
     double load_ms = -1, first_ms = -1, *lat = NULL;
-    size_t n_lat = 0, predicted = 0, sample_len = 0;
+    size_t n_lat = 0, predicted = 0;
     size_t section_runs[64] = {0};
     bool ok = parse_args(argc, argv, &a);
     if (ok) {
@@ -860,23 +1014,15 @@ int main(int argc, char **argv) {
         double t0 = now_s();
         ok = rt->load(rt, a.lib, a.model, a.threads);
         load_ms = (now_s() - t0) * 1e3;
-        if (ok && rt->n_in != 1) ok = fail("%d inputs: the native runner feeds models with one input", rt->n_in);
+        for (int k = 0; ok && k < rt->n_in; k++)
+            if (rt->in[k].dtype == DT_OTHER) ok = fail("input %s has a type the native runner cannot feed", rt->in[k].name);
     }
-    if (ok && a.inputs) {
-        ok = read_npy(a.inputs, &s);
-        if (ok && a.limit > 0 && (size_t)a.limit < (size_t)s.shape[0]) s.shape[0] = a.limit;
-        if (ok && s.shape[0] == 0) ok = fail("%s holds no samples", a.inputs);
-        if (ok) {
-            size_t per = 1;
-            for (int d = 1; d < s.rank; d++) per *= (size_t)s.shape[d];
-            sample_len = per;
-            if (per != elements(&rt->in[0]))
-                ok = fail("a sample has %zu values, the model's input %zu", per, elements(&rt->in[0]));
-        }
-    }
-    float *scratch[MAX_IO] = {0};
-    for (int o = 0; ok && rt && o < rt->n_out; o++) scratch[o] = malloc(elements(&rt->out[o]) * sizeof(float) + 4);
-    size_t n_samples = ok && a.inputs ? (size_t)s.shape[0] : 0;
+    if (ok && a.inputs) ok = read_inputs(a.inputs, rt, in, a.limit);
+    size_t n_samples = ok && a.inputs ? (size_t)in[0].shape[0] : 0;
+    void *raw[MAX_IO] = {0};
+    unsigned char *feeds[MAX_IO] = {0};
+    for (int o = 0; ok && rt && o < rt->n_out; o++) raw[o] = malloc(rt->out[o].bytes + 4);
+    for (int k = 0; n_samples && k < rt->n_in; k++) feeds[k] = prepare(rt, in, k, n_samples);
     double vec_diff[MAX_IO] = {0};
     bool vectors_checked = false;
     if (ok && (a.outputs || a.expect) && n_samples) {
@@ -893,11 +1039,8 @@ int main(int argc, char **argv) {
             for (int d = 1; d < rt->out[o].rank; d++) shapes[o][d] = rt->out[o].shape[d];
         }
         for (size_t i = 0; ok && i < n_samples; i++) {
-            ok = one_inference(rt, s.data + i * sample_len, scratch);
-            for (int o = 0; ok && o < rt->n_out; o++) {
-                size_t per = elements(&rt->out[o]);
-                memcpy(arrays[o] + i * per, scratch[o], per * sizeof(float));
-            }
+            ok = one_inference(rt, feeds, n_samples, i, raw);
+            for (int o = 0; ok && o < rt->n_out; o++) from_output(&rt->out[o], arrays[o] + i * elements(&rt->out[o]));
         }
         if (ok && a.outputs) ok = write_npz(a.outputs, rt->n_out, arrays, (const int64_t (*)[MAX_RANK + 1])shapes, ranks);
         if (ok) predicted = n_samples;
@@ -908,10 +1051,10 @@ int main(int argc, char **argv) {
     }
     if (ok && a.bench) {
         double t0 = now_s();
-        ok = one_inference(rt, s.data, scratch);
+        ok = one_inference(rt, feeds, n_samples, 0, raw);
         first_ms = (now_s() - t0) * 1e3;
         for (int i = 0; ok && i < a.warmup; i++)
-            ok = one_inference(rt, s.data + ((size_t)(i + 1) % n_samples) * sample_len, scratch);
+            ok = one_inference(rt, feeds, n_samples, (size_t)i + 1, raw);
         size_t cap = 1024;
         lat = malloc(cap * sizeof(double));
         for (int sec = 0; ok && sec < a.sections && sec < 64; sec++) {
@@ -920,9 +1063,8 @@ int main(int argc, char **argv) {
             n_lat = 0; /* the statistics are the last section's, as each pass of emu_sections.py reports */
             mark(MARK_START);
             while (ok && (i < (size_t)a.runs || now_s() - start < a.min_seconds)) {
-                const float *x = s.data + (i % n_samples) * sample_len;
                 double t = now_s();
-                ok = one_inference(rt, x, scratch);
+                ok = one_inference(rt, feeds, n_samples, i, raw);
                 double dt = now_s() - t;
                 if (n_lat == cap) lat = realloc(lat, (cap *= 2) * sizeof(double));
                 lat[n_lat++] = dt * 1e3;
@@ -960,6 +1102,7 @@ int main(int argc, char **argv) {
         print_io(o, "inputs", rt->in, rt->n_in);
         print_io(o, "outputs", rt->out, rt->n_out);
         if (rt->delegate) fprintf(o, ", \"delegate\": \"%s\"", rt->delegate);
+        if (rt->precision[0]) fprintf(o, ", \"precision\": \"%s\"", rt->precision);
     }
     fprintf(o, ", \"conditions\": {\"threads\": %d, \"batch\": 1, \"cpu\": ", a.threads);
     json_str(o, cpu);
@@ -972,7 +1115,7 @@ int main(int argc, char **argv) {
         const char *base = strrchr(a.inputs, '/');
         json_str(o, base ? base + 1 : a.inputs);
         fprintf(o, ", \"samples\": %zu, \"sample_shape\": [", n_samples);
-        for (int d = 1; d < s.rank; d++) fprintf(o, "%s%lld", d > 1 ? ", " : "", (long long)s.shape[d]);
+        for (int d = 1; d < in[0].rank; d++) fprintf(o, "%s%lld", d > 1 ? ", " : "", (long long)in[0].shape[d]);
         fprintf(o, "], \"dtype\": \"float32\"}");
     }
     if (predicted) fprintf(o, ", \"predicted\": %zu", predicted);
