@@ -59,7 +59,7 @@ def import_openvino():
 
 def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None, ptq=None) -> dict | None:
     """Write `target`'s IR of Keras `model` to `out` (.xml; the .bin beside it), `metadata` in rt_info. With
-    `ptq` (targets.ptq.Settings) int8 is the best of several NNCF settings; returns the record of that choice."""
+    `ptq` (targets.ptq.Settings) int8 is the best of several post-training methods; returns the record of that choice."""
     from targets.onnx import to_onnx
 
     with step("convert", "Keras -> ONNX (tf2onnx)"):
@@ -79,8 +79,8 @@ def write(
 ) -> dict | None:
     """Write `target`'s IR of the ONNX graph `proto` (converted, or the user's own) to `out`. `calibration`:
     one array of samples per graph input, in its layout. `fix_batch`: batch 1 (see _fix_batch); a user's
-    own interface keeps its free dimensions. With `ptq` and one input, int8 is the best of several NNCF
-    settings (targets/ptq.py); returns the record of that choice."""
+    own interface keeps its free dimensions. With `ptq` and one input, int8 is the best of several
+    post-training methods (targets/ptq.py); returns the record of that choice."""
     ov = import_openvino()
     mode = target.options["mode"]
     if mode not in ("fp32", "fp16", "int8"):
