@@ -40,6 +40,10 @@ FIDELITY_COLUMNS = [
     ("error", "error"),
 ]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+# Real pretrained models fetched by scripts/fetch_test_assets.sh (the tests use the same folder).
+ASSETS = Path(
+    os.environ.get("EDGE_EXPORT_TEST_ASSETS", Path(__file__).resolve().parent.parent / ".venv" / "test-assets")
+)
 FASHION_LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
 
 

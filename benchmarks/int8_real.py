@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import PtqConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CACHE = Path(os.environ.get("EDGE_EXPORT_MODELS", Path.home() / "edge-export-models"))
@@ -506,7 +508,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="lite0,fer")
     p.add_argument("--cal", type=int, default=64)
-    p.add_argument("--val", type=int, default=100)
+    # the build's own default (ptq.validation_samples), so the figures are what a plain build does
+    p.add_argument("--val", type=int, default=PtqConfig.validation_samples)
     p.add_argument("--test", type=int, default=240)
     p.add_argument("--runs", type=int, default=30, help="timed inferences per artifact")
     p.add_argument("--seed", type=int, default=0)

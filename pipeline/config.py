@@ -117,7 +117,7 @@ class QatConfig:
 class PtqConfig:
     choose: bool = True
     """int8 targets without QAT: try the field's post-training methods, keep the one agreeing best with the original model."""
-    validation_samples: int = 64
+    validation_samples: int = 100
     """Validation samples (never test; training ones not calibrating without a validation split) the methods are compared on."""
     mixed: bool = False
     """Keep the layers whose quantization costs most in float until `budget` holds (the file reads back int8-mixed)."""

@@ -105,17 +105,19 @@ def test_builds_killed_at_random_moments_resume_to_the_same_artifacts(small_buil
         "--out",
         str(out),
     ]
-    interrupted = 0
+    interrupted, seen = 0, []
     for sig in (signal.SIGKILL, signal.SIGINT, signal.SIGKILL):
         p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(float(rng.uniform(2, 9)))
+        running = p.poll() is None
         p.send_signal(sig)
         _, err = p.communicate(timeout=120)
+        seen.append((sig.name, "running" if running else "had finished", p.returncode, err.strip()[-300:]))
         if p.returncode != 0:
             interrupted += 1
         if sig == signal.SIGINT and p.returncode == 130:
             assert "interrupted: finished stages are cached" in err and "Traceback" not in err
-    assert interrupted >= 2
+    assert interrupted >= 2, seen
     final = run_cli("build", "--config", small_config, "--target", "all", "--out", out)
     assert final.returncode == 0, final.stderr[-2000:]
     assert artifacts(out) == artifacts(ref_out)
