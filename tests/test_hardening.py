@@ -107,7 +107,17 @@ def test_builds_killed_at_random_moments_resume_to_the_same_artifacts(small_buil
     ]
     interrupted, seen = 0, []
     for sig in (signal.SIGKILL, signal.SIGINT, signal.SIGKILL):
-        p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # SIGINT as at a terminal: a suite started in the background (nohup, `&`) passes SIG_IGN on to its
+        # children, and Python then leaves Ctrl-C ignored
+        p = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         time.sleep(float(rng.uniform(2, 9)))
         running = p.poll() is None
         p.send_signal(sig)
