@@ -543,16 +543,10 @@ def run_tflite(model: bytes, x: np.ndarray, threads: int | None = None) -> np.nd
 
     it = Interpreter(model_content=bytes(model), num_threads=threads)
     it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    out = it.get_output_details()[0]
     outs = []
     for xi in x:
-        xi = xi[None].astype(np.float32)
-        scale, zp = inp["quantization"]
-        if inp["dtype"] != np.float32 and scale:
-            info = np.iinfo(inp["dtype"])
-            xi = np.clip(np.round(xi / scale) + zp, info.min, info.max)
-        it.set_tensor(inp["index"], xi.astype(inp["dtype"]))
-        it.invoke()
+        _invoke(it, xi)
         y = it.get_tensor(out["index"]).astype(np.float32)
         scale, zp = out["quantization"]
         outs.append((y - zp) * scale if out["dtype"] != np.float32 and scale else y)
@@ -681,6 +675,7 @@ def _pack(m, size_hint: int) -> bytes:
 
 
 def _invoke(interpreter, x: np.ndarray) -> None:
+    """One sample through the interpreter, quantized as its (first) input wants it."""
     d = interpreter.get_input_details()[0]
     x = x[None].astype(np.float32)
     scale, zp = d["quantization"]
