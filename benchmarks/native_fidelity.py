@@ -16,7 +16,7 @@ On each model's first 100 held-out samples, 1 thread:
      median of --pairs ratios of adjacent 1 s runs, with its quartiles (this 2-core machine is shared:
      single 1 s runs of either tool spread by up to 1.6x, and a busy spell slows both runs of a pair);
   3. emu:rpi4 and emu:rpi5: guest instructions per inference, native and Python, every target (the
-     devices' own sections: 3 x RUNS inferences after 2 warm-up runs, median), and int8 / fp32 per runtime.
+     devices' own sections: 3 x 10 inferences after 2 warm-up runs, median), and int8 / fp32 per runtime.
 Writes benchmarks/results/native_fidelity.{json,md}. Imports TensorFlow only when --out holds no build.
 """
 
@@ -42,8 +42,6 @@ from targets import TARGETS
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ("digits", "fer")
-# Timed inferences per emulated section: the fer model is ~100x the digits model's instructions.
-EMU_RUNS = {"digits": 10, "fer": 2}
 FER = {
     "model": {"name": "fer-mini-xception"},
     "data": {"resize": [64, 64], "scale": 2.0, "mean": [1.0]},
@@ -78,8 +76,13 @@ def p50(res: dict) -> float:
     return res["latency"]["p50_ms"]
 
 
+def timing(x: Path, seconds: float) -> list:
+    """The runner arguments of every x86 measurement: 1 thread, 50 warm-up runs, 1000 runs or `seconds`."""
+    return ["--inputs", x, "--bench", "--threads", "1", "--warmup", "50", "--runs", "1000", "--min-seconds", seconds]
+
+
 def x86_round(arts: dict[str, Path], x: Path, seconds: float) -> dict[str, dict]:
-    args = ["--inputs", x, "--bench", "--threads", "1", "--warmup", "50", "--runs", "1000", "--min-seconds", seconds]
+    args = timing(x, seconds)
     out = {}
     for name, path in arts.items():
         t = TARGETS[name]
@@ -96,7 +99,7 @@ def x86_round(arts: dict[str, Path], x: Path, seconds: float) -> dict[str, dict]
 def app_pairs(arts: dict[str, Path], x: Path, xs: np.ndarray, pairs: int) -> dict[str, dict]:
     """Native p50 / benchmark_app median on each OpenVINO IR, measured `pairs` times in adjacent 1 s runs (the
     order swapped every pair): on a shared machine a busy spell lasts seconds and slows both of a pair alike."""
-    args = ["--inputs", x, "--bench", "--threads", "1", "--warmup", "50", "--runs", "1000", "--min-seconds", 1]
+    args = timing(x, 1)
     ratios = {n: [] for n in arts if TARGETS[n].runner == "run_openvino.py"}
     for i in range(pairs):
         for name in ratios:
@@ -117,8 +120,9 @@ def app_pairs(arts: dict[str, Path], x: Path, xs: np.ndarray, pairs: int) -> dic
     return out
 
 
-def emu_counts(arts: dict[str, Path], x: Path, runs: int) -> dict:
-    settings = bench.Settings(runs=runs, min_seconds=0, warmup=2, samples=100)
+def emu_counts(arts: dict[str, Path], x: Path) -> dict:
+    # the emulated devices run their own sections (3 x 10 inferences after 2 warm-up runs) whatever the settings
+    settings = bench.Settings(samples=100)
     items = [(TARGETS[n], {}, p) for n, p in arts.items()]
     out = {}
     for profile in ("emu:rpi4", "emu:rpi5"):
@@ -197,8 +201,8 @@ def x86(arts: dict[str, Path], x: Path, rounds: int, seconds: float, pairs: int)
     return out
 
 
-def emu(arts: dict[str, Path], x: Path, model: str) -> dict:
-    counts = emu_counts(arts, x, EMU_RUNS[model])
+def emu(arts: dict[str, Path], x: Path) -> dict:
+    counts = emu_counts(arts, x)
     ratios = {
         profile: {
             rt: {h: _ratio(rows[i8][h], rows[f32][h]) for h in ("native", "python")}
@@ -240,7 +244,7 @@ def main(argv=None) -> int:
         np.save(inputs[m][1], np.load(eval_inputs)[:100])
         res["models"][m] = {"x86": x86(*inputs[m], args.rounds, args.seconds, args.pairs)}
     for m in models if not args.no_emu else ():
-        res["models"][m].update(emu(*inputs[m], m))
+        res["models"][m].update(emu(*inputs[m]))
     res["elapsed_s"] = time.monotonic() - t0
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "native_fidelity.json").write_text(json.dumps(res, indent=1) + "\n")
