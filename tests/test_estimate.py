@@ -114,6 +114,15 @@ def test_an_in_order_a53_needs_more_cycles_than_an_a72_for_the_same_fma_block():
     assert a53 > a72 > 0
 
 
+@needs_llvm
+def test_blocks_are_disassembled_together_and_an_undecodable_word_drops_only_itself():
+    fma, ld = _assemble(["fmla v0.4s, v1.4s, v2.4s"]), _assemble(["ldr q1, [x0], #16", "subs x1, x1, #1"])
+    broken = fma + "ffffffff" + fma  # 0xffffffff decodes to no AArch64 instruction
+    insns = estimate.disassemble_all([fma, broken, ld])
+    assert insns[broken] == insns[fma] * 2 and len(insns[ld]) == 2 and insns[ld][0].startswith("ldr")
+    assert estimate.disassemble(ld) == insns[ld]
+
+
 @pytest.mark.emu
 @pytest.mark.slow
 @needs_llvm
