@@ -239,23 +239,41 @@ def _ran_once(summary) -> None:
 
 @pytest.mark.slow
 @needs_namespace
-def test_a_sweep_on_a_local_ray_runs_shared_stages_once_matches_plain_builds_and_reruns_from_cache(
+def test_a_two_node_cluster_on_loopback_shares_stages_across_nodes_matches_plain_builds_and_reruns_from_cache(
     tmp_path, tiny_config, serial_builds
 ):
+    """(A local Ray, started by `sweep` itself, is the killed-worker test's.)"""
     out = tmp_path / "out"
-    proc = in_namespace(sweep_cmd(out, tiny_config, "--pick", "'accuracy>=0'"))
+    temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
+    port = 6391
+    address = f"127.0.0.1:{port}"
+    # One cluster for both sweeps; the rerun's rows and summary are copied aside before they are rewritten.
+    proc = in_namespace(
+        f"{RAY} start --head --node-ip-address=127.0.0.1 --port={port} --num-cpus=1 --include-dashboard=false "
+        f"--disable-usage-stats --temp-dir={temp} >/dev/null && "
+        f"{RAY} start --address={address} --node-ip-address=127.0.0.1 --num-cpus=1 >/dev/null && "
+        f"{sweep_cmd(out, tiny_config, '--address', address, '--pick', repr('accuracy>=0'))} && "
+        f"cp {out / 'rows.json'} {tmp_path / 'rows1.json'} && cp {out / 'sweep' / 'summary.json'} {tmp_path} && "
+        f"echo '-- rerun --' && {sweep_cmd(out, tiny_config, '--address', address)}; rc=$?; "
+        f"{RAY} stop --force >/dev/null 2>&1; exit $rc",
+        # The nodes and the driver share one token of the test's own (Ray's token authentication).
+        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+    )
+    shutil.rmtree(temp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows, summary = _results(out)
+    first, rerun = proc.stdout.split("-- rerun --")
+    rows = json.loads((tmp_path / "rows1.json").read_text())
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["p50_ms"] > 0 for r in rows)
     assert summary["model_stage_runs_planned"] == 8 and summary["distinct_model_stages"] == 6
     _ran_once(summary)
+    assert len(summary["nodes"]) == 2, summary["stage_runs"]
+    assert {r["ip"] for r in summary["stage_runs"]} == {"127.0.0.1"}
     assert _artifact_shas(out, rows) == serial_builds
-    assert "pick: variant" in proc.stdout and config.load(out / "pick.toml").prune.sparsity in (0.5, 0.75)
+    assert "pick: variant" in first and config.load(out / "pick.toml").prune.sparsity in (0.5, 0.75)
     assert (out / "sweep" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "sweep" / "results.csv").read_text().startswith("prune.sparsity,variant,target")
 
-    again = in_namespace(sweep_cmd(out, tiny_config))
-    assert again.returncode == 0, again.stderr[-3000:]
     rows2, summary2 = _results(out)
     assert summary2["stage_runs"] == [] and summary2["already_cached"] == 6
     assert _artifact_shas(out, rows2) == serial_builds
@@ -263,34 +281,9 @@ def test_a_sweep_on_a_local_ray_runs_shared_stages_once_matches_plain_builds_and
 
 @pytest.mark.slow
 @needs_namespace
-def test_a_two_node_cluster_on_loopback_shares_stages_across_nodes_and_matches_plain_builds(
+def test_a_worker_killed_mid_sweep_on_a_local_ray_fails_only_its_variant_and_a_rerun_completes_as_plain_builds(
     tmp_path, tiny_config, serial_builds
 ):
-    out = tmp_path / "out"
-    temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
-    port = 6391
-    proc = in_namespace(
-        f"{RAY} start --head --node-ip-address=127.0.0.1 --port={port} --num-cpus=1 --include-dashboard=false "
-        f"--disable-usage-stats --temp-dir={temp} >/dev/null && "
-        f"{RAY} start --address=127.0.0.1:{port} --node-ip-address=127.0.0.1 --num-cpus=1 >/dev/null && "
-        f"{sweep_cmd(out, tiny_config, '--address', f'127.0.0.1:{port}')}; rc=$?; "
-        f"{RAY} stop --force >/dev/null 2>&1; exit $rc",
-        # The nodes and the driver share one token of the test's own (Ray's token authentication).
-        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
-    )
-    shutil.rmtree(temp, ignore_errors=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows, summary = _results(out)
-    assert [r["status"] for r in rows] == ["ok", "ok"]
-    _ran_once(summary)
-    assert len(summary["nodes"]) == 2, summary["stage_runs"]
-    assert {r["ip"] for r in summary["stage_runs"]} == {"127.0.0.1"}
-    assert _artifact_shas(out, rows) == serial_builds
-
-
-@pytest.mark.slow
-@needs_namespace
-def test_a_worker_killed_mid_sweep_fails_only_its_variant_and_a_rerun_completes(tmp_path, tiny_config):
     out = tmp_path / "out"
     vs = variants(config.load(tiny_config), parse_grid(GRID))
     _, keys = plan(vs, out / ".cache", resolve("tflite-int8"))
@@ -313,6 +306,7 @@ def test_a_worker_killed_mid_sweep_fails_only_its_variant_and_a_rerun_completes(
     assert again.returncode == 0, again.stderr[-3000:]
     rows, summary = _results(out)
     assert all(r["status"] == "ok" for r in rows)
+    assert _artifact_shas(out, rows) == serial_builds
     assert sorted(r["stage"] for r in summary["stage_runs"]) == [
         "export:tflite-int8",
         "prune",
