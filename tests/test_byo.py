@@ -112,7 +112,8 @@ min_agreement = 0.9
 
 @needs_assets
 def test_an_onnx_detector_comes_in_through_onnx2tf_and_is_compared_by_its_maps(tmp_path):
-    """(The post-training choice among methods is tests/test_ptq.py's: here one method keeps the test short.)"""
+    """(The post-training choice among methods is tests/test_ptq.py's, the automatic sparsity the fer and
+    classifier tests': here one method and one sparsity keep the test short.)"""
     np.savez(tmp_path / "text.npz", x=text_images(40))
     user_file = ASSETS / "ppocr_v4_det.onnx"
     before = user_file.read_bytes()
@@ -127,6 +128,8 @@ path = "{tmp_path / "text.npz"}"
 mean = [0.485, 0.456, 0.406]
 std = [0.229, 0.224, 0.225]
 calibration_samples = 30
+[prune]
+sparsity = 0.5
 [qat]
 epochs = 1
 [ptq]
