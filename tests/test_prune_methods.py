@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import warnings
 
 import pytest
@@ -147,10 +148,21 @@ def test_the_prune_line_says_what_pruning_changed_and_leaves_out_what_it_did_not
 # -- end to end (tiny model) -------------------------------------------------------------------
 
 
+def trained(small_build, out):
+    """`out` with only the shared build's data and train stages in its cache: the method under test runs from prune on."""
+    for stage in ("data", "train"):
+        shutil.copytree(small_build[0] / ".cache" / stage, out / ".cache" / stage)
+    return out
+
+
 @pytest.mark.slow
-def test_channels_gives_a_smaller_model_recorded_in_the_manifest_and_every_tflite_target_ok(tmp_path, small_config):
+def test_channels_gives_a_smaller_model_recorded_in_the_manifest_and_every_tflite_target_ok(
+    small_build, tmp_path, small_config
+):
+    trained(small_build, tmp_path)
     proc = run_cli("build", "--config", small_config, "--prune", "channels", "--target", TFLITE, "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{'train':<24} cached" in proc.stderr
     m, arts = manifest(tmp_path)
     p = m["stages"]["prune"]
     assert p["method"] == "channels" and m["config"]["prune"]["method"] == "channels"
@@ -171,7 +183,8 @@ def test_channels_gives_a_smaller_model_recorded_in_the_manifest_and_every_tflit
 
 
 @pytest.mark.slow
-def test_block_gives_a_tflite_whose_sparse_encoding_and_zeros_are_read_back(tmp_path, small_config):
+def test_block_gives_a_tflite_whose_sparse_encoding_and_zeros_are_read_back(small_build, tmp_path, small_config):
+    trained(small_build, tmp_path)
     proc = run_cli(
         "build", "--config", small_config, "--prune", "block", "--target", "tflite-fp32,tflite-int8", "--out", tmp_path
     )
