@@ -20,7 +20,7 @@ from pipeline.data import Dataset
 from pipeline.errors import UsageError
 from pipeline.gate import verify_artifact
 from pipeline.manifest import write_manifest
-from pipeline.stages import STAGES
+from pipeline.stages import QAT_WEIGHTS, STAGES
 from pipeline.util import atomic_copy, folder_bytes, gzip_size, locked, sha256_file
 
 
@@ -275,9 +275,12 @@ class Builder:
                 f"only; this model has inputs {[p['name'] for p in self.interface()['inputs']]}"
             )
         # A QAT stage that fell back to post-training quantization left no model: use the float one.
-        use_qat = target.source == "qat" and self.stages.get("qat") and self.stages["qat"].meta.get("method") == "qat"
-        src_name = "qat" if use_qat else "prune"
+        qat_ran = target.needs_qat and self.stages.get("qat") and self.stages["qat"].meta.get("method") == "qat"
+        use_qat = qat_ran and target.source == "qat"
+        src_name = "qat" if qat_ran else "prune"
         src = self.stages.get(src_name) or self.reference()
+        # The QAT stage's weights in the float model (stages.QAT_WEIGHTS) for the quantizers that take a float graph.
+        model_file = QAT_WEIGHTS if qat_ran and not use_qat else "model.h5"
         metadata = self.artifact_metadata(target)
         if route:
             metadata["input_layout"] = ",".join(
@@ -291,10 +294,10 @@ class Builder:
                 from pipeline.interface_export import export_keeping_interface
 
                 return export_keeping_interface(
-                    self, target, route, src.file("model.h5"), calib, folder / target.filename, metadata, progress
+                    self, target, route, src.file(model_file), calib, folder / target.filename, metadata, progress
                 )
             stages.tf_setup(self.seed)
-            model = stages.load_model(src.file("model.h5"), qat=use_qat)
+            model = stages.load_model(src.file(model_file), qat=use_qat)
             choice = target.module.export(
                 target,
                 model,
@@ -306,7 +309,7 @@ class Builder:
             )
             return {
                 "source": src_name,
-                "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert",
+                "method": "qat" if use_qat else "ptq" if target.needs_qat else "convert",
                 **({"ptq": choice} if choice else {}),
             }
 
@@ -392,12 +395,12 @@ class Builder:
 
     def fallbacks(self, target) -> list[str]:
         """What could not be done as asked on the way to this artifact (recorded, never silent)."""
-        stages = ["train", "prune"] + (["qat"] if target.source == "qat" else [])
+        stages = ["train", "prune"] + (["qat"] if target.needs_qat else [])
         return [f for s in stages if s in self.stages for f in self.stages[s].meta.get("fallbacks", [])]
 
     def run(self, targets) -> dict:
         started = time.time()
-        self.models(need_qat=any(t.source == "qat" for t in targets))
+        self.models(need_qat=any(t.needs_qat for t in targets))
         done = []
         for t in targets:
             try:

@@ -129,3 +129,36 @@ def test_each_tflite_artifact_is_checked_on_the_legacy_tflite_runtime(small_buil
     assert arts["tflite-int8"]["legacy_tflite_runtime"].startswith("ok")  # at most one int8 step apart
     assert "tflite-runtime 2.14" in proc.stdout
     assert all("legacy_tflite_runtime" not in a for a in arts.values() if not a["target"].startswith("tflite"))
+
+
+def test_onnx_and_openvino_int8_quantize_the_weights_qat_trained(small_build):
+    """Post-training int8 of the QAT stage's weights, not of the pruned model's: QAT's distillation from the
+    original wins back what pruning lost, and the quantizers that take a float graph keep that."""
+    import numpy as np
+
+    from pipeline.stages import QAT_WEIGHTS, load_model, tf_setup
+
+    out, _ = small_build
+    arts = {a["target"]: a for a in manifest(out)["artifacts"]}
+    assert (arts["tflite-int8"]["made_from"], arts["tflite-int8"]["method"]) == ("qat", "qat")
+    for name in ("onnx-int8", "openvino-int8"):
+        assert (arts[name]["made_from"], arts[name]["method"]) == ("qat", "ptq") and arts[name]["ptq"]["chosen"]
+    assert arts["onnx-fp32"]["made_from"] == "prune"
+    stages = manifest(out)["stages"]
+    qat_dir, prune_dir = (out / ".cache" / s / stages[s]["key"] for s in ("qat", "prune"))
+    tf_setup(0)
+    qat, floated, pruned = (
+        load_model(qat_dir / "model.h5", qat=True),
+        load_model(qat_dir / QAT_WEIGHTS),
+        load_model(prune_dir / "model.h5"),
+    )
+    kernels = {
+        w.name.split("/")[0].removeprefix("quant_"): w.numpy() for w in qat.weights if w.name.endswith("kernel:0")
+    }
+    assert kernels
+    for layer in floated.layers:
+        if layer.name in kernels:
+            np.testing.assert_array_equal(layer.kernel.numpy(), kernels[layer.name])
+            assert not np.array_equal(layer.kernel.numpy(), pruned.get_layer(layer.name).kernel.numpy())
+            # the pruned zeros are kept
+            assert np.all(layer.kernel.numpy()[pruned.get_layer(layer.name).kernel.numpy() == 0] == 0)
