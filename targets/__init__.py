@@ -169,7 +169,7 @@ TARGETS: dict[str, Target] = {
         Target(
             "openvino-int8",
             "openvino",
-            "OpenVINO IR quantized by NNCF: int8 weights, FakeQuantize on activations",
+            "OpenVINO IR: int8 weights, FakeQuantize on activations (post-training, the method chosen by measurement)",
             "model.xml",
             "qat-weights",
             "run_openvino.py",
