@@ -7,7 +7,9 @@ others: it gets a status and a reason in the manifest and the summary.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -297,21 +299,40 @@ class Builder:
                     self, target, route, src.file(model_file), calib, folder / target.filename, metadata, progress
                 )
             stages.tf_setup(self.seed)
-            model = stages.load_model(src.file(model_file), qat=use_qat)
-            choice = target.module.export(
-                target,
-                model,
-                calib,
-                folder / target.filename,
-                metadata,
-                progress=progress,
-                **({} if use_qat else {"ptq": self.ptq_settings()}),
-            )
-            return {
-                "source": src_name,
-                "method": "qat" if use_qat else "ptq" if target.needs_qat else "convert",
-                **({"ptq": choice} if choice else {}),
+            ptq = self.ptq_settings()
+
+            def make(dest: Path, name: str, file: str, qat: bool) -> dict:
+                model = stages.load_model(self.stages.get(name, src).file(file), qat=qat)
+                kwargs = {} if qat else {"ptq": ptq}
+                choice = target.module.export(
+                    target, model, calib, dest / target.filename, metadata, progress=progress, **kwargs
+                )
+                method = "qat" if qat else "ptq" if target.needs_qat else "convert"
+                return {"source": name, "method": method, **({"ptq": choice} if choice else {})}
+
+            made = make(folder, src_name, model_file, use_qat)
+            if not (qat_ran and ptq is not None and ptq.reference is not None):
+                return made
+            # QAT can lose to post-training int8 of the model it started from (a pretrained model fine-tuned on
+            # a few hundred unlabelled samples): both are made, the one closer to the original is kept.
+            from targets.ptq import score_file
+
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                other = make(Path(tmp), "prune", "model.h5", False)
+                scores = {
+                    made["source"]: score_file(target.family, folder / target.filename, ptq),
+                    "prune": score_file(target.family, Path(tmp) / target.filename, ptq),
+                }
+                if scores["prune"] > scores[made["source"]]:
+                    for f in target.files:
+                        os.replace(Path(tmp) / f, folder / f)
+                    made = other
+            made["qat_or_ptq"] = {
+                "scores": {k: {"agreement": round(a, 4), "closeness": round(c, 6)} for k, (a, c) in scores.items()},
+                "chosen": made["source"],
+                "why": "higher top-1 agreement, then mean cosine, with the original model on the validation split",
             }
+            return made
 
         params = {
             "target": target.name,
@@ -388,6 +409,7 @@ class Builder:
             "made_from": artifact.meta.get("source"),
             "method": artifact.meta.get("method"),
             **({"ptq": artifact.meta["ptq"]} if "ptq" in artifact.meta else {}),  # what PTQ chose, and why
+            **({"qat_or_ptq": artifact.meta["qat_or_ptq"]} if "qat_or_ptq" in artifact.meta else {}),
             **interface_fields(artifact.meta, self.stages["data"].meta["preprocessing"]),
             "fallbacks": self.fallbacks(target),
             "stage_keys": {"export": artifact.key, "verify": self.stages[f"verify:{target.name}"].key},
