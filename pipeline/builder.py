@@ -19,7 +19,7 @@ from pipeline import report
 from pipeline.cache import Cache, Entry, stage_key, tool_versions
 from pipeline.config import Config
 from pipeline.data import Dataset
-from pipeline.errors import UsageError
+from pipeline.errors import BudgetError, UsageError
 from pipeline.gate import verify_artifact
 from pipeline.manifest import write_manifest
 from pipeline.stages import QAT_WEIGHTS, STAGES
@@ -152,12 +152,14 @@ class Builder:
             qat = self.qat()
             if qat.meta.get("vs_original"):
                 self.log(report.stage_line("qat", qat.meta, train.meta))
-                self.within_budget(
-                    "qat",
-                    qat.meta,
-                    train.meta,
-                    "lower qat.learning_rate or qat.epochs, or set qat.epochs = 0 for post-training quantization",
-                )
+                advice = "lower qat.learning_rate or qat.epochs, or set qat.epochs = 0 for post-training quantization"
+                try:
+                    self.within_budget("qat", qat.meta, train.meta, advice)
+                except BudgetError as e:
+                    if not self.cfg.ptq.choose:
+                        raise
+                    # Each int8 target also makes post-training int8 of the pruned model and keeps the closer file.
+                    self.log(f"warning: {e}; the int8 targets fall back to post-training int8 where it agrees better")
 
     # One method per stage (after data): each reads its inputs from self.stages, so a sweep can run any one of them.
 
@@ -210,7 +212,6 @@ class Builder:
 
     def within_budget(self, name: str, meta: dict, original: dict, advice: str) -> None:
         """A stage whose model already breaks the budget against the original stops the build here."""
-        from pipeline.errors import BudgetError
         from pipeline.gate import budget_reasons
 
         figures = {**meta.get("vs_original", {}), "reference_accuracy": original.get("accuracy")}

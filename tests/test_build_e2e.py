@@ -110,6 +110,27 @@ def test_a_changed_sparsity_reruns_from_prune_on_not_training(small_build, small
     assert status["prune"] == status["qat"] == status["export:tflite-int8"] == "running"
 
 
+def test_a_qat_that_breaks_the_budget_loses_to_post_training_int8_instead_of_failing_the_build(
+    small_build, small_config, tmp_path
+):
+    out, _ = small_build
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(small_config.read_text().replace("[qat]\nepochs = 1", "[qat]\nepochs = 1\nlearning_rate = 0.5"))
+    proc = run_cli("build", "--config", cfg, "--target", "tflite-int8", "--out", copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: qat: the quantization-aware trained model already breaks the build's budget" in proc.stderr
+    a = next(a for a in manifest(copy)["artifacts"] if a["target"] == "tflite-int8")
+    assert a["status"] == "ok" and (a["made_from"], a["method"]) == ("prune", "ptq")
+    scores = a["qat_or_ptq"]["scores"]
+    assert scores["prune"]["agreement"] > scores["qat"]["agreement"]
+    # Without the post-training choice there is nothing to fall back to: the build stops at QAT, as before.
+    cfg.write_text(cfg.read_text() + "[ptq]\nchoose = false\n")
+    proc = run_cli("build", "--config", cfg, "--target", "tflite-int8", "--out", copy)
+    assert proc.returncode == 1 and "error: qat: the quantization-aware trained model already breaks" in proc.stderr
+
+
 def test_two_clean_builds_give_byte_identical_files(small_build, small_config, tmp_path):
     out, _ = small_build
     proc = run_cli("build", "--config", small_config, "--target", "all", "--out", tmp_path)
