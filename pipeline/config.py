@@ -118,7 +118,8 @@ class QatConfig:
 @dataclass(frozen=True)
 class PtqConfig:
     choose: bool = True
-    """int8 targets without QAT: try the field's post-training methods, keep the one agreeing best with the original model."""
+    """int8 targets: try the field's post-training methods, keep the one agreeing best with the original model;
+    when QAT ran, also keep QAT's file only if it agrees better than that. false: one method each, QAT's file as is."""
     validation_samples: int = 100
     """Validation samples (never test; training ones not calibrating without a validation split) the methods are compared on."""
     mixed: bool = False
