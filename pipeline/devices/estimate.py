@@ -111,13 +111,14 @@ def disassemble_all(blocks: list[str]) -> dict[str, tuple[str, ...]]:
         invalid = Counter(
             int(n) for n in re.findall(r"^<stdin>:(\d+):\d+: warning: invalid instruction", proc.stderr, re.M)
         )
-        at = 0
+        found, at = {}, 0
         for line, h in enumerate(todo, 1):
             n = len(h) // 8 - invalid[line]
-            _INSNS[h] = tuple(insns[at : at + n])
+            found[h] = tuple(insns[at : at + n])
             at += n
         if at != len(insns):
             raise EstimateError(f"llvm-mc gave {len(insns)} instructions for {at} decodable words")
+        _INSNS.update(found)
     return {b: _INSNS[b] for b in blocks}
 
 
