@@ -60,7 +60,7 @@ PEERS = {
 def route(name: str) -> str:
     if name in PEERS:
         return "peer"
-    return "pipeline: pruned + PQAT" if TARGETS[name].source == "qat" else "pipeline: pruned float"
+    return "pipeline: pruned + PQAT" if TARGETS[name].needs_qat else "pipeline: pruned float"
 
 
 # -- artifacts ------------------------------------------------------------------------------------

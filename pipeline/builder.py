@@ -7,7 +7,9 @@ others: it gets a status and a reason in the manifest and the summary.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,10 +19,10 @@ from pipeline import report
 from pipeline.cache import Cache, Entry, stage_key, tool_versions
 from pipeline.config import Config
 from pipeline.data import Dataset
-from pipeline.errors import UsageError
+from pipeline.errors import BudgetError, UsageError
 from pipeline.gate import verify_artifact
 from pipeline.manifest import write_manifest
-from pipeline.stages import STAGES
+from pipeline.stages import QAT_WEIGHTS, STAGES
 from pipeline.util import atomic_copy, folder_bytes, gzip_size, locked, sha256_file
 
 
@@ -150,12 +152,14 @@ class Builder:
             qat = self.qat()
             if qat.meta.get("vs_original"):
                 self.log(report.stage_line("qat", qat.meta, train.meta))
-                self.within_budget(
-                    "qat",
-                    qat.meta,
-                    train.meta,
-                    "lower qat.learning_rate or qat.epochs, or set qat.epochs = 0 for post-training quantization",
-                )
+                advice = "lower qat.learning_rate or qat.epochs, or set qat.epochs = 0 for post-training quantization"
+                try:
+                    self.within_budget("qat", qat.meta, train.meta, advice)
+                except BudgetError as e:
+                    if not self.cfg.ptq.choose:
+                        raise
+                    # Each int8 target also makes post-training int8 of the pruned model and keeps the closer file.
+                    self.log(f"warning: {e}; the int8 targets fall back to post-training int8 where it agrees better")
 
     # One method per stage (after data): each reads its inputs from self.stages, so a sweep can run any one of them.
 
@@ -208,7 +212,6 @@ class Builder:
 
     def within_budget(self, name: str, meta: dict, original: dict, advice: str) -> None:
         """A stage whose model already breaks the budget against the original stops the build here."""
-        from pipeline.errors import BudgetError
         from pipeline.gate import budget_reasons
 
         figures = {**meta.get("vs_original", {}), "reference_accuracy": original.get("accuracy")}
@@ -275,9 +278,12 @@ class Builder:
                 f"only; this model has inputs {[p['name'] for p in self.interface()['inputs']]}"
             )
         # A QAT stage that fell back to post-training quantization left no model: use the float one.
-        use_qat = target.source == "qat" and self.stages.get("qat") and self.stages["qat"].meta.get("method") == "qat"
-        src_name = "qat" if use_qat else "prune"
+        qat_ran = target.needs_qat and self.stages.get("qat") and self.stages["qat"].meta.get("method") == "qat"
+        use_qat = qat_ran and target.source == "qat"
+        src_name = "qat" if qat_ran else "prune"
         src = self.stages.get(src_name) or self.reference()
+        # The QAT stage's weights in the float model (stages.QAT_WEIGHTS) for the quantizers that take a float graph.
+        model_file = QAT_WEIGHTS if qat_ran and not use_qat else "model.h5"
         metadata = self.artifact_metadata(target)
         if route:
             metadata["input_layout"] = ",".join(
@@ -291,24 +297,43 @@ class Builder:
                 from pipeline.interface_export import export_keeping_interface
 
                 return export_keeping_interface(
-                    self, target, route, src.file("model.h5"), calib, folder / target.filename, metadata, progress
+                    self, target, route, src.file(model_file), calib, folder / target.filename, metadata, progress
                 )
             stages.tf_setup(self.seed)
-            model = stages.load_model(src.file("model.h5"), qat=use_qat)
-            choice = target.module.export(
-                target,
-                model,
-                calib,
-                folder / target.filename,
-                metadata,
-                progress=progress,
-                **({} if use_qat else {"ptq": self.ptq_settings()}),
-            )
-            return {
-                "source": src_name,
-                "method": "qat" if use_qat else "ptq" if target.source == "qat" else "convert",
-                **({"ptq": choice} if choice else {}),
+            ptq = self.ptq_settings()
+
+            def make(dest: Path, name: str, file: str, qat: bool) -> dict:
+                model = stages.load_model(self.stages.get(name, src).file(file), qat=qat)
+                kwargs = {} if qat else {"ptq": ptq}
+                choice = target.module.export(
+                    target, model, calib, dest / target.filename, metadata, progress=progress, **kwargs
+                )
+                method = "qat" if qat else "ptq" if target.needs_qat else "convert"
+                return {"source": name, "method": method, **({"ptq": choice} if choice else {})}
+
+            made = make(folder, src_name, model_file, use_qat)
+            if not (qat_ran and ptq is not None and ptq.reference is not None):
+                return made
+            # QAT can lose to post-training int8 of the model it started from (a pretrained model fine-tuned on
+            # a few hundred unlabelled samples): both are made, the one closer to the original is kept.
+            from targets.ptq import score_file
+
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                other = make(Path(tmp), "prune", "model.h5", False)
+                scores = {
+                    made["source"]: score_file(target.family, folder / target.filename, ptq),
+                    "prune": score_file(target.family, Path(tmp) / target.filename, ptq),
+                }
+                if scores["prune"] > scores[made["source"]]:
+                    for f in target.files:
+                        os.replace(Path(tmp) / f, folder / f)
+                    made = other
+            made["qat_or_ptq"] = {
+                "scores": {k: {"agreement": round(a, 4), "closeness": round(c, 6)} for k, (a, c) in scores.items()},
+                "chosen": made["source"],
+                "why": "higher top-1 agreement, then mean cosine, with the original model on the validation split",
             }
+            return made
 
         params = {
             "target": target.name,
@@ -385,6 +410,7 @@ class Builder:
             "made_from": artifact.meta.get("source"),
             "method": artifact.meta.get("method"),
             **({"ptq": artifact.meta["ptq"]} if "ptq" in artifact.meta else {}),  # what PTQ chose, and why
+            **({"qat_or_ptq": artifact.meta["qat_or_ptq"]} if "qat_or_ptq" in artifact.meta else {}),
             **interface_fields(artifact.meta, self.stages["data"].meta["preprocessing"]),
             "fallbacks": self.fallbacks(target),
             "stage_keys": {"export": artifact.key, "verify": self.stages[f"verify:{target.name}"].key},
@@ -392,12 +418,12 @@ class Builder:
 
     def fallbacks(self, target) -> list[str]:
         """What could not be done as asked on the way to this artifact (recorded, never silent)."""
-        stages = ["train", "prune"] + (["qat"] if target.source == "qat" else [])
+        stages = ["train", "prune"] + (["qat"] if target.needs_qat else [])
         return [f for s in stages if s in self.stages for f in self.stages[s].meta.get("fallbacks", [])]
 
     def run(self, targets) -> dict:
         started = time.time()
-        self.models(need_qat=any(t.source == "qat" for t in targets))
+        self.models(need_qat=any(t.needs_qat for t in targets))
         done = []
         for t in targets:
             try:

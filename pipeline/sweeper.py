@@ -157,7 +157,7 @@ class Node:
 
 
 def model_stages(targets) -> tuple[str, ...]:
-    return MODEL_STAGES if any(t.source == "qat" for t in targets) else MODEL_STAGES[:3]
+    return MODEL_STAGES if any(t.needs_qat for t in targets) else MODEL_STAGES[:3]
 
 
 def plan(vs: list[Variant], cache: Path, targets) -> tuple[dict[str, Node], dict[str, dict[str, str]]]:

@@ -38,7 +38,9 @@ class Target:
     description: str
     filename: str
     source: str
-    """Which model it is converted from: `float` (the pruned float model) or `qat`."""
+    """Which model it is made from: `float` (the pruned float model), `qat` (the QAT model, its learned ranges)
+    or `qat-weights` (the QAT stage's fine-tuned weights in the float model, quantized post-training: what
+    onnxruntime's and NNCF's quantizers take). Either QAT source is the pruned float model when QAT did not run."""
     runner: str
     quantization: str
     """What `inspect` must read back from the file; anything else fails verification."""
@@ -51,6 +53,10 @@ class Target:
     """Settings the runtime needs to answer as verified (the runner applies them; manifest, inspect, release
     and model card state them). `run_option` is the runner option that drops them: the runtime's own default."""
     run_option: tuple[str, str] = ()
+
+    @property
+    def needs_qat(self) -> bool:
+        return self.source in ("qat", "qat-weights")
 
     @property
     def files(self) -> list[str]:
@@ -131,7 +137,7 @@ TARGETS: dict[str, Target] = {
             "onnx",
             "ONNX static QDQ: int8 per-channel weights and activations, float32 I/O",
             "model.onnx",
-            "float",
+            "qat-weights",
             "run_onnxruntime.py",
             "int8-qdq",
             {"mode": "int8", "opset": 17},
@@ -163,9 +169,9 @@ TARGETS: dict[str, Target] = {
         Target(
             "openvino-int8",
             "openvino",
-            "OpenVINO IR quantized by NNCF: int8 weights, FakeQuantize on activations",
+            "OpenVINO IR: int8 weights, FakeQuantize on activations (post-training, the method chosen by measurement)",
             "model.xml",
-            "float",
+            "qat-weights",
             "run_openvino.py",
             "int8",
             {"mode": "int8", "opset": 17},

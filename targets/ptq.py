@@ -949,3 +949,16 @@ def tflite_mixed(
         )
         model = m
     return model, record
+
+
+def score_file(family: str, path: Path, settings: Settings) -> tuple[float, float]:
+    """(top-1 agreement, mean cosine) of an artifact file's outputs on the validation split with the
+    original model's (settings.reference): how a build picks between its QAT and post-training files."""
+    x = settings.validation
+    if family == "tflite":
+        out = run_tflite(Path(path).read_bytes(), x)
+    elif family == "onnx":
+        out = run_onnx(Path(path), x)
+    else:
+        out = run_openvino(str(path), x)
+    return agreement(settings.reference, out), closeness(settings.reference, out)

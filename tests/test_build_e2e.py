@@ -110,6 +110,27 @@ def test_a_changed_sparsity_reruns_from_prune_on_not_training(small_build, small
     assert status["prune"] == status["qat"] == status["export:tflite-int8"] == "running"
 
 
+def test_a_qat_that_breaks_the_budget_loses_to_post_training_int8_instead_of_failing_the_build(
+    small_build, small_config, tmp_path
+):
+    out, _ = small_build
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(small_config.read_text().replace("[qat]\nepochs = 1", "[qat]\nepochs = 1\nlearning_rate = 0.5"))
+    proc = run_cli("build", "--config", cfg, "--target", "tflite-int8", "--out", copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: qat: the quantization-aware trained model already breaks the build's budget" in proc.stderr
+    a = next(a for a in manifest(copy)["artifacts"] if a["target"] == "tflite-int8")
+    assert a["status"] == "ok" and (a["made_from"], a["method"]) == ("prune", "ptq")
+    scores = a["qat_or_ptq"]["scores"]
+    assert scores["prune"]["agreement"] > scores["qat"]["agreement"]
+    # Without the post-training choice there is nothing to fall back to: the build stops at QAT, as before.
+    cfg.write_text(cfg.read_text() + "[ptq]\nchoose = false\n")
+    proc = run_cli("build", "--config", cfg, "--target", "tflite-int8", "--out", copy)
+    assert proc.returncode == 1 and "error: qat: the quantization-aware trained model already breaks" in proc.stderr
+
+
 def test_two_clean_builds_give_byte_identical_files(small_build, small_config, tmp_path):
     out, _ = small_build
     proc = run_cli("build", "--config", small_config, "--target", "all", "--out", tmp_path)
@@ -129,3 +150,41 @@ def test_each_tflite_artifact_is_checked_on_the_legacy_tflite_runtime(small_buil
     assert arts["tflite-int8"]["legacy_tflite_runtime"].startswith("ok")  # at most one int8 step apart
     assert "tflite-runtime 2.14" in proc.stdout
     assert all("legacy_tflite_runtime" not in a for a in arts.values() if not a["target"].startswith("tflite"))
+
+
+def test_each_int8_target_keeps_qat_or_post_training_int8_whichever_agrees_better_with_the_original(small_build):
+    """tflite-int8 from the QAT model, onnx-int8 and openvino-int8 from the weights QAT trained (QAT's
+    distillation from the original wins back what pruning lost), each against post-training int8 of the
+    pruned model: the file kept is the one closer to the original on the validation split."""
+    import numpy as np
+
+    from pipeline.stages import QAT_WEIGHTS, load_model, tf_setup
+
+    out, _ = small_build
+    arts = {a["target"]: a for a in manifest(out)["artifacts"]}
+    for name in ("tflite-int8", "onnx-int8", "openvino-int8"):
+        a = arts[name]
+        scores = {k: (v["agreement"], v["closeness"]) for k, v in a["qat_or_ptq"]["scores"].items()}
+        assert set(scores) == {"qat", "prune"} and a["qat_or_ptq"]["chosen"] == max(scores, key=scores.get)
+        assert a["made_from"] == a["qat_or_ptq"]["chosen"]
+        qat_method = "qat" if name == "tflite-int8" else "ptq"
+        assert a["method"] == (qat_method if a["made_from"] == "qat" else "ptq")
+    assert arts["onnx-fp32"]["made_from"] == "prune" and "qat_or_ptq" not in arts["onnx-fp32"]
+    stages = manifest(out)["stages"]
+    qat_dir, prune_dir = (out / ".cache" / s / stages[s]["key"] for s in ("qat", "prune"))
+    tf_setup(0)
+    qat, floated, pruned = (
+        load_model(qat_dir / "model.h5", qat=True),
+        load_model(qat_dir / QAT_WEIGHTS),
+        load_model(prune_dir / "model.h5"),
+    )
+    kernels = {
+        w.name.split("/")[0].removeprefix("quant_"): w.numpy() for w in qat.weights if w.name.endswith("kernel:0")
+    }
+    assert kernels
+    for layer in floated.layers:
+        if layer.name in kernels:
+            np.testing.assert_array_equal(layer.kernel.numpy(), kernels[layer.name])
+            assert not np.array_equal(layer.kernel.numpy(), pruned.get_layer(layer.name).kernel.numpy())
+            # the pruned zeros are kept
+            assert np.all(layer.kernel.numpy()[pruned.get_layer(layer.name).kernel.numpy() == 0] == 0)
