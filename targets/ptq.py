@@ -945,9 +945,10 @@ def tflite_mixed(
     return model, record
 
 
-def score_file(family: str, path: Path, settings: Settings) -> tuple[float, float]:
-    """(top-1 agreement, mean cosine) of an artifact file's outputs on the validation split with the
-    original model's (settings.reference): how a build picks between its QAT and post-training files."""
+def score_file(family: str, path: Path, settings: Settings) -> dict:
+    """How close an artifact file's outputs on the validation split are to the original model's
+    (settings.reference), by the measure `_pick` chooses with (closeness), and its top-1 agreement: how a
+    build picks between its QAT and post-training files."""
     x = settings.validation
     if family == "tflite":
         out = run_tflite(Path(path).read_bytes(), x)
@@ -955,4 +956,7 @@ def score_file(family: str, path: Path, settings: Settings) -> tuple[float, floa
         out = run_onnx(Path(path), x)
     else:
         out = run_openvino(str(path), x)
-    return agreement(settings.reference, out), closeness(settings.reference, out)
+    return {
+        "closeness": round(closeness(settings.reference, out), 6),
+        "agreement": round(agreement(settings.reference, out), 4),
+    }
