@@ -124,7 +124,7 @@ def test_a_qat_that_breaks_the_budget_loses_to_post_training_int8_instead_of_fai
     a = next(a for a in manifest(copy)["artifacts"] if a["target"] == "tflite-int8")
     assert a["status"] == "ok" and (a["made_from"], a["method"]) == ("prune", "ptq")
     scores = a["qat_or_ptq"]["scores"]
-    assert scores["prune"]["agreement"] > scores["qat"]["agreement"]
+    assert scores["prune"]["closeness"] > scores["qat"]["closeness"]
     # Without the post-training choice there is nothing to fall back to: the build stops at QAT, as before.
     cfg.write_text(cfg.read_text() + "[ptq]\nchoose = false\n")
     proc = run_cli("build", "--config", cfg, "--target", "tflite-int8", "--out", copy)
@@ -154,7 +154,7 @@ def test_each_int8_target_keeps_qat_or_post_training_int8_whichever_agrees_bette
     arts = {a["target"]: a for a in manifest(out)["artifacts"]}
     for name in ("tflite-int8", "onnx-int8", "openvino-int8"):
         a = arts[name]
-        scores = {k: (v["agreement"], v["closeness"]) for k, v in a["qat_or_ptq"]["scores"].items()}
+        scores = {k: v["closeness"] for k, v in a["qat_or_ptq"]["scores"].items()}
         assert set(scores) == {"qat", "prune"} and a["qat_or_ptq"]["chosen"] == max(scores, key=scores.get)
         assert a["made_from"] == a["qat_or_ptq"]["chosen"]
         qat_method = "qat" if name == "tflite-int8" else "ptq"
