@@ -57,10 +57,14 @@ PEERS = {
 }
 
 
-def route(name: str) -> str:
+def route(name: str, made_from: str | None = None) -> str:
+    """`made_from`: the manifest's record of which file shipped (an int8 target keeps QAT's file or
+    post-training int8 of the pruned model, whichever is closer to the original)."""
     if name in PEERS:
         return "peer"
-    return "pipeline: pruned + PQAT" if TARGETS[name].needs_qat else "pipeline: pruned float"
+    if made_from == "qat":
+        return "pipeline: pruned + PQAT" + ("" if TARGETS[name].source == "qat" else " weights, post-training int8")
+    return "pipeline: pruned, post-training int8" if TARGETS[name].needs_qat else "pipeline: pruned float"
 
 
 # -- artifacts ------------------------------------------------------------------------------------
@@ -219,8 +223,9 @@ def run_model(name: str, config: Path | None, args, threads: list[int]):
     log(f"{name}: every target into {out}")
     b = pipeline.built(config, targets="all", out=out, log=log)
     rows = pipeline.bench(b, threads=threads, runs=args.runs, min_seconds=args.min_seconds, legacy=True, log=log)
+    made_from = {a["target"]: a.get("made_from") for a in b.manifest["artifacts"]}
     for r in rows:
-        r["route"] = route(r["target"])
+        r["route"] = route(r["target"], made_from.get(r["target"]))
     items = peers(b, WORK / "peers" / name)
     st = b.manifest["stages"]
     train, prune = st["train"], st["prune"]

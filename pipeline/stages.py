@@ -668,13 +668,12 @@ QAT's distillation wins back)."""
 def float_weights(q, model):
     """`model` (the float model QAT started from) holding the weights QAT trained in `q`. tfmot's wrapper owns
     its layer's kernel and keeps the layer's name, so weights are matched by layer and variable name."""
+    by_name = {m.name: m for m in model.layers if m.weights}
     for layer in q.layers:
-        inner = getattr(layer, "layer", layer)
-        if inner.name not in {m.name for m in model.layers} or not model.get_layer(inner.name).weights:
-            continue
-        target = model.get_layer(inner.name)
-        trained = {w.name.rsplit("/", 1)[-1]: w.numpy() for w in layer.weights}
-        target.set_weights([trained[w.name.rsplit("/", 1)[-1]] for w in target.weights])
+        target = by_name.get(getattr(layer, "layer", layer).name)
+        if target is not None:
+            trained = {w.name.rsplit("/", 1)[-1]: w.numpy() for w in layer.weights}
+            target.set_weights([trained[w.name.rsplit("/", 1)[-1]] for w in target.weights])
     return model
 
 
