@@ -184,18 +184,19 @@ def _pre_processed(src: Path, tmp: Path) -> Path:
     return pre
 
 
+_WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # targets.onnx.WEIGHTED_OPS; it imports this module
+
+
 def float_tail(model) -> list[str]:
     """The nodes after the last weighted op on the way to each graph output (pooling, reshape, softmax of a
     classifier head): NNCF leaves them unquantized. Quantized, a classifier's pooled logits get one int8
     scale and classes closer than it tie: on fer's nine test splits the MinMax file's outputs tied on 51
     faces in all, 9 with this tail float (top-1 agreement did not measurably change: near-ties fall either way)."""
-    from targets.onnx import WEIGHTED_OPS
-
     producer = {o: n for n in model.graph.node for o in n.output}
     tail, todo = [], [o.name for o in model.graph.output]
     while todo:
         n = producer.get(todo.pop())
-        if n is not None and n.op_type not in WEIGHTED_OPS and n.name not in tail:
+        if n is not None and n.op_type not in _WEIGHTED_OPS and n.name not in tail:
             tail.append(n.name)
             todo.extend(n.input)
     return tail
