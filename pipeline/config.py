@@ -118,8 +118,9 @@ class QatConfig:
 @dataclass(frozen=True)
 class PtqConfig:
     choose: bool = True
-    """int8 targets: try the field's post-training methods, keep the one agreeing best with the original model;
-    when QAT ran, also keep QAT's file only if it agrees better than that. false: one method each, QAT's file as is."""
+    """int8 targets: try the field's post-training methods, keep the one whose outputs are closest (mean cosine)
+    to the original model's on validation; when QAT ran, its file (or int8 of its weights) and post-training int8
+    of the pruned model compete the same way. false: one method each, QAT's file as is."""
     validation_samples: int = 100
     """Validation samples (never test; training ones not calibrating without a validation split) the methods are compared on."""
     mixed: bool = False
