@@ -170,10 +170,24 @@ class Builder:
         source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
         return self.stage(
             "train",
-            {"model": cfg.section("model"), "train": cfg.section("train"), "seed": self.seed, **source},
+            {"model": self.model_params(), "train": cfg.section("train"), "seed": self.seed, **source},
             {"data": d.key},
             lambda f: stages.train(self.dataset(), cfg, self.seed, f, self.cache.root),
         )
+
+    def model_params(self) -> dict:
+        """The [model] keys that make the trained model: how its heads are measured (heads, metric) is not."""
+        return {k: v for k, v in self.cfg.section("model").items() if k not in HEAD_KEYS}
+
+    def head_params(self) -> dict:
+        """How the heads are measured, in the keys of the stages that measure them (when set)."""
+        return {k: v for k, v in self.cfg.section("model").items() if k in HEAD_KEYS and v}
+
+    def heads(self):
+        """The original model's output names and kinds, and the user's measure (stages.heads)."""
+        from pipeline import stages
+
+        return stages.heads(self.cfg, self.reference().path)
 
     def prune(self) -> Entry:
         from pipeline import stages
@@ -189,6 +203,7 @@ class Builder:
                 "seed": self.seed,
                 "strict": b.strict,
                 "budget": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
+                **self.head_params(),
             },
             {"model": train.key, "data": d.key},
             lambda f: stages.prune(self.dataset(), cfg, self.seed, train.file("model.h5"), train.path, f),
@@ -205,6 +220,7 @@ class Builder:
                 "batch_size": cfg.train.batch_size,
                 "seed": self.seed,
                 "strict": cfg.build.strict,
+                **self.head_params(),
             },
             {"model": prune.key, "original": train.key, "data": d.key},
             lambda f: stages.qat(self.dataset(), cfg, self.seed, prune.file("model.h5"), prune.meta, train.path, f),
@@ -249,11 +265,15 @@ class Builder:
             return None
         ds, ref, n = self.dataset(), self.reference(), p.validation_samples
         if ds.x_val is not None and ref.file(REFERENCE_VAL_OUTPUTS).exists():
-            return Settings(ds.x_val[:n], p.mixed, p.budget, load_outputs(ref.file(REFERENCE_VAL_OUTPUTS))[0][:n])
+            return Settings(
+                ds.x_val[:n], p.mixed, p.budget, [o[:n] for o in load_outputs(ref.file(REFERENCE_VAL_OUTPUTS))]
+            )
         cal = {x.tobytes() for x in ds.x_cal}
         keep = [i for i, x in enumerate(ds.x_train) if x.tobytes() not in cal][:n]
         if keep and ref.file(TEACHER_OUTPUTS).exists():
-            return Settings(ds.x_train[keep], p.mixed, p.budget, load_outputs(ref.file(TEACHER_OUTPUTS))[0][keep])
+            return Settings(
+                ds.x_train[keep], p.mixed, p.budget, [o[keep] for o in load_outputs(ref.file(TEACHER_OUTPUTS))]
+            )
         return Settings(ds.x_cal, p.mixed, p.budget)
 
     def interface_route(self, target) -> str | None:
@@ -370,6 +390,7 @@ class Builder:
                 ref.meta.get("accuracy"),
                 perms=artifact.meta,
                 expected=expected,
+                heads=self.heads(),
             )
 
         b = self.cfg.build
@@ -378,6 +399,7 @@ class Builder:
             "quantization": expected,
             "runner": target.runner,
             "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
+            **self.head_params(),
             **({"run_config": target.run_config} if target.run_config else {}),
         }
         return self.stage(
@@ -457,6 +479,7 @@ class Builder:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+HEAD_KEYS = ("heads", "metric")
 
 
 def _source(module) -> str:

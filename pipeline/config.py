@@ -39,6 +39,13 @@ class ModelConfig:
     """Allow code inside the model file (Keras Lambda layers) to run. Only for files you trust."""
     onnx_input_shape: tuple[int, ...] = ()
     """For an .onnx with dynamic dimensions: the fixed NCHW input shape, e.g. [1, 3, 224, 224]."""
+    heads: tuple[str, ...] = ()
+    """Each output's kind, in the model's output order, where the guess is wrong: `scores` (top-1 agreement),
+    `regression` (cosine similarity), `metric` (model.metric) or `auto` (guessed: a softmax / sigmoid output
+    or probabilities are scores, the rest regression)."""
+    metric: str = ""
+    """`module:function` (output, reference) -> float (1 = the same as the original), measuring the heads of kind
+    `metric` (every head when `heads` is empty); gated like top-1 agreement. Runs your code: needs --trust-model."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +274,19 @@ def _check_ranges(cfg: Config) -> None:
         ("ptq.budget", 0 <= cfg.ptq.budget <= 1, "in [0, 1]"),
         ("build.min_cosine", -1 <= cfg.build.min_cosine <= 1, "in [-1, 1]"),
     ]
+    from targets.metrics import KINDS
+
+    bad = [k for k in cfg.model.heads if k not in KINDS]
+    if bad:
+        raise ConfigError(
+            f"model.heads: unknown kind {bad[0]!r}{closest(bad[0], KINDS)}; use {', '.join(map(repr, KINDS))}"
+        )
+    if cfg.model.metric and (":" not in cfg.model.metric or not all(cfg.model.metric.split(":", 1))):
+        raise ConfigError(f"model.metric must be 'module:function', got {cfg.model.metric!r}")
+    if "metric" in cfg.model.heads and not cfg.model.metric:
+        raise ConfigError("model.heads declares a 'metric' head: set model.metric = 'module:function'")
+    if cfg.model.metric and not cfg.model.trust:
+        raise ConfigError(f"model.metric {cfg.model.metric!r} runs your code: pass --trust-model to allow it")
     for where, ok, what in rules:
         if not ok:
             section, key = where.split(".")

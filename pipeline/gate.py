@@ -16,42 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import interface, runner
-from targets import RUNNERS
+from targets import RUNNERS, metrics
+from targets.metrics import load_outputs
 
 
-def is_scores(a: np.ndarray) -> bool:
-    return a.ndim == 2 and a.shape[1] > 1
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    both_zero = (na == 0) & (nb == 0)
-    cos = np.where(both_zero, 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30))
-    return float(cos.mean())
-
-
-def compare_output(out: np.ndarray, ref: np.ndarray) -> dict:
-    r = {"max_abs_diff": float(np.max(np.abs(out - ref))), "cosine": _cosine(out, ref)}
-    if is_scores(ref):
-        r["top1_agreement"] = float(np.mean(out.argmax(-1) == ref.argmax(-1)))
-        k = min(5, ref.shape[1] - 1)
-        top_o, top_r = np.argsort(-out, axis=1)[:, :k], np.argsort(-ref, axis=1)[:, :k]
-        r[f"top{k}_overlap"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_o, top_r)]))
-    return r
-
-
-def compare(outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None) -> dict:
-    """Summary over all outputs (worst case) plus the per-output figures when there are several."""
-    per = [compare_output(o, r) for o, r in zip(outputs, reference)]
-    out = {"max_abs_diff": max(p["max_abs_diff"] for p in per), "cosine": min(p["cosine"] for p in per)}
-    if "top1_agreement" in per[0]:
-        out["top1_agreement"] = per[0]["top1_agreement"]
-    if labels is not None and is_scores(reference[0]):
-        out["accuracy"] = float(np.mean(outputs[0].argmax(-1) == labels))
-    if len(per) > 1:
-        out["per_output"] = per
-    return out
+def compare(outputs, reference, labels, kinds=None, names=None, metric=None) -> dict:
+    """Figures against the original's outputs, head by head (targets/metrics.py)."""
+    return metrics.compare(outputs, reference, labels, kinds, names, metric)
 
 
 def gate(result: dict, expected_quantization: str, build) -> list[str]:
@@ -66,38 +37,75 @@ def gate(result: dict, expected_quantization: str, build) -> list[str]:
 def budget_reasons(figures: dict, build, share: float = 1.0) -> list[str]:
     """Why `figures` (against the original model) break `share` of the build's budget; empty if they keep it.
 
-    With an accuracy and the original's: the accuracy drop; else top-1 agreement or cosine similarity."""
-    acc, ref = figures.get("accuracy"), figures.get("reference_accuracy")
-    if acc is not None and ref is not None:
-        drop, allowed = (ref - acc) * 100, build.max_accuracy_drop * share
-        if drop > allowed:
-            return [
-                f"accuracy {acc:.4f} vs the original model's {ref:.4f}: drop of {drop:.2f} points "
-                f"exceeds {'' if share == 1 else f'{share:g} x '}max_accuracy_drop {build.max_accuracy_drop:g}"
-            ]
-        return []
-    return agreement_gate(figures.get("top1_agreement"), figures.get("cosine"), build, "the original model", share)
+    Every head by its own measure (targets/metrics.py): a classifier head with labels by its accuracy drop,
+    score heads by top-1 agreement, regression heads by cosine similarity, `metric` heads by the user's
+    measure (gated like agreement). Figures without heads (one output) are one head."""
+    heads = figures.get("heads") or [figures]
+    reasons = []
+    for h in heads:
+        measure, value, minimum = head_measure(h, figures.get("reference_accuracy"), build)
+        if measure is None:
+            continue
+        who = f"head '{h['name']}': " if len(heads) > 1 else ""
+        if measure == "accuracy":
+            acc, ref = value, figures["reference_accuracy"]
+            drop, allowed = (ref - acc) * 100, build.max_accuracy_drop * share
+            if drop > allowed:
+                reasons.append(
+                    f"{who}accuracy {acc:.4f} vs the original model's {ref:.4f}: drop of {drop:.2f} points exceeds "
+                    f"{'' if share == 1 else f'{share:g} x '}max_accuracy_drop {build.max_accuracy_drop:g}"
+                )
+            continue
+        key = "min_cosine" if measure == "cosine" else "min_agreement"
+        reasons += [who + r for r in _below(value, metrics.NAMES[measure], key, minimum, "the original model", share)]
+    return reasons
+
+
+def head_measure(h: dict, reference_accuracy: float | None, build) -> tuple[str | None, float | None, float | None]:
+    """(the figure a head is gated by, its value, its minimum): accuracy for a classifier head with labels (the
+    minimum is the original's accuracy less max_accuracy_drop), else its kind's measure; one output without a
+    kind: top-1 agreement if it has one, else cosine."""
+    if h.get("accuracy") is not None and reference_accuracy is not None:
+        return "accuracy", h["accuracy"], reference_accuracy - build.max_accuracy_drop / 100
+    kind = h.get("kind") or (metrics.SCORES if h.get("top1_agreement") is not None else metrics.REGRESSION)
+    measure = metrics.MEASURE[kind]
+    if h.get(measure) is None:
+        return None, None, None
+    return measure, h[measure], build.min_cosine if measure == "cosine" else build.min_agreement
+
+
+def worst_head(figures: dict, build) -> str | None:
+    """The headline of an artifact with several heads: the head that uses the largest share of its room, by
+    its own measure ('box: cosine similarity 0.9987')."""
+    heads = figures.get("heads")
+    if not heads:
+        return None
+
+    def used(h):
+        measure, value, minimum = head_measure(h, figures.get("reference_accuracy"), build)
+        return -1.0 if measure is None else metrics.shortfall(value, minimum)
+
+    h = max(heads, key=used)
+    measure, value, _ = head_measure(h, figures.get("reference_accuracy"), build)
+    return f"{h['name']}: {metrics.NAMES.get(measure, measure)} {value:.4f}" if measure else None
 
 
 def agreement_gate(top1: float | None, cosine: float | None, build, against: str, share: float = 1.0) -> list[str]:
     """Without accuracy: top-1 agreement for score outputs, else cosine similarity, against `against`.
     `share` < 1 allows only that share of the room the minimum leaves (1 - share x (1 - minimum))."""
-    room = "" if share == 1 else f" ({share:g} x the room of"
-    for value, key, what in ((top1, "min_agreement", "top-1 agreement"), (cosine, "min_cosine", "cosine similarity")):
-        if value is None:
-            continue
-        minimum = getattr(build, key)
-        need = 1 - share * (1 - minimum)
-        if value < need:
-            where = f"{key} {minimum:g}" if share == 1 else f"{need:.4g}{room} {key} {minimum:g})"
-            return [f"{what} with {against} {value:.4f} is below {where}"]
-        return []
+    if top1 is not None:
+        return _below(top1, "top-1 agreement", "min_agreement", build.min_agreement, against, share)
+    if cosine is not None:
+        return _below(cosine, "cosine similarity", "min_cosine", build.min_cosine, against, share)
     return []
 
 
-def load_outputs(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return [z[f"output_{i}"] for i in range(len(z.files))]
+def _below(value: float, what: str, key: str, minimum: float, against: str, share: float) -> list[str]:
+    need = 1 - share * (1 - minimum)
+    if value >= need:
+        return []
+    where = f"{key} {minimum:g}" if share == 1 else f"{need:.4g} ({share:g} x the room of {key} {minimum:g})"
+    return [f"{what} with {against} {value:.4f} is below {where}"]
 
 
 LEGACY_SAMPLES = 32
@@ -128,7 +136,9 @@ def legacy_verdict(error: str | None, legacy: list[np.ndarray], reference: list[
         return f"fails: {error.splitlines()[0][:200] if error.strip() else 'no result'}"
     n = len(legacy[0])
     diff = max(float(np.max(np.abs(a - b[: len(a)]))) for a, b in zip(legacy, reference))
-    agree = float(np.mean(legacy[0].argmax(-1) == reference[0][:n].argmax(-1))) if is_scores(legacy[0]) else None
+    kinds = metrics.head_kinds([r[:n] for r in reference])
+    scores = [metrics.top1(a, b[:n]) for a, b, k in zip(legacy, reference, kinds) if k == metrics.SCORES]
+    agree = min(scores) if scores else None
     if agree is not None and agree < 1.0:
         return f"loads, but top-1 differs from {other} on {1 - agree:.0%} of {n} samples"
     # Kernels of two runtimes round int8 differently by a few steps: what matters is the same answer.
@@ -176,6 +186,14 @@ def artifact_inputs(x_file: Path, perms: dict | None, tmp: Path) -> Path:
     return path
 
 
+def _misordered(outputs: list[dict], heads: metrics.Heads | None) -> str | None:
+    """Why the artifact's outputs are not in the original's order, when it names them as the original does."""
+    names = [o.get("name") for o in outputs]
+    if heads is None or len(heads.names) < 2 or sorted(names) != sorted(heads.names) or names == list(heads.names):
+        return None
+    return f"outputs {names} are not in the original model's order {list(heads.names)}"
+
+
 def verify_artifact(
     target,
     artifact: Path,
@@ -185,11 +203,13 @@ def verify_artifact(
     reference_accuracy: float | None,
     perms: dict | None = None,
     expected: str | None = None,
+    heads: metrics.Heads | None = None,
 ) -> dict:
     """`perms`: the artifact's interface (input_perms, output_perms; see pipeline/interface.py) when it
     takes another layout than the pipeline's arrays: its inputs and outputs are moved accordingly.
     `expected`: the quantization the file must read back as, when not the target's own (`int8-mixed`:
-    the post-training choice kept some layers in float, [ptq] mixed)."""
+    the post-training choice kept some layers in float, [ptq] mixed). `heads`: the original's output names and
+    kinds (targets/metrics.py); guessed from the reference outputs when None."""
     expected = expected or target.quantization
     result = {
         "expected_quantization": expected,
@@ -229,14 +249,23 @@ def verify_artifact(
             "status": "failed_verification",
             "reason": f"outputs {[o.shape for o in outputs]} do not match the original model's {[r.shape for r in ref]}",
         }
+    misordered = _misordered(result["outputs"], heads)
+    if misordered:
+        return {**result, "status": "failed_verification", "reason": misordered}
     labels = data_dir / "y_test.npy"
+    heads = heads or metrics.Heads((), tuple(metrics.head_kinds(ref)))
     result.update(
         compare(
             outputs,
             ref,
             np.load(labels, allow_pickle=False) if labels.exists() and reference_accuracy is not None else None,
+            heads.kinds,
+            heads.names or None,
+            heads.metric,
         )
     )
+    if result.get("heads"):
+        result["worst_head"] = worst_head(result, build)
     reasons = gate(result, expected, build)
     result["status"] = "failed_verification" if reasons else "ok"
     if reasons:

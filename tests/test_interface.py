@@ -212,7 +212,7 @@ def test_a_two_input_onnx_model_builds_fp32_and_int8_targets_and_tflite_says_why
         a = arts[name]
         assert a["status"] == "ok", a
         assert io_of(a) == ([("features", [-1, 6]), ("extra", [-1, 3])], [("scores", [-1, 5]), ("hidden", [-1, 5])])
-        assert len(a["per_output"]) == 2 and a["top1_agreement"] >= 0.9  # agreement per output, with the original
+        assert len(a["heads"]) == 2 and a["top1_agreement"] >= 0.9  # figures per head, against the original
     assert arts["onnx-int8"]["quantization"] == "int8-qdq" and arts["openvino-int8"]["quantization"] == "int8"
     assert arts["onnx-fp32"]["max_abs_diff"] == 0.0  # the user's own graph
     # the release's test vectors hold one array per input, and replay

@@ -54,7 +54,8 @@ def test_without_labels_the_gate_uses_agreement_or_cosine():
 
 def test_several_outputs_are_compared_one_by_one_and_summarised_by_the_worst():
     rng = np.random.default_rng(0)
-    scores, boxes = rng.random((4, 3)), rng.random((4, 2, 4))
+    scores, boxes = rng.dirichlet(np.ones(3), 4), rng.random((4, 2, 4))
     c = compare([scores, boxes + 0.5], [scores, boxes], None)
     assert c["top1_agreement"] == 1.0 and np.isclose(c["max_abs_diff"], 0.5)
-    assert len(c["per_output"]) == 2 and c["per_output"][0]["cosine"] > c["per_output"][1]["cosine"]
+    assert [h["kind"] for h in c["heads"]] == ["scores", "regression"]
+    assert c["heads"][0]["cosine"] > c["heads"][1]["cosine"] == c["cosine"]

@@ -40,9 +40,13 @@ def add_arguments(p) -> None:
 
 
 def summary(rows: list[dict]) -> str:
+    """The table; for a model with several heads, each artifact's headline: its worst head by its own measure."""
     from pipeline import report
 
-    return report.table(rows, SUMMARY_COLUMNS)
+    columns = list(SUMMARY_COLUMNS)
+    if any(r.get("worst_head") for r in rows):
+        columns.insert(columns.index(("top1_agreement", "agreement vs original")) + 1, ("worst_head", "worst head"))
+    return report.table(rows, columns)
 
 
 def run(args) -> int:

@@ -143,6 +143,7 @@ def model_card(m: dict) -> str:
         ),
         "",
         "Accuracy and agreement (top-1) against the original model on the held-out split, in the runtime named.",
+        *_head_notes(shipped),
         *_run_config_notes(shipped),
         "",
         "## Latency",
@@ -251,7 +252,34 @@ def _vs_original(st: dict, name: str, original: float | None) -> str:
         parts.append(f"top-1 agreement {f['top1_agreement']:.4g}")
     if f.get("cosine") is not None:
         parts.append(f"cosine {f['cosine']:.4g}")
+    parts += [head_line(h) for h in f.get("heads") or []]
     return ", ".join(parts) or "-"
+
+
+def _head_notes(shipped: list[dict]) -> list[str]:
+    """A model with several outputs: every artifact's figures head by head, each gated by its own measure."""
+    notes = [
+        f"- {a['target']} (worst: {a.get('worst_head')}): " + "; ".join(head_line(h) for h in a["heads"])
+        for a in shipped
+        if a.get("heads")
+    ]
+    return ["", "Each output (head) against the original's, by its own measure:", "", *notes] if notes else []
+
+
+def head_line(h: dict) -> str:
+    """One head's figures against the original's, its own measure first."""
+    figures = [
+        f"{label} {h[k]:.4g}"
+        for k, label in (
+            ("accuracy", "accuracy"),
+            ("top1_agreement", "top-1 agreement"),
+            ("metric", "metric"),
+            ("cosine", "cosine"),
+            ("relative_error", "relative error"),
+        )
+        if h.get(k) is not None
+    ]
+    return f"{h['name']} ({h['kind']}): {', '.join(figures)}"
 
 
 def _gate_line(build: dict, labelled: bool) -> str:

@@ -152,16 +152,18 @@ def tolerance(outputs: list[dict]) -> list[dict]:
     """How far a replay of each output may be from the recorded one (see FLOAT_ATOL and INT_STEPS)."""
     tol = []
     for i, o in enumerate(outputs):
+        named = {"name": o["name"]} if o.get("name") else {}  # the artifact's own output, in the original's order
         if "int" in str(o.get("dtype", "")) and o.get("scale"):
             tol.append(
                 {
                     "output": f"output_{i}",
                     "max_abs_diff": INT_STEPS * o["scale"],
                     "rule": f"one quantization step of the {o['dtype']} output (scale {o['scale']:.6g})",
+                    **named,
                 }
             )
         else:
-            tol.append({"output": f"output_{i}", "max_abs_diff": FLOAT_ATOL, "rule": "float output, absolute"})
+            tol.append({"output": f"output_{i}", "max_abs_diff": FLOAT_ATOL, "rule": "float output, absolute", **named})
     return tol
 
 
@@ -234,7 +236,15 @@ def package(
         "method": row.get("method"),
         "versus_original_model": {
             k: row.get(k)
-            for k in ("accuracy", "reference_accuracy", "top1_agreement", "cosine", "max_abs_diff")
+            for k in (
+                "accuracy",
+                "reference_accuracy",
+                "top1_agreement",
+                "cosine",
+                "max_abs_diff",
+                "worst_head",
+                "heads",
+            )
             if row.get(k) is not None
         },
         "data": {k: manifest["preprocessing"].get(k) for k in ("source", "samples", "calibration_samples", "labelled")},
