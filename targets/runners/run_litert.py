@@ -49,10 +49,22 @@ class TFLiteRuntime:
             "zero_point": int(zero_point),
         }
 
+    @staticmethod
+    def _signature_names(interp) -> dict:
+        """Tensor index -> the output's name in the file's (first) signature: the name the model gave it
+        (a converter's tensor names are `StatefulPartitionedCall:1`); {} without a signature."""
+        sigs = interp.get_signature_list()
+        if not sigs:
+            return {}
+        runner = interp.get_signature_runner(next(iter(sigs)))
+        return {d["index"]: name for name, d in runner.get_output_details().items()}
+
     def describe(self, interp):
+        named = self._signature_names(interp)
+        outputs = [{**self._io(d), "name": named.get(d["index"], d["name"])} for d in interp.get_output_details()]
         return {
             "inputs": [self._io(d) for d in interp.get_input_details()],
-            "outputs": [self._io(d) for d in interp.get_output_details()],
+            "outputs": outputs,
             "delegate": self.delegate,
         }
 
