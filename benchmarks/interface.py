@@ -23,8 +23,9 @@ import numpy as np
 
 import pipeline
 from pipeline import interface, runner
-from pipeline.gate import _cosine, artifact_inputs, load_outputs
+from pipeline.gate import artifact_inputs, load_outputs
 from targets import RUNNERS, TARGETS
+from targets.metrics import cosine
 
 
 def ports(ps) -> str:
@@ -81,7 +82,7 @@ def main() -> int:
                 for g, w in zip(got, want)
             ]
             diffs = [
-                (float(np.max(np.abs(g - w))), _cosine(g, w)) if g.shape == w.shape else (None, None)
+                (float(np.max(np.abs(g - w))), cosine(g, w)) if g.shape == w.shape else (None, None)
                 for g, w in zip(got, want)
             ]
             print(

@@ -44,17 +44,17 @@ STAGES: dict[str, Stage] = {
         Stage(
             "train",
             "the model trained (or loaded and fine-tuned)",
-            ("pipeline/stages.py", "pipeline/models.py", "pipeline/interface.py"),
+            ("pipeline/stages.py", "pipeline/models.py", "pipeline/interface.py", "targets/metrics.py"),
         ),
         Stage(
             "prune",
             "pruned by prune.method, fine-tuned, stripped",
-            ("pipeline/stages.py", "pipeline/prune_channels.py"),
+            ("pipeline/stages.py", "pipeline/prune_channels.py", "targets/metrics.py"),
         ),
         Stage(
             "qat",
             "quantization-aware training that keeps the pruned zeros (for the int8 targets made from it)",
-            ("pipeline/stages.py", "pipeline/separable.py"),
+            ("pipeline/stages.py", "pipeline/separable.py", "targets/metrics.py"),
         ),
         Stage(
             "original",
@@ -64,12 +64,12 @@ STAGES: dict[str, Stage] = {
         Stage(
             "export",
             "the target's converter (int8 without QAT: the post-training method chosen by measurement)",
-            ("pipeline/stages.py", "targets/ptq.py"),
+            ("pipeline/stages.py", "targets/ptq.py", "targets/metrics.py"),
         ),
         Stage(
             "verify",
             "the artifact run in its runtime on the held-out split, gated",
-            ("pipeline/gate.py", "pipeline/runner.py", "targets/runners/runner_common.py"),
+            ("pipeline/gate.py", "pipeline/runner.py", "targets/runners/runner_common.py", "targets/metrics.py"),
         ),
     ]
 }
