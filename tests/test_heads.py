@@ -6,11 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from pipeline.config import BuildConfig, ConfigError, from_dict
 from pipeline.gate import budget_reasons, worst_head
-from targets import metrics, ptq
-from tests.conftest import run_cli
+from targets import RUNNERS, metrics, ptq
 
 THREE_HEADS = """
 import os, sys
@@ -88,6 +88,32 @@ def test_inspect_lists_a_tflite_files_outputs_in_the_original_order_and_names(th
         assert [(o["name"], o["shape"][-1]) for o in outputs] == [("box", 4), ("landmarks", 10), ("cls", 2)]
 
 
+def test_the_python_and_native_runners_answer_in_the_original_order_under_its_names(three_head_build, tmp_path):
+    import platform
+
+    from pipeline import native, runner
+    from pipeline.gate import load_outputs
+
+    out, proc = three_head_build
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        exe = native.binary(platform.machine())
+    except native.NativeError as e:
+        pytest.skip(str(e))
+    np.save(tmp_path / "x.npy", np.load(out / ".." / "digits.npz")["x"][:16])
+    model = out / "heads" / "tflite-int8" / "model.tflite"
+    rt = native.runtime_for("run_litert.py")
+    args = ["--inputs", tmp_path / "x.npy", "--outputs"]
+    py = runner.run(RUNNERS / "run_litert.py", model, [*args, tmp_path / "py.npz"])
+    c = runner.run_command([*native.command(rt, platform.machine(), exe=exe), model, *args, tmp_path / "c.npz"], 60)
+    for res in (py, c):
+        assert res["ok"], res
+        assert [o["name"] for o in res["outputs"]] == ["box", "landmarks", "cls"]
+    a, b = load_outputs(tmp_path / "py.npz"), load_outputs(tmp_path / "c.npz")
+    assert [o.shape for o in a] == [o.shape for o in b] == [(16, 4), (16, 10), (16, 2)]
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
 def test_head_kinds_are_guessed_from_activations_and_values_and_declared_where_wrong():
     rng = np.random.default_rng(0)
     probs, boxes, logits = rng.dirichlet(np.ones(3), 20), rng.random((20, 4)), rng.normal(size=(20, 5))
@@ -144,3 +170,25 @@ def test_head_kinds_and_the_metric_hook_are_checked_in_the_config():
     with pytest.raises(ConfigError, match="set model.metric"):
         from_dict({"model": {"heads": ["metric"]}})
     assert from_dict({"model": {"metric": "mine:measure", "trust": True}}).model.metric == "mine:measure"
+
+
+def test_a_trusted_metric_hook_measures_the_heads_it_is_declared_for(tmp_path, monkeypatch):
+    from pipeline import stages
+
+    (tmp_path / "mymeasure.py").write_text(
+        "import numpy as np\n\ndef within(out, ref):\n    return float(np.mean(np.abs(out - ref).max(-1) < 0.1))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rng = np.random.default_rng(4)
+    boxes, probs = rng.random((40, 4)), rng.dirichlet(np.ones(3), 40)
+    metrics.save_outputs(tmp_path / stages.REFERENCE_OUTPUTS, [boxes, probs])
+    (tmp_path / stages.HEADS_FILE).write_text(json.dumps([{"name": "box"}, {"name": "cls", "activation": "softmax"}]))
+    cfg = from_dict({"model": {"heads": ["metric", "auto"], "metric": "mymeasure:within", "trust": True}})
+    heads = stages.heads(cfg, tmp_path)
+    assert heads.names == ("box", "cls") and heads.kinds == ("metric", "scores")
+    shifted = boxes + np.where(np.arange(40) < 4, 0.5, 0.0)[:, None]  # 4 of 40 samples off by 0.5
+    c = metrics.compare([shifted, probs], [boxes, probs], None, heads.kinds, heads.names, heads.metric)
+    assert c["heads"][0]["metric"] == pytest.approx(0.9)
+    assert budget_reasons(c, BuildConfig()) == [
+        "head 'box': metric with the original model 0.9000 is below min_agreement 0.97"
+    ]
