@@ -1,10 +1,11 @@
 """Verify one artifact in its own runtime against the user's original model, on the held-out split.
 
 The reference is always the original: the model the user brought, as loaded, or the trained built-in
-model - never one of the pipeline's intermediate models. With labels and a classifier, the gate is
-accuracy against the original's. Without labels, or for detectors, regressors and embedders, it is
-agreement with the original's own outputs: top-1 agreement for score outputs (N, classes), mean
-cosine similarity for the others. The same budget gates the pruned and QAT models (builder.py).
+model - never one of the pipeline's intermediate models. Every output (head) is measured its own way
+(targets/metrics.py): with labels, the classifier head by accuracy against the original's; score heads by
+top-1 agreement with the original's outputs; regression heads (detectors' boxes, maps, embeddings) by mean
+cosine similarity; `metric` heads by the user's measure. Each head is gated by its own minimum; the worst
+is the artifact's headline. The same budget gates the pruned and QAT models (builder.py).
 """
 
 from __future__ import annotations
