@@ -114,6 +114,25 @@ def test_the_python_and_native_runners_answer_in_the_original_order_under_its_na
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
 
 
+def test_a_release_carries_each_heads_figures_and_test_vectors_in_the_original_order(three_head_build):
+    import tarfile
+
+    out, proc = three_head_build
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg, dist = out.parent / "heads.toml", out.parent / "dist"
+    rel = run_cli(
+        "release", "--config", cfg, "--target", "tflite-int8", "--out", out, "--version", "1.0.0", "--dist", dist
+    )
+    assert rel.returncode == 0, rel.stderr[-3000:]
+    folder = dist / "heads-1.0.0"
+    with tarfile.open(folder / "heads-1.0.0-tflite-int8.tar.gz") as tar:
+        meta = json.load(tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("release.json"))))
+    versus = meta["versus_original_model"]
+    assert [h["name"] for h in versus["heads"]] == ["box", "landmarks", "cls"] and versus["worst_head"]
+    assert [t["name"] for t in meta["test_vectors"]["tolerance"]] == ["box", "landmarks", "cls"]
+    assert "cls (scores): accuracy" in (folder / "MODEL_CARD.md").read_text()
+
+
 def test_head_kinds_are_guessed_from_activations_and_values_and_declared_where_wrong():
     rng = np.random.default_rng(0)
     probs, boxes, logits = rng.dirichlet(np.ones(3), 20), rng.random((20, 4)), rng.normal(size=(20, 5))
