@@ -18,7 +18,10 @@ several splits in one run (fer's 400 samples make one split noisy: one test face
 reports, per target, this project's margin over the best peer on each split and their mean.
 
 For each int8 target, in one run: top-1 and top-5 agreement with the original, file size, x86 latency (1
-thread, median), and the same for each peer's plain default on the same model and data:
+thread, median) of what `pipeline.build` with default settings makes of the user's file (the ONNX export, or
+the .hdf5), given the calibration and validation samples to build from and the test split to verify on
+(`user_build`: the user's path, the prune / route / interface decisions included), read back from its
+artifacts; and the same for each peer's plain default on the same model and data:
   tflite:   onnx2tf full-int8 (`-oiqt -cind`, lite0), TFLiteConverter full-int8 (fer), ai-edge-quantizer
             default recipe (static_wi8_ai8) on the float .tflite;
   onnx:     onnxruntime quantize_static (QDQ, per-channel, MinMax) after quant_pre_process;
@@ -219,6 +222,44 @@ def onnx2tf_convert(src: Path, cal_nhwc: np.ndarray, tmp: Path):
     return model, (tmp / "saved_model" / "model_full_integer_quant.tflite").read_bytes()
 
 
+OURS = "this project: pipeline.build, defaults"
+
+
+def user_build(name: str, user_file: Path, cal, val, test, args, out: Path, log):
+    """`pipeline.build` as a user runs it: the user's file (the ONNX export, or the Keras .hdf5), default
+    settings, the int8 targets asked for, the calibration and validation samples as the data to build from
+    (the build splits them itself) and the test split as the held-out samples it verifies on. Returns
+    target -> (the artifact as `evaluate` takes it, its manifest entry); a target that failed raises."""
+    import onnx
+
+    import pipeline
+    from targets.openvino import import_openvino
+
+    targets = [t for t in ("tflite-int8", "onnx-int8", "openvino-int8") if not args.targets or t in args.targets]
+    if args.only and not any(s in OURS for s in args.only) or args.skip and any(s in OURS for s in args.skip):
+        targets = []
+    built = {}
+    if targets:
+        out.mkdir(parents=True)
+        np.savez(out / "data.npz", x_train=np.concatenate([cal, val]), x_test=test)
+        log(f"{name}: pipeline.build {','.join(targets)} (defaults)")
+        built = pipeline.build(
+            {"model": {"name": name}}, targets=targets, out=out, model=str(user_file), data=str(out / "data.npz")
+        ).manifest["artifacts"]
+    entries = {a["target"]: a for a in built}
+
+    def artifact(target: str):
+        a = entries[target]
+        if a["status"] == "failed_build":
+            raise RuntimeError(f"the build failed it: {a['reason']}")
+        path = out / a["path"]
+        read = {"tflite": Path.read_bytes, "onnx": lambda p: onnx.load(str(p))}
+        model = read.get(target.split("-")[0], lambda p: import_openvino().Core().read_model(str(p)))(path)
+        return model, a
+
+    return artifact
+
+
 def run_model(name: str, args, log) -> dict:
     from pipeline import stages
     from targets import ptq
@@ -226,7 +267,7 @@ def run_model(name: str, args, log) -> dict:
     rng = np.random.default_rng(args.seed)
     _, keras = stages.tf_setup(0)
     tmp = Path(tempfile.mkdtemp(prefix=f"int8_real_{name}_"))
-    rows, full = [], {}
+    rows = []
     try:
         if name in LITE:
             cal, val, test = lite_data(args, rng, LITE[name])
@@ -234,9 +275,9 @@ def run_model(name: str, args, log) -> dict:
             def nchw(x):
                 return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
-            src = lite_onnx(name)
+            src = user_file = lite_onnx(name)
             o_cal, o_val, o_test = nchw(cal), nchw(val), nchw(test)
-            ref, ref_val = ptq.run_onnx(src, o_test), ptq.run_onnx(src, o_val)
+            ref = ptq.run_onnx(src, o_test)
             original = f"ONNX {src.name} (PyTorch export), onnxruntime fp32"
             keras_model, tflite_peers = None, {}
             if not args.targets or "tflite-int8" in args.targets:
@@ -245,8 +286,9 @@ def run_model(name: str, args, log) -> dict:
                 tflite_peers = {"onnx2tf full-int8": lambda: onnx2tf_int8}
         else:
             cal, val, test = fer_data(args, rng)
+            user_file = FER
             keras_model = keras.models.load_model(str(FER), compile=False)
-            ref, ref_val = keras_model.predict(test, verbose=0), keras_model.predict(val, verbose=0)
+            ref = keras_model.predict(test, verbose=0)
             original = "Keras fer_emotion_model.hdf5, TensorFlow fp32"
             from targets.onnx import to_onnx
 
@@ -263,27 +305,10 @@ def run_model(name: str, args, log) -> dict:
 
             return float_ir(path)
 
-        def keep(kind, made):
-            full[kind] = made
-            return made
-
+        ours = user_build(name, user_file, o_cal, o_val, o_test, args, tmp / "build", log)
         jobs = [  # (target, kind, who, make, test inputs)
             *[("tflite-int8", "tflite", f"peer: {k}", v, test) for k, v in tflite_peers.items()],
-            # The mixed rows start from the full-int8 choice of the row before (as `*_int8(mixed=True)` does).
-            (
-                "tflite-int8",
-                "tflite",
-                "this project",
-                lambda: keep("tflite", ptq.tflite_full_int8(keras_model, cal, val, reference=ref_val)),
-                test,
-            ),
-            (
-                "tflite-int8",
-                "tflite",
-                "this project, mixed",
-                lambda: ptq.tflite_mixed(keras_model, cal, val, *full["tflite"], reference=ref_val),
-                test,
-            ),
+            ("tflite-int8", "tflite", OURS, lambda: ours("tflite-int8"), test),
             (
                 "onnx-int8",
                 "onnx",
@@ -291,20 +316,7 @@ def run_model(name: str, args, log) -> dict:
                 lambda: ptq.ort_static(src, o_cal, "MinMax"),
                 o_test,
             ),
-            (
-                "onnx-int8",
-                "onnx",
-                "this project",
-                lambda: keep("onnx", ptq.onnx_full_int8(src, o_cal, o_val, reference=ref_val)),
-                o_test,
-            ),
-            (
-                "onnx-int8",
-                "onnx",
-                "this project, mixed",
-                lambda: ptq.onnx_mixed(src, o_cal, o_val, *full["onnx"], reference=ref_val),
-                o_test,
-            ),
+            ("onnx-int8", "onnx", OURS, lambda: ours("onnx-int8"), o_test),
             (
                 "openvino-int8",
                 "openvino",
@@ -312,20 +324,7 @@ def run_model(name: str, args, log) -> dict:
                 lambda: ptq.nncf_openvino(ov_float, o_cal),
                 o_test,
             ),
-            (
-                "openvino-int8",
-                "openvino",
-                "this project",
-                lambda: keep("openvino", ptq.openvino_full_int8(ov_float, o_cal, o_val, reference=ref_val, src=src)),
-                o_test,
-            ),
-            (
-                "openvino-int8",
-                "openvino",
-                "this project, mixed",
-                lambda: ptq.openvino_mixed(ov_float, o_cal, o_val, *full["openvino"], reference=ref_val),
-                o_test,
-            ),
+            ("openvino-int8", "openvino", OURS, lambda: ours("openvino-int8"), o_test),
         ]
         for target, kind, who, make, x in jobs:
             if (
@@ -347,13 +346,8 @@ def run_model(name: str, args, log) -> dict:
                 continue
             model, record = made if isinstance(made, tuple) else (made, None)
             seconds = round(time.perf_counter() - t, 1)
-            if "mixed" in who and kind in full and model is full[kind][0]:
-                last = record["candidates"][-1] if record else {}
-                why = last.get("error") or "it meets the budget, or no partly-float file beat it on validation"
-                log(f"  no mixed file, the full-int8 choice is kept: {why}")
-                if "error" in last:  # a mixed method that failed is a result too
-                    rows.append({"model": name, "target": target, "who": who, "error": last["error"][:300]})
-                continue
+            if who == OURS:  # what the build's manifest says it took (its export and verification)
+                seconds, record = record["build_seconds"], record.get("ptq")
             slug = f"{target}-{who.split(':')[-1].strip().replace(' ', '_').replace(',', '')}"[:60]
             row = {
                 "model": name,

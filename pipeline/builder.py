@@ -19,7 +19,7 @@ from pipeline import report
 from pipeline.cache import Cache, Entry, stage_key, tool_versions
 from pipeline.config import Config
 from pipeline.data import Dataset
-from pipeline.errors import BudgetError, UsageError
+from pipeline.errors import BudgetError, ConversionError, UsageError
 from pipeline.gate import verify_artifact
 from pipeline.manifest import write_manifest
 from pipeline.stages import QAT_WEIGHTS, STAGES
@@ -36,6 +36,8 @@ class Builder:
         self.stages: dict[str, Entry] = {}
         self._dataset: Dataset | None = None
         self._interface: dict | None = None
+        self.conversion_error: str | None = None
+        """Why onnx2tf could not convert the user's ONNX model: no Keras stages, the targets that need them fail."""
 
     def stage(self, name: str, params: dict, inputs: dict[str, str], produce, code=()) -> Entry:
         """`code`: source files beyond STAGES[kind].code that decide this stage's output (a target's module)."""
@@ -105,7 +107,8 @@ class Builder:
 
     def reference(self) -> Entry:
         """The stage whose reference outputs (the original model's) every artifact is compared with: train, or
-        for a model with several inputs (no Keras stages) `original`, the user's file run in onnxruntime."""
+        for a model with no Keras stages (several inputs, or one onnx2tf cannot convert) `original`, the user's
+        file run in onnxruntime."""
         return self.stages["train"] if "train" in self.stages else self.stages["original"]
 
     def interface(self) -> dict | None:
@@ -133,17 +136,18 @@ class Builder:
     def models(self, need_qat: bool) -> None:
         cfg, d = self.cfg, self.data()
         if self.several_inputs():
-            from pipeline.interface_export import original_outputs
-
-            source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
-            self.stage(
-                "original",
-                {"model": source},
-                {"data": d.key},
-                lambda f: original_outputs(cfg.model.path, d.file("x_test.npz"), f),
-            )
+            self.original()
             return
-        train = self.train()
+        try:
+            train = self.train()
+        except ConversionError as e:
+            if self.interface() is None:
+                raise
+            # onnx-* and openvino-* are made from the user's own graph and never need Keras (interface_route).
+            self.conversion_error = str(e)
+            self.log(f"warning: {e}; onnx-* and openvino-* are made from your file, the other targets fail")
+            self.original()
+            return
         self.log(report.original_line(train.meta, d.meta))
         prune = self.prune()
         self.log(report.prune_summary(train.meta, prune.meta))
@@ -162,6 +166,19 @@ class Builder:
                     self.log(f"warning: {e}; the int8 targets fall back to post-training int8 where it agrees better")
 
     # One method per stage (after data): each reads its inputs from self.stages, so a sweep can run any one of them.
+
+    def original(self) -> Entry:
+        from pipeline.interface_export import original_outputs
+
+        cfg, d = self.cfg, self.stages["data"]
+        source = {"path_sha256": content_hash(cfg.model.path)} if cfg.model.path else {}
+        why = self.conversion_error or "several inputs"
+        return self.stage(
+            "original",
+            {"model": source, "why": why},
+            {"data": d.key},
+            lambda f: original_outputs(cfg.model.path, d.path, self.interface(), self.dataset().labels, why, f),
+        )
 
     def train(self) -> Entry:
         from pipeline import stages
@@ -279,19 +296,23 @@ class Builder:
     def interface_route(self, target) -> str | None:
         """How an ONNX/OpenVINO target of a user's ONNX model keeps its interface: `original` (made from the
         user's file itself, when the Keras side changed nothing: no fine-tuning, nothing pruned) or `restored`
-        (the converted model, given the original names and layout back). None for every other model."""
+        (the converted model, given the original names and layout back). None for every other model.
+        What decides is whether a weight changed, not what was asked: a pruning that found nothing to prune
+        leaves the user's graph as it was."""
         if target.family not in ("onnx", "openvino") or self.interface() is None:
             return None
-        if self.several_inputs():
+        if "train" not in self.stages:  # no Keras stages (reference): nothing could change
             return "original"
         train, prune = self.stages["train"].meta, self.stages["prune"].meta
-        changed = (train.get("source_model") or {}).get("fine_tuned") or prune.get("pruned_layers", 0) > 0
+        changed = (train.get("source_model") or {}).get("fine_tuned") or prune.get("weights_changed")
         return "restored" if changed else "original"
 
     def export(self, target) -> Entry:
         from pipeline import report, stages
 
         route = self.interface_route(target)
+        if self.conversion_error and not route:
+            raise ConversionError(f"{target.name} is made from the Keras conversion: {self.conversion_error}")
         if self.several_inputs() and not route:
             raise UsageError(
                 f"{target.name} is made through the Keras conversion, which takes single-input models "
@@ -440,7 +461,7 @@ class Builder:
 
     def fallbacks(self, target) -> list[str]:
         """What could not be done as asked on the way to this artifact (recorded, never silent)."""
-        stages = ["train", "prune"] + (["qat"] if target.needs_qat else [])
+        stages = ["original", "train", "prune"] + (["qat"] if target.needs_qat else [])
         return [f for s in stages if s in self.stages for f in self.stages[s].meta.get("fallbacks", [])]
 
     def run(self, targets) -> dict:

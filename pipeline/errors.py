@@ -25,6 +25,11 @@ class ModelLoadError(UsageError):
     pass
 
 
+class ConversionError(ModelLoadError):
+    """A converter shared by several targets (onnx2tf) cannot convert a valid model: the targets that need
+    it fail with this reason, the others are built (builder.Builder.models)."""
+
+
 class RunnerError(PipelineError):
     """A runtime failed to load or run an artifact (crash, timeout, bad output)."""
 

@@ -130,12 +130,15 @@ def from_artifact(outputs: list[np.ndarray], perms) -> list[np.ndarray]:
 
 
 def _compatible(a: list, b: list) -> bool:
-    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+    """Same rank and the same sizes past the batch axis (None: free). The batch is not compared: a model
+    fixed at batch 1 is run one sample at a time, and its outputs over many samples are stacked on it."""
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a[1:], b[1:]))
 
 
 def output_perm(original: list, converted: list) -> list[int] | None:
     """How the converted graph's output relates to the original one: None (same layout) or the
-    permutation from original (channels-first) to converted (channels-last) layout, as onnx2tf makes it."""
+    permutation from original (channels-first) to converted (channels-last) layout, as onnx2tf makes it.
+    `converted` may be outputs stacked over many samples: its batch size is not compared."""
     rank = len(original)
     if rank in LAYOUTS and _compatible([original[i] for i in to_last(rank)], converted):
         return to_last(rank)
@@ -147,7 +150,7 @@ def output_perm(original: list, converted: list) -> list[int] | None:
 def restore(proto, original: dict):
     """Give a graph converted from Keras (tf2onnx: input `input`, channels-last) the user's interface:
     original input and output names, channels-first through a Transpose at each edge, the batch
-    dimension free as in the original. Returns (proto, input_perms, output_perms) for the manifest."""
+    dimension free or fixed as in the original. Returns (proto, input_perms, output_perms) for the manifest."""
     from onnx import TensorProto, helper
 
     g = proto.graph
@@ -175,7 +178,7 @@ def restore(proto, original: dict):
             if perm
             else helper.make_node("Identity", [port["name"]], [inner[v.name]])
         )
-        v.CopyFrom(helper.make_tensor_value_info(port["name"], TensorProto.FLOAT, _free_batch(dims, port)))
+        v.CopyFrom(helper.make_tensor_value_info(port["name"], TensorProto.FLOAT, _original_batch(dims, port)))
         input_perms.append(to_first(len(conv)) if perm else None)
     for v, port in zip(list(g.output), original["outputs"]):
         conv = _dims(v)
@@ -187,7 +190,9 @@ def restore(proto, original: dict):
             else helper.make_node("Identity", [inner[v.name]], [port["name"]])
         )
         dims = [conv[i] for i in back] if back else conv
-        v.CopyFrom(helper.make_tensor_value_info(port["name"], v.type.tensor_type.elem_type, _free_batch(dims, port)))
+        v.CopyFrom(
+            helper.make_tensor_value_info(port["name"], v.type.tensor_type.elem_type, _original_batch(dims, port))
+        )
         out_perms.append(perm)
     nodes = [*head, *g.node, *tail]
     del g.node[:]
@@ -195,5 +200,7 @@ def restore(proto, original: dict):
     return proto, input_perms, out_perms
 
 
-def _free_batch(dims: list, port: dict) -> list:
-    return ["N" if i == 0 and port["shape"][0] is None else d for i, d in enumerate(dims)]
+def _original_batch(dims: list, port: dict) -> list:
+    """The original's batch dimension: free (named N) where it was, else its fixed size (1 from a default
+    torch.onnx.export), whatever the converted graph says."""
+    return [("N" if port["shape"][0] is None else port["shape"][0]) if i == 0 else d for i, d in enumerate(dims)]

@@ -1,7 +1,7 @@
 """ONNX and OpenVINO artifacts of a user's ONNX model that keep its interface (see pipeline/interface.py).
 
-`original`: the Keras side changed nothing (no fine-tuning, nothing pruned), so the artifact is made
-from the user's own file: onnx-fp32 is that graph, onnx-int8 and openvino-int8 quantize it,
+`original`: the Keras side changed nothing (no weight fine-tuned or pruned), or there is no Keras side (several
+inputs, or a graph onnx2tf cannot convert), so the artifact is made from the user's own file: onnx-fp32 is that graph, onnx-int8 and openvino-int8 quantize it,
 openvino-* convert it. Names, layout and every free dimension stay as they were, and TensorFlow is
 never imported. `restored`: the model changed, so the artifact is made from the converted model
 (Keras -> tf2onnx) and given the original interface back (interface.restore); its spatial
@@ -50,7 +50,10 @@ def export_keeping_interface(
         reference = builder.reference().file("reference_outputs.npz")
         with np.load(reference, allow_pickle=False) as z:
             shapes = [list(z[f"output_{i}"].shape) for i in range(len(z.files))]
-        out_perms = [interface.output_perm(p["shape"], s) for p, s in zip(original["outputs"], shapes)]
+        if "train" in builder.stages:  # the converted model's outputs: channels-last where onnx2tf made them so
+            out_perms = [interface.output_perm(p["shape"], s) for p, s in zip(original["outputs"], shapes)]
+        else:  # the user's file's own (original_outputs)
+            out_perms = [None] * len(shapes)
         source, method = "original", "ptq" if target.options["mode"] == "int8" else "convert"
     else:
         from pipeline import stages
@@ -87,24 +90,44 @@ def _in_artifact_layout(settings, in_perm, out_perms):
     return replace(settings, validation=interface.to_artifact(settings.validation, in_perm), reference=ref)
 
 
-def original_outputs(model: str, x_test: Path, folder: Path) -> dict:
-    """The reference of a model with several inputs: the user's own file run in onnxruntime on the held-out
-    samples (no Keras stage runs for it: onnx2tf's conversion is single-input here)."""
+def original_outputs(model: str, data: Path, original: dict, labels, why: str, folder: Path) -> dict:
+    """The reference when no Keras stage runs (several inputs, or a model onnx2tf cannot convert: `why`): the
+    user's own file run in onnxruntime on the held-out and validation samples of the data stage's folder
+    `data`, fed in the model's own layout; its outputs are in that layout too (output_perms None)."""
+    import tempfile
+
     from pipeline import runner
     from pipeline.errors import ModelLoadError
+    from pipeline.stages import REFERENCE_OUTPUTS, REFERENCE_VAL_OUTPUTS, load_outputs
     from targets import RUNNERS
 
-    res = runner.run(
-        RUNNERS / "run_onnxruntime.py", Path(model), ["--inputs", x_test, "--outputs", folder / "reference_outputs.npz"]
+    port = original["inputs"][0]
+    perm = (
+        interface.to_first(len(port["shape"]))
+        if len(original["inputs"]) == 1 and interface.channels_first(port)
+        else None
     )
-    if not res["ok"]:
-        raise ModelLoadError(f"{model}: onnxruntime cannot run it on the data: {res['error']}")
-    skipped = "several inputs: no fine-tuning, pruning or QAT (they work on the single-input Keras conversion)"
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for split, dest in (("test", REFERENCE_OUTPUTS), ("val", REFERENCE_VAL_OUTPUTS)):
+            x = data / f"x_{split}.npz"
+            if (data / f"x_{split}.npy").exists():  # one input: internal (channels-last) samples
+                x = Path(tmp) / f"x_{split}.npy"
+                np.save(x, interface.to_artifact(np.load(data / f"x_{split}.npy"), perm))
+            if not x.exists():
+                continue
+            res = runner.run(RUNNERS / "run_onnxruntime.py", Path(model), ["--inputs", x, "--outputs", folder / dest])
+            if not res["ok"]:
+                raise ModelLoadError(f"{model}: onnxruntime cannot run it on the data: {res['error']}")
+    outs = load_outputs(folder / REFERENCE_OUTPUTS)
+    y = data / "y_test.npy"
+    classifier = len(outs) == 1 and outs[0].ndim == 2 and outs[0].shape[1] == len(labels) and y.exists()
+    skipped = "no fine-tuning, pruning, QAT or TFLite target (they work on the single-input Keras conversion)"
     return {
-        "accuracy": None,
+        "accuracy": float(np.mean(outs[0].argmax(-1) == np.load(y))) if classifier else None,
         "outputs": len(res["outputs"]),
         "inputs": res["inputs"],
         "method": "none",
         "pruned_layers": 0,
-        "fallbacks": [skipped],
+        "fallbacks": [f"{why}: {skipped}"],
     }

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import report
-from pipeline.errors import ModelLoadError
+from pipeline.errors import ConversionError, ModelLoadError
 
 SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
 
@@ -137,10 +137,26 @@ def _from_onnx(path: Path, override, workdir: Path | None):
                     overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
                     non_verbose=True,
                 )
+        except (Exception, SystemExit) as e:  # onnx2tf ends some failures with sys.exit(1)
+            raise ConversionError(f"{path}: onnx2tf cannot convert it ({_onnx2tf_reason(e)})") from None
         finally:
             os.chdir(cwd)
             os.environ["PATH"] = path_env
     return model
+
+
+def _onnx2tf_reason(e: BaseException) -> str:
+    """onnx2tf's failure in one line, with the ONNX node it stopped at (it attaches `onnx_op_name`)."""
+    name = getattr(e, "name", None) or ""
+    if isinstance(e, ModuleNotFoundError) and name.startswith("onnx2tf.ops."):
+        what = f"no converter for the ONNX op {name.rsplit('.', 1)[1]}"
+    elif isinstance(e, SystemExit):
+        what = "it stopped with exit code 1"
+    else:
+        text = str(e).strip()
+        what = f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+    node = getattr(e, "onnx_op_name", None)
+    return f"{what}, at node '{node}'" if node else what
 
 
 def describe_outputs(model) -> list[dict]:

@@ -79,6 +79,8 @@ def prune_advice(cfg, meta: dict) -> str:
 def prune_summary(trained: dict, pruned: dict) -> str:
     """One line on what the prune stage did to the model (stage metas as the manifest keeps them)."""
     parts = [f"prune: {pruned.get('method', 'unstructured')}"]
+    if pruned.get("method", "unstructured") != "none" and not pruned.get("weights_changed", True):
+        parts.append("nothing pruned, the model as it was")
     auto = pruned.get("auto")
     if auto:
         tried = ", ".join(f"{t['sparsity']:g}" for t in auto["tried"])

@@ -382,6 +382,9 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
         original = _save_original(model, ds, cfg, out)
         head = heads(cfg, out)
         info["fine_tuned"] = bool(cfg.model.fine_tune_epochs and ds.labelled)
+        if info["fine_tuned"] and not model.trainable_weights:  # onnx2tf's graphs hold their weights as constants
+            info["fine_tuned"] = False
+            extra["fallbacks"] = [_fallback(cfg.build.strict, "model: no trainable weights; fine-tuning skipped")]
         if info["fine_tuned"]:
             _fit(
                 keras,
@@ -503,10 +506,13 @@ def prune(ds, cfg, seed: int, model_path: Path, original: Path, out: Path) -> di
     p = cfg.prune
     teacher = load_outputs(original / TEACHER_OUTPUTS)
     model = load_model(model_path)
-    before = _model_size(model)
+    before, weights = _model_size(model), model.get_weights()
     info: dict = {"pruned_layers": 0, "fallbacks": []}
     if p.method == "channels":
         model, info = _prune_channels(keras, model, ds, cfg, teacher)
+    elif p.method in ("unstructured", "block") and not _prunable(model)[0]:
+        # Nothing tfmot can prune (onnx2tf's graphs: TFOpLambda layers): no sparsity to choose, no fine-tuning.
+        info["fallbacks"].append(_fallback(cfg.build.strict, "prune: no prunable layers; pruning skipped"))
     elif p.method in ("unstructured", "block"):
         sparsity = p.sparsity
         if sparsity == "auto" and not cfg.model.path:
@@ -531,8 +537,25 @@ def prune(ds, cfg, seed: int, model_path: Path, original: Path, out: Path) -> di
         **size,
         "sparse_encoding": sparse_encoding,
         **info,
+        # What decides whether a user's ONNX graph can be shipped as it is (builder.interface_route).
+        "weights_changed": _differ(weights, model.get_weights()),
         "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test, head),
     }
+
+
+def _differ(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) != len(b) or any(x.shape != y.shape or not np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def _prunable(model) -> tuple[list[str], list[str]]:
+    """(layers tfmot can prune, weighted layers it cannot), by name."""
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
+    weighted = [layer for layer in model.layers if layer.trainable_weights]
+    return (
+        [layer.name for layer in weighted if PruneRegistry.supports(layer)],
+        [layer.name for layer in weighted if not PruneRegistry.supports(layer)],
+    )
 
 
 def _auto_sparsity(keras, model_path: Path, ds, cfg, teacher, original: Path):
@@ -592,7 +615,6 @@ def _auto_sparsity(keras, model_path: Path, ds, cfg, teacher, original: Path):
 def _prune_magnitude(keras, model, ds, cfg, teacher_outputs, sparsity: float):
     """tfmot prune_low_magnitude (unstructured, or block) to `sparsity` of every layer it supports; the rest dense."""
     import tensorflow_model_optimization as tfmot
-    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 
     p = cfg.prune
     block = p.method == "block"
@@ -607,52 +629,45 @@ def _prune_magnitude(keras, model, ds, cfg, teacher_outputs, sparsity: float):
         schedule = tfmot.sparsity.keras.PolynomialDecay(
             initial_sparsity=0.0, final_sparsity=final, begin_step=0, end_step=end, frequency=max(1, end // 10)
         )
-        weighted = [layer for layer in model.layers if layer.trainable_weights]
-        skipped = [layer.name for layer in weighted if not PruneRegistry.supports(layer)]
-        pruned_layers = [layer.name for layer in weighted if layer.name not in skipped]
+        pruned_layers, skipped = _prunable(model)
         if skipped:
             fallbacks.append(_fallback(cfg.build.strict, f"prune: tfmot cannot prune layers {skipped}; left dense"))
-        if not pruned_layers:
-            fallbacks.append(_fallback(cfg.build.strict, "prune: no prunable layers; pruning skipped"))
-        else:
 
-            def pattern(layer) -> tuple[str, dict]:
-                if not block:
-                    return "elementwise", {}
-                if m_by_n:
-                    return f"{m_by_n[0]}:{m_by_n[1]} along the input channels", {"sparsity_m_by_n": m_by_n}
-                kernel = getattr(layer, "kernel", None)
-                if kernel is not None and len(kernel.shape) == 2:
-                    return f"{p.block_size[0]}x{p.block_size[1]} blocks", {"block_size": tuple(p.block_size)}
-                # tfmot's block pooling needs a 2-D kernel; conv kernels are 4-D: zeros anywhere.
-                return "elementwise (tfmot blocks need a 2-D kernel)", {}
+        def pattern(layer) -> tuple[str, dict]:
+            if not block:
+                return "elementwise", {}
+            if m_by_n:
+                return f"{m_by_n[0]}:{m_by_n[1]} along the input channels", {"sparsity_m_by_n": m_by_n}
+            kernel = getattr(layer, "kernel", None)
+            if kernel is not None and len(kernel.shape) == 2:
+                return f"{p.block_size[0]}x{p.block_size[1]} blocks", {"block_size": tuple(p.block_size)}
+            # tfmot's block pooling needs a 2-D kernel; conv kernels are 4-D: zeros anywhere.
+            return "elementwise (tfmot blocks need a 2-D kernel)", {}
 
-            by_name = {layer.name: layer for layer in model.layers}
-            for name in pruned_layers:
-                patterns.setdefault(pattern(by_name[name])[0], []).append(name)
+        by_name = {layer.name: layer for layer in model.layers}
+        for name in pruned_layers:
+            patterns.setdefault(pattern(by_name[name])[0], []).append(name)
 
-            def wrap(layer):
-                if layer.name in pruned_layers:
-                    return tfmot.sparsity.keras.prune_low_magnitude(
-                        layer, pruning_schedule=schedule, **pattern(layer)[1]
-                    )
-                return layer.__class__.from_config(layer.get_config())
+        def wrap(layer):
+            if layer.name in pruned_layers:
+                return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule, **pattern(layer)[1])
+            return layer.__class__.from_config(layer.get_config())
 
-            wrapped = keras.models.clone_model(model, clone_function=wrap)
-            wrapped.set_weights(_weights_for(wrapped, model))
-            teacher = Teacher(model, ds, cfg.train.batch_size, teacher_outputs)
-            _fit(
-                keras,
-                wrapped,
-                ds,
-                teacher,
-                p.epochs,
-                p.learning_rate,
-                cfg,
-                "prune",
-                callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
-            )
-            model = tfmot.sparsity.keras.strip_pruning(wrapped)
+        wrapped = keras.models.clone_model(model, clone_function=wrap)
+        wrapped.set_weights(_weights_for(wrapped, model))
+        teacher = Teacher(model, ds, cfg.train.batch_size, teacher_outputs)
+        _fit(
+            keras,
+            wrapped,
+            ds,
+            teacher,
+            p.epochs,
+            p.learning_rate,
+            cfg,
+            "prune",
+            callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+        )
+        model = tfmot.sparsity.keras.strip_pruning(wrapped)
     return model, {"pruned_layers": len(pruned_layers), "patterns": patterns, "fallbacks": fallbacks}
 
 

@@ -1,7 +1,9 @@
 """Install-time only (scripts/fetch_test_assets.sh, in a throwaway venv with torch): a small PyTorch CNN,
-seeded, exported to ONNX by the README's route, with its inputs and PyTorch's own outputs beside it.
+seeded, exported to ONNX by the README's route, with its inputs and PyTorch's own outputs beside it, and the
+same model exported with `torch.onnx.export`'s defaults (no dynamic_axes: the batch fixed at 1), as most
+PyTorch users' files are.
 
-    python export_torch_cnn.py OUT.onnx OUT_io.npz
+    python export_torch_cnn.py OUT.onnx OUT_io.npz [OUT_b1.onnx]
 """
 
 import sys
@@ -35,6 +37,10 @@ torch.onnx.export(
     opset_version=17,
     dynamo=False,
 )
+if len(sys.argv) > 3:
+    torch.onnx.export(
+        model, torch.randn(1, 3, 32, 32), sys.argv[3], input_names=["input"], output_names=["logits"], dynamo=False
+    )
 # Smooth images (blurred noise), NCHW as PyTorch takes them, and what PyTorch answers for each.
 rng = np.random.default_rng(0)
 x = torch.nn.functional.avg_pool2d(torch.from_numpy(rng.random((160, 3, 36, 36), dtype=np.float32)), 5, 1)

