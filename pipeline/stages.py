@@ -42,12 +42,12 @@ STAGES: dict[str, Stage] = {
         Stage(
             "train",
             "the model trained (or loaded and fine-tuned)",
-            ("pipeline/stages.py", "pipeline/models.py", "pipeline/interface.py"),
+            ("pipeline/stages.py", "pipeline/models.py", "pipeline/keras3.py", "pipeline/interface.py"),
         ),
         Stage(
             "prune",
             "pruned by prune.method, fine-tuned, stripped",
-            ("pipeline/stages.py", "pipeline/prune_channels.py"),
+            ("pipeline/stages.py", "pipeline/prune_channels.py", "pipeline/keras3.py"),
         ),
         Stage(
             "qat",
@@ -62,7 +62,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "export",
             "the target's converter (int8 without QAT: the post-training method chosen by measurement)",
-            ("pipeline/stages.py", "targets/ptq.py"),
+            ("pipeline/stages.py", "targets/ptq.py", "pipeline/keras3.py"),
         ),
         Stage(
             "verify",
@@ -112,6 +112,11 @@ def tf_setup(seed: int):
 def load_model(path: Path, qat: bool = False):
     import tf_keras
 
+    from pipeline import keras3
+
+    folder = Path(path).with_name(keras3.SAVEDMODEL)
+    if not Path(path).exists() and folder.is_dir():  # a model without Keras layers (see save_model)
+        return keras3.signature_model(folder)
     if qat:
         import tensorflow_model_optimization as tfmot
 
@@ -126,6 +131,21 @@ def load_model(path: Path, qat: bool = False):
 
         model.edge_export_sparse = bool(json.loads(info.read_text()).get("sparse_encoding"))
     return model
+
+
+def save_model(model, path: Path) -> None:
+    """`model` as `path` (.h5); a model without Keras layers (keras3.signature_model) as its SavedModel
+    folder beside it instead, which load_model reads back."""
+    from pipeline import keras3
+
+    if not keras3.is_signature_model(model):
+        model.save(path)
+        return
+    dest = Path(path).with_name(keras3.SAVEDMODEL)
+    if Path(model.edge_export_savedmodel).resolve() != dest.resolve():
+        import shutil
+
+        shutil.copytree(model.edge_export_savedmodel, dest)
 
 
 def _progress_callback(keras, label: str, epochs: int):
@@ -313,14 +333,28 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
     """Train the built-in CNN, or load the user's model (optionally fine-tuning it)."""
     tf, keras = tf_setup(seed)
     info, extra = {}, {}
+    fallbacks = []
     if cfg.model.path:
-        from pipeline import models
+        from pipeline import keras3, models
 
         shape, port = _onnx_input_shape(cfg, ds) if cfg.model.path.lower().endswith(".onnx") else ((), None)
-        model, info = models.load(cfg.model.path, cfg.model.trust, shape, workdir)
+        model, info, keras3_model = models.load(cfg.model.path, cfg.model.trust, shape, workdir, out)
         _check_input(model, ds, port)
-        original = _save_original(model, ds, cfg, out)
+        # A Keras 3 file's reference is Keras 3 running it; the tf_keras rebuild must give the same outputs.
+        original = _save_original(keras3_model or model, ds, cfg, out)
+        if keras3_model is not None and not keras3.is_signature_model(model):
+            info["max_abs_diff_vs_keras3"], why = keras3.compare(
+                predict(model, ds.x_test, cfg.train.batch_size), original
+            )
+            if why:
+                model, info = models.keras3_export(keras3_model, info, f"the tf_keras rebuild's {why}", out)
         info["fine_tuned"] = bool(cfg.model.fine_tune_epochs and ds.labelled)
+        if info["fine_tuned"] and keras3.is_signature_model(model):
+            info["fine_tuned"] = False
+            info.setdefault("fallbacks", []).append(
+                "fine-tune: a SavedModel without Keras layers cannot be trained; used as it is"
+            )
+        fallbacks = [_fallback(cfg.build.strict, f) for f in info.pop("fallbacks", [])]
         if info["fine_tuned"]:
             _fit(
                 keras,
@@ -350,7 +384,7 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
             "train",
         )
         original = _save_original(model, ds, cfg, out)
-    model.save(out / "model.h5")
+    save_model(model, out / "model.h5")
     from pipeline.models import is_classifier
 
     acc = accuracy(original[0], ds.y_test) if is_classifier(model, len(ds.labels)) else None
@@ -359,6 +393,7 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
         "params": int(model.count_params()),
         "source_model": info or "built-in",
         "outputs": len(model.outputs),
+        "fallbacks": fallbacks,
         **extra,
     }
 
@@ -439,6 +474,10 @@ def prune(ds, cfg, seed: int, model_path: Path, original: Path, out: Path) -> di
     p = cfg.prune
     teacher = load_outputs(original / TEACHER_OUTPUTS)
     model = load_model(model_path)
+    from pipeline import keras3
+
+    if keras3.is_signature_model(model):
+        return _not_pruned(model, ds, cfg, original, out)
     before = _model_size(model)
     info: dict = {"pruned_layers": 0, "fallbacks": []}
     if p.method == "channels":
@@ -453,7 +492,7 @@ def prune(ds, cfg, seed: int, model_path: Path, original: Path, out: Path) -> di
             info["auto"]["seconds"] = round(time.perf_counter() - t0, 1)
         else:
             model, info = _prune_magnitude(keras, model, ds, cfg, teacher, sparsity)
-    model.save(out / "model.h5")
+    save_model(model, out / "model.h5")
     sparse_encoding = p.method == "block" and info["pruned_layers"] > 0
     (out / PRUNE_INFO).write_text(json.dumps({"method": p.method, "sparse_encoding": sparse_encoding}))
     meta, outs = _scores(model, ds, cfg.train.batch_size)
@@ -466,6 +505,26 @@ def prune(ds, cfg, seed: int, model_path: Path, original: Path, out: Path) -> di
         **size,
         "sparse_encoding": sparse_encoding,
         **info,
+        "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test),
+    }
+
+
+def _not_pruned(model, ds, cfg, original: Path, out: Path) -> dict:
+    """A SavedModel without Keras layers: nothing tfmot can prune; passed on as it is (said, unless asked for none)."""
+    import json
+
+    save_model(model, out / "model.h5")
+    (out / PRUNE_INFO).write_text(json.dumps({"method": "none", "sparse_encoding": False}))
+    why = "prune: a SavedModel without Keras layers has no layers tfmot can prune; not pruned"
+    fallbacks = [] if cfg.prune.method == "none" else [_fallback(cfg.build.strict, why)]
+    meta, outs = _scores(model, ds, cfg.train.batch_size)
+    return {
+        **meta,
+        "method": "none",
+        "sparsity": round(weight_sparsity(model), 4),
+        "pruned_layers": 0,
+        "sparse_encoding": False,
+        "fallbacks": fallbacks,
         "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test),
     }
 
@@ -719,6 +778,11 @@ def qat(ds, cfg, seed: int, model_path: Path, prune_meta: dict, original: Path, 
     from pipeline.separable import has_separable, split_separable
 
     model = load_model(model_path)
+    from pipeline import keras3
+
+    if keras3.is_signature_model(model):
+        msg = "qat: a SavedModel without Keras layers cannot be quantization-aware trained; int8 targets use post-training quantization"
+        return {"method": "ptq", "reason": _fallback(cfg.build.strict, msg), "fallbacks": [msg]}
     if cfg.qat.split_separable:
         model = split_separable(keras, model)
     scheme = (
