@@ -22,6 +22,8 @@ import re
 import zipfile
 from pathlib import Path
 
+from pipeline.errors import ModelLoadError
+
 SAVEDMODEL = "savedmodel"
 """A stage's model without Keras layers: this SavedModel folder, beside (instead of) its model.h5."""
 
@@ -65,7 +67,15 @@ def load(path: Path, trust: bool):
 
     if not is_keras3(keras.__version__):
         raise Unrebuildable(f"written by Keras 3, but this environment's `keras` is {keras.__version__}")
-    return keras.saving.load_model(path, compile=False, safe_mode=not trust)
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=not trust)
+    except ValueError as e:
+        if "safe_mode=False" not in str(e):
+            raise
+        raise ModelLoadError(
+            f"{path}: holds Python code (a Lambda layer) that would run on load; "
+            "pass --trust-model only if you trust this file"
+        ) from None
 
 
 # -- rebuilding the functional graph in tf_keras -------------------------------------------------
@@ -247,7 +257,10 @@ def signature_model(folder: Path):
             return [out[k] for k in keys] if len(keys) > 1 else out[keys[0]]
 
     x = tf_keras.Input(batch_shape=tuple(spec.shape), name=input_name)
-    model = tf_keras.Model(x, ServingSignature(name="serving_default")(x), name=Path(folder).name)
+    outs = ServingSignature(name="serving_default")(x)
+    # Each output named as the signature names it (what the converters call the artifact's outputs).
+    outs = [tf_keras.layers.Activation("linear", name=k)(t) for k, t in zip(keys, outs if len(keys) > 1 else [outs])]
+    model = tf_keras.Model(x, outs if len(outs) > 1 else outs[0], name=Path(folder).name)
     model.edge_export_savedmodel = Path(folder)
     model.edge_export_output_names = keys
     return model
