@@ -125,7 +125,22 @@ def compare(outs, reference, tolerance: float = 1e-4) -> tuple[float | None, str
 
 
 def _model_config(cls: str, config: dict) -> dict:
-    layers = [_layer(entry, functional=cls == "Functional") for entry in config["layers"]]
+    # tf_keras counts a nested model's own Input as its node 0, so its calls here are nodes 1, 2, ...;
+    # Keras 3 numbers them from 0.
+    nested = {
+        e["config"]["name"]
+        for e in config["layers"]
+        if e["class_name"] in ("Functional", "Sequential") and e["config"]["layers"][0]["class_name"] == "InputLayer"
+    }
+    layers = [_layer(entry, cls == "Functional", nested) for entry in config["layers"]]
+    # tf_keras's reconstruction loops forever on a call it cannot resolve: every reference must exist.
+    calls = {e["name"]: len(e.get("inbound_nodes", [])) + (e["name"] in nested) for e in layers}
+    calls.update({e["name"]: 1 for e in layers if e["class_name"] == "InputLayer"})
+    for e in layers:
+        for node in e.get("inbound_nodes", []):
+            for layer, index, *_ in node:
+                if index >= calls.get(layer, 0):
+                    raise Unrebuildable(f"layer '{e['name']}' takes call {index} of '{layer}', which tf_keras lacks")
     if cls == "Sequential":
         return {"name": config["name"], "layers": layers}
     return {
@@ -136,7 +151,7 @@ def _model_config(cls: str, config: dict) -> dict:
     }
 
 
-def _layer(entry: dict, functional: bool) -> dict:
+def _layer(entry: dict, functional: bool, nested: set) -> dict:
     cls, name = entry["class_name"], entry["config"].get("name", entry.get("name"))
     registered = entry.get("registered_name")
     if registered not in (None, cls) or not str(entry.get("module", "keras")).startswith("keras"):
@@ -149,7 +164,7 @@ def _layer(entry: dict, functional: bool) -> dict:
         config = _layer_config(cls, name, entry["config"])
     out = {"class_name": cls, "config": config, "name": name}
     if functional:
-        out["inbound_nodes"] = [_node(name, node) for node in entry.get("inbound_nodes", [])]
+        out["inbound_nodes"] = [_node(name, node, nested) for node in entry.get("inbound_nodes", [])]
     return out
 
 
@@ -205,16 +220,21 @@ def _value(v):
     return {"class_name": cls, "config": _known(target, {k: _value(x) for k, x in config.items()}, f"{cls}")}
 
 
-def _node(name: str, node: dict) -> list:
-    """Keras 3's {"args": [tensor or list of tensors], "kwargs": {...}} as tf_keras's [[layer, node, index, kwargs]...]."""
+def _node(name: str, node: dict, nested: set) -> list:
+    """Keras 3's {"args": [tensor or list of tensors], "kwargs": {...}} as tf_keras's [[layer, node, index, kwargs]...].
+    `training` is dropped: Keras 3 records the value it traced with, but the call decides (as in tf_keras)."""
     args, kwargs = node.get("args", []), node.get("kwargs", {})
     if len(args) != 1:
         raise Unrebuildable(f"layer '{name}' is called with {len(args)} positional arguments")
     tensors = args[0] if isinstance(args[0], list) else [args[0]]
     if not all(_is_tensor(t) for t in tensors) or any(_is_tensor(x) for x in kwargs.values()):
         raise Unrebuildable(f"layer '{name}' is called in a way tf_keras configs cannot express")
-    kwargs = {k: _value(x) for k, x in kwargs.items()}
-    return [[*t["config"]["keras_history"], kwargs] for t in tensors]
+    kwargs = {k: _value(x) for k, x in kwargs.items() if k != "training" and x is not None}
+    entries = []
+    for t in tensors:
+        layer, index, tensor = t["config"]["keras_history"]
+        entries.append([layer, index + (layer in nested), tensor, kwargs])
+    return entries
 
 
 def _is_tensor(x) -> bool:
