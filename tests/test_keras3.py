@@ -33,11 +33,14 @@ keras.utils.set_random_seed(0)
 L = keras.layers
 
 
-def heads():
+def heads():  # also what rebuilding must get right: a residual Add, Concatenate, a nested model, Dropout
     inp = keras.Input((8, 8, 1), name="pixels")
     h = L.PReLU(shared_axes=[1, 2])(L.Conv2D(8, 3, padding="same")(inp))
+    h = L.Add()([h, L.DepthwiseConv2D(3, padding="same")(h)])
     h = L.PReLU(shared_axes=[1, 2])(L.BatchNormalization()(L.Conv2D(16, 3, padding="same")(L.MaxPooling2D()(h))))
-    h = L.PReLU()(L.Dense(16)(L.Flatten()(h)))
+    block = keras.Sequential([keras.Input((4, 4, 16)), L.Conv2D(8, 1), L.PReLU()], name="block")
+    h = L.Concatenate()([h, block(h)])
+    h = L.PReLU()(L.Dense(16)(L.Dropout(0.1)(L.Flatten()(h))))
     m = keras.Model(inp, [L.Dense(2, activation="softmax", name="score")(h), L.Dense(4, name="box")(h),
                           L.Dense(10, name="marks")(h)])
     m.compile("adam", ["sparse_categorical_crossentropy", "mse", "mse"])
