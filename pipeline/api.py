@@ -92,15 +92,15 @@ class Build:
 
     def stage_file(self, stage: str, name: str) -> Path:
         """A file a stage of this build left in the cache: `data` x_train, y_train, x_test, y_test,
-        x_cal .npy (preprocessed, as the model sees them); `train`, `prune`, `qat` model.h5 (Keras);
-        `train` reference_outputs.npz (the original model's outputs every figure is compared with)."""
+        x_cal .npy (preprocessed, as the model sees them); `train`, `prune`, `qat` model.h5 (Keras; a SavedModel
+        without Keras layers: the `savedmodel` folder instead); `train` reference_outputs.npz (the original model's outputs every figure is compared with)."""
         from pipeline.cache import Cache
 
         record = self.manifest["stages"].get(stage)
         entry = record and Cache(self.out / ".cache").get(stage, record["key"])
         if not entry:
             raise UsageError(f"the {stage} stage of the build in {self.out} is not in its cache: build it again")
-        if not entry.file(name).is_file():
+        if not entry.file(name).exists():
             raise UsageError(f"the {stage} stage of the build in {self.out} has no file {name}")
         return entry.file(name)
 

@@ -2,7 +2,8 @@
 
 Runs inside a stage (TensorFlow already imported by stages.tf_setup). Foreign files are treated as
 untrusted: Keras safe mode, no Lambda layers from HDF5 unless `model.trust`, and every way a file
-can be broken ends in one ModelLoadError line naming the file.
+can be broken ends in one ModelLoadError line naming the file. Files written by Keras 3 and SavedModels
+without Keras layers go through pipeline/keras3.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import report
+from pipeline import keras3, report
 from pipeline.errors import ConversionError, ModelLoadError
 
 SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
@@ -52,29 +53,44 @@ def _h5_has_lambda(path: Path) -> bool:
     return '"class_name": "Lambda"' in config or "'class_name': 'Lambda'" in config
 
 
-def load(path: str | Path, trust: bool = False, onnx_input_shape=(), workdir: Path | None = None):
-    """Returns (tf_keras model, info dict for the manifest)."""
+def load(path: str | Path, trust: bool = False, onnx_input_shape=(), workdir: Path | None = None, out=None):
+    """Returns (tf_keras model, info dict for the manifest, the Keras 3 model or None). A file written by
+    Keras 3 comes with the Keras 3 model it holds: the reference, run by the Keras that wrote it. `out`: where
+    a Keras 3 model that tf_keras cannot rebuild is exported to (see keras3_export)."""
     import tf_keras
 
     path = Path(path)
     k = kind(path)
     info = {"path": str(path), "format": k}
+    original = None
     try:
-        if k == "keras":
+        if k == "h5" and _h5_has_lambda(path) and not trust:
+            raise ModelLoadError(
+                f"{path}: contains Lambda layers whose code would run on load; "
+                "pass --trust-model only if you trust this file"
+            )
+        written_by = keras3.version(path, k)
+        if keras3.is_keras3(written_by):
+            original = keras3.load(path, trust)
+            info["keras"] = written_by
+            try:
+                model, info["keras3"] = keras3.rebuild(original), "rebuilt in tf_keras (weights copied)"
+            except keras3.Unrebuildable as e:
+                model, info = keras3_export(original, info, str(e), out)
+        elif k == "savedmodel" and not keras3.has_keras_layers(path):
+            model = keras3.signature_model(path)
+            info["keras3"] = "SavedModel without Keras layers: its serving_default signature"
+            info["output_names"] = model.edge_export_output_names
+        elif k == "keras":
             model = tf_keras.models.load_model(path, compile=False, safe_mode=not trust)
-        elif k == "h5":
-            if _h5_has_lambda(path) and not trust:
-                raise ModelLoadError(
-                    f"{path}: contains Lambda layers whose code would run on load; "
-                    "pass --trust-model only if you trust this file"
-                )
-            model = tf_keras.models.load_model(path, compile=False)
-        elif k == "savedmodel":
+        elif k in ("h5", "savedmodel"):
             model = tf_keras.models.load_model(path, compile=False)
         else:
             model, info = _from_onnx(path, onnx_input_shape, workdir), {**info, "converter": "onnx2tf"}
     except ModelLoadError:
         raise
+    except keras3.Unrebuildable as e:
+        raise ModelLoadError(f"{path}: cannot load as a {k} model ({e})") from None
     except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{path}: cannot load as a {k} model ({type(e).__name__}: {first})") from None
@@ -85,7 +101,20 @@ def load(path: str | Path, trust: bool = False, onnx_input_shape=(), workdir: Pa
             f"{path}: the model has {len(model.inputs)} inputs; only single-input models are supported"
         )
     info["input_shape"] = [None if d is None else int(d) for d in model.input_shape]
-    return model, info
+    return model, info, original
+
+
+def keras3_export(original, info: dict, reason: str, out: Path):
+    """The Keras 3 model exported by Keras 3 as a SavedModel into `out` and run through its signature: what a
+    graph tf_keras cannot rebuild faithfully still builds (no fine-tuning, pruning or QAT). Returns (model, info)."""
+    if out is None:
+        raise keras3.Unrebuildable(reason)
+    dest = Path(out) / keras3.SAVEDMODEL
+    shutil.rmtree(dest, ignore_errors=True)
+    original.export(str(dest), verbose=False)
+    model = keras3.signature_model(dest)
+    note = f"keras 3: {reason}; the model runs as Keras 3's own SavedModel export (no fine-tuning, pruning or QAT)"
+    return model, {**info, "keras3": "exported by Keras 3 (SavedModel signature)", "fallbacks": [note]}
 
 
 def _onnx_shape(path: Path, override) -> tuple[str, list[int]]:

@@ -44,12 +44,18 @@ STAGES: dict[str, Stage] = {
         Stage(
             "train",
             "the model trained (or loaded and fine-tuned)",
-            ("pipeline/stages.py", "pipeline/models.py", "pipeline/interface.py", "targets/metrics.py"),
+            (
+                "pipeline/stages.py",
+                "pipeline/models.py",
+                "pipeline/keras3.py",
+                "pipeline/interface.py",
+                "targets/metrics.py",
+            ),
         ),
         Stage(
             "prune",
             "pruned by prune.method, fine-tuned, stripped",
-            ("pipeline/stages.py", "pipeline/prune_channels.py", "targets/metrics.py"),
+            ("pipeline/stages.py", "pipeline/prune_channels.py", "pipeline/keras3.py", "targets/metrics.py"),
         ),
         Stage(
             "qat",
@@ -64,7 +70,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "export",
             "the target's converter (int8 without QAT: the post-training method chosen by measurement)",
-            ("pipeline/stages.py", "targets/ptq.py", "targets/metrics.py"),
+            ("pipeline/stages.py", "targets/ptq.py", "pipeline/keras3.py", "targets/metrics.py"),
         ),
         Stage(
             "verify",
@@ -114,6 +120,11 @@ def tf_setup(seed: int):
 def load_model(path: Path, qat: bool = False):
     import tf_keras
 
+    from pipeline import keras3
+
+    folder = Path(path).with_name(keras3.SAVEDMODEL)
+    if not Path(path).exists() and folder.is_dir():  # a model without Keras layers (see save_model)
+        return keras3.signature_model(folder)
     if qat:
         import tensorflow_model_optimization as tfmot
 
@@ -128,6 +139,21 @@ def load_model(path: Path, qat: bool = False):
 
         model.edge_export_sparse = bool(json.loads(info.read_text()).get("sparse_encoding"))
     return model
+
+
+def save_model(model, path: Path) -> None:
+    """`model` as `path` (.h5); a model without Keras layers (keras3.signature_model) as its SavedModel
+    folder beside it instead, which load_model reads back."""
+    from pipeline import keras3
+
+    if not keras3.is_signature_model(model):
+        model.save(path)
+        return
+    dest = Path(path).with_name(keras3.SAVEDMODEL)
+    if Path(model.edge_export_savedmodel).resolve() != dest.resolve():
+        import shutil
+
+        shutil.copytree(model.edge_export_savedmodel, dest)
 
 
 def _progress_callback(keras, label: str, epochs: int):
@@ -158,7 +184,8 @@ def output_heads(model) -> list[dict]:
     """Each output of a Keras model: its name and the activation of the layer that makes it (softmax, ...)."""
     heads = []
     for name, t in zip(model.output_names, model.outputs):
-        layer = t._keras_history.layer
+        history = t._keras_history  # Keras 3 names the layer `operation`
+        layer = getattr(history, "layer", None) or history.operation
         act = getattr(layer, "activation", None)
         act = getattr(act, "__name__", None) if act is not None else type(layer).__name__.lower()
         heads.append({"name": name, "activation": act})
@@ -373,18 +400,32 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
     """Train the built-in CNN, or load the user's model (optionally fine-tuning it)."""
     tf, keras = tf_setup(seed)
     info, extra = {}, {}
+    fallbacks = []
     if cfg.model.path:
-        from pipeline import models
+        from pipeline import keras3, models
 
         shape, port = _onnx_input_shape(cfg, ds) if cfg.model.path.lower().endswith(".onnx") else ((), None)
-        model, info = models.load(cfg.model.path, cfg.model.trust, shape, workdir)
+        model, info, keras3_model = models.load(cfg.model.path, cfg.model.trust, shape, workdir, out)
         _check_input(model, ds, port)
-        original = _save_original(model, ds, cfg, out)
+        # A Keras 3 file's reference is Keras 3 running it; the tf_keras rebuild must give the same outputs.
+        original = _save_original(keras3_model or model, ds, cfg, out)
         head = heads(cfg, out)
+        if keras3_model is not None and not keras3.is_signature_model(model):
+            info["max_abs_diff_vs_keras3"], why = keras3.compare(
+                predict(model, ds.x_test, cfg.train.batch_size), original
+            )
+            if why:
+                model, info = models.keras3_export(keras3_model, info, f"the tf_keras rebuild's {why}", out)
         info["fine_tuned"] = bool(cfg.model.fine_tune_epochs and ds.labelled)
-        if info["fine_tuned"] and not model.trainable_weights:  # onnx2tf's graphs hold their weights as constants
+        if info["fine_tuned"] and keras3.is_signature_model(model):
             info["fine_tuned"] = False
-            extra["fallbacks"] = [_fallback(cfg.build.strict, "model: no trainable weights; fine-tuning skipped")]
+            info.setdefault("fallbacks", []).append(
+                "fine-tune: a SavedModel without Keras layers cannot be trained; used as it is"
+            )
+        elif info["fine_tuned"] and not model.trainable_weights:  # onnx2tf's graphs hold their weights as constants
+            info["fine_tuned"] = False
+            info.setdefault("fallbacks", []).append("model: no trainable weights; fine-tuning skipped")
+        fallbacks = [_fallback(cfg.build.strict, f) for f in info.pop("fallbacks", [])]
         if info["fine_tuned"]:
             _fit(
                 keras,
@@ -416,13 +457,14 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
             "train",
         )
         original = _save_original(model, ds, cfg, out)
-    model.save(out / "model.h5")
+    save_model(model, out / "model.h5")
     acc = model_accuracy(model, original, ds.y_test, len(ds.labels), heads(cfg, out).kinds)
     return {
         "accuracy": acc,
         "params": int(model.count_params()),
         "source_model": info or "built-in",
         "outputs": len(model.outputs),
+        "fallbacks": fallbacks,
         **extra,
     }
 
@@ -506,6 +548,10 @@ def prune(ds, cfg, seed: int, model_path: Path, original: Path, out: Path) -> di
     p = cfg.prune
     teacher = load_outputs(original / TEACHER_OUTPUTS)
     model = load_model(model_path)
+    from pipeline import keras3
+
+    if keras3.is_signature_model(model):
+        return _not_pruned(model, ds, cfg, original, out)
     before, weights = _model_size(model), model.get_weights()
     info: dict = {"pruned_layers": 0, "fallbacks": []}
     if p.method == "channels":
@@ -523,7 +569,7 @@ def prune(ds, cfg, seed: int, model_path: Path, original: Path, out: Path) -> di
             info["auto"]["seconds"] = round(time.perf_counter() - t0, 1)
         else:
             model, info = _prune_magnitude(keras, model, ds, cfg, teacher, sparsity)
-    model.save(out / "model.h5")
+    save_model(model, out / "model.h5")
     sparse_encoding = p.method == "block" and info["pruned_layers"] > 0
     (out / PRUNE_INFO).write_text(json.dumps({"method": p.method, "sparse_encoding": sparse_encoding}))
     head = heads(cfg, original)
@@ -556,6 +602,28 @@ def _prunable(model) -> tuple[list[str], list[str]]:
         [layer.name for layer in weighted if PruneRegistry.supports(layer)],
         [layer.name for layer in weighted if not PruneRegistry.supports(layer)],
     )
+
+
+def _not_pruned(model, ds, cfg, original: Path, out: Path) -> dict:
+    """A SavedModel without Keras layers: nothing tfmot can prune; passed on as it is (said, unless asked for none)."""
+    import json
+
+    save_model(model, out / "model.h5")
+    (out / PRUNE_INFO).write_text(json.dumps({"method": "none", "sparse_encoding": False}))
+    why = "prune: a SavedModel without Keras layers has no layers tfmot can prune; not pruned"
+    fallbacks = [] if cfg.prune.method == "none" else [_fallback(cfg.build.strict, why)]
+    head = heads(cfg, original)
+    meta, outs = _scores(model, ds, cfg.train.batch_size, head.kinds)
+    return {
+        **meta,
+        "method": "none",
+        "sparsity": round(weight_sparsity(model), 4),
+        "pruned_layers": 0,
+        "sparse_encoding": False,
+        "fallbacks": fallbacks,
+        "weights_changed": False,
+        "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test, head),
+    }
 
 
 def _auto_sparsity(keras, model_path: Path, ds, cfg, teacher, original: Path):
@@ -796,6 +864,11 @@ def qat(ds, cfg, seed: int, model_path: Path, prune_meta: dict, original: Path, 
     from pipeline.separable import has_separable, split_separable
 
     model = load_model(model_path)
+    from pipeline import keras3
+
+    if keras3.is_signature_model(model):
+        msg = "qat: a SavedModel without Keras layers cannot be quantization-aware trained; int8 targets use post-training quantization"
+        return {"method": "ptq", "reason": _fallback(cfg.build.strict, msg), "fallbacks": [msg]}
     if cfg.qat.split_separable:
         model = split_separable(keras, model)
     scheme = (
