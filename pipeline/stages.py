@@ -183,9 +183,10 @@ HEADS_FILE = "heads.json"
 def output_heads(model) -> list[dict]:
     """Each output of a Keras model: its name and the activation of the layer that makes it (softmax, ...)."""
     heads = []
-    for name, t in zip(model.output_names, model.outputs):
-        history = t._keras_history  # Keras 3 names the layer `operation`
+    for i, t in enumerate(model.outputs):
+        history = t._keras_history  # Keras 3 names the layer `operation`, and its Sequential has no output_names
         layer = getattr(history, "layer", None) or history.operation
+        name = model.output_names[i] if getattr(model, "output_names", None) else layer.name
         act = getattr(layer, "activation", None)
         act = getattr(act, "__name__", None) if act is not None else type(layer).__name__.lower()
         heads.append({"name": name, "activation": act})

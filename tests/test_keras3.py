@@ -110,7 +110,7 @@ def reference(tmp_path) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("form", FORMS)
 def test_a_keras3_three_head_prelu_model_loads_in_each_form_and_keras3_is_its_reference(keras3_files, tmp_path, form):
-    proc, m = build(keras3_files, tmp_path, "heads", form, "onnx-fp32", "--prune", "none")
+    proc, m = build(keras3_files, tmp_path, "heads", form, "all", "--prune", "none")
     assert proc.returncode == 0, proc.stderr[-3000:]
     source = m["stages"]["train"]["source_model"]
     if form == "export":
@@ -120,9 +120,13 @@ def test_a_keras3_three_head_prelu_model_loads_in_each_form_and_keras3_is_its_re
         assert source["max_abs_diff_vs_keras3"] < 1e-5
     for ours, theirs in zip(reference(tmp_path), keras3_outputs(keras3_files, "heads"), strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
-    (onnx,) = m["artifacts"]
-    assert onnx["status"] == "ok", onnx
-    assert onnx["max_abs_diff"] < 1e-5
+    rows = {a["target"]: a for a in m["artifacts"]}
+    assert len(rows) == 9 and all(a["status"] == "ok" for a in rows.values()), rows
+    assert rows["onnx-fp32"]["max_abs_diff"] < 1e-5
+    names = source["output_names"] if form == "export" else ["score", "box", "marks"]
+    for a in rows.values():  # each head measured by its own figure, in the original's order
+        assert [h["name"] for h in a["heads"]] == names, a["heads"]
+        assert [h["kind"] for h in a["heads"]] == ["scores", "regression", "regression"], a["heads"]
 
 
 @pytest.mark.parametrize("form", FORMS)
