@@ -25,6 +25,10 @@ class ModelLoadError(UsageError):
     pass
 
 
+class NonFiniteError(UsageError):
+    """The original model's outputs on the user's samples hold NaN or Inf: nothing can be measured against it."""
+
+
 class RunnerError(PipelineError):
     """A runtime failed to load or run an artifact (crash, timeout, bad output)."""
 

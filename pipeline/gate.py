@@ -41,6 +41,32 @@ def compare_output(out: np.ndarray, ref: np.ndarray) -> dict:
     return r
 
 
+def nonfinite(outputs: list[np.ndarray], what: str, names: list[str] | None = None) -> str | None:
+    """One line naming `what`'s outputs that hold NaN or Inf and on how many samples; None if all are finite.
+    Checked before any comparison: argmax of NaN is 0, so a NaN model would "agree" with an original that puts
+    every sample in class 0, and NaN fails no `<` test of a gate."""
+    bad = []
+    for i, o in enumerate(outputs):
+        o = np.atleast_1d(np.asarray(o))
+        if not np.issubdtype(o.dtype, np.floating):
+            continue
+        rows = int(np.count_nonzero(~np.isfinite(o.reshape(len(o), -1)).all(axis=1)))
+        if rows:
+            name = f" '{names[i]}'" if names and i < len(names) else ""
+            bad.append(f"output {i}{name} on {rows} of {len(o)} samples")
+    return f"{what}: NaN or Inf in {', '.join(bad)}" if bad else None
+
+
+def nonfinite_figures(figures: dict) -> list[str]:
+    """The gated figures (accuracy, top-1 agreement, cosine, max |diff|) that are NaN or Inf, as one reason."""
+    bad = [
+        f"{k} {figures[k]}"
+        for k in ("accuracy", "top1_agreement", "cosine", "max_abs_diff")
+        if isinstance(figures.get(k), float) and not np.isfinite(figures[k])
+    ]
+    return [f"figures against the original model are not numbers: {', '.join(bad)}"] if bad else []
+
+
 def compare(outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None) -> dict:
     """Summary over all outputs (worst case) plus the per-output figures when there are several."""
     per = [compare_output(o, r) for o, r in zip(outputs, reference)]
@@ -66,7 +92,12 @@ def gate(result: dict, expected_quantization: str, build) -> list[str]:
 def budget_reasons(figures: dict, build, share: float = 1.0) -> list[str]:
     """Why `figures` (against the original model) break `share` of the build's budget; empty if they keep it.
 
-    With an accuracy and the original's: the accuracy drop; else top-1 agreement or cosine similarity."""
+    With an accuracy and the original's: the accuracy drop; else top-1 agreement or cosine similarity.
+    Outputs with NaN or Inf (`nonfinite`, see vs_original) and figures that are not numbers never keep it."""
+    if figures.get("nonfinite"):
+        return [figures["nonfinite"]]
+    if bad := nonfinite_figures(figures):
+        return bad
     acc, ref = figures.get("accuracy"), figures.get("reference_accuracy")
     if acc is not None and ref is not None:
         drop, allowed = (ref - acc) * 100, build.max_accuracy_drop * share
@@ -153,6 +184,8 @@ def default_run(target, artifact: Path, inputs: Path, perms: dict | None, ref: l
     outputs = interface.from_artifact(load_outputs(outs), (perms or {}).get("output_perms"))
     if len(outputs) != len(ref) or any(o.shape != r.shape for o, r in zip(outputs, ref)):
         return {"error": "outputs of another shape"}
+    if bad := nonfinite(outputs, "the runtime's default"):
+        return {"error": bad}
     c = compare(outputs, ref, None)
     return {
         "precision": run.get("precision"),
@@ -229,6 +262,10 @@ def verify_artifact(
             "status": "failed_verification",
             "reason": f"outputs {[o.shape for o in outputs]} do not match the original model's {[r.shape for r in ref]}",
         }
+    names = [o.get("name") for o in result.get("outputs") or [] if isinstance(o, dict)]
+    bad = nonfinite(ref, "the original model") or nonfinite(outputs, f"{target.name} in {result['runtime']}", names)
+    if bad:
+        return {**result, "status": "failed_verification", "reason": bad}
     labels = data_dir / "y_test.npy"
     result.update(
         compare(

@@ -57,11 +57,20 @@ class Settings:
 
 
 def agreement(ref: np.ndarray, out: np.ndarray) -> float:
-    """Top-1 agreement for class scores (N, classes); mean cosine similarity for anything else."""
+    """Top-1 agreement for class scores (N, classes); mean cosine similarity for anything else. 0 for outputs
+    with NaN or Inf: what the mixed and accuracy-control searches then never keep."""
     ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    if nonfinite_samples(out):
+        return 0.0
     if ref.ndim == 2 and ref.shape[1] > 1:
         return float(np.mean(ref.argmax(1) == out.argmax(1)))
     return closeness(ref, out)
+
+
+def nonfinite_samples(out: np.ndarray) -> int:
+    """How many samples' outputs hold NaN or Inf."""
+    out = np.asarray(out)
+    return int(np.count_nonzero(~np.isfinite(out.reshape(len(out), -1)).all(axis=1)))
 
 
 def closeness(ref: np.ndarray, out: np.ndarray) -> float:
@@ -85,6 +94,8 @@ def _pick(candidates, run, ref: np.ndarray) -> tuple[object, dict]:
         try:
             model = make()
             out = run(model)
+            if bad := nonfinite_samples(out):  # argmax of NaN is 0, and NaN loses no `>`: never a candidate
+                raise ValueError(f"NaN or Inf in its outputs on {bad} of {len(out)} validation samples")
             a, c = agreement(ref, out), closeness(ref, out)
         except Exception as e:
             tried.append(
@@ -956,6 +967,8 @@ def score_file(family: str, path: Path, settings: Settings) -> dict:
         out = run_onnx(Path(path), x)
     else:
         out = run_openvino(str(path), x)
+    if bad := nonfinite_samples(out):  # never kept over a file with finite outputs
+        return {"closeness": None, "agreement": None, "nonfinite": f"NaN or Inf on {bad} of {len(out)} samples"}
     return {
         "closeness": round(closeness(settings.reference, out), 6),
         "agreement": round(agreement(settings.reference, out), 4),
