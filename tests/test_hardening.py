@@ -101,7 +101,7 @@ def test_a_sweep_variant_that_fails_at_a_stage_fails_alone_and_never_as_an_inter
     by_rate = {r["prune.learning_rate"]: r for r in rows}
     assert by_rate[0.001]["status"] == "ok", by_rate
     assert by_rate[1e30]["status"] == "failed" and "NaN or Inf" in by_rate[1e30]["reason"]
-    assert f"error: variant {by_rate[1e30]['variant']} tflite-int8 on local failed" in run["stderr"]
+    assert f"error: variant {by_rate[1e30]['variant']} tflite-fp32 on local failed" in run["stderr"]
 
 
 def _can_mount_tmpfs(path: Path) -> bool:
