@@ -157,6 +157,8 @@ def legacy_verdict(error: str | None, legacy: list[np.ndarray], reference: list[
         if missing:
             return f"fails: no {missing[1]} v{missing[2]} kernel"
         return f"fails: {error.splitlines()[0][:200] if error.strip() else 'no result'}"
+    if bad := nonfinite(legacy, "outputs"):
+        return f"loads, but {bad}"
     n = len(legacy[0])
     diff = max(float(np.max(np.abs(a - b[: len(a)]))) for a, b in zip(legacy, reference))
     agree = float(np.mean(legacy[0].argmax(-1) == reference[0][:n].argmax(-1))) if is_scores(legacy[0]) else None

@@ -12,7 +12,8 @@ import tf_keras as keras
 from conftest import run_cli
 
 from pipeline.config import BuildConfig
-from pipeline.gate import budget_reasons, nonfinite
+from pipeline.devices.agreement import agreement
+from pipeline.gate import budget_reasons, legacy_verdict, nonfinite
 
 L = keras.layers
 
@@ -66,6 +67,13 @@ def test_nan_outputs_and_nan_figures_never_keep_the_budget():
     build = BuildConfig()
     assert budget_reasons({"top1_agreement": 1.0, "cosine": float("nan")}, build) != []
     assert budget_reasons({"top1_agreement": 1.0, "cosine": 1.0}, build) == []
+    # tflite-runtime's verdict and a board's agreement with x86: NaN is named, never "ok" by argmax.
+    ref = np.array([[0.1, 0.9], [0.5, 0.4], [0.2, 0.8]], dtype=np.float32)
+    assert legacy_verdict(None, [nan], [ref], "x86") == "loads, but outputs: NaN or Inf in output 0 on 1 of 3 samples"
+    assert agreement([nan], [ref]) == {
+        "agreement_error": "the board's outputs: NaN or Inf in output 0 on 1 of 3 samples"
+    }
+    assert agreement([ref], [ref])["top1_agreement_vs_x86"] == 1.0
 
 
 def test_an_original_model_with_nan_outputs_stops_at_the_train_stage_in_one_line(digits):
