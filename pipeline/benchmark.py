@@ -178,6 +178,7 @@ def _bench_all(items, devices, threads, settings, log, inputs_for) -> list[dict]
                 if path is None or not Path(path).exists():
                     row = {
                         "device": device.name,
+                        "harness": getattr(device, "harness", "python"),
                         "threads": n,
                         "status": "not_built",
                         "error": art.get("reason", "no artifact file"),

@@ -248,6 +248,8 @@ class Builder:
         from pipeline.gate import budget_reasons
 
         figures = {**meta.get("vs_original", {}), "reference_accuracy": original.get("accuracy")}
+        if figures.get("nonfinite"):  # one line naming the stage, the output and how many samples
+            raise BudgetError(f"{figures['nonfinite']}; lower {name}.learning_rate")
         reasons = budget_reasons(figures, self.cfg.build)
         if reasons:
             what = {"prune": "pruned", "qat": "quantization-aware trained"}[name]
@@ -365,7 +367,8 @@ class Builder:
                     made["source"]: score_file(target.family, folder / target.filename, ptq),
                     "prune": score_file(target.family, Path(tmp) / target.filename, ptq),
                 }
-                if scores["prune"]["closeness"] > scores[made["source"]]["closeness"]:
+                closer = {k: v["closeness"] if v["closeness"] is not None else -np.inf for k, v in scores.items()}
+                if closer["prune"] > closer[made["source"]]:
                     for f in target.files:
                         os.replace(Path(tmp) / f, folder / f)
                     made = other

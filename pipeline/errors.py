@@ -30,6 +30,10 @@ class ConversionError(ModelLoadError):
     it fail with this reason, the others are built (builder.Builder.models)."""
 
 
+class NonFiniteError(UsageError):
+    """The original model's outputs on the user's samples hold NaN or Inf: nothing can be measured against it."""
+
+
 class RunnerError(PipelineError):
     """A runtime failed to load or run an artifact (crash, timeout, bad output)."""
 

@@ -21,6 +21,33 @@ from targets import RUNNERS, metrics
 from targets.metrics import load_outputs
 
 
+def nonfinite(outputs: list[np.ndarray], what: str, names: list[str] | None = None) -> str | None:
+    """One line naming `what`'s outputs that hold NaN or Inf and on how many samples; None if all are finite.
+    Checked before any comparison: argmax of NaN is 0, so a NaN model would "agree" with an original that puts
+    every sample in class 0, and NaN fails no `<` test of a gate."""
+    bad = []
+    for i, o in enumerate(outputs):
+        o = np.atleast_1d(np.asarray(o))
+        if not np.issubdtype(o.dtype, np.floating):
+            continue
+        rows = int(np.count_nonzero(~np.isfinite(o.reshape(len(o), -1)).all(axis=1)))
+        if rows:
+            name = f" '{names[i]}'" if names and i < len(names) else ""
+            bad.append(f"output {i}{name} on {rows} of {len(o)} samples")
+    return f"{what}: NaN or Inf in {', '.join(bad)}" if bad else None
+
+
+def nonfinite_figures(figures: dict) -> list[str]:
+    """The gated figures (accuracy, top-1 agreement, cosine, max |diff|) that are NaN or Inf, as one reason."""
+    bad = [
+        f"{k} {f[k]}"
+        for f in [figures, *(figures.get("heads") or [])]
+        for k in ("accuracy", "top1_agreement", "cosine", "max_abs_diff")
+        if isinstance(f.get(k), float) and not np.isfinite(f[k])
+    ]
+    return [f"figures against the original model are not numbers: {', '.join(bad)}"] if bad else []
+
+
 def compare(outputs, reference, labels, kinds=None, names=None, metric=None) -> dict:
     """Figures against the original's outputs, head by head (targets/metrics.py)."""
     return metrics.compare(outputs, reference, labels, kinds, names, metric)
@@ -40,7 +67,12 @@ def budget_reasons(figures: dict, build, share: float = 1.0) -> list[str]:
 
     Every head by its own measure (targets/metrics.py): a classifier head with labels by its accuracy drop,
     score heads by top-1 agreement, regression heads by cosine similarity, `metric` heads by the user's
-    measure (gated like agreement). Figures without heads (one output) are one head."""
+    measure (gated like agreement). Figures without heads (one output) are one head. Outputs with NaN or Inf
+    (`nonfinite`, see vs_original) and figures that are not numbers never keep it."""
+    if figures.get("nonfinite"):
+        return [figures["nonfinite"]]
+    if bad := nonfinite_figures(figures):
+        return bad
     heads = figures.get("heads") or [figures]
     reasons = []
     for h in heads:
@@ -135,6 +167,8 @@ def legacy_verdict(error: str | None, legacy: list[np.ndarray], reference: list[
         if missing:
             return f"fails: no {missing[1]} v{missing[2]} kernel"
         return f"fails: {error.splitlines()[0][:200] if error.strip() else 'no result'}"
+    if bad := nonfinite(legacy, "outputs"):
+        return f"loads, but {bad}"
     n = len(legacy[0])
     diff = max(float(np.max(np.abs(a - b[: len(a)]))) for a, b in zip(legacy, reference))
     kinds = metrics.head_kinds([r[:n] for r in reference])
@@ -164,6 +198,8 @@ def default_run(target, artifact: Path, inputs: Path, perms: dict | None, ref: l
     outputs = interface.from_artifact(load_outputs(outs), (perms or {}).get("output_perms"))
     if len(outputs) != len(ref) or any(o.shape != r.shape for o, r in zip(outputs, ref)):
         return {"error": "outputs of another shape"}
+    if bad := nonfinite(outputs, "the runtime's default"):
+        return {"error": bad}
     c = compare(outputs, ref, None)
     return {
         "precision": run.get("precision"),
@@ -250,6 +286,10 @@ def verify_artifact(
             "status": "failed_verification",
             "reason": f"outputs {[o.shape for o in outputs]} do not match the original model's {[r.shape for r in ref]}",
         }
+    names = [o.get("name") for o in result.get("outputs") or [] if isinstance(o, dict)]
+    bad = nonfinite(ref, "the original model") or nonfinite(outputs, f"{target.name} in {result['runtime']}", names)
+    if bad:
+        return {**result, "status": "failed_verification", "reason": bad}
     misordered = _misordered(result["outputs"], heads)
     if misordered:
         return {**result, "status": "failed_verification", "reason": misordered}

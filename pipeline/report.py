@@ -40,7 +40,7 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 def figures(f: dict, original_accuracy: float | None = None) -> str:
     """A model's figures against the original: accuracy (and the drop), top-1 agreement, cosine, max |diff|."""
-    parts = []
+    parts = [f["nonfinite"]] if f.get("nonfinite") else []
     if f.get("accuracy") is not None:
         drop = f" ({(f['accuracy'] - original_accuracy) * 100:+.2f} pts)" if original_accuracy is not None else ""
         parts.append(f"accuracy {f['accuracy']:.4f}{drop}")

@@ -279,14 +279,15 @@ def _fit(keras, model, ds, teacher: Teacher, epochs, lr, cfg, label, callbacks=(
     if cfg.train.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, int(np.ceil(len(ds.x_train) / batch)) * epochs)
     teacher.compile(keras, model, lr)
-    model.fit(
+    # A loss that turns NaN never comes back: stop there (the stage then says so, see diverged).
+    return model.fit(
         ds.x_train,
         teacher.y,
         epochs=epochs,
         batch_size=batch,
         shuffle=True,
         verbose=0,
-        callbacks=[*callbacks, _progress_callback(keras, label, epochs)],
+        callbacks=[*callbacks, keras.callbacks.TerminateOnNaN(), _progress_callback(keras, label, epochs)],
     )
 
 
@@ -318,7 +319,7 @@ def model_accuracy(model, outs: list[np.ndarray], y, n_labels: int, kinds=None) 
     the one score head the labels fit (metrics.classifier_head)."""
     from pipeline.models import is_classifier
 
-    if y is None:
+    if y is None or not all(np.isfinite(o).all() for o in outs):  # argmax of NaN is class 0: no accuracy from it
         return None
     if len(outs) == 1:
         return accuracy(outs[0], y) if is_classifier(model, n_labels) else None
@@ -329,11 +330,16 @@ def model_accuracy(model, outs: list[np.ndarray], y, n_labels: int, kinds=None) 
 FIGURES = ("accuracy", "top1_agreement", "cosine", "max_abs_diff", "heads")
 
 
-def vs_original(outs: list[np.ndarray], original: list[np.ndarray], y, heads: metrics.Heads | None = None) -> dict:
+def vs_original(
+    outs: list[np.ndarray], original: list[np.ndarray], y, heads: metrics.Heads | None = None, what: str = "the model"
+) -> dict:
     """accuracy (with labels), top-1 agreement, cosine and max |diff| against the original model's outputs;
-    with several outputs each head's figures (targets/metrics.py)."""
-    from pipeline.gate import compare
+    with several outputs each head's figures (targets/metrics.py); only `nonfinite` (one line, which the budget
+    gate fails) when `outs` hold NaN or Inf."""
+    from pipeline.gate import compare, nonfinite
 
+    if bad := nonfinite(outs, what):
+        return {"nonfinite": bad}
     c = compare(outs, original, y, *((heads.kinds, heads.names or None, heads.metric) if heads else ()))
     return {k: c[k] for k in FIGURES if c.get(k) is not None}
 
@@ -439,8 +445,16 @@ def train(ds, cfg, seed: int, out: Path, workdir: Path) -> dict:
                 "fine-tune",
             )
             extra["fine_tuned"] = vs_original(
-                predict(model, ds.x_test, cfg.train.batch_size), original, ds.y_test, head
+                predict(model, ds.x_test, cfg.train.batch_size),
+                original,
+                ds.y_test,
+                head,
+                what="fine-tune: the fine-tuned model on the held-out split",
             )
+            if extra["fine_tuned"].get("nonfinite"):
+                from pipeline.errors import BudgetError
+
+                raise BudgetError(f"{extra['fine_tuned']['nonfinite']}; lower train.learning_rate")
     else:
         if not ds.labelled:
             from pipeline.errors import DataError
@@ -475,14 +489,22 @@ def _save_original(model, ds, cfg, out: Path) -> list[np.ndarray]:
     outputs on the test, validation and training samples. Returns the test outputs."""
     import json
 
+    from pipeline.errors import NonFiniteError
+    from pipeline.gate import nonfinite
+
     b = cfg.train.batch_size
     (out / HEADS_FILE).write_text(json.dumps(output_heads(model)))
-    original = predict(model, ds.x_test, b)
-    save_outputs(out / REFERENCE_OUTPUTS, original)
-    save_outputs(out / TEACHER_OUTPUTS, predict(model, ds.x_train, b))
-    if ds.x_val is not None:
-        save_outputs(out / REFERENCE_VAL_OUTPUTS, predict(model, ds.x_val, b))
-    return original
+    splits = [(REFERENCE_OUTPUTS, "held-out", ds.x_test), (TEACHER_OUTPUTS, "training", ds.x_train)]
+    splits += [(REFERENCE_VAL_OUTPUTS, "validation", ds.x_val)] if ds.x_val is not None else []
+    saved = {}
+    for file, split, x in splits:
+        saved[file] = predict(model, x, b)
+        what = "the original model" if cfg.model.path else "the trained built-in model"
+        if bad := nonfinite(saved[file], f"{what} on the {split} split"):
+            fix = "check the model and data.scale / mean / std" if cfg.model.path else "lower train.learning_rate"
+            raise NonFiniteError(f"{bad}: nothing can be measured against it; {fix}")
+        save_outputs(out / file, saved[file])
+    return saved[REFERENCE_OUTPUTS]
 
 
 def weight_sparsity(model) -> float:
@@ -586,7 +608,13 @@ def prune(ds, cfg, seed: int, model_path: Path, original: Path, out: Path) -> di
         **info,
         # What decides whether a user's ONNX graph can be shipped as it is (builder.interface_route).
         "weights_changed": _differ(weights, model.get_weights()),
-        "vs_original": vs_original(outs, load_outputs(original / REFERENCE_OUTPUTS), ds.y_test, head),
+        "vs_original": vs_original(
+            outs,
+            load_outputs(original / REFERENCE_OUTPUTS),
+            ds.y_test,
+            head,
+            what="prune: the pruned model on the held-out split",
+        ),
     }
 
 
@@ -647,7 +675,11 @@ def _auto_sparsity(keras, model_path: Path, ds, cfg, teacher, original: Path):
     for sparsity in AUTO_SPARSITIES:
         model, info = _prune_magnitude(keras, load_model(model_path), ds, cfg, teacher, sparsity)
         figures = vs_original(
-            predict(model, ds.x_val, cfg.train.batch_size), ref, ds.y_val if ref_acc is not None else None, head
+            predict(model, ds.x_val, cfg.train.batch_size),
+            ref,
+            ds.y_val if ref_acc is not None else None,
+            head,
+            what=f"prune: sparsity {sparsity} on the validation split",
         )
         reasons = budget_reasons({**figures, "reference_accuracy": ref_acc}, cfg.build, AUTO_SHARE)
         tried.append({"sparsity": sparsity, **figures, "within": not reasons})
@@ -823,16 +855,25 @@ def float_weights(q, model):
     return model
 
 
+MIN_RANGE = 1e-6
+"""The narrowest activation range calibration may set (max - min). TensorFlow's fake quantization turns NaN once
+(max - min) / 255 is a denormal float32 (measured: width 1e-35 quantizes, 1e-36 gives NaN), and a MobileNetV2 with
+its initial weights (batch norm statistics 0 / 1: each block shrinks the signal) had logits within +-7e-37 on photo
+crops: QAT's first step was NaN. A range that narrow says calibration saw no spread, not where the values lie."""
+
+
 def calibrate_ranges(q, x: np.ndarray, batch: int = 32) -> None:
     """Start QAT from the activation ranges of the calibration samples `x` (their min and max: what
     post-training MinMax calibration uses). tfmot starts every activation range at [-6, 6] and moves it by
     an EMA of decay 0.999, fixed in its quantizer: a few hundred fine-tuning steps leave the ranges mostly
     where they started, far from the model's own. Each batch runs in inference mode (batch norm, dropout as
-    deployed) with tfmot's range updates forced on at decay 0; the ranges are the extremes over all batches."""
+    deployed) with tfmot's range updates forced on at decay 0; the ranges are the extremes over all batches.
+    A range narrower than MIN_RANGE keeps tfmot's initial one."""
     from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
 
     moving, all_values = quant_ops.MovingAvgQuantize, quant_ops.AllValuesQuantize
     ranges = [w for w in q.non_trainable_weights if w.name.endswith(("_min:0", "_max:0"))]
+    initial = {w.name: w.numpy() for w in ranges}
     seen = []
     quant_ops.MovingAvgQuantize = lambda *a, **k: moving(*a, **{**k, "ema_decay": 0.0, "is_training": True})
     quant_ops.AllValuesQuantize = lambda *a, **k: all_values(*a, **{**k, "is_training": True})
@@ -842,8 +883,24 @@ def calibrate_ranges(q, x: np.ndarray, batch: int = 32) -> None:
             seen.append([w.numpy() for w in ranges])
     finally:
         quant_ops.MovingAvgQuantize, quant_ops.AllValuesQuantize = moving, all_values
-    for w, values in zip(ranges, zip(*seen)):
-        w.assign((np.min if w.name.endswith("_min:0") else np.max)(np.stack(values), axis=0))
+    found = {
+        w.name: (np.min if w.name.endswith("_min:0") else np.max)(np.stack(v), axis=0)
+        for w, v in zip(ranges, zip(*seen))
+    }
+    for w in ranges:
+        low, high = (found.get(w.name[: -len("min:0")] + end) for end in ("min:0", "max:0"))
+        narrow = low is not None and high is not None and high - low < MIN_RANGE
+        w.assign(np.where(narrow, initial[w.name], found[w.name]))
+
+
+def diverged(losses: list[float], outs: list[np.ndarray]) -> str | None:
+    """Why a fine-tuning run cannot be used (its loss or its held-out outputs not finite), or None."""
+    from pipeline.gate import nonfinite
+
+    epoch = next((i for i, loss in enumerate(losses) if not np.isfinite(loss)), None)
+    if epoch is not None:
+        return f"loss {losses[epoch]} in epoch {epoch + 1}, training stopped"
+    return nonfinite(outs, "outputs on the held-out split")
 
 
 def qat(ds, cfg, seed: int, model_path: Path, prune_meta: dict, original: Path, out: Path) -> dict:
@@ -907,13 +964,16 @@ def qat(ds, cfg, seed: int, model_path: Path, prune_meta: dict, original: Path, 
         inner.trainable = False
     with tfmot.quantization.keras.quantize_scope():
         teacher = Teacher(model, ds, cfg.train.batch_size, load_outputs(original / TEACHER_OUTPUTS))
-        _fit(keras, q, ds, teacher, cfg.qat.epochs, cfg.qat.learning_rate, cfg, "qat")
+        history = _fit(keras, q, ds, teacher, cfg.qat.epochs, cfg.qat.learning_rate, cfg, "qat")
     for inner in frozen:  # h5 cannot save a wrapped layer frozen (duplicate weight names)
         inner.trainable = True
-    q.save(out / "model.h5")
-    float_weights(q, model).save(out / QAT_WEIGHTS)
     head = heads(cfg, original)
     meta, outs = _scores(q, ds, cfg.train.batch_size, head.kinds)
+    if why := diverged(history.history.get("loss", []), outs):
+        msg = f"qat: diverged ({why}); int8 targets use post-training quantization of the float model"
+        return {"method": "ptq", "reason": _fallback(cfg.build.strict, msg), "fallbacks": [msg]}
+    q.save(out / "model.h5")
+    float_weights(q, model).save(out / QAT_WEIGHTS)
     return {
         **meta,
         "method": "qat",

@@ -36,7 +36,7 @@ from pathlib import Path
 from pipeline import config as config_mod
 from pipeline.builder import Builder, failed_build
 from pipeline.cache import Cache, Entry
-from pipeline.errors import UsageError
+from pipeline.errors import PipelineError, UsageError
 from pipeline.util import atomic_write_bytes, atomic_write_json, sha256_file
 
 MODEL_STAGES = ("data", "train", "prune", "qat")
@@ -674,7 +674,13 @@ class _Driver:
             return
         self.leaves[v.id] = {}
         p = Planner(v.cfg, self.vout(v), log=lambda m: None, cache=self.cache.root)
-        p.models(need_qat="qat" in self.vkeys[v.id])
+        try:
+            p.models(need_qat="qat" in self.vkeys[v.id])
+        except PipelineError as e:  # a stage's model over the budget (or NaN): as `build` stops, this variant stops
+            self.log(f"variant {v.id} failed: {e}")
+            v.status, v.reason = "failed", str(e)
+            self._tick(len(self.targets) * (1 + len(self.devices)))
+            return
         for t in self.targets:
             export = p.export(t)
             p.verify(t, export)

@@ -64,8 +64,17 @@ def _heads(a) -> list[np.ndarray]:
 
 def agreement(ref, out) -> float:
     """The worst head by its own measure (targets/metrics.py): top-1 agreement of score heads, mean cosine
-    similarity of the others. `ref`, `out`: one output's array, or a list of every head's."""
+    similarity of the others. `ref`, `out`: one output's array, or a list of every head's. 0 for outputs with
+    NaN or Inf: what the mixed and accuracy-control searches then never keep."""
+    if nonfinite_samples(out):
+        return 0.0
     return metrics.closeness(_heads(out), _heads(ref))["agreement"]
+
+
+def nonfinite_samples(out) -> int:
+    """How many samples' outputs (any head) hold NaN or Inf."""
+    bad = [~np.isfinite(o.reshape(len(o), -1)).all(axis=1) for o in _heads(out)]
+    return int(np.count_nonzero(np.logical_or.reduce(bad)))
 
 
 def closeness(ref, out) -> float:
@@ -87,6 +96,8 @@ def _pick(candidates, run, ref: list[np.ndarray]) -> tuple[object, dict]:
         try:
             model = make()
             out = run(model)
+            if bad := nonfinite_samples(out):  # argmax of NaN is 0, and NaN loses no `>`: never a candidate
+                raise ValueError(f"NaN or Inf in its outputs on {bad} of {len(_heads(out)[0])} validation samples")
             a, c = agreement(ref, out), closeness(ref, out)
         except Exception as e:
             tried.append(
@@ -1002,6 +1013,8 @@ def score_file(family: str, path: Path, settings: Settings) -> dict:
         out = onnx_outputs(Path(path), x)
     else:
         out = openvino_outputs(str(path), x)
+    if bad := nonfinite_samples(out):  # never kept over a file with finite outputs
+        return {"closeness": None, "agreement": None, "nonfinite": f"NaN or Inf on {bad} of {len(x)} samples"}
     return {
         "closeness": round(closeness(settings.reference, out), 6),
         "agreement": round(agreement(settings.reference, out), 4),

@@ -62,6 +62,48 @@ def test_fuzzed_artifacts_never_crash_or_hang_the_main_process(small_build):
     assert s["runner_failed"] > 0 and s["distinct_reasons"] >= 3
 
 
+@pytest.mark.slow
+def test_bench_release_and_verify_on_a_build_with_failed_targets_never_end_in_an_internal_error(small_build, tmp_path):
+    """Every row status (ok, failed, timed out, not built; artifacts failed to build or verify) through bench,
+    release (refused, then --allow-failed with those bench rows), verify and the model card."""
+    from support.fuzz import commands_on, with_failed_targets
+
+    out, proc = small_build
+    assert proc.returncode == 0
+    statuses = with_failed_targets(out, TINY, tmp_path / "out", seed=3)
+    assert {"ok", "failed_build", "failed_verification"} <= set(statuses.values())
+    runs = commands_on(tmp_path / "out", statuses, tmp_path)
+    assert [r["command"] for r in runs] == [
+        "bench",
+        "bench timed out",
+        "release refused",
+        "release --allow-failed",
+        "verify",
+    ]
+    assert not [r for r in runs if r["internal"]], [r for r in runs if r["internal"]]
+    # Each failure is said in lines of its own, never as a crash: not built, failed, refused.
+    assert runs[0]["returncode"] == 1 and "not_built" in runs[0]["stderr"]
+    assert runs[1]["returncode"] == 1 and "timed out" in runs[1]["stderr"]
+    assert runs[2]["returncode"] == 1 and runs[2]["stderr"].startswith("error: not releasing:")
+    assert runs[3]["returncode"] == 0 and runs[4]["returncode"] == 0, runs[3:]
+
+
+@pytest.mark.slow
+def test_a_sweep_variant_that_fails_at_a_stage_fails_alone_and_never_as_an_internal_error(
+    small_build, small_config, tmp_path
+):
+    from support.fuzz import sweep_with_a_failing_variant
+
+    out, proc = small_build
+    assert proc.returncode == 0
+    run, rows = sweep_with_a_failing_variant(out, small_config, tmp_path / "sweep")
+    assert not run["internal"] and run["returncode"] == 1, run["stderr"]
+    by_rate = {r["prune.learning_rate"]: r for r in rows}
+    assert by_rate[0.001]["status"] == "ok", by_rate
+    assert by_rate[1e30]["status"] == "failed" and "NaN or Inf" in by_rate[1e30]["reason"]
+    assert f"error: variant {by_rate[1e30]['variant']} tflite-fp32 on local failed" in run["stderr"]
+
+
 def _can_mount_tmpfs(path: Path) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     return (

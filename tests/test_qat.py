@@ -64,3 +64,27 @@ def test_float_weights_carry_what_qat_trained_into_the_float_model():
     np.testing.assert_array_equal(floated.get_layer("conv").kernel.numpy(), kernel.numpy())
     np.testing.assert_array_equal(floated.get_layer("bn").moving_variance.numpy(), np.full(8, 4.0))
     assert not np.array_equal(floated.get_layer("conv").kernel.numpy(), small_cnn().get_layer("conv").kernel.numpy())
+
+
+def vanishing_cnn():
+    """Activations that shrink to ~1e-35 before the last layer, as in a MobileNetV2 with its initial weights
+    (batch norm statistics 0 / 1, every block smaller): calibration then sees a range of almost no width."""
+    model = small_cnn()
+    model.get_layer("bn").set_weights([np.full(8, 1e-35), np.zeros(8), np.zeros(8), np.ones(8)])
+    return model
+
+
+def test_a_range_calibration_cannot_resolve_keeps_tfmots_and_qat_stays_finite():
+    from pipeline.stages import MIN_RANGE
+
+    model = vanishing_cnn()
+    q = qat_model(model)
+    x = np.random.default_rng(0).normal(0, 1, (32, 8, 8, 1)).astype(np.float32)
+    calibrate_ranges(q, x)
+    fc = {w.name: float(w.numpy()) for w in q.get_layer("quant_fc").weights if "post_activation_m" in w.name}
+    assert fc["quant_fc/post_activation_max:0"] - fc["quant_fc/post_activation_min:0"] >= MIN_RANGE
+    # What QAT's first step runs: batch norm frozen (inference mode), ranges updated from the batch.
+    for layer in q.layers:
+        if isinstance(getattr(layer, "layer", None), L.BatchNormalization):
+            layer.layer.trainable = False
+    assert np.isfinite(q(x, training=True).numpy()).all()

@@ -57,10 +57,12 @@ def run(args) -> int:
     source_date_epoch()
     for spec in args.allow_failed:
         resolve(spec)
-    cfg = load_config(args)
-    bench = load_bench(args.bench, cfg.name) if args.bench else None
+    load_config(args)
+    if args.bench:  # its rows now; whose model they measured once the build (maybe the one in --out) is known
+        load_bench(args.bench, None)
     pipeline.api.check_writable(args.dist, "release folder", "--dist")
     b = pipeline.built(**build_kwargs(args))
+    bench = load_bench(args.bench, b.name) if args.bench else None
     folder = pipeline.release(
         b,
         args.release_version,

@@ -66,8 +66,10 @@ def x86_reference(request, inputs: Path):
 
 def agreement(outputs, reference) -> dict:
     """max |diff|, cosine and (score outputs) top-1 agreement against the x86 run, worst over outputs."""
-    from pipeline.gate import compare
+    from pipeline.gate import compare, nonfinite
 
+    if bad := nonfinite(outputs, "the board's outputs") or nonfinite(reference, "x86's outputs"):
+        return {"agreement_error": bad}
     if len(outputs) != len(reference) or any(o.shape != r.shape for o, r in zip(outputs, reference)):
         return {
             "agreement_error": f"outputs {[o.shape for o in outputs]} differ in shape from x86's "

@@ -462,8 +462,8 @@ def replace_dir(tmp: Path, final: Path) -> None:
 # -- benchmarks ----------------------------------------------------------------------------------
 
 
-def load_bench(path: Path, model: str) -> list[dict]:
-    """The successful rows of a `bench --json` file, for this model."""
+def load_bench(path: Path, model: str | None) -> list[dict]:
+    """The successful rows of a `bench --json` file, for this model (None: any)."""
     import json
 
     try:
@@ -472,7 +472,12 @@ def load_bench(path: Path, model: str) -> list[dict]:
         raise UsageError(f"--bench {path}: cannot read it as JSON: {e}") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "target" in r for r in rows):
         raise UsageError(f"--bench {path} is not a list of rows with a target (what `bench --json FILE` writes)")
-    other = {r["model"] for r in rows if r.get("model", model) != model}
+    other = {r["model"] for r in rows if model is not None and r.get("model", model) != model}
     if other:
         raise UsageError(f"--bench {path} measured {', '.join(sorted(other))}, not {model}")
+    return timed(rows)
+
+
+def timed(rows: list[dict]) -> list[dict]:
+    """The rows a release's benchmarks show: timed ones (not those not built, failed, timed out, or emulated)."""
     return [r for r in rows if r.get("status", "ok") == "ok" and r.get("p50_ms") is not None]

@@ -1,16 +1,22 @@
-"""Fuzz harness: mutate valid artifacts and send them through `inspect` and the runners.
+"""Fuzz harness: mutate valid artifacts and send them through `inspect` and the runners; send builds with
+failed targets through every command.
 
     .venv/bin/python tests/support/fuzz.py BUILD_DIR/MODEL --cases 600 --seed 0
 
 Each case is one seeded mutation (bit flips, truncation, or a random splice) of a .tflite, .onnx,
 or OpenVINO .xml/.bin file. What must hold: the main process never dies, no child outlives its
 timeout, and every failure comes back as a reason. Prints a summary table and JSON.
+
+`with_failed_targets` copies a build and fails some of its targets as a build does (no file, or a file
+that failed verification); `commands_on` runs bench (ok, failed, timed-out and not-built rows), release,
+verify and the model card on it: none may end in `internal error` or a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -21,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: tests/support/fuzz.py
 sys.path.insert(0, str(ROOT))
 
 from pipeline import runner  # noqa: E402
@@ -89,6 +95,89 @@ def one_case(i: int, seed: int, sources: list, inputs: Path, timeout: float) -> 
         "runner": ran,
         "seconds": round(seconds, 2),
     }
+
+
+def with_failed_targets(src: Path, model: str, dest: Path, seed: int = 0) -> dict[str, str]:
+    """Copy build folder `src` (with its cache) to `dest` and turn some of `model`'s targets into what a build
+    with failed targets records, by a seeded draw: `failed_build` (the builder's row, no files) or
+    `failed_verification` (files kept, a reason). At least one of each. Returns {target: status}."""
+    from pipeline.builder import clean_target_dir, failed_build
+
+    shutil.copytree(src, dest, symlinks=True)
+    path = dest / model / "manifest.json"
+    m = json.loads(path.read_text())
+    rng = np.random.default_rng(seed)
+    rows = m["artifacts"]
+    order = [int(i) for i in rng.permutation(len(rows))]
+    fates = {order[0]: "failed_build", order[1]: "failed_verification"}
+    fates.update({i: str(rng.choice(["ok", "failed_build", "failed_verification"])) for i in order[2:]})
+    for i, fate in fates.items():
+        t = TARGETS[rows[i]["target"]]
+        if fate == "failed_build":
+            clean_target_dir(dest, model, t.name)
+            rows[i] = failed_build(t, "RuntimeError: conv.cc:372 affine_quantization->zero_point (fuzz)")
+        elif fate == "failed_verification":
+            rows[i] = {**rows[i], "status": "failed_verification", "reason": "outputs: NaN or Inf (fuzz)"}
+    path.write_text(json.dumps(m, indent=2))
+    return {r["target"]: r["status"] for r in rows}
+
+
+INTERNAL = ("internal error", "Traceback")
+
+
+def cli(*args, timeout: float = 600) -> dict:
+    """`python -m pipeline ARGS`: its exit code and output, and whether it ended in an internal error."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *map(str, args)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    text = proc.stdout + proc.stderr
+    return {
+        "command": " ".join(map(str, args[:1])),
+        "returncode": proc.returncode,
+        "internal": any(k in text for k in INTERNAL),
+        "stderr": proc.stderr[-2000:],
+    }
+
+
+def commands_on(out: Path, statuses: dict[str, str], tmp: Path) -> list[dict]:
+    """bench (rows ok, failed, timed out, not built), release (refused, then --allow-failed with those rows),
+    verify and the model card on the build in `out` whose targets have `statuses`."""
+    quick = ["--runs", 2, "--min-seconds", 0, "--warmup", 0, "--samples", 2]
+    runs = [cli("bench", "--out", out, *quick, "--json", tmp / "bench.json")]
+    runs.append(cli("bench", "--out", out, *quick, "--timeout", 0.01, "--json", tmp / "timed_out.json"))
+    rows = [
+        r for f in ("bench.json", "timed_out.json") if (tmp / f).exists() for r in json.loads((tmp / f).read_text())
+    ]
+    (tmp / "all.json").write_text(json.dumps(rows))
+    runs.append(cli("release", "--out", out, "--version", "1.0.0", "--dist", tmp / "dist"))
+    allow = [a for t, s in statuses.items() if s != "ok" for a in ("--allow-failed", t)]
+    release = ["release", "--out", out, "--version", "1.0.1", "--dist", tmp / "dist", *allow]
+    runs.append(cli(*release, "--bench", tmp / "all.json"))
+    for folder in sorted((tmp / "dist").glob("*-1.0.1")):
+        runs.append(cli("verify", folder))
+    for r, what in zip(runs, ("bench", "bench timed out", "release refused", "release --allow-failed", "verify")):
+        r["command"] = what
+    return runs
+
+
+def sweep_with_a_failing_variant(src: Path, config: Path, out: Path) -> tuple[dict, list[dict]]:
+    """A sweep over the build in `src` (its cache copied: nothing but the failing stage runs) whose second variant
+    prunes at an absurd learning rate: its pruned model turns NaN and fails at prune. Returns (run, rows)."""
+    out.mkdir(parents=True)
+    shutil.copytree(src / ".cache", out / ".cache", symlinks=True)
+    grid = ["--grid", "prune.learning_rate=0.001,1e30", "--target", "tflite-fp32"]  # no QAT to plan
+    quick = ["--runs", 2, "--min-seconds", 0, "--samples", 2, "--json", out / "rows.json"]
+    run = cli("sweep", "--config", config, *grid, "--out", out, *quick)
+    run["command"] = "sweep"
+    rows = json.loads((out / "rows.json").read_text()) if (out / "rows.json").exists() else []
+    return run, rows
 
 
 def fuzz(model_dir: Path, cases: int, seed: int = 0, timeout: float = 20.0, workers: int = 2) -> dict:
