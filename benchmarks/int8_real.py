@@ -238,15 +238,17 @@ def user_build(name: str, user_file: Path, cal, val, test, args, out: Path, log)
     targets = [t for t in ("tflite-int8", "onnx-int8", "openvino-int8") if not args.targets or t in args.targets]
     if args.only and not any(s in OURS for s in args.only) or args.skip and any(s in OURS for s in args.skip):
         targets = []
-    built = {}
+    manifest = {"artifacts": []}
     if targets:
         out.mkdir(parents=True)
         np.savez(out / "data.npz", x_train=np.concatenate([cal, val]), x_test=test)
         log(f"{name}: pipeline.build {','.join(targets)} (defaults)")
-        built = pipeline.build(
+        t = time.perf_counter()
+        manifest = pipeline.build(
             {"model": {"name": name}}, targets=targets, out=out, model=str(user_file), data=str(out / "data.npz")
-        ).manifest["artifacts"]
-    entries = {a["target"]: a for a in built}
+        ).manifest
+        log(f"  built in {time.perf_counter() - t:.0f} s, its own split {manifest['preprocessing'].get('samples')}")
+    entries = {a["target"]: a for a in manifest["artifacts"]}
 
     def artifact(target: str):
         a = entries[target]
@@ -346,8 +348,8 @@ def run_model(name: str, args, log) -> dict:
                 continue
             model, record = made if isinstance(made, tuple) else (made, None)
             seconds = round(time.perf_counter() - t, 1)
-            if who == OURS:  # what the build's manifest says it took (its export and verification)
-                seconds, record = record["build_seconds"], record.get("ptq")
+            if who == OURS:  # what the build's manifest says: its export and verification, its gate
+                seconds, status, record = record["build_seconds"], record["status"], record.get("ptq")
             slug = f"{target}-{who.split(':')[-1].strip().replace(' ', '_').replace(',', '')}"[:60]
             row = {
                 "model": name,
@@ -358,6 +360,8 @@ def run_model(name: str, args, log) -> dict:
             }
             if record:
                 row["choice"] = record
+            if who == OURS:
+                row["build_status"] = status
             rows.append(row)
             log(
                 f"  top1 {row['top1']:.4f} top5 {row['top5']:.4f} {row['quantization']} {row['bytes']} B "
@@ -443,7 +447,10 @@ def markdown(results: list[dict], command: str) -> str:
             "",
             (
                 f"Original: {res['original']}. Samples: calibration {s['calibration']}, "
-                f"validation {s['validation']}, test {s['test']}."
+                f"validation {s['validation']}, test {s['test']}. `{OURS}`: the calibration and validation "
+                "samples are the data it builds from (it splits them itself: training samples calibrate, a share "
+                "is held apart to choose on), the test split its held-out samples; the row is its artifact, "
+                "read back from the build's folder, with the build's own seconds and gate status in the JSON."
             ),
             "",
             "| target | who | quantization (read back) | top-1 | top-5 | bytes | latency ms | build s | chosen |",
