@@ -11,4 +11,4 @@ scripts/fetch_test_assets.sh
 # The slowest tests are listed at the end of every run: the suite must stay near 15 minutes on 2 cores.
 # Two workers, each taking whole files (a file's module fixtures and its Ray cluster stay in one process):
 # alone the suite keeps one of the 2 cores busy (22 min 43 s), with both 11 min 37 s.
-exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 "$@"
+exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 "$@"

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ TINY = {
     "train": {"epochs": 2},
     "prune": {"epochs": 1},
     "qat": {"epochs": 1},
+    "ptq": {"choose": False},  # one int8 file each: the choice is tests/test_ptq.py's
     "build": {"max_accuracy_drop": 40.0},
 }
 GRID = ["prune.sparsity=0.5,0.75"]
@@ -187,19 +187,20 @@ def tiny_config(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def serial_builds(tmp_path_factory, tiny_config):
-    """Each variant built by `build`, each into its own folder and cache: sha256 by sparsity. The two builds
-    run side by side, one per core of a 2-core machine."""
-
-    def build(v):
+    """Each variant built by `build`, each into its own folder: sha256 by sparsity, and the first one's cache.
+    The variants share their data and train stages: the second build starts from the first's entries."""
+    shas, first = {}, None
+    for v in variants(config.load(tiny_config), parse_grid(GRID)):
         folder = tmp_path_factory.mktemp(f"serial-{v.id}")
         (folder / "v.toml").write_text(to_toml(v.cfg.as_dict()))
+        for stage in ("data", "train") if first else ():
+            shutil.copytree(first / stage, folder / "out" / ".cache" / stage)
         proc = run_cli("build", "--config", folder / "v.toml", "--target", "tflite-int8", "--out", folder / "out")
         assert proc.returncode == 0, proc.stderr
         m = json.loads((folder / "out" / "tiny-digits" / "manifest.json").read_text())
-        return v.cfg.prune.sparsity, m["artifacts"][0]["sha256"]
-
-    with ThreadPoolExecutor(2) as pool:
-        return dict(pool.map(build, variants(config.load(tiny_config), parse_grid(GRID))))
+        shas[v.cfg.prune.sparsity] = m["artifacts"][0]["sha256"]
+        first = first or folder / "out" / ".cache"
+    return shas, first
 
 
 def _results(out: Path):
@@ -249,6 +250,7 @@ def test_the_readme_two_node_cluster_on_loopback_shares_stages_across_nodes_matc
     tmp_path, tiny_config, serial_builds
 ):
     """(A local Ray, started by `sweep` itself, is the killed-worker test's.)"""
+    shas, _ = serial_builds
     out = tmp_path / "out"
     temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
     token, export, head, node, driver, stop = readme_cluster_recipe("127.0.0.1", "127.0.0.1")
@@ -274,14 +276,14 @@ def test_the_readme_two_node_cluster_on_loopback_shares_stages_across_nodes_matc
     _ran_once(summary)
     assert len(summary["nodes"]) == 2, summary["stage_runs"]
     assert {r["ip"] for r in summary["stage_runs"]} == {"127.0.0.1"}
-    assert _artifact_shas(out, rows) == serial_builds
+    assert _artifact_shas(out, rows) == shas
     assert "pick: variant" in first and config.load(out / "pick.toml").prune.sparsity in (0.5, 0.75)
     assert (out / "sweep" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "sweep" / "results.csv").read_text().startswith("prune.sparsity,variant,target")
 
     rows2, summary2 = _results(out)
     assert summary2["stage_runs"] == [] and summary2["already_cached"] == 6
-    assert _artifact_shas(out, rows2) == serial_builds
+    assert _artifact_shas(out, rows2) == shas
 
 
 @needs_namespace
@@ -321,6 +323,9 @@ def test_a_worker_killed_mid_sweep_on_a_local_ray_fails_only_its_variant_and_a_r
     tmp_path, tiny_config, serial_builds
 ):
     out = tmp_path / "out"
+    shas, cache = serial_builds
+    for stage in ("data", "train"):  # shared by both variants: the sweep starts at prune, the stage killed here
+        shutil.copytree(cache / stage, out / ".cache" / stage)
     vs = variants(config.load(tiny_config), parse_grid(GRID))
     _, keys = plan(vs, out / ".cache", resolve("tflite-int8"))
     victim = vs[1]
@@ -342,7 +347,7 @@ def test_a_worker_killed_mid_sweep_on_a_local_ray_fails_only_its_variant_and_a_r
     assert again.returncode == 0, again.stderr[-3000:]
     rows, summary = _results(out)
     assert all(r["status"] == "ok" for r in rows)
-    assert _artifact_shas(out, rows) == serial_builds
+    assert _artifact_shas(out, rows) == shas
     assert sorted(r["stage"] for r in summary["stage_runs"]) == [
         "export:tflite-int8",
         "prune",
