@@ -37,6 +37,7 @@ from pipeline import config as config_mod
 from pipeline.builder import Builder, failed_build
 from pipeline.cache import Cache, Entry
 from pipeline.errors import PipelineError, UsageError
+from pipeline.stages import stderr_silenced
 from pipeline.util import atomic_write_bytes, atomic_write_json, sha256_file
 
 MODEL_STAGES = ("data", "train", "prune", "qat")
@@ -451,14 +452,34 @@ def _ray(address: str | None):
     common = {"runtime_env": env, "configure_logging": False, "log_to_driver": False}
     try:
         if address:
-            ray.init(address=address, **common)
+            # Ray's C++ client logs each refused attempt to stderr while it retries: the error below says it once.
+            with stderr_silenced():
+                ray.init(address=address, **common)
         else:  # a new private Ray on this machine (never one `ray start` left running), loopback only, no dashboard
             ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **common)
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except Exception as e:
+        if _refused_token(e):
+            raise UsageError(
+                f"Ray at {address} refused this driver's token (the cluster uses Ray's token authentication): "
+                "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the token every node was started with, "
+                "as in the README's Sweeps section"
+            ) from None
+        if not isinstance(e, (ConnectionError, RuntimeError, ValueError)):
+            raise
         raise UsageError(
             f"cannot start or reach Ray{f' at {address}' if address else ''}: {str(e).strip().splitlines()[0][:200]}"
         ) from None
     return ray
+
+
+def _refused_token(e: BaseException | None) -> bool:
+    """Ray raises AuthenticationError itself (RAY_AUTH_MODE=token without a token) or wraps the GCS's
+    `InvalidAuthToken` (no or another token) in a ConnectionError's cause."""
+    while e is not None:
+        if type(e).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _one_line(e: BaseException) -> str:

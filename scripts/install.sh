@@ -17,3 +17,13 @@ fi
 if command -v gcc >/dev/null && command -v make >/dev/null; then
   scripts/build_native.sh
 fi
+# The emulated boards (--device emu:...), their native runner and latency estimate need Debian packages,
+# which this script does not install (they need root): say which tools are missing and what adds them.
+missing=()
+for tool in qemu-aarch64 qemu-aarch64-static aarch64-linux-gnu-gcc llvm-mca-19; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "note: no ${missing[*]}: builds and x86 benches work; for emulated boards and --harness native run" \
+    "'sudo scripts/install_system.sh' (qemu, the aarch64 cross compiler, llvm), then scripts/install.sh again" >&2
+fi

@@ -56,19 +56,18 @@ def test_a_stage_no_longer_in_the_cache_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_builds_stage_files_and_a_copy_of_its_artifact_verify_as_the_build_did(tmp_path):
+def test_a_builds_stage_files_and_a_copy_of_its_artifact_verify_as_the_build_did(small_build, small_config, tmp_path):
     import shutil
 
     import numpy as np
-    from conftest import SMALL_CONFIG
+    from conftest import seed_cache
 
     import pipeline
     from pipeline.errors import UsageError
     from targets import TARGETS
 
-    config = tmp_path / "small.toml"
-    config.write_text(SMALL_CONFIG)
-    b = pipeline.build(config, targets=["tflite-fp32"], out=tmp_path / "out")
+    out = seed_cache(small_build, tmp_path / "out", ("data", "train", "prune"))  # this build exports and verifies
+    b = pipeline.build(small_config, targets=["tflite-fp32"], out=out)
     art = b.artifacts["tflite-fp32"]
     assert art.status == "ok"
     x_cal, x_test = np.load(b.stage_file("data", "x_cal.npy")), np.load(b.eval_inputs())

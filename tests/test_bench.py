@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import build_copy, run_cli
 
 from pipeline import benchmark as bench
 from pipeline.devices import get_device
@@ -101,7 +101,7 @@ def test_bad_bench_options_are_one_line_errors_before_any_build(argv, fragment, 
 def test_bench_times_two_targets_at_two_thread_counts_in_both_runtimes_into_json_rows(
     small_build, small_config, tmp_path
 ):
-    out, _ = small_build
+    out = build_copy(small_build, tmp_path / "out")
     rows_file = tmp_path / "rows.json"
     proc = run_cli(
         "bench",

@@ -1,12 +1,11 @@
 """The pipeline's specification, end to end: train -> prune -> PQAT -> every target, verified."""
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import NO_PTQ_CHOICE, ROOT, build_copy, run_cli
 
 from pipeline.util import sha256_file
 from targets import TARGETS
@@ -74,8 +73,8 @@ def test_artifacts_carry_their_metadata(small_build):
     assert meta["labels"] == [str(i) for i in range(10)] and meta["preprocessing"]["layout"] == "NHWC"
 
 
-def test_a_second_build_reuses_every_stage_without_importing_tensorflow(small_build, small_config):
-    out, _ = small_build
+def test_a_second_build_reuses_every_stage_without_importing_tensorflow(small_build, small_config, tmp_path):
+    out = build_copy(small_build, tmp_path / "out")
     code = (
         "import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
         "print('TF-IMPORTED' if 'tensorflow' in sys.modules else 'NO-TF'); sys.exit(rc)"
@@ -94,11 +93,9 @@ def test_a_second_build_reuses_every_stage_without_importing_tensorflow(small_bu
 
 
 def test_a_changed_sparsity_reruns_from_prune_on_not_training(small_build, small_config, tmp_path):
-    out, _ = small_build
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
+    copy = build_copy(small_build, tmp_path / "out")
     cfg = tmp_path / "c.toml"
-    cfg.write_text(small_config.read_text().replace("sparsity = 0.5", "sparsity = 0.6"))
+    cfg.write_text(small_config.read_text().replace("sparsity = 0.5", "sparsity = 0.6") + NO_PTQ_CHOICE)
     proc = run_cli("build", "--config", cfg, "--target", "tflite-int8", "--out", copy)
     assert proc.returncode == 0, proc.stderr[-3000:]
     status = {
@@ -113,9 +110,7 @@ def test_a_changed_sparsity_reruns_from_prune_on_not_training(small_build, small
 def test_a_qat_that_breaks_the_budget_loses_to_post_training_int8_instead_of_failing_the_build(
     small_build, small_config, tmp_path
 ):
-    out, _ = small_build
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
+    copy = build_copy(small_build, tmp_path / "out")
     cfg = tmp_path / "c.toml"
     cfg.write_text(small_config.read_text().replace("[qat]\nepochs = 1", "[qat]\nepochs = 1\nlearning_rate = 0.5"))
     proc = run_cli("build", "--config", cfg, "--target", "tflite-int8", "--out", copy)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import NO_PTQ_CHOICE, ROOT, run_cli
 from test_data import FASHION, write_idx
 
 pytestmark = pytest.mark.slow
@@ -164,7 +164,7 @@ def test_real_idx_data_trains_the_built_in_model(tmp_path):
     cfg = tmp_path / "f.toml"
     cfg.write_text(
         "[model]\nname = 'fashion'\nfilters = 8\n[train]\nepochs = 3\n[prune]\nepochs = 2\nsparsity = 0.5\n"
-        "[qat]\nepochs = 1\n[build]\nmax_accuracy_drop = 3.0\n"
+        "[qat]\nepochs = 1\n[build]\nmax_accuracy_drop = 3.0\n" + NO_PTQ_CHOICE
     )
     proc = run_cli("build", "--config", cfg, "--data", subset, "--target", "tflite-int8", "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]

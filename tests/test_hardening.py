@@ -133,6 +133,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path):
 def test_builds_killed_at_random_moments_resume_to_the_same_bytes_as_a_clean_build(small_build, small_config, tmp_path):
     ref_out, _ = small_build
     out = tmp_path / "out"
+    targets = "tflite-int8,onnx-fp32,openvino-fp32"  # one per family (the int8 choice is tested elsewhere)
     rng = np.random.default_rng(3)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [
@@ -143,7 +144,7 @@ def test_builds_killed_at_random_moments_resume_to_the_same_bytes_as_a_clean_bui
         "--config",
         str(small_config),
         "--target",
-        "all",
+        targets,
         "--out",
         str(out),
     ]
@@ -170,15 +171,16 @@ def test_builds_killed_at_random_moments_resume_to_the_same_bytes_as_a_clean_bui
         if sig == signal.SIGINT and p.returncode == 130:
             assert "interrupted: finished stages are cached" in err and "Traceback" not in err
     assert interrupted >= 2, seen
-    final = run_cli("build", "--config", small_config, "--target", "all", "--out", out)
+    final = run_cli("build", "--config", small_config, "--target", targets, "--out", out)
     assert final.returncode == 0, final.stderr[-2000:]
     # Every stage in `out` was computed afresh, by a killed build or the final one, never copied: the same bytes
     # as the shared build are also the check that two clean builds give byte-identical files.
-    got, want = artifacts(out), artifacts(ref_out)
-    assert len(want) == sum(len(t.files) for t in TARGETS.values())
+    got = artifacts(out)
+    want = {name: data for name, data in artifacts(ref_out).items() if name.split("/")[0] in targets.split(",")}
+    assert sorted(got) == sorted(want) and len(want) == sum(len(TARGETS[t].files) for t in targets.split(","))
     for name, data in want.items():
-        assert got.get(name) == data, name
-    again = run_cli("build", "--config", small_config, "--target", "all", "--out", out)
+        assert got[name] == data, name
+    again = run_cli("build", "--config", small_config, "--target", targets, "--out", out)
     assert "running" not in again.stderr
 
 

@@ -256,14 +256,14 @@ def test_the_readmes_pytorch_route_gives_artifacts_that_answer_as_pytorch_does(t
     takes it, labelled with PyTorch's own answers: every artifact is measured against PyTorch."""
     import json
 
-    from conftest import run_cli
+    from conftest import NO_PTQ_CHOICE, run_cli
 
     with np.load(ASSETS / "torch_cnn_io.npz") as z:
         x, logits = z["x"], z["logits"]
     np.savez(tmp_path / "d.npz", x=x, y=logits.argmax(1))
     labels = ", ".join(f'"{i}"' for i in range(10))  # PyTorch's answers may not use every class
     (tmp_path / "c.toml").write_text(
-        f"[model]\nname = 'torch-cnn'\nlabels = [{labels}]\n[data]\ncalibration_samples = 100\n"
+        f"[model]\nname = 'torch-cnn'\nlabels = [{labels}]\n[data]\ncalibration_samples = 100\n{NO_PTQ_CHOICE}"
     )
     out = tmp_path / "o"
     proc = run_cli(

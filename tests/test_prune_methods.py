@@ -2,11 +2,10 @@
 
 import json
 import os
-import shutil
 import warnings
 
 import pytest
-from conftest import run_cli
+from conftest import NO_PTQ_CHOICE, run_cli, seed_cache
 
 from pipeline import cli, config
 from pipeline.cli import options
@@ -150,19 +149,21 @@ def test_the_prune_line_says_what_pruning_changed_and_leaves_out_what_it_did_not
 # -- end to end (tiny model) -------------------------------------------------------------------
 
 
-def trained(small_build, out):
-    """`out` with only the shared build's data and train stages in its cache: the method under test runs from prune on."""
-    for stage in ("data", "train"):
-        shutil.copytree(small_build[0] / ".cache" / stage, out / ".cache" / stage)
-    return out
+def trained(small_build, small_config, out):
+    """`out` with only the shared build's data and train stages in its cache: the method under test runs from prune
+    on; and a config without the post-training choice (tests/test_ptq.py's) beside it."""
+    seed_cache(small_build, out)
+    cfg = out / "c.toml"
+    cfg.write_text(small_config.read_text() + NO_PTQ_CHOICE)
+    return cfg
 
 
 @pytest.mark.slow
 def test_channels_gives_a_smaller_model_recorded_in_the_manifest_and_every_tflite_target_ok(
     small_build, tmp_path, small_config
 ):
-    trained(small_build, tmp_path)
-    proc = run_cli("build", "--config", small_config, "--prune", "channels", "--target", TFLITE, "--out", tmp_path)
+    cfg = trained(small_build, small_config, tmp_path)
+    proc = run_cli("build", "--config", cfg, "--prune", "channels", "--target", TFLITE, "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{'train':<24} cached" in proc.stderr
     m, arts = manifest(tmp_path)
@@ -186,9 +187,9 @@ def test_channels_gives_a_smaller_model_recorded_in_the_manifest_and_every_tflit
 
 @pytest.mark.slow
 def test_block_gives_a_tflite_whose_sparse_encoding_and_zeros_are_read_back(small_build, tmp_path, small_config):
-    trained(small_build, tmp_path)
+    cfg = trained(small_build, small_config, tmp_path)
     proc = run_cli(
-        "build", "--config", small_config, "--prune", "block", "--target", "tflite-fp32,tflite-int8", "--out", tmp_path
+        "build", "--config", cfg, "--prune", "block", "--target", "tflite-fp32,tflite-int8", "--out", tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m, arts = manifest(tmp_path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import NO_PTQ_CHOICE, ROOT, run_cli
 
 from pipeline.util import sha256_file
 
@@ -76,8 +76,12 @@ def users_classifier(tmp_path_factory):
 
 def test_a_users_classifier_is_named_after_its_file_and_every_figure_is_against_it(users_classifier, tmp_path):
     out = tmp_path / "out"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(NO_PTQ_CHOICE)  # otherwise the defaults
     proc = run_cli(
         "build",
+        "--config",
+        cfg,
         "--model",
         users_classifier / "my_classifier.h5",
         "--data",

@@ -3,12 +3,10 @@ sweeps on Ray (pipeline/sweeper.py), every process inside a network (and PID) na
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -36,6 +34,7 @@ TINY = {
     "train": {"epochs": 2},
     "prune": {"epochs": 1},
     "qat": {"epochs": 1},
+    "ptq": {"choose": False},  # one int8 file each: the choice is tests/test_ptq.py's
     "build": {"max_accuracy_drop": 40.0},
 }
 GRID = ["prune.sparsity=0.5,0.75"]
@@ -169,33 +168,14 @@ def in_namespace(script: str, timeout=900, env=None) -> subprocess.CompletedProc
     )
 
 
+def sweep_args(out: Path, cfg: Path) -> str:
+    """The test's own settings of a sweep (config, results, a short bench)."""
+    return f"--config {cfg} --out {out} --runs 20 --min-seconds 0.05 --json {out / 'rows.json'}"
+
+
 def sweep_cmd(out: Path, cfg: Path, *extra) -> str:
-    return " ".join(
-        map(
-            str,
-            [
-                sys.executable,
-                "-m",
-                "pipeline",
-                "sweep",
-                "--config",
-                cfg,
-                "--grid",
-                *GRID,
-                "--target",
-                "tflite-int8",
-                "--out",
-                out,
-                "--runs",
-                20,
-                "--min-seconds",
-                0.05,
-                "--json",
-                out / "rows.json",
-                *extra,
-            ],
-        )
-    )
+    grid = " ".join(f"--grid {g}" for g in GRID)
+    return " ".join([sys.executable, "-m pipeline sweep", grid, "--target tflite-int8", sweep_args(out, cfg), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -207,19 +187,20 @@ def tiny_config(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def serial_builds(tmp_path_factory, tiny_config):
-    """Each variant built by `build`, each into its own folder and cache: sha256 by sparsity. The two builds
-    run side by side, one per core of a 2-core machine."""
-
-    def build(v):
+    """Each variant built by `build`, each into its own folder: sha256 by sparsity, and the first one's cache.
+    The variants share their data and train stages: the second build starts from the first's entries."""
+    shas, first = {}, None
+    for v in variants(config.load(tiny_config), parse_grid(GRID)):
         folder = tmp_path_factory.mktemp(f"serial-{v.id}")
         (folder / "v.toml").write_text(to_toml(v.cfg.as_dict()))
+        for stage in ("data", "train") if first else ():
+            shutil.copytree(first / stage, folder / "out" / ".cache" / stage)
         proc = run_cli("build", "--config", folder / "v.toml", "--target", "tflite-int8", "--out", folder / "out")
         assert proc.returncode == 0, proc.stderr
         m = json.loads((folder / "out" / "tiny-digits" / "manifest.json").read_text())
-        return v.cfg.prune.sparsity, m["artifacts"][0]["sha256"]
-
-    with ThreadPoolExecutor(2) as pool:
-        return dict(pool.map(build, variants(config.load(tiny_config), parse_grid(GRID))))
+        shas[v.cfg.prune.sparsity] = m["artifacts"][0]["sha256"]
+        first = first or folder / "out" / ".cache"
+    return shas, first
 
 
 def _results(out: Path):
@@ -241,27 +222,49 @@ def _ran_once(summary) -> None:
     assert [r["stage"] for r in summary["stage_runs"]].count("train") == 1
 
 
+def readme_cluster_recipe(head: str, node: str) -> list[str]:
+    """The commands of the README's cluster recipe (the block after its `cluster-recipe` marker), with this
+    venv's tools and the two nodes' addresses: the test runs what a user reads."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- cluster-recipe:", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    bin_dir = f"{Path(sys.executable).parent}/"
+    return [
+        line.replace(".venv/bin/", bin_dir).replace("HEAD", head).replace("NODE", node)
+        for line in block.splitlines()
+        if line and not line.startswith("#")
+    ]
+
+
+def test_the_readme_cluster_recipe_uses_token_authentication_on_every_node_and_the_driver():
+    token, export, head, node, driver, stop = readme_cluster_recipe("10.0.0.1", "10.0.0.2")
+    assert "secrets.token_hex" in token and "> ray-token" in token
+    assert export == "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat ray-token)"
+    assert "/ray start --head --node-ip-address=10.0.0.1 " in head and "--include-dashboard=false" in head
+    assert "/ray start --address=10.0.0.1:6379 --node-ip-address=10.0.0.2" in node
+    assert "/python -m pipeline sweep --address 10.0.0.1:6379 " in driver and stop.endswith("ray stop")
+
+
 @pytest.mark.slow
 @needs_namespace
-def test_a_two_node_cluster_on_loopback_shares_stages_across_nodes_matches_plain_builds_and_reruns_from_cache(
+def test_the_readme_two_node_cluster_on_loopback_shares_stages_across_nodes_matches_plain_builds_and_reruns_from_cache(
     tmp_path, tiny_config, serial_builds
 ):
     """(A local Ray, started by `sweep` itself, is the killed-worker test's.)"""
+    shas, _ = serial_builds
     out = tmp_path / "out"
     temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
-    port = 6391
-    address = f"127.0.0.1:{port}"
-    # One cluster for both sweeps; the rerun's rows and summary are copied aside before they are rewritten.
+    token, export, head, node, driver, stop = readme_cluster_recipe("127.0.0.1", "127.0.0.1")
+    # One CPU per node (a 2-core machine), Ray's files in a folder of the test's own; the sweep's
+    # results where the test reads them. One cluster for both sweeps; the first one's rows and summary are
+    # copied aside before the rerun rewrites them.
+    one_cpu = "--num-cpus=1"
+    assert f"--grid {' --grid '.join(GRID)} --target tflite-int8" in driver  # what serial_builds built
+    sweep = f"{driver} {sweep_args(out, tiny_config)}"
     proc = in_namespace(
-        f"{RAY} start --head --node-ip-address=127.0.0.1 --port={port} --num-cpus=1 --include-dashboard=false "
-        f"--disable-usage-stats --temp-dir={temp} >/dev/null && "
-        f"{RAY} start --address={address} --node-ip-address=127.0.0.1 --num-cpus=1 >/dev/null && "
-        f"{sweep_cmd(out, tiny_config, '--address', address, '--pick', repr('accuracy>=0'))} && "
+        f"cd {tmp_path} && {token} && {export} && {head} {one_cpu} --temp-dir={temp} >/dev/null && "
+        f"{node} {one_cpu} >/dev/null && {sweep} --pick {repr('accuracy>=0')} && "
         f"cp {out / 'rows.json'} {tmp_path / 'rows1.json'} && cp {out / 'sweep' / 'summary.json'} {tmp_path} && "
-        f"echo '-- rerun --' && {sweep_cmd(out, tiny_config, '--address', address)}; rc=$?; "
-        f"{RAY} stop --force >/dev/null 2>&1; exit $rc",
-        # The nodes and the driver share one token of the test's own (Ray's token authentication).
-        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+        f"echo '-- rerun --' && {sweep}; rc=$?; {stop} --force >/dev/null 2>&1; exit $rc",
     )
     shutil.rmtree(temp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -273,14 +276,45 @@ def test_a_two_node_cluster_on_loopback_shares_stages_across_nodes_matches_plain
     _ran_once(summary)
     assert len(summary["nodes"]) == 2, summary["stage_runs"]
     assert {r["ip"] for r in summary["stage_runs"]} == {"127.0.0.1"}
-    assert _artifact_shas(out, rows) == serial_builds
+    assert _artifact_shas(out, rows) == shas
     assert "pick: variant" in first and config.load(out / "pick.toml").prune.sparsity in (0.5, 0.75)
     assert (out / "sweep" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "sweep" / "results.csv").read_text().startswith("prune.sparsity,variant,target")
 
     rows2, summary2 = _results(out)
     assert summary2["stage_runs"] == [] and summary2["already_cached"] == 6
-    assert _artifact_shas(out, rows2) == serial_builds
+    assert _artifact_shas(out, rows2) == shas
+
+
+@needs_namespace
+def test_a_driver_without_the_clusters_token_gets_one_line_naming_ray_auth_mode_and_ray_auth_token(
+    tmp_path, tiny_config
+):
+    temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    token, export, head, *_ = readme_cluster_recipe("127.0.0.1", "127.0.0.1")
+    out = tmp_path / "out"
+    sweep = f"{sys.executable} -m pipeline sweep --address 127.0.0.1:6379 --config {tiny_config} --grid {GRID[0]} --out {out}"
+    # Three drivers: no token settings, the mode without a token, another token. Ray's own knob shortens its
+    # 20 s of retries against a refusing head.
+    drivers = (
+        "env -u RAY_AUTH_MODE -u RAY_AUTH_TOKEN",
+        "env -u RAY_AUTH_TOKEN RAY_AUTH_MODE=token",
+        f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN={'0' * 64}",
+    )
+    proc = in_namespace(
+        f"cd {tmp_path} && ({token} && {export} && {head} --num-cpus=1 --temp-dir={temp} >/dev/null 2>&1) && "
+        f"export RAY_gcs_server_port_wait_time_s=2 && "
+        + "".join(f"({d} {sweep} 2>err{i}; echo rc=$?) && " for i, d in enumerate(drivers))
+        + f"{RAY} stop --force >/dev/null 2>&1",
+    )
+    shutil.rmtree(temp, ignore_errors=True)
+    assert proc.stdout.split() == ["rc=2"] * 3, proc.stdout + proc.stderr[-3000:]
+    for i in range(3):
+        progress, *rest = (tmp_path / f"err{i}").read_text().strip().splitlines()
+        assert progress.startswith("sweep: 2 variants") and len(rest) == 1, rest
+        assert rest[0].startswith("error: Ray at 127.0.0.1:6379 refused"), rest
+        assert "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in rest[0]
+    assert not out.exists()
 
 
 @pytest.mark.slow
@@ -289,6 +323,9 @@ def test_a_worker_killed_mid_sweep_on_a_local_ray_fails_only_its_variant_and_a_r
     tmp_path, tiny_config, serial_builds
 ):
     out = tmp_path / "out"
+    shas, cache = serial_builds
+    for stage in ("data", "train"):  # shared by both variants: the sweep starts at prune, the stage killed here
+        shutil.copytree(cache / stage, out / ".cache" / stage)
     vs = variants(config.load(tiny_config), parse_grid(GRID))
     _, keys = plan(vs, out / ".cache", resolve("tflite-int8"))
     victim = vs[1]
@@ -310,7 +347,7 @@ def test_a_worker_killed_mid_sweep_on_a_local_ray_fails_only_its_variant_and_a_r
     assert again.returncode == 0, again.stderr[-3000:]
     rows, summary = _results(out)
     assert all(r["status"] == "ok" for r in rows)
-    assert _artifact_shas(out, rows) == serial_builds
+    assert _artifact_shas(out, rows) == shas
     assert sorted(r["stage"] for r in summary["stage_runs"]) == [
         "export:tflite-int8",
         "prune",
