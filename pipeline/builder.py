@@ -7,6 +7,7 @@ others: it gets a status and a reason in the manifest and the summary.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -271,6 +272,9 @@ class Builder:
     def export(self, target) -> Entry:
         from pipeline import report, stages
 
+        if target.family in ("onnx", "openvino") and target.options.get("mode") == "int8":
+            # Which CPUs the file's int8 arithmetic must be exact on ([ptq] deploy_cpu): part of its cache key.
+            target = dataclasses.replace(target, options={**target.options, "deploy_cpu": self.cfg.ptq.deploy_cpu})
         route = self.interface_route(target)
         if self.several_inputs() and not route:
             raise UsageError(
