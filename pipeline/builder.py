@@ -22,6 +22,7 @@ from pipeline.config import Config
 from pipeline.data import Dataset
 from pipeline.errors import BudgetError, UsageError
 from pipeline.gate import verify_artifact
+from pipeline.isa import x86_isa
 from pipeline.manifest import write_manifest
 from pipeline.stages import QAT_WEIGHTS, STAGES
 from pipeline.util import atomic_copy, folder_bytes, gzip_size, locked, sha256_file
@@ -364,8 +365,12 @@ class Builder:
         # A post-training choice that kept layers in float ([ptq] mixed) must read back as int8-mixed, never int8.
         expected = "int8-mixed" if artifact.meta.get("ptq", {}).get("mixed") else target.quantization
 
+        # int8 kernels differ by ISA (pipeline/isa.py): an int8 row's figures say which CPU they ran on, and a
+        # cache moved to another CPU verifies them again.
+        isa = {"x86_isa": x86_isa()} if expected.startswith("int8") else {}
+
         def produce(folder):
-            return verify_artifact(
+            result = verify_artifact(
                 target,
                 artifact.file(target.filename),
                 d.path,
@@ -375,6 +380,7 @@ class Builder:
                 perms=artifact.meta,
                 expected=expected,
             )
+            return {**result, **isa}
 
         b = self.cfg.build
         params = {
@@ -383,6 +389,7 @@ class Builder:
             "runner": target.runner,
             "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
             **({"run_config": target.run_config} if target.run_config else {}),
+            **({"x86_isa": isa["x86_isa"]["label"]} if isa else {}),
         }
         return self.stage(
             f"verify:{target.name}",

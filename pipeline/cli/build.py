@@ -23,6 +23,7 @@ SUMMARY_COLUMNS = [
     ("reference_accuracy", "original acc"),
     ("top1_agreement", "agreement vs original"),
     ("max_abs_diff", "max |diff| vs original"),
+    ("verified_on", "int8 verified on"),
     ("legacy_tflite_runtime", "tflite-runtime 2.14"),
     ("build_seconds", "seconds"),
 ]
@@ -42,6 +43,8 @@ def add_arguments(p) -> None:
 def summary(rows: list[dict]) -> str:
     from pipeline import report
 
+    # int8 figures hold for the ISA whose kernels ran them (pipeline/isa.py)
+    rows = [{**r, "verified_on": (r.get("x86_isa") or {}).get("label")} for r in rows]
     return report.table(rows, SUMMARY_COLUMNS)
 
 
