@@ -499,7 +499,7 @@ def markdown(results: list[dict], command: str) -> str:
             chosen = r.get("choice", {}).get("chosen", "")
             lines.append(
                 f"| {r['target']} | {r['who']} | {r['quantization']} | {r['top1']:.4f} | {r['top5']:.4f} | "
-                f"{r['top1_avx2'] if 'top1_avx2' in r else '-'} | {r['bytes']:,} | {r['latency_ms']} | "
+                f"{format(r['top1_avx2'], '.4f') if 'top1_avx2' in r else '-'} | {r['bytes']:,} | {r['latency_ms']} | "
                 f"{r['build_seconds']} | {chosen} |"
             )
         lines += ["", "| target | who | top-1 | best peer | points | goal (+2) met |", "|---|---|---|---|---|---|"]
