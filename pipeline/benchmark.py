@@ -55,7 +55,7 @@ class Settings:
     def timing(self, threads: int) -> Timing:
         return Timing(threads, self.warmup, self.runs, self.min_seconds)
 
-    def request(self, runner: Path, model: Path, inputs: Path, threads: int) -> RunRequest:
+    def request(self, runner: Path, model: Path, inputs: Path, threads: int, original: Path | None = None):
         return RunRequest(
             runner,
             model,
@@ -64,6 +64,7 @@ class Settings:
             timing=self.timing(threads),
             options=tuple(self.options),
             timeout=self.timeout,
+            original=original,
         )
 
 
@@ -115,9 +116,12 @@ def parse_options(items: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def bench_one(device, runner_path: Path, model: Path, inputs: Path, threads: int, settings: Settings) -> dict:
-    """One runner run; the flat row fields it measured (status ok or failed, with the error)."""
-    res = device.run(settings.request(runner_path, model, inputs, threads))
+def bench_one(
+    device, runner_path: Path, model: Path, inputs: Path, threads: int, settings: Settings, original: Path | None = None
+) -> dict:
+    """One runner run; the flat row fields it measured (status ok or failed, with the error). `original`:
+    RunRequest.original (a board also compares its outputs with the original model's)."""
+    res = device.run(settings.request(runner_path, model, inputs, threads, original))
     cond = res.get("conditions") or {}
     lat = res.get("latency") or {}
     row = {
@@ -147,21 +151,33 @@ def bench_one(device, runner_path: Path, model: Path, inputs: Path, threads: int
     return row
 
 
-def bench_artifacts(items, devices, inputs: Path, threads: list[int], settings: Settings, log=None) -> list[dict]:
+def bench_artifacts(
+    items, devices, inputs: Path, threads: list[int], settings: Settings, log=None, reference: Path | None = None
+) -> list[dict]:
     """Rows for every (target, artifact row, artifact path) x device x thread count.
 
     `artifact row` is the manifest entry (accuracy, size, status); an artifact that failed to build
-    has no file and gets a row saying so. Each artifact gets `inputs` in its own input layout.
+    has no file and gets a row saying so. Each artifact gets `inputs` in its own input layout, and with
+    `reference` (the original model's outputs on `inputs`) a board compares with the original too.
     """
     import tempfile
 
+    from pipeline.devices.agreement import original_outputs
     from pipeline.gate import artifact_inputs
 
     with tempfile.TemporaryDirectory() as tmp:
-        return _bench_all(items, devices, threads, settings, log, lambda art: artifact_inputs(inputs, art, Path(tmp)))
+        return _bench_all(
+            items,
+            devices,
+            threads,
+            settings,
+            log,
+            lambda art: artifact_inputs(inputs, art, Path(tmp)),
+            lambda art: original_outputs(reference, art, Path(tmp)) if reference else None,
+        )
 
 
-def _bench_all(items, devices, threads, settings, log, inputs_for) -> list[dict]:
+def _bench_all(items, devices, threads, settings, log, inputs_for, original_for=lambda art: None) -> list[dict]:
     rows = []
     for device in devices:
         for target, art, path in items:
@@ -184,7 +200,9 @@ def _bench_all(items, devices, threads, settings, log, inputs_for) -> list[dict]
                         "error": art.get("reason", "no artifact file"),
                     }
                 else:
-                    row = bench_one(device, target.runner_path, Path(path), inputs_for(art), n, settings)
+                    row = bench_one(
+                        device, target.runner_path, Path(path), inputs_for(art), n, settings, original_for(art)
+                    )
                 rows.append({**base, **row})
                 if log:
                     r = rows[-1]

@@ -7,6 +7,7 @@ others: it gets a status and a reason in the manifest and the summary.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from pipeline.config import Config
 from pipeline.data import Dataset
 from pipeline.errors import BudgetError, ConversionError, UsageError
 from pipeline.gate import verify_artifact
+from pipeline.isa import x86_isa
 from pipeline.manifest import write_manifest
 from pipeline.stages import QAT_WEIGHTS, STAGES
 from pipeline.util import atomic_copy, folder_bytes, gzip_size, locked, sha256_file
@@ -312,6 +314,9 @@ class Builder:
     def export(self, target) -> Entry:
         from pipeline import report, stages
 
+        if target.family in ("onnx", "openvino") and target.options.get("mode") == "int8":
+            # Which CPUs the file's int8 arithmetic must be exact on ([ptq] deploy_cpu): part of its cache key.
+            target = dataclasses.replace(target, options={**target.options, "deploy_cpu": self.cfg.ptq.deploy_cpu})
         route = self.interface_route(target)
         if self.conversion_error and not route:
             raise ConversionError(f"{target.name} is made from the Keras conversion: {self.conversion_error}")
@@ -404,8 +409,12 @@ class Builder:
         # A post-training choice that kept layers in float ([ptq] mixed) must read back as int8-mixed, never int8.
         expected = "int8-mixed" if artifact.meta.get("ptq", {}).get("mixed") else target.quantization
 
+        # int8 kernels differ by ISA (pipeline/isa.py): an int8 row's figures say which CPU they ran on, and a
+        # cache moved to another CPU verifies them again.
+        isa = {"x86_isa": x86_isa()} if expected.startswith("int8") else {}
+
         def produce(folder):
-            return verify_artifact(
+            result = verify_artifact(
                 target,
                 artifact.file(target.filename),
                 d.path,
@@ -416,6 +425,7 @@ class Builder:
                 expected=expected,
                 heads=self.heads(),
             )
+            return {**result, **isa}
 
         b = self.cfg.build
         params = {
@@ -425,6 +435,7 @@ class Builder:
             "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
             **self.head_params(),
             **({"run_config": target.run_config} if target.run_config else {}),
+            **({"x86_isa": isa["x86_isa"]["label"]} if isa else {}),
         }
         return self.stage(
             f"verify:{target.name}",

@@ -134,6 +134,10 @@ class PtqConfig:
     """Keep the layers whose quantization costs most in float until `budget` holds (the file reads back int8-mixed)."""
     budget: float = 0.99
     """Top-1 agreement with the original model on the validation samples that `mixed` restores layers until."""
+    deploy_cpu: str = "any"
+    """onnx-int8 / openvino-int8: "any": files whose int8 arithmetic is the same on every x86-64 with AVX2 (and ARM):
+    onnxruntime u8 x u8, OpenVINO 7-bit weights; "vnni": full-range s8 weights, for a CPU with AVX-512 VNNI,
+    AVX-VNNI or AMX (on an AVX2-only x86 their products saturate: the file answers worse than verified)."""
 
 
 @dataclass(frozen=True)
@@ -272,6 +276,7 @@ def _check_ranges(cfg: Config) -> None:
         ("build.min_agreement", 0 <= cfg.build.min_agreement <= 1, "in [0, 1]"),
         ("ptq.validation_samples", cfg.ptq.validation_samples >= 1, "at least 1"),
         ("ptq.budget", 0 <= cfg.ptq.budget <= 1, "in [0, 1]"),
+        ("ptq.deploy_cpu", cfg.ptq.deploy_cpu in ("any", "vnni"), "'any' or 'vnni'"),
         ("build.min_cosine", -1 <= cfg.build.min_cosine <= 1, "in [-1, 1]"),
     ]
     from targets.metrics import KINDS

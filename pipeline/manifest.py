@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from pipeline import __version__
+from pipeline.isa import x86_isa
 from pipeline.util import atomic_write_json
 
 SCHEMA = 1
@@ -56,6 +57,7 @@ def write_manifest(builder, rows: list[dict], started: float) -> dict:
         "preprocessing": builder.stages["data"].meta["preprocessing"],
         "stages": stages,
         "tools": builder.tools,
+        "x86_isa": x86_isa(),  # this build's CPU; each int8 row has the one its figures ran on (a cached row's may differ)
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "artifacts": artifacts,

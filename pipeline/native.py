@@ -304,7 +304,7 @@ class NativeSSH(SSHDevice):
                     out = folder / "outputs.npz"
                     if npz.returncode == 0:
                         out.write_bytes(npz.stdout)
-                    fields.update(agree_fields(res, out, ref, ref_error))
+                    fields.update(agree_fields(res, out, ref, ref_error, request.original))
         except (DeviceError, NativeError, OSError) as e:
             return {"ok": False, "error": str(e), "device_fields": {"emulated": False, "loads": f"no: {e}"}}
         finally:

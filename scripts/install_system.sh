@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Debian packages the tests use (root): qemu user-mode emulation and gcc for the emulated Pi boards,
+# Debian packages the tests use (root): qemu user-mode emulation and gcc for the emulated Pi boards (qemu-user
+# also brings qemu-x86_64: tests/test_avx2.py runs int8 files on an emulated AVX2-only x86),
 # make and gcc-aarch64-linux-gnu for the native runner (x86_64 and cross-compiled aarch64),
 # openssh-server for the loopback "board" of the SSH runner tests, Fashion-MNIST as real IDX data,
 # llvm-19 (llvm-mc, llvm-mca) for the latency estimate of the emulated boards (pipeline/estimate.py).

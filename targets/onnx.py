@@ -63,15 +63,17 @@ def _stable_names(graph) -> None:
         d.dim_param = fix(d.dim_param)
 
 
-def quantize_qdq(proto, calibration: list[np.ndarray], progress=None):
-    """Static QDQ: int8 per-channel symmetric weights, int8 activations calibrated (min/max) on `calibration`
-    (one array of samples per graph input, in the graph's own layout)."""
+def quantize_qdq(proto, calibration: list[np.ndarray], progress=None, deploy_cpu: str = "any"):
+    """Static QDQ: 8-bit per-channel weights and activations calibrated (min/max) on `calibration` (one array
+    of samples per graph input, in the graph's own layout), of the kind exact on `deploy_cpu` (targets.ptq)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from targets.ptq import ORT_KINDS, ort_kind
     from targets.runners.runner_common import one_call
 
+    activations, weights, reduce_range = ORT_KINDS[ort_kind(deploy_cpu)]
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
     if opset < 13:  # per-channel DequantizeLinear (its `axis`) needs opset 13: a user's older graph is raised to it
         from onnx import version_converter
@@ -118,8 +120,9 @@ def quantize_qdq(proto, calibration: list[np.ndarray], progress=None):
                 Samples(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
+                activation_type=getattr(QuantType, activations),
+                weight_type=getattr(QuantType, weights),
+                reduce_range=reduce_range,
             )
         return onnx.load(out)
 
@@ -139,6 +142,7 @@ def write(
     `calibration`: one array of samples per graph input, in the graph's layout. With `ptq` and one input,
     int8 is the best of several post-training methods (targets/ptq.py); returns the record of that choice."""
     mode, choice = target.options["mode"], None
+    deploy_cpu = target.options.get("deploy_cpu", "any")  # set by the builder from [ptq] deploy_cpu
     if mode == "int8" and ptq is not None and len(calibration) == 1:
         from targets import ptq as methods
 
@@ -152,9 +156,10 @@ def write(
                 mixed=ptq.mixed,
                 progress=progress,
                 reference=ptq.reference,
+                deploy_cpu=deploy_cpu,
             )
     elif mode == "int8":
-        proto = quantize_qdq(proto, calibration, progress)
+        proto = quantize_qdq(proto, calibration, progress, deploy_cpu)
     elif mode != "fp32":
         raise ValueError(f"unknown onnx mode {mode!r}")
     # quant_pre_process declares every domain onnxruntime knows (com.microsoft.nchwc, ...): keep
@@ -193,9 +198,15 @@ def inspect(path: str | Path) -> dict:
     inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
 
+    zero_points = {}  # quantized weight initializer -> its DequantizeLinear's (zero point, axis)
+
     def weight(name):
         while name not in inits and name in producer and producer[name].op_type in WEIGHT_PATH_OPS:
-            name = producer[name].input[0]
+            n = producer[name]
+            name = n.input[0]
+            if n.op_type == "DequantizeLinear" and len(n.input) > 2 and n.input[2] in inits:
+                axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+                zero_points[name] = (numpy_helper.to_array(inits[n.input[2]]), axis)
         return inits.get(name)
 
     weighted = [
@@ -216,9 +227,12 @@ def inspect(path: str | Path) -> dict:
     quantized_activations = sum(1 for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
     zeros = total = 0
     for w in weights:
-        # Per-channel QDQ weights are symmetric (zero point 0), so a pruned zero stays 0.
+        # A pruned zero is stored as its channel's zero point: 0 for s8 weights, anything for asymmetric u8 ones.
         a = numpy_helper.to_array(w)
-        zeros += int(np.count_nonzero(a == 0))
+        zp, axis = zero_points.get(w.name, (np.zeros(()), 0))
+        if zp.ndim:
+            zp = zp.reshape([-1 if i == axis % a.ndim else 1 for i in range(a.ndim)])
+        zeros += int(np.count_nonzero(a == zp))
         total += a.size
     meta = {p.key: p.value for p in m.metadata_props}
     return {

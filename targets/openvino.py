@@ -83,6 +83,7 @@ def write(
     post-training methods (targets/ptq.py); returns the record of that choice."""
     ov = import_openvino()
     mode = target.options["mode"]
+    deploy_cpu = target.options.get("deploy_cpu", "any")  # set by the builder from [ptq] deploy_cpu
     if mode not in ("fp32", "fp16", "int8"):
         raise ValueError(f"unknown openvino mode {mode!r}")
     with tempfile.TemporaryDirectory() as tmp:  # kept until saved: the converted model may map the file
@@ -110,9 +111,10 @@ def write(
                 progress=progress,
                 reference=ptq.reference,
                 src=src,
+                deploy_cpu=deploy_cpu,
             )
         elif mode == "int8":
-            ov_model = quantize(ov_model, calibration, progress)
+            ov_model = quantize(ov_model, calibration, progress, deploy_cpu)
         layout = metadata.get("input_layout") or metadata.get("preprocessing", {}).get("layout", "")
         for param in ov_model.get_parameters():
             rank = param.get_partial_shape().rank
@@ -154,9 +156,9 @@ def _stable_names(ov_model) -> None:
             op.set_friendly_name(f"{auto.group(1)}_{i}")
 
 
-def quantize(ov_model, calibration: list[np.ndarray], progress=None):
+def quantize(ov_model, calibration: list[np.ndarray], progress=None, deploy_cpu: str = "any"):
     """NNCF post-training quantization (8-bit, symmetric weights), calibrated on every sample of
-    `calibration` (one array per model input)."""
+    `calibration` (one array per model input), exact on `deploy_cpu` (targets.ptq.DEPLOY_CPUS)."""
     import contextlib
     import io
     import logging
@@ -164,6 +166,7 @@ def quantize(ov_model, calibration: list[np.ndarray], progress=None):
     import_openvino()
     import nncf
 
+    from targets.ptq import nncf_advanced
     from targets.runners.runner_common import one_call
 
     nncf.set_log_level(logging.ERROR)
@@ -182,7 +185,9 @@ def quantize(ov_model, calibration: list[np.ndarray], progress=None):
         return feeds[0] if len(feeds) == 1 else feeds
 
     with contextlib.redirect_stdout(io.StringIO()):  # nncf draws its progress bars on stdout
-        return nncf.quantize(ov_model, nncf.Dataset(range(n), sample), subset_size=n)
+        return nncf.quantize(
+            ov_model, nncf.Dataset(range(n), sample), subset_size=n, advanced_parameters=nncf_advanced(deploy_cpu)
+        )
 
 
 def inspect(path: str | Path) -> dict:

@@ -221,6 +221,44 @@ def float_tail(model) -> list[str]:
     return tail
 
 
+DEPLOY_CPUS = ("any", "vnni")
+"""[ptq] deploy_cpu: which x86 CPUs an onnx-int8 / openvino-int8 file's integer arithmetic is exact on.
+`any`: every x86-64 with AVX2 (and ARM). Without VNNI, onnxruntime's and OpenVINO's x86 kernels multiply
+u8 activations by s8 weights in pairs summed in 16 bits (vpmaddubsw), which saturates with full-range
+weights: the same file then answers differently (on digits, mean |error| 0.022 with VNNI, 0.157 under
+AVX2-only kernels; EfficientNet-Lite0's onnx-int8 lost about 20 points). So `any` makes files that never
+saturate: onnxruntime U8U8 (both u8, widened to 16 bits before multiplying) and, for OpenVINO, 7-bit
+weights (NNCF's overflow fix on every layer; reduce_range for the QDQ route). `vnni`: full-range s8
+weights, for a deployment CPU with AVX-512 VNNI, AVX-VNNI or AMX (or ARM) only."""
+
+ORT_KINDS = {
+    "u8u8": ("QUInt8", "QUInt8", False),
+    "s8s8": ("QInt8", "QInt8", False),
+    "s8s8-7bit": ("QInt8", "QInt8", True),
+}
+"""onnxruntime quantize_static's activation type, weight type and reduce_range (7-bit weights) by name."""
+
+
+def ort_kind(deploy_cpu: str, for_openvino: bool = False) -> str:
+    """The onnxruntime QDQ kind for files that run exactly on `deploy_cpu` (DEPLOY_CPUS). OpenVINO runs a QDQ
+    file's asymmetric u8 weights through other kernels per ISA (digits: outputs differed by 0.06 between
+    AVX-512 VNNI and AVX2): its QDQ route takes 7-bit symmetric weights instead."""
+    if deploy_cpu == "vnni":
+        return "s8s8"
+    return "s8s8-7bit" if for_openvino else "u8u8"
+
+
+def nncf_advanced(deploy_cpu: str):
+    """NNCF's advanced quantization parameters for files that run exactly on `deploy_cpu` (None: its defaults).
+    Its default overflow fix (7-bit weights in the first layer only) still saturates on AVX2-only kernels
+    (digits: 1.35 max |diff| between the two kernel sets); ENABLE takes every layer's weights to 7 bits."""
+    if deploy_cpu == "vnni":
+        return None
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    return AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
+
+
 def ort_static(
     src: Path,
     calibration: np.ndarray,
@@ -229,9 +267,10 @@ def ort_static(
     pre_process: bool = True,
     nodes_to_exclude=(),
     tail: bool = False,
+    kind: str = "u8u8",
 ):
-    """onnxruntime `quantize_static`, QDQ, int8 weights and activations, with `method` calibration; with
-    `tail`, the float_tail stays unquantized (as NNCF leaves it)."""
+    """onnxruntime `quantize_static`, QDQ, 8-bit weights and activations of `kind` (ORT_KINDS), with `method`
+    calibration; with `tail`, the float_tail stays unquantized (as NNCF leaves it)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -239,6 +278,8 @@ def ort_static(
         QuantType,
         quantize_static,
     )
+
+    activations, weights, reduce_range = ORT_KINDS[kind]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -255,8 +296,9 @@ def ort_static(
                 _reader(name, calibration),
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
+                activation_type=getattr(QuantType, activations),
+                weight_type=getattr(QuantType, weights),
+                reduce_range=reduce_range,
                 calibrate_method=getattr(CalibrationMethod, method),
                 nodes_to_exclude=excluded,
             )
@@ -358,15 +400,22 @@ def onnx_int8(
     mixed: bool = False,
     progress=None,
     reference: np.ndarray | None = None,
+    deploy_cpu: str = "any",
 ):
     """The best int8 QDQ ModelProto of the float ONNX file `src`, and the record of the choice. `reference`:
-    the original model's outputs on `validation` (Settings.reference)."""
-    model, record = onnx_full_int8(src, calibration, validation, progress, reference)
-    return onnx_mixed(src, calibration, validation, model, record, budget, reference) if mixed else (model, record)
+    the original model's outputs on `validation` (Settings.reference); `deploy_cpu`: DEPLOY_CPUS."""
+    model, record = onnx_full_int8(src, calibration, validation, progress, reference, deploy_cpu)
+    return (
+        onnx_mixed(src, calibration, validation, model, record, budget, reference, deploy_cpu)
+        if mixed
+        else (model, record)
+    )
 
 
-def onnx_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, progress=None, reference=None):
-    src = Path(src)
+def onnx_full_int8(
+    src: Path, calibration: np.ndarray, validation: np.ndarray, progress=None, reference=None, deploy_cpu="any"
+):
+    src, kind = Path(src), ort_kind(deploy_cpu)
     ref, against = _reference(reference, lambda: onnx_outputs(src, validation))
 
     step = _stepper(progress, 3)
@@ -376,12 +425,12 @@ def onnx_full_int8(src: Path, calibration: np.ndarray, validation: np.ndarray, p
     # On fer's splits 0-4 no better: Percentile + bias correction; bias correction on 64 samples (and 4x the
     # time). Every candidate keeps its float_tail (fewer output ties; top-1 on fer within noise of the plain
     # files: MinMax +0.4 points on splits 0-4, -0.4 on 6-9).
-    minmax = functools.cache(lambda: ort_static(src, calibration, "MinMax", tail=True))
+    minmax = functools.cache(lambda: ort_static(src, calibration, "MinMax", tail=True, kind=kind))
     candidates = [
         ("onnxruntime-minmax-per-channel-float-tail", step(minmax)),
         (
             "onnxruntime-percentile-per-channel-float-tail",
-            step(lambda: ort_static(src, calibration, "Percentile", tail=True)),
+            step(lambda: ort_static(src, calibration, "Percentile", tail=True, kind=kind)),
         ),
         (
             "onnxruntime-minmax-float-tail-bias-correction",
@@ -401,6 +450,7 @@ def onnx_mixed(
     record: dict,
     budget: float = BUDGET,
     reference: np.ndarray | None = None,
+    deploy_cpu: str = "any",
 ):
     """`model` (the best full-int8 choice) if it meets `budget`, else NNCF accuracy control's partly-float one."""
     import onnx
@@ -420,10 +470,11 @@ def onnx_mixed(
         lambda x: {name: x[None].astype(np.float32)},
         onnx_outputs,
         reference,
+        deploy_cpu,
     )
 
 
-def _restore(nncf, model, calibration, validation, budget, record, best, feed, infer, reference=None):
+def _restore(nncf, model, calibration, validation, budget, record, best, feed, infer, reference=None, deploy_cpu="any"):
     """NNCF accuracy control: quantize, rank the quantizers by how far each moves the outputs on the
     validation split, restore the worst to float until the agreement is within `1 - budget` of the
     reference's (the original model's outputs, else the float `model`'s). `infer(model, x)` runs `model`
@@ -447,6 +498,7 @@ def _restore(nncf, model, calibration, validation, budget, record, best, feed, i
                 validate,
                 max_drop=1 - budget,
                 subset_size=len(calibration),
+                advanced_quantization_parameters=nncf_advanced(deploy_cpu),
                 advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                     ranking_subset_size=len(validation), max_num_iterations=MAX_RESTORE_STEPS
                 ),
@@ -514,9 +566,11 @@ def openvino_outputs(model, x: np.ndarray, threads: int = 0) -> list[np.ndarray]
     return [np.concatenate([o[i] for o in outs]) for i in range(len(model.outputs))]
 
 
-def nncf_openvino(convert, calibration: np.ndarray, **kwargs):
-    """NNCF post-training quantization of `convert()` (a fresh float ov.Model, as the target converts it)."""
+def nncf_openvino(convert, calibration: np.ndarray, deploy_cpu: str = "any", **kwargs):
+    """NNCF post-training quantization of `convert()` (a fresh float ov.Model, as the target converts it), exact
+    on `deploy_cpu` (DEPLOY_CPUS; `kwargs` override)."""
     nncf = _nncf()
+    kwargs = {"advanced_parameters": nncf_advanced(deploy_cpu), **kwargs}
     data = nncf.Dataset(calibration, lambda x: x[None].astype(np.float32))
     with contextlib.redirect_stdout(io.StringIO()):
         return nncf.quantize(convert(), data, subset_size=len(calibration), **kwargs)
@@ -532,19 +586,28 @@ def openvino_int8(
     progress=None,
     reference: np.ndarray | None = None,
     src: Path | None = None,
+    deploy_cpu: str = "any",
 ):
     """The best int8 OpenVINO model of the float model `convert()` returns (targets.openvino.float_ir of the
     float ONNX file `src`; `convert(path)` converts another ONNX file the same way), and the record of the
     choice. `reference`: the original model's outputs on `validation` (Settings.reference). With `src`, a
-    bias-corrected onnxruntime QDQ file of it, converted, is a candidate too."""
-    model, record = openvino_full_int8(convert, calibration, validation, progress, reference, src)
+    bias-corrected onnxruntime QDQ file of it, converted, is a candidate too. `deploy_cpu`: DEPLOY_CPUS."""
+    model, record = openvino_full_int8(convert, calibration, validation, progress, reference, src, deploy_cpu)
     return (
-        openvino_mixed(convert, calibration, validation, model, record, budget, reference) if mixed else (model, record)
+        openvino_mixed(convert, calibration, validation, model, record, budget, reference, deploy_cpu)
+        if mixed
+        else (model, record)
     )
 
 
 def openvino_full_int8(
-    convert, calibration: np.ndarray, validation: np.ndarray, progress=None, reference=None, src: Path | None = None
+    convert,
+    calibration: np.ndarray,
+    validation: np.ndarray,
+    progress=None,
+    reference=None,
+    src: Path | None = None,
+    deploy_cpu: str = "any",
 ):
     ref, against = _reference(reference, lambda: openvino_outputs(convert(), validation))
     step = _stepper(progress, 2 if src else 1)
@@ -552,9 +615,9 @@ def openvino_full_int8(
     # correction, its MIXED preset, MEAN_QUANTILE activation ranges, calibration plus horizontal flips. The
     # Percentile QDQ file: never the closest on fer's nine splits, Lite0 or digits; bias-corrected, the closest
     # on fer's splits 0-4, where choosing it did worse on test (+1.2 points over NNCF's default against +1.6).
-    candidates = [("nncf", step(lambda: nncf_openvino(convert, calibration)))]
+    candidates = [("nncf", step(lambda: nncf_openvino(convert, calibration, deploy_cpu)))]
     if src is not None:
-        qdq = functools.partial(ort_static, src, calibration, "MinMax", tail=True)
+        qdq = functools.partial(ort_static, src, calibration, "MinMax", tail=True, kind=ort_kind(deploy_cpu, True))
         candidates.append(
             (
                 "onnxruntime-minmax-float-tail-bias-correction",
@@ -584,6 +647,7 @@ def openvino_mixed(
     record: dict,
     budget: float = BUDGET,
     reference: np.ndarray | None = None,
+    deploy_cpu: str = "any",
 ):
     """`model` (the best full-int8 choice) if it meets `budget`, else NNCF accuracy control's partly-float one."""
     if record["agreement"] >= budget:
@@ -599,6 +663,7 @@ def openvino_mixed(
         lambda x: x[None].astype(np.float32),
         openvino_outputs,
         reference,
+        deploy_cpu,
     )
 
 

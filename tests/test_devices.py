@@ -337,15 +337,19 @@ def test_bench_on_local_emulated_and_ssh_to_an_emulated_board(small_build, small
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {(r["device"], r["target"]): r for r in json.loads(rows_file.read_text())}
     assert len(rows) == 6
+    arts = {a["target"]: a for a in json.loads((out / "tiny-digits" / "manifest.json").read_text())["artifacts"]}
     for target in ("tflite-int8", "onnx-fp32"):
         local, em, ssh = rows["local", target], rows[PROFILE, target], rows[sshd.spec(), target]
+        # ARM's and x86's int8 kernels may round a requantization differently: one step of an int8 output
+        # (0.0039 on an AVX2-only x86); float outputs differ by float rounding only.
+        tolerance = arts[target]["outputs"][0]["scale"] * 1.001 or 1e-3
         assert local["p50_ms"] > 0 and local["arch"] == "x86_64"
         # emulated: loads, agrees with x86, counted; no wall time under a device-time name
         assert em["status"] == "ok" and em["loads"] == "yes" and em["arch"] == "aarch64"
         for key in ("p50_ms", "runtime_p50_ms", "mean_ms", "min_ms", "load_ms", "first_inference_ms", "peak_rss_mb"):
             assert em[key] is None, key
         assert em["emulated_p50_ms"] > 0 and em["emulated_load_ms"] > 0
-        assert em["max_abs_diff_vs_x86"] < 1e-3 and em["top1_agreement_vs_x86"] == 1.0
+        assert em["max_abs_diff_vs_x86"] <= tolerance and em["top1_agreement_vs_x86"] == 1.0
         assert em["agreement_samples"] == 10
         assert len(em["instruction_counts"]) == emulated.EMU_SECTIONS
         assert em["inferences_per_section"] == emulated.EMU_RUNS
@@ -356,7 +360,7 @@ def test_bench_on_local_emulated_and_ssh_to_an_emulated_board(small_build, small
             assert "not a measurement" in em["estimate_note"] and em["estimate_board"].startswith("rpi4 ")
         # over SSH to the emulated board: the runner ran on aarch64 and sent its outputs back
         assert ssh["status"] == "ok" and ssh["arch"] == "aarch64" and ssh["p50_ms"] > 0
-        assert ssh["top1_agreement_vs_x86"] == 1.0 and ssh["max_abs_diff_vs_x86"] < 1e-3
+        assert ssh["top1_agreement_vs_x86"] == 1.0 and ssh["max_abs_diff_vs_x86"] <= tolerance
     assert rows[PROFILE, "tflite-int8"]["tflite_runtime_2_14"].startswith("ok")
     assert rows[PROFILE, "onnx-fp32"].get("tflite_runtime_2_14") is None
     header = next(line for line in proc.stdout.splitlines() if "guest insn/inference" in line)
@@ -471,7 +475,29 @@ def test_build_verify_on_records_the_aarch64_check_in_the_manifest(small_build, 
         assert check["status"] == "ok" and check["loads"] is True and check["arch"] == "aarch64", check
         assert check["cpu"] == "cortex-a72" and check["agreement_samples"] == 100
         assert check["top1_agreement_vs_x86"] >= 0.97 and check["max_abs_diff_vs_x86"] < 0.5
+        # against the original model too, the board's run and x86's of the same file; the gate says which it used
+        assert 0 < check["top1_agreement_vs_original"] <= 1 and 0 < check["x86_top1_agreement_vs_original"] <= 1
+        assert check["gate"] == "x86"
     # what deployed boards still run: the dynamic-range file does not load in tflite-runtime 2.14
     assert arts["tflite-dynamic"]["arm_check"][PROFILE]["tflite_runtime_2_14"].startswith("fails: no FULLY_CONNECTED")
     assert "tflite_runtime_2_14" not in arts["onnx-int8"]["arm_check"][PROFILE]
     assert "arm_check" not in arts["tflite-fp32"]  # only what was built and checked
+
+
+def test_a_board_is_compared_with_the_original_model_too_and_may_pass_on_it_when_x86_is_the_lossy_one(tmp_path):
+    """x86's int8 kernels can be the lossy ones (16-bit saturation without VNNI): a board that disagrees with x86
+    but agrees with the original at least as well as x86's run of the file passes on that figure."""
+    from pipeline.devices.verify_on import _as_close_to_the_original
+
+    original = np.eye(4)[[0, 1, 2, 3, 0, 1, 2, 3]] + 0.1
+    np.savez(tmp_path / "original.npz", output_0=np.concatenate([original, original]))  # more samples than run
+    x86 = original.copy()
+    x86[:2] = x86[:2, ::-1]  # x86's run misses two samples
+    board = original.copy()
+    board[:1] = board[:1, ::-1]  # the board misses one
+    f = agreement.vs_original([board], tmp_path / "original.npz", [x86])
+    assert (f["top1_agreement_vs_original"], f["x86_top1_agreement_vs_original"]) == (0.875, 0.75)
+    assert _as_close_to_the_original(f)
+    worse = agreement.vs_original([x86], tmp_path / "original.npz", [board])
+    assert not _as_close_to_the_original(worse)
+    assert "differ in shape" in agreement.vs_original([board[:, :3]], tmp_path / "original.npz")["original_error"]

@@ -273,13 +273,16 @@ def test_native_rows_on_the_emulated_pi4_count_instructions_and_agree_with_x86(s
     out, items = _items(small_build)
     items = [i for i in items if i[0].name in ("tflite-int8", "onnx-fp32", "openvino-fp32")]
     rows = bench.bench_artifacts(items, [native.get_device("emu:rpi4")], _x(out, tmp_path), [1], FAST)
-    for row in rows:
+    for (_, art, _), row in zip(items, rows):
         assert row["status"] == "ok", row
         assert row["p50_ms"] is None and row["emulated_p50_ms"] > 0  # emulated time is never device time
         assert row["instructions_per_inference"] > 10_000 and row["inferences_per_section"] == 10
         assert len(set(row["instruction_counts"])) <= 2 or row["runtime"] == "openvino"
-        assert row["top1_agreement_vs_x86"] == 1.0 and row["max_abs_diff_vs_x86"] < 1e-4
-        assert row["arch"] == "aarch64"
+        assert row["top1_agreement_vs_x86"] == 1.0 and row["arch"] == "aarch64"
+        # ARM's and x86's int8 kernels may round a requantization differently: one step of the int8 output
+        # (0.0039 = 1/256 on an AVX2-only x86); float outputs differ by float rounding only.
+        step = art["outputs"][0]["scale"]
+        assert row["max_abs_diff_vs_x86"] <= (step * 1.001 if step else 1e-4), (art["target"], row)
 
 
 @pytest.fixture(scope="module")

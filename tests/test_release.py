@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import build_copy, run_cli
 
+from pipeline.isa import x86_isa
 from pipeline.releases.pack import sha256sums, write_archive
 from pipeline.util import sha256_file
 from targets import TARGETS
@@ -96,6 +97,9 @@ def test_each_archive_is_sorted_dated_ownerless_and_holds_its_test_vectors(relea
     card = (release / "MODEL_CARD.md").read_text()
     for heading in ("## Training and compression", "## Artifacts", "## Limitations", "## What fell back"):
         assert heading in card
+    # int8 figures say which CPU's kernels they ran on, and where they hold
+    assert "int8 verified on" in card and f"x86_64 {x86_isa()['label']}" in card
+    assert 'deploy_cpu = "any"' in card
     assert "Not benchmarked" in (release / "BENCHMARKS.md").read_text()
     m = json.loads((release / "manifest.json").read_text())
     assert m["release"]["version"] == VERSION and set(m["release"]["archives"]) == set(ok_targets(out))

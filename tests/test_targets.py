@@ -176,6 +176,24 @@ def test_quantization_is_named_from_what_the_file_holds(kind, tmp_path):
     assert ir["sparsity"] == round(5 / 12, 4)
 
 
+def test_a_pruned_weight_stored_as_its_channels_u8_zero_point_counts_as_zero(tmp_path):
+    """onnx-int8's u8 weights are asymmetric per channel ([ptq] deploy_cpu = "any"): a pruned 0 is its zero point."""
+    src = tiny_onnx(tmp_path / "m.onnx", int8_weights=True, quantized_activations=True)
+    model = onnx.load(src)
+    zero_points = np.array([128, 100, 140], np.uint8)  # W's columns are its output channels (MatMul: axis 1)
+    inits = {t.name: t for t in model.graph.initializer}
+    inits["wq"].CopyFrom(numpy_helper.from_array((np.round(W / 0.01) + zero_points).astype(np.uint8), "wq"))
+    inits["ws"].CopyFrom(numpy_helper.from_array(np.full(3, 0.01, np.float32), "ws"))
+    model.graph.initializer.append(numpy_helper.from_array(zero_points, "wz"))
+    dq = next(n for n in model.graph.node if n.output[0] == "w")
+    dq.input.append("wz")
+    dq.attribute.append(helper.make_attribute("axis", 1))
+    onnx.save(model, tmp_path / "u8.onnx")
+    info = onnx_family.inspect(tmp_path / "u8.onnx")
+    assert info["quantization"] == "int8-qdq" and info["weight_dtypes"] == {"uint8": 1}
+    assert info["sparsity"] == round(5 / 12, 4)
+
+
 def test_an_ir_saved_with_fp16_compression_reads_as_fp16_and_without_as_fp32(tmp_path):
     src = tiny_onnx(tmp_path / "m.onnx")
     assert openvino_family.inspect(tiny_ir(src, tmp_path / "a.xml", fp16=True))["quantization"] == "fp16"

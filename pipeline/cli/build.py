@@ -23,6 +23,7 @@ SUMMARY_COLUMNS = [
     ("reference_accuracy", "original acc"),
     ("top1_agreement", "agreement vs original"),
     ("max_abs_diff", "max |diff| vs original"),
+    ("verified_on", "int8 verified on"),
     ("legacy_tflite_runtime", "tflite-runtime 2.14"),
     ("build_seconds", "seconds"),
 ]
@@ -43,6 +44,8 @@ def summary(rows: list[dict]) -> str:
     """The table; for a model with several heads, each artifact's headline: its worst head by its own measure."""
     from pipeline import report
 
+    # int8 figures hold for the ISA whose kernels ran them (pipeline/isa.py)
+    rows = [{**r, "verified_on": (r.get("x86_isa") or {}).get("label")} for r in rows]
     columns = list(SUMMARY_COLUMNS)
     if any(r.get("worst_head") for r in rows):
         columns.insert(columns.index(("top1_agreement", "agreement vs original")) + 1, ("worst_head", "worst head"))

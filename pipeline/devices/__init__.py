@@ -67,6 +67,9 @@ class RunRequest:
     options: tuple[tuple[str, str], ...] = field(default=())
     """Runtime options passed as `--KEY VALUE` (delegate=none, precision=default)."""
     timeout: float = 300.0
+    original: Path | None = None
+    """The original model's outputs on `inputs` (an .npz in the artifact's output layout, at least `limit` samples):
+    the run's outputs, and x86's run of the same file, are also compared with them (`*_vs_original`)."""
 
     def option_argv(self) -> list[str]:
         return [w for key, value in self.options for w in (f"--{key}", str(value))]

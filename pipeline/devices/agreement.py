@@ -19,6 +19,11 @@ def vs_x86(f: dict) -> list[str]:
         parts.append(
             f"vs x86: max |diff| {f['max_abs_diff_vs_x86']:.2g}" + (f", top-1 {top1:.4g}" if top1 is not None else "")
         )
+    if f.get("top1_agreement_vs_original") is not None:
+        parts.append(
+            f"vs original: top-1 {f['top1_agreement_vs_original']:.4g} (x86's run of the file "
+            f"{f.get('x86_top1_agreement_vs_original', float('nan')):.4g})"
+        )
     if f.get("agreement_error"):
         parts.append(f["agreement_error"])
     return parts
@@ -84,20 +89,57 @@ def agreement(outputs, reference) -> dict:
     }
 
 
-def agree_fields(res: dict, out_file: Path, ref, ref_error) -> dict:
+def agree_fields(res: dict, out_file: Path, ref, ref_error, original: Path | None = None) -> dict:
+    """The device's outputs against x86's run of the same file (`ref`), and with `original` (RunRequest.original)
+    both against the original model's outputs."""
     from pipeline.gate import load_outputs
 
     if not res.get("ok"):
         return {}
-    if ref_error:
-        return {"agreement_error": ref_error}
     if not out_file.exists():
-        return {"agreement_error": "the device wrote no outputs"}
+        return {"agreement_error": ref_error or "the device wrote no outputs"}
     try:
         outputs = load_outputs(out_file)
     except (OSError, ValueError, KeyError) as e:  # a truncated or foreign file from the device
         return {"agreement_error": f"cannot read the device's outputs: {e}"}
-    return agreement(outputs, ref)
+    fields = {"agreement_error": ref_error} if ref_error else agreement(outputs, ref)
+    if original is not None:
+        fields.update(vs_original(outputs, original, None if ref_error else ref))
+    return fields
+
+
+def vs_original(outputs, original: Path, x86=None) -> dict:
+    """Top-1 agreement, cosine and max |diff| of the device's outputs (and of x86's, `x86`) with the original
+    model's on the same samples: what every other figure is measured against. A board whose int8 kernels are
+    closer to the original than x86's disagrees with x86 and still answers better."""
+    from pipeline.gate import compare, load_outputs
+
+    want = [r[: len(outputs[0])] for r in load_outputs(original)]
+    if len(want) != len(outputs) or any(o.shape != w.shape for o, w in zip(outputs, want)):
+        return {"original_error": f"outputs {[o.shape for o in outputs]} differ in shape from the original's"}
+    fields = {}
+    for who, outs in (("", outputs), ("x86_", x86)):
+        if outs is not None and len(outs) == len(want) and all(o.shape == w.shape for o, w in zip(outs, want)):
+            c = compare(outs, want, None)
+            fields[f"{who}top1_agreement_vs_original"] = c.get("top1_agreement")
+            fields[f"{who}cosine_vs_original"] = c["cosine"]
+            fields[f"{who}max_abs_diff_vs_original"] = c["max_abs_diff"]
+    return fields
+
+
+def original_outputs(reference: Path, art: dict, folder: Path) -> Path:
+    """The original model's outputs (the build's reference_outputs.npz) in the layout of the artifact's outputs
+    (the inverse of its output_perms), as a file beside the samples a board runs."""
+    import numpy as np
+
+    from pipeline.gate import load_outputs
+
+    refs = load_outputs(reference)
+    perms = (art.get("output_perms") or []) + [None] * len(refs)
+    outs = [o.transpose(np.argsort(p)) if p else o for o, p in zip(refs, perms)]
+    dest = folder / f"original_{art['target']}.npz"
+    np.savez(dest, **{f"output_{i}": o for i, o in enumerate(outs)})
+    return dest
 
 
 def legacy_on_board(res: dict, out: Path, ref, ref_error) -> str:

@@ -70,6 +70,8 @@ def emu_columns():
         ("loads", "loads"),
         ("max_abs_diff_vs_x86", "max|diff| vs x86"),
         ("top1_agreement_vs_x86", "top-1 vs x86"),
+        ("top1_agreement_vs_original", "top-1 vs original"),
+        ("x86_top1_agreement_vs_original", "x86 top-1 vs original"),
         ("instructions_per_inference", "guest insn/inference"),
         ("estimated_p50_ms", "estimated p50 ms (estimate)"),
         ("emulated_p50_ms", "emulated p50 ms (not device time)"),
@@ -129,7 +131,7 @@ class EmuDevice:
             fields = {
                 "emulated": True,
                 "loads": "yes" if loaded else f"no: {res.get('error', '?')}",
-                **agree_fields(res, folder / "outputs.npz", ref, ref_error),
+                **agree_fields(res, folder / "outputs.npz", ref, ref_error, request.original),
             }
             if timing:
                 fields.update(self._counts(res, counts, timing.threads))

@@ -73,6 +73,8 @@ def ssh_columns():
         ("runs", "runs"),
         ("max_abs_diff_vs_x86", "max|diff| vs x86"),
         ("top1_agreement_vs_x86", "top-1 vs x86"),
+        ("top1_agreement_vs_original", "top-1 vs original"),
+        ("x86_top1_agreement_vs_original", "x86 top-1 vs original"),
     ]
 
 
@@ -280,7 +282,7 @@ class SSHDevice:
                     out = folder / "outputs.npz"
                     if npz.returncode == 0:
                         out.write_bytes(npz.stdout)
-                    fields.update(agree_fields(res, out, ref, ref_error))
+                    fields.update(agree_fields(res, out, ref, ref_error, request.original))
         except (DeviceError, OSError) as e:
             return {"ok": False, "error": str(e), "device_fields": {"emulated": False, "loads": f"no: {e}"}}
         finally:

@@ -78,6 +78,7 @@ ARTIFACT_COLUMNS = [
     ("reference_accuracy", "original acc"),
     ("top1_agreement", "agreement vs original"),
     ("max_abs_diff", "max abs diff vs original"),
+    ("verified_on", "int8 verified on"),
     ("input_layout", "input layout"),
     ("input", "input"),
     ("output", "output"),
@@ -136,6 +137,7 @@ def model_card(m: dict) -> str:
                     "input": _io(a.get("inputs")),
                     "output": _io(a.get("outputs")),
                     "run_with": ", ".join(f"{k}={v}" for k, v in (a.get("run_config") or {}).items()) or None,
+                    "verified_on": _isa(a.get("x86_isa")),
                 }
                 for a in shipped
             ],
@@ -165,8 +167,9 @@ def model_card(m: dict) -> str:
         "",
         f"- Accuracy is measured on {d.get('test_samples', '?')} held-out samples of the same source as the "
         "training data; it says nothing about inputs from elsewhere or preprocessed otherwise.",
-        f"- Verified only in {', '.join(runtimes)} on the build machine; another runtime or version may not load "
-        "an artifact or may answer differently.",
+        f"- Verified only in {', '.join(runtimes)} on the build machine ({_isa(m.get('x86_isa')) or 'CPU not recorded'}); "
+        "another runtime or version may not load an artifact or may answer differently.",
+        *_int8_cpu_note(cfg, shipped),
         "- Each archive's test vectors replay within the tolerance in its release.json (float outputs "
         f"{FLOAT_ATOL:g} absolute, integer outputs one quantization step) in the runtime that recorded them.",
         "",
@@ -181,6 +184,30 @@ def model_card(m: dict) -> str:
     ]
     lines += [f"- {f}" for f in fell] or ["Nothing: every step ran as configured and every requested target shipped."]
     return "\n".join(lines) + "\n"
+
+
+def _isa(isa: dict | None) -> str | None:
+    """ "x86_64 AVX-512 VNNI (AMD EPYC)": the CPU whose kernels produced a row's figures."""
+    if not isa:
+        return None
+    return f"{isa.get('arch', '?')} {isa.get('label', '?')}" + (f" ({isa['cpu']})" if isa.get("cpu") else "")
+
+
+def _int8_cpu_note(cfg: dict, shipped: list[dict]) -> list[str]:
+    """Where the int8 ONNX / OpenVINO figures hold ([ptq] deploy_cpu)."""
+    if not any(a["target"] in ("onnx-int8", "openvino-int8") for a in shipped):
+        return []
+    if cfg.get("ptq", {}).get("deploy_cpu", "any") == "vnni":
+        return [
+            '- onnx-int8 / openvino-int8 use full-range int8 weights ([ptq] deploy_cpu = "vnni"): their figures hold '
+            "on CPUs with VNNI (AVX-512 VNNI, AVX-VNNI, AMX); on an AVX2-only x86 their products saturate and they "
+            "answer worse."
+        ]
+    return [
+        "- onnx-int8 / openvino-int8 are made so that their int8 arithmetic is the same on every x86-64 with AVX2, "
+        'with or without VNNI ([ptq] deploy_cpu = "any": onnxruntime u8 x u8, OpenVINO 7-bit weights): their '
+        "figures hold there."
+    ]
 
 
 def _data_line(m: dict) -> str:
