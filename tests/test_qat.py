@@ -14,6 +14,7 @@ L = keras.layers
 
 
 def small_cnn():
+    keras.backend.clear_session()  # layer names (quantize_layer, ...) must not depend on what this worker ran before
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [
