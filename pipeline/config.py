@@ -136,7 +136,7 @@ class PtqConfig:
     """Top-1 agreement with the original model on the validation samples that `mixed` restores layers until."""
     deploy_cpu: str = "any"
     """onnx-int8 / openvino-int8: "any": files whose int8 arithmetic is the same on every x86-64 with AVX2 (and ARM):
-    onnxruntime u8 x u8, OpenVINO 7-bit weights; "vnni": full-range s8 weights, for a CPU with AVX-512 VNNI,
+    7-bit weights (onnxruntime reduce_range, OpenVINO overflow fix); "vnni": full-range s8 weights, for a CPU with AVX-512 VNNI,
     AVX-VNNI or AMX (on an AVX2-only x86 their products saturate: the file answers worse than verified)."""
 
 

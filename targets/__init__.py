@@ -135,7 +135,7 @@ TARGETS: dict[str, Target] = {
         Target(
             "onnx-int8",
             "onnx",
-            "ONNX static QDQ: 8-bit per-channel weights and activations (u8 x u8: exact on any AVX2 x86), float32 I/O",
+            "ONNX static QDQ: 8-bit per-channel weights and activations (7-bit weights: exact on any AVX2 x86), float32 I/O",
             "model.onnx",
             "qat-weights",
             "run_onnxruntime.py",

@@ -227,8 +227,10 @@ DEPLOY_CPUS = ("any", "vnni")
 u8 activations by s8 weights in pairs summed in 16 bits (vpmaddubsw), which saturates with full-range
 weights: the same file then answers differently (on digits, mean |error| 0.022 with VNNI, 0.157 under
 AVX2-only kernels; EfficientNet-Lite0's onnx-int8 lost about 20 points). So `any` makes files that never
-saturate: onnxruntime U8U8 (both u8, widened to 16 bits before multiplying) and, for OpenVINO, 7-bit
-weights (NNCF's overflow fix on every layer; reduce_range for the QDQ route). `vnni`: full-range s8
+saturate: 7-bit weights (onnxruntime's reduce_range on s8 QDQ files; NNCF's overflow fix on every layer for
+OpenVINO), whose pairs stay within 16 bits. onnxruntime's U8U8 files are exact too, but run through a slower
+kernel: 27 ms against 3.4 ms per EfficientNet-Lite0 crop here (x86, 1 thread), and the 7-bit file answered
+EfficientNet-Lite0 exactly the same on emulated AVX2-only kernels as here. `vnni`: full-range s8
 weights, for a deployment CPU with AVX-512 VNNI, AVX-VNNI or AMX (or ARM) only."""
 
 ORT_KINDS = {
@@ -239,13 +241,11 @@ ORT_KINDS = {
 """onnxruntime quantize_static's activation type, weight type and reduce_range (7-bit weights) by name."""
 
 
-def ort_kind(deploy_cpu: str, for_openvino: bool = False) -> str:
-    """The onnxruntime QDQ kind for files that run exactly on `deploy_cpu` (DEPLOY_CPUS). OpenVINO runs a QDQ
-    file's asymmetric u8 weights through other kernels per ISA (digits: outputs differed by 0.06 between
-    AVX-512 VNNI and AVX2): its QDQ route takes 7-bit symmetric weights instead."""
-    if deploy_cpu == "vnni":
-        return "s8s8"
-    return "s8s8-7bit" if for_openvino else "u8u8"
+def ort_kind(deploy_cpu: str) -> str:
+    """The onnxruntime QDQ kind for files that run exactly on `deploy_cpu` (DEPLOY_CPUS), in onnxruntime and in
+    OpenVINO (which runs a QDQ file's asymmetric u8 weights through other kernels per ISA: digits' outputs
+    differed by 0.06 between AVX-512 VNNI and AVX2)."""
+    return "s8s8" if deploy_cpu == "vnni" else "s8s8-7bit"
 
 
 def nncf_advanced(deploy_cpu: str):
@@ -267,7 +267,7 @@ def ort_static(
     pre_process: bool = True,
     nodes_to_exclude=(),
     tail: bool = False,
-    kind: str = "u8u8",
+    kind: str = "s8s8-7bit",
 ):
     """onnxruntime `quantize_static`, QDQ, 8-bit weights and activations of `kind` (ORT_KINDS), with `method`
     calibration; with `tail`, the float_tail stays unquantized (as NNCF leaves it)."""
@@ -617,7 +617,7 @@ def openvino_full_int8(
     # on fer's splits 0-4, where choosing it did worse on test (+1.2 points over NNCF's default against +1.6).
     candidates = [("nncf", step(lambda: nncf_openvino(convert, calibration, deploy_cpu)))]
     if src is not None:
-        qdq = functools.partial(ort_static, src, calibration, "MinMax", tail=True, kind=ort_kind(deploy_cpu, True))
+        qdq = functools.partial(ort_static, src, calibration, "MinMax", tail=True, kind=ort_kind(deploy_cpu))
         candidates.append(
             (
                 "onnxruntime-minmax-float-tail-bias-correction",

@@ -205,7 +205,7 @@ def _int8_cpu_note(cfg: dict, shipped: list[dict]) -> list[str]:
         ]
     return [
         "- onnx-int8 / openvino-int8 are made so that their int8 arithmetic is the same on every x86-64 with AVX2, "
-        'with or without VNNI ([ptq] deploy_cpu = "any": onnxruntime u8 x u8, OpenVINO 7-bit weights): their '
+        'with or without VNNI ([ptq] deploy_cpu = "any": 7-bit weights): their '
         "figures hold there."
     ]
 
