@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.int8_cpus [--config C.toml] [--model M] [--data D] [--out benchmarks/results/int8_cpus]
 
 Builds the int8 targets (the digits demo unless a config / model / data is given) twice, with `[ptq] deploy_cpu
-= "any"` (the default: onnxruntime u8 x u8, OpenVINO 7-bit weights) and `"vnni"` (full-range s8 weights, what
+= "any"` (the default: 7-bit weights in onnxruntime and OpenVINO) and `"vnni"` (full-range s8 weights, what
 every build made before), then runs each int8 file through its runner on the test split here and on an
 emulated Haswell (pipeline.isa.AVX2_ONLY: qemu-x86_64 -cpu Haswell, AVX2 without AVX-512 or VNNI), and reports
 each file's top-1 agreement with the original model's test outputs (the build's reference) under both kernel
