@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import interface, runner
 from targets import RUNNERS, metrics
-from targets.metrics import load_outputs
+from targets.metrics import compare, load_outputs  # figures head by head; re-exported for the stages and boards
 
 
 def nonfinite(outputs: list[np.ndarray], what: str, names: list[str] | None = None) -> str | None:
@@ -27,13 +27,10 @@ def nonfinite(outputs: list[np.ndarray], what: str, names: list[str] | None = No
     every sample in class 0, and NaN fails no `<` test of a gate."""
     bad = []
     for i, o in enumerate(outputs):
-        o = np.atleast_1d(np.asarray(o))
-        if not np.issubdtype(o.dtype, np.floating):
-            continue
-        rows = int(np.count_nonzero(~np.isfinite(o.reshape(len(o), -1)).all(axis=1)))
+        rows = int(np.count_nonzero(metrics.nonfinite_rows(o)))
         if rows:
             name = f" '{names[i]}'" if names and i < len(names) else ""
-            bad.append(f"output {i}{name} on {rows} of {len(o)} samples")
+            bad.append(f"output {i}{name} on {rows} of {len(np.atleast_1d(o))} samples")
     return f"{what}: NaN or Inf in {', '.join(bad)}" if bad else None
 
 
@@ -46,11 +43,6 @@ def nonfinite_figures(figures: dict) -> list[str]:
         if isinstance(f.get(k), float) and not np.isfinite(f[k])
     ]
     return [f"figures against the original model are not numbers: {', '.join(bad)}"] if bad else []
-
-
-def compare(outputs, reference, labels, kinds=None, names=None, metric=None) -> dict:
-    """Figures against the original's outputs, head by head (targets/metrics.py)."""
-    return metrics.compare(outputs, reference, labels, kinds, names, metric)
 
 
 def gate(result: dict, expected_quantization: str, build) -> list[str]:

@@ -47,6 +47,14 @@ def load_outputs(path: Path) -> list[np.ndarray]:
         return [z[f"output_{i}"] for i in range(len(z.files))]
 
 
+def nonfinite_rows(out) -> np.ndarray:
+    """Per sample, whether its output holds NaN or Inf (all False for a non-float array)."""
+    o = np.atleast_1d(np.asarray(out))
+    if not np.issubdtype(o.dtype, np.floating):
+        return np.zeros(len(o), bool)
+    return ~np.isfinite(o.reshape(len(o), -1)).all(axis=1)
+
+
 def cosine(out: np.ndarray, ref: np.ndarray) -> float:
     """Mean over samples of each sample's cosine similarity. Two zero vectors are the same (1); a zero vector
     against a non-zero one shares no direction (0)."""

@@ -73,8 +73,7 @@ def agreement(ref, out) -> float:
 
 def nonfinite_samples(out) -> int:
     """How many samples' outputs (any head) hold NaN or Inf."""
-    bad = [~np.isfinite(o.reshape(len(o), -1)).all(axis=1) for o in _heads(out)]
-    return int(np.count_nonzero(np.logical_or.reduce(bad)))
+    return int(np.count_nonzero(np.logical_or.reduce([metrics.nonfinite_rows(o) for o in _heads(out)])))
 
 
 def closeness(ref, out) -> float:
@@ -153,21 +152,20 @@ def run_onnx(model, x: np.ndarray, threads: int = 0) -> np.ndarray:
     return onnx_outputs(model, x, threads)[0]
 
 
-def onnx_outputs(model, x: np.ndarray, threads: int = 0) -> list[np.ndarray]:
-    """Every output of an ONNX model (ModelProto, bytes or path) on every sample of `x`, in the graph's order."""
+def _ort_session(model, threads: int = 0):
+    """An onnxruntime CPU session of a ModelProto, bytes or path."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    src = (
-        model.SerializeToString()
-        if hasattr(model, "SerializeToString")
-        else str(model)
-        if isinstance(model, Path)
-        else model
-    )
-    s = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    src = model.SerializeToString() if hasattr(model, "SerializeToString") else model
+    return ort.InferenceSession(str(src) if isinstance(src, Path) else src, opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_outputs(model, x: np.ndarray, threads: int = 0) -> list[np.ndarray]:
+    """Every output of an ONNX model (ModelProto, bytes or path) on every sample of `x`, in the graph's order."""
+    s = _ort_session(model, threads)
     name = s.get_inputs()[0].name
     outs = [s.run(None, {name: xi[None].astype(np.float32)}) for xi in x]
     return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
@@ -229,8 +227,8 @@ weights: the same file then answers differently (on digits, mean |error| 0.022 w
 AVX2-only kernels; EfficientNet-Lite0's onnx-int8 lost about 20 points). So `any` makes files that never
 saturate: 7-bit weights (onnxruntime's reduce_range on s8 QDQ files; NNCF's overflow fix on every layer for
 OpenVINO), whose pairs stay within 16 bits. onnxruntime's U8U8 files are exact too, but run through a slower
-kernel: 27 ms against 3.4 ms per EfficientNet-Lite0 crop here (x86, 1 thread), and the 7-bit file answered
-EfficientNet-Lite0 exactly the same on emulated AVX2-only kernels as here. `vnni`: full-range s8
+kernel: 28.9 ms against 3.6 ms per EfficientNet-Lite0 crop on an AVX-512 VNNI x86, 1 thread, and both answered
+exactly the same on emulated AVX2-only kernels (`python -m benchmarks.ort_kinds`, benchmarks/results/ort_kinds.md). `vnni`: full-range s8
 weights, for a deployment CPU with AVX-512 VNNI, AVX-VNNI or AMX (or ARM) only."""
 
 ORT_KINDS = {
@@ -325,21 +323,14 @@ def _channel_means(model, x: np.ndarray, names: list[str]) -> dict[str, np.ndarr
     m.CopyFrom(model)
     del m.graph.output[:]
     m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    s = _ort_session(m)  # one session for every sample (the graph holds every tensor corrected)
+    feed = s.get_inputs()[0].name
     sums = None
     for xi in x:
-        outs = run_onnx_all(m, xi[None])
+        outs = s.run(None, {feed: xi[None].astype(np.float32)})
         means = [o.swapaxes(0, 1).reshape(o.shape[1], -1).mean(1) for o in outs]
         sums = means if sums is None else [s + v for s, v in zip(sums, means)]
     return {n: s / len(x) for n, s in zip(names, sums)}
-
-
-def run_onnx_all(model, x: np.ndarray) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return s.run(None, {s.get_inputs()[0].name: x.astype(np.float32)})
 
 
 def minmax_bias_corrected(qdq, src: Path, calibration: np.ndarray):
