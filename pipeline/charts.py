@@ -190,7 +190,7 @@ def bars(series: dict[str, list], labels: list[str], *, title: str, unit: str = 
     series = {k: v for k, v in series.items() if any(v[i] is not None for i in keep)}
     if not keep:
         return ""
-    label_w = min(260, 12 + 6.2 * max(len(labels[i]) for i in keep))
+    label_w = min(300, max(60, 14 + 7 * max(len(labels[i]) for i in keep)))
     left, right, top = label_w, WIDTH - 70, 28
     bar, gap = 12, 8
     row_h = bar * len(series) + gap
@@ -235,7 +235,7 @@ def stacked(rows: list[tuple[str, list[tuple[str, float]]]], *, title: str, top_
     palette = colours(named)
     if len(total) > len(named):
         palette["other"] = OTHER
-    label_w = min(260, 12 + 6.2 * max(len(label) for label, _ in rows))
+    label_w = min(300, max(60, 14 + 7 * max(len(label) for label, _ in rows)))
     left, right, top, bar = label_w, WIDTH - 16, 28, 18
     body = []
     for n, (label, parts) in enumerate(rows):
