@@ -18,7 +18,7 @@ PALETTE = (
     "#56B4E9",
     "#D55E00",
     "#F0E442",
-    "#000000",
+    "#999933",
     "#7F7F7F",
     "#8C564B",
     "#17BECF",
@@ -165,6 +165,12 @@ def scatter(points: list[dict], *, title: str, x_label: str, y_label: str, front
     return _svg(height, body + legend, title)
 
 
+def _ink(colour: str) -> str:
+    """Text colour readable on `colour` (#rrggbb): white on dark, near-black on light."""
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return "#fff" if 0.299 * r + 0.587 * g + 0.114 * b < 140 else "#111"
+
+
 def _place(placed: list, x: float, y: float, r: float, chars: int, frame) -> tuple[float, float, str]:
     """Where a point's label goes: right of it, left, above, below, or shifted up or down on either side,
     the first place that overlaps no label already placed and stays in the frame (else right of the point)."""
@@ -255,7 +261,8 @@ def stacked(rows: list[tuple[str, list[tuple[str, float]]]], *, title: str, top_
             )
             if w > 34:
                 body.append(
-                    f'<text x="{x + w / 2:.1f}" y="{y + 13}" text-anchor="middle" font-size="10" fill="#111">'
+                    f'<text x="{x + w / 2:.1f}" y="{y + 13}" text-anchor="middle" font-size="10" '
+                    f'fill="{_ink(palette[key])}">'
                     f"{merged[key]:.0%}</text>"
                 )
             x += w

@@ -54,6 +54,7 @@ BENCH_COLUMNS = [
     ("peak_rss_mb", "peak RSS MB"),
     ("arena_bytes", "arena bytes"),
     ("file_bytes", "file bytes"),
+    ("profile_error", "no profile"),
     ("error", "error"),
 ]
 # What a board's chart puts on the latency axis: the first field its rows have.
@@ -301,57 +302,54 @@ def _op_bars(r: dict, label: str) -> str:
 
 
 def _int8_vs_fp32(rows: list[dict], labels: list[str]) -> list[str]:
-    """Per op type, each int8 row's figure beside the fp32 row of the same runtime, model and threads (the
-    question users ask: which ops make int8 slower or faster); a row's own `profile_compare` otherwise."""
-    out = []
+    """Per op type, each int8 row beside the fp32 file of its format (the question users ask: which ops make
+    int8 slower or faster): the row's own `profile_compare` (int8 op types taken to their float ones by
+    pipeline/op_profile.py), else the two rows' profiles by op type as they are."""
     fp32 = {
         (r.get("model"), _family(r["target"]), r.get("threads")): r for r in rows if r.get("quantization") == "fp32"
     }
+    out = []
     for r, label in zip(rows, labels):
-        if not str(r.get("quantization") or "").startswith("int8"):
-            continue
-        base = fp32.get((r.get("model"), _family(r["target"]), r.get("threads")))
-        mine, unit = _type_figures(r)
-        theirs, their_unit = _type_figures(base) if base else ({}, None)
-        if not mine or not theirs or unit != their_unit or unit == "%":
-            out.append(_compare_given(r, label))
-            continue
-        types = sorted(set(mine) | set(theirs), key=lambda t: -max(mine.get(t, 0), theirs.get(t, 0)))[:14]
-        out.append(
-            charts.bars(
-                {base["target"]: [theirs.get(t) for t in types], r["target"]: [mine.get(t) for t in types]},
-                types,
-                title=f"{label} against {base['target']}, per op type",
-                unit=unit,
-            )
-        )
+        if str(r.get("quantization") or "").startswith("int8"):
+            base = fp32.get((r.get("model"), _family(r["target"]), r.get("threads")))
+            out.append(_compare_given(r, label) or (_compare_rows(r, base, label) if base else ""))
     return out
 
 
-def _compare_given(r: dict, label: str) -> str:
-    """A row's own `profile_compare` list ({op_type, ...figures}): its int8 and fp32 figures side by side."""
-    entries = [e for e in r.get("profile_compare") or [] if isinstance(e, dict) and "op_type" in e]
-    flat = []
-    for e in entries:
-        f = {}
-        for k, v in e.items():
-            if isinstance(v, dict):
-                f.update({f"{k} {k2}": v2 for k2, v2 in v.items() if isinstance(v2, int | float)})
-            elif isinstance(v, int | float) and not isinstance(v, bool):
-                f[k] = v
-        flat.append(f)
-    keys = list(dict.fromkeys(k for f in flat for k in f))
-    paired = [k for k in keys if "int8" in k or "fp32" in k] or keys
-    for unit in ("ms", "instructions", "share"):  # one unit per chart
-        if any(unit in k for k in paired):
-            paired = [k for k in paired if unit in k]
-            break
-    if not paired:
+def _compare_rows(r: dict, base: dict, label: str) -> str:
+    mine, unit = _type_figures(r)
+    theirs, their_unit = _type_figures(base)
+    if not mine or not theirs or unit != their_unit or unit == "%":
         return ""
+    types = sorted(set(mine) | set(theirs), key=lambda t: -max(mine.get(t, 0), theirs.get(t, 0)))[:14]
     return charts.bars(
-        {k: [f.get(k) for f in flat] for k in paired},
+        {base["target"]: [theirs.get(t) for t in types], r["target"]: [mine.get(t) for t in types]},
+        types,
+        title=f"{label} against {base['target']}, per op type",
+        unit=unit,
+    )
+
+
+def _compare_given(r: dict, label: str) -> str:
+    """The row's `profile_compare`: {fp32_target, int8_target, unit, op_types: [{op_type, fp32, int8, ...}]}
+    (a bare list of op types is taken too); the fp32 and int8 figures of each op type side by side."""
+    given = r.get("profile_compare")
+    meta = given if isinstance(given, dict) else {}
+    entries = meta.get("op_types") if meta else given
+    entries = [e for e in entries or [] if isinstance(e, dict) and "op_type" in e][:14]
+    sides = [k for k in ("fp32", "int8") if any(isinstance(e.get(k), int | float) for e in entries)]
+    if not entries or not sides:
+        return ""
+    names = {"fp32": meta.get("fp32_target") or "fp32", "int8": meta.get("int8_target") or r["target"]}
+    unit = str(meta.get("unit") or "")
+    total = ""
+    if isinstance(meta.get("fp32_total"), int | float) and isinstance(meta.get("int8_total"), int | float):
+        total = f": {charts.fmt(meta['fp32_total'])} -> {charts.fmt(meta['int8_total'])} {unit}".rstrip()
+    return charts.bars(
+        {names[k]: [e.get(k) or None for e in entries] for k in sides},
         [str(e["op_type"]) for e in entries],
-        title=f"{label}: int8 against fp32 per op type",
+        title=f"{label} against {names['fp32']}, per op type{total}",
+        unit=unit,
     )
 
 

@@ -66,7 +66,7 @@ def test_a_benched_builds_page_renders_offline_in_chromium_with_every_chart_draw
     rows_file = tmp_path / "bench.json"
     profile = ["--profile"] if _bench_profiles() else []  # per-op figures, once `bench` measures them
     proc = run_cli(
-        "bench", "--out", out, "--target", "tflite-fp32,tflite-int8,onnx-int8", "--runs", "5", "--min-seconds", "0",
+        "bench", "--out", out, "--target", "tflite-int8,onnx-fp32,onnx-int8", "--runs", "5", "--min-seconds", "0",
         "--warmup", "1", "--samples", "10", "--json", rows_file, *profile,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -91,8 +91,9 @@ def test_a_benched_builds_page_renders_offline_in_chromium_with_every_chart_draw
         assert f'<td class="n">{r["peak_rss_mb"]:.4g}</td>' in html
     for target in ("tflite-fp32", "tflite-int8", "onnx-int8", "openvino-int8"):  # the build's targets table
         assert f"<td>{target}</td>" in html
-    if profile:
+    if profile:  # onnxruntime profiles per op: its int8 file against its fp32 one, op type by op type
         assert "local: where the time goes, by op type" in titles
+        assert any(t.startswith("onnx-int8 against onnx-fp32, per op type") for t in titles), titles
 
     dom = render(page, tmp_path / "page.png", tmp_path / "net.json")
     assert dom.count("<svg") == len(svgs) and "Benchmarks" in dom
