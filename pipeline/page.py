@@ -19,6 +19,7 @@ from pipeline.errors import UsageError
 from pipeline.util import atomic_write_bytes
 
 PAGE = "report.html"
+SOURCE = "_bench_file"  # which --bench file a row came from, to tell the same row of two runs apart
 MB = 1 << 20
 
 TARGET_COLUMNS = [
@@ -162,7 +163,7 @@ def write(out: Path, bench=(), sweep: Path | None = None) -> Path:
         if isinstance(item, dict):
             rows.append(item)
         else:
-            rows += load_bench(Path(item))
+            rows += [{**r, SOURCE: Path(item).name} for r in load_bench(Path(item))]
             sources.append(str(item))
     swept = load_sweep(Path(sweep)) if sweep is not None else None
     if sweep is not None:
@@ -239,8 +240,16 @@ def _labels(rows: list[dict], several_models: bool) -> list[str]:
     for r in rows:
         label = str(r["target"]) + (f" x{r['threads']} threads" if r.get("threads") not in (None, 1) else "")
         out.append(f"{r.get('model', '?')}/{label}" if several_models else label)
-    twice = {x for x in out if out.count(x) > 1}  # e.g. --legacy: the same file in another runtime
-    return [f"{x} ({r.get('runtime')})" if x in twice else x for x, r in zip(out, rows)]
+    out = _tell_apart(out, rows, "runtime", "({})")  # --legacy: the same file in another runtime
+    return _tell_apart(out, rows, SOURCE, "[{}]")  # the same row in two bench files
+
+
+def _tell_apart(labels: list[str], rows: list[dict], key: str, form: str) -> list[str]:
+    """Labels that two rows share get the rows' `key` appended, when that tells them apart."""
+    seen: dict[str, set] = {}
+    for x, r in zip(labels, rows):
+        seen.setdefault(x, set()).add(r.get(key))
+    return [f"{x} {form.format(r.get(key))}" if len(seen[x]) > 1 else x for x, r in zip(labels, rows)]
 
 
 def _conditions(rows: list[dict]) -> str:

@@ -14,12 +14,17 @@ from pipeline import charts
 DRAWN = re.compile(r"<(circle|rect|polyline|line)\b")
 
 
+def chromium_exe() -> str:
+    exe = shutil.which("chromium")
+    if exe is None:  # CI installs it: a missing browser is a failure here, never a silent skip
+        pytest.fail("chromium is not installed: run `sudo scripts/install_system.sh` (Debian package chromium)")
+    return exe
+
+
 def chromium(*args, timeout=60) -> subprocess.CompletedProcess:
     """Headless Chromium in a network namespace of its own when this host allows one, else behind a proxy that
     refuses every connection: either way nothing can be fetched, and the net log says what was tried."""
-    exe = shutil.which("chromium")
-    if exe is None:
-        pytest.fail("chromium is not installed: run `sudo scripts/install_system.sh` (Debian package chromium)")
+    exe = chromium_exe()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--proxy-server=127.0.0.1:9"]
     flags += ["--disable-background-networking", "--disable-component-update", "--no-first-run"]
     isolated = subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
@@ -62,6 +67,7 @@ def test_a_benched_builds_page_renders_offline_in_chromium_with_every_chart_draw
 ):
     from PIL import Image
 
+    chromium_exe()
     out = build_copy(small_build, tmp_path / "build")
     rows_file = tmp_path / "bench.json"
     profile = ["--profile"] if _bench_profiles() else []  # per-op figures, once `bench` measures them

@@ -15,7 +15,13 @@ DESCRIPTION = (
 def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, default=Path("build"), help="a build's output folder (default: build/)")
     p.add_argument(
-        "--bench", type=Path, action="append", default=[], metavar="FILE.json", help="a `bench --json` file; repeatable"
+        "--bench",
+        type=Path,
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="FILE.json",
+        help="`bench --json` files (several after one --bench, or --bench repeated)",
     )
     p.add_argument("--sweep", type=Path, metavar="DIR", help="a sweep's --out folder (or its sweep/ folder)")
 
