@@ -115,9 +115,12 @@ def _legend(items: dict[str, str], y: float, x0: float = 60) -> tuple[list[str],
     return out, y + 16
 
 
-def scatter(points: list[dict], *, title: str, x_label: str, y_label: str, front: list[dict] | None = None) -> str:
-    """Points {x, y, label, group, size}: colour by group, area by size (file bytes), `front` joined by a dashed
-    line (a Pareto front). Points without x or y are left out."""
+def scatter(
+    points: list[dict], *, title: str, x_label: str, y_label: str, front: list[dict] | None = None, groups=()
+) -> str:
+    """Points {x, y, label, group, size}: colour by group (`groups` first, so that every chart of a page gives
+    a group the same colour), area by size (file bytes), `front` joined by a dashed line (a Pareto front).
+    Points without x or y are left out."""
     points = [p for p in points if p.get("x") is not None and p.get("y") is not None]
     if not points:
         return ""
@@ -145,7 +148,9 @@ def scatter(points: list[dict], *, title: str, x_label: str, y_label: str, front
         body.append(f'<polyline points="{line}" fill="none" stroke="#D55E00" stroke-dasharray="5 3"/>')
     sizes = [p["size"] for p in points if p.get("size")]
     biggest = max(sizes) if sizes else 1
-    groups = colours(p.get("group", "") for p in points)
+    seen = {p.get("group", "") for p in points}
+    palette = colours([*groups, *(p.get("group", "") for p in points)])
+    groups = {g: c for g, c in palette.items() if g in seen}
     placed: list[tuple[float, float, float, float]] = []
     for p in sorted(points, key=lambda p: -(p.get("size") or 0)):  # small points drawn over big ones
         r = 4 + 14 * math.sqrt((p.get("size") or 0) / biggest)

@@ -212,6 +212,13 @@ def _family(target: str) -> str:
     return str(target).split("-")[0]
 
 
+def _families() -> list[str]:
+    """The target families in registry order: each has one colour on every chart of the page."""
+    from targets import TARGETS
+
+    return list(dict.fromkeys(_family(name) for name in TARGETS))
+
+
 def _build_section(m: dict) -> str:
     train = m.get("stages", {}).get("train") or m.get("stages", {}).get("original") or {}
     arts = [{**a, "verified_on": (a.get("x86_isa") or {}).get("label")} for a in m["artifacts"]]
@@ -227,6 +234,7 @@ def _build_section(m: dict) -> str:
         title=f"{m.get('model', '?')}: {q_label or 'accuracy'} against file size",
         x_label="file size, bytes",
         y_label=q_label or "accuracy",
+        groups=_families(),
     )
     return (
         f"<h2>Build: {escape(str(m.get('model', '?')))}</h2>"
@@ -384,6 +392,7 @@ def _board_section(board: str, rows: list[dict], several_models: bool) -> str:
                 title=f"{board}: {y_label.split(' (')[0]} against latency and size",
                 x_label=x_label,
                 y_label=y_label,
+                groups=_families(),
             )
         )
     memory = {
