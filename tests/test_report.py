@@ -113,6 +113,12 @@ def test_a_benched_builds_page_renders_offline_in_chromium_with_every_chart_draw
     render(control, tmp_path / "control.png", tmp_path / "control-net.json", size="200,200")
     assert page_fetches(tmp_path / "control-net.json") == ["https://example.com/x.png"]
 
+    import pipeline  # the API takes the rows themselves as well as files, and writes the same charts
+
+    assert pipeline.html_report(str(out), bench=rows) == page
+    again = re.findall(r"<svg.*?</svg>", page.read_text(), re.S)
+    assert [re.search(r"<title>(.*?)</title>", s)[1] for s in again] == titles
+
 
 @pytest.mark.parametrize(
     "case",
