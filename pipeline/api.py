@@ -399,3 +399,19 @@ def sweep(
         device_options=device_options,
         bench_settings={"runs": runs, "min_seconds": min_seconds, "samples": samples},
     )
+
+
+def html_report(
+    out: str | os.PathLike = "build",
+    *,
+    bench: Iterable[str | os.PathLike] | list[dict] = (),
+    sweep: str | os.PathLike | None = None,
+) -> Path:
+    """One self-contained HTML page, OUT/report.html (written atomically; no script, nothing fetched): the
+    targets table of every build in OUT, and with `bench` (`bench --json` files, or rows) per board accuracy
+    against latency and size, memory, and where the time goes per op when the rows were profiled; with `sweep`
+    (a sweep's --out) its results and Pareto front. Returns the page's path; bad input is a UsageError and
+    writes nothing."""
+    from pipeline import page
+
+    return page.write(Path(out), list(bench), Path(sweep) if sweep is not None else None)

@@ -3,10 +3,11 @@
 # also brings qemu-x86_64: tests/test_avx2.py runs int8 files on an emulated AVX2-only x86),
 # make and gcc-aarch64-linux-gnu for the native runner (x86_64 and cross-compiled aarch64),
 # openssh-server for the loopback "board" of the SSH runner tests, Fashion-MNIST as real IDX data,
-# llvm-19 (llvm-mc, llvm-mca) for the latency estimate of the emulated boards (pipeline/estimate.py).
+# llvm-19 (llvm-mc, llvm-mca) for the latency estimate of the emulated boards (pipeline/estimate.py),
+# chromium (headless) to draw the `report` page in tests/test_report.py.
 set -euo pipefail
 pkgs=(qemu-user qemu-user-static gcc libc6-dev make gcc-aarch64-linux-gnu libc6-dev-arm64-cross openssh-server
-      openssh-client dataset-fashion-mnist llvm-19)
+      openssh-client dataset-fashion-mnist llvm-19 chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,6 +11,13 @@ def test_the_readme_lists_every_target():
         assert f"| `{name}` |" in README, name
 
 
+def test_the_readme_shows_every_command():
+    from pipeline.cli import COMMANDS
+
+    for name in COMMANDS:
+        assert f"`python -m pipeline {name}" in README, name
+
+
 def test_the_readme_config_reference_names_every_key():
     for section, cls in SECTIONS.items():
         assert f"[{section}]" in README

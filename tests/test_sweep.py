@@ -285,6 +285,11 @@ def test_the_readme_two_node_cluster_on_loopback_shares_stages_across_nodes_matc
     assert summary2["stage_runs"] == [] and summary2["already_cached"] == 6
     assert _artifact_shas(out, rows2) == shas
 
+    proc = run_cli("report", "--out", out, "--sweep", out)  # the sweep on the report page (tests/test_report.py)
+    assert proc.returncode == 0, proc.stderr
+    chart = (out / "report.html").read_text().split("<title>sweep on local: ")[1].split("</svg>")[0]
+    assert chart.count("<circle") == 2 and "<polyline" in chart  # a point per row, the Pareto front joined
+
 
 @needs_namespace
 def test_a_driver_without_the_clusters_token_gets_one_line_naming_ray_auth_mode_and_ray_auth_token(

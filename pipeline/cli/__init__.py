@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "cache": "pipeline.cli.cache",
     "device": "pipeline.cli.device",
     "sweep": "pipeline.cli.sweep",
+    "report": "pipeline.cli.report",
 }
 
 
