@@ -47,9 +47,10 @@ def closure(roots, context: type | None = None) -> dict[str, str]:
             todo += [(mod, n) for n in m.defs]
             continue
         node = m.defs.get(name) or m.member(name)
-        if node is None:  # a name the module imports from another: follow it there
+        if node is None:  # imported from another module (follow it there), or made by a top-level statement
             done[label] = ""
             todo += [t for t in m.imports.get(name.split(".")[0], []) if "." not in name]
+            todo.append((mod, "<loose>"))
             continue
         done[label] = _text(mod, name)
         todo.append((mod, "<loose>"))

@@ -157,8 +157,13 @@ class Stage:
 
 def key(ctx: Context, stage: Stage, target=None) -> str:
     inputs = {n: ctx.stages[n].key for n in stage.inputs(ctx, target)}
-    code = _code(stage.run, stage.files(target))
-    return stage_key(stage.node(target), code, stage.params(ctx, target), inputs, ctx.tools)
+    return stage_key(stage.node(target), code(stage, target), stage.params(ctx, target), inputs, ctx.tools)
+
+
+def code(stage: Stage, target=None) -> str:
+    """The code part of a node's key: the source its run function reaches (codehash), and its files; for a
+    target's node, the Target class too (its properties name the files and the model it is made from)."""
+    return _code(stage.run, (*stage.files(target), *([type(target)] if target is not None else [])))
 
 
 def derive(ctx: Context, name: str, target=None) -> Entry:
@@ -315,7 +320,7 @@ def _export_setup(ctx: Context, target) -> _Export:
 def _export_params(ctx: Context, target) -> dict:
     e = _export_setup(ctx, target)
     route = {"route": e.route} if e.route else {}
-    return {"target": e.target.name, "options": e.target.options, "metadata": e.metadata, **route}
+    return {"target": _row(e.target), "metadata": e.metadata, **route}
 
 
 def _export(ctx: Context, target, folder: Path) -> dict:
@@ -384,14 +389,17 @@ def _verify_params(ctx: Context, target) -> dict:
     expected, isa = _expected(ctx, target)
     b = ctx.cfg.build
     return {
-        "target": target.name,
+        "target": _row(target),
         "quantization": expected,
-        "runner": target.runner,
         "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
         **ctx.head_params(),
-        **({"run_config": target.run_config} if target.run_config else {}),
         **({"x86_isa": isa["x86_isa"]["label"]} if isa else {}),
     }
+
+
+def _row(target) -> dict:
+    """A target's row of the registry (targets.TARGETS), all of it but its description: a target is data."""
+    return {k: v for k, v in dataclasses.asdict(target).items() if k != "description"}
 
 
 def _verify(ctx: Context, target, folder: Path) -> dict:

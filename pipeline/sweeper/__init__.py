@@ -27,8 +27,7 @@ from pipeline.sweeper import execute, results
 from pipeline.sweeper.execute import land, pack
 from pipeline.sweeper.grid import Variant, parse_grid, variants
 from pipeline.sweeper.plan import plan
-from pipeline.sweeper.results import chart, mark_pareto, parse_pick, pick, table_columns, to_toml, write_csv
-from pipeline.util import atomic_write_bytes, atomic_write_json
+from pipeline.sweeper.results import mark_pareto, parse_pick, pick, table_columns, to_toml
 
 __all__ = [
     "Result",
@@ -53,6 +52,10 @@ class Result:
     stats: dict
     picked: dict | None = None
     pick_config: Path | None = None
+
+
+BENCH = {"runs": 100, "min_seconds": 1.0, "warmup": 10, "samples": 100, "timeout": 300.0}
+"""A sweep's bench settings unless `bench_settings` says otherwise."""
 
 
 def run(
@@ -83,14 +86,7 @@ def run(
     options = device_options or {}
     for spec in devices:  # a board that is not set up: one line before anything runs
         get_device(spec, **options)
-    settings = {
-        "runs": 100,
-        "min_seconds": 1.0,
-        "warmup": 10,
-        "samples": 100,
-        "timeout": 300.0,
-        **(bench_settings or {}),
-    }
+    settings = {**BENCH, **(bench_settings or {})}
     cache = Cache(out / ".cache")
     nodes, vkeys = plan(vs, cache.root, targets)
     todo = [n for n in nodes.values() if cache.get(n.name, n.key) is None]
@@ -110,9 +106,6 @@ def run(
     train = {v.id: d.cache.get("train", vkeys[v.id]["train"]) for v in vs}
     original = {vid: e.meta.get("accuracy") if e else None for vid, e in train.items()}
     rows = results.rows(vs, targets, devices, d.benches, original, out / "sweep")
-    mark_pareto(rows)
-    for r in rows:
-        r["front"] = "*" if r["pareto"] else ""
     stats = {
         "variants": len(vs),
         "targets": [t.name for t in targets],
@@ -125,16 +118,10 @@ def run(
         "nodes": sorted({r["node"] for r in d.runs}),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    folder = out / "sweep"
-    write_csv(folder / "results.csv", rows, list(grid))
-    atomic_write_json(folder / "summary.json", {**stats, "grid": grid})
-    chart(folder / "pareto.png", rows)
+    results.write(out / "sweep", grid, rows, stats)
     result = Result(rows, vs, stats)
     if terms is not None:
         result.picked = pick(rows, terms)
         if result.picked:
-            v = next(v for v in vs if v.id == result.picked["variant"])
-            cfg = v.cfg.replace("build", targets=(result.picked["target"],))
-            result.pick_config = out / "pick.toml"
-            atomic_write_bytes(result.pick_config, to_toml(cfg.as_dict()).encode())
+            result.pick_config = results.write_pick(out / "pick.toml", result.picked, vs)
     return result

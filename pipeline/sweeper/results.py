@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline import config as config_mod
 from pipeline.errors import UsageError
-from pipeline.util import atomic_write_bytes
+from pipeline.util import atomic_write_bytes, atomic_write_json
 
 PICK_KEYS = ("p50_ms", "instructions", "bytes", "gzip_bytes", "accuracy", "agreement", "accuracy_drop")
 _TERM = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
@@ -184,7 +184,7 @@ def chart(path: Path, rows: list[dict]) -> bool:
 def rows(variants, targets, devices, benches: dict, original: dict, folder: Path) -> list[dict]:
     """One row per variant x target x device: the artifact's figures (`Variant.artifacts`), its bench
     (`benches[(variant, target, device)]`), the variant's original accuracy (`original[variant]`); the
-    status says the first thing that failed."""
+    status says the first thing that failed; `pareto` and `front` mark the Pareto front."""
     out = []
     for v in variants:
         for t in targets:
@@ -218,4 +218,21 @@ def rows(variants, targets, devices, benches: dict, original: dict, folder: Path
                 else:
                     row.update(status="ok", reason=None)
                 out.append(row)
+    mark_pareto(out)
+    for r in out:
+        r["front"] = "*" if r["pareto"] else ""
     return out
+
+
+def write(folder: Path, grid: dict, rows: list[dict], stats: dict) -> None:
+    write_csv(folder / "results.csv", rows, list(grid))
+    atomic_write_json(folder / "summary.json", {**stats, "grid": grid})
+    chart(folder / "pareto.png", rows)
+
+
+def write_pick(path: Path, picked: dict, variants) -> Path:
+    """The picked row's config, building only its target: a valid `build --config`."""
+    v = next(v for v in variants if v.id == picked["variant"])
+    cfg = v.cfg.replace("build", targets=(picked["target"],))
+    atomic_write_bytes(path, to_toml(cfg.as_dict()).encode())
+    return path
