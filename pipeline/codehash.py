@@ -5,8 +5,10 @@ that this project defines (`pipeline`, `targets`): functions, classes, module co
 `module.attr` and `self.attr`, and any `.attr` naming a member of the context class every stage is given.
 Each definition counts by its syntax tree (`ast.unparse`: comments and formatting do not count), plus each
 reached module's top-level statements that run on import. Editing `qat()` then changes the QAT stage's key
-and its dependants', never train's. What is not named in code (a runner script run as a child process) is
-listed as a file root and hashed whole. Over-inclusion only costs a rerun, so every doubt includes.
+and its dependants', never train's. The walk cannot see code reached through names made at run time
+(`target.module`, import_module) or a method of an object whose class the code never names (other than the
+context's): a stage lists those as roots, as it lists files not named in code (runner scripts run as child
+processes, hashed whole). Over-inclusion only costs a rerun, so every doubt includes.
 """
 
 from __future__ import annotations
@@ -54,8 +56,6 @@ def closure(roots, context: type | None = None) -> dict[str, str]:
             continue
         done[label] = _text(mod, name)
         todo.append((mod, "<loose>"))
-        if "." in name:  # a method: what its object was made with counts too
-            todo.append((mod, name.split(".")[0] + ".__init__"))
         todo += _uses(m, node, name, members)
     return {label: text for label, text in done.items() if text}
 
