@@ -11,7 +11,6 @@ import contextlib
 import os
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,66 +18,6 @@ import numpy as np
 from pipeline import report
 from targets import metrics
 from targets.metrics import load_outputs, save_outputs
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A stage as the builder, the manifest and the model card know it."""
-
-    name: str
-    about: str
-    """One line for the model card."""
-    code: tuple[str, ...]
-    """The source files whose code decides its output: their hash is part of the stage's cache key, so
-    changing the code (or upgrading the package) invalidates what it made; no version number to forget."""
-
-
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in [
-        Stage(
-            "data",
-            "seeded stratified split; the held-out part is never trained on",
-            ("pipeline/data.py", "pipeline/interface.py"),
-        ),
-        Stage(
-            "train",
-            "the model trained (or loaded and fine-tuned)",
-            (
-                "pipeline/stages.py",
-                "pipeline/models.py",
-                "pipeline/keras3.py",
-                "pipeline/interface.py",
-                "targets/metrics.py",
-            ),
-        ),
-        Stage(
-            "prune",
-            "pruned by prune.method, fine-tuned, stripped",
-            ("pipeline/stages.py", "pipeline/prune_channels.py", "pipeline/keras3.py", "targets/metrics.py"),
-        ),
-        Stage(
-            "qat",
-            "quantization-aware training that keeps the pruned zeros (for the int8 targets made from it)",
-            ("pipeline/stages.py", "pipeline/separable.py", "targets/metrics.py"),
-        ),
-        Stage(
-            "original",
-            "a model with several inputs: the user's own file run in onnxruntime, the reference",
-            ("pipeline/interface_export.py", "targets/runners/run_onnxruntime.py", "targets/runners/runner_common.py"),
-        ),
-        Stage(
-            "export",
-            "the target's converter (int8 without QAT: the post-training method chosen by measurement)",
-            ("pipeline/stages.py", "targets/ptq.py", "pipeline/keras3.py", "targets/metrics.py"),
-        ),
-        Stage(
-            "verify",
-            "the artifact run in its runtime on the held-out split, gated",
-            ("pipeline/gate.py", "pipeline/runner.py", "targets/runners/runner_common.py", "targets/metrics.py"),
-        ),
-    ]
-}
 
 
 @contextlib.contextmanager

@@ -70,3 +70,64 @@ def test_a_temp_folder_left_by_a_killed_build_is_never_read(tmp_path):
     tmp.mkdir(parents=True)
     (tmp / "entry.json").write_text(json.dumps({"files": {}, "meta": {}}))
     assert cache.get("train", "k1") is None
+
+
+KEYS = """
+import json
+from pipeline import config, graph
+from pipeline.sweeper import plan, variants
+from targets import TARGETS, resolve
+
+cfg = config.from_dict({"model": {"name": "tiny-digits", "filters": 4}, "train": {"epochs": 1}})
+_, keys = plan(variants(cfg, {}), __import__("pathlib").Path("cache"), resolve("tflite-int8"))
+keys = next(iter(keys.values()))
+for name in ("export", "verify"):
+    keys[name] = graph.code(graph.STAGES[name], TARGETS["tflite-int8"])
+print(json.dumps({**keys, "file": graph.__file__}))
+"""
+
+
+def _keys_with(tmp_path, file: str, line: str, new: str) -> dict:
+    """The stage keys of one config computed by a copy of the code in which `line` of `file` reads `new`."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    tree = tmp_path / "tree"
+    for top in ("pipeline", "targets"):
+        shutil.copytree(ROOT / top, tree / top, ignore=shutil.ignore_patterns("__pycache__"))
+    if line:
+        src = (tree / file).read_text()
+        assert src.count(line) == 1
+        (tree / file).write_text(src.replace(line, new))
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    proc = subprocess.run([sys.executable, "-c", KEYS], cwd=tree, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shutil.rmtree(tree)
+    keys = json.loads(proc.stdout)
+    assert keys.pop("file") == str(tree / "pipeline" / "graph.py")  # the copy's code, not the installed one
+    return keys
+
+
+def test_editing_one_stages_code_changes_its_key_and_its_dependants_never_the_stages_before_it(tmp_path):
+    before = _keys_with(tmp_path, "", "", "")
+    assert set(before) == {"data", "train", "prune", "qat", "export", "verify"}
+
+    def changed(file, line, new):
+        after = _keys_with(tmp_path, file, line, new)
+        return sorted(s for s in before if before[s] != after[s])
+
+    qat = "    tf, keras = tf_setup(seed)\n    import tensorflow_model_optimization as tfmot\n"
+    # QAT's own code: QAT reruns, export and verify are keyed on QAT's key, train and prune are kept.
+    assert changed("pipeline/stages.py", qat, qat.replace("(seed)", "(seed + 1)")) == ["qat"]
+    export = "    calib = ctx.dataset().x_cal\n"
+    assert changed("pipeline/graph.py", export, export + "    calib = calib[:1]\n") == ["export"]
+    verify = "        expected=expected,\n        heads=ctx.heads(),\n"
+    assert changed("pipeline/graph.py", verify, verify.replace("heads=", "heads=None or ")) == ["verify"]
+    # A helper train, prune and QAT share: each of them; a comment or a blank line: nothing.
+    fit = "label, callbacks=()):"
+    assert changed("pipeline/stages.py", fit, fit.replace("()", "tuple()")) == ["prune", "qat", "train"]
+    assert changed("pipeline/stages.py", qat, qat.replace("\n    import", "  # a comment\n\n    import")) == []

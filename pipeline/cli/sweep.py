@@ -1,4 +1,4 @@
-"""`sweep`: build and bench every variant of a grid of config values on Ray (pipeline/sweeper.py)."""
+"""`sweep`: build and bench every variant of a grid of config values on Ray (pipeline/sweeper/)."""
 
 from __future__ import annotations
 

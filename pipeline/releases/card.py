@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from pipeline.graph import STAGES
 from pipeline.releases import FLOAT_ATOL
-from pipeline.stages import STAGES
 
 BENCH_COLUMNS = [
     ("target", "target"),

@@ -181,7 +181,7 @@ def package(
 
     main = out / row["path"]
     files = {f: main.parent / f for f in target.files}
-    from pipeline.builder import _first, _load_array
+    from pipeline.graph import _first, _load_array
     from pipeline.interface import to_artifact
 
     x = _load_array(data, "x_test")
