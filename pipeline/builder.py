@@ -145,9 +145,9 @@ class Builder:
         except ConversionError as e:
             if self.interface() is None:
                 raise
-            # onnx-* and openvino-* are made from the user's own graph and never need Keras (interface_route).
+            # onnx-*, openvino-* and ncnn-* are made from the user's own graph and never need Keras (interface_route).
             self.conversion_error = str(e)
-            self.log(f"warning: {e}; onnx-* and openvino-* are made from your file, the other targets fail")
+            self.log(f"warning: {e}; onnx-*, openvino-* and ncnn-* are made from your file, the other targets fail")
             self.original()
             return
         self.log(report.original_line(train.meta, d.meta))
@@ -303,7 +303,7 @@ class Builder:
         (the converted model, given the original names and layout back). None for every other model.
         What decides is whether a weight changed, not what was asked: a pruning that found nothing to prune
         leaves the user's graph as it was."""
-        if target.family not in ("onnx", "openvino") or self.interface() is None:
+        if target.family not in ("onnx", "openvino", "ncnn") or self.interface() is None:
             return None
         if "train" not in self.stages:  # no Keras stages (reference): nothing could change
             return "original"
@@ -356,8 +356,10 @@ class Builder:
                 choice = target.module.export(
                     target, model, calib, dest / target.filename, metadata, progress=progress, **kwargs
                 )
+                # A target that takes another input layout than the Keras model (ncnn: channels-first) says so.
+                interface = (choice or {}).pop("interface", {})
                 method = "qat" if qat else "ptq" if target.needs_qat else "convert"
-                return {"source": name, "method": method, **({"ptq": choice} if choice else {})}
+                return {"source": name, "method": method, **interface, **({"ptq": choice} if choice else {})}
 
             made = make(folder, src_name, model_file, use_qat)
             if not (qat_ran and ptq is not None and ptq.reference is not None):
@@ -389,6 +391,7 @@ class Builder:
             "options": target.options,
             "metadata": metadata,
             **({"route": route} if route else {}),
+            **(target.module.tool_versions() if hasattr(target.module, "tool_versions") else {}),
         }
         return self.stage(
             f"export:{target.name}",
