@@ -29,7 +29,7 @@ from pipeline.report import step
 PARAM_MAGIC = "7767517"
 TAGS = {0x00000000: "float32", 0x01306B47: "float16", 0x000D4B38: "int8"}
 DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
-PNNX_PIN = "20261020"
+PNNX_PIN = "20250530"
 
 
 def companion(param: Path) -> Path:
@@ -111,17 +111,16 @@ def write(
         raise RuntimeError(
             f"pnnx made {len(blobs_in)} inputs and {len(blobs_out)} outputs of a graph with {len(inputs)} and {len(outputs)}"
         )
-    got = _run_once(out, blobs_in, blobs_out, [c[0] for c in calibration])
     io = {
         "inputs": [
             {"name": n, "blob": b, "shape": s, "dtype": "float32", "mat": _mat(s)}
             for n, b, s in zip(inputs, blobs_in, shapes)
         ],
-        "outputs": [
-            {"name": n, "blob": b, "shape": [1, *g.shape], "dtype": "float32", "mat": _mat([1, *g.shape])}
-            for n, b, g in zip(outputs, blobs_out, got)
-        ],
+        "outputs": [{"name": n, "blob": b, "shape": [], "dtype": "float32"} for n, b in zip(outputs, blobs_out)],
     }
+    companion(out).write_text(json.dumps(io))
+    for p, got in zip(io["outputs"], _run_once(out, inputs, [c[:1] for c in calibration])):
+        p.update(shape=list(got.shape), mat=_mat(list(got.shape)))
     companion(out).write_text(json.dumps({**io, "edge_export": metadata}, indent=1, sort_keys=True) + "\n")
     return None
 
@@ -133,25 +132,24 @@ def _mat(shape: list[int]) -> str:
     return ", ".join(f"{a}={d}" for a, d in zip(axes, dims))
 
 
-def _run_once(param: Path, blobs_in: list[str], blobs_out: list[str], samples: list[np.ndarray]) -> list[np.ndarray]:
-    """One sample through the files in NCNN (fp32 arithmetic): they load and run, and the outputs' shapes."""
-    import ncnn
+def _run_once(param: Path, names: list[str], samples: list[np.ndarray]) -> list[np.ndarray]:
+    """One sample through the files in NCNN's runner, in a child process (a file NCNN cannot read may crash
+    it): they load and run, and the outputs' shapes (the batch axis of 1 put back)."""
+    import sys
 
-    net = ncnn.Net()
-    net.opt.num_threads = 1
-    if net.load_param(str(param)) or net.load_model(str(param.with_suffix(".bin"))):
-        raise RuntimeError("NCNN cannot load the files pnnx wrote")
-    with net.create_extractor() as ex:
-        for b, s in zip(blobs_in, samples):
-            ex.input(b, ncnn.Mat(np.ascontiguousarray(s, dtype=np.float32)).clone())
-        outs = []
-        for b in blobs_out:
-            ret, m = ex.extract(b)
-            if ret:
-                raise RuntimeError(f"NCNN could not compute output blob {b} (error {ret})")
-            outs.append(np.array(m))
-    net.clear()
-    return outs
+    from targets import RUNNERS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        x, y = Path(tmp) / "x.npz", Path(tmp) / "y.npz"
+        np.savez(x, **dict(zip(names, samples)))
+        cmd = [sys.executable, str(RUNNERS / "run_ncnn.py"), str(param), "--inputs", str(x), "--outputs", str(y)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        result = json.loads(lines[-1]) if lines else {"ok": False, "error": f"exited {proc.returncode}"}
+        if not result["ok"]:
+            raise RuntimeError(f"NCNN cannot run the files pnnx wrote: {result['error']}")
+        with np.load(y) as z:
+            return [z[f"output_{i}"] for i in range(len(z.files))]
 
 
 def _layers(text: str) -> list[tuple[str, str, list[str], list[str]]]:
