@@ -77,7 +77,9 @@ OPENVINO_RUN = {"run_config": (("INFERENCE_PRECISION_HINT", "f32"),), "run_optio
 # NCNN stores and computes in fp16 (and bf16) where the CPU has it (Cortex-A76, Pi 5: fp16 arithmetic) unless
 # told not to: verified in fp32 arithmetic; `--precision default` is NCNN's own choice.
 NCNN_RUN = {
-    "run_config": (("use_fp16_storage", "0"), ("use_fp16_arithmetic", "0"), ("use_bf16_storage", "0")),
+    "run_config": tuple(
+        (k, "0") for k in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage")
+    ),
     "run_option": ("precision", "default"),
 }
 

@@ -17,6 +17,7 @@ package index ships (pnnx writes fp32 or fp16 only); see NOT_OFFERED in targets/
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 from collections import Counter
@@ -30,6 +31,7 @@ PARAM_MAGIC = "7767517"
 TAGS = {0x00000000: "float32", 0x01306B47: "float16", 0x000D4B38: "int8"}
 DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
 PNNX_PIN = "20250530"
+PNNX_IR, PNNX_OPSET = 10, 21
 
 
 def companion(param: Path) -> Path:
@@ -91,7 +93,7 @@ def write(
     out = Path(out)
     with tempfile.TemporaryDirectory() as tmp, step("convert", f"ONNX -> NCNN (pnnx, {mode})"):
         src = Path(tmp) / "model.onnx"
-        src.write_bytes(proto.SerializeToString())
+        src.write_bytes(_readable_by_pnnx(proto).SerializeToString())
         names = {k: Path(tmp) / f"model.{k}" for k in ("pnnxparam", "pnnxbin", "pnnxpy", "pnnxonnx", "ncnnpy")}
         cmd = [
             str(pnnx_program()),
@@ -123,6 +125,20 @@ def write(
         p.update(shape=list(got.shape), mat=_mat(list(got.shape)))
     companion(out).write_text(json.dumps({**io, "edge_export": metadata}, indent=1, sort_keys=True) + "\n")
     return None
+
+
+def _readable_by_pnnx(proto):
+    """pnnx 20250530 reads ONNX through an onnxruntime that takes IR version 10 at most (opsets up to 21):
+    a newer file of an older opset (onnx 1.23 writes IR 14 whatever the opset) is the same graph at IR 10."""
+    if proto.ir_version <= PNNX_IR:
+        return proto
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > PNNX_OPSET:
+        raise RuntimeError(f"pnnx {PNNX_PIN} reads ONNX opsets up to {PNNX_OPSET}; this graph needs opset {opset}")
+    copy = type(proto)()
+    copy.CopyFrom(proto)
+    copy.ir_version = PNNX_IR
+    return copy
 
 
 def _mat(shape: list[int]) -> str:
@@ -170,7 +186,13 @@ def _blobs(text: str) -> tuple[list[str], list[str]]:
     used = {b for _, _, bottoms, _ in layers for b in bottoms}
     inputs = [t for kind, _, _, tops in layers if kind == "Input" for t in tops]
     outputs = [t for kind, _, _, tops in layers if kind != "Input" for t in tops if t not in used]
-    return inputs, outputs
+    # pnnx numbers them in the graph's order (in0, in1, ... out0, out1, ...); its layers may come in another
+    return sorted(inputs, key=_number), sorted(outputs, key=_number)
+
+
+def _number(blob: str) -> int:
+    digits = re.search(r"\d+$", blob)
+    return int(digits.group()) if digits else -1
 
 
 def _tagged_weights(param: Path) -> list[np.ndarray]:

@@ -33,6 +33,8 @@ EXPECTED = {
     "openvino-fp32": ("openvino", "float32"),
     "openvino-fp16": ("openvino", "float32"),
     "openvino-int8": ("openvino", "float32"),
+    "ncnn-fp32": ("ncnn", "float32"),
+    "ncnn-fp16": ("ncnn", "float32"),
 }
 
 

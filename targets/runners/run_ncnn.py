@@ -14,7 +14,7 @@ import numpy as np
 import runner_common
 
 # NCNN's own defaults use fp16 storage and arithmetic (bf16 storage) where the CPU has them: off unless
-# --precision default, so a file is run as exactly as it is stored (the target's run_config).
+# --precision default, so a file is run as exactly as it is stored (targets.NCNN_RUN, the target's run_config).
 F32 = {"use_fp16_storage": False, "use_fp16_arithmetic": False, "use_fp16_packed": False, "use_bf16_storage": False}
 
 
