@@ -121,10 +121,31 @@ def write(
         "outputs": [{"name": n, "blob": b, "shape": [], "dtype": "float32"} for n, b in zip(outputs, blobs_out)],
     }
     companion(out).write_text(json.dumps(io))
-    for p, got in zip(io["outputs"], _run_once(out, inputs, [c[:1] for c in calibration])):
-        p.update(shape=list(got.shape), mat=_mat(list(got.shape)))
+    samples = [c[:1] for c in calibration]
+    for p, got, want in zip(io["outputs"], _run_once(out, inputs, samples), _onnx_outputs(proto, inputs, samples)):
+        p.update(mat=_mat(list(got.shape)), shape=list(want.shape), **_to_output(got, want))
     companion(out).write_text(json.dumps({**io, "edge_export": metadata}, indent=1, sort_keys=True) + "\n")
     return None
+
+
+def _onnx_outputs(proto, names: list[str], samples: list[np.ndarray]) -> list[np.ndarray]:
+    """The graph pnnx was given, on the same sample, in onnxruntime: what the NCNN blobs must answer."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {n: s.astype(np.float32) for n, s in zip(names, samples)})
+
+
+def _to_output(got: np.ndarray, want: np.ndarray) -> dict:
+    """How NCNN's blob (batch axis put back) becomes the graph's output: as it is, or channels-last again when
+    pnnx left out the graph's closing transpose (it does on a Keras map output: Mat c, h, w of an NHWC tensor).
+    Decided by the values, not the shapes (8x8x8 fits both); neither close: as it is, and verification says so."""
+    rank = got.ndim
+    for perm in (None, [0, *range(2, rank), 1] if rank > 2 else None):
+        have = got.transpose(perm) if perm else got
+        if have.shape == want.shape and np.allclose(have, want, rtol=1e-2, atol=1e-2 * float(np.abs(want).max())):
+            return {"perm": perm} if perm else {}
+    return {}
 
 
 def _readable_by_pnnx(proto):

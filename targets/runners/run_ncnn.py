@@ -1,8 +1,9 @@
 """Runner for NCNN artifacts (model.ncnn.param, model.ncnn.bin and model.ncnn.json beside it) on the CPU.
 
 Needs only numpy and the ncnn wheel. NCNN holds a blob as a Mat without the batch axis: each sample goes in
-as its (c, h, w) array and each output comes back with the batch axis of 1 put back, in the shape
-model.ncnn.json records (the model's own output shape), under the model's own input and output names.
+as its (c, h, w) array and each output comes back with the batch axis of 1 put back, in the shape and
+layout model.ncnn.json records (the graph's own output: `perm` when NCNN holds it channels-first), under
+the model's own input and output names.
 """
 
 import json
@@ -84,8 +85,10 @@ class NcnnRuntime:
                 ret, m = ex.extract(p["blob"])
                 if ret:
                     raise RuntimeError(f"NCNN could not compute output blob {p['blob']} (error {ret})")
-                a = np.array(m)  # a copy: the Mat's memory goes with the extractor
-                outs.append(a.reshape(p["shape"]) if p["shape"] else a[None])
+                a = np.array(m)[None]  # a copy (the Mat's memory goes with the extractor), the batch axis back
+                if "perm" in p:  # a channels-last output NCNN holds channels-first (model.ncnn.json)
+                    a = a.transpose(p["perm"])
+                outs.append(a.reshape(p["shape"]) if p["shape"] else a)
         return outs
 
 
