@@ -439,6 +439,7 @@ class Builder:
             **self.head_params(),
             **({"run_config": target.run_config} if target.run_config else {}),
             **({"x86_isa": isa["x86_isa"]["label"]} if isa else {}),
+            **(target.module.tool_versions() if hasattr(target.module, "tool_versions") else {}),
         }
         return self.stage(
             f"verify:{target.name}",

@@ -50,13 +50,16 @@ def pnnx_program() -> Path:
 
 
 def tool_versions() -> dict:
-    """What decides the file besides its inputs: the converter's version is part of the export's cache key."""
+    """What decides the files and their figures besides the inputs (in the export and verify cache keys)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return {"pnnx": version("pnnx")}
-    except PackageNotFoundError:
-        return {"pnnx": "missing"}
+    found = {}
+    for dist in ("pnnx", "ncnn"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            found[dist] = "missing"
+    return found
 
 
 def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None, ptq=None) -> dict:

@@ -178,14 +178,14 @@ def test_bench_on_an_emulated_pi_4_has_ncnn_rows_that_agree_with_x86(small_build
     rows_file = tmp_path / "rows.json"
     proc = run_cli(
         "bench",
-        *("--config", small_config, "--out", out, "--target", "ncnn-fp32,ncnn-fp16", "--device", "emu:rpi4"),
+        *("--config", small_config, "--out", out, "--target", "ncnn-fp16", "--device", "emu:rpi4"),
         *fast,
         "--json",
         rows_file,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(rows_file.read_text())
-    assert sorted(r["target"] for r in rows) == ["ncnn-fp16", "ncnn-fp32"]
+    assert [r["target"] for r in rows] == ["ncnn-fp16"]  # one row: a second costs 30 s of qemu
     for r in rows:
         assert r["status"] == "ok" and r["loads"] == "yes" and r["arch"] == "aarch64" and r["runtime"] == "ncnn"
         assert r["top1_agreement_vs_x86"] == 1.0 and r["max_abs_diff_vs_x86"] < 1e-4
