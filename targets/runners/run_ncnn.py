@@ -70,6 +70,12 @@ class NcnnRuntime:
         x = x if isinstance(x, list) else [x]
         # Mats have no batch axis: drop the one one_call added (a foreign model's shapes are unknown: as given)
         arrays = [np.ascontiguousarray(a[0] if p["shape"] else a, dtype=np.float32) for a, p in zip(x, self._inputs)]
+        for a, p in zip(arrays, self._inputs):
+            # NCNN runs a Mat of another shape without a word (c, h, w read as it comes): refuse it here
+            if p["shape"] and list(a.shape) != p["shape"][1:]:
+                raise ValueError(
+                    f"input {p['name']} takes samples of shape {p['shape'][1:]} (c, h, w), not {list(a.shape)}"
+                )
         return arrays, [self._mat(a) for a in arrays]
 
     def infer(self, net, feed):
