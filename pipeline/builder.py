@@ -59,9 +59,9 @@ class Builder(Context):
         except ConversionError as e:
             if self.interface() is None:
                 raise
-            # onnx-* and openvino-* are made from the user's own graph and never need Keras (interface_route).
+            # onnx-*, openvino-* and ncnn-* are made from the user's own graph and never need Keras (interface_route).
             self.conversion_error = str(e)
-            self.log(f"warning: {e}; onnx-* and openvino-* are made from your file, the other targets fail")
+            self.log(f"warning: {e}; onnx-*, openvino-* and ncnn-* are made from your file, the other targets fail")
             self.stage("original")
             return
         self.log(report.original_line(train.meta, d.meta))

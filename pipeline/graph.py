@@ -128,7 +128,7 @@ class Context:
         (the converted model, given the original names and layout back). None for every other model.
         What decides is whether a weight changed, not what was asked: a pruning that found nothing to prune
         leaves the user's graph as it was."""
-        if target.family not in ("onnx", "openvino") or self.interface() is None:
+        if target.family not in ("onnx", "openvino", "ncnn") or self.interface() is None:
             return None
         if "train" not in self.stages:  # no Keras stages (reference): nothing could change
             return "original"
@@ -320,7 +320,7 @@ def _export_setup(ctx: Context, target) -> _Export:
 def _export_params(ctx: Context, target) -> dict:
     e = _export_setup(ctx, target)
     route = {"route": e.route} if e.route else {}
-    return {"target": _row(e.target), "metadata": e.metadata, **route}
+    return {"target": _row(e.target), "metadata": e.metadata, **route, **_tool_versions(e.target)}
 
 
 def _export(ctx: Context, target, folder: Path) -> dict:
@@ -344,8 +344,10 @@ def _export(ctx: Context, target, folder: Path) -> dict:
         choice = target.module.export(
             target, model, calib, dest / target.filename, e.metadata, progress=progress, **kwargs
         )
+        # A target that takes another input layout than the Keras model (ncnn: channels-first) says so.
+        interface = (choice or {}).pop("interface", {})
         method = "qat" if qat else "ptq" if target.needs_qat else "convert"
-        return {"source": name, "method": method, **({"ptq": choice} if choice else {})}
+        return {"source": name, "method": method, **interface, **({"ptq": choice} if choice else {})}
 
     made = make(folder, e.source, e.model_file, e.use_qat)
     if not (e.qat_ran and ptq is not None and ptq.reference is not None):
@@ -394,7 +396,13 @@ def _verify_params(ctx: Context, target) -> dict:
         "gate": [b.max_accuracy_drop, b.min_agreement, b.min_cosine],
         **ctx.head_params(),
         **({"x86_isa": isa["x86_isa"]["label"]} if isa else {}),
+        **_tool_versions(target),
     }
+
+
+def _tool_versions(target) -> dict:
+    """The converter and runtime versions a family's files depend on beyond the pinned stack (pnnx, ncnn)."""
+    return target.module.tool_versions() if hasattr(target.module, "tool_versions") else {}
 
 
 def _row(target) -> dict:

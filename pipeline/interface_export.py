@@ -1,8 +1,8 @@
-"""ONNX and OpenVINO artifacts of a user's ONNX model that keep its interface (see pipeline/interface.py).
+"""ONNX, OpenVINO and NCNN artifacts of a user's ONNX model that keep its interface (see pipeline/interface.py).
 
 `original`: the Keras side changed nothing (no weight fine-tuned or pruned), or there is no Keras side (several
 inputs, or a graph onnx2tf cannot convert), so the artifact is made from the user's own file: onnx-fp32 is that graph, onnx-int8 and openvino-int8 quantize it,
-openvino-* convert it. Names, layout and every free dimension stay as they were, and TensorFlow is
+openvino-* and ncnn-* convert it. Names, layout and every free dimension stay as they were, and TensorFlow is
 never imported. `restored`: the model changed, so the artifact is made from the converted model
 (Keras -> tf2onnx) and given the original interface back (interface.restore); its spatial
 dimensions are the ones the conversion fixed, its batch dimension stays free if it was.

@@ -51,10 +51,15 @@ def native_runtimes() -> list:
 
 def runtime_for(runner_name: str):
     """The runtime registry's row for a Python runner, if the native runner can stand in for it."""
+    from pipeline.runtimes import RUNTIMES
+
     for rt in native_runtimes():
         if rt.runner == runner_name:
             return rt
-    raise NativeError(f"no native runner for {runner_name} (native: {', '.join(r.native for r in native_runtimes())})")
+    why = next((f": {rt.no_native}" for rt in RUNTIMES.values() if rt.runner == runner_name and rt.no_native), "")
+    raise NativeError(
+        f"no native runner for {runner_name}{why} (native: {', '.join(r.native for r in native_runtimes())})"
+    )
 
 
 def binary(arch: str) -> Path:

@@ -28,6 +28,10 @@ class Runtime:
     native_files: tuple[str, ...] = ()
     """Globs in the wheel's module folder: the C library the native runner loads first, then every file
     it needs beside it (what a board gets in the native bundle)."""
+    no_native: str = ""
+    """Why the native runner cannot stand in for the Python one (a runtime without `native`)."""
+    deps: bool = True
+    """False: the wheel alone, without the dependencies it declares (ncnn's are for its model zoo)."""
 
     @property
     def pin(self) -> str:
@@ -70,6 +74,16 @@ RUNTIMES: dict[str, Runtime] = {
             ),
         ),
         Runtime("tflite-runtime", "tflite_runtime", "run_tflite_runtime.py", "2.14.0", site="tflite_runtime"),
+        # 1.0.20250503: the newest ncnn with both x86_64 and aarch64 cp311 wheels, so boards run the same NCNN.
+        Runtime(
+            "ncnn",
+            "ncnn",
+            "run_ncnn.py",
+            "1.0.20250503",
+            deps=False,
+            no_native="the ncnn wheel holds only its Python extension, which exports no NCNN C API (ncnn_net_create, "
+            "...), and no libncnn or headers; ncnn has no source distribution on the index to build one from",
+        ),
     ]
 }
 
@@ -92,6 +106,11 @@ def pip_name(module: str) -> str:
 
 def pip_hint() -> str:
     return "pip install " + " ".join(dists())
+
+
+def wheel_only() -> frozenset[str]:
+    """The pins installed without the dependencies they declare (Runtime.deps)."""
+    return frozenset(r.pin for r in RUNTIMES.values() if not r.deps)
 
 
 def emulator_wheels() -> dict[str, tuple[str, ...]]:

@@ -11,6 +11,10 @@ fi
 stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -c constraints.txt -e '.[test,ray,ptq]'
+  # NCNN: the pnnx wheel declares torch, which its program does not need for ONNX (targets/ncnn.py runs the
+  # program, never its Python wrapper), and ncnn's declared opencv-python/requests/portalocker serve its model
+  # zoo only: both without their dependencies. Pinned in constraints.txt.
+  .venv/bin/pip install -q --no-deps -c constraints.txt pnnx ncnn
   touch "$stamp"
 fi
 # The native runner (C, no Python on the board): seconds, and a no-op when up to date.

@@ -74,6 +74,14 @@ class Target:
 
 # OpenVINO's CPU plugin runs float graphs in bf16 on CPUs that have it, unless told f32 (see STACK.md).
 OPENVINO_RUN = {"run_config": (("INFERENCE_PRECISION_HINT", "f32"),), "run_option": ("precision", "default")}
+# NCNN stores and computes in fp16 (and bf16) where the CPU has it (Cortex-A76, Pi 5: fp16 arithmetic) unless
+# told not to: verified in fp32 arithmetic; `--precision default` is NCNN's own choice.
+NCNN_RUN = {
+    "run_config": tuple(
+        (k, "0") for k in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage")
+    ),
+    "run_option": ("precision", "default"),
+}
 
 TARGETS: dict[str, Target] = {
     t.name: t
@@ -178,7 +186,38 @@ TARGETS: dict[str, Target] = {
             companions=("model.bin",),
             **OPENVINO_RUN,
         ),
+        Target(
+            "ncnn-fp32",
+            "ncnn",
+            "NCNN (pnnx), float32 weights; image inputs channels-first, blobs named in model.ncnn.json",
+            "model.ncnn.param",
+            "float",
+            "run_ncnn.py",
+            "fp32",
+            {"mode": "fp32", "opset": 17},
+            companions=("model.ncnn.bin", "model.ncnn.json"),
+            **NCNN_RUN,
+        ),
+        Target(
+            "ncnn-fp16",
+            "ncnn",
+            "NCNN (pnnx), float16 weight storage, float32 compute as verified",
+            "model.ncnn.param",
+            "float",
+            "run_ncnn.py",
+            "fp16",
+            {"mode": "fp16", "opset": 17},
+            companions=("model.ncnn.bin", "model.ncnn.json"),
+            **NCNN_RUN,
+        ),
     ]
+}
+
+# Asked for, looked for, and not made: the name and why (`targets` lists them; --target NAME says why).
+NOT_OFFERED = {
+    "ncnn-int8": "NCNN's int8 files come from its C++ tools ncnn2table and ncnn2int8, which no package on the "
+    "index ships (pnnx writes fp32 or fp16 only, the ncnn wheels hold the runtime alone, and ncnn has no "
+    "source distribution there); NCNN's int8 format is not written by hand here",
 }
 
 
@@ -194,6 +233,8 @@ def resolve(spec: str | list[str] | tuple[str, ...]) -> list[Target]:
     if "all" in names:
         return list(TARGETS.values())
     for n in names:
+        if n in NOT_OFFERED:
+            raise UsageError(f"target '{n}' is not offered: {NOT_OFFERED[n]}")
         if n not in TARGETS:
             raise UsageError(f"unknown target '{n}'{closest(n, TARGETS)}; `python -m pipeline targets` lists them")
     return [t for t in TARGETS.values() if t.name in names]

@@ -26,13 +26,15 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 WEIGHT_PATH_OPS = ("DequantizeLinear", "Transpose", "Reshape", "Cast", "Identity")
 
 
-def to_onnx(model, opset: int):
-    """The Keras `model` as an ONNX ModelProto with one input named `input`, batch dimension free."""
+def to_onnx(model, opset: int, inputs_as_nchw: bool = False):
+    """The Keras `model` as an ONNX ModelProto with one input named `input`, batch dimension free;
+    `inputs_as_nchw`: that input channels-first (what NCNN apps feed), the transpose inside the graph."""
     import tensorflow as tf
     import tf2onnx
 
     spec = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="input"),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    nchw = {"inputs_as_nchw": ["input"]} if inputs_as_nchw else {}
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset, **nchw)
     _stable_names(proto.graph)
     return proto
 

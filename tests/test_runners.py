@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import runner
+from pipeline.gate import artifact_inputs
 from targets import RUNNERS, TARGETS
 
 # What a runner may load beyond the standard library: numpy, its runtime, the runner scripts
@@ -73,6 +74,12 @@ def test_a_runner_needs_only_numpy_and_its_runtime_and_speaks_the_protocol(case,
     _, runner_path, target_name = case
     out, _ = small_build
     artifact = out / "tiny-digits" / target_name / TARGETS[target_name].filename
+    row = next(
+        a
+        for a in json.loads((out / "tiny-digits" / "manifest.json").read_text())["artifacts"]
+        if a["target"] == target_name
+    )
+    inputs = artifact_inputs(_data_file(out, "x_test.npy"), row, tmp_path)  # in its layout (ncnn: channels-first)
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE.format(forbidden=FORBIDDEN))
     outputs = tmp_path / "y.npz"
@@ -84,7 +91,7 @@ def test_a_runner_needs_only_numpy_and_its_runtime_and_speaks_the_protocol(case,
             str(runner_path),
             str(artifact),
             "--inputs",
-            str(_data_file(out, "x_test.npy")),
+            str(inputs),
             "--outputs",
             str(outputs),
             "--bench",

@@ -18,6 +18,7 @@ from conftest import ROOT
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import runner
+from pipeline.gate import artifact_inputs
 from targets import TARGETS
 from targets import onnx as onnx_family
 from targets import openvino as openvino_family
@@ -33,6 +34,8 @@ EXPECTED = {
     "openvino-fp32": ("openvino", "float32"),
     "openvino-fp16": ("openvino", "float32"),
     "openvino-int8": ("openvino", "float32"),
+    "ncnn-fp32": ("ncnn", "float32"),
+    "ncnn-fp16": ("ncnn", "float32"),
 }
 
 
@@ -53,6 +56,7 @@ def test_a_target_is_built_runs_in_its_runtime_and_reads_back_what_it_promises(s
 
     x = tmp_path / "x.npy"
     np.save(x, np.load(next((out / ".cache" / "data").glob("*/x_test.npy")))[:16])
+    x = artifact_inputs(x, row, tmp_path)  # in the artifact's layout (ncnn: channels-first)
     run = runner.run(target.runner_path, folder / target.filename, ["--inputs", x, "--outputs", tmp_path / "y.npz"])
     assert run["ok"], run
     assert run["runtime"] == runtime and run["inputs"][0]["dtype"] == input_dtype

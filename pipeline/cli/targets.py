@@ -11,7 +11,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from pipeline import report
-    from targets import TARGETS
+    from targets import NOT_OFFERED, TARGETS
 
     rows = [
         {
@@ -35,4 +35,6 @@ def run(args) -> int:
             ],
         )
     )
+    for name, why in NOT_OFFERED.items():
+        print(f"\nnot offered: {name}: {why}")
     return 0

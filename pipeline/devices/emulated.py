@@ -260,11 +260,12 @@ def block_profile(
     runs: int = 2,
     warmup: int = 1,
     timeout: float = 1800,
+    options: tuple[str, ...] = (),
 ) -> tuple[dict[str, int], int, dict]:
     """Run `runner` on the emulated `board` with the block profiler: (blocks, inferences, runner result).
 
     One timed section of `runs` inferences after `warmup` untimed ones, one thread, in the same fixed
-    guest environment bench uses.
+    guest environment bench uses. `options`: more runner arguments (`--precision default`).
     """
     from pipeline import runner as runner_mod
     from pipeline.devices import emulator as emu
@@ -288,6 +289,7 @@ def block_profile(
         "0",
         "--warmup",
         str(warmup),
+        *options,
     ]
     res = runner_mod.run(Path(runner), Path(model), args, timeout=timeout, prefix=prefix)
     sections = parse_blocks(blocks) if blocks.exists() else []

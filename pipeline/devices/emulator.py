@@ -40,7 +40,7 @@ from pathlib import Path
 
 from pipeline.devices.profiles import Profile, get_profile
 from pipeline.errors import EmuError
-from pipeline.runtimes import emulator_wheels
+from pipeline.runtimes import emulator_wheels, wheel_only
 
 EMU_VERSION = 1  # bump when the meaning of a built folder changes
 EMU_HOME_DEFAULT = Path("~/.cache/edge-export/emu")
@@ -471,25 +471,30 @@ def _build_base(tmp: Path, log: Callable[[str], None]) -> None:
     for runtime, requirements in WHEELS.items():
         wheels = tmp / f"wheels-{runtime}"
         platforms = [arg for tag in _WHEEL_PLATFORMS for arg in ("--platform", tag)]
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "--disable-pip-version-check",
-                "--only-binary=:all:",
-                *platforms,
-                "--python-version",
-                "3.11",
-                "--implementation",
-                "cp",
-                "-d",
-                str(wheels),
-                *requirements,
-            ]
-        )
+        alone = [r for r in requirements if r in wheel_only()]
+        for reqs, flags in (([r for r in requirements if r not in alone], []), (alone, ["--no-deps"])):
+            if not reqs:
+                continue
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "--only-binary=:all:",
+                    *flags,
+                    *platforms,
+                    "--python-version",
+                    "3.11",
+                    "--implementation",
+                    "cp",
+                    "-d",
+                    str(wheels),
+                    *reqs,
+                ]
+            )
         wheel_names[runtime] = sorted(p.name for p in wheels.glob("*.whl"))
         for wheel in sorted(wheels.glob("*.whl")):
             _unpack_wheel(wheel, tmp / _SITE_DIRS[runtime])
