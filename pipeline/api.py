@@ -196,7 +196,7 @@ def build(
     chosen = _targets(targets, cfg)
     out = Path(out)
     check_writable(out)
-    manifest = Builder(cfg, out, log=log or _quiet).run(chosen)
+    manifest = Builder(cfg, out, log=log or _quiet, progress=log is not None).run(chosen)
     return Build(out, cfg, chosen, manifest)
 
 

@@ -26,12 +26,14 @@ from pipeline.isa import x86_isa
 from pipeline.manifest import write_manifest
 from pipeline.stages import QAT_WEIGHTS, STAGES
 from pipeline.util import atomic_copy, folder_bytes, gzip_size, locked, sha256_file
+from targets.progress import reporting
 
 
 class Builder:
-    def __init__(self, cfg: Config, out: Path, log=print, cache: Path | None = None):
-        """`cache`: another stage cache than OUT/.cache (a sweep's variants share one)."""
-        self.cfg, self.out, self.log = cfg, Path(out), log
+    def __init__(self, cfg: Config, out: Path, log=print, cache: Path | None = None, progress: bool = True):
+        """`cache`: another stage cache than OUT/.cache (a sweep's variants share one). `progress`: calibration
+        bars and conversion steps on stderr (the API's callers without a `log` see none)."""
+        self.cfg, self.out, self.log, self.progress = cfg, Path(out), log, progress
         self.cache = Cache(cache or self.out / ".cache")
         self.tools = tool_versions()
         self.seed = cfg.build.seed
@@ -338,14 +340,23 @@ class Builder:
                 dict.fromkeys(p.get("layout", "N...") for p in self.interface()["inputs"])
             )
 
-        def produce(folder):
+        def exported(folder):
             calib = self.dataset().x_cal
-            progress = lambda i, n: report.progress("calibrate", i, n)
+            progress = (lambda i, n: report.progress("calibrate", i, n)) if self.progress else None
             if route:
-                from pipeline.interface_export import export_keeping_interface
+                from pipeline.interface_export import Original, export_keeping_interface
 
+                reference = self.reference().file("reference_outputs.npz")
+                source = Original(
+                    self.cfg.model.path,
+                    self.interface(),
+                    reference,
+                    "train" in self.stages,
+                    self.seed,
+                    self.ptq_settings,
+                )
                 return export_keeping_interface(
-                    self, target, route, src.file(model_file), calib, folder / target.filename, metadata, progress
+                    source, target, route, src.file(model_file), calib, folder / target.filename, metadata, progress
                 )
             stages.tf_setup(self.seed)
             ptq = self.ptq_settings()
@@ -383,6 +394,11 @@ class Builder:
                 "why": "outputs closer (mean cosine) to the original model's on the validation split",
             }
             return made
+
+        def produce(folder):
+            # Targets print nothing themselves: their conversion steps reach stderr only when the caller wants progress.
+            with reporting(report.step if self.progress else None):
+                return exported(folder)
 
         params = {
             "target": target.name,

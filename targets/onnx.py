@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.report import step
+from targets.progress import step
 
 METADATA_KEY = "edge_export"
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.report import step
+from targets.progress import step
 from targets.silence import stderr_silenced
 
 METADATA_KEY = "edge_export"
