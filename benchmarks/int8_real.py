@@ -206,9 +206,9 @@ def on_avx2_only(kind: str, path: Path, test: np.ndarray, folder: Path) -> np.nd
     """The file's outputs on `test` through its target's runner on an emulated AVX2-only CPU (pipeline.isa.AVX2_ONLY):
     onnxruntime's and OpenVINO's AVX2 int8 kernels, as on a CPU without VNNI."""
     from pipeline import runner
-    from pipeline.gate import load_outputs
     from pipeline.isa import avx2_only
     from targets import TARGETS
+    from targets.metrics import load_outputs
 
     x, out = folder / "avx2_inputs.npy", folder / "avx2_outputs.npz"
     np.save(x, test.astype(np.float32))

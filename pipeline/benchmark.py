@@ -82,15 +82,10 @@ def parse_harness(text: str) -> list[str]:
 
 def get_devices(specs, harnesses=("python",), **options) -> list:
     """Each device spec once per harness: the Python runners' device, or the native runner's."""
-    from pipeline import devices, native
+    from pipeline import devices
 
     items = specs.split(",") if isinstance(specs, str) else list(specs)
-    out = [
-        (native.get_device if h == "native" else devices.get_device)(s.strip(), **options)
-        for h in harnesses
-        for s in items
-        if s.strip()
-    ]
+    out = [devices.get_device(s.strip(), harness=h, **options) for h in harnesses for s in items if s.strip()]
     if not out:
         raise UsageError("no device given: name at least one, e.g. local")
     return out

@@ -280,7 +280,8 @@ class Builder:
         scored against the original model's outputs: the validation split (REFERENCE_VAL_OUTPUTS), else
         training samples that do not calibrate (TEACHER_OUTPUTS), else the calibration ones against the
         float model."""
-        from pipeline.stages import REFERENCE_VAL_OUTPUTS, TEACHER_OUTPUTS, load_outputs
+        from pipeline.stages import REFERENCE_VAL_OUTPUTS, TEACHER_OUTPUTS
+        from targets.metrics import load_outputs
         from targets.ptq import Settings
 
         p = self.cfg.ptq

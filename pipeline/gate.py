@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import interface, runner
 from targets import RUNNERS, metrics
-from targets.metrics import compare, load_outputs  # figures head by head; re-exported for the stages and boards
+from targets.metrics import compare, load_outputs  # figures head by head
 
 
 def nonfinite(outputs: list[np.ndarray], what: str, names: list[str] | None = None) -> str | None:

@@ -114,8 +114,9 @@ def original_outputs(model: str, data: Path, original: dict, labels, why: str, f
 
     from pipeline import runner
     from pipeline.errors import ModelLoadError
-    from pipeline.stages import REFERENCE_OUTPUTS, REFERENCE_VAL_OUTPUTS, load_outputs
+    from pipeline.stages import REFERENCE_OUTPUTS, REFERENCE_VAL_OUTPUTS
     from targets import RUNNERS
+    from targets.metrics import is_classifier, load_outputs
 
     port = original["inputs"][0]
     perm = (
@@ -137,7 +138,7 @@ def original_outputs(model: str, data: Path, original: dict, labels, why: str, f
                 raise ModelLoadError(f"{model}: onnxruntime cannot run it on the data: {res['error']}")
     outs = load_outputs(folder / REFERENCE_OUTPUTS)
     y = data / "y_test.npy"
-    classifier = len(outs) == 1 and outs[0].ndim == 2 and outs[0].shape[1] == len(labels) and y.exists()
+    classifier = outs[0].ndim == 2 and is_classifier([o.shape for o in outs], len(labels)) and y.exists()
     skipped = "no fine-tuning, pruning, QAT or TFLite target (they work on the single-input Keras conversion)"
     return {
         "accuracy": float(np.mean(outs[0].argmax(-1) == np.load(y))) if classifier else None,

@@ -227,7 +227,7 @@ class Teacher:
 
         self.labelled = ds.labelled and is_classifier(model, len(ds.labels))
         probe = np.asarray(predict(model, ds.x_train[:64], batch_size)[0])
-        self.probabilities = bool(np.allclose(probe.sum(-1), 1.0, atol=1e-3) and probe.min() >= 0)
+        self.probabilities = metrics.are_probabilities(probe)
         if self.labelled:
             self.y = ds.y_train
         else:
