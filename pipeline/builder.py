@@ -26,6 +26,7 @@ from pipeline.isa import x86_isa
 from pipeline.manifest import write_manifest
 from pipeline.stages import QAT_WEIGHTS, STAGES
 from pipeline.util import atomic_copy, folder_bytes, gzip_size, locked, sha256_file
+from pipeline.verdict import Status
 from targets.progress import reporting
 
 
@@ -300,6 +301,16 @@ class Builder:
             )
         return Settings(ds.x_cal, p.mixed, p.budget)
 
+    def interface_source(self):
+        """What an export keeping the user's interface needs of this build (interface_export.Original)."""
+        from pipeline.interface_export import Original
+        from pipeline.stages import REFERENCE_OUTPUTS
+
+        reference = self.reference().file(REFERENCE_OUTPUTS)
+        return Original(
+            self.cfg.model.path, self.interface(), reference, "train" in self.stages, self.seed, self.ptq_settings
+        )
+
     def interface_route(self, target) -> str | None:
         """How an ONNX/OpenVINO target of a user's ONNX model keeps its interface: `original` (made from the
         user's file itself, when the Keras side changed nothing: no fine-tuning, nothing pruned) or `restored`
@@ -341,23 +352,15 @@ class Builder:
                 dict.fromkeys(p.get("layout", "N...") for p in self.interface()["inputs"])
             )
 
-        def exported(folder):
+        def produce(folder):
             calib = self.dataset().x_cal
             progress = (lambda i, n: report.progress("calibrate", i, n)) if self.progress else None
             if route:
-                from pipeline.interface_export import Original, export_keeping_interface
+                from pipeline.interface_export import export_keeping_interface
 
-                reference = self.reference().file("reference_outputs.npz")
-                source = Original(
-                    self.cfg.model.path,
-                    self.interface(),
-                    reference,
-                    "train" in self.stages,
-                    self.seed,
-                    self.ptq_settings,
-                )
+                source, dest = self.interface_source(), folder / target.filename
                 return export_keeping_interface(
-                    source, target, route, src.file(model_file), calib, folder / target.filename, metadata, progress
+                    source, target, route, src.file(model_file), calib, dest, metadata, progress
                 )
             stages.tf_setup(self.seed)
             ptq = self.ptq_settings()
@@ -395,11 +398,6 @@ class Builder:
                 "why": "outputs closer (mean cosine) to the original model's on the validation split",
             }
             return made
-
-        def produce(folder):
-            # Targets print nothing themselves: their conversion steps reach stderr only when the caller wants progress.
-            with reporting(report.step if self.progress else None):
-                return exported(folder)
 
         params = {
             "target": target.name,
@@ -442,7 +440,7 @@ class Builder:
                 expected=expected,
                 heads=self.heads(),
             )
-            return {**result, **isa}
+            return {**result.record(), **isa}
 
         b = self.cfg.build
         params = {
@@ -501,7 +499,9 @@ class Builder:
         done = []
         for t in targets:
             try:
-                artifact = self.export(t)
+                # Targets print nothing themselves: their conversion steps reach stderr only if progress is wanted.
+                with reporting(report.step if self.progress else None):
+                    artifact = self.export(t)
             except Exception as e:
                 done.append((t, None, _one_line(e)))
                 continue
@@ -595,7 +595,7 @@ def _one_line(e: BaseException) -> str:
 def failed_build(target, reason: str) -> dict:
     return {
         "target": target.name,
-        "status": "failed_build",
+        "status": Status.FAILED_BUILD,
         "reason": reason,
         "expected_quantization": target.quantization,
     }
