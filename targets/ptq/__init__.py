@@ -83,6 +83,8 @@ class Backend:
     """One family's side of the contest: its candidates, how a model runs, how layers go back to float."""
 
     CANDIDATES: tuple[Candidate, ...] = ()
+    calibration: np.ndarray
+    """The samples every candidate is calibrated on (NNCF's accuracy control calibrates on them too)."""
 
     def float_model(self):
         """The float model being quantized (what `run` takes)."""
