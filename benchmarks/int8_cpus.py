@@ -29,7 +29,7 @@ TARGETS = "tflite-int8,onnx-int8,openvino-int8"
 
 def run_file(target, path: Path, x: Path, out: Path, prefix=None) -> np.ndarray:
     from pipeline import runner
-    from pipeline.gate import load_outputs
+    from targets.metrics import load_outputs
 
     res = runner.run(target.runner_path, path, ["--inputs", x, "--outputs", out], timeout=7200, prefix=prefix)
     if not res["ok"]:

@@ -23,9 +23,9 @@ import numpy as np
 
 import pipeline
 from pipeline import interface, runner
-from pipeline.gate import artifact_inputs, load_outputs
+from pipeline.gate import artifact_inputs
 from targets import RUNNERS, TARGETS
-from targets.metrics import cosine
+from targets.metrics import cosine, load_outputs
 
 
 def ports(ps) -> str:

@@ -83,7 +83,9 @@ class Build:
 
     @property
     def ok(self) -> bool:
-        return all(a.status == "ok" for a in self.artifacts.values())
+        from pipeline.verdict import Status
+
+        return all(a.status == Status.OK for a in self.artifacts.values())
 
     def eval_inputs(self) -> Path:
         """The held-out samples of this build's data stage (what bench and the board checks run)."""
@@ -126,7 +128,7 @@ class Build:
             self.stage_file(reference, REFERENCE_OUTPUTS),
             self.config.build,
             self.manifest["stages"][reference].get("accuracy"),
-        )
+        ).record()
 
 
 def load_config(
@@ -196,7 +198,7 @@ def build(
     chosen = _targets(targets, cfg)
     out = Path(out)
     check_writable(out)
-    manifest = Builder(cfg, out, log=log or _quiet).run(chosen)
+    manifest = Builder(cfg, out, log=log or _quiet, progress=log is not None).run(chosen)
     return Build(out, cfg, chosen, manifest)
 
 

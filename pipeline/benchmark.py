@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.devices import RunRequest, Timing
 from pipeline.errors import UsageError
+from pipeline.verdict import Status
 
 LATENCY_KEYS = ("min_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "max_ms", "throughput_per_s", "runs")
 CONDITION_KEYS = ("batch", "cpu", "cpus_available", "loadavg_1m", "os", "arch", "python")
@@ -82,15 +83,10 @@ def parse_harness(text: str) -> list[str]:
 
 def get_devices(specs, harnesses=("python",), **options) -> list:
     """Each device spec once per harness: the Python runners' device, or the native runner's."""
-    from pipeline import devices, native
+    from pipeline import devices
 
     items = specs.split(",") if isinstance(specs, str) else list(specs)
-    out = [
-        (native.get_device if h == "native" else devices.get_device)(s.strip(), **options)
-        for h in harnesses
-        for s in items
-        if s.strip()
-    ]
+    out = [devices.get_device(s.strip(), harness=h, **options) for h in harnesses for s in items if s.strip()]
     if not out:
         raise UsageError("no device given: name at least one, e.g. local")
     return out
@@ -128,7 +124,7 @@ def bench_one(
         "device": device.name,
         "harness": getattr(device, "harness", "python"),
         "threads": threads,
-        "status": "ok" if res.get("ok") else "failed",
+        "status": Status.OK if res.get("ok") else Status.FAILED,
         "error": None if res.get("ok") else res.get("error", "no result"),
         "runtime": res.get("runtime"),
         "runtime_version": res.get("runtime_version"),
@@ -196,7 +192,7 @@ def _bench_all(items, devices, threads, settings, log, inputs_for, original_for=
                         "device": device.name,
                         "harness": getattr(device, "harness", "python"),
                         "threads": n,
-                        "status": "not_built",
+                        "status": Status.NOT_BUILT,
                         "error": art.get("reason", "no artifact file"),
                     }
                 else:
@@ -208,7 +204,7 @@ def _bench_all(items, devices, threads, settings, log, inputs_for, original_for=
                     r = rows[-1]
                     what = (
                         (r.get("summary") or f"p50 {r['p50_ms']:.4g} ms over {r['runs']} runs")
-                        if r["status"] == "ok"
+                        if r["status"] == Status.OK
                         else f"{r['status']}: {r['error']}"
                     )
                     harness = f" ({device.harness})" if getattr(device, "harness", "python") != "python" else ""
@@ -217,7 +213,7 @@ def _bench_all(items, devices, threads, settings, log, inputs_for, original_for=
 
 
 def conditions_line(rows: list[dict], settings: Settings) -> str:
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] == Status.OK]
     if not ok:
         return "conditions: no successful run"
     r = ok[0]

@@ -17,15 +17,18 @@ from pipeline.errors import BudgetError, ConversionError
 from pipeline.graph import STAGES, Context, Entry
 from pipeline.manifest import write_manifest
 from pipeline.util import atomic_copy, folder_bytes, gzip_size, locked, sha256_file
+from pipeline.verdict import Status
+from targets.progress import reporting
 
 
 class Builder(Context):
     """Runs the graph (graph.STAGES): a node whose key is in the cache is reused and says so, the others run."""
 
-    def __init__(self, cfg: Config, out: Path, log=print, cache: Path | None = None):
-        """`cache`: another stage cache than OUT/.cache (a sweep's variants share one)."""
+    def __init__(self, cfg: Config, out: Path, log=print, cache: Path | None = None, progress: bool = True):
+        """`cache`: another stage cache than OUT/.cache (a sweep's variants share one). `progress`: calibration
+        bars and conversion steps on stderr (the API's callers without a `log` see none)."""
         super().__init__(cfg, cache or Path(out) / ".cache")
-        self.out, self.log = Path(out), log
+        self.out, self.log, self.progress = Path(out), log, progress
 
     def stage(self, name: str, target=None) -> Entry:
         """The entry of one node of the graph: from the cache, or run now."""
@@ -134,7 +137,9 @@ class Builder(Context):
         done = []
         for t in targets:
             try:
-                artifact = self.stage("export", t)
+                # Targets print nothing themselves: their conversion steps reach stderr only if progress is wanted.
+                with reporting(report.step if self.progress else None):
+                    artifact = self.stage("export", t)
             except Exception as e:
                 done.append((t, None, _one_line(e)))
                 continue
@@ -182,7 +187,7 @@ def _one_line(e: BaseException) -> str:
 def failed_build(target, reason: str) -> dict:
     return {
         "target": target.name,
-        "status": "failed_build",
+        "status": Status.FAILED_BUILD,
         "reason": reason,
         "expected_quantization": target.quantization,
     }

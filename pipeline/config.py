@@ -8,7 +8,6 @@ ill-typed values are rejected with the closest valid name.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import tomllib
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+from targets.errors import closest
 
 
 @dataclass(frozen=True)
@@ -200,12 +200,6 @@ class Config:
 
 def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)
-
-
-def closest(name: str, choices) -> str:
-    """' (did you mean X?)' or '' - for error messages."""
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 _NOUNS = {str: "strings", int: "integers", float: "numbers"}

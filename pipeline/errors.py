@@ -1,16 +1,10 @@
-"""Every error the pipeline raises on purpose. The CLI turns these into one line and an exit code."""
+"""Every error the pipeline raises on purpose. The CLI turns these into one line and an exit code.
 
+The hierarchy is rooted in the lower layer's (targets/errors.py): PipelineError is targets' TargetsError and
+UsageError is its UsageError, so what a target raises is caught here as it always was."""
 
-class PipelineError(Exception):
-    """Base class. `exit_code` is what the CLI exits with."""
-
-    exit_code = 1
-
-
-class UsageError(PipelineError):
-    """Bad command line, config, or input file: the user can fix it."""
-
-    exit_code = 2
+from targets.errors import TargetsError as PipelineError
+from targets.errors import UsageError as UsageError
 
 
 class ConfigError(UsageError):

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import interface, runner
+from pipeline.verdict import VerifyResult
 from targets import RUNNERS, metrics
-from targets.metrics import compare, load_outputs  # figures head by head; re-exported for the stages and boards
+from targets.metrics import compare, load_outputs  # figures head by head
 
 
 def nonfinite(outputs: list[np.ndarray], what: str, names: list[str] | None = None) -> str | None:
@@ -233,7 +234,7 @@ def verify_artifact(
     perms: dict | None = None,
     expected: str | None = None,
     heads: metrics.Heads | None = None,
-) -> dict:
+) -> VerifyResult:
     """`perms`: the artifact's interface (input_perms, output_perms; see pipeline/interface.py) when it
     takes another layout than the pipeline's arrays: its inputs and outputs are moved accordingly.
     `expected`: the quantization the file must read back as, when not the target's own (`int8-mixed`:
@@ -250,7 +251,7 @@ def verify_artifact(
     try:
         info = target.module.inspect(artifact)
     except (ValueError, OSError) as e:
-        return {**result, "status": "failed_verification", "reason": f"cannot read artifact: {e}"}
+        return VerifyResult(result, [f"cannot read artifact: {e}"])
     result.update({k: info[k] for k in ("quantization", "inputs", "outputs", "sparsity", "ops")})
     result.update({k: info[k] for k in ("float_ops",) if info.get(k)})  # int8-mixed: what is not int8
     result.update({k: info[k] for k in ("opset",) if k in info})  # ONNX files: the opset they need
@@ -260,11 +261,7 @@ def verify_artifact(
         run = runner.run(target.runner_path, artifact, ["--inputs", inputs, "--outputs", outs])
         result["runtime"] = f"{run.get('runtime')} {run.get('runtime_version')}"
         if not run["ok"]:
-            return {
-                **result,
-                "status": "failed_verification",
-                "reason": f"{run.get('runtime', 'runtime')}: {run['error']}",
-            }
+            return VerifyResult(result, [f"{run.get('runtime', 'runtime')}: {run['error']}"])
         outputs = interface.from_artifact(load_outputs(outs), (perms or {}).get("output_perms"))
         if target.legacy_runner:
             result["legacy_tflite_runtime"] = legacy_check(target, artifact, data_dir, outputs, Path(tmp))
@@ -273,18 +270,16 @@ def verify_artifact(
             result["run_config"] = dict(target.run_config)
             result["runtime_default"] = default_run(target, artifact, inputs, perms, ref, Path(tmp))
     if len(outputs) != len(ref) or any(o.shape != r.shape for o, r in zip(outputs, ref)):
-        return {
-            **result,
-            "status": "failed_verification",
-            "reason": f"outputs {[o.shape for o in outputs]} do not match the original model's {[r.shape for r in ref]}",
-        }
+        return VerifyResult(
+            result, [f"outputs {[o.shape for o in outputs]} do not match the original model's {[r.shape for r in ref]}"]
+        )
     names = [o.get("name") for o in result.get("outputs") or [] if isinstance(o, dict)]
     bad = nonfinite(ref, "the original model") or nonfinite(outputs, f"{target.name} in {result['runtime']}", names)
     if bad:
-        return {**result, "status": "failed_verification", "reason": bad}
+        return VerifyResult(result, [bad])
     misordered = _misordered(result["outputs"], heads)
     if misordered:
-        return {**result, "status": "failed_verification", "reason": misordered}
+        return VerifyResult(result, [misordered])
     labels = data_dir / "y_test.npy"
     heads = heads or metrics.Heads((), tuple(metrics.head_kinds(ref)))
     result.update(
@@ -299,8 +294,4 @@ def verify_artifact(
     )
     if result.get("heads"):
         result["worst_head"] = worst_head(result, build)
-    reasons = gate(result, expected, build)
-    result["status"] = "failed_verification" if reasons else "ok"
-    if reasons:
-        result["reason"] = "; ".join(reasons)
-    return result
+    return VerifyResult(result, gate(result, expected, build))

@@ -42,6 +42,8 @@ class Context:
         self.stages: dict[str, Entry] = {}
         self._dataset: Dataset | None = None
         self._interface: dict | None = None
+        self.progress = False
+        """Calibration bars on stderr (a Builder asked for them)."""
         self.conversion_error: str | None = None
         """Why onnx2tf could not convert the user's ONNX model: no Keras stages, the targets that need them fail."""
 
@@ -103,7 +105,8 @@ class Context:
         scored against the original model's outputs: the validation split (REFERENCE_VAL_OUTPUTS), else
         training samples that do not calibrate (TEACHER_OUTPUTS), else the calibration ones against the
         float model."""
-        from pipeline.stages import REFERENCE_VAL_OUTPUTS, TEACHER_OUTPUTS, load_outputs
+        from pipeline.stages import REFERENCE_VAL_OUTPUTS, TEACHER_OUTPUTS
+        from targets.metrics import load_outputs
         from targets.ptq import Settings
 
         p = self.cfg.ptq
@@ -121,6 +124,16 @@ class Context:
                 ds.x_train[keep], p.mixed, p.budget, [o[keep] for o in load_outputs(ref.file(TEACHER_OUTPUTS))]
             )
         return Settings(ds.x_cal, p.mixed, p.budget)
+
+    def interface_source(self):
+        """What an export keeping the user's interface needs of this build (interface_export.Original)."""
+        from pipeline.interface_export import Original
+        from pipeline.stages import REFERENCE_OUTPUTS
+
+        reference = self.reference().file(REFERENCE_OUTPUTS)
+        return Original(
+            self.cfg.model.path, self.interface(), reference, "train" in self.stages, self.seed, self.ptq_settings
+        )
 
     def interface_route(self, target) -> str | None:
         """How an ONNX/OpenVINO target of a user's ONNX model keeps its interface: `original` (made from the
@@ -329,12 +342,14 @@ def _export(ctx: Context, target, folder: Path) -> dict:
     e = _export_setup(ctx, target)
     target, src = e.target, ctx.stages[e.source]
     calib = ctx.dataset().x_cal
-    progress = lambda i, n: report.progress("calibrate", i, n)
+    progress = (lambda i, n: report.progress("calibrate", i, n)) if ctx.progress else None
     if e.route:
         from pipeline.interface_export import export_keeping_interface
 
         out = folder / target.filename
-        return export_keeping_interface(ctx, target, e.route, src.file(e.model_file), calib, out, e.metadata, progress)
+        return export_keeping_interface(
+            ctx.interface_source(), target, e.route, src.file(e.model_file), calib, out, e.metadata, progress
+        )
     stages.tf_setup(ctx.seed)
     ptq = ctx.ptq_settings()
 
@@ -427,7 +442,7 @@ def _verify(ctx: Context, target, folder: Path) -> dict:
         expected=expected,
         heads=ctx.heads(),
     )
-    return {**result, **isa}
+    return {**result.record(), **isa}
 
 
 RUNNERS = "targets/runners/"

@@ -10,25 +10,42 @@ dimensions are the ones the conversion fixed, its batch dimension stays free if 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import interface
+from targets.progress import step
+
+
+@dataclass(frozen=True)
+class Original:
+    """What an export keeping the user's interface needs of the build."""
+
+    path: str
+    """The user's ONNX file."""
+    interface: dict
+    """Its inputs and outputs (pipeline/interface.py)."""
+    reference_outputs: Path
+    """The reference's outputs on the held-out samples (their shapes)."""
+    converted: bool
+    """Whether the Keras stages ran: the reference is then the converted model's (channels-last outputs)."""
+    seed: int
+    ptq_settings: Callable
+    """The post-training choice's settings (targets.ptq.Settings or None), made only when an int8 target needs them."""
 
 
 def export_keeping_interface(
-    builder, target, route: str, model_h5: Path, calibration: np.ndarray, out: Path, metadata: dict, progress
+    source: Original, target, route: str, model_h5: Path, calibration: np.ndarray, out: Path, metadata: dict, progress
 ) -> dict:
     """Write the artifact; returns the export stage's metadata, with the artifact's interface."""
-    from pipeline import report
-
-    original = builder.interface()
-    if builder.several_inputs():
+    original = source.interface
+    if len(original["inputs"]) > 1:
         import onnx
 
-        proto = onnx.load(builder.cfg.model.path)
+        proto = onnx.load(source.path)
         n_in, n_out = len(original["inputs"]), len(original["outputs"])
         calib = [calibration[p["name"]] for p in original["inputs"]]
         target.module.write(target, proto, calib, out, metadata, progress)
@@ -43,33 +60,32 @@ def export_keeping_interface(
     if route == "original":
         import onnx
 
-        proto = onnx.load(builder.cfg.model.path)
+        proto = onnx.load(source.path)
         in_perms = [
             interface.to_first(len(p["shape"])) if interface.channels_first(p) else None for p in original["inputs"]
         ]
-        reference = builder.reference().file("reference_outputs.npz")
-        with np.load(reference, allow_pickle=False) as z:
+        with np.load(source.reference_outputs, allow_pickle=False) as z:
             shapes = [list(z[f"output_{i}"].shape) for i in range(len(z.files))]
-        if "train" in builder.stages:  # the converted model's outputs: channels-last where onnx2tf made them so
+        if source.converted:  # the converted model's outputs: channels-last where onnx2tf made them so
             out_perms = [interface.output_perm(p["shape"], s) for p, s in zip(original["outputs"], shapes)]
         else:  # the user's file's own (original_outputs)
             out_perms = [None] * len(shapes)
-        source, method = "original", "ptq" if target.options["mode"] == "int8" else "convert"
+        made_from, method = "original", "ptq" if target.options["mode"] == "int8" else "convert"
     else:
         from pipeline import stages
         from targets.onnx import to_onnx
 
-        stages.tf_setup(builder.seed)
+        stages.tf_setup(source.seed)
         model = stages.load_model(model_h5)
-        with report.step("convert", "Keras -> ONNX (tf2onnx)"):
+        with step("convert", "Keras -> ONNX (tf2onnx)"):
             proto = to_onnx(model, target.options["opset"])
         proto, in_perms, out_perms = interface.restore(proto, original)
-        source, method = "prune", "ptq" if target.options["mode"] == "int8" else "convert"
+        made_from, method = "prune", "ptq" if target.options["mode"] == "int8" else "convert"
     calib = [interface.to_artifact(calibration, in_perms[0])]
-    ptq = _in_artifact_layout(builder.ptq_settings(), in_perms[0], out_perms) if method == "ptq" else None
+    ptq = _in_artifact_layout(source.ptq_settings(), in_perms[0], out_perms) if method == "ptq" else None
     choice = target.module.write(target, proto, calib, out, metadata, progress, ptq=ptq)
     return {
-        "source": source,
+        "source": made_from,
         "method": method,
         **({"ptq": choice} if choice else {}),
         "route": route,
@@ -98,8 +114,9 @@ def original_outputs(model: str, data: Path, original: dict, labels, why: str, f
 
     from pipeline import runner
     from pipeline.errors import ModelLoadError
-    from pipeline.stages import REFERENCE_OUTPUTS, REFERENCE_VAL_OUTPUTS, load_outputs
+    from pipeline.stages import REFERENCE_OUTPUTS, REFERENCE_VAL_OUTPUTS
     from targets import RUNNERS
+    from targets.metrics import is_classifier, load_outputs
 
     port = original["inputs"][0]
     perm = (
@@ -121,7 +138,7 @@ def original_outputs(model: str, data: Path, original: dict, labels, why: str, f
                 raise ModelLoadError(f"{model}: onnxruntime cannot run it on the data: {res['error']}")
     outs = load_outputs(folder / REFERENCE_OUTPUTS)
     y = data / "y_test.npy"
-    classifier = len(outs) == 1 and outs[0].ndim == 2 and outs[0].shape[1] == len(labels) and y.exists()
+    classifier = outs[0].ndim == 2 and is_classifier([o.shape for o in outs], len(labels)) and y.exists()
     skipped = "no fine-tuning, pruning, QAT or TFLite target (they work on the single-input Keras conversion)"
     return {
         "accuracy": float(np.mean(outs[0].argmax(-1) == np.load(y))) if classifier else None,

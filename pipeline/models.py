@@ -194,4 +194,6 @@ def describe_outputs(model) -> list[dict]:
 
 def is_classifier(model, n_labels: int) -> bool:
     """One output whose last dimension is the number of classes: accuracy applies."""
-    return len(model.outputs) == 1 and n_labels > 0 and model.outputs[0].shape[-1] == n_labels
+    from targets.metrics import is_classifier as classifier
+
+    return classifier([tuple(o.shape) for o in model.outputs], n_labels)

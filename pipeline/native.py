@@ -330,17 +330,8 @@ class NativeSSH(SSHDevice):
         return super().conditions_line(rows, timing).replace(f"Python {self.python}", "no Python (native runner)")
 
 
-KINDS = {"local": NativeLocal, "emu": NativeEmu, "ssh": NativeSSH}
-
-
 def get_device(spec: str, **options):
-    """The native-harness device a bench device spec names (local, emu:PROFILE, ssh://...)."""
-    from pipeline.errors import UsageError
+    """The native-harness device a bench device spec names (local, emu:PROFILE, ssh://...): devices.KINDS."""
+    from pipeline.devices import get_device
 
-    kind = spec.split(":", 1)[0]
-    if kind not in KINDS:
-        raise UsageError(
-            f"unknown device '{spec}': known device kinds are {', '.join(KINDS)} "
-            "(local, emu:rpi3|rpi4|rpi5, ssh://user@host[:port])"
-        )
-    return KINDS[kind](spec, **options)
+    return get_device(spec, harness="native", **options)

@@ -7,7 +7,6 @@ when a stage really runs, so a fully cached build never pays for it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import warnings
@@ -18,21 +17,7 @@ import numpy as np
 from pipeline import report
 from targets import metrics
 from targets.metrics import load_outputs, save_outputs
-
-
-@contextlib.contextmanager
-def stderr_silenced():
-    """TensorFlow's C++ start-up chatter (oneDNN, CUDA probes) ignores TF_CPP_MIN_LOG_LEVEL."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+from targets.silence import stderr_silenced
 
 
 def tf_setup(seed: int):
@@ -173,7 +158,7 @@ class Teacher:
 
         self.labelled = ds.labelled and is_classifier(model, len(ds.labels))
         probe = np.asarray(predict(model, ds.x_train[:64], batch_size)[0])
-        self.probabilities = bool(np.allclose(probe.sum(-1), 1.0, atol=1e-3) and probe.min() >= 0)
+        self.probabilities = metrics.are_probabilities(probe)
         if self.labelled:
             self.y = ds.y_train
         else:

@@ -223,8 +223,7 @@ NOT_OFFERED = {
 
 def resolve(spec: str | list[str] | tuple[str, ...]) -> list[Target]:
     """`name`, `a,b`, or `all` to targets, in registry order. Unknown names raise UsageError."""
-    from pipeline.config import closest
-    from pipeline.errors import UsageError
+    from targets.errors import UsageError, closest
 
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]

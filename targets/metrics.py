@@ -1,5 +1,5 @@
 """How close a model's outputs are to the original model's: the one set of measures the gate (pipeline/gate.py),
-the training stages and the post-training choice (targets/ptq.py) all use, figured head by head.
+the training stages and the post-training choice (targets/ptq/) all use, figured head by head.
 
 A model's outputs ("heads") are each of one kind, measured its own way:
 - `scores` (class probabilities, or a single classifier's logits): top-1 agreement and top-k overlap;
@@ -77,19 +77,28 @@ def top1(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(np.asarray(out).argmax(-1) == np.asarray(ref).argmax(-1)))
 
 
+def are_probabilities(a: np.ndarray) -> bool:
+    """Rows that are probabilities (non-negative, summing to 1: a softmax's)."""
+    return bool(a.min() >= -1e-6 and np.allclose(a.sum(-1), 1.0, atol=1e-3))
+
+
 def looks_like_scores(ref: np.ndarray, only_output: bool) -> bool:
     """(N, classes) outputs: a model's only such output is its class scores (probabilities or logits); among
-    several outputs, one whose rows are probabilities (non-negative, summing to 1: a softmax) is."""
+    several outputs, one whose rows are probabilities (are_probabilities) is."""
     if ref.ndim != 2 or ref.shape[1] < 2:
         return False
-    if only_output:
-        return True
-    return bool(ref.min() >= -1e-6 and np.allclose(ref.sum(-1), 1.0, atol=1e-3))
+    return only_output or are_probabilities(ref)
 
 
 def is_scores(outputs: list[np.ndarray]) -> bool:
     """A classifier's outputs: a single (N, classes) output."""
     return len(outputs) == 1 and looks_like_scores(outputs[0], True)
+
+
+def is_classifier(shapes, n_labels: int) -> bool:
+    """Outputs of these shapes (one per output) are a classifier's for `n_labels` classes: one output whose last
+    dimension is the number of classes, so accuracy (argmax against the labels) applies."""
+    return len(shapes) == 1 and n_labels > 0 and shapes[0][-1] == n_labels
 
 
 def head_kinds(reference: list[np.ndarray], declared=(), activations=()) -> list[str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.report import step
+from targets.progress import step
 
 PARAM_MAGIC = "7767517"
 TAGS = {0x00000000: "float32", 0x01306B47: "float16", 0x000D4B38: "int8"}

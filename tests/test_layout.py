@@ -49,6 +49,22 @@ def test_no_module_imports_itself_through_others():
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
 
 
+def test_the_lower_layer_targets_imports_nothing_from_pipeline():
+    """targets/ is the layer below pipeline/ (families, runtimes, runners, the post-training choice): not one
+    import of pipeline in it, at module level or inside a function."""
+    found = []
+    for p in sorted((ROOT / "targets").rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{p.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n.split(".")[0] == "pipeline"]
+    assert not found, "\n".join(found)
+
+
 def _docstrings(tree) -> set[int]:
     return {
         id(node.body[0].value)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.cli.options import add_build_options, add_device_arguments, build_kwargs, device_options, log
 from pipeline.errors import UsageError
+from pipeline.verdict import Status
 
 HELP = "time built artifacts in their runtimes: load, first inference, latency percentiles, memory"
 
@@ -108,7 +109,7 @@ def run(args) -> int:
     if args.json:
         atomic_write_json(args.json, rows)
         print(f"rows: {args.json}")
-    failed = [r for r in rows if r["status"] != "ok"]
+    failed = [r for r in rows if r["status"] != Status.OK]
     for r in failed:
         print(
             f"error: {r['target']} on {r['device']} ({r['threads']} threads) {r['status']}: {r['error']}",

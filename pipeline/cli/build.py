@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from pipeline.cli.options import add_build_options, add_device_arguments, build_kwargs, device_options, log
+from pipeline.verdict import Status
 
 HELP = "build and verify artifacts"
 DESCRIPTION = (
@@ -66,10 +67,10 @@ def run(args) -> int:
     if checks:
         print(report.table(checks, TABLE_COLUMNS))
     print(f"manifest: {b.manifest_path}")
-    failed = [a for a in rows if a["status"] != "ok"]
+    failed = [a for a in rows if a["status"] != Status.OK]
     for a in failed:
         print(f"error: {a['target']} {a['status'].replace('_', ' ')}: {a['reason']}", file=sys.stderr)
-    arm_failed = [c for c in checks if c["status"] != "ok"]
+    arm_failed = [c for c in checks if c["status"] != Status.OK]
     for c in arm_failed:
         print(f"error: {c['target']} fails on {c['device']}: {c['reason']}", file=sys.stderr)
     return 1 if failed or arm_failed else 0

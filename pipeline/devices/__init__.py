@@ -8,7 +8,7 @@ sit beside it) and the inputs. A device may also have `columns` (its table), `co
 timing)` and `runtimes()` (what `device check` lists), and its run() may return `device_fields`:
 extra row fields (emulated boards never report wall time as p50_ms).
 
-One file per kind of device, one row in KINDS. Imports stay light (stdlib): `--help` loads this.
+One file per kind of device, one row in KINDS (its Python-runner and native-runner classes). Imports stay light (stdlib): `--help` loads this.
 """
 
 from __future__ import annotations
@@ -19,11 +19,22 @@ from pathlib import Path
 
 from pipeline.errors import UsageError
 
-# spec prefix (the part before ':') -> "module:class"; each class takes (spec, known_hosts, identity, keep).
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of device: the class that runs the Python runners on it and the one that runs the native runner
+    (`bench --harness native`), each "module:class", imported only when asked for; each class takes (spec,
+    known_hosts, identity, keep)."""
+
+    python: str
+    native: str
+
+
+# spec prefix (the part before ':') -> its kind
 KINDS = {
-    "local": "pipeline.devices.local:LocalDevice",
-    "emu": "pipeline.devices.emulated:EmuDevice",
-    "ssh": "pipeline.devices.ssh:SSHDevice",
+    "local": Kind("pipeline.devices.local:LocalDevice", "pipeline.native:NativeLocal"),
+    "emu": Kind("pipeline.devices.emulated:EmuDevice", "pipeline.native:NativeEmu"),
+    "ssh": Kind("pipeline.devices.ssh:SSHDevice", "pipeline.native:NativeSSH"),
 }
 
 
@@ -85,15 +96,18 @@ class RunRequest:
         return args + (timing.argv() if timing else []) + self.option_argv()
 
 
-def get_device(spec: str, known_hosts: Path | None = None, identity: Path | None = None, keep: bool = False):
-    """The device a spec names: `local`, `emu:rpi3|rpi4|rpi5`, `ssh://[user@]host[:port]`."""
+def get_device(
+    spec: str, known_hosts: Path | None = None, identity: Path | None = None, keep: bool = False, harness="python"
+):
+    """The device a spec names: `local`, `emu:rpi3|rpi4|rpi5`, `ssh://[user@]host[:port]`, running the Python
+    runners or (`harness` "native") the native one."""
     kind = spec.split(":", 1)[0]
     if kind not in KINDS:
         raise UsageError(
             f"unknown device '{spec}': known device kinds are {', '.join(KINDS)} "
             "(local, emu:rpi3|rpi4|rpi5, ssh://user@host[:port])"
         )
-    module, cls = KINDS[kind].split(":")
+    module, cls = getattr(KINDS[kind], harness).split(":")
     return getattr(importlib.import_module(module), cls)(spec, known_hosts=known_hosts, identity=identity, keep=keep)
 
 

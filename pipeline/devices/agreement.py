@@ -49,8 +49,8 @@ _REFERENCE: dict = {}
 def x86_reference(request, inputs: Path):
     """(outputs, None) of the request's runner on this machine for these samples, or (None, why not). Cached."""
     from pipeline import runner
-    from pipeline.gate import load_outputs
     from pipeline.util import sha256_file
+    from targets.metrics import load_outputs
 
     st = Path(request.model).stat()
     key = (str(request.runner), str(request.model), st.st_mtime_ns, st.st_size, sha256_file(inputs), request.options)
@@ -92,7 +92,7 @@ def agreement(outputs, reference) -> dict:
 def agree_fields(res: dict, out_file: Path, ref, ref_error, original: Path | None = None) -> dict:
     """The device's outputs against x86's run of the same file (`ref`), and with `original` (RunRequest.original)
     both against the original model's outputs."""
-    from pipeline.gate import load_outputs
+    from targets.metrics import load_outputs
 
     if not res.get("ok"):
         return {}
@@ -112,7 +112,8 @@ def vs_original(outputs, original: Path, x86=None) -> dict:
     """Top-1 agreement, cosine and max |diff| of the device's outputs (and of x86's, `x86`) with the original
     model's on the same samples: what every other figure is measured against. A board whose int8 kernels are
     closer to the original than x86's disagrees with x86 and still answers better."""
-    from pipeline.gate import compare, load_outputs
+    from pipeline.gate import compare
+    from targets.metrics import load_outputs
 
     want = [r[: len(outputs[0])] for r in load_outputs(original)]
     if len(want) != len(outputs) or any(o.shape != w.shape for o, w in zip(outputs, want)):
@@ -132,19 +133,20 @@ def original_outputs(reference: Path, art: dict, folder: Path) -> Path:
     (the inverse of its output_perms), as a file beside the samples a board runs."""
     import numpy as np
 
-    from pipeline.gate import load_outputs
+    from targets.metrics import load_outputs, save_outputs
 
     refs = load_outputs(reference)
     perms = (art.get("output_perms") or []) + [None] * len(refs)
     outs = [o.transpose(np.argsort(p)) if p else o for o, p in zip(refs, perms)]
     dest = folder / f"original_{art['target']}.npz"
-    np.savez(dest, **{f"output_{i}": o for i, o in enumerate(outs)})
+    save_outputs(dest, outs)
     return dest
 
 
 def legacy_on_board(res: dict, out: Path, ref, ref_error) -> str:
     """tflite-runtime 2.14 on the board against this machine's LiteRT, as build says it (verify.legacy_verdict)."""
-    from pipeline.gate import legacy_verdict, load_outputs
+    from pipeline.gate import legacy_verdict
+    from targets.metrics import load_outputs
 
     if not res.get("ok"):
         return legacy_verdict(res.get("error") or "no result", [], [], "x86")

@@ -28,6 +28,7 @@ from pipeline.devices.agreement import (
     x86_reference,
 )
 from pipeline.errors import DeviceError, UsageError
+from pipeline.verdict import Status
 
 SSH_CONNECT_TIMEOUT = 15
 SSH_STEP_TIMEOUT = 120.0  # upload (plus 1 s per MB), fetch, clean up; the run gets bench's --timeout
@@ -335,7 +336,7 @@ class SSHDevice:
         return "; ".join(parts)
 
     def conditions_line(self, rows: list[dict], timing) -> str:
-        ok = [r for r in rows if r["status"] == "ok"]
+        ok = [r for r in rows if r["status"] == Status.OK]
         r = ok[0] if ok else {}
         return (
             f"conditions: {self.name}: {r.get('cpu', '?')} ({r.get('cpus_available', '?')} CPUs, load "

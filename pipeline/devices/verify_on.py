@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.devices import RunRequest, get_devices
 from pipeline.errors import UsageError
+from pipeline.verdict import Status, VerifyResult
 
 ARM_CHECK_SAMPLES = 100  # held-out samples compared with x86
 
@@ -75,9 +76,7 @@ def arm_check(
                 f"and with the original model {check['top1_agreement_vs_original']:.4f}, below x86's "
                 f"{check['x86_top1_agreement_vs_original']:.4f} on the same samples"
             )
-    check["status"] = "failed" if reasons else "ok"
-    if reasons:
-        check["reason"] = "; ".join(reasons)
+    check = VerifyResult(check, reasons, Status.FAILED).record()
     check["sha256"] = art.get("sha256")
     return check
 
@@ -127,7 +126,7 @@ def verify_on(
     for device in devices:
         for a in rows:
             path = Path(out) / a["path"] if a.get("path") else None
-            if a.get("status") != "ok" or path is None or not path.exists():
+            if a.get("status") != Status.OK or path is None or not path.exists():
                 continue
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:  # the samples in the artifact's own input layout

@@ -26,6 +26,7 @@ from pathlib import Path
 from pipeline.errors import RunnerError, UsageError, VerificationError
 from pipeline.releases import FLOAT_ATOL, INT_STEPS, VECTORS
 from pipeline.releases.card import benchmarks_md, model_card
+from pipeline.verdict import Status
 
 VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+(?:[-+][0-9A-Za-z.-]+)?$")
 RELEASE_JSON = "release.json"
@@ -100,7 +101,7 @@ def usable(manifest: dict | None, out: Path, targets):
         if row is None:
             return None
         # A failed build has no file: that is a result (release refuses it), not something missing.
-        if row["status"] == "failed_build":
+        if row["status"] == Status.FAILED_BUILD:
             continue
         # The manifest's sha256 is of the artifact's files one after the other (build.publish).
         paths = [(out / row["path"]).parent / f for f in t.files]
@@ -127,13 +128,13 @@ def select(targets, rows: dict, allowed: set[str]):
 
 
 def _failure(row: dict) -> dict | None:
-    if row["status"] != "ok":
+    if row["status"] != Status.OK:
         return {"target": row["target"], "status": row["status"], "reason": row.get("reason", "")}
-    bad = {d: c for d, c in (row.get("arm_check") or {}).items() if c.get("status") != "ok"}
+    bad = {d: c for d, c in (row.get("arm_check") or {}).items() if c.get("status") != Status.OK}
     if bad:
         return {
             "target": row["target"],
-            "status": "failed_arm_check",
+            "status": Status.FAILED_ARM_CHECK,
             "reason": "; ".join(f"on {d}: {c.get('reason') or c.get('status')}" for d, c in bad.items()),
         }
     return None
@@ -480,4 +481,4 @@ def load_bench(path: Path, model: str | None) -> list[dict]:
 
 def timed(rows: list[dict]) -> list[dict]:
     """The rows a release's benchmarks show: timed ones (not those not built, failed, timed out, or emulated)."""
-    return [r for r in rows if r.get("status", "ok") == "ok" and r.get("p50_ms") is not None]
+    return [r for r in rows if r.get("status", Status.OK) == Status.OK and r.get("p50_ms") is not None]
