@@ -446,6 +446,16 @@ def _verify(ctx: Context, target, folder: Path) -> dict:
 
 
 RUNNERS = "targets/runners/"
+
+
+def _ptq_backend(target) -> tuple:
+    """The family's post-training backend: targets.ptq picks it by family name at run time, out of the walk's sight."""
+    import importlib.util
+
+    name = f"targets.ptq.{target.family}"
+    return (importlib.import_module(name),) if importlib.util.find_spec(name) else ()
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
@@ -491,7 +501,7 @@ STAGES: dict[str, Stage] = {
             lambda ctx, t: ["data", _export_setup(ctx, t).source],
             _export_params,
             _export,
-            lambda t: (t.module,),
+            lambda t: (t.module, *_ptq_backend(t)),
         ),
         Stage(
             "verify",
