@@ -81,7 +81,7 @@ def budget_reasons(figures: dict, build, share: float = 1.0) -> list[str]:
                     f"{'' if share == 1 else f'{share:g} x '}max_accuracy_drop {build.max_accuracy_drop:g}"
                 )
             continue
-        key = "min_cosine" if measure == "cosine" else "min_agreement"
+        key = {"cosine": "min_cosine", "box_f1": "min_box_f1"}.get(measure, "min_agreement")
         reasons += [who + r for r in _below(value, metrics.NAMES[measure], key, minimum, "the original model", share)]
     return reasons
 
@@ -92,11 +92,13 @@ def head_measure(h: dict, reference_accuracy: float | None, build) -> tuple[str 
     kind: top-1 agreement if it has one, else cosine."""
     if h.get("accuracy") is not None and reference_accuracy is not None:
         return "accuracy", h["accuracy"], reference_accuracy - build.max_accuracy_drop / 100
-    kind = h.get("kind") or (metrics.SCORES if h.get("top1_agreement") is not None else metrics.REGRESSION)
+    guess = metrics.DETECT if h.get("box_f1") is not None else None
+    kind = h.get("kind") or guess or (metrics.SCORES if h.get("top1_agreement") is not None else metrics.REGRESSION)
     measure = metrics.MEASURE[kind]
     if h.get(measure) is None:
         return None, None, None
-    return measure, h[measure], build.min_cosine if measure == "cosine" else build.min_agreement
+    minimum = {"cosine": build.min_cosine, "box_f1": build.min_box_f1}.get(measure, build.min_agreement)
+    return measure, h[measure], minimum
 
 
 def worst_head(figures: dict, build) -> str | None:
