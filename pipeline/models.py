@@ -175,6 +175,9 @@ def _from_onnx(path: Path, override, workdir: Path | None):
                             overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
                             non_verbose=True,
                             param_replacement_file="replace.json",
+                            # the Keras model is all we keep: no SavedModel or .tflite files of onnx2tf's own (time;
+                            # and a SavedModel refuses some op names, e.g. YOLO11's)
+                            disable_model_save=True,
                         )
                         break
                     except (Exception, SystemExit) as e:  # onnx2tf ends some failures with sys.exit(1)
@@ -191,7 +194,8 @@ def _from_onnx(path: Path, override, workdir: Path | None):
 
 
 def _without_const_sub(path: Path, dest: Path) -> None:
-    """The user's graph with each `Sub(constant, x)` written `Add(Neg(x), constant)` (the same values), saved to
+    """The user's graph with each `Sub(constant, x)` written `Add(Neg(x), constant)` (the same values; constant:
+    what does not depend on the samples' values, once the input's shape is fixed), saved to
     `dest`. Through onnx2tf, a Sub whose first operand is a constant computes x - constant in the TFLite file
     made from the Keras model (the Keras model itself is right): a YOLOv8 head's box corners (anchor - distance)
     came out swapped, max |diff| 459 px on yolov8n at 160 px; with Add(Neg) it is 2e-4."""
@@ -200,10 +204,15 @@ def _without_const_sub(path: Path, dest: Path) -> None:
 
     m = onnx.load(path)
     g = m.graph
-    consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    # What the samples' values flow into; a Shape's output is not (the input's shape is fixed from the data):
+    # a dynamic export computes a YOLO head's anchors from its feature maps' shapes.
+    varies = {i.name for i in g.input} - {i.name for i in g.initializer}
+    for n in g.node:  # graph nodes are in topological order
+        if n.op_type != "Shape" and any(i in varies for i in n.input):
+            varies.update(n.output)
     nodes = []
     for n in g.node:
-        if n.op_type == "Sub" and n.input[0] in consts and n.input[1] not in consts:
+        if n.op_type == "Sub" and n.input[0] not in varies and n.input[1] in varies:
             neg = f"{n.output[0]}__neg"
             nodes.append(helper.make_node("Neg", [n.input[1]], [neg], name=f"{n.name}__neg"))
             nodes.append(helper.make_node("Add", [neg, n.input[0]], list(n.output), name=n.name))
