@@ -8,6 +8,8 @@ without Keras layers go through pipeline/keras3.py.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -169,16 +171,18 @@ def _from_onnx(path: Path, override, workdir: Path | None):
                     (tmp / "replace.json").write_text(json.dumps({"format_version": 1, "operations": replace}))
                     shutil.copyfile(tmp / "source.onnx", tmp / "model.onnx")
                     try:
-                        model = onnx2tf.convert(
-                            input_onnx_file_path="model.onnx",
-                            output_folder_path="saved_model",
-                            overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
-                            non_verbose=True,
-                            param_replacement_file="replace.json",
-                            # the Keras model is all we keep: no SavedModel or .tflite files of onnx2tf's own (time;
-                            # and a SavedModel refuses some op names, e.g. YOLO11's)
-                            disable_model_save=True,
-                        )
+                        # onnx2tf prints a failure's trace on stdout (the build's table) even when a retry fixes it
+                        with contextlib.redirect_stdout(io.StringIO()):
+                            model = onnx2tf.convert(
+                                input_onnx_file_path="model.onnx",
+                                output_folder_path="saved_model",
+                                overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
+                                non_verbose=True,
+                                param_replacement_file="replace.json",
+                                # the Keras model is all we keep: no SavedModel or .tflite files of onnx2tf's own (time;
+                                # and a SavedModel refuses some op names, e.g. YOLO11's)
+                                disable_model_save=True,
+                            )
                         break
                     except (Exception, SystemExit) as e:  # onnx2tf ends some failures with sys.exit(1)
                         more = _transposed_concat_inputs(e, tmp / "model.onnx") if attempt < CONCAT_RETRIES else []
@@ -214,7 +218,7 @@ def _without_const_sub(path: Path, dest: Path) -> None:
     for n in g.node:
         if n.op_type == "Sub" and n.input[0] not in varies and n.input[1] in varies:
             neg = f"{n.output[0]}__neg"
-            nodes.append(helper.make_node("Neg", [n.input[1]], [neg], name=f"{n.name}__neg"))
+            nodes.append(helper.make_node("Neg", [n.input[1]], [neg], name=f"{n.name or n.output[0]}__neg"))
             nodes.append(helper.make_node("Add", [neg, n.input[0]], list(n.output), name=n.name))
         else:
             nodes.append(n)
