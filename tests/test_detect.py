@@ -112,6 +112,7 @@ def test_a_detector_heads_figures_are_its_boxes_against_the_originals():
     f = metrics.compare([out], [ref], kinds=["detect"])
     assert f["box_f1"] == pytest.approx(2 / 3)
     assert f["map50"] == pytest.approx(0.5)
+    assert (f["boxes"], f["reference_boxes"]) == (1, 2)
     assert metrics.closeness([out], [ref], ["detect"])["agreement"] == pytest.approx(2 / 3)
     strict = detect.Detect(conf=0.9)  # keeps no box of either: the same (no) boxes
     assert metrics.compare([out], [ref], kinds=["detect"], settings=strict)["box_f1"] == 1.0
