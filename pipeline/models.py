@@ -161,7 +161,7 @@ def _from_onnx(path: Path, override, workdir: Path | None):
         # onnx2tf fixes the input shape and simplifies by running the `onnxsim` program; without it
         # on PATH it silently keeps the dynamic shape. It sits beside our interpreter.
         os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_env])
-        _without_const_sub(path, tmp / "source.onnx")
+        head = _without_const_sub(path, tmp / "source.onnx")
         replace = []
         try:
             with report.step("convert", f"ONNX -> Keras (onnx2tf, input {name} {dims})"):
@@ -182,6 +182,10 @@ def _from_onnx(path: Path, override, workdir: Path | None):
                                 # the Keras model is all we keep: no SavedModel or .tflite files of onnx2tf's own (time;
                                 # and a SavedModel refuses some op names, e.g. YOLO11's)
                                 disable_model_save=True,
+                                # a detector's head (one 3-D output): YOLO11's attention has a depthwise conv that
+                                # onnx2tf otherwise makes a layer holding a tf.Variable, which the Keras model
+                                # cannot be saved with (VariableSpec is not JSON); as separable convolutions it can
+                                disable_group_convolution=head,
                             )
                         break
                     except (Exception, SystemExit) as e:  # onnx2tf ends some failures with sys.exit(1)
@@ -197,12 +201,13 @@ def _from_onnx(path: Path, override, workdir: Path | None):
     return model
 
 
-def _without_const_sub(path: Path, dest: Path) -> None:
+def _without_const_sub(path: Path, dest: Path) -> bool:
     """The user's graph with each `Sub(constant, x)` written `Add(Neg(x), constant)` (the same values; constant:
     what does not depend on the samples' values, once the input's shape is fixed), saved to
     `dest`. Through onnx2tf, a Sub whose first operand is a constant computes x - constant in the TFLite file
     made from the Keras model (the Keras model itself is right): a YOLOv8 head's box corners (anchor - distance)
-    came out swapped, max |diff| 459 px on yolov8n at 160 px; with Add(Neg) it is 2e-4."""
+    came out swapped, max |diff| 459 px on yolov8n at 160 px; with Add(Neg) it is 2e-4. Returns whether the graph
+    has one 3-D output (a detector's head)."""
     import onnx
     from onnx import helper
 
@@ -225,6 +230,7 @@ def _without_const_sub(path: Path, dest: Path) -> None:
     del g.node[:]
     g.node.extend(nodes)
     onnx.save(m, dest)
+    return len(g.output) == 1 and len(g.output[0].type.tensor_type.shape.dim) == 3
 
 
 CONCAT_RETRIES = 3
