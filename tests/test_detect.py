@@ -188,3 +188,12 @@ def test_a_sub_from_a_constant_goes_to_onnx2tf_as_an_add_of_the_negation_with_th
     x = np.array([[0.5, -1.0, 4.0]], np.float32)
     run = lambda p: ort.InferenceSession(str(p)).run(None, {"x": x})[0]
     np.testing.assert_array_equal(run(tmp_path / "r.onnx"), run(tmp_path / "m.onnx"))
+
+
+def test_a_free_shape_yolo_heads_output_keeps_its_layout_through_the_conversion():
+    """Free dims fit the channels-last permutation as well; a YOLO head's output is not permuted (onnx2tf's
+    conversion keeps it [N, 4 + C, A]), an image-like one still is."""
+    from pipeline.interface import output_perm
+
+    assert output_perm([None, None, None], [25, 84, 525]) is None
+    assert output_perm([None, None, None, None], [25, 8, 8, 3]) == [0, 2, 3, 1]
