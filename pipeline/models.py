@@ -207,12 +207,16 @@ def _without_const_sub(path: Path, dest: Path) -> bool:
     `dest`. Through onnx2tf, a Sub whose first operand is a constant computes x - constant in the TFLite file
     made from the Keras model (the Keras model itself is right): a YOLOv8 head's box corners (anchor - distance)
     came out swapped, max |diff| 459 px on yolov8n at 160 px; with Add(Neg) it is 2e-4. Returns whether the graph
-    has one 3-D output (a detector's head)."""
+    has one 3-D output (a detector's head): only such graphs are rewritten."""
     import onnx
     from onnx import helper
 
     m = onnx.load(path)
     g = m.graph
+    head = len(g.output) == 1 and len(g.output[0].type.tensor_type.shape.dim) == 3
+    if not head:  # seen on detectors' heads; other graphs go to onnx2tf as they are (not measured on them yet)
+        onnx.save(m, dest)
+        return False
     # What the samples' values flow into; a Shape's output is not (the input's shape is fixed from the data):
     # a dynamic export computes a YOLO head's anchors from its feature maps' shapes.
     varies = {i.name for i in g.input} - {i.name for i in g.initializer}
@@ -230,7 +234,7 @@ def _without_const_sub(path: Path, dest: Path) -> bool:
     del g.node[:]
     g.node.extend(nodes)
     onnx.save(m, dest)
-    return len(g.output) == 1 and len(g.output[0].type.tensor_type.shape.dim) == 3
+    return True
 
 
 CONCAT_RETRIES = 3

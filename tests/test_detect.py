@@ -167,24 +167,26 @@ def test_a_sub_from_a_constant_goes_to_onnx2tf_as_an_add_of_the_negation_with_th
     from pipeline.models import _without_const_sub
 
     c = helper.make_tensor("c", TensorProto.FLOAT, [1, 3], [1.0, 2.0, 3.0])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [0])
     nodes = [
         helper.make_node("Sub", ["c", "x"], ["a"]),  # constant first: rewritten
         helper.make_node("Shape", ["x"], ["s"], start=1),  # [3]
         helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
         helper.make_node("Sub", ["sf", "a"], ["b"]),  # from the shape only: rewritten
-        helper.make_node("Sub", ["b", "c"], ["y"]),  # constant second: kept
+        helper.make_node("Sub", ["b", "c"], ["d"]),  # constant second: kept
+        helper.make_node("Unsqueeze", ["d", "axes"], ["y"]),  # one 3-D output: a detector head's rank
     ]
     graph = helper.make_graph(
         nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-        [c],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 3])],
+        [c, axes],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
     _without_const_sub(tmp_path / "m.onnx", tmp_path / "r.onnx")
     ops = [n.op_type for n in onnx.load(tmp_path / "r.onnx").graph.node]
-    assert ops == ["Neg", "Add", "Shape", "Cast", "Neg", "Add", "Sub"]
+    assert ops == ["Neg", "Add", "Shape", "Cast", "Neg", "Add", "Sub", "Unsqueeze"]
     x = np.array([[0.5, -1.0, 4.0]], np.float32)
     run = lambda p: ort.InferenceSession(str(p)).run(None, {"x": x})[0]
     np.testing.assert_array_equal(run(tmp_path / "r.onnx"), run(tmp_path / "m.onnx"))
