@@ -46,6 +46,10 @@ class ModelConfig:
     metric: str = ""
     """`module:function` (output, reference) -> float (1 = the same as the original), measuring the heads of kind
     `metric` (every head when `heads` is empty); gated like top-1 agreement. Runs your code: needs --trust-model."""
+    task: str = "auto"
+    """`detect` for a YOLO-family detector (its output decoded to boxes, judged by box F1; see [detect]), `other`
+    for any other model, `auto`: `detect` when the only output is shaped as a YOLOv5/v8/11 head for the input's
+    size ([1, 4 + classes, anchors] or [1, anchors, 5 + classes], anchors of strides 8, 16, 32)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,21 @@ class PtqConfig:
 
 
 @dataclass(frozen=True)
+class DetectConfig:
+    layout: str = "auto"
+    """How a detector's output reads: `v8` (YOLOv8 / YOLO11: [N, 4 + classes, anchors], cx cy w h in pixels then
+    class scores), `v5` (YOLOv5: [N, anchors, 5 + classes], objectness after the box), `auto` (from its shape)."""
+    conf: float = 0.25
+    """Score threshold: the boxes kept before NMS (class score; for `v5`, objectness x class score)."""
+    iou: float = 0.45
+    """IoU above which NMS drops the lower-scoring of two boxes of the same class."""
+    max_det: int = 300
+    """At most this many boxes per image after NMS."""
+    names: tuple[str, ...] = ()
+    """Class names, in the head's class order (the manifest and model card); empty: the class indices."""
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     targets: tuple[str, ...] = ("tflite-int8",)
     seed: int = 0
@@ -150,6 +169,8 @@ class BuildConfig:
     """Without labels: the top-1 agreement with the original model an artifact must reach."""
     min_cosine: float = 0.99
     """Without labels, for non-score outputs: the mean cosine similarity with the original model it must reach."""
+    min_box_f1: float = 0.95
+    """Detectors: the F1 of an artifact's boxes against the original model's (same class, IoU >= 0.5) it must reach."""
     strict: bool = False
     """Turn every fallback (layers left unpruned or unquantized, PTQ instead of QAT) into an error."""
 
@@ -161,6 +182,7 @@ SECTIONS: dict[str, type] = {
     "prune": PruneConfig,
     "qat": QatConfig,
     "ptq": PtqConfig,
+    "detect": DetectConfig,
     "build": BuildConfig,
 }
 
@@ -173,6 +195,7 @@ class Config:
     prune: PruneConfig = field(default_factory=PruneConfig)
     qat: QatConfig = field(default_factory=QatConfig)
     ptq: PtqConfig = field(default_factory=PtqConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
 
     def section(self, name: str) -> dict:
@@ -272,6 +295,12 @@ def _check_ranges(cfg: Config) -> None:
         ("ptq.budget", 0 <= cfg.ptq.budget <= 1, "in [0, 1]"),
         ("ptq.deploy_cpu", cfg.ptq.deploy_cpu in ("any", "vnni"), "'any' or 'vnni'"),
         ("build.min_cosine", -1 <= cfg.build.min_cosine <= 1, "in [-1, 1]"),
+        ("build.min_box_f1", 0 <= cfg.build.min_box_f1 <= 1, "in [0, 1]"),
+        ("model.task", cfg.model.task in ("auto", "detect", "other"), "'auto', 'detect' or 'other'"),
+        ("detect.layout", cfg.detect.layout in ("auto", "v8", "v5"), "'auto', 'v8' or 'v5'"),
+        ("detect.conf", 0 <= cfg.detect.conf < 1, "in [0, 1)"),
+        ("detect.iou", 0 < cfg.detect.iou <= 1, "in (0, 1]"),
+        ("detect.max_det", cfg.detect.max_det >= 1, "at least 1"),
     ]
     from targets.metrics import KINDS
 

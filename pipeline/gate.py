@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import interface, runner
 from pipeline.verdict import VerifyResult
-from targets import RUNNERS, metrics
+from targets import RUNNERS, detect, metrics
 from targets.metrics import compare, load_outputs  # figures head by head
 
 
@@ -82,7 +82,7 @@ def budget_reasons(figures: dict, build, share: float = 1.0) -> list[str]:
                     f"{'' if share == 1 else f'{share:g} x '}max_accuracy_drop {build.max_accuracy_drop:g}"
                 )
             continue
-        key = "min_cosine" if measure == "cosine" else "min_agreement"
+        key = {"cosine": "min_cosine", "box_f1": "min_box_f1"}.get(measure, "min_agreement")
         reasons += [who + r for r in _below(value, metrics.NAMES[measure], key, minimum, "the original model", share)]
     return reasons
 
@@ -93,11 +93,13 @@ def head_measure(h: dict, reference_accuracy: float | None, build) -> tuple[str 
     kind: top-1 agreement if it has one, else cosine."""
     if h.get("accuracy") is not None and reference_accuracy is not None:
         return "accuracy", h["accuracy"], reference_accuracy - build.max_accuracy_drop / 100
-    kind = h.get("kind") or (metrics.SCORES if h.get("top1_agreement") is not None else metrics.REGRESSION)
+    guess = metrics.DETECT if h.get("box_f1") is not None else None
+    kind = h.get("kind") or guess or (metrics.SCORES if h.get("top1_agreement") is not None else metrics.REGRESSION)
     measure = metrics.MEASURE[kind]
     if h.get(measure) is None:
         return None, None, None
-    return measure, h[measure], build.min_cosine if measure == "cosine" else build.min_agreement
+    minimum = {"cosine": build.min_cosine, "box_f1": build.min_box_f1}.get(measure, build.min_agreement)
+    return measure, h[measure], minimum
 
 
 def worst_head(figures: dict, build) -> str | None:
@@ -200,6 +202,22 @@ def default_run(target, artifact: Path, inputs: Path, perms: dict | None, ref: l
     }
 
 
+def label_figures(outputs: list[np.ndarray], ref: list[np.ndarray], heads: metrics.Heads, data_dir: Path) -> dict:
+    """A detector with labelled boxes (data stage's boxes_test.npz): COCO mAP50-95 of the artifact's boxes and of
+    the original's against the labels. Recorded, not gated: the gate is against the original's boxes."""
+    labels = Path(data_dir) / "boxes_test.npz"
+    if metrics.DETECT not in heads.kinds or not labels.exists():
+        return {}
+    i = heads.kinds.index(metrics.DETECT)
+    with np.load(labels, allow_pickle=False) as z:
+        truth = detect.labels_by_image(z["boxes"], z["classes"], z["image"], len(ref[i]))
+    d = heads.detect or detect.Detect()
+    return {
+        "map50_95_labels": detect.map50_95(truth, detect.decode_with(outputs[i], d)),
+        "reference_map50_95_labels": detect.map50_95(truth, detect.decode_with(ref[i], d)),
+    }
+
+
 def test_inputs(data_dir: Path) -> Path:
     """The held-out samples: x_test.npy, or x_test.npz (one array per input) for a model with several inputs."""
     npy = Path(data_dir) / "x_test.npy"
@@ -290,8 +308,10 @@ def verify_artifact(
             heads.kinds,
             heads.names or None,
             heads.metric,
+            heads.detect,
         )
     )
+    result.update(label_figures(outputs, ref, heads, data_dir))
     if result.get("heads"):
         result["worst_head"] = worst_head(result, build)
     return VerifyResult(result, gate(result, expected, build))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ModelLoadError
+from targets import detect
 
 LAYOUTS = {3: ("NCW", "NWC"), 4: ("NCHW", "NHWC"), 5: ("NCDHW", "NDHWC")}
 
@@ -140,6 +141,8 @@ def output_perm(original: list, converted: list) -> list[int] | None:
     permutation from original (channels-first) to converted (channels-last) layout, as onnx2tf makes it.
     `converted` may be outputs stacked over many samples: its batch size is not compared."""
     rank = len(original)
+    if _compatible(original, converted) and detect.layout_of(converted):
+        return None  # a YOLO head (free dims fit either way): the conversion keeps its layout (models._from_onnx)
     if rank in LAYOUTS and _compatible([original[i] for i in to_last(rank)], converted):
         return to_last(rank)
     if _compatible(original, converted):

@@ -8,7 +8,11 @@ without Keras layers go through pipeline/keras3.py.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -145,8 +149,7 @@ def _from_onnx(path: Path, override, workdir: Path | None):
     name, dims = _onnx_shape(path, override)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
-        # onnx2tf overwrites its input with the simplified graph: hand it a copy, never the user's file.
-        shutil.copyfile(path, tmp / "model.onnx")
+        # onnx2tf overwrites its input with the simplified graph: it gets a copy (each attempt), never the user's file.
         # For 3-channel inputs onnx2tf runs a sanity inference on sample images it would download;
         # a seeded random file of that name in its working folder keeps it offline.
         np.save(
@@ -158,20 +161,110 @@ def _from_onnx(path: Path, override, workdir: Path | None):
         # onnx2tf fixes the input shape and simplifies by running the `onnxsim` program; without it
         # on PATH it silently keeps the dynamic shape. It sits beside our interpreter.
         os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_env])
+        head = _without_const_sub(path, tmp / "source.onnx")
+        replace = []
         try:
             with report.step("convert", f"ONNX -> Keras (onnx2tf, input {name} {dims})"):
-                model = onnx2tf.convert(
-                    input_onnx_file_path="model.onnx",
-                    output_folder_path="saved_model",
-                    overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
-                    non_verbose=True,
-                )
-        except (Exception, SystemExit) as e:  # onnx2tf ends some failures with sys.exit(1)
+                for attempt in range(CONCAT_RETRIES + 1):
+                    # Always a replacement file, even empty: without one onnx2tf searches for one after a failure
+                    # (minutes, and it never finds the fix for a YOLO head).
+                    (tmp / "replace.json").write_text(json.dumps({"format_version": 1, "operations": replace}))
+                    shutil.copyfile(tmp / "source.onnx", tmp / "model.onnx")
+                    try:
+                        # onnx2tf prints a failure's trace on stdout (the build's table) even when a retry fixes it
+                        with contextlib.redirect_stdout(io.StringIO()):
+                            model = onnx2tf.convert(
+                                input_onnx_file_path="model.onnx",
+                                output_folder_path="saved_model",
+                                overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
+                                non_verbose=True,
+                                param_replacement_file="replace.json",
+                                # the Keras model is all we keep: no SavedModel or .tflite files of onnx2tf's own (time;
+                                # and a SavedModel refuses some op names, e.g. YOLO11's)
+                                disable_model_save=True,
+                                # a detector's head (one 3-D output): YOLO11's attention has a depthwise conv that
+                                # onnx2tf otherwise makes a layer holding a tf.Variable, which the Keras model
+                                # cannot be saved with (VariableSpec is not JSON); as separable convolutions it can
+                                disable_group_convolution=head,
+                            )
+                        break
+                    except (Exception, SystemExit) as e:  # onnx2tf ends some failures with sys.exit(1)
+                        more = _transposed_concat_inputs(e, tmp / "model.onnx") if attempt < CONCAT_RETRIES else []
+                        if not more:
+                            raise
+                        replace += more
+        except (Exception, SystemExit) as e:
             raise ConversionError(f"{path}: onnx2tf cannot convert it ({_onnx2tf_reason(e)})") from None
         finally:
             os.chdir(cwd)
             os.environ["PATH"] = path_env
     return model
+
+
+def _without_const_sub(path: Path, dest: Path) -> bool:
+    """The user's graph with each `Sub(constant, x)` written `Add(Neg(x), constant)` (the same values; constant:
+    what does not depend on the samples' values, once the input's shape is fixed), saved to
+    `dest`. Through onnx2tf, a Sub whose first operand is a constant computes x - constant in the TFLite file
+    made from the Keras model (the Keras model itself is right): a YOLOv8 head's box corners (anchor - distance)
+    came out swapped, max |diff| 459 px on yolov8n at 160 px; with Add(Neg) it is 2e-4. Returns whether the graph
+    has one 3-D output (a detector's head): only such graphs are rewritten."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(path)
+    g = m.graph
+    head = len(g.output) == 1 and len(g.output[0].type.tensor_type.shape.dim) == 3
+    if not head:  # seen on detectors' heads; other graphs go to onnx2tf as they are (not measured on them yet)
+        onnx.save(m, dest)
+        return False
+    # What the samples' values flow into; a Shape's output is not (the input's shape is fixed from the data):
+    # a dynamic export computes a YOLO head's anchors from its feature maps' shapes.
+    varies = {i.name for i in g.input} - {i.name for i in g.initializer}
+    for n in g.node:  # graph nodes are in topological order
+        if n.op_type != "Shape" and any(i in varies for i in n.input):
+            varies.update(n.output)
+    nodes = []
+    for n in g.node:
+        if n.op_type == "Sub" and n.input[0] not in varies and n.input[1] in varies:
+            neg = f"{n.output[0]}__neg"
+            nodes.append(helper.make_node("Neg", [n.input[1]], [neg], name=f"{n.name or n.output[0]}__neg"))
+            nodes.append(helper.make_node("Add", [neg, n.input[0]], list(n.output), name=n.name))
+        else:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.save(m, dest)
+    return True
+
+
+CONCAT_RETRIES = 3
+"""At most this many Concats of 3-D tensors (a detector's head) are put right by re-running onnx2tf."""
+
+
+def _transposed_concat_inputs(e: BaseException, simplified: Path) -> list[dict]:
+    """onnx2tf's parameter replacements for a Concat it stopped at because it made some of its 3-D inputs
+    channels-last ([N, A, 4] against [N, C, A]: a YOLO head's box and class branches) and not the others: each
+    such input is transposed back to the ONNX layout before the Concat. Empty when the failure is another one.
+    `simplified`: the graph onnx2tf converted (it writes the simplified, fixed-shape graph over its input)."""
+    import onnx
+
+    node = getattr(e, "onnx_op_name", None)
+    found = re.search(r"with input shapes: (.*?)(?: and |\.|$)", str(e))
+    if not node or not found or not simplified.exists():
+        return []
+    tf_shapes = [[int(d) for d in s.split(",") if d] for s in re.findall(r"\[([\d,]*)\]", found[1])]
+    graph = onnx.shape_inference.infer_shapes(onnx.load(simplified)).graph
+    concat = next((n for n in graph.node if n.name == node and n.op_type == "Concat"), None)
+    if concat is None:
+        return []
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
+    fixes = []
+    for name, tf_shape in zip(concat.input, tf_shapes):
+        s = shapes.get(name)
+        if s and len(s) == 3 and tf_shape == [s[0], s[2], s[1]] and tf_shape != s:
+            op = {"op_name": node, "param_target": "inputs", "param_name": name}
+            fixes.append({**op, "pre_process_transpose_perm": [0, 2, 1]})
+    return fixes
 
 
 def _onnx2tf_reason(e: BaseException) -> str:

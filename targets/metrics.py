@@ -5,7 +5,9 @@ A model's outputs ("heads") are each of one kind, measured its own way:
 - `scores` (class probabilities, or a single classifier's logits): top-1 agreement and top-k overlap;
 - `regression` (boxes, landmarks, maps, embeddings): cosine similarity and relative error (max |diff| over
   the original's range on the same samples);
-- `metric`: the user's own measure (`[model] metric`, a function (output, reference) -> float, 1 = the same).
+- `metric`: the user's own measure (`[model] metric`, a function (output, reference) -> float, 1 = the same);
+- `detect` (a YOLO-family detector's head, targets/detect.py): decoded to boxes (score and IoU thresholds of
+  `[detect]`), then box F1 (same class, IoU >= 0.5) and mAP50 with the original's boxes as ground truth.
 Each head's figure is gated by its own minimum; an artifact's headline is its worst head, the one that uses
 the largest share of its room ((1 - value) / (1 - minimum)).
 
@@ -20,11 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-SCORES, REGRESSION, METRIC = "scores", "regression", "metric"
-KINDS = ("auto", SCORES, REGRESSION, METRIC)
-MEASURE = {SCORES: "top1_agreement", REGRESSION: "cosine", METRIC: "metric"}
+from targets import detect
+
+SCORES, REGRESSION, METRIC, DETECT = "scores", "regression", "metric", "detect"
+KINDS = ("auto", SCORES, REGRESSION, METRIC, DETECT)
+MEASURE = {SCORES: "top1_agreement", REGRESSION: "cosine", METRIC: "metric", DETECT: "box_f1"}
 """The figure each kind of head is gated by (with labels, a classifier head's accuracy instead)."""
-NAMES = {"top1_agreement": "top-1 agreement", "cosine": "cosine similarity", "metric": "metric", "accuracy": "accuracy"}
+NAMES = {
+    "top1_agreement": "top-1 agreement",
+    "cosine": "cosine similarity",
+    "metric": "metric",
+    "accuracy": "accuracy",
+    "box_f1": "box F1",
+}
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,8 @@ class Heads:
     kinds: tuple[str, ...]
     metric: Callable | None = None
     """The user's measure for `metric` heads ([model] metric): (output, reference) -> float, 1 = the same."""
+    detect: detect.Detect | None = None
+    """How `detect` heads are decoded ([detect]); the defaults when None."""
 
 
 def save_outputs(path: Path, outs: list[np.ndarray]) -> None:
@@ -101,15 +113,19 @@ def is_classifier(shapes, n_labels: int) -> bool:
     return len(shapes) == 1 and n_labels > 0 and shapes[0][-1] == n_labels
 
 
-def head_kinds(reference: list[np.ndarray], declared=(), activations=()) -> list[str]:
-    """Each output's kind: as declared (`[model] heads`, "auto" = guess), else `scores` for a softmax or sigmoid
-    layer's (N, classes) output or values that look like scores (looks_like_scores), else `regression`."""
+def head_kinds(reference: list[np.ndarray], declared=(), activations=(), input_hw=None, boxes=True) -> list[str]:
+    """Each output's kind: as declared (`[model] heads`, "auto" = guess), else `detect` for a model's only output
+    shaped as a YOLO head (detect.layout_of; with the input's (height, width), its anchor count must match),
+    else `scores` for a softmax or sigmoid layer's (N, classes) output or values that look like scores
+    (looks_like_scores), else `regression`. `boxes` False: never guess `detect` ([model] task = "other")."""
     kinds = []
     for i, ref in enumerate(reference):
         want = declared[i] if i < len(declared) else "auto"
         act = activations[i] if i < len(activations) else None
         if want != "auto":
             kinds.append(want)
+        elif boxes and len(reference) == 1 and detect.layout_of(np.shape(ref), input_hw):
+            kinds.append(DETECT)
         elif act in ("softmax", "sigmoid") and ref.ndim == 2 and ref.shape[1] > 1:
             kinds.append(SCORES)
         else:
@@ -117,9 +133,23 @@ def head_kinds(reference: list[np.ndarray], declared=(), activations=()) -> list
     return kinds
 
 
-def head_figures(out: np.ndarray, ref: np.ndarray, kind: str, metric=None) -> dict:
+def box_figures(out: np.ndarray, ref: np.ndarray, settings: detect.Detect | None = None) -> dict:
+    """A detector head's figures against the original's boxes (both decoded the same way): box F1 at IoU 0.5 and
+    mAP50 with the original's boxes as ground truth, and how many boxes each found."""
+    d = settings or detect.Detect()
+    r, g = detect.decode_with(ref, d), detect.decode_with(out, d)
+    return {
+        "box_f1": detect.box_f1(r, g),
+        "map50": detect.map50(r, g),
+        "boxes": int(sum(len(b[0]) for b in g)),
+        "reference_boxes": int(sum(len(b[0]) for b in r)),
+    }
+
+
+def head_figures(out: np.ndarray, ref: np.ndarray, kind: str, metric=None, settings=None) -> dict:
     """One head's figures against the original's: max |diff|, cosine and relative error always; top-1
-    agreement and top-k overlap for scores; the user's measure for `metric`."""
+    agreement and top-k overlap for scores; the user's measure for `metric`; box F1 and mAP50 for `detect`
+    (decoded by `settings`, a detect.Detect)."""
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     f = {
         "kind": kind,
@@ -137,6 +167,8 @@ def head_figures(out: np.ndarray, ref: np.ndarray, kind: str, metric=None) -> di
         if metric is None:
             raise ValueError("a head of kind 'metric' needs [model] metric (and --trust-model)")
         f["metric"] = float(metric(out, ref))
+    if kind == DETECT:
+        f.update(box_figures(out, ref, settings))
     return f
 
 
@@ -149,13 +181,13 @@ def classifier_head(kinds: list[str], reference: list[np.ndarray], labels: np.nd
     return fits[0] if len(fits) == 1 else None
 
 
-def compare(outputs, reference, labels=None, kinds=None, names=None, metric=None) -> dict:
+def compare(outputs, reference, labels=None, kinds=None, names=None, metric=None, settings=None) -> dict:
     """Every head's figures (`heads`, when there are several) and the summary the tables read: max |diff| (the
     largest), cosine (the lowest), top-1 agreement (the lowest of the score heads), accuracy (the classifier
-    head's, with labels)."""
+    head's, with labels), box F1 and mAP50 (the lowest of the detector heads, decoded by `settings`)."""
     kinds = list(kinds or head_kinds(reference))
     heads = [
-        {"name": names[i] if names else f"output_{i}", **head_figures(o, r, kinds[i], metric)}
+        {"name": names[i] if names else f"output_{i}", **head_figures(o, r, kinds[i], metric, settings)}
         for i, (o, r) in enumerate(zip(outputs, reference))
     ]
     c = classifier_head(kinds, reference, labels)
@@ -167,23 +199,39 @@ def compare(outputs, reference, labels=None, kinds=None, names=None, metric=None
         out["top1_agreement"] = min(agree)
     if c is not None:
         out["accuracy"] = heads[c]["accuracy"]
+    boxes = [h for h in heads if h["kind"] == DETECT]
+    if boxes:
+        out.update({k: min(h[k] for h in boxes) for k in ("box_f1", "map50")})
+        out.update({k: sum(h[k] for h in boxes) for k in ("boxes", "reference_boxes")})
     if len(heads) > 1:
         out["heads"] = heads
     return out
 
 
-def closeness(outputs: list[np.ndarray], reference: list[np.ndarray], kinds=None) -> dict:
+def closeness(outputs: list[np.ndarray], reference: list[np.ndarray], kinds=None, settings=None) -> dict:
     """What a post-training candidate is chosen by: `closeness`, the lowest mean cosine over the heads
     (continuous: it sees every sample's error), and `agreement`, the worst head by its own measure (top-1
-    agreement of a score head, cosine of the others): what a mixed-precision budget is held to."""
+    agreement of a score head, box F1 of a detector head decoded by `settings`, cosine of the others): what a
+    mixed-precision budget is held to. With detector heads, also `box_f1` (the lowest)."""
     kinds = list(kinds or head_kinds(reference))
     if len(outputs) != len(reference) or any(o.shape != r.shape for o, r in zip(outputs, reference)):
         raise ValueError(
             f"outputs {[o.shape for o in outputs]} do not match the original's {[r.shape for r in reference]}"
         )
     cos = [cosine(o, r) for o, r in zip(outputs, reference)]
-    own = [top1(o, r) if k == SCORES else c for o, r, k, c in zip(outputs, reference, kinds, cos)]
-    return {"closeness": min(cos), "agreement": min(own)}
+    boxes = {
+        i: box_figures(o, r, settings)["box_f1"]
+        for i, (o, r, k) in enumerate(zip(outputs, reference, kinds))
+        if k == DETECT
+    }
+    own = [
+        top1(o, r) if k == SCORES else boxes[i] if k == DETECT else c
+        for i, (o, r, k, c) in enumerate(zip(outputs, reference, kinds, cos))
+    ]
+    out = {"closeness": min(cos), "agreement": min(own)}
+    if boxes:
+        out["box_f1"] = min(boxes.values())
+    return out
 
 
 def shortfall(value: float, minimum: float) -> float:
