@@ -62,20 +62,25 @@ def qat_tflite(original, cal: np.ndarray, epochs: int, lr: float) -> bytes:
 
 def run_split(seed: int, args, original) -> dict:
     from targets import ptq
+    from targets.ptq import tflite as ptq_tflite
 
     cal, val, test = fer_data(argparse.Namespace(cal=64, val=100, test=236), np.random.default_rng(seed))
     ref = original.predict(test, verbose=0)
     top2 = np.sort(ref, 1)[:, -2:]
 
     def agree(model: bytes) -> float:
-        return round(ptq.agreement(ref, ptq.run_tflite(model, test)), 4)
+        return round(ptq.agreement(ref, ptq_tflite.run_tflite(model, test)), 4)
 
     subsets = [
-        agree(ptq.converter_int8(original, cal[np.sort(np.random.default_rng(k).choice(len(cal), 48, replace=False))]))
+        agree(
+            ptq_tflite.converter_int8(
+                original, cal[np.sort(np.random.default_rng(k).choice(len(cal), 48, replace=False))]
+            )
+        )
         for k in range(args.subsets)
     ]
-    int8, int16 = ptq.converter_int8(original, cal), ptq.converter_int8(original, cal, int16x8=True)
-    own = [r["rmse_per_scale"] for r in ptq.sensitivity(original, cal) if r["rmse_per_scale"] > 0]
+    int8, int16 = ptq_tflite.converter_int8(original, cal), ptq_tflite.converter_int8(original, cal, int16x8=True)
+    own = [r["rmse_per_scale"] for r in ptq_tflite.sensitivity(original, cal) if r["rmse_per_scale"] > 0]
     return {
         "seed": seed,
         "test": len(test),

@@ -297,7 +297,9 @@ def user_build(name: str, user_file: Path, cal, val, test, args, out: Path, log)
 
 def run_model(name: str, args, log) -> dict:
     from pipeline import stages
-    from targets import ptq
+    from targets.ptq import onnx as ptq_onnx
+    from targets.ptq import openvino as ptq_openvino
+    from targets.ptq import tflite as ptq_tflite
 
     rng = np.random.default_rng(args.seed)
     _, keras = stages.tf_setup(0)
@@ -312,7 +314,7 @@ def run_model(name: str, args, log) -> dict:
 
             src = user_file = lite_onnx(name)
             o_cal, o_val, o_test = nchw(cal), nchw(val), nchw(test)
-            ref = ptq.run_onnx(src, o_test)
+            ref = ptq_onnx.run_onnx(src, o_test)
             original = f"ONNX {src.name} (PyTorch export), onnxruntime fp32"
             keras_model, tflite_peers = None, {}
             if not args.targets or "tflite-int8" in args.targets:
@@ -330,9 +332,9 @@ def run_model(name: str, args, log) -> dict:
             src = tmp / "fer.onnx"
             src.write_bytes(to_onnx(keras_model, 17).SerializeToString())
             o_cal, o_val, o_test = cal, val, test
-            tflite_peers = {"TFLiteConverter full-int8": lambda: ptq.converter_int8(keras_model, cal)}
-        tflite_peers["ai-edge-quantizer default (static_wi8_ai8)"] = lambda: ptq.ai_edge_quantizer_int8(
-            ptq.float_tflite(keras_model), cal
+            tflite_peers = {"TFLiteConverter full-int8": lambda: ptq_tflite.converter_int8(keras_model, cal)}
+        tflite_peers["ai-edge-quantizer default (static_wi8_ai8)"] = lambda: ptq_tflite.ai_edge_quantizer_int8(
+            ptq_tflite.float_tflite(keras_model), cal
         )
 
         def ov_float(path=src):
@@ -348,7 +350,7 @@ def run_model(name: str, args, log) -> dict:
                 "onnx-int8",
                 "onnx",
                 "peer: onnxruntime quantize_static per-channel",
-                lambda: ptq.ort_static(src, o_cal, "MinMax", kind="s8s8"),  # onnxruntime's default types
+                lambda: ptq_onnx.ort_static(src, o_cal, "MinMax", kind="s8s8"),  # onnxruntime's default types
                 o_test,
             ),
             ("onnx-int8", "onnx", OURS, lambda: ours("onnx-int8"), o_test),
@@ -356,7 +358,7 @@ def run_model(name: str, args, log) -> dict:
                 "openvino-int8",
                 "openvino",
                 "peer: NNCF default nncf.quantize",
-                lambda: ptq.nncf_openvino(ov_float, o_cal, advanced_parameters=None),  # NNCF's own defaults
+                lambda: ptq_openvino.nncf_openvino(ov_float, o_cal, advanced_parameters=None),  # NNCF's own defaults
                 o_test,
             ),
             ("openvino-int8", "openvino", OURS, lambda: ours("openvino-int8"), o_test),

@@ -1,4 +1,4 @@
-"""onnxruntime's int8 QDQ kinds (targets.ptq.ORT_KINDS) on one ONNX model: latency here, and whether the file
+"""onnxruntime's int8 QDQ kinds (targets.onnx.ORT_KINDS) on one ONNX model: latency here, and whether the file
 answers the same on an emulated AVX2-only CPU (no VNNI), where u8 x s8 pairs are summed in 16 bits.
 
     .venv/bin/python -m benchmarks.ort_kinds [--model M.onnx] [--out benchmarks/results/ort_kinds]
@@ -52,7 +52,8 @@ def p50_ms(path: Path, x: np.ndarray, runs: int) -> float:
 
 def main() -> None:
     from pipeline.isa import avx2_only, x86_isa
-    from targets import ptq
+    from targets.onnx import ORT_KINDS
+    from targets.ptq import onnx as ptq_onnx
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = Path(os.environ.get("EDGE_EXPORT_MODELS", Path.home() / "edge-export-models")) / "efficientnet_lite0.onnx"
@@ -69,9 +70,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         np.save(tmp / "x.npy", test)
-        for kind in ptq.ORT_KINDS:
+        for kind in ORT_KINDS:
             path = tmp / f"{kind}.onnx"
-            path.write_bytes(ptq.ort_static(args.model, cal, "MinMax", tail=True, kind=kind).SerializeToString())
+            path.write_bytes(ptq_onnx.ort_static(args.model, cal, "MinMax", tail=True, kind=kind).SerializeToString())
             here, avx2 = tmp / "here.npy", tmp / "avx2.npy"
             subprocess.run([sys.executable, "-c", RUN, path, tmp / "x.npy", here], check=True)
             subprocess.run([*avx2_only(), sys.executable, "-c", RUN, path, tmp / "x.npy", avx2], check=True)

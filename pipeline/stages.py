@@ -7,7 +7,6 @@ when a stage really runs, so a fully cached build never pays for it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import warnings
@@ -19,6 +18,7 @@ import numpy as np
 from pipeline import report
 from targets import metrics
 from targets.metrics import load_outputs, save_outputs
+from targets.silence import stderr_silenced
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,15 @@ STAGES: dict[str, Stage] = {
         Stage(
             "export",
             "the target's converter (int8 without QAT: the post-training method chosen by measurement)",
-            ("pipeline/stages.py", "targets/ptq.py", "pipeline/keras3.py", "targets/metrics.py"),
+            (
+                "pipeline/stages.py",
+                "targets/ptq/__init__.py",
+                "targets/ptq/onnx.py",
+                "targets/ptq/openvino.py",
+                "targets/ptq/tflite.py",
+                "pipeline/keras3.py",
+                "targets/metrics.py",
+            ),
         ),
         Stage(
             "verify",
@@ -79,21 +87,6 @@ STAGES: dict[str, Stage] = {
         ),
     ]
 }
-
-
-@contextlib.contextmanager
-def stderr_silenced():
-    """TensorFlow's C++ start-up chatter (oneDNN, CUDA probes) ignores TF_CPP_MIN_LOG_LEVEL."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def tf_setup(seed: int):

@@ -1,5 +1,5 @@
 """How close a model's outputs are to the original model's: the one set of measures the gate (pipeline/gate.py),
-the training stages and the post-training choice (targets/ptq.py) all use, figured head by head.
+the training stages and the post-training choice (targets/ptq/) all use, figured head by head.
 
 A model's outputs ("heads") are each of one kind, measured its own way:
 - `scores` (class probabilities, or a single classifier's logits): top-1 agreement and top-k overlap;

@@ -63,14 +63,61 @@ def _stable_names(graph) -> None:
         d.dim_param = fix(d.dim_param)
 
 
-def quantize_qdq(proto, calibration: list[np.ndarray], progress=None, deploy_cpu: str = "any"):
-    """Static QDQ: 8-bit per-channel weights and activations calibrated (min/max) on `calibration` (one array
-    of samples per graph input, in the graph's own layout), of the kind exact on `deploy_cpu` (targets.ptq)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+ORT_KINDS = {
+    "u8u8": ("QUInt8", "QUInt8", False),
+    "s8s8": ("QInt8", "QInt8", False),
+    "s8s8-7bit": ("QInt8", "QInt8", True),
+}
+"""onnxruntime quantize_static's activation type, weight type and reduce_range (7-bit weights) by name. U8U8
+files are exact everywhere too but run through a slower kernel (benchmarks/results/ort_kinds.md)."""
+
+
+def ort_kind(deploy_cpu: str) -> str:
+    """The onnxruntime QDQ kind for files that run exactly on `deploy_cpu` (targets.ptq.DEPLOY_CPUS), in
+    onnxruntime and in OpenVINO (which runs a QDQ file's asymmetric u8 weights through other kernels per ISA:
+    digits' outputs differed by 0.06 between AVX-512 VNNI and AVX2)."""
+    return "s8s8" if deploy_cpu == "vnni" else "s8s8-7bit"
+
+
+def pre_processed(src: Path, tmp: Path) -> Path:
+    """onnxruntime's quant_pre_process (shape inference + graph optimization, MatMul+Add -> Gemm) of `src`,
+    written inside `tmp`: shape inference of a large model writes sym_shape_infer_temp.onnx (+ .data) into the
+    current folder, never the user's."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from targets.ptq import ORT_KINDS, ort_kind
+    pre = tmp / "pre.onnx"
+    with contextlib.chdir(tmp):
+        try:
+            quant_pre_process(src, pre)
+        except Exception as e:
+            # "Incomplete symbolic shape inference" (seen on PP-OCR's detector): ONNX's own shape
+            # inference is enough for static CNN graphs, the symbolic pass is for dynamic shapes.
+            if "symbolic shape inference" not in str(e):
+                raise
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+    return pre
+
+
+def calibration_reader(feeds):
+    """onnxruntime's CalibrationDataReader over an iterable of feeds (input name -> one call's array)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Samples(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    return Samples()
+
+
+def quantize_qdq(proto, calibration: list[np.ndarray], progress=None, deploy_cpu: str = "any"):
+    """Static QDQ: 8-bit per-channel weights and activations calibrated (min/max) on `calibration` (one array
+    of samples per graph input, in the graph's own layout), of the kind exact on `deploy_cpu` (ort_kind)."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     from targets.runners.runner_common import one_call
 
     activations, weights, reduce_range = ORT_KINDS[ort_kind(deploy_cpu)]
@@ -87,37 +134,21 @@ def quantize_qdq(proto, calibration: list[np.ndarray], progress=None, deploy_cpu
     ]
     n = len(calibration[0])
 
-    class Samples(CalibrationDataReader):
-        def __init__(self):
-            self.i = 0
-
-        def get_next(self):
-            if self.i >= n:
-                return None
-            self.i += 1
+    def feeds():
+        for i in range(n):
             if progress:
-                progress(self.i, n)
-            return {inp["name"]: one_call(c[self.i - 1], inp) for inp, c in zip(inputs, calibration)}
+                progress(i + 1, n)
+            yield {inp["name"]: one_call(c[i], inp) for inp, c in zip(inputs, calibration)}
 
     with tempfile.TemporaryDirectory() as tmp:
-        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        # Shape inference of a large model writes sym_shape_infer_temp.onnx (+ .data) into the current
-        # folder: run it inside the temp folder, never the user's.
-        src = Path(tmp) / "float.onnx"
+        src, out = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(proto, src)
+        pre = pre_processed(src, Path(tmp))
         with contextlib.chdir(tmp):
-            try:
-                quant_pre_process(src, pre)  # shape inference + graph optimization (MatMul+Add -> Gemm)
-            except Exception as e:
-                # "Incomplete symbolic shape inference" (seen on PP-OCR's detector): ONNX's own shape
-                # inference is enough for static CNN graphs, the symbolic pass is for dynamic shapes.
-                if "symbolic shape inference" not in str(e):
-                    raise
-                quant_pre_process(src, pre, skip_symbolic_shape=True)
             quantize_static(
                 pre,
                 out,
-                Samples(),
+                calibration_reader(feeds()),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=getattr(QuantType, activations),
@@ -140,23 +171,14 @@ def write(
 ) -> dict | None:
     """Write `target`'s .onnx of the ONNX graph `proto` (converted, or the user's own) to `out`.
     `calibration`: one array of samples per graph input, in the graph's layout. With `ptq` and one input,
-    int8 is the best of several post-training methods (targets/ptq.py); returns the record of that choice."""
+    int8 is the best of several post-training methods (targets/ptq/); returns the record of that choice."""
     mode, choice = target.options["mode"], None
     deploy_cpu = target.options.get("deploy_cpu", "any")  # set by the builder from [ptq] deploy_cpu
     if mode == "int8" and ptq is not None and len(calibration) == 1:
-        from targets import ptq as methods
-
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "float.onnx").write_bytes(proto.SerializeToString())
-            proto, choice = methods.onnx_int8(
-                Path(tmp) / "float.onnx",
-                calibration[0],
-                ptq.validation,
-                budget=ptq.budget,
-                mixed=ptq.mixed,
-                progress=progress,
-                reference=ptq.reference,
-                deploy_cpu=deploy_cpu,
+            proto, choice = ptq.choose(
+                "onnx", progress, src=Path(tmp) / "float.onnx", calibration=calibration[0], deploy_cpu=deploy_cpu
             )
     elif mode == "int8":
         proto = quantize_qdq(proto, calibration, progress, deploy_cpu)

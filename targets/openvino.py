@@ -57,6 +57,29 @@ def import_openvino():
     return openvino
 
 
+def import_nncf():
+    """nncf (OpenVINO's quantizer), its telemetry off and its logging quiet."""
+    import logging
+
+    import_openvino()
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    return nncf
+
+
+def nncf_advanced(deploy_cpu: str):
+    """NNCF's advanced quantization parameters for files that run exactly on `deploy_cpu` (targets.ptq.DEPLOY_CPUS;
+    None: its defaults). Its default overflow fix (7-bit weights in the first layer only) still saturates on
+    AVX2-only kernels (digits: 1.35 max |diff| between the two kernel sets); ENABLE takes every layer's weights
+    to 7 bits."""
+    if deploy_cpu == "vnni":
+        return None
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    return AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
+
+
 def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, progress=None, ptq=None) -> dict | None:
     """Write `target`'s IR of Keras `model` to `out` (.xml; the .bin beside it), `metadata` in rt_info. With
     `ptq` (targets.ptq.Settings) int8 is the best of several post-training methods; returns the record of that choice."""
@@ -80,7 +103,7 @@ def write(
     """Write `target`'s IR of the ONNX graph `proto` (converted, or the user's own) to `out`. `calibration`:
     one array of samples per graph input, in its layout. `fix_batch`: batch 1 (see _fix_batch); a user's
     own interface keeps its free dimensions. With `ptq` and one input, int8 is the best of several
-    post-training methods (targets/ptq.py); returns the record of that choice."""
+    post-training methods (targets/ptq/); returns the record of that choice."""
     ov = import_openvino()
     mode = target.options["mode"]
     deploy_cpu = target.options.get("deploy_cpu", "any")  # set by the builder from [ptq] deploy_cpu
@@ -100,18 +123,8 @@ def write(
             ov_model = convert()
         choice = None
         if mode == "int8" and ptq is not None and len(calibration) == 1:
-            from targets import ptq as methods
-
-            ov_model, choice = methods.openvino_int8(
-                convert,
-                calibration[0],
-                ptq.validation,
-                budget=ptq.budget,
-                mixed=ptq.mixed,
-                progress=progress,
-                reference=ptq.reference,
-                src=src,
-                deploy_cpu=deploy_cpu,
+            ov_model, choice = ptq.choose(
+                "openvino", progress, convert=convert, calibration=calibration[0], src=src, deploy_cpu=deploy_cpu
             )
         elif mode == "int8":
             ov_model = quantize(ov_model, calibration, progress, deploy_cpu)
@@ -161,15 +174,10 @@ def quantize(ov_model, calibration: list[np.ndarray], progress=None, deploy_cpu:
     `calibration` (one array per model input), exact on `deploy_cpu` (targets.ptq.DEPLOY_CPUS)."""
     import contextlib
     import io
-    import logging
 
-    import_openvino()
-    import nncf
-
-    from targets.ptq import nncf_advanced
     from targets.runners.runner_common import one_call
 
-    nncf.set_log_level(logging.ERROR)
+    nncf = import_nncf()
     n = len(calibration[0])
     inputs = [
         {"shape": list(p.get_partial_shape()), "dtype": str(p.get_element_type().to_dtype())} for p in ov_model.inputs

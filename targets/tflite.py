@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.report import step
+from targets.silence import stderr_silenced
 
 METADATA_KEY = "edge_export"
 
@@ -27,17 +28,8 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
 
     mode = target.options["mode"]
     if mode == "int8" and ptq is not None:
-        from targets import ptq as methods
-
-        model_bytes, choice = methods.tflite_int8(
-            model,
-            calibration,
-            ptq.validation,
-            budget=ptq.budget,
-            mixed=ptq.mixed,
-            progress=progress,
-            check=full_int8_only,
-            reference=ptq.reference,
+        model_bytes, choice = ptq.choose(
+            "tflite", progress, keras_model=model, calibration=calibration, check=full_int8_only
         )
         out.write_bytes(embed_metadata(model_bytes, metadata))
         return choice
@@ -69,11 +61,7 @@ def export(target, model, calibration: np.ndarray, out: Path, metadata: dict, pr
     # The option `sparse` overrides this (the pruning benchmark measures what a sparse int8 file costs).
     if target.options.get("sparse", mode == "fp32" and getattr(model, "edge_export_sparse", False)):
         conv.optimizations = [*conv.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    from pipeline.stages import stderr_silenced
-
     # stderr_silenced: the MLIR quantizer prints its settings on stderr; errors still raise.
-    from targets.ptq import in_output_order
-
     with step("convert", f"Keras -> TFLite ({target.options['mode']})"), stderr_silenced():
         model_bytes = in_output_order(conv.convert(), model.output_names)
     out.write_bytes(embed_metadata(model_bytes, metadata))
@@ -95,10 +83,7 @@ def full_int8_only(model: bytes) -> bytes:
 
 def embed_metadata(model_bytes: bytes, metadata: dict) -> bytes:
     """Add `metadata` as a JSON entry in the model's own metadata table (read back by inspect)."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
-
-    from targets.ptq import unpack
 
     m = unpack(model_bytes)
     buf = schema.BufferT()
@@ -108,9 +93,53 @@ def embed_metadata(model_bytes: bytes, metadata: dict) -> bytes:
     entry.name = METADATA_KEY
     entry.buffer = len(m.buffers) - 1
     m.metadata = [e for e in (m.metadata or []) if e.name != METADATA_KEY.encode()] + [entry]
-    b = flatbuffers.Builder(len(model_bytes) + 1024)
+    return pack(m, len(model_bytes))
+
+
+def unpack(model_bytes: bytes):
+    """The model as an editable schema.ModelT. Constants stored after the flatbuffer (offset/size, as
+    ai-edge-quantizer writes them) are taken inline: Pack() writes only the flatbuffer, and a repacked
+    file would point past its own end ('Constant buffer N specified an out of range offset')."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    for buf in m.buffers or []:
+        if (getattr(buf, "offset", 0) or 0) > 1:
+            buf.data = np.frombuffer(model_bytes[buf.offset : buf.offset + buf.size], dtype=np.uint8)
+            buf.offset = buf.size = 0
+    return m
+
+
+def pack(m, size_hint: int) -> bytes:
+    """The schema.ModelT `m` as .tflite bytes."""
+    import flatbuffers
+
+    b = flatbuffers.Builder(size_hint + 1024)
     b.Finish(m.Pack(b), file_identifier=b"TFL3")
     return bytes(b.Output())
+
+
+def in_output_order(model: bytes, names) -> bytes:
+    """The file with its outputs in the Keras model's order (`names`: model.output_names) and under its names.
+    TFLiteConverter lists a model's outputs in its own order (its signature names them: [(N, 10), (N, 2),
+    (N, 4)] for a model whose outputs are [(N, 4), (N, 10), (N, 2)]); mapped by the signature's output
+    names, never by position. One output: the file as it is."""
+    names = list(names)
+    if len(names) < 2:
+        return model
+    m = unpack(model)
+    sig = (m.signatureDefs or [None])[0]
+    text = lambda b: b.decode() if isinstance(b, bytes) else b
+    by_name = {text(t.name): int(t.tensorIndex) for t in (sig.outputs or [])} if sig is not None else {}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"the .tflite signature names its outputs {sorted(by_name)}, not the model's {missing}")
+    g = m.subgraphs[sig.subgraphIndex or 0]
+    g.outputs = [by_name[n] for n in names]
+    sig.outputs = sorted(sig.outputs, key=lambda t: names.index(text(t.name)))
+    for n in names:
+        g.tensors[by_name[n]].name = n.encode()
+    return pack(m, len(model))
 
 
 _DTYPES = None

@@ -14,7 +14,8 @@ from test_ptq import digits_mlp  # noqa: F401  (the fixture)
 from pipeline import runner
 from pipeline.gate import load_outputs
 from pipeline.isa import avx2_only, x86_isa
-from targets import TARGETS, ptq
+from targets import TARGETS
+from targets.ptq import onnx as ptq_onnx
 
 pytestmark = [
     pytest.mark.slow,
@@ -68,7 +69,7 @@ def test_a_full_range_s8_file_saturates_on_an_avx2_only_cpu_and_the_default_7bit
     moved = {}
     for kind in ("s8s8-7bit", "u8u8", "s8s8"):
         path = tmp_path / f"{kind}.onnx"
-        path.write_bytes(ptq.ort_static(src, cal, kind=kind).SerializeToString())
+        path.write_bytes(ptq_onnx.ort_static(src, cal, kind=kind).SerializeToString())
         here = _run(target, path, x, tmp_path / "here.npz")
         avx2 = _run(target, path, x, tmp_path / "avx2.npz", prefix=[*avx2_only(), sys.executable])
         moved[kind] = np.abs(here - avx2).max()

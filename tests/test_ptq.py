@@ -1,4 +1,4 @@
-"""The post-training choice (targets/ptq.py) on a small real model: scikit-learn's MLP trained on the
+"""The post-training choice (targets/ptq/) on a small real model: scikit-learn's MLP trained on the
 8x8 digits, written as ONNX (Gemm, Relu, Gemm) and as Keras, calibrated and validated on real digits."""
 
 import warnings
@@ -9,6 +9,9 @@ import pytest
 from targets import onnx as onnx_target
 from targets import openvino as openvino_target
 from targets import ptq
+from targets.ptq import onnx as ptq_onnx
+from targets.ptq import openvino as ptq_openvino
+from targets.ptq import tflite as ptq_tflite
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def test_the_onnx_choice_is_the_candidate_with_the_closest_outputs_on_validation
     digits_mlp, tmp_path
 ):
     src, _, cal, val, test = digits_mlp
-    model, record = ptq.onnx_int8(src, cal, val)
+    model, record = ptq_onnx.onnx_int8(src, cal, val)
     scored = [c for c in record["candidates"] if "closeness" in c]
     skipped = [c for c in record["candidates"] if "skipped" in c]
     assert len(scored) + len(skipped) == len(record["candidates"]) >= 3
@@ -68,7 +71,7 @@ def test_the_onnx_choice_is_the_candidate_with_the_closest_outputs_on_validation
     out.write_bytes(model.SerializeToString())
     info = onnx_target.inspect(out)
     assert info["quantization"] == "int8-qdq" and info["float_ops"] == []
-    assert ptq.agreement(ptq.run_onnx(src, test), ptq.run_onnx(out, test)) >= 0.95
+    assert ptq.agreement(ptq_onnx.run_onnx(src, test), ptq_onnx.run_onnx(out, test)) >= 0.95
 
 
 def test_candidates_are_scored_against_the_original_models_outputs_when_given(digits_mlp):
@@ -76,12 +79,12 @@ def test_candidates_are_scored_against_the_original_models_outputs_when_given(di
     validation split are the reference. Here it answers the next class on every sample, so no int8 file
     of the float model agrees with it anywhere."""
     src, _, cal, val, _ = digits_mlp
-    float_out = ptq.run_onnx(src, val)
+    float_out = ptq_onnx.run_onnx(src, val)
     shifted = np.roll(float_out, 1, axis=1)
-    _, record = ptq.onnx_full_int8(src, cal, val, reference=shifted)
+    _, record = ptq_onnx.onnx_full_int8(src, cal, val, reference=shifted)
     assert record["against"] == "original" and "original model" in record["why"]
     assert all(c["agreement"] <= 0.05 for c in record["candidates"] if "agreement" in c)
-    _, own = ptq.onnx_full_int8(src, cal, val)
+    _, own = ptq_onnx.onnx_full_int8(src, cal, val)
     assert own["against"] == "float" and own["agreement"] >= 0.95
 
 
@@ -98,24 +101,24 @@ def test_the_closest_outputs_win_even_against_a_candidate_that_agrees_on_one_mor
 
 def test_onnx_bias_correction_takes_each_channels_mean_error_out_of_its_int32_bias(digits_mlp, tmp_path):
     src, _, cal, val, _ = digits_mlp
-    q = ptq.ort_static(src, cal)
-    fixed = ptq.minmax_bias_corrected(q, src, cal)
-    float_out = ptq.run_onnx(src, val)
+    q = ptq_onnx.ort_static(src, cal)
+    fixed = ptq_onnx.minmax_bias_corrected(q, src, cal)
+    float_out = ptq_onnx.run_onnx(src, val)
 
     def channel_error(m):  # of the logits, on samples the correction never saw
-        return np.abs((ptq.run_onnx(m, val) - float_out).mean(0))
+        return np.abs((ptq_onnx.run_onnx(m, val) - float_out).mean(0))
 
     assert channel_error(fixed).mean() < channel_error(q).mean()
     out = tmp_path / "bc.onnx"
     out.write_bytes(fixed.SerializeToString())
     assert onnx_target.inspect(out)["quantization"] == "int8-qdq"
-    assert ptq.agreement(float_out, ptq.run_onnx(out, val)) >= 0.95
+    assert ptq.agreement(float_out, ptq_onnx.run_onnx(out, val)) >= 0.95
 
 
 def test_an_onnx_file_with_a_layer_left_float_reads_back_int8_mixed_and_names_it(digits_mlp, tmp_path):
     src, _, cal, _, _ = digits_mlp
     out = tmp_path / "mixed.onnx"
-    out.write_bytes(ptq.ort_static(src, cal, nodes_to_exclude=["fc2"]).SerializeToString())
+    out.write_bytes(ptq_onnx.ort_static(src, cal, nodes_to_exclude=["fc2"]).SerializeToString())
     info = onnx_target.inspect(out)
     assert info["quantization"] == "int8-mixed"
     assert info["float_ops"] == ["Gemm fc2"]
@@ -124,10 +127,10 @@ def test_an_onnx_file_with_a_layer_left_float_reads_back_int8_mixed_and_names_it
 @pytest.mark.slow
 def test_mixed_precision_restores_float_layers_only_when_the_budget_is_missed(digits_mlp):
     src, _, cal, val, _ = digits_mlp
-    model, record = ptq.onnx_full_int8(src, cal, val)
-    same, kept = ptq.onnx_mixed(src, cal, val, model, record, budget=record["agreement"])
+    model, record = ptq_onnx.onnx_full_int8(src, cal, val)
+    same, kept = ptq_onnx.onnx_mixed(src, cal, val, model, record, budget=record["agreement"])
     assert same is model and kept is record  # the budget holds: nothing restored
-    _, raised = ptq.onnx_mixed(src, cal, val, model, record, budget=1.0 + 1e-9)  # cannot hold: NNCF tries
+    _, raised = ptq_onnx.onnx_mixed(src, cal, val, model, record, budget=1.0 + 1e-9)  # cannot hold: NNCF tries
     assert raised["candidates"][-1]["method"] == "nncf-accuracy-control"
     assert raised.get("mixed", False) == (raised["chosen"] == "nncf-accuracy-control")
 
@@ -135,12 +138,12 @@ def test_mixed_precision_restores_float_layers_only_when_the_budget_is_missed(di
 @pytest.mark.slow
 def test_the_openvino_choice_reads_back_int8_from_the_ir(digits_mlp, tmp_path):
     src, _, cal, val, test = digits_mlp
-    model, record = ptq.openvino_int8(lambda path=src: openvino_target.float_ir(path), cal, val, src=src)
+    model, record = ptq_openvino.openvino_int8(lambda path=src: openvino_target.float_ir(path), cal, val, src=src)
     assert [c["method"] for c in record["candidates"]] == ["nncf", "onnxruntime-minmax-float-tail-bias-correction"]
     openvino_target.import_openvino().save_model(model, str(tmp_path / "m.xml"), compress_to_fp16=False)
     assert openvino_target.inspect(tmp_path / "m.xml")["quantization"] == "int8"
-    ref = ptq.run_openvino(openvino_target.float_ir(src), test)
-    assert ptq.agreement(ref, ptq.run_openvino(model, test)) >= 0.95
+    ref = ptq_openvino.run_openvino(openvino_target.float_ir(src), test)
+    assert ptq.agreement(ref, ptq_openvino.run_openvino(model, test)) >= 0.95
 
 
 @pytest.mark.slow
@@ -152,7 +155,7 @@ def test_tflite_choice_sensitivity_and_selective_float_layers_read_back_truthful
     _, keras = stages.tf_setup(0)
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
     model.set_weights([*mlp.coefs_[:1], mlp.intercepts_[0], mlp.coefs_[1], mlp.intercepts_[1]])
-    q, record = ptq.tflite_int8(model, cal, val)
+    q, record = ptq_tflite.tflite_int8(model, cal, val)
     assert [c["method"] for c in record["candidates"]] == [
         "tflite-converter",
         "tflite-converter-bias-correction",
@@ -161,14 +164,14 @@ def test_tflite_choice_sensitivity_and_selective_float_layers_read_back_truthful
     (tmp_path / "q.tflite").write_bytes(q)
     assert tflite.inspect(tmp_path / "q.tflite")["quantization"] == "int8"
     # the benchmark's ai-edge-quantizer peer: its float I/O turned into int8 I/O
-    (tmp_path / "aeq.tflite").write_bytes(ptq.ai_edge_quantizer_int8(ptq.float_tflite(model), cal))
+    (tmp_path / "aeq.tflite").write_bytes(ptq_tflite.ai_edge_quantizer_int8(ptq_tflite.float_tflite(model), cal))
     assert tflite.inspect(tmp_path / "aeq.tflite")["quantization"] == "int8"
-    assert ptq.agreement(model.predict(test, verbose=0), ptq.run_tflite(q, test)) >= 0.95
-    ranked = ptq.sensitivity(model, cal)
+    assert ptq.agreement(model.predict(test, verbose=0), ptq_tflite.run_tflite(q, test)) >= 0.95
+    ranked = ptq_tflite.sensitivity(model, cal)
     assert ranked and [r["rmse_per_scale"] for r in ranked] == sorted(
         (r["rmse_per_scale"] for r in ranked), reverse=True
     )
-    (tmp_path / "m.tflite").write_bytes(ptq.selective_int8(model, cal, [ranked[0]["layer"]]))
+    (tmp_path / "m.tflite").write_bytes(ptq_tflite.selective_int8(model, cal, [ranked[0]["layer"]]))
     mixed = tflite.inspect(tmp_path / "m.tflite")
     assert mixed["quantization"] == "int8-mixed"
     assert any(ranked[0]["layer"] in op for op in mixed["float_ops"])
@@ -182,16 +185,16 @@ def test_tflite_bias_correction_takes_each_channels_mean_error_out_of_its_int32_
     _, keras = stages.tf_setup(0)
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
     model.set_weights([*mlp.coefs_[:1], mlp.intercepts_[0], mlp.coefs_[1], mlp.intercepts_[1]])
-    float_model, q = ptq.float_tflite(model), ptq.converter_int8(model, cal)
-    fixed = ptq.bias_corrected(q, float_model, cal)
+    float_model, q = ptq_tflite.float_tflite(model), ptq_tflite.converter_int8(model, cal)
+    fixed = ptq_tflite.bias_corrected(q, float_model, cal)
 
     def channel_error(m):  # of the logits, on samples the correction never saw
-        return np.abs((ptq.run_tflite(m, val) - ptq.run_tflite(float_model, val)).mean(0))
+        return np.abs((ptq_tflite.run_tflite(m, val) - ptq_tflite.run_tflite(float_model, val)).mean(0))
 
     assert channel_error(fixed).mean() < channel_error(q).mean()
     (tmp_path / "bc.tflite").write_bytes(fixed)
     assert tflite.inspect(tmp_path / "bc.tflite")["quantization"] == "int8"
-    assert ptq.agreement(ptq.run_tflite(float_model, val), ptq.run_tflite(fixed, val)) >= 0.95
+    assert ptq.agreement(ptq_tflite.run_tflite(float_model, val), ptq_tflite.run_tflite(fixed, val)) >= 0.95
 
 
 def _with_external_buffers(model: bytes) -> bytes:
@@ -235,17 +238,17 @@ def test_int8_io_keeps_constants_stored_after_the_flatbuffer(digits_mlp, tmp_pat
     _, keras = stages.tf_setup(0)
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
     model.set_weights([*mlp.coefs_[:1], mlp.intercepts_[0], mlp.coefs_[1], mlp.intercepts_[1]])
-    conv = ptq._converter(model, cal)
+    conv = ptq_tflite._converter(model, cal)
     conv.inference_input_type = conv.inference_output_type = tf.float32  # QUANTIZE / DEQUANTIZE at the edges
     external = _with_external_buffers(conv.convert())
-    q = ptq.int8_io(external)
+    q = ptq_tflite.int8_io(external)
     (tmp_path / "q.tflite").write_bytes(q)
     Interpreter(model_path=str(tmp_path / "q.tflite")).allocate_tensors()  # loads from a file, as the runners do
     # the artifact's metadata is embedded by another repack: the same constants must survive it
     (tmp_path / "meta.tflite").write_bytes(tflite.embed_metadata(external, {"model": "m"}))
     Interpreter(model_path=str(tmp_path / "meta.tflite")).allocate_tensors()
     assert tflite.inspect(tmp_path / "meta.tflite")["metadata"]["model"] == "m"
-    assert ptq.agreement(model.predict(test, verbose=0), ptq.run_tflite(q, test)) >= 0.95
+    assert ptq.agreement(model.predict(test, verbose=0), ptq_tflite.run_tflite(q, test)) >= 0.95
 
 
 def test_the_ops_after_the_last_weighted_op_stay_float_and_the_file_still_reads_back_int8(digits_mlp, tmp_path):
@@ -261,12 +264,12 @@ def test_the_ops_after_the_last_weighted_op_stay_float_and_the_file_still_reads_
     model.graph.output[0].name = "probs"
     head = tmp_path / "head.onnx"
     onnx.save(model, head)
-    assert ptq.float_tail(model) == ["head_softmax"]
-    q = ptq.ort_static(head, cal, tail=True)
+    assert ptq_onnx.float_tail(model) == ["head_softmax"]
+    q = ptq_onnx.ort_static(head, cal, tail=True)
     into_output = [n for n in q.graph.node if "probs" in n.output]
     assert [n.op_type for n in into_output] == ["Softmax"]  # no QuantizeLinear/DequantizeLinear after it
-    plain = ptq.ort_static(head, cal)
+    plain = ptq_onnx.ort_static(head, cal)
     assert [n.op_type for n in plain.graph.node if "probs" in n.output] == ["DequantizeLinear"]
     (tmp_path / "q.onnx").write_bytes(q.SerializeToString())
     assert onnx_target.inspect(tmp_path / "q.onnx")["quantization"] == "int8-qdq"
-    assert ptq.agreement(ptq.run_onnx(head, val), ptq.run_onnx(q, val)) >= 0.95
+    assert ptq.agreement(ptq_onnx.run_onnx(head, val), ptq_onnx.run_onnx(q, val)) >= 0.95
