@@ -200,7 +200,10 @@ class Builder:
 
     def head_params(self) -> dict:
         """How the heads are measured, in the keys of the stages that measure them (when set)."""
-        return {k: v for k, v in self.cfg.section("model").items() if k in HEAD_KEYS and v}
+        keys = {k: v for k, v in self.cfg.section("model").items() if k in HEAD_KEYS and v}
+        if self.cfg.model.task != "other":  # how a detector's boxes are read and gated
+            keys["detect"] = [self.cfg.section("detect"), self.cfg.build.min_box_f1]
+        return keys
 
     def heads(self):
         """The original model's output names and kinds, and the user's measure (stages.heads)."""
@@ -514,7 +517,7 @@ class Builder:
 
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD_KEYS = ("heads", "metric")
+HEAD_KEYS = ("heads", "metric", "task")
 
 
 def _source(module) -> str:

@@ -35,8 +35,10 @@ class Dataset:
     x_val: np.ndarray | None = None
     """Carved from the training samples (data.validation_fraction), never trained on: choosing settings."""
     y_val: np.ndarray | None = None
+    boxes_test: dict | None = None
+    """A detector's labelled boxes on the test samples: `boxes` xyxy pixels, `classes`, `image` (index in x_test)."""
 
-    ARRAYS = ("x_train", "y_train", "x_test", "y_test", "x_cal", "x_val", "y_val")
+    ARRAYS = ("x_train", "y_train", "x_test", "y_test", "x_cal", "x_val", "y_val", "boxes_test")
 
     @property
     def labelled(self) -> bool:
@@ -53,6 +55,11 @@ class Raw:
     y_test: np.ndarray | None
     labels: tuple[str, ...]
     source: str
+    boxes: dict | None = None
+    """Labelled boxes of a detection set (.npz `boxes`, `classes`, `image`: the index in `x` of each box's picture)."""
+
+
+BOX_KEYS = ("boxes", "classes", "image")
 
 
 def _digits() -> Raw:
@@ -79,10 +86,32 @@ def _npz(path: Path) -> Raw:
     if {"x_train", "x_test"} <= arrays.keys():
         return Raw(arrays["x_train"], arrays.get("y_train"), arrays["x_test"], arrays.get("y_test"), (), str(path))
     if "x" in arrays:
-        return Raw(arrays["x"], arrays.get("y"), None, None, (), str(path))
+        boxes = _boxes(arrays, len(arrays["x"]), path) if "boxes" in arrays else None
+        return Raw(arrays["x"], arrays.get("y"), None, None, (), str(path), boxes)
     raise DataError(
         f"{path}: an .npz needs arrays x_train/x_test (with y_train/y_test) or x (with y); found {sorted(arrays)}"
     )
+
+
+def _boxes(arrays: dict, n: int, path: Path) -> dict:
+    """A detection set's labels (`boxes` [M, 4] xyxy pixels, `classes` [M], `image` [M] index into `x`), checked."""
+    missing = [k for k in BOX_KEYS if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: labelled boxes need arrays {', '.join(BOX_KEYS)}; missing {', '.join(missing)}")
+    b, c, i = (np.asarray(arrays[k]) for k in BOX_KEYS)
+    if b.ndim != 2 or b.shape[1] != 4 or len(c) != len(b) or len(i) != len(b):
+        raise DataError(f"{path}: boxes must be [M, 4] (x0, y0, x1, y1) with one class and one image index per box")
+    if len(i) and (i.min() < 0 or i.max() >= n):
+        raise DataError(f"{path}: image indices of the boxes must be in [0, {n}) (the samples of x)")
+    return {"boxes": b.astype(np.float32), "classes": c.astype(np.int64), "image": i.astype(np.int64)}
+
+
+def _test_boxes(boxes: dict, test_index: np.ndarray) -> dict:
+    """The labelled boxes of the test samples, their image index renumbered to the position in x_test."""
+    where = np.full(int(max(test_index.max(initial=-1), boxes["image"].max(initial=-1))) + 1, -1)
+    where[test_index] = np.arange(len(test_index))
+    keep = where[boxes["image"]] >= 0
+    return {"boxes": boxes["boxes"][keep], "classes": boxes["classes"][keep], "image": where[boxes["image"][keep]]}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -307,7 +336,7 @@ def load(cfg: DataConfig, seed: int, model_input: dict | None = None) -> Dataset
 
         x, given = samples_to_internal(raw.x, model_input)
         xt = samples_to_internal(raw.x_test, model_input)[0] if raw.x_test is not None else None
-        raw = Raw(x, raw.y, xt, raw.y_test, raw.labels, raw.source)
+        raw = Raw(x, raw.y, xt, raw.y_test, raw.labels, raw.source, raw.boxes)
     _check("x", raw.x, raw.y, where)
     if raw.x_test is not None:
         _check("x_test", raw.x_test, raw.y_test, where)
@@ -320,8 +349,11 @@ def load(cfg: DataConfig, seed: int, model_input: dict | None = None) -> Dataset
         if vals and len(vals) not in (1, n_channels):
             raise DataError(f"data.{name} has {len(vals)} values but the samples have {n_channels} channels")
     default_scale = 1 / 16 if raw.source.startswith("scikit-learn") else 1 / 255 if raw.x.dtype == np.uint8 else 1.0
+    boxes_test = None
     if raw.x_test is None:
         x_train, y_train, x_test, y_test = split(raw.x, raw.y, cfg.test_fraction, seed)
+        if raw.boxes is not None:  # the same seeded split, of the sample indices
+            boxes_test = _test_boxes(raw.boxes, split(np.arange(len(raw.x)), raw.y, cfg.test_fraction, seed)[2])
     else:
         x_train, y_train, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
     if len(x_train) == 0 or len(x_test) == 0:
@@ -357,4 +389,6 @@ def load(cfg: DataConfig, seed: int, model_input: dict | None = None) -> Dataset
         "calibration_samples": n_cal,
         "samples": {"train": len(x_train), "validation": 0 if x_val is None else len(x_val), "test": len(x_test)},
     }
-    return Dataset(x_train, y_train, x_test, y_test, x_cal, labels, prep, x_val, y_val)
+    if boxes_test is not None:
+        prep["labelled_boxes"] = len(boxes_test["boxes"])
+    return Dataset(x_train, y_train, x_test, y_test, x_cal, labels, prep, x_val, y_val, boxes_test)

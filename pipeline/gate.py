@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import interface, runner
-from targets import RUNNERS, metrics
+from targets import RUNNERS, detect, metrics
 from targets.metrics import compare, load_outputs  # figures head by head; re-exported for the stages and boards
 
 
@@ -201,6 +201,22 @@ def default_run(target, artifact: Path, inputs: Path, perms: dict | None, ref: l
     }
 
 
+def label_figures(outputs: list[np.ndarray], ref: list[np.ndarray], heads: metrics.Heads, data_dir: Path) -> dict:
+    """A detector with labelled boxes (data stage's boxes_test.npz): COCO mAP50-95 of the artifact's boxes and of
+    the original's against the labels. Recorded, not gated: the gate is against the original's boxes."""
+    labels = Path(data_dir) / "boxes_test.npz"
+    if metrics.DETECT not in heads.kinds or not labels.exists():
+        return {}
+    i = heads.kinds.index(metrics.DETECT)
+    with np.load(labels, allow_pickle=False) as z:
+        truth = detect.labels_by_image(z["boxes"], z["classes"], z["image"], len(ref[i]))
+    d = heads.detect or detect.Detect()
+    return {
+        "map50_95_labels": detect.map50_95(truth, detect.decode_with(outputs[i], d)),
+        "reference_map50_95_labels": detect.map50_95(truth, detect.decode_with(ref[i], d)),
+    }
+
+
 def test_inputs(data_dir: Path) -> Path:
     """The held-out samples: x_test.npy, or x_test.npz (one array per input) for a model with several inputs."""
     npy = Path(data_dir) / "x_test.npy"
@@ -297,8 +313,10 @@ def verify_artifact(
             heads.kinds,
             heads.names or None,
             heads.metric,
+            heads.detect,
         )
     )
+    result.update(label_figures(outputs, ref, heads, data_dir))
     if result.get("heads"):
         result["worst_head"] = worst_head(result, build)
     reasons = gate(result, expected, build)

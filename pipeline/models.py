@@ -8,7 +8,9 @@ without Keras layers go through pipeline/keras3.py.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -145,8 +147,7 @@ def _from_onnx(path: Path, override, workdir: Path | None):
     name, dims = _onnx_shape(path, override)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
-        # onnx2tf overwrites its input with the simplified graph: hand it a copy, never the user's file.
-        shutil.copyfile(path, tmp / "model.onnx")
+        # onnx2tf overwrites its input with the simplified graph: hand it a copy (each attempt), never the user's file.
         # For 3-channel inputs onnx2tf runs a sanity inference on sample images it would download;
         # a seeded random file of that name in its working folder keeps it offline.
         np.save(
@@ -158,20 +159,64 @@ def _from_onnx(path: Path, override, workdir: Path | None):
         # onnx2tf fixes the input shape and simplifies by running the `onnxsim` program; without it
         # on PATH it silently keeps the dynamic shape. It sits beside our interpreter.
         os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_env])
+        replace = []
         try:
             with report.step("convert", f"ONNX -> Keras (onnx2tf, input {name} {dims})"):
-                model = onnx2tf.convert(
-                    input_onnx_file_path="model.onnx",
-                    output_folder_path="saved_model",
-                    overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
-                    non_verbose=True,
-                )
-        except (Exception, SystemExit) as e:  # onnx2tf ends some failures with sys.exit(1)
+                for attempt in range(CONCAT_RETRIES + 1):
+                    # Always a replacement file, even empty: without one onnx2tf searches for one after a failure
+                    # (minutes, and it never finds the fix for a YOLO head).
+                    (tmp / "replace.json").write_text(json.dumps({"format_version": 1, "operations": replace}))
+                    shutil.copyfile(path, tmp / "model.onnx")
+                    try:
+                        model = onnx2tf.convert(
+                            input_onnx_file_path="model.onnx",
+                            output_folder_path="saved_model",
+                            overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
+                            non_verbose=True,
+                            param_replacement_file="replace.json",
+                        )
+                        break
+                    except (Exception, SystemExit) as e:  # onnx2tf ends some failures with sys.exit(1)
+                        more = _transposed_concat_inputs(e, tmp / "model.onnx") if attempt < CONCAT_RETRIES else []
+                        if not more:
+                            raise
+                        replace += more
+        except (Exception, SystemExit) as e:
             raise ConversionError(f"{path}: onnx2tf cannot convert it ({_onnx2tf_reason(e)})") from None
         finally:
             os.chdir(cwd)
             os.environ["PATH"] = path_env
     return model
+
+
+CONCAT_RETRIES = 3
+"""At most this many Concats of 3-D tensors (a detector's head) are put right by re-running onnx2tf."""
+
+
+def _transposed_concat_inputs(e: BaseException, simplified: Path) -> list[dict]:
+    """onnx2tf's parameter replacements for a Concat it stopped at because it made some of its 3-D inputs
+    channels-last ([N, A, 4] against [N, C, A]: a YOLO head's box and class branches) and not the others: each
+    such input is transposed back to the ONNX layout before the Concat. Empty when the failure is another one.
+    `simplified`: the graph onnx2tf converted (it writes the simplified, fixed-shape graph over its input)."""
+    import onnx
+
+    node = getattr(e, "onnx_op_name", None)
+    found = re.search(r"with input shapes: (.*?)(?: and |\.|$)", str(e))
+    if not node or not found or not simplified.exists():
+        return []
+    tf_shapes = [[int(d) for d in s.split(",") if d] for s in re.findall(r"\[([\d,]*)\]", found[1])]
+    graph = onnx.shape_inference.infer_shapes(onnx.load(simplified)).graph
+    concat = next((n for n in graph.node if n.name == node and n.op_type == "Concat"), None)
+    if concat is None:
+        return []
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
+    fixes = []
+    for name, tf_shape in zip(concat.input, tf_shapes):
+        s = shapes.get(name)
+        if s and len(s) == 3 and tf_shape == [s[0], s[2], s[1]] and tf_shape != s:
+            op = {"op_name": node, "param_target": "inputs", "param_name": name}
+            fixes.append({**op, "pre_process_transpose_perm": [0, 2, 1]})
+    return fixes
 
 
 def _onnx2tf_reason(e: BaseException) -> str:

@@ -46,12 +46,14 @@ def figures(f: dict, original_accuracy: float | None = None) -> str:
         parts.append(f"accuracy {f['accuracy']:.4f}{drop}")
     if f.get("top1_agreement") is not None:
         parts.append(f"top-1 agreement {f['top1_agreement']:.4f}")
+    if f.get("box_f1") is not None:
+        parts.append(f"box F1 {f['box_f1']:.4f}, mAP50 {f['map50']:.4f}")
     if f.get("cosine") is not None:
         parts.append(f"cosine {f['cosine']:.4f}")
     if f.get("max_abs_diff") is not None:
         parts.append(f"max |diff| {f['max_abs_diff']:.3g}")
     for h in f.get("heads") or []:  # several outputs: each head by its own measure
-        own = "top1_agreement" if h.get("kind") == "scores" else "metric" if h.get("kind") == "metric" else "cosine"
+        own = {"scores": "top1_agreement", "metric": "metric", "detect": "box_f1"}.get(h.get("kind"), "cosine")
         parts.append(f"{h['name']} {own.replace('_', ' ')} {h[own]:.4f}")
     return ", ".join(parts)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import report
-from targets import metrics
+from targets import detect, metrics
 from targets.metrics import load_outputs, save_outputs
 from targets.silence import stderr_silenced
 
@@ -194,9 +194,17 @@ def heads(cfg, original: Path) -> metrics.Heads:
     info = json.loads((original / HEADS_FILE).read_text()) if (original / HEADS_FILE).exists() else []
     ref = load_outputs(original / REFERENCE_OUTPUTS)
     declared = cfg.model.heads or ((metrics.METRIC,) * len(ref) if cfg.model.metric else ())
-    kinds = metrics.head_kinds(ref, declared, [h.get("activation") for h in info])
+    if cfg.model.task == "detect" and not declared:
+        declared = (metrics.DETECT,) * len(ref)
+    kinds = metrics.head_kinds(ref, declared, [h.get("activation") for h in info], boxes=cfg.model.task != "other")
     names = tuple(h["name"] for h in info) if len(info) == len(ref) else ()
-    return metrics.Heads(names, tuple(kinds), user_metric(cfg.model.metric) if cfg.model.metric else None)
+    d = cfg.detect
+    return metrics.Heads(
+        names,
+        tuple(kinds),
+        user_metric(cfg.model.metric) if cfg.model.metric else None,
+        detect.Detect(d.layout, d.conf, d.iou, d.max_det, d.names) if metrics.DETECT in kinds else None,
+    )
 
 
 def user_metric(spec: str):
@@ -320,7 +328,7 @@ def model_accuracy(model, outs: list[np.ndarray], y, n_labels: int, kinds=None) 
     return None if c is None else accuracy(outs[c], y)
 
 
-FIGURES = ("accuracy", "top1_agreement", "cosine", "max_abs_diff", "heads")
+FIGURES = ("accuracy", "top1_agreement", "box_f1", "map50", "cosine", "max_abs_diff", "heads")
 
 
 def vs_original(
@@ -333,7 +341,7 @@ def vs_original(
 
     if bad := nonfinite(outs, what):
         return {"nonfinite": bad}
-    c = compare(outs, original, y, *((heads.kinds, heads.names or None, heads.metric) if heads else ()))
+    c = compare(outs, original, y, *((heads.kinds, heads.names or None, heads.metric, heads.detect) if heads else ()))
     return {k: c[k] for k in FIGURES if c.get(k) is not None}
 
 

@@ -104,18 +104,18 @@ def is_scores(outputs: list[np.ndarray]) -> bool:
     return len(outputs) == 1 and looks_like_scores(outputs[0], True)
 
 
-def head_kinds(reference: list[np.ndarray], declared=(), activations=(), input_hw=None) -> list[str]:
+def head_kinds(reference: list[np.ndarray], declared=(), activations=(), input_hw=None, boxes=True) -> list[str]:
     """Each output's kind: as declared (`[model] heads`, "auto" = guess), else `detect` for a model's only output
     shaped as a YOLO head (detect.layout_of; with the input's (height, width), its anchor count must match),
     else `scores` for a softmax or sigmoid layer's (N, classes) output or values that look like scores
-    (looks_like_scores), else `regression`."""
+    (looks_like_scores), else `regression`. `boxes` False: never guess `detect` ([model] task = "other")."""
     kinds = []
     for i, ref in enumerate(reference):
         want = declared[i] if i < len(declared) else "auto"
         act = activations[i] if i < len(activations) else None
         if want != "auto":
             kinds.append(want)
-        elif len(reference) == 1 and detect.layout_of(np.shape(ref), input_hw):
+        elif boxes and len(reference) == 1 and detect.layout_of(np.shape(ref), input_hw):
             kinds.append(DETECT)
         elif act in ("softmax", "sigmoid") and ref.ndim == 2 and ref.shape[1] > 1:
             kinds.append(SCORES)

@@ -1,7 +1,12 @@
 """Detectors' boxes: decode + NMS of YOLO heads and the box figures (targets/detect.py), on hand-made boxes."""
 
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from targets import detect, metrics
 
@@ -110,3 +115,42 @@ def test_a_detector_heads_figures_are_its_boxes_against_the_originals():
     assert metrics.closeness([out], [ref], ["detect"])["agreement"] == pytest.approx(2 / 3)
     strict = detect.Detect(conf=0.9)  # keeps no box of either: the same (no) boxes
     assert metrics.compare([out], [ref], kinds=["detect"], settings=strict)["box_f1"] == 1.0
+
+
+ASSETS = Path(os.environ.get("EDGE_EXPORT_TEST_ASSETS", ROOT / ".venv" / "test-assets"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ASSETS / "yolov8n_160.onnx").exists(), reason="run scripts/fetch_test_assets.sh first")
+def test_a_yolov8_detector_builds_for_each_runtime_and_is_judged_by_its_boxes(tmp_path):
+    """A YOLOv8n trained here (scripts/make_detector.py), 160 px, with its labelled boxes: tflite-fp32 (through
+    onnx2tf, whose head Concat fails without the box branch put back), onnx-fp32 and openvino-fp32 build, keep
+    the original's output layout, and find the original's boxes; the table and manifest lead with the boxes."""
+    from conftest import run_cli
+
+    out = tmp_path / "o"
+    proc = run_cli(
+        "build",
+        "--model",
+        ASSETS / "yolov8n_160.onnx",
+        "--data",
+        ASSETS / "yolov8n_160_data.npz",
+        "--target",
+        "tflite-fp32,onnx-fp32,openvino-fp32",
+        "--prune",
+        "none",
+        "--out",
+        out,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "box F1 vs original" in proc.stdout and "mAP50-95 (labels)" in proc.stdout, proc.stdout
+    manifest = json.loads((out / "yolov8n_160" / "manifest.json").read_text())
+    arts = {a["target"]: a for a in manifest["artifacts"]}
+    for a in arts.values():
+        assert a["status"] == "ok", a
+        assert a["box_f1"] >= 0.95 and a["map50"] >= 0.9, a
+        assert a["reference_boxes"] > 0, a  # the trained model finds boxes on the held-out pictures
+        assert 0 < a["map50_95_labels"] <= 1 and a["reference_map50_95_labels"] > 0, a
+    assert arts["tflite-fp32"]["outputs"][0]["shape"] == [1, 7, 525]  # [1, 4 + classes, anchors], as exported
+    assert [(o["name"], o["shape"]) for o in arts["onnx-fp32"]["outputs"]] == [("output0", [1, 7, 525])]
+    assert arts["openvino-fp32"]["outputs"][0]["name"] == "output0"

@@ -47,8 +47,14 @@ def summary(rows: list[dict]) -> str:
     # int8 figures hold for the ISA whose kernels ran them (pipeline/isa.py)
     rows = [{**r, "verified_on": (r.get("x86_isa") or {}).get("label")} for r in rows]
     columns = list(SUMMARY_COLUMNS)
+    if any(r.get("box_f1") is not None for r in rows):  # a detector: its boxes are the headline
+        at = columns.index(("top1_agreement", "agreement vs original"))
+        columns[at : at + 1] = [("box_f1", "box F1 vs original"), ("map50", "mAP50 vs original")]
+        if any(r.get("map50_95_labels") is not None for r in rows):
+            columns.insert(at + 2, ("map50_95_labels", "mAP50-95 (labels)"))
     if any(r.get("worst_head") for r in rows):
-        columns.insert(columns.index(("top1_agreement", "agreement vs original")) + 1, ("worst_head", "worst head"))
+        after = next(c for c in columns if c[0] in ("top1_agreement", "map50"))
+        columns.insert(columns.index(after) + 1, ("worst_head", "worst head"))
     return report.table(rows, columns)
 
 

@@ -141,10 +141,11 @@ def model_card(m: dict) -> str:
                 }
                 for a in shipped
             ],
-            ARTIFACT_COLUMNS,
+            _artifact_columns(shipped),
         ),
         "",
-        "Accuracy and agreement (top-1) against the original model on the held-out split, in the runtime named.",
+        "Accuracy and agreement (top-1) against the original model on the held-out split, in the runtime named."
+        + _box_note(shipped, cfg),
         *_head_notes(shipped),
         *_run_config_notes(shipped),
         "",
@@ -283,6 +284,30 @@ def _vs_original(st: dict, name: str, original: float | None) -> str:
     return ", ".join(parts) or "-"
 
 
+def _artifact_columns(shipped: list[dict]) -> list[tuple[str, str]]:
+    """A detector's artifacts are judged by their boxes: box F1 and mAP50 against the original's are the headline."""
+    if not any(a.get("box_f1") is not None for a in shipped):
+        return ARTIFACT_COLUMNS
+    columns = list(ARTIFACT_COLUMNS)
+    at = columns.index(("top1_agreement", "agreement vs original"))
+    columns[at : at + 1] = [("box_f1", "box F1 vs original"), ("map50", "mAP50 vs original")]
+    if any(a.get("map50_95_labels") is not None for a in shipped):
+        columns.insert(at + 2, ("map50_95_labels", "mAP50-95 vs labels"))
+    return columns
+
+
+def _box_note(shipped: list[dict], cfg: dict) -> str:
+    if not any(a.get("box_f1") is not None for a in shipped):
+        return ""
+    d = cfg.get("detect", {})
+    return (
+        f" A detector: each file's output decoded to boxes (score > {d.get('conf', '?')}, class-aware NMS at IoU "
+        f"{d.get('iou', '?')}); box F1 counts its boxes that match one of the original model's of the same class "
+        f"at IoU >= 0.5, mAP50 takes the original's boxes as ground truth; the gate is box F1 >= "
+        f"{cfg.get('build', {}).get('min_box_f1', '?')}."
+    )
+
+
 def _head_notes(shipped: list[dict]) -> list[str]:
     """A model with several outputs: every artifact's figures head by head, each gated by its own measure."""
     notes = [
@@ -300,6 +325,8 @@ def head_line(h: dict) -> str:
         for k, label in (
             ("accuracy", "accuracy"),
             ("top1_agreement", "top-1 agreement"),
+            ("box_f1", "box F1"),
+            ("map50", "mAP50"),
             ("metric", "metric"),
             ("cosine", "cosine"),
             ("relative_error", "relative error"),
