@@ -53,11 +53,11 @@ def detector(name: str):
     from PIL import Image
 
     path = DETECTORS / f"{name}.onnx"
-    size = int(name.rsplit("_", 1)[1])
+    size = int(name.split("_")[1])  # ARCH_IMGSZ[_dynamic]
     if not path.exists():
         sys.exit(
             f"error: {path} missing; make it with: /tmp/yolo-venv/bin/python scripts/make_detector.py {DETECTORS} "
-            f"--arch {name.rsplit('_', 1)[0]} --imgsz {size}"
+            f"--arch {name.split('_')[0]} --imgsz {size}{' --dynamic' if name.endswith('_dynamic') else ''}"
         )
     with np.load(DETECTORS / f"data_{size}.npz") as z:
         test = z["x"].astype(np.float32)
