@@ -8,6 +8,8 @@ without Keras layers go through pipeline/keras3.py.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -147,7 +149,7 @@ def _from_onnx(path: Path, override, workdir: Path | None):
     name, dims = _onnx_shape(path, override)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
-        # onnx2tf overwrites its input with the simplified graph: hand it a copy (each attempt), never the user's file.
+        # onnx2tf overwrites its input with the simplified graph: it gets a copy (each attempt), never the user's file.
         # For 3-channel inputs onnx2tf runs a sanity inference on sample images it would download;
         # a seeded random file of that name in its working folder keeps it offline.
         np.save(
@@ -159,6 +161,7 @@ def _from_onnx(path: Path, override, workdir: Path | None):
         # onnx2tf fixes the input shape and simplifies by running the `onnxsim` program; without it
         # on PATH it silently keeps the dynamic shape. It sits beside our interpreter.
         os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_env])
+        _without_const_sub(path, tmp / "source.onnx")
         replace = []
         try:
             with report.step("convert", f"ONNX -> Keras (onnx2tf, input {name} {dims})"):
@@ -166,15 +169,20 @@ def _from_onnx(path: Path, override, workdir: Path | None):
                     # Always a replacement file, even empty: without one onnx2tf searches for one after a failure
                     # (minutes, and it never finds the fix for a YOLO head).
                     (tmp / "replace.json").write_text(json.dumps({"format_version": 1, "operations": replace}))
-                    shutil.copyfile(path, tmp / "model.onnx")
+                    shutil.copyfile(tmp / "source.onnx", tmp / "model.onnx")
                     try:
-                        model = onnx2tf.convert(
-                            input_onnx_file_path="model.onnx",
-                            output_folder_path="saved_model",
-                            overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
-                            non_verbose=True,
-                            param_replacement_file="replace.json",
-                        )
+                        # onnx2tf prints a failure's trace on stdout (the build's table) even when a retry fixes it
+                        with contextlib.redirect_stdout(io.StringIO()):
+                            model = onnx2tf.convert(
+                                input_onnx_file_path="model.onnx",
+                                output_folder_path="saved_model",
+                                overwrite_input_shape=[f"{name}:{','.join(map(str, dims))}"],
+                                non_verbose=True,
+                                param_replacement_file="replace.json",
+                                # the Keras model is all we keep: no SavedModel or .tflite files of onnx2tf's own (time;
+                                # and a SavedModel refuses some op names, e.g. YOLO11's)
+                                disable_model_save=True,
+                            )
                         break
                     except (Exception, SystemExit) as e:  # onnx2tf ends some failures with sys.exit(1)
                         more = _transposed_concat_inputs(e, tmp / "model.onnx") if attempt < CONCAT_RETRIES else []
@@ -187,6 +195,36 @@ def _from_onnx(path: Path, override, workdir: Path | None):
             os.chdir(cwd)
             os.environ["PATH"] = path_env
     return model
+
+
+def _without_const_sub(path: Path, dest: Path) -> None:
+    """The user's graph with each `Sub(constant, x)` written `Add(Neg(x), constant)` (the same values; constant:
+    what does not depend on the samples' values, once the input's shape is fixed), saved to
+    `dest`. Through onnx2tf, a Sub whose first operand is a constant computes x - constant in the TFLite file
+    made from the Keras model (the Keras model itself is right): a YOLOv8 head's box corners (anchor - distance)
+    came out swapped, max |diff| 459 px on yolov8n at 160 px; with Add(Neg) it is 2e-4."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(path)
+    g = m.graph
+    # What the samples' values flow into; a Shape's output is not (the input's shape is fixed from the data):
+    # a dynamic export computes a YOLO head's anchors from its feature maps' shapes.
+    varies = {i.name for i in g.input} - {i.name for i in g.initializer}
+    for n in g.node:  # graph nodes are in topological order
+        if n.op_type != "Shape" and any(i in varies for i in n.input):
+            varies.update(n.output)
+    nodes = []
+    for n in g.node:
+        if n.op_type == "Sub" and n.input[0] not in varies and n.input[1] in varies:
+            neg = f"{n.output[0]}__neg"
+            nodes.append(helper.make_node("Neg", [n.input[1]], [neg], name=f"{n.name or n.output[0]}__neg"))
+            nodes.append(helper.make_node("Add", [neg, n.input[0]], list(n.output), name=n.name))
+        else:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.save(m, dest)
 
 
 CONCAT_RETRIES = 3

@@ -191,9 +191,9 @@ def compare(outputs, reference, labels=None, kinds=None, names=None, metric=None
     if c is not None:
         out["accuracy"] = heads[c]["accuracy"]
     boxes = [h for h in heads if h["kind"] == DETECT]
-    for k in ("box_f1", "map50"):
-        if boxes:
-            out[k] = min(h[k] for h in boxes)
+    if boxes:
+        out.update({k: min(h[k] for h in boxes) for k in ("box_f1", "map50")})
+        out.update({k: sum(h[k] for h in boxes) for k in ("boxes", "reference_boxes")})
     if len(heads) > 1:
         out["heads"] = heads
     return out

@@ -112,6 +112,7 @@ def test_a_detector_heads_figures_are_its_boxes_against_the_originals():
     f = metrics.compare([out], [ref], kinds=["detect"])
     assert f["box_f1"] == pytest.approx(2 / 3)
     assert f["map50"] == pytest.approx(0.5)
+    assert (f["boxes"], f["reference_boxes"]) == (1, 2)
     assert metrics.closeness([out], [ref], ["detect"])["agreement"] == pytest.approx(2 / 3)
     strict = detect.Detect(conf=0.9)  # keeps no box of either: the same (no) boxes
     assert metrics.compare([out], [ref], kinds=["detect"], settings=strict)["box_f1"] == 1.0
@@ -154,3 +155,36 @@ def test_a_yolov8_detector_builds_for_each_runtime_and_is_judged_by_its_boxes(tm
     assert arts["tflite-fp32"]["outputs"][0]["shape"] == [1, 7, 525]  # [1, 4 + classes, anchors], as exported
     assert [(o["name"], o["shape"]) for o in arts["onnx-fp32"]["outputs"]] == [("output0", [1, 7, 525])]
     assert arts["openvino-fp32"]["outputs"][0]["name"] == "output0"
+
+
+def test_a_sub_from_a_constant_goes_to_onnx2tf_as_an_add_of_the_negation_with_the_same_values(tmp_path):
+    """onnx2tf's TFLite files compute x - c for Sub(c, x) (a YOLO head's anchor - distance): the graph it gets
+    has Add(Neg(x), c) instead; a constant computed from a Shape (a dynamic export's anchors) counts."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from pipeline.models import _without_const_sub
+
+    c = helper.make_tensor("c", TensorProto.FLOAT, [1, 3], [1.0, 2.0, 3.0])
+    nodes = [
+        helper.make_node("Sub", ["c", "x"], ["a"]),  # constant first: rewritten
+        helper.make_node("Shape", ["x"], ["s"], start=1),  # [3]
+        helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["sf", "a"], ["b"]),  # from the shape only: rewritten
+        helper.make_node("Sub", ["b", "c"], ["y"]),  # constant second: kept
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [c],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    _without_const_sub(tmp_path / "m.onnx", tmp_path / "r.onnx")
+    ops = [n.op_type for n in onnx.load(tmp_path / "r.onnx").graph.node]
+    assert ops == ["Neg", "Add", "Shape", "Cast", "Neg", "Add", "Sub"]
+    x = np.array([[0.5, -1.0, 4.0]], np.float32)
+    run = lambda p: ort.InferenceSession(str(p)).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(run(tmp_path / "r.onnx"), run(tmp_path / "m.onnx"))
