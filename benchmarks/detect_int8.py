@@ -219,7 +219,7 @@ def keras_of(src: Path, cal: np.ndarray, tmp: Path, log):
     try:
         from pipeline.models import _from_onnx
 
-        return _from_onnx(src, None, tmp)
+        return _from_onnx(src, [1, *cal.shape[1:]], tmp)  # a free-shape export: fixed to the pictures' size
     except Exception as e:  # the tflite rows then say so
         log(f"  no Keras model from onnx2tf: {type(e).__name__}: {str(e)[:200]}")
         return None

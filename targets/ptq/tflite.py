@@ -104,13 +104,15 @@ Backend.CANDIDATES = (
     Candidate(
         "tflite-converter-head-float-bias-correction", Backend.head_float_bias_corrected, Backend.detector, mixed=True
     ),
-    Candidate("tflite-converter", Backend.converter),
-    Candidate("tflite-converter-bias-correction", Backend.bias_corrected),
+    # A detector's full-int8 files put box pixels and class scores under one output scale: no box survives
+    # (yolov8n 160 px: box F1 0.0 for all three), so they compete only for other models.
+    Candidate("tflite-converter", Backend.converter, lambda b: not b.detector()),
+    Candidate("tflite-converter-bias-correction", Backend.bias_corrected, lambda b: not b.detector()),
     # cheap here (a few interpreter runs per layer): with more calibration samples, both
     Candidate(
         "tflite-converter-bias-correction-all-samples",
         Backend.bias_corrected_all_samples,
-        lambda b: len(b.calibration) > BIAS_CORRECTION_SAMPLES,
+        lambda b: len(b.calibration) > BIAS_CORRECTION_SAMPLES and not b.detector(),
     ),
 )
 
