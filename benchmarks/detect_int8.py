@@ -247,7 +247,15 @@ def run_model(name: str, args, log) -> dict:
         jobs = [(t, w, m) for t, w, m in peers(src, cal, keras_model) if wanted(t, w)]
         ours = [t for t in ("tflite-int8", "onnx-int8", "openvino-int8") if wanted(t, OURS)]
         if ours:
-            artifact = user_build(name, src, cal, val, test, ours, tmp / "build", log)
+            try:
+                artifact = user_build(name, src, cal, val, test, ours, tmp / "build", log)
+            except Exception as e:  # the build itself stopped: every row of ours says why
+                failed = f"pipeline.build stopped: {type(e).__name__}: {str(e).strip()[:240]}"
+                log(f"  {failed}")
+
+                def artifact(target, failed=failed):
+                    raise RuntimeError(failed)
+
             jobs += [(t, OURS, lambda t=t: artifact(t)) for t in ours]
         for target, who, make in jobs:
             log(f"{name}: {target} {who}")
