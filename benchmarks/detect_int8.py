@@ -215,6 +215,34 @@ def peers(src: Path, cal: np.ndarray, keras_model) -> list[tuple[str, str, objec
     return rows
 
 
+DIRECT = "this project: targets.ptq's choice, called directly"
+
+
+def direct(src: Path, cal: np.ndarray, val: np.ndarray, keras_model) -> list[tuple[str, object]]:
+    """(target, make) of this project's post-training choice called without pipeline.build (`--direct`: for a model
+    the build stops on): the same candidates and box-F1 ranking, on this run's calibration and validation
+    pictures, against the original ONNX model's outputs on them."""
+    from targets import ptq
+    from targets.openvino import float_ir
+    from targets.ptq import onnx as ptq_onnx
+    from targets.ptq import openvino as ptq_openvino
+    from targets.ptq import tflite as ptq_tflite
+
+    settings = ptq.Settings(val, reference=ptq_onnx.onnx_outputs(src, val))
+    rows = [
+        ("onnx-int8", lambda: ptq.choose(ptq_onnx.Backend(src, cal), settings)),
+        (
+            "openvino-int8",
+            lambda: ptq.choose(ptq_openvino.Backend(lambda path=src: float_ir(path), cal, src), settings),
+        ),
+    ]
+    if keras_model is not None:
+        nhwc = ptq.Settings(val.transpose(0, 2, 3, 1), reference=settings.reference)
+        backend = lambda: ptq_tflite.Backend(keras_model, cal.transpose(0, 2, 3, 1))
+        rows.insert(0, ("tflite-int8", lambda: ptq.choose(backend(), nhwc)))
+    return rows
+
+
 def keras_of(src: Path, cal: np.ndarray, tmp: Path, log):
     """The Keras model the tflite targets start from (targets.onnx's conversion of the user's file), or None."""
     try:
@@ -257,6 +285,8 @@ def run_model(name: str, args, log) -> dict:
                     raise RuntimeError(failed)
 
             jobs += [(t, OURS, lambda t=t: artifact(t)) for t in ours]
+        if args.direct:
+            jobs += [(t, DIRECT, m) for t, m in direct(src, cal, val, keras_model) if wanted(t, DIRECT)]
         for target, who, make in jobs:
             log(f"{name}: {target} {who}")
             t = time.perf_counter()
@@ -296,7 +326,7 @@ def verdict(rows: list[dict]) -> list[dict]:
     out = []
     for r in ok:
         same = [p["box_f1"] for p in peers if p["target"] == r["target"]]
-        if r["who"] != OURS or not same:
+        if r["who"] not in (OURS, DIRECT) or not same:
             continue
         best = max(same)
         goal = min(max(GOAL_F1, best + GOAL_POINTS), 1.0)
@@ -381,6 +411,7 @@ def main() -> int:
     p.add_argument("--skip", type=lambda s: s.split(","), default=None, help="no rows whose 'who' contains these")
     p.add_argument("--targets", type=lambda s: s.split(","), default=None, help="only these int8 targets")
     p.add_argument("--out", type=Path, default=RESULTS / "detect_int8")
+    p.add_argument("--direct", action="store_true", help="also this project's choice called without pipeline.build")
     args = p.parse_args()
     started = time.time()
 
