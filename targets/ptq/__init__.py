@@ -174,7 +174,7 @@ def _pick(candidates, run, ref: list[np.ndarray]) -> tuple[object, dict]:
             out = run(model)
             if bad := nonfinite_samples(out):  # argmax of NaN is 0, and NaN loses no `>`: never a candidate
                 raise ValueError(f"NaN or Inf in its outputs on {bad} of {len(_heads(out)[0])} validation samples")
-            figures = metrics.closeness(_heads(out), ref)
+            figures = metrics.closeness(_heads(out), _heads(ref))
             a, c, f1 = figures["agreement"], figures["closeness"], figures.get("box_f1")
         except Exception as e:
             tried.append({"method": name, "error": _error(e)})
