@@ -77,6 +77,8 @@ class Candidate:
     name: str
     make: Callable
     when: Callable = lambda backend: True
+    mixed: bool = False
+    """It keeps some weighted layers float (a detector's head): chosen, the file reads back as int8-mixed."""
 
 
 class Backend:
@@ -145,6 +147,8 @@ def full_int8(backend: Backend, settings: Settings, progress=None):
     made = [(c.name, step(functools.partial(c.make, backend))) for c in rows]
     model, record = _pick(made, lambda m: backend.run(m, x), ref)
     record.update(against=against, why=_why({**record, "against": against}))
+    if any(c.mixed and c.name == record["chosen"] for c in rows):
+        record["mixed"] = True
     return model, record
 
 
@@ -157,7 +161,8 @@ def within_budget(backend: Backend, settings: Settings, model, record: dict):
 
 def _pick(candidates, run, ref: list[np.ndarray]) -> tuple[object, dict]:
     """Build every candidate `(name, make)`, run it on the validation split (`run(model)`: every head's
-    outputs), keep the one whose outputs are closest to `ref` (mean cosine, the lowest head's): a continuous
+    outputs), keep the one whose outputs are closest to `ref` (a detector's: box F1 first, `_rank`; else mean
+    cosine, the lowest head's): a continuous
     score sees every sample's error, where top-1 agreement on 100 samples moves by whole samples (1 point each)
     and its ranking of close candidates is noise. A candidate that fails is recorded."""
     tried, best, best_model = [], None, None
@@ -171,13 +176,16 @@ def _pick(candidates, run, ref: list[np.ndarray]) -> tuple[object, dict]:
             out = run(model)
             if bad := nonfinite_samples(out):  # argmax of NaN is 0, and NaN loses no `>`: never a candidate
                 raise ValueError(f"NaN or Inf in its outputs on {bad} of {len(_heads(out)[0])} validation samples")
-            a, c = agreement(ref, out), closeness(ref, out)
+            figures = metrics.closeness(_heads(out), _heads(ref))
+            a, c, f1 = figures["agreement"], figures["closeness"], figures.get("box_f1")
         except Exception as e:
             tried.append({"method": name, "error": _error(e)})
             continue
         seconds = round(time.perf_counter() - start, 2)
         tried.append({"method": name, "agreement": round(a, 4), "closeness": round(c, 6), "seconds": seconds})
-        if best is None or c > best["closeness"]:
+        if f1 is not None:
+            tried[-1]["box_f1"] = round(f1, 4)
+        if best is None or _rank(tried[-1]) > _rank(best):
             best, best_model = tried[-1], model
     if best is None:
         raise RuntimeError(f"every post-training method failed: {tried}")
@@ -185,8 +193,15 @@ def _pick(candidates, run, ref: list[np.ndarray]) -> tuple[object, dict]:
         "chosen": best["method"],
         "agreement": best["agreement"],
         "closeness": best["closeness"],
+        **({"box_f1": best["box_f1"]} if "box_f1" in best else {}),
         "candidates": tried,
     }
+
+
+def _rank(candidate: dict) -> tuple:
+    """What `_pick` keeps the largest of: a detector's box F1 against the original's boxes (its outputs' cosine
+    is dominated by the box coordinates and barely sees the class scores boxes are kept by), then closeness."""
+    return (candidate.get("box_f1", 0.0), candidate["closeness"])
 
 
 def _error(e: Exception) -> str:
@@ -196,7 +211,10 @@ def _error(e: Exception) -> str:
 
 def _why(record: dict) -> str:
     others = [c for c in record["candidates"] if "closeness" in c and c["method"] != record["chosen"]]
-    runner_up = max(others, key=lambda c: c["closeness"], default=None)
+    runner_up = max(others, key=_rank, default=None)
+    if "box_f1" in record:
+        vs = f" (next {runner_up['method']} {runner_up['box_f1']:.4f})" if runner_up else ""
+        return f"boxes closest to the {record['against']} model's on the validation split, box F1 {record['box_f1']:.4f}{vs}"
     vs = (
         f" (next closest {runner_up['method']} {runner_up['closeness']:.6f}, top-1 {runner_up['agreement']:.4f})"
         if runner_up

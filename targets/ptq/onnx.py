@@ -1,6 +1,7 @@
 """onnx-int8's candidates: onnxruntime `quantize_static` QDQ files (MinMax, Percentile) and empirical bias
 correction of the MinMax file (Nagel et al.; NNCF does it for OpenVINO/ONNX graphs, nothing in the field for
-onnxruntime QDQ files). Every candidate keeps its float_tail. Mixed precision: NNCF accuracy control."""
+onnxruntime QDQ files). Every candidate keeps its float_tail; a detector's head candidates its head_tail too.
+Mixed precision: NNCF accuracy control."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class Backend(ptq.Backend):
 
     def __init__(self, src: Path, calibration: np.ndarray, deploy_cpu: str = "any"):
         self.src, self.calibration, self.deploy_cpu = Path(src), calibration, deploy_cpu
-        self.kind, self._minmax = ort_kind(deploy_cpu), None
+        self.kind, self._minmax, self._head, self._detector = ort_kind(deploy_cpu), None, None, None
 
     def minmax(self):
         """onnxruntime's MinMax QDQ file (made once: bias correction starts from it)."""
@@ -34,6 +35,26 @@ class Backend(ptq.Backend):
 
     def minmax_bias_corrected(self):
         return minmax_bias_corrected(self.minmax(), self.src, self.calibration)
+
+    def detector(self) -> bool:
+        """Whether `src` has a YOLO detector's head (head_tail): its head candidates compete."""
+        if self._detector is None:
+            import onnx
+
+            self._detector = bool(head_tail(onnx.load(str(self.src), load_external_data=False)))
+        return self._detector
+
+    def minmax_head(self):
+        """MinMax with the detector's head_tail float (made once: bias correction starts from it)."""
+        if self._head is None:
+            self._head = ort_static(self.src, self.calibration, "MinMax", tail=True, kind=self.kind, head=True)
+        return self._head
+
+    def percentile_head(self):
+        return ort_static(self.src, self.calibration, "Percentile", tail=True, kind=self.kind, head=True)
+
+    def minmax_head_bias_corrected(self):
+        return minmax_bias_corrected(self.minmax_head(), self.src, self.calibration)
 
     def float_model(self):
         return self.src
@@ -51,6 +72,14 @@ class Backend(ptq.Backend):
 
 
 Backend.CANDIDATES = (
+    Candidate("onnxruntime-minmax-per-channel-head-float", Backend.minmax_head, Backend.detector, mixed=True),
+    Candidate("onnxruntime-percentile-per-channel-head-float", Backend.percentile_head, Backend.detector, mixed=True),
+    Candidate(
+        "onnxruntime-minmax-head-float-bias-correction",
+        Backend.minmax_head_bias_corrected,
+        Backend.detector,
+        mixed=True,
+    ),
     Candidate("onnxruntime-minmax-per-channel-float-tail", Backend.minmax),
     Candidate("onnxruntime-percentile-per-channel-float-tail", Backend.percentile),
     Candidate("onnxruntime-minmax-float-tail-bias-correction", Backend.minmax_bias_corrected),
@@ -126,6 +155,28 @@ def float_tail(model) -> list[str]:
     return tail
 
 
+def head_tail(model) -> list[str]:
+    """A YOLO detector head's decode arithmetic: float_tail continued through the DFL's expected value (a Conv
+    fed by a Softmax: fixed weights 0..15, no learned layer), so it ends at the last convolutions of the box and
+    score branches. Quantized, a Concat of box coordinates (0..640 pixels) and class scores (0..1) under one int8
+    scale erases the scores; float, each branch's last convolution keeps its own range (NNCF's YOLOv8 example
+    ignores the same subgraph). [] when the graph has no Softmax-fed Conv: not such a head."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    tail, todo, dfl = [], [o.name for o in model.graph.output], False
+    while todo:
+        n = producer.get(todo.pop())
+        if n is None or n.name in tail:
+            continue
+        if n.op_type in WEIGHTED_OPS:
+            fed = producer.get(n.input[0])
+            if fed is None or fed.op_type != "Softmax":
+                continue
+            dfl = True
+        tail.append(n.name)
+        todo.extend(n.input)
+    return tail if dfl else []
+
+
 def ort_static(
     src: Path,
     calibration: np.ndarray,
@@ -135,9 +186,11 @@ def ort_static(
     nodes_to_exclude=(),
     tail: bool = False,
     kind: str = "s8s8-7bit",
+    head: bool = False,
 ):
     """onnxruntime `quantize_static`, QDQ, 8-bit weights and activations of `kind` (targets.onnx.ORT_KINDS),
-    with `method` calibration; with `tail`, the float_tail stays unquantized (as NNCF leaves it)."""
+    with `method` calibration; with `tail`, the float_tail stays unquantized (as NNCF leaves it); with `head`, a
+    detector's head_tail too."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -147,7 +200,7 @@ def ort_static(
         inp = pre_processed(src, tmp) if pre_process else src
         graph = onnx.load(str(inp), load_external_data=False)
         name = graph.graph.input[0].name
-        excluded = [*nodes_to_exclude, *(float_tail(graph) if tail else [])]
+        excluded = [*nodes_to_exclude, *(float_tail(graph) if tail else []), *(head_tail(graph) if head else [])]
         out = tmp / "int8.onnx"
         # The Percentile calibrator writes augmented models into cwd and prints its progress on stdout.
         with contextlib.chdir(tmp), contextlib.redirect_stdout(io.StringIO()):

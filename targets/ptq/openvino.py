@@ -32,6 +32,31 @@ class Backend(ptq.Backend):
         qdq = ptq_onnx.Backend(self.src, self.calibration, self.deploy_cpu).minmax_bias_corrected()
         return _openvino_of_qdq(self.convert, qdq)
 
+    def detector(self) -> bool:
+        return self.src is not None and ptq_onnx.Backend(self.src, self.calibration).detector()
+
+    def head_scope(self):
+        """The detector's head_tail as NNCF's ignored scope (OpenVINO keeps the ONNX node names), as NNCF's YOLOv8
+        example ignores the head's decode."""
+        import onnx
+
+        tail = ptq_onnx.head_tail(onnx.load(str(self.src), load_external_data=False))
+        return import_nncf().IgnoredScope(names=tail, validate=False)
+
+    def nncf_head(self):
+        return nncf_openvino(self.convert, self.calibration, self.deploy_cpu, ignored_scope=self.head_scope())
+
+    def nncf_mixed_head(self):
+        """The head float and NNCF's MIXED preset (asymmetric activations: SiLU's outputs are mostly positive)."""
+        preset = import_nncf().QuantizationPreset.MIXED
+        scope = self.head_scope()
+        return nncf_openvino(self.convert, self.calibration, self.deploy_cpu, ignored_scope=scope, preset=preset)
+
+    def qdq_head(self):
+        return _openvino_of_qdq(
+            self.convert, ptq_onnx.Backend(self.src, self.calibration, self.deploy_cpu).minmax_head()
+        )
+
     def float_model(self):
         return self.convert()
 
@@ -44,6 +69,9 @@ class Backend(ptq.Backend):
 
 
 Backend.CANDIDATES = (
+    Candidate("nncf-head-float", Backend.nncf_head, Backend.detector, mixed=True),
+    Candidate("nncf-mixed-head-float", Backend.nncf_mixed_head, Backend.detector, mixed=True),
+    Candidate("onnxruntime-minmax-head-float", Backend.qdq_head, Backend.detector, mixed=True),
     Candidate("nncf", Backend.nncf),
     Candidate("onnxruntime-minmax-float-tail-bias-correction", Backend.qdq_bias_corrected, lambda b: b.src is not None),
 )

@@ -1,6 +1,7 @@
 """tflite-int8's candidates: TFLiteConverter's full-integer file and empirical bias correction of it (Nagel et al.;
-nothing in the field offers it for TFLite files). Mixed precision: each layer ranked by its own quantization
-error (QuantizationDebugger), the worst left float."""
+nothing in the field offers it for TFLite files); for a detector, the same with its head's decode left float and
+float outputs (head_float). Mixed precision: each layer ranked by its own quantization error
+(QuantizationDebugger), the worst left float."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ class Backend(ptq.Backend):
         self.keras_model, self.calibration, self.max_float_layers = keras_model, calibration, max_float_layers
         self.check = check or (lambda m: m)
         self.float = float_tflite(keras_model)
-        self._converted = None
+        self._converted, self._head = None, None
+        self.head = head_tail(self.float)
 
     def converter(self):
         """TFLiteConverter's file (made once: bias correction starts from it)."""
@@ -42,6 +44,19 @@ class Backend(ptq.Backend):
 
     def bias_corrected_all_samples(self):
         return bias_corrected(self.converter(), self.float, self.calibration)
+
+    def detector(self) -> bool:
+        return bool(self.head)
+
+    def head_float(self):
+        """int8 but a detector's head_tail, whose ops run float, and float outputs: the box coordinates (pixels)
+        and class scores (0..1) of its one output never share an int8 scale, which erases the scores."""
+        if self._head is None:
+            self._head = selective_int8(self.keras_model, self.calibration, self.head, float_output=True)
+        return self._head
+
+    def head_float_bias_corrected(self):
+        return bias_corrected(self.head_float(), self.float, self.calibration[:BIAS_CORRECTION_SAMPLES])
 
     def float_model(self):
         return self.float
@@ -85,13 +100,19 @@ class Backend(ptq.Backend):
 
 
 Backend.CANDIDATES = (
-    Candidate("tflite-converter", Backend.converter),
-    Candidate("tflite-converter-bias-correction", Backend.bias_corrected),
+    Candidate("tflite-converter-head-float", Backend.head_float, Backend.detector, mixed=True),
+    Candidate(
+        "tflite-converter-head-float-bias-correction", Backend.head_float_bias_corrected, Backend.detector, mixed=True
+    ),
+    # A detector's full-int8 files put box pixels and class scores under one output scale: no box survives
+    # (yolov8n 160 px: box F1 0.0 for all three), so they compete only for other models.
+    Candidate("tflite-converter", Backend.converter, lambda b: not b.detector()),
+    Candidate("tflite-converter-bias-correction", Backend.bias_corrected, lambda b: not b.detector()),
     # cheap here (a few interpreter runs per layer): with more calibration samples, both
     Candidate(
         "tflite-converter-bias-correction-all-samples",
         Backend.bias_corrected_all_samples,
-        lambda b: len(b.calibration) > BIAS_CORRECTION_SAMPLES,
+        lambda b: len(b.calibration) > BIAS_CORRECTION_SAMPLES and not b.detector(),
     ),
 )
 
@@ -260,18 +281,62 @@ def sensitivity(keras_model, calibration: np.ndarray) -> list[dict]:
     return sorted(layers, key=lambda r: -r["rmse_per_scale"])
 
 
-def selective_int8(keras_model, calibration: np.ndarray, float_layers: list[str]) -> bytes:
+def selective_int8(keras_model, calibration: np.ndarray, float_layers: list[str], float_output: bool = False) -> bytes:
     """TFLiteConverter int8 with the ops that output `float_layers` left in float (QuantizationDebugger's
-    selective quantization): int8 everywhere else, int8 I/O."""
+    selective quantization): int8 everywhere else, int8 I/O (float outputs with `float_output`)."""
     import tensorflow as tf
 
+    conv = _converter(keras_model, calibration, allow_float=True)
+    if float_output:
+        conv.inference_output_type = tf.float32
     with stderr_silenced(), contextlib.redirect_stdout(io.StringIO()):
         dbg = tf.lite.experimental.QuantizationDebugger(
-            converter=_converter(keras_model, calibration, allow_float=True),
+            converter=conv,
             debug_dataset=lambda: ([x[None].astype(np.float32)] for x in calibration),
             debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_layers)),
         )
         return in_output_order(dbg.get_nondebug_quantized_model(), keras_model.output_names)
+
+
+_WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+_PASSING_OPS = ("RESHAPE", "TRANSPOSE")
+
+
+def head_tail(float_model: bytes) -> list[str]:
+    """A YOLO detector head's decode in a float .tflite (targets.ptq.onnx.head_tail): the output tensors of the ops
+    from the outputs back to the last weighted ops, continued through the DFL's expected value (a weighted op fed,
+    through reshapes and transposes, by a SOFTMAX). [] when there is no such op: not a detector."""
+    from targets.tflite import _op_names
+
+    m = unpack(float_model)
+    g = m.subgraphs[0]
+    names = _op_names()
+
+    def code(op) -> str:
+        c = m.operatorCodes[op.opcodeIndex]
+        return names.get(max(c.builtinCode, c.deprecatedBuiltinCode), "CUSTOM")
+
+    producer = {int(t): op for op in g.operators for t in op.outputs}
+
+    def fed_by_softmax(op) -> bool:
+        src = producer.get(int(op.inputs[0]))
+        while src is not None and code(src) in _PASSING_OPS:
+            src = producer.get(int(src.inputs[0]))
+        return src is not None and code(src) == "SOFTMAX"
+
+    tail, seen, todo, dfl = [], set(), [int(t) for t in g.outputs], False
+    while todo:
+        op = producer.get(todo.pop())
+        if op is None or id(op) in seen:
+            continue
+        seen.add(id(op))
+        if code(op) in _WEIGHTED_OPS:
+            if not fed_by_softmax(op):
+                continue
+            dfl = True
+        tail.append(g.tensors[int(op.outputs[0])].name.decode())
+        todo.extend(int(t) for t in op.inputs if t >= 0)
+    return tail if dfl else []
 
 
 def tflite_outputs(model: bytes, x: np.ndarray, threads: int | None = None) -> list[np.ndarray]:
