@@ -260,13 +260,16 @@ def bench(
     legacy: bool = False,
     harness=("python",),
     device_options: dict | None = None,
+    profile: bool = False,
     log: Log | None = None,
 ) -> list[dict]:
     """Time each artifact of `build` on each device and thread count: the rows `bench --json` writes.
 
     `devices`: specs (`local`, `emu:rpi4`, `ssh://user@host`) or device objects; `options`: runtime
     options as (key, value) pairs or "key=value" strings; `legacy` adds the legacy runtime's rows;
-    `harness`: "python" (the runner scripts), "native" (targets/native/edge_bench.c, no Python) or both."""
+    `harness`: "python" (the runner scripts), "native" (targets/native/edge_bench.c, no Python) or both;
+    `profile`: each row also gets the runtime's per-op profile and each int8 row its comparison with the
+    fp32 file of the same format (`profile`, `profile_by_type`, `profile_compare`: pipeline/op_profile.py)."""
     import dataclasses
 
     from pipeline import benchmark as bench_mod
@@ -275,7 +278,7 @@ def bench(
         list(devices), list(harness), **(device_options or {})
     )
     opts = tuple(o if isinstance(o, tuple) else bench_mod.parse_options([o])[0] for o in options)
-    settings = bench_mod.Settings(runs, min_seconds, warmup, samples, opts, timeout)
+    settings = bench_mod.Settings(runs, min_seconds, warmup, samples, opts, timeout, profile)
     wanted = {t.name for t in _targets(targets, build.config)} if targets else {t.name for t in build.targets}
     arts = build.artifacts
     items = [(t, arts[t.name].entry, arts[t.name].path) for t in build.targets if t.name in wanted and t.name in arts]
@@ -286,6 +289,14 @@ def bench(
     )
     for r in rows:
         r["model"] = build.name
+    if profile:
+        from pipeline.op_profile import compare
+
+        for c in compare(rows):
+            for r in rows:
+                key = (r["target"], r["device"], r.get("harness", "python"), r["threads"])
+                if key == (c["int8_target"], c["device"], c["harness"], c["threads"]):
+                    r["profile_compare"] = c
     return rows
 
 

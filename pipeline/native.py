@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.devices.agreement import agree_fields, artifact_files, slice_inputs, x86_reference
-from pipeline.devices.emulated import EMU_SECTIONS, GUEST_ENV, EmuDevice
+from pipeline.devices.emulated import EMU_SECTIONS, GUEST_ENV, TRACE_FILE, EmuDevice
 from pipeline.devices.ssh import SSH_STEP_TIMEOUT, SSHDevice
 from pipeline.errors import DeviceError, PipelineError
 
@@ -197,6 +197,7 @@ class NativeEmu(EmuDevice):
             count_instructions=count,
             counts_file=counts_file,
             blocks_file=blocks if count and emu.profile_plugin_path().exists() else None,
+            trace_file=Path(folder) / TRACE_FILE if count else None,
         )[:-1]
         if count:  # EMU_SECTIONS counted sections in one process, as emu_sections.py runs the Python runner
             argv += ["--sections", str(EMU_SECTIONS)]

@@ -36,6 +36,11 @@ class OnnxRuntime:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3  # errors only: a runner prints one JSON line
+        if getattr(args, "profiling", False):
+            import tempfile
+
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="edge-export-ort-"), "ort")
         session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         self._input = session.get_inputs()[0].name
         self._inputs = [i.name for i in session.get_inputs()]
@@ -62,6 +67,45 @@ class OnnxRuntime:
         if isinstance(x, list):  # several inputs
             return session.run(None, dict(zip(self._inputs, x)))
         return session.run(None, {self._input: x})
+
+    @staticmethod
+    def profile(session, calls):
+        """onnxruntime's profiler trace: each node's kernel time (`NAME_kernel_time` events) in the last `calls`
+        runs (the first run of the session is setup); spans in ns from the profiler's start clock."""
+        import json
+        import shutil
+
+        path = session.end_profiling()
+        try:
+            with open(path, encoding="utf-8") as f:
+                events = json.load(f)
+        finally:
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-calls:]
+        start_ns = session.get_profiling_start_time_ns()
+        ops: dict[str, dict] = {}
+        for e in events:
+            if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+                continue
+            if not any(a <= e["ts"] <= b for a, b in runs):
+                continue
+            name = e["name"][: -len("_kernel_time")]
+            op = ops.setdefault(
+                name, {"op_type": e["args"].get("op_name", "?"), "name": name, "calls": 0, "us": 0.0, "spans": []}
+            )
+            op["calls"] += 1
+            op["us"] += e["dur"]
+            op["spans"].append([start_ns + e["ts"] * 1000, start_ns + (e["ts"] + e["dur"]) * 1000])
+        return [
+            {
+                "op_type": o["op_type"],
+                "name": o["name"],
+                "calls": o["calls"] / calls,
+                "ms": o["us"] / 1e3 / calls,
+                "spans": o["spans"],
+            }
+            for o in ops.values()
+        ]
 
 
 RUNTIME = OnnxRuntime()
