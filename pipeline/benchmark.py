@@ -148,7 +148,8 @@ def bench_one(
         **{k: cond.get(k) for k in CONDITION_KEYS},
         "delegate": res.get("delegate", cond.get("delegate")),
         "precision": res.get("precision"),
-        **(op_profile.local_fields(res) if settings.profile else {}),
+        # emulated time is no board's time: an emulated board's profile is in instructions (its device_fields)
+        **(op_profile.local_fields(res) if settings.profile and not getattr(device, "emulated", False) else {}),
         **(res.get("device_fields") or {}),
     }
     inp = res.get("input") or {}

