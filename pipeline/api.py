@@ -330,7 +330,7 @@ def release(
     file. A version already in DIST is never replaced unless `force`. `bundle`: architectures (x86_64,
     aarch64) to also pack each target for with the native runner and a run.sh."""
     from pipeline.native import ARCHES
-    from pipeline.releases.pack import load_bench, make_release, timed
+    from pipeline.releases.pack import load_bench, make_release
     from targets import resolve
 
     bundle = list(dict.fromkeys(bundle))
@@ -341,7 +341,8 @@ def release(
     allowed = {t.name for spec in allow_failed for t in resolve(spec)}
     check_writable(Path(dist), "release folder", "--dist")
     rows = load_bench(Path(bench), build.name) if isinstance(bench, str | os.PathLike) else bench
-    rows = timed(rows) if rows is not None else None  # pipeline.bench's rows hold not-built and failed ones too
+    # pipeline.bench's rows hold not-built and failed ones too; make_release keeps the timed ones for latency
+    rows = [r for r in rows if r.get("status", "ok") == "ok"] if rows is not None else None
     return make_release(build.manifest, build.out, build.targets, version, Path(dist), rows, allowed, force, bundle)[0]
 
 

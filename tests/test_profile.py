@@ -105,3 +105,18 @@ def test_runners_with_the_profile_hook_import_no_tensorflow():
         "assert 'tensorflow' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_a_release_records_each_targets_measured_memory_in_its_release_json_and_the_model_card(local_rows, tmp_path):
+    import tarfile
+
+    b, rows = local_rows
+    ok = {r["target"] for r in rows if r["status"] == "ok"}
+    folder = pipeline.release(b, "1.0.0", dist=tmp_path / "dist", bench=rows, allow_failed=["all"])
+    with tarfile.open(next(folder.glob("*-onnx-int8.tar.gz"))) as tar:
+        meta = json.load(tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("release.json"))))
+    (mem,) = meta["memory"]
+    assert mem["device"] == "local" and mem["peak_rss_mb"] > 10 and mem["file_bytes"] > 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["release"]["memory"]) <= ok and "onnx-int8" in manifest["release"]["memory"]
+    assert "## Memory" in (folder / "MODEL_CARD.md").read_text()
