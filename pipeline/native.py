@@ -35,7 +35,17 @@ ARCHES = ("x86_64", "aarch64")
 # aarch64 wheel is manylinux_2_35); the binary itself, built on Debian 12, asks for no newer symbol.
 BUNDLE_GLIBC = {"x86_64": (2, 28), "aarch64": (2, 35)}
 # The runner arguments edge_bench takes, with the values it has of each runtime option.
-NATIVE_FLAGS = {"--inputs", "--outputs", "--limit", "--threads", "--warmup", "--runs", "--min-seconds", "--bench"}
+NATIVE_FLAGS = {
+    "--inputs",
+    "--outputs",
+    "--limit",
+    "--threads",
+    "--warmup",
+    "--runs",
+    "--min-seconds",
+    "--bench",
+    "--profile",
+}
 NATIVE_OPTIONS = {"--precision": ("f32", "default"), "--delegate": ("xnnpack",)}
 
 
@@ -134,7 +144,7 @@ def command(rt, arch: str, lib: Path | str | None = None, exe: Path | str | None
 def native_args(args) -> list[str]:
     """The runner arguments for the native runner; a runtime option value it has not is refused here, before
     anything is copied to a board."""
-    args = [str(a) for a in args if str(a) != "--profile"]  # no op profiler here yet: see _no_profile
+    args = [str(a) for a in args]
     for a, v in zip(args, [*args[1:], None]):
         if a.startswith("--") and a not in NATIVE_FLAGS | NATIVE_OPTIONS.keys():
             raise NativeError(f"the native runner has no option {a}")
@@ -146,12 +156,6 @@ def native_args(args) -> list[str]:
     return args
 
 
-def _no_profile(res: dict, args) -> dict:
-    if "--profile" in map(str, args):
-        res["profile_error"] = "the native runner has no op profiler yet: use --harness python for profiles"
-    return res
-
-
 def run_local(runner_path: Path, model: Path, args, timeout: float) -> dict:
     """The native runner on this machine, in place of `runner_path`: the Python runner's JSON."""
     from pipeline import runner
@@ -161,7 +165,7 @@ def run_local(runner_path: Path, model: Path, args, timeout: float) -> dict:
         cmd = command(rt, platform.machine()) + [str(model), *native_args(args)]
     except NativeError as e:
         return {"ok": False, "error": str(e)}
-    return _no_profile(runner.run_command(cmd, timeout), args)
+    return runner.run_command(cmd, timeout)
 
 
 # -- bench's devices, with the native runner as what they run -----------------------------------
@@ -207,7 +211,7 @@ class NativeEmu(EmuDevice):
         )[:-1]
         if count:  # EMU_SECTIONS counted sections in one process, as emu_sections.py runs the Python runner
             argv += ["--sections", str(EMU_SECTIONS)]
-        res = _no_profile(runner.run_command(["env", "-i", *GUEST_ENV, *qemu, *argv], timeout), args)
+        res = runner.run_command(["env", "-i", *GUEST_ENV, *qemu, *argv], timeout)
         return res, emu.read_counts(counts_file) if count and counts_file.exists() else []
 
     @staticmethod
