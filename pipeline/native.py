@@ -156,6 +156,25 @@ def native_args(args) -> list[str]:
     return args
 
 
+def read_profile(res: dict) -> dict:
+    """The native runner's onnxruntime profile: its trace folder read as the Python runner reads its own
+    (run_onnxruntime.trace_ops). The trace starts when the session does, some time after the runner's clock
+    read before it: `profile_spans_approximate`, so op_profile aligns the spans with the plugin's trace."""
+    folder = res.pop("profile_trace", None)
+    if not folder:
+        return res
+    from targets.runners.run_onnxruntime import trace_ops
+
+    traces = sorted(Path(folder).glob("*.json"))
+    if not traces:
+        res["profile_error"] = "onnxruntime wrote no profiler trace"
+        return res
+    res["profile"] = trace_ops(str(traces[0]), res.get("profile_calls") or 1, res.pop("profile_start_ns_before"))
+    res["profile_total_ms"] = sum(o["ms"] for o in res["profile"])
+    res["profile_spans_approximate"] = True
+    return res
+
+
 def run_local(runner_path: Path, model: Path, args, timeout: float) -> dict:
     """The native runner on this machine, in place of `runner_path`: the Python runner's JSON."""
     from pipeline import runner
@@ -165,7 +184,7 @@ def run_local(runner_path: Path, model: Path, args, timeout: float) -> dict:
         cmd = command(rt, platform.machine()) + [str(model), *native_args(args)]
     except NativeError as e:
         return {"ok": False, "error": str(e)}
-    return runner.run_command(cmd, timeout)
+    return read_profile(runner.run_command(cmd, timeout))
 
 
 # -- bench's devices, with the native runner as what they run -----------------------------------
@@ -211,7 +230,7 @@ class NativeEmu(EmuDevice):
         )[:-1]
         if count:  # EMU_SECTIONS counted sections in one process, as emu_sections.py runs the Python runner
             argv += ["--sections", str(EMU_SECTIONS)]
-        res = runner.run_command(["env", "-i", *GUEST_ENV, *qemu, *argv], timeout)
+        res = read_profile(runner.run_command(["env", "-i", *GUEST_ENV, *qemu, *argv], timeout))
         return res, emu.read_counts(counts_file) if count and counts_file.exists() else []
 
     @staticmethod

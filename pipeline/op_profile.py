@@ -87,7 +87,27 @@ def _nearest(points: list[list], clock: int, t: int) -> int:
     return min((j for j in (i - 1, i) if 0 <= j < len(points)), key=lambda j: abs(times[j] - t))
 
 
-def instructions_per_op(ops: list[dict], points: list[list], calls: int) -> list[dict] | None:
+def _offset(ops: list[dict], reads: list[list]) -> int:
+    """How far spans timed from an approximate start are from the clock reads that made them: the shift that
+    puts the most span ends on a read (the profiler's timestamps are whole us; emulated reads are >= us apart)."""
+    ends = sorted(t for o in ops for span in o["spans"] for t in span)
+    times = [r[2] for r in reads]
+    sample = ends[:: max(1, len(ends) // 60)]
+
+    def hits(delta):
+        n = 0
+        for t in sample:
+            i = bisect.bisect_left(times, t + delta - 1500)
+            n += i < len(times) and times[i] <= t + delta + 1500
+        return n
+
+    first = ends[0]
+    return max((r - first for r in times if r >= first), key=hits, default=0)
+
+
+def instructions_per_op(
+    ops: list[dict], points: list[list], calls: int, approximate: bool = False
+) -> list[dict] | None:
     """Each op's guest instructions per inference from the plugin's trace of the profiled inferences.
 
     Ops with `spans` (absolute realtime ns of each call, onnxruntime) take the count between the clock reads
@@ -98,6 +118,9 @@ def instructions_per_op(ops: list[dict], points: list[list], calls: int) -> list
     if not reads:
         return None
     if all(o.get("spans") for o in ops):
+        if approximate:  # the native runner's trace start is known only to before the session's creation
+            delta = _offset(ops, reads)
+            ops = [{**o, "spans": [[a + delta, b + delta] for a, b in o["spans"]]} for o in ops]
         out = []
         for o in ops:
             n = sum(reads[_nearest(reads, 2, b)][4] - reads[_nearest(reads, 2, a)][4] for a, b in o["spans"])
@@ -128,7 +151,7 @@ def emulated_fields(res: dict, points: list[list], row_instructions: int | None,
     if not res.get("profile"):
         return {"profile_error": res.get("profile_error") or "the runner made no profile"}
     calls = res.get("profile_calls") or 1
-    ops = instructions_per_op(res["profile"], points, calls)
+    ops = instructions_per_op(res["profile"], points, calls, bool(res.get("profile_spans_approximate")))
     if ops is None:
         return {"profile_error": "the op trace could not be aligned with the runtime's ops"}
     section = points[-1][4] / calls if points and points[-1][0] == "e" else None

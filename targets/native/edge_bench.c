@@ -288,13 +288,13 @@ static bool litert_infer(runtime_t *rt) {
 
 enum {
     ORT_GetErrorMessage = 2, ORT_CreateEnv = 3, ORT_CreateSession = 7, ORT_Run = 9,
-    ORT_CreateSessionOptions = 10, ORT_SetSessionExecutionMode = 13,
+    ORT_CreateSessionOptions = 10, ORT_SetSessionExecutionMode = 13, ORT_EnableProfiling = 14,
     ORT_SetSessionLogSeverityLevel = 22, ORT_SetIntraOpNumThreads = 24, ORT_SetInterOpNumThreads = 25,
     ORT_SessionGetInputCount = 30, ORT_SessionGetOutputCount = 31, ORT_SessionGetInputTypeInfo = 33,
     ORT_SessionGetOutputTypeInfo = 34, ORT_SessionGetInputName = 36, ORT_SessionGetOutputName = 37,
     ORT_CreateTensorWithDataAsOrtValue = 49, ORT_CastTypeInfoToTensorInfo = 55,
     ORT_GetTensorElementType = 60, ORT_GetDimensionsCount = 61, ORT_GetDimensions = 62,
-    ORT_CreateCpuMemoryInfo = 69, ORT_GetAllocatorWithDefaultOptions = 78, ORT_ReleaseStatus = 93,
+    ORT_CreateCpuMemoryInfo = 69, ORT_GetAllocatorWithDefaultOptions = 78, ORT_ReleaseStatus = 93, ORT_ReleaseSession = 95,
 };
 #define ORT_API_VERSION 17 /* every entry used here exists since 1.17; the wheel is newer */
 
@@ -305,6 +305,8 @@ typedef void *OrtStatusPtr;
 
 typedef struct {
     void *session;
+    char trace_dir[64]; /* --profile: where onnxruntime writes its profiler trace */
+    long long profile_start_ns; /* CLOCK_REALTIME before the session (and its profiler) started */
     void *in_values[MAX_IO];
     void *out_values[MAX_IO];
     const char *in_names[MAX_IO];
@@ -383,6 +385,16 @@ static bool ort_load(runtime_t *rt, const char *path, const char *model, int thr
     ORT(ORTF(ORT_SetInterOpNumThreads, OrtStatusPtr (*)(void *, int))(so, 1), "SetInterOpNumThreads");
     ORT(ORTF(ORT_SetSessionExecutionMode, OrtStatusPtr (*)(void *, int))(so, 0), "SetSessionExecutionMode");
     ORT(ORTF(ORT_SetSessionLogSeverityLevel, OrtStatusPtr (*)(void *, int))(so, 3), "SetSessionLogSeverityLevel");
+    if (g_profiling) {
+        snprintf(st->trace_dir, sizeof st->trace_dir, "/tmp/edge-bench-ort-XXXXXX");
+        if (!mkdtemp(st->trace_dir)) return fail("cannot make a folder for the profiler trace");
+        char prefix[80];
+        snprintf(prefix, sizeof prefix, "%s/ort", st->trace_dir);
+        ORT(ORTF(ORT_EnableProfiling, OrtStatusPtr (*)(void *, const char *))(so, prefix), "EnableProfiling");
+        struct timespec t;
+        clock_gettime(CLOCK_REALTIME, &t);
+        st->profile_start_ns = (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+    }
     ORT(ORTF(ORT_CreateSession, OrtStatusPtr (*)(void *, const char *, void *, void **))(env, model, so, &st->session),
         "CreateSession");
     ORT(ORTF(ORT_GetAllocatorWithDefaultOptions, OrtStatusPtr (*)(void **))(&alloc), "GetAllocatorWithDefaultOptions");
@@ -548,6 +560,19 @@ static bool ov_infer(runtime_t *rt) {
     return true;
 }
 
+/* onnxruntime writes its trace when the session is released: its folder goes out with the JSON and the
+   caller (pipeline/native.py) reads it as run_onnxruntime.py's profile() does. */
+static bool ort_profile(runtime_t *rt, FILE *o, int calls) {
+    ort_state_t *st = rt->state;
+    ORTF(ORT_ReleaseSession, void (*)(void *))(st->session);
+    st->session = NULL;
+    fprintf(o, ", \"profile_trace\": ");
+    json_str(o, st->trace_dir);
+    fprintf(o, ", \"profile_start_ns_before\": %lld", st->profile_start_ns);
+    (void)calls;
+    return true;
+}
+
 /* The CPU plugin's counters of the last inference, EXECUTED nodes in the compiled graph's order (as
    run_openvino.py's profile()). */
 static bool ov_profile(runtime_t *rt, FILE *o, int calls) {
@@ -574,7 +599,7 @@ static bool ov_profile(runtime_t *rt, FILE *o, int calls) {
 
 static runtime_t RUNTIMES[] = {
     {.name = "litert", .load = litert_load, .infer = litert_infer},
-    {.name = "onnxruntime", .load = ort_load, .infer = ort_infer},
+    {.name = "onnxruntime", .load = ort_load, .infer = ort_infer, .profile = ort_profile},
     {.name = "openvino", .load = ov_load, .infer = ov_infer, .profile = ov_profile},
 };
 
