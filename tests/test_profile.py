@@ -120,3 +120,27 @@ def test_a_release_records_each_targets_measured_memory_in_its_release_json_and_
     manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["release"]["memory"]) <= ok and "onnx-int8" in manifest["release"]["memory"]
     assert "## Memory" in (folder / "MODEL_CARD.md").read_text()
+
+
+def test_the_native_runner_profiles_the_same_ops_as_the_python_runner(local_rows):
+    from pipeline import native
+
+    try:
+        native.binary("x86_64")
+    except native.NativeError as e:
+        pytest.skip(str(e))
+    b, rows = local_rows
+    targets = ["onnx-int8", "openvino-int8", "tflite-int8"]
+    native_rows = pipeline.bench(
+        b, targets=targets, harness=["native"], runs=50, min_seconds=0, warmup=2, samples=20, profile=True
+    )
+    for r in native_rows:
+        python = next(p for p in rows if p["target"] == r["target"])
+        if r["target"] == "tflite-int8":
+            assert "no op profiler" in r["profile_error"]
+            continue
+        assert r["status"] == "ok" and sum(o["share"] for o in r["profile"]) == pytest.approx(1.0)
+        if r["target"] == "onnx-int8":  # the same session graph, node for node
+            assert [o["name"] for o in r["profile"]] == [o["name"] for o in python["profile"]]
+        else:  # OpenVINO lists a node EXECUTED once it took a us: on this fast CPU that varies run to run
+            assert r["profile_by_type"][0]["op_type"] == python["profile_by_type"][0]["op_type"] == "Convolution"
