@@ -51,7 +51,8 @@ def markdown(res: dict) -> str:
     lines = [
         "# Where int8 wins and loses against fp32, per op type (fer mini-Xception)",
         "",
-        f"`{res['command']}` ({res['elapsed_s']:.0f} s; CPU {res['cpu']}).",
+        f"{' then '.join(f'`{c.strip()}`' for c in res['commands'])} ({res['elapsed_s']:.0f} s; CPU {res['cpu']}; "
+        "the later commands measured their devices again).",
         "",
         "Rows: the Python runners, 1 thread. Local: each runtime's own profiler, ms per inference. Emulated "
         "boards: guest instructions per inference, per op, counted by the qemu plugin between the profiler's "
@@ -89,7 +90,11 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "build" / "profile-int8")
-    p.add_argument("--devices", default="local,emu:rpi4,emu:rpi5")
+    p.add_argument(
+        "--devices",
+        default="local,emu:rpi4,emu:rpi5",
+        help="boards to measure; rows of other boards already in the results are kept",
+    )
     args = p.parse_args(argv)
     t0 = time.monotonic()
     b = build(args.out)
@@ -105,12 +110,17 @@ def main(argv=None) -> int:
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    res = {
-        "command": "python -m benchmarks.profile_int8 " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "cpu": cpu,
-        "elapsed_s": time.monotonic() - t0,
-        "rows": rows,
-    }
+    command = "python -m benchmarks.profile_int8 " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = {"commands": [command], "cpu": cpu, "elapsed_s": time.monotonic() - t0, "rows": rows}
+    old = RESULTS / "profile_int8.json"
+    if old.exists():  # rows of the devices not measured again this time are kept
+        prev = json.loads(old.read_text())
+        devices = {r["device"] for r in rows}
+        kept = [r for r in prev["rows"] if r["device"] not in devices]
+        if kept:
+            res["commands"] = [*prev.get("commands", [prev.get("command")]), command]
+            res["rows"] = kept + rows
+            res["elapsed_s"] += prev["elapsed_s"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "profile_int8.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     (RESULTS / "profile_int8.md").write_text(markdown(res))

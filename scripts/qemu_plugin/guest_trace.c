@@ -15,7 +15,8 @@
  *    own heap; the guest's memory is what qemu mapped inside the guest address space, which starts at
  *    base= (qemu -B) and is size= bytes long (qemu -R). Resident memory only falls when the guest unmaps
  *    or gives back pages, so its peak is the largest of: the resident bytes of that range (host
- *    /proc/self/smaps) just before each munmap, mremap, madvise or brk, and at exit. Appended:
+ *    /proc/self/smaps) just before each munmap, mremap, madvise or brk, and at exit, or at the first
+ *    profile start marker, after which the runner loads a second, profiled session. Appended:
  *      rss_peak_kb N
  *
  * Built by pipeline/devices/emulator.py beside insn_count.so, with the same command.
@@ -43,6 +44,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
 static const char *out_path;
 static uint64_t base, size, peak_kb;
+static int frozen; /* the profiled session (a second one, --profile) is not the row's memory */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread uint64_t count;
 static __thread int counting;
@@ -75,6 +77,8 @@ static void point(char kind, uint64_t clockid)
 
 static void guest_rss(void)
 {
+    if (frozen)
+        return;
     FILE *f = fopen("/proc/self/smaps", "r");
     if (!f)
         return;
@@ -107,6 +111,10 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num
     if (num != NR_LSEEK || (int64_t)a1 != -1)
         return;
     if (a2 == MAGIC_START && !counting) {
+        if (size) {
+            guest_rss();
+            frozen = 1;
+        }
         trace = fopen(out_path, "a");
         if (!trace) {
             perror(out_path);

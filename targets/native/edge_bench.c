@@ -1150,6 +1150,7 @@ int main(int argc, char **argv) {
        (runner_common._profile); its op records are printed with the JSON. */
     bool profiled = false;
     char profile_error[sizeof g_error] = "";
+    double rss_mb = peak_rss_mb(); /* the row's memory: before the second, profiled session */
     if (ok && a.bench && a.profile) {
         if (!rt->profile) {
             snprintf(profile_error, sizeof profile_error, "the native runner has no op profiler for %s", rt->name);
@@ -1242,7 +1243,7 @@ int main(int argc, char **argv) {
         fprintf(o, ", \"error\": ");
         json_str(o, g_error);
     }
-    fprintf(o, ", \"peak_rss_mb\": %.3f}\n", peak_rss_mb());
+    fprintf(o, ", \"peak_rss_mb\": %.3f}\n", rss_mb);
     fflush(o);
     return ok ? 0 : 1;
 }

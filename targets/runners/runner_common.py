@@ -180,6 +180,7 @@ def main(runtime, argv=None) -> int:
             if args.bench:
                 _bench(runtime, session, desc, x, args, result)
             if args.profile:
+                result["peak_rss_mb"] = peak_rss_mb()  # the row's memory: before the second, profiled session
                 try:
                     _profile(runtime, desc, x, args, result)
                 except Exception as e:  # a profile that cannot be made must not cost the row its timing
@@ -188,7 +189,7 @@ def main(runtime, argv=None) -> int:
     except Exception as e:
         result["error"] = f"{type(e).__name__}: {e}".strip()
         result["traceback"] = traceback.format_exc(limit=3)
-    result["peak_rss_mb"] = peak_rss_mb()
+    result.setdefault("peak_rss_mb", peak_rss_mb())
     sys.stdout.write("\n" + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0 if result["ok"] else 1
