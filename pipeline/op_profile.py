@@ -26,8 +26,10 @@ OUTSIDE = "(outside ops)"
 MAX_GAP = 2000  # guest instructions between one node's end read and the next node's start read, at most
 PROFILE_KEYS = ("op_type", "name", "calls", "share", "ms", "instructions", "exec_type")
 
-# An int8 op type and the float op it stands for, so int8 and fp32 line up side by side.
+# An int8 (or fused) op type and the float op it stands for, so int8 and fp32 line up side by side.
 FLOAT_OF = {
+    "FusedConv": "Conv",
+    "FusedGemm": "Gemm",
     "QLinearConv": "Conv",
     "ConvInteger": "Conv",
     "QGemm": "Gemm",
