@@ -83,6 +83,7 @@ def agreement(rows: list[dict]) -> list[dict]:
 
 
 def markdown(res: dict) -> str:
+    comparisons = op_profile.compare(res["rows"])  # again over all rows: some were kept from an earlier run
     lines = [
         "# Where int8 wins and loses against fp32, per op type (fer mini-Xception)",
         "",
@@ -130,7 +131,7 @@ def markdown(res: dict) -> str:
             for a in res["agreement"]
         ]
     lines += ["", "## Which op types make int8 slower or faster (emulated boards, guest instructions)", ""]
-    for c in (r["profile_compare"] for r in res["rows"] if r.get("profile_compare")):
+    for c in comparisons:
         if c["unit"] != "instructions":
             continue
         total = c["int8_total"] / c["fp32_total"]
@@ -154,8 +155,7 @@ def markdown(res: dict) -> str:
             top = sorted(kernels.items(), key=lambda kv: -kv[1])[:5]
             lines.append(f"- {r['target']} on {r['device']}: " + ", ".join(f"{k} {v:.0%}" for k, v in top))
     lines += ["", "## int8 against fp32, per op type (largest difference first)", ""]
-    comps = [r["profile_compare"] for r in res["rows"] if r.get("profile_compare")]
-    lines += ["```", op_profile.compare_table(comps), "```", ""]
+    lines += ["```", op_profile.compare_table(comparisons), "```", ""]
     return "\n".join(lines)
 
 
