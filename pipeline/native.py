@@ -328,6 +328,8 @@ class NativeSSH(SSHDevice):
                     step="copying the bundle",
                 )
                 res = self._run_remote(remote, argv, request.timeout)
+                if res.pop("profile_trace", None):  # written on the board, not fetched
+                    res["profile_error"] = "the native runner's onnxruntime trace is not fetched from a board"
                 fields["loads"] = "yes" if "load_ms" in res else f"no: {res.get('error', '?')}"
                 if res.get("ok"):
                     npz = self._ssh(["cat", "--", f"{remote}/outputs.npz"], SSH_STEP_TIMEOUT, step="fetching outputs")
