@@ -262,13 +262,16 @@ def bench(
     legacy: bool = False,
     harness=("python",),
     device_options: dict | None = None,
+    profile: bool = False,
     log: Log | None = None,
 ) -> list[dict]:
     """Time each artifact of `build` on each device and thread count: the rows `bench --json` writes.
 
     `devices`: specs (`local`, `emu:rpi4`, `ssh://user@host`) or device objects; `options`: runtime
     options as (key, value) pairs or "key=value" strings; `legacy` adds the legacy runtime's rows;
-    `harness`: "python" (the runner scripts), "native" (targets/native/edge_bench.c, no Python) or both."""
+    `harness`: "python" (the runner scripts), "native" (targets/native/edge_bench.c, no Python) or both;
+    `profile`: each row also gets the runtime's per-op profile and each int8 row its comparison with the
+    fp32 file of the same format (`profile`, `profile_by_type`, `profile_compare`: pipeline/op_profile.py)."""
     import dataclasses
 
     from pipeline import benchmark as bench_mod
@@ -277,7 +280,7 @@ def bench(
         list(devices), list(harness), **(device_options or {})
     )
     opts = tuple(o if isinstance(o, tuple) else bench_mod.parse_options([o])[0] for o in options)
-    settings = bench_mod.Settings(runs, min_seconds, warmup, samples, opts, timeout)
+    settings = bench_mod.Settings(runs, min_seconds, warmup, samples, opts, timeout, profile)
     wanted = {t.name for t in _targets(targets, build.config)} if targets else {t.name for t in build.targets}
     arts = build.artifacts
     items = [(t, arts[t.name].entry, arts[t.name].path) for t in build.targets if t.name in wanted and t.name in arts]
@@ -288,6 +291,14 @@ def bench(
     )
     for r in rows:
         r["model"] = build.name
+    if profile:
+        from pipeline.op_profile import compare
+
+        for c in compare(rows):
+            for r in rows:
+                key = (r["target"], r["device"], r.get("harness", "python"), r["threads"])
+                if key == (c["int8_target"], c["device"], c["harness"], c["threads"]):
+                    r["profile_compare"] = c
     return rows
 
 
@@ -321,7 +332,7 @@ def release(
     file. A version already in DIST is never replaced unless `force`. `bundle`: architectures (x86_64,
     aarch64) to also pack each target for with the native runner and a run.sh."""
     from pipeline.native import ARCHES
-    from pipeline.releases.pack import load_bench, make_release, timed
+    from pipeline.releases.pack import load_bench, make_release
     from targets import resolve
 
     bundle = list(dict.fromkeys(bundle))
@@ -332,7 +343,8 @@ def release(
     allowed = {t.name for spec in allow_failed for t in resolve(spec)}
     check_writable(Path(dist), "release folder", "--dist")
     rows = load_bench(Path(bench), build.name) if isinstance(bench, str | os.PathLike) else bench
-    rows = timed(rows) if rows is not None else None  # pipeline.bench's rows hold not-built and failed ones too
+    # pipeline.bench's rows hold not-built and failed ones too; make_release keeps the timed ones for latency
+    rows = [r for r in rows if r.get("status", "ok") == "ok"] if rows is not None else None
     return make_release(build.manifest, build.out, build.targets, version, Path(dist), rows, allowed, force, bundle)[0]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import op_profile
 from pipeline.devices import RunRequest, Timing
 from pipeline.errors import UsageError
 from pipeline.verdict import Status
@@ -34,6 +35,7 @@ TABLE_COLUMNS = [
     ("std_ms", "std ms"),
     ("throughput_per_s", "per s"),
     ("peak_rss_mb", "rss MB"),
+    ("file_bytes", "file bytes"),
     ("runs", "runs"),
 ]
 
@@ -48,13 +50,14 @@ class Settings:
     samples: int = 100
     options: tuple[tuple[str, str], ...] = ()
     timeout: float = 300.0
+    profile: bool = False
 
     def __post_init__(self):
         if self.runs < 1 or self.warmup < 0 or self.samples < 1 or self.min_seconds < 0 or self.timeout <= 0:
             raise UsageError("--runs and --samples must be >= 1, --warmup and --min-seconds >= 0, --timeout > 0")
 
     def timing(self, threads: int) -> Timing:
-        return Timing(threads, self.warmup, self.runs, self.min_seconds)
+        return Timing(threads, self.warmup, self.runs, self.min_seconds, self.profile)
 
     def request(self, runner: Path, model: Path, inputs: Path, threads: int, original: Path | None = None):
         return RunRequest(
@@ -135,11 +138,14 @@ def bench_one(
         **{k: lat.get(k) for k in LATENCY_KEYS},
         "runtime_p50_ms": (res.get("runtime_latency") or {}).get("p50_ms"),
         "peak_rss_mb": res.get("peak_rss_mb"),
+        "arena_bytes": res.get("arena_bytes"),
         "warmup": res.get("warmup"),
         "min_seconds": settings.min_seconds,
         **{k: cond.get(k) for k in CONDITION_KEYS},
         "delegate": res.get("delegate", cond.get("delegate")),
         "precision": res.get("precision"),
+        # emulated time is no board's time: an emulated board's profile is in instructions (its device_fields)
+        **(op_profile.local_fields(res) if settings.profile and not getattr(device, "emulated", False) else {}),
         **(res.get("device_fields") or {}),
     }
     inp = res.get("input") or {}
@@ -181,6 +187,7 @@ def _bench_all(items, devices, threads, settings, log, inputs_for, original_for=
                 "target": target.name,
                 "quantization": art.get("quantization"),
                 "bytes": art.get("bytes"),
+                "file_bytes": _file_bytes(path),
                 "gzip_bytes": art.get("gzip_bytes"),
                 "accuracy": art.get("accuracy"),
                 "artifact_status": art.get("status"),
@@ -210,6 +217,15 @@ def _bench_all(items, devices, threads, settings, log, inputs_for, original_for=
                     harness = f" ({device.harness})" if getattr(device, "harness", "python") != "python" else ""
                     log(f"bench {target.name:<18} {device.name}{harness} threads={n}: {what}")
     return rows
+
+
+def _file_bytes(path) -> int | None:
+    """Bytes the board loads: the artifact and its companions (OpenVINO's model.bin beside model.xml)."""
+    if not path or not Path(path).exists():
+        return None
+    from pipeline.devices.agreement import artifact_files
+
+    return sum(p.stat().st_size for p in artifact_files(Path(path)))
 
 
 def conditions_line(rows: list[dict], settings: Settings) -> str:

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.devices.agreement import agree_fields, artifact_files, slice_inputs, x86_reference
-from pipeline.devices.emulated import EMU_SECTIONS, GUEST_ENV, EmuDevice
+from pipeline.devices.emulated import EMU_SECTIONS, GUEST_ENV, TRACE_FILE, EmuDevice
 from pipeline.devices.ssh import SSH_STEP_TIMEOUT, SSHDevice
 from pipeline.errors import DeviceError, PipelineError
 
@@ -35,7 +35,17 @@ ARCHES = ("x86_64", "aarch64")
 # aarch64 wheel is manylinux_2_35); the binary itself, built on Debian 12, asks for no newer symbol.
 BUNDLE_GLIBC = {"x86_64": (2, 28), "aarch64": (2, 35)}
 # The runner arguments edge_bench takes, with the values it has of each runtime option.
-NATIVE_FLAGS = {"--inputs", "--outputs", "--limit", "--threads", "--warmup", "--runs", "--min-seconds", "--bench"}
+NATIVE_FLAGS = {
+    "--inputs",
+    "--outputs",
+    "--limit",
+    "--threads",
+    "--warmup",
+    "--runs",
+    "--min-seconds",
+    "--bench",
+    "--profile",
+}
 NATIVE_OPTIONS = {"--precision": ("f32", "default"), "--delegate": ("xnnpack",)}
 
 
@@ -151,6 +161,25 @@ def native_args(args) -> list[str]:
     return args
 
 
+def read_profile(res: dict) -> dict:
+    """The native runner's onnxruntime profile: its trace folder read as the Python runner reads its own
+    (run_onnxruntime.trace_ops). The trace starts when the session does, some time after the runner's clock
+    read before it: `profile_spans_approximate`, so op_profile aligns the spans with the plugin's trace."""
+    folder = res.pop("profile_trace", None)
+    if not folder:
+        return res
+    from targets.runners.run_onnxruntime import trace_ops
+
+    traces = sorted(Path(folder).glob("*.json"))
+    if not traces:
+        res["profile_error"] = "onnxruntime wrote no profiler trace"
+        return res
+    res["profile"] = trace_ops(str(traces[0]), res.get("profile_calls") or 1, res.pop("profile_start_ns_before"))
+    res["profile_total_ms"] = sum(o["ms"] for o in res["profile"])
+    res["profile_spans_approximate"] = True
+    return res
+
+
 def run_local(runner_path: Path, model: Path, args, timeout: float) -> dict:
     """The native runner on this machine, in place of `runner_path`: the Python runner's JSON."""
     from pipeline import runner
@@ -160,7 +189,7 @@ def run_local(runner_path: Path, model: Path, args, timeout: float) -> dict:
         cmd = command(rt, platform.machine()) + [str(model), *native_args(args)]
     except NativeError as e:
         return {"ok": False, "error": str(e)}
-    return runner.run_command(cmd, timeout)
+    return read_profile(runner.run_command(cmd, timeout))
 
 
 # -- bench's devices, with the native runner as what they run -----------------------------------
@@ -202,10 +231,11 @@ class NativeEmu(EmuDevice):
             count_instructions=count,
             counts_file=counts_file,
             blocks_file=blocks if count and emu.profile_plugin_path().exists() else None,
+            trace_file=Path(folder) / TRACE_FILE if count else None,
         )[:-1]
         if count:  # EMU_SECTIONS counted sections in one process, as emu_sections.py runs the Python runner
             argv += ["--sections", str(EMU_SECTIONS)]
-        res = runner.run_command(["env", "-i", *GUEST_ENV, *qemu, *argv], timeout)
+        res = read_profile(runner.run_command(["env", "-i", *GUEST_ENV, *qemu, *argv], timeout))
         return res, emu.read_counts(counts_file) if count and counts_file.exists() else []
 
     @staticmethod
@@ -303,6 +333,8 @@ class NativeSSH(SSHDevice):
                     step="copying the bundle",
                 )
                 res = self._run_remote(remote, argv, request.timeout)
+                if res.pop("profile_trace", None):  # written on the board, not fetched
+                    res["profile_error"] = "the native runner's onnxruntime trace is not fetched from a board"
                 fields["loads"] = "yes" if "load_ms" in res else f"no: {res.get('error', '?')}"
                 if res.get("ok"):
                     npz = self._ssh(["cat", "--", f"{remote}/outputs.npz"], SSH_STEP_TIMEOUT, step="fetching outputs")

@@ -54,6 +54,12 @@ def add_arguments(p) -> None:
         action="store_true",
         help="also time each artifact in its target's legacy runtime (tflite-runtime 2.14), if it has one",
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile each artifact per op in its runtime's own profiler (instructions per op on an "
+        "emulated board) and compare each int8 file with the fp32 file of its format, per op type",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the rows to FILE as a JSON list")
 
 
@@ -93,6 +99,7 @@ def run(args) -> int:
         options=settings.options,
         timeout=settings.timeout,
         legacy=args.legacy,
+        profile=args.profile,
         log=log,
     )
     for device in devices:  # one table per device and harness: an emulated board has no latency columns
@@ -106,6 +113,14 @@ def run(args) -> int:
             if hasattr(device, "conditions_line")
             else bench.conditions_line(mine, settings)
         )
+    if args.profile:
+        from pipeline import op_profile
+
+        print(op_profile.profile_table(rows))
+        comparisons = [r["profile_compare"] for r in rows if r.get("profile_compare")]
+        if comparisons:
+            print("int8 against fp32, per op type:")
+            print(op_profile.compare_table(comparisons))
     if args.json:
         atomic_write_json(args.json, rows)
         print(f"rows: {args.json}")

@@ -46,6 +46,8 @@ class Timing:
     warmup: int = 10
     runs: int = 100
     min_seconds: float = 1.0
+    profile: bool = False
+    """Then the runtime's own op profile of a second session (runner --profile, pipeline/op_profile.py)."""
 
     def __post_init__(self):
         if self.threads < 1 or self.runs < 1 or self.warmup < 0 or self.min_seconds < 0:
@@ -62,7 +64,7 @@ class Timing:
             str(self.runs),
             "--min-seconds",
             str(self.min_seconds),
-        ]
+        ] + (["--profile"] if self.profile else [])
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Usage: python emu_sections.py N RUNNER MODEL [runner arguments...]
 
 The first pass gets the arguments as given (e.g. with --outputs); later passes drop --outputs and
-only time. It stops at the first failure; each pass prints its JSON line as the runner does, so
+only time. Only the last pass profiles (--profile): one op trace is enough. It stops at the first failure; each pass prints its JSON line as the runner does, so
 the last line is the last pass's result. Under qemu, starting Python costs seconds, a pass
 milliseconds: this gives the instruction-count plugin N sections for one start.
 
@@ -36,8 +36,9 @@ def main(argv):
     import runner_common  # the runner put its folder on sys.path and imported this same module
 
     rc = 0
-    for _ in range(passes):
-        rc = runner_common.main(module.RUNTIME, args)
+    for i in range(passes):
+        last = i == passes - 1
+        rc = runner_common.main(module.RUNTIME, args if last else [a for a in args if a != "--profile"])
         if rc:
             break
         args = _drop(args, "--outputs")

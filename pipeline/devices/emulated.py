@@ -36,6 +36,7 @@ EMU_RUNS = 10
 EMU_WARMUP = 2
 EMU_SECTIONS = 3
 GUEST_SECTIONS = Path(__file__).with_name("emu_sections.py")
+TRACE_FILE = "trace.txt"  # guest_trace.c's output: the op trace of --profile and the guest's peak memory
 # EDGE_EXPORT_NO_OWN_TIMER: nothing but the inference between the counted markers (runner_common._bench).
 GUEST_ENV = (
     "PATH=/usr/bin:/bin",
@@ -75,6 +76,8 @@ def emu_columns():
         ("instructions_per_inference", "guest insn/inference"),
         ("estimated_p50_ms", "estimated p50 ms (estimate)"),
         ("emulated_p50_ms", "emulated p50 ms (not device time)"),
+        ("peak_rss_mb", "guest rss MB"),
+        ("file_bytes", "file bytes"),
         ("tflite_runtime_2_14", "tflite-runtime 2.14 aarch64"),
     ]
 
@@ -109,6 +112,7 @@ class EmuDevice:
             counts_file=counts_file,
             runtime=runtime,
             blocks_file=folder / f"blocks-{runtime}.txt" if count and emu.profile_plugin_path().exists() else None,
+            trace_file=folder / TRACE_FILE if count else None,
         )
         if count:
             prefix += [str(GUEST_SECTIONS), str(EMU_SECTIONS)]
@@ -139,7 +143,9 @@ class EmuDevice:
                     fields.update(
                         self._estimate(folder / f"blocks-{site}.txt", fields["inferences_per_section"], request.model)
                     )
+            qemu_rss = res.get("peak_rss_mb")
             fields.update(emulated_fields(res))
+            fields.update(self._trace_fields(res, folder / TRACE_FILE, fields), qemu_peak_rss_mb=qemu_rss)
             legacy = self._legacy_runner(Path(request.runner))
             if legacy and loaded:
                 fields.update(self._legacy_check(legacy, request, x, ref, ref_error, folder, count))
@@ -149,6 +155,30 @@ class EmuDevice:
             cond["cpus_available"] = self.profile.cores
         fields["summary"] = self._summary(fields)
         return {**res, "device_fields": fields}
+
+    @staticmethod
+    def _trace_fields(res: dict, trace: Path, fields: dict) -> dict:
+        """The guest's own peak resident memory (the runner's VmHWM under qemu is qemu's, translated code and
+        heap included: kept as qemu_peak_rss_mb for comparison only) and,
+        with --profile, the per-op instructions (guest_trace.c, pipeline/op_profile.py)."""
+        from pipeline import op_profile
+        from pipeline.devices import emulator as emu
+
+        out = {"peak_rss_mb": None, "peak_rss_source": None}
+        if not trace.exists():
+            if res.get("profile"):
+                out["profile_error"] = "no op trace: instructions are counted on 1 thread only"
+            return out
+        points, peak_kb = emu.read_trace(trace)
+        if peak_kb:
+            out.update(peak_rss_mb=peak_kb / 1024, peak_rss_source="guest address space (qemu plugin)")
+        if res.get("profile") or res.get("profile_error"):
+            out.update(
+                op_profile.emulated_fields(
+                    res, points, fields.get("instructions_per_inference"), fields.get("estimated_p50_ms")
+                )
+            )
+        return out
 
     @staticmethod
     def _counts(res: dict, counts: list[int], threads: int) -> dict:

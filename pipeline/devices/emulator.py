@@ -105,6 +105,10 @@ _GUEST_UNSET = ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "LD_LIBRARY_PAT
 _GUEST_ADDRESS_SPACE = "0x8000000000"  # 512 GiB of virtual addresses, none committed
 _PLUGIN_SOURCE = Path(__file__).resolve().parents[2] / "scripts" / "qemu_plugin" / "insn_count.c"
 _PROFILE_PLUGIN_SOURCE = _PLUGIN_SOURCE.with_name("bb_profile.c")
+_TRACE_PLUGIN_SOURCE = _PLUGIN_SOURCE.with_name("guest_trace.c")
+# With a trace file the guest space is placed here (-B): guest_trace.c counts the resident memory of
+# [base, base + size), the guest's own, not qemu's. Guest addresses (and so the counts) do not change.
+_GUEST_BASE = "0x200000000000"
 
 
 def emu_home() -> Path:
@@ -117,7 +121,7 @@ def emu_home() -> Path:
 def setup(profile_name: str, log: Callable[[str], None] = print) -> Path:
     """Build (once) everything `profile_name` needs; returns the profile's folder."""
     device = _device(profile_name)
-    if is_ready(profile_name) and profile_plugin_path().exists():
+    if is_ready(profile_name) and profile_plugin_path().exists() and trace_plugin_path().exists():
         return _profile_dir(device)
     home = emu_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -131,6 +135,8 @@ def setup(profile_name: str, log: Callable[[str], None] = print) -> Path:
             _build_plugin(log)
         if not profile_plugin_path().exists():
             _build_plugin(log, _PROFILE_PLUGIN_SOURCE, profile_plugin_path())
+        if not trace_plugin_path().exists():
+            _build_plugin(log, _TRACE_PLUGIN_SOURCE, trace_plugin_path())
         if _stamp_key(_profile_dir(device)) != _profile_key(device):
             _build_atomically(_profile_dir(device), lambda tmp, log: _build_profile(device, tmp), log)
     return _profile_dir(device)
@@ -166,12 +172,14 @@ def python_command(
     counts_file: Path | None = None,
     runtime: str = "default",
     blocks_file: Path | None = None,
+    trace_file: Path | None = None,
 ) -> list[str]:
     """argv prefix running the aarch64 python3.11 on `profile_name`; append script and args.
 
     With count_instructions, each timed section's guest instruction count is
     written to counts_file (truncated when the program starts); see read_counts.
-    With blocks_file too, each section's executed blocks (bb_profile.c) go there.
+    With blocks_file too, each section's executed blocks (bb_profile.c) go there; with trace_file, the op
+    trace of the profiled inferences and the guest's peak resident memory (guest_trace.c, read_trace).
     """
     device = _device(profile_name)
     if not is_ready(profile_name):
@@ -192,6 +200,13 @@ def python_command(
                     f"the block profiler is not built: run python -m pipeline device setup emu:{device.name}"
                 )
             argv += ["-plugin", f"{_qemu_opt(profile_plugin_path())},out={_qemu_opt(Path(blocks_file).absolute())}"]
+        if trace_file is not None and trace_plugin_path().exists():
+            out = _qemu_opt(Path(trace_file).absolute())
+            argv += [
+                "-plugin",
+                f"{_qemu_opt(trace_plugin_path())},out={out},base={_GUEST_BASE},size={_GUEST_ADDRESS_SPACE}",
+            ]
+            argv += ["-B", _GUEST_BASE]
     else:
         argv = [shutil.which("qemu-aarch64-static")]
     # -R: qemu places guest mappings itself in a reserved range instead of where the
@@ -534,29 +549,9 @@ def _build_plugin(log: Callable[[str], None], source: Path = _PLUGIN_SOURCE, tar
     t0 = time.monotonic()
     target = target or _plugin_path()
     target.parent.mkdir(parents=True, exist_ok=True)
+    header = _plugin_header(target.parent / f"include-{_key(_qemu_version())}", log)
     with tempfile.TemporaryDirectory(prefix="src.tmp-", dir=target.parent) as tmp_name:
-        tmp = Path(tmp_name)
-        apt_env = _private_apt(tmp / "apt", "src")
-        src = tmp / "src"
-        src.mkdir()
-        # The header of the qemu-user we run; the newest source if that one is gone.
-        version = _run(["dpkg-query", "-W", "-f", "${source:Version}", "qemu-user"]).strip()
-        try:
-            _run(["apt-get", "-q", "source", "--download-only", f"qemu={version}"], env=apt_env, cwd=src)
-        except EmuError:
-            log(f"emu: qemu source {version} not available, using the newest")
-            _run(["apt-get", "-q", "source", "--download-only", "qemu"], env=apt_env, cwd=src)
-        orig = next(src.glob("qemu_*.orig.tar.*"))
-        header = tmp / "include" / "qemu-plugin.h"
-        header.parent.mkdir()
-        with tarfile.open(orig, "r|*") as tar:  # streaming: stop at the one member we need
-            for member in tar:
-                if member.name.endswith("/include/qemu/qemu-plugin.h"):
-                    header.write_bytes(tar.extractfile(member).read())
-                    break
-            else:
-                raise EmuError(f"{orig.name} has no include/qemu/qemu-plugin.h")
-        built = tmp / target.name
+        built = Path(tmp_name) / target.name
         _run(
             [
                 "gcc",
@@ -577,7 +572,61 @@ def _build_plugin(log: Callable[[str], None], source: Path = _PLUGIN_SOURCE, tar
     for stale in target.parent.glob(f"{prefix}-*.so"):
         if stale != target:
             stale.unlink()
-    log(f"emu: plugin {target.name} built against {orig.name} ({time.monotonic() - t0:.0f} s)")
+    log(f"emu: plugin {target.name} built ({time.monotonic() - t0:.0f} s)")
+
+
+def _plugin_header(folder: Path, log: Callable[[str], None]) -> Path:
+    """qemu-plugin.h of the installed qemu-user, from Debian's qemu source package, fetched once per qemu
+    version (every plugin is built against it)."""
+    header = folder / "qemu-plugin.h"
+    if header.exists():
+        return header
+    with tempfile.TemporaryDirectory(prefix="src.tmp-", dir=folder.parent) as tmp_name:
+        tmp = Path(tmp_name)
+        apt_env = _private_apt(tmp / "apt", "src")
+        src = tmp / "src"
+        src.mkdir()
+        # The header of the qemu-user we run; the newest source if that one is gone.
+        version = _run(["dpkg-query", "-W", "-f", "${source:Version}", "qemu-user"]).strip()
+        try:
+            _run(["apt-get", "-q", "source", "--download-only", f"qemu={version}"], env=apt_env, cwd=src)
+        except EmuError:
+            log(f"emu: qemu source {version} not available, using the newest")
+            _run(["apt-get", "-q", "source", "--download-only", "qemu"], env=apt_env, cwd=src)
+        orig = next(src.glob("qemu_*.orig.tar.*"))
+        with tarfile.open(orig, "r|*") as tar:  # streaming: stop at the one member we need
+            for member in tar:
+                if member.name.endswith("/include/qemu/qemu-plugin.h"):
+                    data = tar.extractfile(member).read()
+                    break
+            else:
+                raise EmuError(f"{orig.name} has no include/qemu/qemu-plugin.h")
+        folder.mkdir(parents=True, exist_ok=True)
+        (tmp / "qemu-plugin.h").write_bytes(data)
+        os.replace(tmp / "qemu-plugin.h", header)
+    log(f"emu: qemu-plugin.h from {orig.name}")
+    return header
+
+
+def trace_plugin_path() -> Path:
+    """The op-trace and guest-memory plugin (scripts/qemu_plugin/guest_trace.c) that setup builds."""
+    key = _key(EMU_VERSION, _TRACE_PLUGIN_SOURCE.read_text(), _qemu_version())
+    return emu_home() / "plugin" / f"guest_trace-{key}.so"
+
+
+def read_trace(trace_file: Path) -> tuple[list[list], int | None]:
+    """guest_trace.c's file: (the points of the last profiled section, each [kind, clockid, realtime_ns,
+    monotonic_ns, count], ending with ["e", ..., count]; the guest's peak resident KiB or None)."""
+    points, section, peak = [], [], None
+    for line in Path(trace_file).read_text().splitlines():
+        w = line.split()
+        if w[0] == "p":
+            section.append([w[1], *map(int, w[2:])])
+        elif w[0] == "e":
+            points, section = [*section, ["e", 0, 0, 0, int(w[1])]], []
+        elif w[0] == "rss_peak_kb":
+            peak = int(w[1])
+    return points, peak
 
 
 def profile_plugin_path() -> Path:

@@ -17,7 +17,19 @@ BENCH_COLUMNS = [
     ("p99_ms", "p99 ms"),
     ("load_ms", "load ms"),
     ("peak_rss_mb", "peak RSS MB"),
+    ("arena_bytes", "arena bytes"),
+    ("file_bytes", "file bytes"),
     ("cpu", "cpu"),
+]
+MEMORY_COLUMNS = [
+    ("target", "target"),
+    ("device", "device"),
+    ("harness", "harness"),
+    ("threads", "threads"),
+    ("peak_rss_mb", "peak RSS MB"),
+    ("arena_bytes", "arena bytes"),
+    ("file_bytes", "file bytes"),
+    ("peak_rss_source", "measured"),
 ]
 
 
@@ -161,6 +173,17 @@ def model_card(m: dict) -> str:
         ]
     else:
         lines.append("Not benchmarked.")
+    memory = [{"target": t, **r} for t, rows in (rel.get("memory") or {}).items() for r in rows]
+    if memory:
+        lines += [
+            "",
+            "## Memory",
+            "",
+            md_table(memory, [c for c in MEMORY_COLUMNS if any(r.get(c[0]) is not None for r in memory)]),
+            "",
+            "Peak resident memory of the process that ran the file (on an emulated board the guest's own, not "
+            "the emulator's), the runtime's arena where it reports one, and the bytes of the file(s) it loads.",
+        ]
     runtimes = sorted({a.get("runtime", "?") for a in shipped})
     lines += [
         "",

@@ -59,6 +59,8 @@ def make_release(
     given, bench = bench is not None, [r for r in bench or [] if r.get("target") in {t.name for t in ship}]
     if given and not bench:
         raise UsageError(f"the bench rows given have none for the targets released ({', '.join(t.name for t in ship)})")
+    memory = memory_rows(bench)
+    bench = timed(bench)
     name = f"{manifest['model']}-{version}"
     final = Path(dist) / name
     if final.exists() and not force:
@@ -69,8 +71,11 @@ def make_release(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        archives = [package(t, rows[t.name], out, data, manifest, version, tmp, epoch, bundles) for t in ship]
-        write_release_files(tmp, manifest, version, epoch, archives, excluded, bench)
+        archives = [
+            package(t, rows[t.name], out, data, manifest, version, tmp, epoch, bundles, memory.get(t.name, []))
+            for t in ship
+        ]
+        write_release_files(tmp, manifest, version, epoch, archives, excluded, bench, memory)
         replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -169,9 +174,10 @@ def tolerance(outputs: list[dict]) -> list[dict]:
 
 
 def package(
-    target, row: dict, out: Path, data, manifest: dict, version: str, dist: Path, epoch: int, bundles=()
+    target, row: dict, out: Path, data, manifest: dict, version: str, dist: Path, epoch: int, bundles=(), memory=()
 ) -> dict:
-    """Run the artifact on the test vectors in its runtime and write its archive into `dist`."""
+    """Run the artifact on the test vectors in its runtime and write its archive into `dist`. `memory`: the
+    target's measured memory per board (memory_rows), recorded in its release.json."""
     import json
     import tempfile
 
@@ -257,6 +263,7 @@ def package(
             "true_labels": None if y is None else [int(v) for v in y[idx]],
             "tolerance": tol,
         },
+        "memory": list(memory),
     }
     files[RELEASE_JSON] = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
     top = f"{manifest['model']}-{version}-{target.name}"
@@ -406,6 +413,7 @@ def write_release_files(
     archives: list[dict],
     excluded: list[dict],
     bench: list[dict],
+    memory: dict | None = None,
 ) -> None:
     from pipeline.util import atomic_write_bytes, atomic_write_json
 
@@ -426,6 +434,7 @@ def write_release_files(
         },
         "excluded": excluded,
         "benchmarks": bench,
+        "memory": memory or {},
     }
     full = {**manifest, "artifacts": [a for a in manifest["artifacts"] if a["target"] in shipped], "release": release}
     atomic_write_json(folder / "manifest.json", full)
@@ -476,7 +485,20 @@ def load_bench(path: Path, model: str | None) -> list[dict]:
     other = {r["model"] for r in rows if model is not None and r.get("model", model) != model}
     if other:
         raise UsageError(f"--bench {path} measured {', '.join(sorted(other))}, not {model}")
-    return timed(rows)
+    return [r for r in rows if r.get("status", "ok") == "ok"]
+
+
+MEMORY_KEYS = ("device", "harness", "threads", "peak_rss_mb", "peak_rss_source", "arena_bytes", "file_bytes")
+
+
+def memory_rows(rows: list[dict]) -> dict[str, list[dict]]:
+    """Per target, what each successful bench row measured of memory: the peak resident memory of the process
+    that ran it (on an emulated board the guest's own), the runtime's arena where it reports one, the file."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("status", "ok") == "ok" and (r.get("peak_rss_mb") is not None or r.get("file_bytes")):
+            out.setdefault(r["target"], []).append({k: r.get(k) for k in MEMORY_KEYS})
+    return out
 
 
 def timed(rows: list[dict]) -> list[dict]:

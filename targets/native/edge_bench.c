@@ -42,6 +42,10 @@
 
 #define MARK_START 0x51454D55L
 #define MARK_STOP 0x51454D56L
+#define MARK_PROFILE_START 0x51454D57L /* scripts/qemu_plugin/guest_trace.c: the profiled inferences */
+#define MARK_PROFILE_STOP 0x51454D58L
+#define MARK_PROFILE_CALL 0x51454D59L
+#define PROFILE_CALLS 10
 #define MAX_IO 16
 #define MAX_RANK 8
 
@@ -101,11 +105,15 @@ static void *aligned(size_t bytes) {
 /* ------------------------------------------------------------------ runtimes */
 
 static const char *g_precision = "f32"; /* OpenVINO: f32, or default (the CPU plugin's choice, bf16/fp16) */
+static bool g_profiling; /* the second, profiled session of --profile */
 
 typedef struct runtime {
     const char *name;
     bool (*load)(struct runtime *rt, const char *lib, const char *model, int threads);
     bool (*infer)(struct runtime *rt);  /* reads in[i].buf, writes out[i].buf */
+    /* --profile (optional): print `, "profile": [...]` of the inferences since load, as the Python runner's
+       profile(session, calls) returns; load() turned the runtime's profiler on when g_profiling is set. */
+    bool (*profile)(struct runtime *rt, FILE *o, int calls);
     char version[128];
     const char *delegate;
     char precision[16]; /* OpenVINO's inference precision, as compiled */
@@ -280,13 +288,13 @@ static bool litert_infer(runtime_t *rt) {
 
 enum {
     ORT_GetErrorMessage = 2, ORT_CreateEnv = 3, ORT_CreateSession = 7, ORT_Run = 9,
-    ORT_CreateSessionOptions = 10, ORT_SetSessionExecutionMode = 13,
+    ORT_CreateSessionOptions = 10, ORT_SetSessionExecutionMode = 13, ORT_EnableProfiling = 14,
     ORT_SetSessionLogSeverityLevel = 22, ORT_SetIntraOpNumThreads = 24, ORT_SetInterOpNumThreads = 25,
     ORT_SessionGetInputCount = 30, ORT_SessionGetOutputCount = 31, ORT_SessionGetInputTypeInfo = 33,
     ORT_SessionGetOutputTypeInfo = 34, ORT_SessionGetInputName = 36, ORT_SessionGetOutputName = 37,
     ORT_CreateTensorWithDataAsOrtValue = 49, ORT_CastTypeInfoToTensorInfo = 55,
     ORT_GetTensorElementType = 60, ORT_GetDimensionsCount = 61, ORT_GetDimensions = 62,
-    ORT_CreateCpuMemoryInfo = 69, ORT_GetAllocatorWithDefaultOptions = 78, ORT_ReleaseStatus = 93,
+    ORT_CreateCpuMemoryInfo = 69, ORT_GetAllocatorWithDefaultOptions = 78, ORT_ReleaseStatus = 93, ORT_ReleaseSession = 95,
 };
 #define ORT_API_VERSION 17 /* every entry used here exists since 1.17; the wheel is newer */
 
@@ -297,6 +305,8 @@ typedef void *OrtStatusPtr;
 
 typedef struct {
     void *session;
+    char trace_dir[64]; /* --profile: where onnxruntime writes its profiler trace */
+    long long profile_start_ns; /* CLOCK_REALTIME before the session (and its profiler) started */
     void *in_values[MAX_IO];
     void *out_values[MAX_IO];
     const char *in_names[MAX_IO];
@@ -375,6 +385,16 @@ static bool ort_load(runtime_t *rt, const char *path, const char *model, int thr
     ORT(ORTF(ORT_SetInterOpNumThreads, OrtStatusPtr (*)(void *, int))(so, 1), "SetInterOpNumThreads");
     ORT(ORTF(ORT_SetSessionExecutionMode, OrtStatusPtr (*)(void *, int))(so, 0), "SetSessionExecutionMode");
     ORT(ORTF(ORT_SetSessionLogSeverityLevel, OrtStatusPtr (*)(void *, int))(so, 3), "SetSessionLogSeverityLevel");
+    if (g_profiling) {
+        snprintf(st->trace_dir, sizeof st->trace_dir, "/tmp/edge-bench-ort-XXXXXX");
+        if (!mkdtemp(st->trace_dir)) return fail("cannot make a folder for the profiler trace");
+        char prefix[80];
+        snprintf(prefix, sizeof prefix, "%s/ort", st->trace_dir);
+        ORT(ORTF(ORT_EnableProfiling, OrtStatusPtr (*)(void *, const char *))(so, prefix), "EnableProfiling");
+        struct timespec t;
+        clock_gettime(CLOCK_REALTIME, &t);
+        st->profile_start_ns = (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+    }
     ORT(ORTF(ORT_CreateSession, OrtStatusPtr (*)(void *, const char *, void *, void **))(env, model, so, &st->session),
         "CreateSession");
     ORT(ORTF(ORT_GetAllocatorWithDefaultOptions, OrtStatusPtr (*)(void **))(&alloc), "GetAllocatorWithDefaultOptions");
@@ -427,7 +447,17 @@ static struct {
     ov_status_e (*get_version)(ov_version_t *);
     ov_status_e (*get_property)(const void *, const char *, char **);
     const char *(*last_err)(void);
+    ov_status_e (*get_profiling_info)(const void *, void *);
+    void (*profiling_info_list_free)(void *);
 } ov;
+
+typedef struct {
+    int status; /* 0 NOT_RUN, 1 OPTIMIZED_OUT, 2 EXECUTED */
+    int64_t real_time; /* microseconds */
+    int64_t cpu_time;
+    const char *node_name, *exec_type, *node_type;
+} ov_profiling_info_t;
+typedef struct { ov_profiling_info_t *infos; size_t size; } ov_profiling_info_list_t;
 
 typedef struct { void *request; } ov_state_t;
 
@@ -467,6 +497,8 @@ static bool ov_load(runtime_t *rt, const char *path, const char *model, int thre
     BIND(lib, ov.get_version, "ov_get_openvino_version");
     BIND(lib, ov.get_property, "ov_compiled_model_get_property");
     BIND(lib, ov.last_err, "ov_get_last_err_msg");
+    BIND(lib, ov.get_profiling_info, "ov_infer_request_get_profiling_info");
+    BIND(lib, ov.profiling_info_list_free, "ov_profiling_info_list_free");
     ov_version_t v;
     OV(ov.get_version(&v), "get_openvino_version");
     snprintf(rt->version, sizeof rt->version, "%s", v.buildNumber);
@@ -478,13 +510,15 @@ static bool ov_load(runtime_t *rt, const char *path, const char *model, int thre
     OV(ov.core_create(&core), "core_create");
     /* As the Python runner: f32 math (not the CPU's bf16) unless --precision default, latency hint,
        one stream. */
+    const char *perf = g_profiling ? "YES" : "NO"; /* PERF_COUNT: the performance counters of --profile */
     if (!strcmp(g_precision, "f32"))
-        OV(ov.compile_from_file(core, model, "CPU", 8, &compiled, "INFERENCE_NUM_THREADS", nthreads,
-                                "PERFORMANCE_HINT", "LATENCY", "NUM_STREAMS", "1", "INFERENCE_PRECISION_HINT", "f32"),
+        OV(ov.compile_from_file(core, model, "CPU", 10, &compiled, "INFERENCE_NUM_THREADS", nthreads,
+                                "PERFORMANCE_HINT", "LATENCY", "NUM_STREAMS", "1", "INFERENCE_PRECISION_HINT", "f32",
+                                "PERF_COUNT", perf),
            "compile_model");
     else
-        OV(ov.compile_from_file(core, model, "CPU", 6, &compiled, "INFERENCE_NUM_THREADS", nthreads,
-                                "PERFORMANCE_HINT", "LATENCY", "NUM_STREAMS", "1"),
+        OV(ov.compile_from_file(core, model, "CPU", 8, &compiled, "INFERENCE_NUM_THREADS", nthreads,
+                                "PERFORMANCE_HINT", "LATENCY", "NUM_STREAMS", "1", "PERF_COUNT", perf),
            "compile_model");
     char *precision = NULL;
     if (ov.get_property(compiled, "INFERENCE_PRECISION_HINT", &precision) == 0 && precision)
@@ -526,10 +560,47 @@ static bool ov_infer(runtime_t *rt) {
     return true;
 }
 
+/* onnxruntime writes its trace when the session is released: its folder goes out with the JSON and the
+   caller (pipeline/native.py) reads it as run_onnxruntime.py's profile() does. */
+static bool ort_profile(runtime_t *rt, FILE *o, int calls) {
+    ort_state_t *st = rt->state;
+    ORTF(ORT_ReleaseSession, void (*)(void *))(st->session);
+    st->session = NULL;
+    fprintf(o, ", \"profile_trace\": ");
+    json_str(o, st->trace_dir);
+    fprintf(o, ", \"profile_start_ns_before\": %lld", st->profile_start_ns);
+    (void)calls;
+    return true;
+}
+
+/* The CPU plugin's counters of the last inference, EXECUTED nodes in the compiled graph's order (as
+   run_openvino.py's profile()). */
+static bool ov_profile(runtime_t *rt, FILE *o, int calls) {
+    ov_profiling_info_list_t list = {0};
+    OV(ov.get_profiling_info(((ov_state_t *)rt->state)->request, &list), "get_profiling_info");
+    fprintf(o, ", \"profile\": [");
+    int n = 0;
+    for (size_t i = 0; i < list.size; i++) {
+        const ov_profiling_info_t *p = &list.infos[i];
+        if (p->status != 2) continue;
+        fprintf(o, "%s{\"op_type\": ", n++ ? ", " : "");
+        json_str(o, p->node_type);
+        fprintf(o, ", \"name\": ");
+        json_str(o, p->node_name);
+        fprintf(o, ", \"exec_type\": ");
+        json_str(o, p->exec_type);
+        fprintf(o, ", \"calls\": 1, \"ms\": %.6f}", (double)p->real_time / 1e3);
+    }
+    fputc(']', o);
+    ov.profiling_info_list_free(&list);
+    (void)calls;
+    return true;
+}
+
 static runtime_t RUNTIMES[] = {
     {.name = "litert", .load = litert_load, .infer = litert_infer},
-    {.name = "onnxruntime", .load = ort_load, .infer = ort_infer},
-    {.name = "openvino", .load = ov_load, .infer = ov_infer},
+    {.name = "onnxruntime", .load = ort_load, .infer = ort_infer, .profile = ort_profile},
+    {.name = "openvino", .load = ov_load, .infer = ov_infer, .profile = ov_profile},
 };
 
 /* ------------------------------------------------------------------ .npy in, .npz out */
@@ -947,7 +1018,7 @@ static bool read_inputs(const char *path, runtime_t *rt, samples_t *in, long lim
 
 typedef struct {
     const char *runtime, *lib, *model, *inputs, *outputs, *version, *expect, *atol, *precision, *delegate;
-    int bench, threads, warmup, runs, sections;
+    int bench, profile, threads, warmup, runs, sections;
     long limit;
     double min_seconds;
 } args_t;
@@ -958,6 +1029,7 @@ static bool parse_args(int argc, char **argv, args_t *a) {
         const char *k = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(k, "--bench")) { a->bench = 1; continue; }
+        if (!strcmp(k, "--profile")) { a->profile = 1; continue; }
         if (k[0] != '-' || k[1] != '-') {
             if (a->model) return fail("unexpected argument %s", k);
             a->model = k;
@@ -1074,6 +1146,28 @@ int main(int argc, char **argv) {
             section_runs[sec] = i;
         }
     }
+    /* --profile: a second session with the runtime's profiler on, PROFILE_CALLS inferences after one untimed
+       (runner_common._profile); its op records are printed with the JSON. */
+    bool profiled = false;
+    char profile_error[sizeof g_error] = "";
+    double rss_mb = peak_rss_mb(); /* the row's memory: before the second, profiled session */
+    if (ok && a.bench && a.profile) {
+        if (!rt->profile) {
+            snprintf(profile_error, sizeof profile_error, "the native runner has no op profiler for %s", rt->name);
+        } else {
+            g_profiling = true;
+            bool pok = rt->load(rt, a.lib, a.model, a.threads) && one_inference(rt, feeds, n_samples, 0, raw);
+            mark(MARK_PROFILE_START);
+            for (int i = 0; pok && i < PROFILE_CALLS; i++) {
+                mark(MARK_PROFILE_CALL);
+                pok = one_inference(rt, feeds, n_samples, (size_t)i, raw);
+            }
+            mark(MARK_PROFILE_STOP);
+            if (pok) profiled = true;
+            else snprintf(profile_error, sizeof profile_error, "%s", g_error);
+            g_error[0] = 0;
+        }
+    }
 
     /* One JSON line, the fields runner_common writes. */
     FILE *o = stdout;
@@ -1140,11 +1234,16 @@ int main(int argc, char **argv) {
         for (int sec = 0; sec < a.sections && sec < 64; sec++) fprintf(o, "%s%zu", sec ? ", " : "", section_runs[sec]);
         fputc(']', o);
     }
+    if (profiled && rt->profile(rt, o, PROFILE_CALLS)) fprintf(o, ", \"profile_calls\": %d", PROFILE_CALLS);
+    if (profile_error[0]) {
+        fprintf(o, ", \"profile_error\": ");
+        json_str(o, profile_error);
+    }
     if (!ok) {
         fprintf(o, ", \"error\": ");
         json_str(o, g_error);
     }
-    fprintf(o, ", \"peak_rss_mb\": %.3f}\n", peak_rss_mb());
+    fprintf(o, ", \"peak_rss_mb\": %.3f}\n", rss_mb);
     fflush(o);
     return ok ? 0 : 1;
 }

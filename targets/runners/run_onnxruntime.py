@@ -36,6 +36,11 @@ class OnnxRuntime:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3  # errors only: a runner prints one JSON line
+        if getattr(args, "profiling", False):
+            import tempfile
+
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="edge-export-ort-"), "ort")
         session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         self._input = session.get_inputs()[0].name
         self._inputs = [i.name for i in session.get_inputs()]
@@ -62,6 +67,47 @@ class OnnxRuntime:
         if isinstance(x, list):  # several inputs
             return session.run(None, dict(zip(self._inputs, x)))
         return session.run(None, {self._input: x})
+
+    @staticmethod
+    def profile(session, calls):
+        """onnxruntime's profiler trace (trace_ops), timed from the profiler's own start clock."""
+        return trace_ops(session.end_profiling(), calls, session.get_profiling_start_time_ns())
+
+
+def trace_ops(path, calls, start_ns):
+    """The op records of onnxruntime's profiler trace at `path` (removed with its folder): each node's kernel time
+    (`NAME_kernel_time` events) in the last `calls` runs (the first run of a session is setup), and its spans
+    in CLOCK_REALTIME ns, `start_ns` being the profiler's start. Also the native runner's (pipeline/native.py)."""
+    import json
+    import shutil
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            events = json.load(f)
+    finally:
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-calls:]
+    ops: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        if not any(a <= e["ts"] <= b for a, b in runs):
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        op = ops.setdefault(name, {"op_type": e["args"].get("op_name", "?"), "name": name, "us": [], "spans": []})
+        op["us"].append(e["dur"])
+        op["spans"].append([start_ns + e["ts"] * 1000, start_ns + (e["ts"] + e["dur"]) * 1000])
+    # The median call, not the mean: one preempted call of a 2 us op would outweigh the rest.
+    return [
+        {
+            "op_type": o["op_type"],
+            "name": o["name"],
+            "calls": len(o["us"]) / calls,
+            "ms": sorted(o["us"])[len(o["us"]) // 2] / 1e3 * len(o["us"]) / calls,
+            "spans": o["spans"],
+        }
+        for o in ops.values()
+    ]
 
 
 RUNTIME = OnnxRuntime()

@@ -43,6 +43,8 @@ class OpenVINORuntime:
             config["INFERENCE_PRECISION_HINT"] = "f32"
         elif self.precision != "default":
             raise ValueError(f"unknown precision {self.precision!r}: use f32 or default")
+        if getattr(args, "profiling", False):
+            config["PERF_COUNT"] = True
         compiled = ov.Core().compile_model(path, "CPU", config)
         self._request = compiled.create_infer_request()
         return compiled
@@ -78,6 +80,27 @@ class OpenVINORuntime:
         """The runtime's own timer of the last infer() (C++ side, without the Python binding): what
         benchmark_app reports."""
         return self._request.latency
+
+    def profile(self, compiled, calls):
+        """The CPU plugin's performance counters (benchmark_app -pc) of the last inference, per executed node
+        of the compiled graph in its run order, with the kernel it ran (exec_type); OPTIMIZED_OUT and NOT_RUN
+        nodes cost nothing and are left out."""
+        import openvino as ov
+
+        ops = []
+        for p in self._request.get_profiling_info():
+            if p.status != ov.ProfilingInfo.Status.EXECUTED:
+                continue
+            ops.append(
+                {
+                    "op_type": p.node_type,
+                    "name": p.node_name,
+                    "calls": 1,
+                    "ms": p.real_time.total_seconds() * 1e3,
+                    "exec_type": p.exec_type,
+                }
+            )
+        return ops
 
 
 RUNTIME = OpenVINORuntime()

@@ -132,6 +132,11 @@ def parse_args(argv, runtime_options: dict) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10, help="untimed inferences after the first one")
     p.add_argument("--runs", type=int, default=100, help="at least this many timed inferences")
     p.add_argument("--min-seconds", type=float, default=1.0, help="and at least this long")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing, run the samples again in a second session under the runtime's own op profiler",
+    )
     for name, help_text in runtime_options.items():
         p.add_argument(f"--{name}", default=None, help=help_text)
     return p.parse_args(argv)
@@ -140,7 +145,10 @@ def parse_args(argv, runtime_options: dict) -> argparse.Namespace:
 def main(runtime, argv=None) -> int:
     """`runtime` is a module-like object with NAME, OPTIONS, version(), load(), describe(), infer(),
     and optionally prepare(session, x) -> what infer() takes: a runtime's own input object (e.g. a
-    tensor bound to the numpy array), made before timing so per-call conversion is not timed."""
+    tensor bound to the numpy array), made before timing so per-call conversion is not timed.
+
+    The --profile hook, optional: load() honours `args.profiling` (turn the runtime's profiler on) and
+    profile(session, calls) returns the op records of the `calls` inferences the session ran (see _profile)."""
     args = parse_args(sys.argv[1:] if argv is None else argv, getattr(runtime, "OPTIONS", {}))
     result = {"ok": False, "runtime": runtime.NAME, "model": args.model}
     try:
@@ -171,14 +179,55 @@ def main(runtime, argv=None) -> int:
                 _predict(runtime, session, desc, x, args.outputs, result)
             if args.bench:
                 _bench(runtime, session, desc, x, args, result)
+            if args.profile:
+                result["peak_rss_mb"] = peak_rss_mb()  # the row's memory: before the second, profiled session
+                try:
+                    _profile(runtime, desc, x, args, result)
+                except Exception as e:  # a profile that cannot be made must not cost the row its timing
+                    result["profile_error"] = f"{type(e).__name__}: {e}".strip()
         result["ok"] = True
     except Exception as e:
         result["error"] = f"{type(e).__name__}: {e}".strip()
         result["traceback"] = traceback.format_exc(limit=3)
-    result["peak_rss_mb"] = peak_rss_mb()
+    result.setdefault("peak_rss_mb", peak_rss_mb())
     sys.stdout.write("\n" + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0 if result["ok"] else 1
+
+
+QEMU_MARK_PROFILE_START = 0x51454D57
+QEMU_MARK_PROFILE_STOP = 0x51454D58
+QEMU_MARK_PROFILE_CALL = 0x51454D59
+PROFILE_CALLS = 100
+PROFILE_CALLS_COUNTED = 10  # under an instruction counter (emulated: EDGE_EXPORT_NO_OWN_TIMER) counts are exact
+
+
+def _profile(runtime, desc, x, args, result):
+    """The samples again in a second session with the runtime's profiler on (the timed session runs without it):
+    `profile`, per op in run order, {op_type, name, calls, ms, ...} per inference, and `profile_total_ms`.
+
+    Under qemu the profiled inferences are marked (QEMU_MARK_PROFILE_*) for the op trace of the plugin, and
+    each op record keeps its `spans` (CLOCK_MONOTONIC ns) when the runtime reports when an op ran."""
+    hook = getattr(runtime, "profile", None)
+    if hook is None:
+        result["profile_error"] = f"{runtime.NAME}: the runner has no op profiler"
+        return
+    args.profiling = True
+    session = runtime.load(args.model, args)
+    feeds = _prepare(runtime, session, runtime.describe(session), x)
+    counted = os.environ.get("EDGE_EXPORT_NO_OWN_TIMER")
+    calls = max(1, min(PROFILE_CALLS_COUNTED if counted else PROFILE_CALLS, args.runs))
+    runtime.infer(session, feeds[0])  # first call: allocations and one-time setup, as before timing
+    result["profile_clock_ns"] = time.monotonic_ns()
+    _mark(QEMU_MARK_PROFILE_START)
+    for i in range(calls):
+        _mark(QEMU_MARK_PROFILE_CALL)
+        runtime.infer(session, feeds[i % len(feeds)])
+    _mark(QEMU_MARK_PROFILE_STOP)
+    ops = hook(session, calls)
+    result["profile"] = ops
+    result["profile_calls"] = calls
+    result["profile_total_ms"] = sum(o["ms"] for o in ops)
 
 
 def load_inputs(path: str, inputs: list[dict]) -> list[np.ndarray]:

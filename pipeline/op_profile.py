@@ -1,0 +1,258 @@
+"""Where an inference's time goes, per op: the rows of `bench --profile`.
+
+A runner run with --profile (targets/runners/runner_common._profile) reports its runtime's own profile of a
+second session: onnxruntime's profiler trace, OpenVINO's performance counters (benchmark_app -pc). Here
+each row gets:
+
+- `profile`: per op in run order, {op_type, name, calls, share, ms, instructions} (what applies), `share`
+  summing to 1: of the profiled time on this machine, of the guest instructions on an emulated board;
+- `profile_by_type`: the same summed per op type, largest share first;
+- and over a bench's rows, `profile_compare`: per op type, an int8 file against the fp32 file of the same
+  format on the same board, side by side.
+
+On an emulated board the runtime's profiler runs in the guest, where emulated time says nothing about the
+board. There the qemu plugin guest_trace.c counts the guest instructions between the clock reads the
+profiler makes at each op's start and end, so each op gets instructions; `ms` is then the row's estimated
+latency split by those instructions. What the ops do not cover (the runtime's dispatch between ops, the
+binding, the copy of inputs and outputs) is one more entry, op_type `(outside ops)`, so the instructions of
+the entries add up to the row's instructions per inference.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+OUTSIDE = "(outside ops)"
+MAX_GAP = 2000  # guest instructions between one node's end read and the next node's start read, at most
+PROFILE_KEYS = ("op_type", "name", "calls", "share", "ms", "instructions", "exec_type")
+
+# An int8 (or fused) op type and the float op it stands for, so int8 and fp32 line up side by side.
+FLOAT_OF = {
+    "FusedConv": "Conv",
+    "FusedGemm": "Gemm",
+    "QLinearConv": "Conv",
+    "ConvInteger": "Conv",
+    "QGemm": "Gemm",
+    "MatMulInteger": "MatMul",
+    "QLinearMatMul": "MatMul",
+    "DynamicQuantizeMatMul": "MatMul",
+    "QLinearAdd": "Add",
+    "QLinearMul": "Mul",
+    "QLinearAveragePool": "AveragePool",
+    "QLinearGlobalAveragePool": "GlobalAveragePool",
+    "QLinearSigmoid": "Sigmoid",
+    "QLinearLeakyRelu": "LeakyRelu",
+    "QLinearConcat": "Concat",
+    "QLinearSoftmax": "Softmax",
+    "NhwcMaxPool": "MaxPool",
+    "QuantizeLinear": "(quantize)",
+    "DequantizeLinear": "(quantize)",
+    "DynamicQuantizeLinear": "(quantize)",
+    "FakeQuantize": "(quantize)",
+}
+
+
+def _finish(ops: list[dict], key: str) -> list[dict]:
+    total = sum(o.get(key) or 0 for o in ops)
+    out = []
+    for o in ops:
+        o = {**o, "share": (o.get(key) or 0) / total if total else 0.0}
+        out.append({k: o[k] for k in PROFILE_KEYS if o.get(k) is not None})
+    return out
+
+
+def by_type(ops: list[dict]) -> list[dict]:
+    """The profile summed per op type, largest share first."""
+    types: dict[str, dict] = {}
+    for o in ops:
+        t = types.setdefault(o["op_type"], {"op_type": o["op_type"], "calls": 0, "share": 0.0})
+        t["calls"] += o.get("calls") or 0
+        t["share"] += o["share"]
+        for k in ("ms", "instructions"):
+            if o.get(k) is not None:
+                t[k] = t.get(k, 0) + o[k]
+    return sorted(types.values(), key=lambda t: -t["share"])
+
+
+def local_fields(res: dict) -> dict:
+    """A runner's profile on this machine (or a board that times itself): shares of the profiled op time."""
+    if not res.get("profile"):
+        return {"profile_error": res.get("profile_error")} if res.get("profile_error") else {}
+    ops = _finish([{k: v for k, v in o.items() if k != "spans"} for o in res["profile"]], "ms")
+    return {"profile": ops, "profile_by_type": by_type(ops), "profile_total_ms": res.get("profile_total_ms")}
+
+
+def _nearest(points: list[list], clock: int, t: int) -> int:
+    """Index of the clock read (of `clock`: 2 realtime, 3 monotonic column) nearest to time t."""
+    times = [p[clock] for p in points]
+    i = bisect.bisect_left(times, t)
+    return min((j for j in (i - 1, i) if 0 <= j < len(points)), key=lambda j: abs(times[j] - t))
+
+
+def _offset(ops: list[dict], reads: list[list]) -> int:
+    """How far spans timed from an approximate start are from the clock reads that made them: the shift that
+    puts the most span ends on a read (the profiler's timestamps are whole us; emulated reads are >= us apart)."""
+    ends = sorted(t for o in ops for span in o["spans"] for t in span)
+    times = [r[2] for r in reads]
+    sample = ends[:: max(1, len(ends) // 60)]
+
+    def hits(delta):
+        n = 0
+        for t in sample:
+            i = bisect.bisect_left(times, t + delta - 1500)
+            n += i < len(times) and times[i] <= t + delta + 1500
+        return n
+
+    first = ends[0]
+    return max((r - first for r in times if r >= first), key=hits, default=0)
+
+
+def instructions_per_op(
+    ops: list[dict], points: list[list], calls: int, approximate: bool = False
+) -> list[dict] | None:
+    """Each op's guest instructions per inference from the plugin's trace of the profiled inferences.
+
+    Ops with `spans` (absolute realtime ns of each call, onnxruntime) take the count between the clock reads
+    nearest to the span's ends. Ops without (OpenVINO: durations, in the compiled graph's run order) take
+    the count between the k-th pair of realtime reads of the last inference, if that inference made exactly
+    two per op; None when the trace cannot be aligned with the ops."""
+    reads = [p for p in points if p[0] == "k" and p[1] == 0]  # CLOCK_REALTIME reads
+    if not reads:
+        return None
+    if all(o.get("spans") for o in ops):
+        if approximate:  # the native runner's trace start is known only to before the session's creation
+            delta = _offset(ops, reads)
+            ops = [{**o, "spans": [[a + delta, b + delta] for a, b in o["spans"]]} for o in ops]
+        out = []
+        for o in ops:
+            n = sum(reads[_nearest(reads, 2, b)][4] - reads[_nearest(reads, 2, a)][4] for a, b in o["spans"])
+            out.append({**o, "instructions": n / calls})
+        return out
+    starts = [i for i, p in enumerate(points) if p[0] == "c"]
+    if not starts:
+        return None
+    last = [p for p in points[starts[-1] :] if p[0] == "k" and p[1] == 0]
+    extra = len(last) - 2 * len(ops)  # the request's own start and end reads around the nodes' pairs
+    if extra < 0 or extra % 2:
+        return None
+    pairs = last[extra // 2 : len(last) - extra // 2]
+    # Aligned, one node's end read is followed at once by the next node's start read: a small gap.
+    gaps = [pairs[2 * k + 2][4] - pairs[2 * k + 1][4] for k in range(len(ops) - 1)]
+    if any(g > MAX_GAP for g in gaps):
+        return None
+    return [{**o, "instructions": pairs[2 * k + 1][4] - pairs[2 * k][4]} for k, o in enumerate(ops)]
+
+
+def emulated_fields(res: dict, points: list[list], row_instructions: int | None, estimated_ms: float | None) -> dict:
+    """A runner's profile under qemu: each op's guest instructions (guest_trace.c), `(outside ops)` the rest
+    of the row's instructions per inference, and each op's share of the estimated latency as `ms`.
+
+    The ops are counted in the profiled session, so they hold what the profiler does inside an op's span
+    (onnxruntime formats each op's input shapes there: ~30,000 instructions an op on aarch64). Where that
+    is more than the row's other instructions, `profile_note` says so and `(outside ops)` is 0."""
+    if not res.get("profile"):
+        return {"profile_error": res.get("profile_error") or "the runner made no profile"}
+    calls = res.get("profile_calls") or 1
+    ops = instructions_per_op(res["profile"], points, calls, bool(res.get("profile_spans_approximate")))
+    if ops is None:
+        return {"profile_error": "the op trace could not be aligned with the runtime's ops"}
+    section = points[-1][4] / calls if points and points[-1][0] == "e" else None
+    total = row_instructions or section
+    ops = [{k: v for k, v in o.items() if k not in ("spans", "ms")} for o in ops]
+    inside = sum(o["instructions"] for o in ops)
+    out = {"profile_section_instructions": round(section) if section else None}
+    if inside > total:
+        out["profile_note"] = (
+            f"the profiled ops took {inside / total:.2f}x the row's instructions: the profiler's own work "
+            "inside each op's span dominates ops this small"
+        )
+    ops.append({"op_type": OUTSIDE, "name": OUTSIDE, "calls": 1, "instructions": max(total - inside, 0)})
+    for o in ops:
+        o["instructions"] = round(o["instructions"])
+    ops = _finish(ops, "instructions")
+    scale = estimated_ms / sum(o["instructions"] for o in ops) if estimated_ms is not None else None
+    for o in ops:
+        if scale is not None:
+            o["ms"] = o["instructions"] * scale
+    return {**out, "profile": ops, "profile_by_type": by_type(ops)}
+
+
+def family(target: str) -> str:
+    return target.split("-", 1)[0]
+
+
+def compare(rows: list[dict]) -> list[dict]:
+    """Per op type, every profiled int8 row against the fp32 row of the same format, board, harness and threads.
+
+    Op types are taken to their float counterparts (QLinearConv is Conv) so the two files line up."""
+    by_key = {}
+    for r in rows:
+        q = "int8" if str(r.get("quantization")).startswith("int8") else r.get("quantization")
+        if r.get("profile_by_type") and q in ("fp32", "int8"):
+            key = (family(r["target"]), r["device"], r.get("harness", "python"), r["threads"], r.get("runner"))
+            by_key.setdefault(key, {})[q] = r
+    out = []
+    for (fam, device, harness, threads, _), pair in by_key.items():
+        if len(pair) < 2:
+            continue
+        f, q = pair["fp32"], pair["int8"]
+        unit = "instructions" if f["profile_by_type"][0].get("instructions") is not None else "ms"
+        types: dict[str, dict] = {}
+        for side, row in (("fp32", f), ("int8", q)):
+            for t in row["profile_by_type"]:
+                name = FLOAT_OF.get(t["op_type"], t["op_type"])
+                e = types.setdefault(name, {"op_type": name, "fp32": 0.0, "int8": 0.0})
+                e[side] += t.get(unit) or 0
+        for e in types.values():
+            e["ratio"] = e["int8"] / e["fp32"] if e["fp32"] else None
+            e["delta"] = e["int8"] - e["fp32"]
+        out.append(
+            {
+                "format": fam,
+                "device": device,
+                "harness": harness,
+                "threads": threads,
+                "fp32_target": f["target"],
+                "int8_target": q["target"],
+                "unit": unit,
+                "fp32_total": sum(e["fp32"] for e in types.values()),
+                "int8_total": sum(e["int8"] for e in types.values()),
+                "op_types": sorted(types.values(), key=lambda e: -abs(e["delta"])),
+            }
+        )
+    return out
+
+
+def _num(v, unit):
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if unit == "instructions" else f"{v:.4g}"
+
+
+def compare_table(comparisons: list[dict]) -> str:
+    """The int8-against-fp32 comparison as text: one block per format and board, op types by |int8 - fp32|."""
+    blocks = []
+    for c in comparisons:
+        unit = c["unit"] if c["unit"] == "instructions" else "ms"
+        head = (
+            f"{c['int8_target']} against {c['fp32_target']} on {c['device']} ({c['harness']}, {c['threads']} thr), "
+            f"{unit} per inference: total {_num(c['fp32_total'], unit)} -> {_num(c['int8_total'], unit)}"
+        )
+        lines = [head, f"  {'op type':<24} {'fp32':>14} {'int8':>14} {'int8/fp32':>10}"]
+        for e in c["op_types"]:
+            ratio = f"{e['ratio']:.2f}x" if e["ratio"] is not None else "new"
+            lines.append(f"  {e['op_type']:<24} {_num(e['fp32'], unit):>14} {_num(e['int8'], unit):>14} {ratio:>10}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def profile_table(rows: list[dict], top: int = 5) -> str:
+    """Each profiled row's op types with their shares (the top `top`), one line per row."""
+    lines = []
+    for r in rows:
+        if r.get("profile_by_type"):
+            types = ", ".join(f"{t['op_type']} {t['share']:.0%}" for t in r["profile_by_type"][:top])
+            lines.append(f"profile {r['target']} on {r['device']} ({r.get('harness', 'python')}): {types}")
+        elif r.get("profile_error"):
+            lines.append(f"profile {r['target']} on {r['device']}: none ({r['profile_error']})")
+    return "\n".join(lines)
