@@ -185,7 +185,8 @@ def _run_once(param: Path, names: list[str], samples: list[np.ndarray]) -> list[
         cmd = [sys.executable, str(RUNNERS / "run_ncnn.py"), str(param), "--inputs", str(x), "--outputs", str(y)]
         proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        result = json.loads(lines[-1]) if lines else {"ok": False, "error": f"exited {proc.returncode}"}
+        died = f"crashed (signal {-proc.returncode})" if proc.returncode < 0 else f"exited {proc.returncode}"
+        result = json.loads(lines[-1]) if lines else {"ok": False, "error": died}
         if not result["ok"]:
             raise RuntimeError(f"NCNN cannot run the files pnnx wrote: {result['error']}")
         with np.load(y) as z:

@@ -361,6 +361,8 @@ def test_a_graph_onnx2tf_cannot_convert_still_gets_its_onnx_and_openvino_artifac
         if name.startswith("tflite"):
             assert a["status"] == "failed_build" and "onnx2tf cannot convert" in a["reason"], a
             assert "no converter for the ONNX op LpPool, at node '/3/LpPool'" in a["reason"], a
+        elif name.startswith("ncnn"):  # pnnx writes a graph NCNN 1.0.20250503 cannot run: said, not shipped
+            assert a["status"] == "failed_build" and "NCNN cannot run" in a["reason"], a
         else:
             assert a["status"] == "ok" and a["route"] == "original", a
             assert io_of(a) == ([("input", [1, 3, 32, 32])], [("logits", [1, 10])]), name

@@ -247,7 +247,8 @@ def _x(out, tmp_path):
 @pytest.mark.slow
 def test_native_rows_on_this_machine_for_every_target_agree_with_the_python_runner(small_build, edge_bench, tmp_path):
     out, items = _items(small_build)
-    assert {t.family for t, _, _ in items} >= {"tflite", "onnx", "openvino"}
+    items = [i for i in items if i[0].family != "ncnn"]  # no NCNN C API to link: its rows say why (test_ncnn)
+    assert {t.family for t, _, _ in items} == {"tflite", "onnx", "openvino"}
     x = _x(out, tmp_path)
     rows = bench.bench_artifacts(items, [native.get_device("local")], x, [1], FAST)
     for (target, _, path), row in zip(items, rows):
