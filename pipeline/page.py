@@ -22,21 +22,6 @@ PAGE = "report.html"
 SOURCE = "_bench_file"  # which --bench file a row came from, to tell the same row of two runs apart
 MB = 1 << 20
 
-TARGET_COLUMNS = [
-    ("target", "target"),
-    ("status", "status"),
-    ("quantization", "quantization"),
-    ("bytes", "bytes"),
-    ("gzip_bytes", "gzip"),
-    ("sparsity", "sparsity"),
-    ("accuracy", "accuracy"),
-    ("reference_accuracy", "original acc"),
-    ("top1_agreement", "agreement vs original"),
-    ("max_abs_diff", "max |diff| vs original"),
-    ("verified_on", "int8 verified on"),
-    ("legacy_tflite_runtime", "tflite-runtime 2.14"),
-    ("reason", "reason"),
-]
 # A bench row's columns, shown when at least one row of the board has the field.
 BENCH_COLUMNS = [
     ("target", "target"),
@@ -65,6 +50,7 @@ LATENCY = [
     ("instructions_per_inference", "guest instructions per inference (emulated)"),
 ]
 QUALITY = [
+    ("box_f1", "box F1 against the original model's boxes"),
     ("accuracy", "accuracy (held-out split)"),
     ("top1_agreement_vs_original", "top-1 agreement with the original model"),
     ("top1_agreement", "top-1 agreement with the original model"),
@@ -238,8 +224,17 @@ def _build_section(m: dict) -> str:
     )
     return (
         f"<h2>Build: {escape(str(m.get('model', '?')))}</h2>"
-        f'<p class="note">{escape("; ".join(facts))}</p>{table(arts, TARGET_COLUMNS, only_filled=True)}{chart}'
+        f'<p class="note">{escape("; ".join(facts))}</p>{_targets_table(arts)}{chart}'
     )
+
+
+def _targets_table(arts: list[dict]) -> str:
+    """The table `build` prints, with each failure's reason in place of the build time."""
+    from pipeline.report import artifact_columns
+
+    rows, columns = artifact_columns(arts)
+    columns = [c for c in columns if c[0] != "build_seconds"] + [("reason", "reason")]
+    return table(rows, columns, only_filled=True)
 
 
 def _labels(rows: list[dict], several_models: bool) -> list[str]:

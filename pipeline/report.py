@@ -114,3 +114,37 @@ def step(label: str, what: str = ""):
     yield
     sys.stderr.write(f"{label:<12} done in {time.perf_counter() - t0:.1f} s\n")
     sys.stderr.flush()
+
+
+ARTIFACT_COLUMNS = [
+    ("target", "target"),
+    ("status", "status"),
+    ("quantization", "quantization"),
+    ("bytes", "bytes"),
+    ("gzip_bytes", "gzip"),
+    ("sparsity", "sparsity"),
+    ("accuracy", "accuracy"),
+    ("reference_accuracy", "original acc"),
+    ("top1_agreement", "agreement vs original"),
+    ("max_abs_diff", "max |diff| vs original"),
+    ("verified_on", "int8 verified on"),
+    ("legacy_tflite_runtime", "tflite-runtime 2.14"),
+    ("build_seconds", "seconds"),
+]
+
+
+def artifact_columns(rows: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The build table's rows and columns (the terminal and the report page show the same): a detector's boxes
+    are its headline, a model with several heads shows each artifact's worst head by its own measure."""
+    # int8 figures hold for the ISA whose kernels ran them (pipeline/isa.py)
+    rows = [{**r, "verified_on": (r.get("x86_isa") or {}).get("label")} for r in rows]
+    columns = list(ARTIFACT_COLUMNS)
+    if any(r.get("box_f1") is not None for r in rows):
+        at = columns.index(("top1_agreement", "agreement vs original"))
+        columns[at : at + 1] = [("box_f1", "box F1 vs original"), ("map50", "mAP50 vs original")]
+        if any(r.get("map50_95_labels") is not None for r in rows):
+            columns.insert(at + 2, ("map50_95_labels", "mAP50-95 (labels)"))
+    if any(r.get("worst_head") for r in rows):
+        after = next(c for c in columns if c[0] in ("top1_agreement", "map50"))
+        columns.insert(columns.index(after) + 1, ("worst_head", "worst head"))
+    return rows, columns

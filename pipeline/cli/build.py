@@ -13,22 +13,6 @@ DESCRIPTION = (
     "OUT/<model>/<target>/ and OUT/<model>/manifest.json."
 )
 
-SUMMARY_COLUMNS = [
-    ("target", "target"),
-    ("status", "status"),
-    ("quantization", "quantization"),
-    ("bytes", "bytes"),
-    ("gzip_bytes", "gzip"),
-    ("sparsity", "sparsity"),
-    ("accuracy", "accuracy"),
-    ("reference_accuracy", "original acc"),
-    ("top1_agreement", "agreement vs original"),
-    ("max_abs_diff", "max |diff| vs original"),
-    ("verified_on", "int8 verified on"),
-    ("legacy_tflite_runtime", "tflite-runtime 2.14"),
-    ("build_seconds", "seconds"),
-]
-
 
 def add_arguments(p) -> None:
     add_build_options(p)
@@ -45,18 +29,7 @@ def summary(rows: list[dict]) -> str:
     """The table; for a model with several heads, each artifact's headline: its worst head by its own measure."""
     from pipeline import report
 
-    # int8 figures hold for the ISA whose kernels ran them (pipeline/isa.py)
-    rows = [{**r, "verified_on": (r.get("x86_isa") or {}).get("label")} for r in rows]
-    columns = list(SUMMARY_COLUMNS)
-    if any(r.get("box_f1") is not None for r in rows):  # a detector: its boxes are the headline
-        at = columns.index(("top1_agreement", "agreement vs original"))
-        columns[at : at + 1] = [("box_f1", "box F1 vs original"), ("map50", "mAP50 vs original")]
-        if any(r.get("map50_95_labels") is not None for r in rows):
-            columns.insert(at + 2, ("map50_95_labels", "mAP50-95 (labels)"))
-    if any(r.get("worst_head") for r in rows):
-        after = next(c for c in columns if c[0] in ("top1_agreement", "map50"))
-        columns.insert(columns.index(after) + 1, ("worst_head", "worst head"))
-    return report.table(rows, columns)
+    return report.table(*report.artifact_columns(rows))
 
 
 def run(args) -> int:
