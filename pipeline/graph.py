@@ -230,6 +230,7 @@ def _data(ctx: Context, _, folder: Path) -> dict:
         "labels": list(ds.labels),
         "preprocessing": ds.preprocessing,
         "labelled": ds.labelled,
+        **({"labelled_boxes": len(ds.boxes_test["boxes"])} if ds.boxes_test is not None else {}),
         "train_samples": len(_first(ds.x_train)),
         "test_samples": len(_first(ds.x_test)),
         "input_shape": ds.preprocessing["input_shape"],

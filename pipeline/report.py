@@ -61,7 +61,12 @@ def figures(f: dict, original_accuracy: float | None = None) -> str:
 def original_line(train: dict, data: dict) -> str:
     """What every later figure is measured against."""
     n = (data.get("preprocessing") or {}).get("samples", {}).get("test") or data.get("test_samples")
-    acc = f"accuracy {train['accuracy']:.4f}" if train.get("accuracy") is not None else "no labels: agreement only"
+    if train.get("accuracy") is not None:
+        acc = f"accuracy {train['accuracy']:.4f}"
+    elif data.get("labelled_boxes"):  # a detection set: its boxes are labels, the box figures' other reference
+        acc = f"{data['labelled_boxes']} labelled boxes (mAP50-95 against them)"
+    else:
+        acc = "no labels: agreement only"
     line = f"original: {acc} on {n} held-out samples; every figure below is against this model"
     if train.get("fine_tuned"):
         line += f"\nfine-tune: vs original: {figures(train['fine_tuned'], train.get('accuracy'))}"
