@@ -138,17 +138,24 @@ ARTIFACT_COLUMNS = [
 ]
 
 
+def box_headline(columns: list[tuple[str, str]], rows: list[dict]) -> list[tuple[str, str]]:
+    """A detector's files are judged by their boxes: box F1 and mAP50 against the original's take the agreement
+    column's place (and mAP50-95 against labelled boxes when there are some). The build table and the model card."""
+    if not any(r.get("box_f1") is not None for r in rows):
+        return columns
+    at = columns.index(("top1_agreement", "agreement vs original"))
+    boxes = [("box_f1", "box F1 vs original"), ("map50", "mAP50 vs original")]
+    if any(r.get("map50_95_labels") is not None for r in rows):
+        boxes.append(("map50_95_labels", "mAP50-95 (labels)"))
+    return [*columns[:at], *boxes, *columns[at + 1 :]]
+
+
 def artifact_columns(rows: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
     """The build table's rows and columns (the terminal and the report page show the same): a detector's boxes
     are its headline, a model with several heads shows each artifact's worst head by its own measure."""
     # int8 figures hold for the ISA whose kernels ran them (pipeline/isa.py)
     rows = [{**r, "verified_on": (r.get("x86_isa") or {}).get("label")} for r in rows]
-    columns = list(ARTIFACT_COLUMNS)
-    if any(r.get("box_f1") is not None for r in rows):
-        at = columns.index(("top1_agreement", "agreement vs original"))
-        columns[at : at + 1] = [("box_f1", "box F1 vs original"), ("map50", "mAP50 vs original")]
-        if any(r.get("map50_95_labels") is not None for r in rows):
-            columns.insert(at + 2, ("map50_95_labels", "mAP50-95 (labels)"))
+    columns = box_headline(list(ARTIFACT_COLUMNS), rows)
     if any(r.get("worst_head") for r in rows):
         after = next(c for c in columns if c[0] in ("top1_agreement", "map50"))
         columns.insert(columns.index(after) + 1, ("worst_head", "worst head"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pipeline.graph import STAGES
 from pipeline.releases import FLOAT_ATOL
+from pipeline.report import box_headline
 
 BENCH_COLUMNS = [
     ("target", "target"),
@@ -153,7 +154,7 @@ def model_card(m: dict) -> str:
                 }
                 for a in shipped
             ],
-            _artifact_columns(shipped),
+            box_headline(list(ARTIFACT_COLUMNS), shipped),
         ),
         "",
         "Accuracy and agreement (top-1) against the original model on the held-out split, in the runtime named."
@@ -305,18 +306,6 @@ def _vs_original(st: dict, name: str, original: float | None) -> str:
         parts.append(f"cosine {f['cosine']:.4g}")
     parts += [head_line(h) for h in f.get("heads") or []]
     return ", ".join(parts) or "-"
-
-
-def _artifact_columns(shipped: list[dict]) -> list[tuple[str, str]]:
-    """A detector's artifacts are judged by their boxes: box F1 and mAP50 against the original's are the headline."""
-    if not any(a.get("box_f1") is not None for a in shipped):
-        return ARTIFACT_COLUMNS
-    columns = list(ARTIFACT_COLUMNS)
-    at = columns.index(("top1_agreement", "agreement vs original"))
-    columns[at : at + 1] = [("box_f1", "box F1 vs original"), ("map50", "mAP50 vs original")]
-    if any(a.get("map50_95_labels") is not None for a in shipped):
-        columns.insert(at + 2, ("map50_95_labels", "mAP50-95 vs labels"))
-    return columns
 
 
 def _box_note(shipped: list[dict], cfg: dict) -> str:

@@ -105,6 +105,29 @@ def backend(family: str) -> type[Backend]:
     return importlib.import_module(f"targets.ptq.{family}").Backend
 
 
+def head_tail(outputs, producer: dict, inputs, weighted, fed_by_softmax, label) -> list:
+    """A YOLO detector head's decode arithmetic, in any graph format: from the outputs back to the last weighted
+    ops, continued through the DFL's expected value (a weighted op fed by a Softmax: fixed weights 0..15, no
+    learned layer), so it ends at the last convolutions of the box and score branches. Quantized, a Concat of box
+    coordinates (0..640 pixels) and class scores (0..1) under one int8 scale erases the scores; float, each
+    branch's last convolution keeps its own range (NNCF's YOLOv8 example ignores the same subgraph). [] when no
+    weighted op is fed by a Softmax: not such a head. `producer`: tensor -> op; `inputs(op)` its input tensors,
+    `weighted(op)`, `fed_by_softmax(op)`, `label(op)` what the format's quantizer excludes it by."""
+    tail, seen, todo, dfl = [], set(), list(outputs), False
+    while todo:
+        op = producer.get(todo.pop())
+        if op is None or id(op) in seen:
+            continue
+        seen.add(id(op))
+        if weighted(op):
+            if not fed_by_softmax(op):
+                continue
+            dfl = True
+        tail.append(label(op))
+        todo.extend(inputs(op))
+    return tail if dfl else []
+
+
 def _heads(a) -> list[np.ndarray]:
     return [np.asarray(o) for o in a] if isinstance(a, list | tuple) else [np.asarray(a)]
 

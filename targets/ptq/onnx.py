@@ -156,25 +156,15 @@ def float_tail(model) -> list[str]:
 
 
 def head_tail(model) -> list[str]:
-    """A YOLO detector head's decode arithmetic: float_tail continued through the DFL's expected value (a Conv
-    fed by a Softmax: fixed weights 0..15, no learned layer), so it ends at the last convolutions of the box and
-    score branches. Quantized, a Concat of box coordinates (0..640 pixels) and class scores (0..1) under one int8
-    scale erases the scores; float, each branch's last convolution keeps its own range (NNCF's YOLOv8 example
-    ignores the same subgraph). [] when the graph has no Softmax-fed Conv: not such a head."""
+    """The node names of a YOLO detector head's decode in an ONNX graph (ptq.head_tail)."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    tail, todo, dfl = [], [o.name for o in model.graph.output], False
-    while todo:
-        n = producer.get(todo.pop())
-        if n is None or n.name in tail:
-            continue
-        if n.op_type in WEIGHTED_OPS:
-            fed = producer.get(n.input[0])
-            if fed is None or fed.op_type != "Softmax":
-                continue
-            dfl = True
-        tail.append(n.name)
-        todo.extend(n.input)
-    return tail if dfl else []
+
+    def fed_by_softmax(n) -> bool:
+        return getattr(producer.get(n.input[0]), "op_type", None) == "Softmax"
+
+    outputs = [o.name for o in model.graph.output]
+    weighted = lambda n: n.op_type in WEIGHTED_OPS
+    return ptq.head_tail(outputs, producer, lambda n: n.input, weighted, fed_by_softmax, lambda n: n.name)
 
 
 def ort_static(

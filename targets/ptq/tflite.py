@@ -303,9 +303,8 @@ _PASSING_OPS = ("RESHAPE", "TRANSPOSE")
 
 
 def head_tail(float_model: bytes) -> list[str]:
-    """A YOLO detector head's decode in a float .tflite (targets.ptq.onnx.head_tail): the output tensors of the ops
-    from the outputs back to the last weighted ops, continued through the DFL's expected value (a weighted op fed,
-    through reshapes and transposes, by a SOFTMAX). [] when there is no such op: not a detector."""
+    """The output tensor names of a YOLO detector head's decode in a float .tflite (ptq.head_tail); a SOFTMAX
+    feeds the DFL's weighted op through reshapes and transposes here."""
     from targets.tflite import _op_names
 
     m = unpack(float_model)
@@ -324,19 +323,14 @@ def head_tail(float_model: bytes) -> list[str]:
             src = producer.get(int(src.inputs[0]))
         return src is not None and code(src) == "SOFTMAX"
 
-    tail, seen, todo, dfl = [], set(), [int(t) for t in g.outputs], False
-    while todo:
-        op = producer.get(todo.pop())
-        if op is None or id(op) in seen:
-            continue
-        seen.add(id(op))
-        if code(op) in _WEIGHTED_OPS:
-            if not fed_by_softmax(op):
-                continue
-            dfl = True
-        tail.append(g.tensors[int(op.outputs[0])].name.decode())
-        todo.extend(int(t) for t in op.inputs if t >= 0)
-    return tail if dfl else []
+    return ptq.head_tail(
+        [int(t) for t in g.outputs],
+        producer,
+        lambda op: [int(t) for t in op.inputs if t >= 0],
+        lambda op: code(op) in _WEIGHTED_OPS,
+        fed_by_softmax,
+        lambda op: g.tensors[int(op.outputs[0])].name.decode(),
+    )
 
 
 def tflite_outputs(model: bytes, x: np.ndarray, threads: int | None = None) -> list[np.ndarray]:
