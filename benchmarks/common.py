@@ -241,3 +241,24 @@ def tflite_runner(model: bytes):
         return (y - zo) * so if out["dtype"] != np.float32 and so else y
 
     return call
+
+
+def built_artifacts(out: Path, manifest: dict):
+    """target -> (the file as its runtime loads it: .tflite bytes, ONNX ModelProto, OpenVINO model; its manifest
+    row) of what `pipeline.build` wrote to `out`; a target the build failed raises with the build's reason."""
+    import onnx
+
+    from targets.openvino import import_openvino
+
+    entries = {a["target"]: a for a in manifest["artifacts"]}
+
+    def artifact(target: str):
+        a = entries[target]
+        if a["status"] == "failed_build":
+            raise RuntimeError(f"the build failed it: {a['reason']}")
+        path = out / a["path"]
+        read = {"tflite": Path.read_bytes, "onnx": lambda p: onnx.load(str(p))}
+        model = read.get(target.split("-")[0], lambda p: import_openvino().Core().read_model(str(p)))(path)
+        return model, a
+
+    return artifact

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import built_artifacts
+
 ROOT = Path(__file__).resolve().parent.parent
 DETECTORS = Path(os.environ.get("EDGE_EXPORT_DETECTORS", "/tmp/detectors"))
 RESULTS = ROOT / "benchmarks" / "results"
@@ -143,10 +145,7 @@ def evaluate(kind: str, model, test: np.ndarray, ref_boxes, folder: Path, name: 
 def user_build(name: str, src: Path, cal, val, test, targets, out: Path, log):
     """`pipeline.build` as a user runs it: the user's ONNX file, default settings, the int8 targets, the calibration
     and validation pictures as the data to build from (it splits them itself), the test pictures held out."""
-    import onnx
-
     import pipeline
-    from targets.openvino import import_openvino
 
     out.mkdir(parents=True)
     np.savez(out / "data.npz", x_train=np.concatenate([cal, val]), x_test=test)
@@ -156,18 +155,7 @@ def user_build(name: str, src: Path, cal, val, test, targets, out: Path, log):
         {"model": {"name": name}}, targets=targets, out=out, model=str(src), data=str(out / "data.npz")
     ).manifest
     log(f"  built in {time.perf_counter() - t:.0f} s")
-    entries = {a["target"]: a for a in manifest["artifacts"]}
-
-    def artifact(target: str):
-        a = entries[target]
-        if a["status"] == "failed_build":
-            raise RuntimeError(f"the build failed it: {a['reason']}")
-        path = out / a["path"]
-        read = {"tflite": Path.read_bytes, "onnx": lambda p: onnx.load(str(p))}
-        model = read.get(target.split("-")[0], lambda p: import_openvino().Core().read_model(str(p)))(path)
-        return model, a
-
-    return artifact
+    return built_artifacts(out, manifest)
 
 
 def peers(src: Path, cal: np.ndarray, keras_model) -> list[tuple[str, str, object]]:

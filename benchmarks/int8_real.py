@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import FER, INT8_GOAL, fer_data, latency_ms, split, tflite_runner
+from benchmarks.common import FER, INT8_GOAL, built_artifacts, fer_data, latency_ms, split, tflite_runner
 from pipeline.config import PtqConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,10 +259,7 @@ def user_build(name: str, user_file: Path, cal, val, test, args, out: Path, log)
     settings, the int8 targets asked for, the calibration and validation samples as the data to build from
     (the build splits them itself) and the test split as the held-out samples it verifies on. Returns
     target -> (the artifact as `evaluate` takes it, its manifest entry); a target that failed raises."""
-    import onnx
-
     import pipeline
-    from targets.openvino import import_openvino
 
     targets = [t for t in ("tflite-int8", "onnx-int8", "openvino-int8") if not args.targets or t in args.targets]
     if args.only and not any(s in OURS for s in args.only) or args.skip and any(s in OURS for s in args.skip):
@@ -281,18 +278,7 @@ def user_build(name: str, user_file: Path, cal, val, test, args, out: Path, log)
             data=str(out / "data.npz"),
         ).manifest
         log(f"  built in {time.perf_counter() - t:.0f} s, its own split {manifest['preprocessing'].get('samples')}")
-    entries = {a["target"]: a for a in manifest["artifacts"]}
-
-    def artifact(target: str):
-        a = entries[target]
-        if a["status"] == "failed_build":
-            raise RuntimeError(f"the build failed it: {a['reason']}")
-        path = out / a["path"]
-        read = {"tflite": Path.read_bytes, "onnx": lambda p: onnx.load(str(p))}
-        model = read.get(target.split("-")[0], lambda p: import_openvino().Core().read_model(str(p)))(path)
-        return model, a
-
-    return artifact
+    return built_artifacts(out, manifest)
 
 
 def run_model(name: str, args, log) -> dict:
