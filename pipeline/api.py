@@ -280,7 +280,7 @@ def bench(
         list(devices), list(harness), **(device_options or {})
     )
     opts = tuple(o if isinstance(o, tuple) else bench_mod.parse_options([o])[0] for o in options)
-    settings = bench_mod.Settings(runs, min_seconds, warmup, samples, opts, timeout, profile)
+    settings = bench_mod.Settings(runs, min_seconds, warmup, samples, opts, timeout, profile, _detect_head(build))
     wanted = {t.name for t in _targets(targets, build.config)} if targets else {t.name for t in build.targets}
     arts = build.artifacts
     items = [(t, arts[t.name].entry, arts[t.name].path) for t in build.targets if t.name in wanted and t.name in arts]
@@ -300,6 +300,22 @@ def bench(
                 if key == (c["int8_target"], c["device"], c["harness"], c["threads"]):
                     r["profile_compare"] = c
     return rows
+
+
+def _detect_head(build: Build) -> str | None:
+    """A detector's head as the runners decode it (RunRequest.detect: OUTPUT,LAYOUT,CONF,IOU,MAX_DET), so that
+    each bench row also times decode + NMS where it ran; None for any other model."""
+    from pipeline.stages import heads
+    from targets import detect, metrics
+
+    ref = build.reference_outputs()
+    h = heads(build.config, ref.parent)
+    if h.detect is None:
+        return None
+    i = h.kinds.index(metrics.DETECT)
+    d = h.detect
+    layout = d.layout if d.layout != "auto" else detect.layout_of(metrics.load_outputs(ref)[i].shape)
+    return f"{i},{layout},{d.conf},{d.iou},{d.max_det}"
 
 
 def verify_on(build: Build, devices, *, device_options: dict | None = None, log: Log | None = None) -> list[dict]:

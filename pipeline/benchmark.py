@@ -7,7 +7,7 @@ cannot load its artifact gives a failed row; the others are still measured.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline import op_profile
@@ -51,6 +51,8 @@ class Settings:
     options: tuple[tuple[str, str], ...] = ()
     timeout: float = 300.0
     profile: bool = False
+    detect: str | None = None
+    """A detector's head (RunRequest.detect): each Python runner also times its decode + NMS."""
 
     def __post_init__(self):
         if self.runs < 1 or self.warmup < 0 or self.samples < 1 or self.min_seconds < 0 or self.timeout <= 0:
@@ -69,6 +71,7 @@ class Settings:
             options=tuple(self.options),
             timeout=self.timeout,
             original=original,
+            detect=self.detect,
         )
 
 
@@ -120,7 +123,10 @@ def bench_one(
 ) -> dict:
     """One runner run; the flat row fields it measured (status ok or failed, with the error). `original`:
     RunRequest.original (a board also compares its outputs with the original model's)."""
-    res = device.run(settings.request(runner_path, model, inputs, threads, original))
+    python = getattr(device, "harness", "python") == "python"
+    res = device.run(
+        (settings if python else replace(settings, detect=None)).request(runner_path, model, inputs, threads, original)
+    )
     cond = res.get("conditions") or {}
     lat = res.get("latency") or {}
     row = {
@@ -144,6 +150,7 @@ def bench_one(
         **{k: cond.get(k) for k in CONDITION_KEYS},
         "delegate": res.get("delegate", cond.get("delegate")),
         "precision": res.get("precision"),
+        **(_postprocess_fields(res, lat.get("p50_ms"), python) if settings.detect else {}),
         # emulated time is no board's time: an emulated board's profile is in instructions (its device_fields)
         **(op_profile.local_fields(res) if settings.profile and not getattr(device, "emulated", False) else {}),
         **(res.get("device_fields") or {}),
@@ -209,14 +216,44 @@ def _bench_all(items, devices, threads, settings, log, inputs_for, original_for=
                 rows.append({**base, **row})
                 if log:
                     r = rows[-1]
+                    post = f"; decode+NMS {r['postprocess_ms']:.3g} ms" if r.get("postprocess_ms") is not None else ""
                     what = (
-                        (r.get("summary") or f"p50 {r['p50_ms']:.4g} ms over {r['runs']} runs")
+                        (r.get("summary") or f"p50 {r['p50_ms']:.4g} ms over {r['runs']} runs{post}")
                         if r["status"] == Status.OK
                         else f"{r['status']}: {r['error']}"
                     )
                     harness = f" ({device.harness})" if getattr(device, "harness", "python") != "python" else ""
                     log(f"bench {target.name:<18} {device.name}{harness} threads={n}: {what}")
     return rows
+
+
+POSTPROCESS_COLUMNS = [
+    ("postprocess_ms", "decode+NMS ms"),
+    ("end_to_end_ms", "end-to-end ms"),
+    ("postprocess_instructions", "decode+NMS insn"),
+    ("estimated_postprocess_ms", "decode+NMS ms (estimate)"),
+    ("estimated_end_to_end_ms", "end-to-end ms (estimate)"),
+]
+
+
+def postprocess_columns(columns: list, rows: list[dict]) -> list:
+    """A table's columns and, for a detector's rows, the decode + NMS columns they have."""
+    return columns + [c for c in POSTPROCESS_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+
+
+def _postprocess_fields(res: dict, p50_ms: float | None, python: bool) -> dict:
+    """A detector's decode + NMS per image, timed by the runner where the row ran, and with the row's p50 the
+    end-to-end figure (an emulated board's device_fields carry the estimated ones instead)."""
+    if not python:
+        return {"postprocess_error": "the native runner has no decode + NMS: --harness python times it"}
+    post = res.get("postprocess") or {}
+    ms = post.get("p50_ms")
+    return {
+        "postprocess_ms": ms,
+        "end_to_end_ms": p50_ms + ms if p50_ms is not None and ms is not None else None,
+        "postprocess_boxes_per_image": post.get("boxes_per_image"),
+        "postprocess_error": res.get("postprocess_error"),
+    }
 
 
 def _file_bytes(path) -> int | None:

@@ -121,28 +121,27 @@ def test_a_detector_heads_figures_are_its_boxes_against_the_originals():
 ASSETS = Path(os.environ.get("EDGE_EXPORT_TEST_ASSETS", ROOT / ".venv" / "test-assets"))
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not (ASSETS / "yolov8n_160.onnx").exists(), reason="run scripts/fetch_test_assets.sh first")
-def test_a_yolov8_detector_builds_for_each_runtime_and_is_judged_by_its_boxes(tmp_path):
-    """A YOLOv8n trained here (scripts/make_detector.py), 160 px, with its labelled boxes: tflite-fp32 (through
-    onnx2tf, whose head Concat fails without the box branch put back), onnx-fp32 and openvino-fp32 build, keep
-    the original's output layout, and find the original's boxes; the table and manifest lead with the boxes."""
+YOLO160 = ("--model", ASSETS / "yolov8n_160.onnx", "--data", ASSETS / "yolov8n_160_data.npz", "--prune", "none")
+
+
+@pytest.fixture(scope="module")
+def yolo160(tmp_path_factory):
+    """A YOLOv8n trained here (scripts/make_detector.py), 160 px, batch 1, with its labelled boxes, built once for
+    tflite-fp32 (through onnx2tf, whose head Concat fails without the box branch put back), onnx-fp32 and
+    openvino-fp32: (the build's --out, the build's process)."""
     from conftest import run_cli
 
-    out = tmp_path / "o"
-    proc = run_cli(
-        "build",
-        "--model",
-        ASSETS / "yolov8n_160.onnx",
-        "--data",
-        ASSETS / "yolov8n_160_data.npz",
-        "--target",
-        "tflite-fp32,onnx-fp32,openvino-fp32",
-        "--prune",
-        "none",
-        "--out",
-        out,
-    )
+    if not (ASSETS / "yolov8n_160.onnx").exists():
+        pytest.skip("run scripts/fetch_test_assets.sh first")
+    out = tmp_path_factory.mktemp("yolo160")
+    return out, run_cli("build", *YOLO160, "--target", "tflite-fp32,onnx-fp32,openvino-fp32", "--out", out)
+
+
+@pytest.mark.slow
+def test_a_yolov8_detector_builds_for_each_runtime_and_is_judged_by_its_boxes(yolo160):
+    """Each file keeps the original's output layout and finds the original's boxes; the table and manifest lead
+    with the boxes."""
+    out, proc = yolo160
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "box F1 vs original" in proc.stdout and "mAP50-95 (labels)" in proc.stdout, proc.stdout
     manifest = json.loads((out / "yolov8n_160" / "manifest.json").read_text())
@@ -155,6 +154,27 @@ def test_a_yolov8_detector_builds_for_each_runtime_and_is_judged_by_its_boxes(tm
     assert arts["tflite-fp32"]["outputs"][0]["shape"] == [1, 7, 525]  # [1, 4 + classes, anchors], as exported
     assert [(o["name"], o["shape"]) for o in arts["onnx-fp32"]["outputs"]] == [("output0", [1, 7, 525])]
     assert arts["openvino-fp32"]["outputs"][0]["name"] == "output0"
+
+
+@pytest.mark.slow
+def test_bench_on_a_detector_times_decode_and_nms_of_each_rows_own_outputs_where_it_ran(yolo160, tmp_path):
+    """Each bench row of a detector also times targets/detect.py's decode + NMS on the outputs the row's own file
+    gave, in the runner process (on a board, on the board): per image, and end to end with the row's p50."""
+    from conftest import run_cli
+
+    out, _ = yolo160
+    rows_file = tmp_path / "rows.json"
+    args = ("--target", "onnx-fp32,tflite-fp32", "--samples", "5", "--runs", "5", "--min-seconds", "0")
+    proc = run_cli("bench", *YOLO160, *args, "--out", out, "--json", rows_file)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "decode+NMS ms" in proc.stdout and "end-to-end ms" in proc.stdout, proc.stdout
+    rows = json.loads(rows_file.read_text())
+    assert sorted(r["target"] for r in rows) == ["onnx-fp32", "tflite-fp32"], rows
+    for r in rows:
+        assert r["status"] == "ok" and r["postprocess_error"] is None, r
+        assert 0 < r["postprocess_ms"] < r["p50_ms"], r  # numpy on ~2 boxes per picture, against a CNN
+        assert r["end_to_end_ms"] == pytest.approx(r["p50_ms"] + r["postprocess_ms"]), r
+        assert r["postprocess_boxes_per_image"] > 0, r  # real pictures: the files find boxes
 
 
 def test_a_sub_from_a_constant_goes_to_onnx2tf_as_an_add_of_the_negation_with_the_same_values(tmp_path):

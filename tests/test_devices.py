@@ -7,6 +7,7 @@ The SSH tests run against a loopback sshd of their own (tests/support/sshd.py) w
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from support.sshd import LoopbackSSHD, SSHDUnavailable
 
 from pipeline import benchmark as bench
@@ -437,6 +438,28 @@ def test_bench_over_ssh_from_a_hostile_out_folder_keeps_files_when_asked(small_b
     assert (kept / "runner" / "runner_common.py").is_file() and (kept / "outputs.npz").is_file()
     shutil.rmtree(kept)
     _no_pwned(tmp_path, sshd.root)
+
+
+@pytest.mark.ssh
+def test_a_detectors_decode_and_nms_is_timed_on_the_board_from_its_own_outputs(sshd, tmp_path):
+    """The runner decodes a detector's head with targets/detect.py, copied to the board beside the runners."""
+    model = Path(os.environ.get("EDGE_EXPORT_TEST_ASSETS", ROOT / ".venv" / "test-assets")) / "yolov8n_160.onnx"
+    if not model.exists():
+        pytest.skip("run scripts/fetch_test_assets.sh first")
+    with np.load(model.with_name("yolov8n_160_data.npz")) as z:
+        np.save(tmp_path / "x.npy", z["x"][:3])
+    board = get_device(sshd.spec(), known_hosts=sshd.known_hosts, identity=sshd.keys["host"], keep=True)
+    timing = Timing(runs=3, min_seconds=0, warmup=0)
+    request = RunRequest(
+        RUNNERS / "run_onnxruntime.py", model, tmp_path / "x.npy", timing=timing, detect="0,v8,0.25,0.45,300"
+    )
+    res = board.run(request)
+    kept = Path(res["device_fields"]["board_dir"])
+    assert (kept / "detect.py").read_bytes() == (ROOT / "targets" / "detect.py").read_bytes()
+    shutil.rmtree(kept)
+    post = res["postprocess"]
+    assert res["ok"] and "postprocess_error" not in res, res
+    assert post["images"] == 3 and post["decodes"] == 3 and post["p50_ms"] > 0 and post["boxes_per_image"] > 0, post
 
 
 @pytest.mark.slow

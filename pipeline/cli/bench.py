@@ -107,7 +107,7 @@ def run(args) -> int:
         mine = [r for r in rows if r["device"] == device.name and r["harness"] == harness]
         if harness != "python":
             print(f"{device.name}, {harness} runner:")
-        print(report.table(mine, getattr(device, "columns", bench.TABLE_COLUMNS)))
+        print(report.table(mine, bench.postprocess_columns(getattr(device, "columns", bench.TABLE_COLUMNS), mine)))
         print(
             device.conditions_line(mine, settings)
             if hasattr(device, "conditions_line")

@@ -83,6 +83,9 @@ class RunRequest:
     original: Path | None = None
     """The original model's outputs on `inputs` (an .npz in the artifact's output layout, at least `limit` samples):
     the run's outputs, and x86's run of the same file, are also compared with them (`*_vs_original`)."""
+    detect: str | None = None
+    """A detector's head (runner_common --detect OUTPUT,LAYOUT,CONF,IOU,MAX_DET): a timed run also times its
+    decode + NMS on the board (`postprocess`)."""
 
     def option_argv(self) -> list[str]:
         return [w for key, value in self.options for w in (f"--{key}", str(value))]
@@ -95,7 +98,8 @@ class RunRequest:
             args += ["--outputs", str(outputs)]
         if self.limit:
             args += ["--limit", str(self.limit)]
-        return args + (timing.argv() if timing else []) + self.option_argv()
+        detect = ["--detect", self.detect] if timing and self.detect else []
+        return args + (timing.argv() if timing else []) + detect + self.option_argv()
 
 
 def get_device(

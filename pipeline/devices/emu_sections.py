@@ -3,7 +3,7 @@
 Usage: python emu_sections.py N RUNNER MODEL [runner arguments...]
 
 The first pass gets the arguments as given (e.g. with --outputs); later passes drop --outputs and
-only time. Only the last pass profiles (--profile): one op trace is enough. It stops at the first failure; each pass prints its JSON line as the runner does, so
+only time. Only the last pass profiles (--profile) and decodes (--detect, one more counted section): one is enough. It stops at the first failure; each pass prints its JSON line as the runner does, so
 the last line is the last pass's result. Under qemu, starting Python costs seconds, a pass
 milliseconds: this gives the instruction-count plugin N sections for one start.
 
@@ -38,7 +38,9 @@ def main(argv):
     rc = 0
     for i in range(passes):
         last = i == passes - 1
-        rc = runner_common.main(module.RUNTIME, args if last else [a for a in args if a != "--profile"])
+        rc = runner_common.main(
+            module.RUNTIME, args if last else _drop([a for a in args if a != "--profile"], "--detect")
+        )
         if rc:
             break
         args = _drop(args, "--outputs")

@@ -131,6 +131,9 @@ class EmuDevice:
             args = request.argv(x, folder / "outputs.npz", emu_timing)
             site = by_runner(Path(request.runner).name).site
             res, counts = self._guest(request.runner, request.model, args, site, folder, count, request.timeout)
+            post = res.pop("postprocess", None)
+            # the last pass's decode + NMS is one more counted section, after its timed inferences
+            post_count = counts.pop() if post and count and counts else None
             loaded = "load_ms" in res
             fields = {
                 "emulated": True,
@@ -139,10 +142,15 @@ class EmuDevice:
             }
             if timing:
                 fields.update(self._counts(res, counts, timing.threads))
+                blocks = folder / f"blocks-{site}.txt"
                 if count and fields.get("instructions_per_inference"):
                     fields.update(
-                        self._estimate(folder / f"blocks-{site}.txt", fields["inferences_per_section"], request.model)
+                        self._estimate(
+                            blocks, fields["inferences_per_section"], request.model, -2 if post_count else -1
+                        )
                     )
+                if post:
+                    fields.update(self._postprocess(post, post_count, blocks, fields.get("estimated_p50_ms")))
             qemu_rss = res.get("peak_rss_mb")
             fields.update(emulated_fields(res))
             fields.update(self._trace_fields(res, folder / TRACE_FILE, fields), qemu_peak_rss_mb=qemu_rss)
@@ -195,8 +203,21 @@ class EmuDevice:
             "inferences_per_section": runs,
         }
 
-    def _estimate(self, blocks_file: Path, inferences: int, model: Path) -> dict:
-        """Estimated latency on the real board from the last counted section's blocks (estimate.py)."""
+    def _postprocess(self, post: dict, count: int | None, blocks: Path, estimated_p50_ms: float | None) -> dict:
+        """A detector's decode + NMS on the board (runner_common._postprocess): its instructions per image and
+        their estimated time (compute only: no tensor sizes to move), and with the row's, end to end."""
+        out = {"postprocess_boxes_per_image": post.get("boxes_per_image"), "emulated_postprocess_ms": post["p50_ms"]}
+        if not count:
+            return out
+        est = self._estimate(blocks, post["decodes"], None, -1)
+        ms = est.get("estimated_p50_ms")
+        out.update(postprocess_instructions=round(count / post["decodes"]), estimated_postprocess_ms=ms)
+        if ms is not None and estimated_p50_ms is not None:
+            out["estimated_end_to_end_ms"] = estimated_p50_ms + ms
+        return out
+
+    def _estimate(self, blocks_file: Path, inferences: int, model: Path | None, section: int = -1) -> dict:
+        """Estimated latency on the real board from a counted section's blocks (estimate.py), the last by default."""
         from pipeline.devices import estimate
         from targets.tflite import tensor_bytes
 
@@ -207,10 +228,10 @@ class EmuDevice:
             }
         try:
             sections = estimate.parse_blocks(blocks_file)
-            if not sections:
+            if len(sections) < -section:
                 raise EstimateError("the block profiler wrote no section")
-            moved = tensor_bytes(model) if Path(model).suffix == ".tflite" else None
-            return estimate.estimate(sections[-1][1], inferences, self.profile.name, moved_bytes=moved)
+            moved = tensor_bytes(model) if model and Path(model).suffix == ".tflite" else None
+            return estimate.estimate(sections[section][1], inferences, self.profile.name, moved_bytes=moved)
         except EstimateError as e:
             return {"estimate_note": f"no estimate: {e}"}
 
@@ -251,6 +272,8 @@ class EmuDevice:
                 f"estimated p50 {f['estimated_p50_ms']:.3g} ms on {f['estimate_board']} "
                 f"(an estimate, model {f['estimate_model']})"
             )
+        if f.get("estimated_postprocess_ms") is not None:
+            parts.append(f"decode+NMS estimated {f['estimated_postprocess_ms']:.3g} ms")
         if f.get("emulated_p50_ms") is not None:
             parts.append(f"emulated p50 {f['emulated_p50_ms']:.3g} ms (not device time)")
         if f.get("tflite_runtime_2_14"):

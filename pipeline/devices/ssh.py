@@ -267,6 +267,8 @@ class SSHDevice:
                 x = slice_inputs(request.inputs, request.limit, folder)
                 ref, ref_error = x86_reference(request, x)
                 files = {f"runner/{p.name}": p for p in sorted(runner_path.parent.glob("*.py"))}
+                if request.detect:  # the runner decodes a detector's boxes with targets/detect.py, the folder above
+                    files["detect.py"] = runner_path.parent.parent / "detect.py"
                 files.update({f"model/{p.name}": p for p in artifact_files(model)})
                 files[f"inputs/{x.name}"] = x
                 remote = self._upload(files, folder, SSH_STEP_TIMEOUT)

@@ -133,6 +133,11 @@ def parse_args(argv, runtime_options: dict) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=100, help="at least this many timed inferences")
     p.add_argument("--min-seconds", type=float, default=1.0, help="and at least this long")
     p.add_argument(
+        "--detect",
+        metavar="OUTPUT,LAYOUT,CONF,IOU,MAX_DET",
+        help="with --bench, then time decode + NMS (targets/detect.py) of that YOLO head output on the samples",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="after timing, run the samples again in a second session under the runtime's own op profiler",
@@ -179,6 +184,11 @@ def main(runtime, argv=None) -> int:
                 _predict(runtime, session, desc, x, args.outputs, result)
             if args.bench:
                 _bench(runtime, session, desc, x, args, result)
+            if args.bench and args.detect:
+                try:
+                    _postprocess(runtime, session, desc, x, args, result)
+                except Exception as e:  # boxes that cannot be decoded must not cost the row its timing
+                    result["postprocess_error"] = f"{type(e).__name__}: {e}".strip()
             if args.profile:
                 result["peak_rss_mb"] = peak_rss_mb()  # the row's memory: before the second, profiled session
                 try:
@@ -342,3 +352,59 @@ def _bench(runtime, session, desc, x, args, result):
         result["runtime_latency"] = stats_ms(own_samples)
     result["warmup"] = args.warmup
     result["input_samples"] = n
+
+
+POSTPROCESS_IMAGES = 10  # the first held-out samples' outputs: real boxes, few inferences under qemu
+
+
+def _detect_module():
+    """targets/detect.py (numpy only), loaded by its path: the folder above the runners, here and on a board
+    (pipeline/devices/ssh.py copies it there too). Never `import targets`: that is the pipeline's package."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "detect.py")
+    spec = importlib.util.spec_from_file_location("edge_export_detect", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _postprocess(runtime, session, desc, x, args, result):
+    """What an application does with a detector's output after the inference: decode + class-aware NMS of the
+    head (`--detect OUTPUT,LAYOUT,CONF,IOU,MAX_DET`) on the outputs of the first POSTPROCESS_IMAGES samples, each
+    decode timed alone, cycling through them like _bench: `postprocess` {p50_ms, ...} per image.
+
+    Under an instruction counter (EDGE_EXPORT_NO_OWN_TIMER) each image is decoded once, in one marked section
+    after the timed inferences: the emulated board reads its count and blocks as the section's."""
+    detect = _detect_module()
+    index, layout, conf, iou, max_det = args.detect.split(",")
+    feeds = _prepare(runtime, session, desc, [a[:POSTPROCESS_IMAGES] for a in x])
+    heads = [_float_outputs(desc, runtime.infer(session, f))[int(index)] for f in feeds]
+
+    def decode(head):
+        return detect.decode(head, layout, float(conf), float(iou), int(max_det))
+
+    boxes = [len(decode(h)[0][0]) for h in heads]  # also the warm-up
+    counted = os.environ.get("EDGE_EXPORT_NO_OWN_TIMER")
+    decodes = len(heads) if counted else max(args.runs, len(heads))
+    clock, samples = time.perf_counter, []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _mark(QEMU_MARK_START)
+        for i in range(decodes):
+            t = clock()
+            decode(heads[i % len(heads)])
+            samples.append(clock() - t)
+        _mark(QEMU_MARK_STOP)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    result["postprocess"] = {
+        "what": f"decode + NMS of a {layout} head (targets/detect.py, numpy {np.__version__})",
+        "p50_ms": stats_ms(samples)["p50_ms"],
+        "decodes": decodes,
+        "images": len(heads),
+        "boxes_per_image": float(np.mean(boxes)),
+    }
