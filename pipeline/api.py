@@ -271,7 +271,9 @@ def bench(
     options as (key, value) pairs or "key=value" strings; `legacy` adds the legacy runtime's rows;
     `harness`: "python" (the runner scripts), "native" (targets/native/edge_bench.c, no Python) or both;
     `profile`: each row also gets the runtime's per-op profile and each int8 row its comparison with the
-    fp32 file of the same format (`profile`, `profile_by_type`, `profile_compare`: pipeline/op_profile.py)."""
+    fp32 file of the same format (`profile`, `profile_by_type`, `profile_compare`: pipeline/op_profile.py).
+    A detector's rows also time its decode + NMS where they ran (`postprocess_ms`, `end_to_end_ms`; on an emulated
+    board `estimated_postprocess_ms`, `estimated_end_to_end_ms`)."""
     import dataclasses
 
     from pipeline import benchmark as bench_mod
