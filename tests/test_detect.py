@@ -126,15 +126,15 @@ YOLO160 = ("--model", ASSETS / "yolov8n_160.onnx", "--data", ASSETS / "yolov8n_1
 
 @pytest.fixture(scope="module")
 def yolo160(tmp_path_factory):
-    """A YOLOv8n trained here (scripts/make_detector.py), 160 px, batch 1, with its labelled boxes, built once for
-    tflite-fp32 (through onnx2tf, whose head Concat fails without the box branch put back), onnx-fp32 and
-    openvino-fp32: (the build's --out, the build's process)."""
+    """A YOLOv8n trained here (scripts/make_detector.py), 160 px, batch 1 (a fixed-batch PyTorch export), with its
+    labelled boxes, built once for tflite-fp32 (through onnx2tf, whose head Concat fails without the box branch put
+    back), onnx-fp32, openvino-fp32 and ncnn-fp32 (pnnx from the user's graph): (the build's --out, its process)."""
     from conftest import run_cli
 
     if not (ASSETS / "yolov8n_160.onnx").exists():
         pytest.skip("run scripts/fetch_test_assets.sh first")
     out = tmp_path_factory.mktemp("yolo160")
-    return out, run_cli("build", *YOLO160, "--target", "tflite-fp32,onnx-fp32,openvino-fp32", "--out", out)
+    return out, run_cli("build", *YOLO160, "--target", "tflite-fp32,onnx-fp32,openvino-fp32,ncnn-fp32", "--out", out)
 
 
 @pytest.mark.slow
@@ -154,6 +154,7 @@ def test_a_yolov8_detector_builds_for_each_runtime_and_is_judged_by_its_boxes(yo
     assert arts["tflite-fp32"]["outputs"][0]["shape"] == [1, 7, 525]  # [1, 4 + classes, anchors], as exported
     assert [(o["name"], o["shape"]) for o in arts["onnx-fp32"]["outputs"]] == [("output0", [1, 7, 525])]
     assert arts["openvino-fp32"]["outputs"][0]["name"] == "output0"
+    assert [(o["name"], o["shape"]) for o in arts["ncnn-fp32"]["outputs"]] == [("output0", [1, 7, 525])]
 
 
 @pytest.mark.slow
@@ -164,12 +165,12 @@ def test_bench_on_a_detector_times_decode_and_nms_of_each_rows_own_outputs_where
 
     out, _ = yolo160
     rows_file = tmp_path / "rows.json"
-    args = ("--target", "onnx-fp32,tflite-fp32", "--samples", "5", "--runs", "5", "--min-seconds", "0")
+    args = ("--target", "onnx-fp32,tflite-fp32,ncnn-fp32", "--samples", "5", "--runs", "5", "--min-seconds", "0")
     proc = run_cli("bench", *YOLO160, *args, "--out", out, "--json", rows_file)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "decode+NMS ms" in proc.stdout and "end-to-end ms" in proc.stdout, proc.stdout
     rows = json.loads(rows_file.read_text())
-    assert sorted(r["target"] for r in rows) == ["onnx-fp32", "tflite-fp32"], rows
+    assert sorted(r["target"] for r in rows) == ["ncnn-fp32", "onnx-fp32", "tflite-fp32"], rows
     for r in rows:
         assert r["status"] == "ok" and r["postprocess_error"] is None, r
         assert 0 < r["postprocess_ms"] < r["p50_ms"], r  # numpy on ~2 boxes per picture, against a CNN

@@ -462,6 +462,39 @@ def test_a_detectors_decode_and_nms_is_timed_on_the_board_from_its_own_outputs(s
     assert post["images"] == 3 and post["decodes"] == 3 and post["p50_ms"] > 0 and post["boxes_per_image"] > 0, post
 
 
+@pytest.mark.emu
+def test_an_emulated_board_counts_a_detectors_decode_apart_from_its_inferences(emu_ready, tmp_path):
+    """The decode + NMS is one more counted section after the last pass's inferences: the inferences' count is the
+    same with or without it, and the decode gets its own instructions and estimate, added up end to end."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    head = [1, 6, 21]  # a v8 head: 4 box rows and 2 classes over 21 anchors, passed through
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, head)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, head)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "head.onnx")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", np.concatenate([rng.uniform(10, 60, (3, 4, 21)), rng.uniform(0, 1, (3, 2, 21))], 1))
+    board = get_device(PROFILE)
+    timing = Timing(runs=10, min_seconds=0, warmup=0)
+    request = RunRequest(RUNNERS / "run_onnxruntime.py", tmp_path / "head.onnx", tmp_path / "x.npy", timing=timing)
+    plain = board.run(request)["device_fields"]
+    f = board.run(dataclasses.replace(request, detect="0,v8,0.25,0.45,300"))["device_fields"]
+    # the runner's arguments differ by --detect: the guest's heap moves, and its counts by a few instructions
+    assert len(f["instruction_counts"]) == len(plain["instruction_counts"]) and "postprocess_instructions" not in plain
+    assert f["instructions_per_inference"] == pytest.approx(plain["instructions_per_inference"], rel=0.01)
+    assert f["estimated_p50_ms"] == pytest.approx(plain["estimated_p50_ms"], rel=0.05)
+    # numpy's decode of 21 anchors costs far more than onnxruntime's Identity: the section is the decode's
+    assert f["postprocess_instructions"] > 5 * f["instructions_per_inference"] and f["postprocess_boxes_per_image"] > 0
+    assert f["estimated_end_to_end_ms"] == pytest.approx(f["estimated_p50_ms"] + f["estimated_postprocess_ms"])
+
+
 @pytest.mark.slow
 @pytest.mark.ssh
 def test_a_board_without_the_runtime_says_what_to_pip_install(small_build, small_config, sshd, tmp_path):
