@@ -157,11 +157,12 @@ def _from_onnx(path: Path, override, workdir: Path | None):
             np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32),
         )
         cwd, path_env = os.getcwd(), os.environ.get("PATH", "")
+        source = Path(path).resolve()  # a path relative to where the user ran us, read after the chdir
         os.chdir(tmp)
         # onnx2tf fixes the input shape and simplifies by running the `onnxsim` program; without it
         # on PATH it silently keeps the dynamic shape. It sits beside our interpreter.
         os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_env])
-        head = _without_const_sub(path, tmp / "source.onnx")
+        head = _without_const_sub(source, tmp / "source.onnx")
         replace = []
         try:
             with report.step("convert", f"ONNX -> Keras (onnx2tf, input {name} {dims})"):

@@ -121,7 +121,12 @@ def test_a_detector_heads_figures_are_its_boxes_against_the_originals():
 ASSETS = Path(os.environ.get("EDGE_EXPORT_TEST_ASSETS", ROOT / ".venv" / "test-assets"))
 
 
-YOLO160 = ("--model", ASSETS / "yolov8n_160.onnx", "--data", ASSETS / "yolov8n_160_data.npz", "--prune", "none")
+# relative to the CLI's working folder (run_cli's: ROOT), as users type them; onnx2tf runs in a folder of its own
+YOLO160 = (
+    *("--model", os.path.relpath(ASSETS / "yolov8n_160.onnx", ROOT)),
+    *("--data", os.path.relpath(ASSETS / "yolov8n_160_data.npz", ROOT)),
+    *("--prune", "none"),
+)
 
 
 @pytest.fixture(scope="module")
