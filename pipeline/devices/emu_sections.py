@@ -3,9 +3,10 @@
 Usage: python emu_sections.py N RUNNER MODEL [runner arguments...]
 
 The first pass gets the arguments as given (e.g. with --outputs); later passes drop --outputs and
-only time. Only the last pass profiles (--profile) and decodes (--detect, one more counted section): one is enough. It stops at the first failure; each pass prints its JSON line as the runner does, so
-the last line is the last pass's result. Under qemu, starting Python costs seconds, a pass
-milliseconds: this gives the instruction-count plugin N sections for one start.
+only time. Only the last pass profiles (--profile) and decodes a detector's boxes (--detect: one more counted
+section, after its timed one): one of each is enough. It stops at the first failure; each pass prints its JSON
+line as the runner does, so the last line is the last pass's result. Under qemu, starting Python costs seconds,
+a pass milliseconds: this gives the instruction-count plugin N sections for one start.
 
 Standard library only, never the `pipeline` package: it runs in the guest, beside the runners.
 """
