@@ -56,6 +56,9 @@ class Backend(ptq.Backend):
     def minmax_head_bias_corrected(self):
         return minmax_bias_corrected(self.minmax_head(), self.src, self.calibration)
 
+    def minmax_head_bias_corrected_all_samples(self):
+        return minmax_bias_corrected(self.minmax_head(), self.src, self.calibration, len(self.calibration))
+
     def float_model(self):
         return self.src
 
@@ -78,6 +81,12 @@ Backend.CANDIDATES = (
         "onnxruntime-minmax-head-float-bias-correction",
         Backend.minmax_head_bias_corrected,
         Backend.detector,
+        mixed=True,
+    ),
+    Candidate(
+        "onnxruntime-minmax-head-float-bias-correction-all-samples",
+        Backend.minmax_head_bias_corrected_all_samples,
+        lambda b: len(b.calibration) > BIAS_CORRECTION_SAMPLES and b.detector(),
         mixed=True,
     ),
     Candidate("onnxruntime-minmax-per-channel-float-tail", Backend.minmax),
@@ -229,13 +238,14 @@ def _channel_means(model, x: np.ndarray, names: list[str]) -> dict[str, np.ndarr
     return {n: s / len(x) for n, s in zip(names, sums)}
 
 
-def minmax_bias_corrected(qdq, src: Path, calibration: np.ndarray):
-    """A bias-corrected copy of onnxruntime's MinMax QDQ model `qdq` (see onnx_bias_corrected)."""
+def minmax_bias_corrected(qdq, src: Path, calibration: np.ndarray, samples: int = BIAS_CORRECTION_SAMPLES):
+    """A bias-corrected copy of onnxruntime's MinMax QDQ model `qdq` (see onnx_bias_corrected), measured on the
+    first `samples` calibration samples."""
     import onnx
 
     copy = onnx.ModelProto()
     copy.CopyFrom(qdq)
-    return onnx_bias_corrected(copy, src, calibration[:BIAS_CORRECTION_SAMPLES])
+    return onnx_bias_corrected(copy, src, calibration[:samples])
 
 
 def onnx_bias_corrected(qdq, src: Path, samples: np.ndarray):
