@@ -133,7 +133,8 @@ class PtqConfig:
     to the original model's on validation; when QAT ran, its file (or int8 of its weights) and post-training int8
     of the pruned model compete the same way. false: one method each, QAT's file as is."""
     validation_samples: int = 100
-    """Validation samples (never test; training ones not calibrating without a validation split) the methods are compared on."""
+    """Validation samples (never test; training ones not calibrating without a validation split) the methods are compared on;
+    a detector's validation split is topped up with training pictures to this many."""
     mixed: bool = False
     """Keep the layers whose quantization costs most in float until `budget` holds (the file reads back int8-mixed)."""
     budget: float = 0.99

@@ -58,6 +58,9 @@ class Backend(ptq.Backend):
     def head_float_bias_corrected(self):
         return bias_corrected(self.head_float(), self.float, self.calibration[:BIAS_CORRECTION_SAMPLES])
 
+    def head_float_bias_corrected_all_samples(self):
+        return bias_corrected(self.head_float(), self.float, self.calibration)
+
     def float_model(self):
         return self.float
 
@@ -69,12 +72,14 @@ class Backend(ptq.Backend):
         budget, x = settings.budget, settings.validation
         record = {**record, "candidates": list(record["candidates"])}
         start = time.perf_counter()
-        ranked = sensitivity(self.keras_model, self.calibration)
+        # A detector's head stays float (head_float: one int8 scale over pixels and scores keeps no box); the
+        # layers ranked are the rest.
+        ranked = [r for r in sensitivity(self.keras_model, self.calibration) if r["layer"] not in set(self.head)]
         record["sensitivity"] = ranked[: self.max_float_layers]
         tried, k = [], 1
         while k <= min(self.max_float_layers, len(ranked)) and max([t[0] for t in tried], default=0) < budget:
             layers = [r["layer"] for r in ranked[:k]]
-            m = selective_int8(self.keras_model, self.calibration, layers)
+            m = selective_int8(self.keras_model, self.calibration, [*self.head, *layers], float_output=self.detector())
             tried.append((ptq.agreement(ref, tflite_outputs(m, x)), m, layers))
             record["candidates"].append(
                 {
@@ -103,6 +108,14 @@ Backend.CANDIDATES = (
     Candidate("tflite-converter-head-float", Backend.head_float, Backend.detector, mixed=True),
     Candidate(
         "tflite-converter-head-float-bias-correction", Backend.head_float_bias_corrected, Backend.detector, mixed=True
+    ),
+    # yolo11n 160 px, 25 held-out pictures: box F1 0.972 against 0.958 with 16 samples (backbone noise is what is
+    # left once the head is float; keeping its 8 or 16 most sensitive layers float too did not do better)
+    Candidate(
+        "tflite-converter-head-float-bias-correction-all-samples",
+        Backend.head_float_bias_corrected_all_samples,
+        lambda b: len(b.calibration) > BIAS_CORRECTION_SAMPLES and b.detector(),
+        mixed=True,
     ),
     # A detector's full-int8 files put box pixels and class scores under one output scale: no box survives
     # (yolov8n 160 px: box F1 0.0 for all three), so they compete only for other models.
