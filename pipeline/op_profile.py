@@ -49,6 +49,11 @@ FLOAT_OF = {
     "DequantizeLinear": "(quantize)",
     "DynamicQuantizeLinear": "(quantize)",
     "FakeQuantize": "(quantize)",
+    # LiteRT: the ops TFLite runs itself are named as in the file, XNNPACK's by its operators
+    "SOFTMAX": "Softmax",
+    "QUANTIZE": "(quantize)",
+    "DEQUANTIZE": "(quantize)",
+    "Convert": "(quantize)",
 }
 
 
@@ -116,6 +121,8 @@ def instructions_per_op(
     nearest to the span's ends. Ops without (OpenVINO: durations, in the compiled graph's run order) take
     the count between the k-th pair of realtime reads of the last inference, if that inference made exactly
     two per op; None when the trace cannot be aligned with the ops."""
+    if any("xnnpack_block" in o or "monotonic_spans" in o for o in ops):
+        return _litert_instructions(ops, points)
     reads = [p for p in points if p[0] == "k" and p[1] == 0]  # CLOCK_REALTIME reads
     if not reads:
         return None
@@ -141,6 +148,44 @@ def instructions_per_op(
     if any(g > MAX_GAP for g in gaps):
         return None
     return [{**o, "instructions": pairs[2 * k + 1][4] - pairs[2 * k][4]} for k, o in enumerate(ops)]
+
+
+def _litert_instructions(ops: list[dict], points: list[list]) -> list[dict] | None:
+    """LiteRT's ops in the last inference (targets/runners/litert_profiler.op_records), from its CLOCK_MONOTONIC reads.
+
+    An op TFLite ran itself takes the count between the reads nearest to the ends of its last span. XNNPACK
+    reads the clock once before its first operator and once after each, and reports the whole microseconds
+    between them: each delegated block is the run of reads whose microseconds best match its operators'. The
+    plugin reads the clock just before the guest does, and now and then writes its trace in between, so a read
+    can be some us early: a block matches when it misses by at most 1 us an operator plus a quarter of its time.
+    None when a block matches nowhere."""
+    starts = [i for i, p in enumerate(points) if p[0] == "c"]
+    reads = [p for p in points[starts[-1] :] if p[0] == "k" and p[1] == 1] if starts else []
+    if not reads:
+        return None
+    out, blocks = [], {}
+    for o in ops:
+        o = dict(o)
+        out.append(o)
+        if o.get("monotonic_spans"):
+            a, b = o["monotonic_spans"][-1]
+            o["instructions"] = reads[_nearest(reads, 3, b)][4] - reads[_nearest(reads, 3, a)][4]
+        else:
+            blocks.setdefault(o["xnnpack_block"], []).append(o)
+    after = 0
+    for block in blocks.values():
+        n = len(block)
+
+        def miss(j):
+            return sum(abs((reads[j + i + 1][3] - reads[j + i][3]) // 1000 - o["last_us"]) for i, o in enumerate(block))
+
+        j = min(range(after, len(reads) - n), key=miss, default=None)
+        if j is None or miss(j) > n + sum(o["last_us"] for o in block) / 4:
+            return None
+        for i, o in enumerate(block):
+            o["instructions"] = reads[j + i + 1][4] - reads[j + i][4]
+        after = j + n
+    return out
 
 
 def emulated_fields(res: dict, points: list[list], row_instructions: int | None, estimated_ms: float | None) -> dict:
