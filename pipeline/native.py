@@ -162,9 +162,21 @@ def native_args(args) -> list[str]:
 
 
 def read_profile(res: dict) -> dict:
-    """The native runner's onnxruntime profile: its trace folder read as the Python runner reads its own
-    (run_onnxruntime.trace_ops). The trace starts when the session does, some time after the runner's clock
-    read before it: `profile_spans_approximate`, so op_profile aligns the spans with the plugin's trace."""
+    """The native runner's profile: LiteRT's profiler events as op records (litert_profiler.op_records), or
+    onnxruntime's trace folder read as the Python runner reads its own (run_onnxruntime.trace_ops). The trace
+    starts when the session does, some time after the runner's clock read before it:
+    `profile_spans_approximate`, so op_profile aligns the spans with the plugin's trace."""
+    events = res.pop("profile_events", None)
+    if events is not None:  # LiteRT's profiler events, made op records as run_litert.py makes them
+        from targets.runners.litert_profiler import op_records
+
+        keys = ("tag", "type", "start_us", "us", "index")
+        try:
+            res["profile"] = op_records([dict(zip(keys, e)) for e in events], res.get("profile_calls") or 1)
+            res["profile_total_ms"] = sum(o["ms"] for o in res["profile"])
+        except RuntimeError as e:
+            res["profile_error"] = str(e)
+        return res
     folder = res.pop("profile_trace", None)
     if not folder:
         return res

@@ -28,7 +28,7 @@ DELEGATE_PROFILED_OPERATOR_INVOKE_EVENT = 8  # an op inside the delegate, timed 
 OP_EVENTS = {OPERATOR_INVOKE_EVENT: "Builtin", DELEGATE_OPERATOR_INVOKE_EVENT: "Delegate"}
 OP_EVENTS[DELEGATE_PROFILED_OPERATOR_INVOKE_EVENT] = "Delegate"
 DTYPES = {1: ("float32", 4), 9: ("int8", 1), 3: ("uint8", 1), 2: ("int32", 4), 4: ("int64", 8), 10: ("float16", 2)}
-HW_CPU, HW_NONE, PER_TENSOR = 1, 0, 1
+HW_CPU, PER_TENSOR = 1, 1
 
 
 class RankedTensorType(C.Structure):
@@ -68,6 +68,21 @@ def library_path() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "libLiteRt.so")
 
 
+def summary_by_type(text: str) -> dict[str, float]:
+    """The share of each op type in LiteRT's own profile summary (LiteRtGetProfileSummary, the tables
+    benchmark_model --enable_op_profiling prints): its "Summary by node type" avg %, with op types named as
+    op_records names them."""
+    types: dict[str, float] = {}
+    after = text.split("Summary by node type", 1)[1].split("\n", 1)[-1] if "Summary by node type" in text else ""
+    section = after.split("=====", 1)[0]
+    for line in section.splitlines():
+        cells = line.split()
+        if len(cells) > 5 and cells[-4].endswith("%") and not line.strip().startswith("["):
+            op_type = " ".join(cells[:-6]).removeprefix("Delegate/").split(" (")[0]
+            types[op_type] = types.get(op_type, 0.0) + float(cells[-4].rstrip("%")) / 100
+    return types
+
+
 def aligned(shape: list[int], dtype: str) -> np.ndarray:
     """Zeros at a 64-byte boundary: LiteRT refuses host memory that is not (LITERT_HOST_MEMORY_BUFFER_ALIGNMENT)."""
     n = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -79,7 +94,7 @@ def aligned(shape: list[int], dtype: str) -> np.ndarray:
 class ProfiledModel:
     """One CompiledModel with LiteRT's profiler on: describe() as the Interpreter's details, infer(), events()."""
 
-    def __init__(self, path: str, threads: int, delegate: str):
+    def __init__(self, path: str, threads: int):
         lib = self._lib = C.CDLL(library_path())
         lib.LiteRtCreateOpaqueOptions.argtypes = [C.c_char_p, V, V, C.POINTER(V)]
         lib.LiteRtCreateTensorBufferFromHostMemory.argtypes = [
@@ -91,14 +106,13 @@ class ProfiledModel:
         ]
         lib.LiteRtRunCompiledModel.argtypes = [V, C.c_size_t, C.c_size_t, V, C.c_size_t, V]
         lib.LiteRtGetProfilerEvents.argtypes = [V, C.c_int, C.POINTER(Event)]
-        libc = C.CDLL(None)
+        libc = self._libc = C.CDLL(None)
         libc.strdup.restype, libc.strdup.argtypes = V, [C.c_char_p]
         env, self._model, opts, self._cm, self._profiler = V(), V(), V(), V(), V()
         self._ok(lib.LiteRtCreateEnvironment(0, None, C.byref(env)), "CreateEnvironment")
         self._ok(lib.LiteRtCreateModelFromFile(env, path.encode(), C.byref(self._model)), "CreateModelFromFile")
         self._ok(lib.LiteRtCreateOptions(C.byref(opts)), "CreateOptions")
-        # delegate none: TFLite's builtin kernels, as the Interpreter's BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        self._ok(lib.LiteRtSetOptionsHardwareAccelerators(opts, HW_NONE if delegate == "none" else HW_CPU), "accel")
+        self._ok(lib.LiteRtSetOptionsHardwareAccelerators(opts, HW_CPU), "SetOptionsHardwareAccelerators")
         for ident, payload in (
             ("xnnpack", f"num_threads = {threads}\n"),
             ("runtime_options_string", "enable_profiling = true\n"),
@@ -211,6 +225,16 @@ class ProfiledModel:
         self._ok(self._lib.LiteRtResetProfiler(self._profiler), "ResetProfiler")
         self._ok(self._lib.LiteRtStartProfiler(self._profiler), "StartProfiler")
 
+    def summary(self) -> str:
+        """LiteRT's own summary of the events since start() (Run Order, Top by Computation Time, Summary by node
+        type), as benchmark_model --enable_op_profiling prints it."""
+        text = V()
+        self._ok(self._lib.LiteRtGetProfileSummary(self._profiler, self._cm, C.byref(text)), "GetProfileSummary")
+        try:
+            return C.string_at(text).decode(errors="replace") if text.value else ""
+        finally:
+            self._libc.free(text)  # the caller frees it (litert_profiler.h)
+
     def events(self) -> list[dict]:
         """The profiler's events since start(), in order: {tag, type, start_us, us, index}."""
         lib = self._lib
@@ -237,8 +261,8 @@ def op_records(events: list[dict], calls: int) -> list[dict]:
     An XNNPACK operator's op_type is its operator without layout and kernel (Convolution, Fully Connected, Max
     Pooling: the same for fp32 and int8 files), `exec_type` all of it (the kernel that ran, as OpenVINO's exec
     type), `name` the one LiteRT's own summary gives it ([Delegate]:3, [Builtin]:8). `ms` is the op's mean time
-    per inference, as LiteRT's summary averages; LiteRT's profiler counts whole microseconds, and XNNPACK
-    truncates each operator's, so an operator under 1 us shows 0.
+    per inference, as LiteRT's summary averages, over the inferences not preempted; LiteRT's profiler counts
+    whole microseconds, and XNNPACK truncates each operator's, so an operator under 1 us shows 0.
 
     For the op trace under qemu (pipeline/op_profile.py) each op also keeps when it ran: an op TFLite ran itself
     its `monotonic_spans` (CLOCK_MONOTONIC ns, each call); an XNNPACK operator its `xnnpack_block` (the
@@ -250,6 +274,10 @@ def op_records(events: list[dict], calls: int) -> list[dict]:
     runs = [ops[i * per : (i + 1) * per] for i in range(calls)]
     if any([e["tag"] for e in run] != [e["tag"] for e in runs[0]] for run in runs):
         raise RuntimeError("LiteRT's profiler recorded other ops in other inferences")
+    # An inference preempted on a shared machine (one op's microseconds x1000) would outweigh the rest: the
+    # inferences whose ops took more than 1.5x the median inference's (plus 5 us) are left out of `ms`.
+    totals = sorted(sum(e["us"] for e in run) for run in runs)
+    kept = [run for run in runs if sum(e["us"] for e in run) <= 1.5 * totals[len(totals) // 2] + 5]
     records, block = [], -1
     for k, e in enumerate(runs[0]):
         us = [run[k]["us"] for run in runs]
@@ -258,7 +286,7 @@ def op_records(events: list[dict], calls: int) -> list[dict]:
             "name": f"[{OP_EVENTS[e['type']]}]:{e['index']}",
             "exec_type": e["tag"],
             "calls": 1,
-            "ms": sum(us) / 1e3 / calls,
+            "ms": sum(run[k]["us"] for run in kept) / 1e3 / len(kept),
         }
         if e["type"] == DELEGATE_PROFILED_OPERATOR_INVOKE_EVENT:
             previous = runs[0][k - 1] if k else None
