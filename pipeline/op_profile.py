@@ -83,6 +83,8 @@ def local_fields(res: dict) -> dict:
     """A runner's profile on this machine (or a board that times itself): shares of the profiled op time."""
     if not res.get("profile"):
         return {"profile_error": res.get("profile_error")} if res.get("profile_error") else {}
+    if not any(o["ms"] for o in res["profile"]):  # LiteRT's profiler counts whole microseconds
+        return {"profile_error": "every op took 0 ms: the profiler counts whole microseconds and each op took less"}
     ops = _finish([{k: v for k, v in o.items() if k != "spans"} for o in res["profile"]], "ms")
     return {"profile": ops, "profile_by_type": by_type(ops), "profile_total_ms": res.get("profile_total_ms")}
 
