@@ -213,6 +213,10 @@ def _profile(runtime, desc, x, args, result):
     if hook is None:
         result["profile_error"] = f"{runtime.NAME}: the runner has no op profiler"
         return
+    # An empty marked section first: the plugin's guest memory stops at the first profile start marker, and
+    # the row's memory is the timed session's, not this second session's too.
+    _mark(QEMU_MARK_PROFILE_START)
+    _mark(QEMU_MARK_PROFILE_STOP)
     args.profiling = True
     session = runtime.load(args.model, args)
     feeds = _prepare(runtime, session, runtime.describe(session), x)
