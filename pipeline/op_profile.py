@@ -1,8 +1,8 @@
 """Where an inference's time goes, per op: the rows of `bench --profile`.
 
 A runner run with --profile (targets/runners/runner_common._profile) reports its runtime's own profile of a
-second session: onnxruntime's profiler trace, OpenVINO's performance counters (benchmark_app -pc). Here
-each row gets:
+second session: onnxruntime's profiler trace, OpenVINO's performance counters (benchmark_app -pc), LiteRT's
+profiler (libLiteRt.so's CompiledModel, targets/runners/litert_profiler.py). Here each row gets:
 
 - `profile`: per op in run order, {op_type, name, calls, share, ms, instructions} (what applies), `share`
   summing to 1: of the profiled time on this machine, of the guest instructions on an emulated board;

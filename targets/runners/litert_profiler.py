@@ -25,9 +25,12 @@ V = C.c_void_p
 OPERATOR_INVOKE_EVENT = 2  # tflite::Profiler::EventType: an op TFLite's own kernel ran
 DELEGATE_OPERATOR_INVOKE_EVENT = 4
 DELEGATE_PROFILED_OPERATOR_INVOKE_EVENT = 8  # an op inside the delegate, timed by the delegate (XNNPACK)
-OP_EVENTS = {OPERATOR_INVOKE_EVENT: "Builtin", DELEGATE_OPERATOR_INVOKE_EVENT: "Delegate"}
-OP_EVENTS[DELEGATE_PROFILED_OPERATOR_INVOKE_EVENT] = "Delegate"
-DTYPES = {1: ("float32", 4), 9: ("int8", 1), 3: ("uint8", 1), 2: ("int32", 4), 4: ("int64", 8), 10: ("float16", 2)}
+OP_EVENTS = {
+    OPERATOR_INVOKE_EVENT: "Builtin",
+    DELEGATE_OPERATOR_INVOKE_EVENT: "Delegate",
+    DELEGATE_PROFILED_OPERATOR_INVOKE_EVENT: "Delegate",
+}
+DTYPES = {1: "float32", 9: "int8", 3: "uint8", 2: "int32", 4: "int64", 10: "float16"}  # LiteRtElementType
 HW_CPU, PER_TENSOR = 1, 1
 
 
@@ -138,7 +141,7 @@ class ProfiledModel:
         rank = t.bits & 127
         for d in range(rank):
             t.dims[d] = max(t.dims[d], 1)  # a free batch: batch 1, as the Interpreter's allocate_tensors
-        dtype, size = DTYPES.get(t.element_type, (None, 0))
+        dtype = DTYPES.get(t.element_type)
         if dtype is None:
             raise RuntimeError(f"tensor {name} has a LiteRT element type {t.element_type} the profiler cannot feed")
         q, scale, zero_point = C.c_int(), 0.0, 0
@@ -199,14 +202,10 @@ class ProfiledModel:
             tensor = V()
             self._ok(lib.LiteRtGetSubgraphInput(sub, C.c_size_t(i), C.byref(tensor)), "GetSubgraphInput")
             order.append(tensor.value)
-        by_tensor = dict(ends["in"])
-        self.inputs = (
-            [by_tensor[t] for t in order if t in by_tensor]
-            if set(order) >= set(by_tensor)
-            else [e for _, e in ends["in"]]
-        )
-        self.outputs = [e for _, e in ends["out"]]
         signature_inputs = [e for _, e in ends["in"]]
+        by_tensor = dict(ends["in"])
+        self.inputs = [by_tensor[t] for t in order] if set(order) == set(by_tensor) else signature_inputs
+        self.outputs = [e for _, e in ends["out"]]
         self._in = (V * len(signature_inputs))(*[e["buffer"] for e in signature_inputs])
         self._out = (V * len(self.outputs))(*[e["buffer"] for e in self.outputs])
 
