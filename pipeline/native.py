@@ -347,6 +347,7 @@ class NativeSSH(SSHDevice):
                 res = self._run_remote(remote, argv, request.timeout)
                 if res.pop("profile_trace", None):  # written on the board, not fetched
                     res["profile_error"] = "the native runner's onnxruntime trace is not fetched from a board"
+                res = read_profile(res)  # LiteRT's profiler events come with the JSON
                 fields["loads"] = "yes" if "load_ms" in res else f"no: {res.get('error', '?')}"
                 if res.get("ok"):
                     npz = self._ssh(["cat", "--", f"{remote}/outputs.npz"], SSH_STEP_TIMEOUT, step="fetching outputs")
