@@ -8,8 +8,18 @@
  *    (QEMU 7.2 gives an aarch64 guest no vDSO, so each read is a real syscall the plugin sees), so the
  *    instructions of an op are the count between the points of its two reads (pipeline/op_profile.py).
  *    lseek(-1, 0x51454D59, 0) marks the start of each profiled inference. Appended to out=PATH:
- *      p KIND CLOCKID REALTIME_NS MONOTONIC_NS COUNT     KIND k: clock read, c: inference start
- *      e COUNT                                           the stop marker
+ *      p KIND CLOCKID REALTIME_NS MONOTONIC_NS COUNT OWN   KIND k: clock read, c: inference start
+ *      e COUNT OWN                                         the stop marker
+ *    OWN leaves out the profiler's own work: a runtime's profiler may do more than read the clock inside an
+ *    op's span (onnxruntime 1.32 formats every node's input and output shapes and reads its allocator's
+ *    statistics there, ~27,000 aarch64 instructions a node). Its code is told apart by a measurement made
+ *    in the same process: the runner's unprofiled timed inferences (insn_count.c's markers, lseek(-1,
+ *    0x51454D55 / 0x51454D56, 0)) run before the profiled ones, and every block executed inside them is
+ *    noted; their address ranges are merged when the profiled section starts. A profiled instruction
+ *    outside those ranges runs only because the profiler is on, and so does every instruction of a call
+ *    made from such code (a call from the profiler's code into shared code, malloc or std::string, until
+ *    it returns: the blocks' last instructions give BL/BLR calls and RET returns, so the plugin follows the
+ *    call depth). OWN counts the rest: the instructions the runtime also executes unprofiled.
  *
  * 2. The guest's peak resident memory. qemu's own figure (its VmHWM) adds its translated code and its
  *    own heap; the guest's memory is what qemu mapped inside the guest address space, which starts at
@@ -38,6 +48,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 #define NR_MADVISE 233
 #define NR_CLOCK_GETTIME 113
 #define NR_LSEEK 62
+#define MAGIC_TIMED_START 0x51454D55u
+#define MAGIC_TIMED_STOP 0x51454D56u
 #define MAGIC_START 0x51454D57u
 #define MAGIC_STOP 0x51454D58u
 #define MAGIC_CALL 0x51454D59u
@@ -46,20 +58,135 @@ static const char *out_path;
 static uint64_t base, size, peak_kb;
 static int frozen; /* the profiled session (a second one, --profile) is not the row's memory */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static __thread uint64_t count;
+static __thread uint64_t count, own;
 static __thread int counting;
 static __thread FILE *trace;
+/* Call depth in the profiled section, and the depth of the open call the profiler's code made (0: none). */
+static __thread int64_t depth, profiler_call;
+
+enum { PLAIN, CALL, RETURN };
+
+/* One translated block: its guest address range, whether it ran in a timed section, and (counted) how many
+   of its instructions, and whether its last one, lie in code the timed sections ran. */
+struct block {
+    uint64_t lo, hi;
+    uint32_t n;
+    int32_t known; /* -1 until first counted */
+    int ends, last_known, timed;
+};
+static struct block **blocks; /* every translation, for the merge */
+static size_t n_blocks, cap_blocks;
+static uint64_t (*ranges)[2]; /* the address ranges executed in timed sections, merged, sorted */
+static size_t n_ranges;
+static volatile int timed; /* some thread is inside a timed section */
+
+static uint64_t known_in(uint64_t lo, uint64_t hi)
+{
+    uint64_t k = 0;
+    size_t a = 0, z = n_ranges;
+    while (a < z) { /* the first range ending after lo */
+        size_t mid = (a + z) / 2;
+        if (ranges[mid][1] <= lo)
+            a = mid + 1;
+        else
+            z = mid;
+    }
+    for (size_t i = a; i < n_ranges && ranges[i][0] < hi; i++)
+        k += ((ranges[i][1] < hi ? ranges[i][1] : hi) - (ranges[i][0] > lo ? ranges[i][0] : lo)) / 4;
+    return k; /* aarch64: 4 bytes an instruction */
+}
 
 static void tb_exec(unsigned int vcpu_index, void *udata)
 {
-    if (counting)
-        count += (uintptr_t)udata;
+    struct block *b = udata;
+    if (timed)
+        b->timed = 1;
+    if (!counting)
+        return;
+    count += b->n;
+    if (b->known < 0) {
+        uint64_t k = known_in(b->lo, b->hi);
+        b->known = k < b->n ? k : b->n;
+        b->last_known = known_in(b->hi - 4, b->hi) == 1;
+    }
+    if (!profiler_call)
+        own += b->known;
+    if (b->ends == CALL) {
+        depth++;
+        if (!profiler_call && !b->last_known) /* the profiler's code calls: all of that call is its work */
+            profiler_call = depth;
+    } else if (b->ends == RETURN) {
+        if (profiler_call == depth)
+            profiler_call = 0;
+        depth--;
+    }
+}
+
+/* How a block's last instruction leaves it: a call (BL, BLR, BLRAA...), a return (RET, RETAA/AB), or else. */
+static int ends(uint32_t insn)
+{
+    if ((insn & 0xFC000000u) == 0x94000000u || (insn & 0xFEFFF000u) == 0xD63F0000u)
+        return CALL;
+    if ((insn & 0xFFFFFC1Fu) == 0xD65F0000u || insn == 0xD65F0BFFu || insn == 0xD65F0FFFu)
+        return RETURN;
+    return PLAIN;
 }
 
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
-    uintptr_t n = qemu_plugin_tb_n_insns(tb);
-    qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec, QEMU_PLUGIN_CB_NO_REGS, (void *)n);
+    size_t n = qemu_plugin_tb_n_insns(tb);
+    struct qemu_plugin_insn *last = qemu_plugin_tb_get_insn(tb, n - 1);
+    struct block *b = calloc(1, sizeof *b);
+    uint32_t insn;
+    memcpy(&insn, qemu_plugin_insn_data(last), sizeof insn);
+    b->lo = qemu_plugin_tb_vaddr(tb);
+    b->hi = qemu_plugin_insn_vaddr(last) + qemu_plugin_insn_size(last);
+    b->n = n;
+    b->known = -1;
+    b->ends = qemu_plugin_insn_size(last) == 4 ? ends(insn) : PLAIN;
+    pthread_mutex_lock(&lock);
+    if (n_blocks == cap_blocks) {
+        cap_blocks = cap_blocks ? 2 * cap_blocks : 65536;
+        blocks = realloc(blocks, cap_blocks * sizeof *blocks);
+    }
+    blocks[n_blocks++] = b;
+    pthread_mutex_unlock(&lock);
+    qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec, QEMU_PLUGIN_CB_NO_REGS, b);
+}
+
+static int by_start(const void *x, const void *y)
+{
+    const uint64_t *a = x, *b = y;
+    return a[0] < b[0] ? -1 : a[0] > b[0];
+}
+
+/* The ranges of the blocks run in timed sections, merged: what the runtime executes without its profiler. */
+static void merge_timed(void)
+{
+    pthread_mutex_lock(&lock);
+    free(ranges);
+    ranges = malloc((n_blocks + 1) * sizeof *ranges);
+    n_ranges = 0;
+    for (size_t i = 0; i < n_blocks; i++)
+        if (blocks[i]->timed) {
+            ranges[n_ranges][0] = blocks[i]->lo;
+            ranges[n_ranges++][1] = blocks[i]->hi;
+        }
+    qsort(ranges, n_ranges, sizeof *ranges, by_start);
+    size_t m = 0;
+    for (size_t i = 0; i < n_ranges; i++) {
+        if (m && ranges[i][0] <= ranges[m - 1][1]) {
+            if (ranges[i][1] > ranges[m - 1][1])
+                ranges[m - 1][1] = ranges[i][1];
+        } else {
+            ranges[m][0] = ranges[i][0];
+            ranges[m++][1] = ranges[i][1];
+        }
+    }
+    n_ranges = m;
+    for (size_t i = 0; i < n_blocks; i++)
+        blocks[i]->known = -1;
+    pthread_mutex_unlock(&lock);
 }
 
 static uint64_t ns(clockid_t c)
@@ -71,8 +198,8 @@ static uint64_t ns(clockid_t c)
 
 static void point(char kind, uint64_t clockid)
 {
-    fprintf(trace, "p %c %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", kind, clockid, ns(CLOCK_REALTIME),
-            ns(CLOCK_MONOTONIC), count);
+    fprintf(trace, "p %c %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", kind, clockid,
+            ns(CLOCK_REALTIME), ns(CLOCK_MONOTONIC), count, own);
 }
 
 static void guest_rss(void)
@@ -110,7 +237,11 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num
     }
     if (num != NR_LSEEK || (int64_t)a1 != -1)
         return;
-    if (a2 == MAGIC_START && !counting) {
+    if (a2 == MAGIC_TIMED_START) {
+        timed = 1;
+    } else if (a2 == MAGIC_TIMED_STOP) {
+        timed = 0;
+    } else if (a2 == MAGIC_START && !counting) {
         if (size) {
             guest_rss();
             frozen = 1;
@@ -120,13 +251,15 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num
             perror(out_path);
             return;
         }
-        count = 0;
+        merge_timed();
+        count = own = profiler_call = 0;
+        depth = 1 << 30; /* returns from frames entered before the marker stay above 0 */
         counting = 1;
     } else if (a2 == MAGIC_CALL && counting) {
         point('c', 0);
     } else if (a2 == MAGIC_STOP && counting) {
         counting = 0;
-        fprintf(trace, "e %" PRIu64 "\n", count);
+        fprintf(trace, "e %" PRIu64 " %" PRIu64 "\n", count, own);
         fclose(trace);
         trace = NULL;
     }
