@@ -7,19 +7,22 @@
  *    has executed since the start marker. A runtime's profiler reads the clock at each op's start and end
  *    (QEMU 7.2 gives an aarch64 guest no vDSO, so each read is a real syscall the plugin sees), so the
  *    instructions of an op are the count between the points of its two reads (pipeline/op_profile.py).
- *    lseek(-1, 0x51454D59, 0) marks the start of each profiled inference. Appended to out=PATH:
+ *    lseek(-1, 0x51454D59, 0) marks the start of a profiled inference (the Python runner marks only the
+ *    last, the native runner each). Appended to out=PATH:
  *      p KIND CLOCKID REALTIME_NS MONOTONIC_NS COUNT OWN   KIND k: clock read, c: inference start
  *      e COUNT OWN                                         the stop marker
  *    OWN leaves out the profiler's own work: a runtime's profiler may do more than read the clock inside an
  *    op's span (onnxruntime 1.32 formats every node's input and output shapes and reads its allocator's
- *    statistics there, ~27,000 aarch64 instructions a node). Its code is told apart by a measurement made
+ *    statistics there, ~26,000 aarch64 instructions a node). Its work is told apart by a measurement made
  *    in the same process: the runner's unprofiled timed inferences (insn_count.c's markers, lseek(-1,
  *    0x51454D55 / 0x51454D56, 0)) run before the profiled ones, and every block executed inside them is
- *    noted; their address ranges are merged when the profiled section starts. A profiled instruction
- *    outside those ranges runs only because the profiler is on, and so does every instruction of a call
- *    made from such code (a call from the profiler's code into shared code, malloc or std::string, until
- *    it returns: the blocks' last instructions give BL/BLR calls and RET returns, so the plugin follows the
- *    call depth). OWN counts the rest: the instructions the runtime also executes unprofiled.
+ *    noted with the call site its function was called from (a shadow stack kept from the blocks' last
+ *    instructions: BL/BLR calls, RET returns). A profiled block not noted so runs only because the
+ *    profiler is on, and so does every instruction of a call made from it (the profiler's calls into
+ *    malloc, std::string, the clock, until they return). The call site matters: onnxruntime frees a node's
+ *    name and shape strings through the same out-of-line std::string destructor it uses unprofiled, but
+ *    from KernelScope's destructor its freeing path runs only when profiling. OWN counts the rest: what
+ *    the runtime also executes unprofiled, from the same call sites.
  *
  * 2. The guest's peak resident memory. qemu's own figure (its VmHWM) adds its translated code and its
  *    own heap; the guest's memory is what qemu mapped inside the guest address space, which starts at
@@ -61,64 +64,93 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread uint64_t count, own;
 static __thread int counting;
 static __thread FILE *trace;
-/* Call depth in the profiled section, and the depth of the open call the profiler's code made (0: none). */
-static __thread int64_t depth, profiler_call;
+
+/* The call sites of the open calls (a shadow stack, from the blocks' last instructions), and the depth of the
+   open call the profiler's code made (0: none). */
+#define STACK 4096
+static __thread uint64_t stack[STACK];
+static __thread int64_t sp, profiler_call;
 
 enum { PLAIN, CALL, RETURN };
 
-/* One translated block: its guest address range, whether it ran in a timed section, and (counted) how many
-   of its instructions, and whether its last one, lie in code the timed sections ran. */
 struct block {
     uint64_t lo, hi;
     uint32_t n;
-    int32_t known; /* -1 until first counted */
-    int ends, last_known, timed;
+    int ends;
 };
-static struct block **blocks; /* every translation, for the merge */
-static size_t n_blocks, cap_blocks;
-static uint64_t (*ranges)[2]; /* the address ranges executed in timed sections, merged, sorted */
-static size_t n_ranges;
+
+/* The (caller's call site, block) pairs executed inside timed sections: an open-addressing hash set. */
+static uint64_t (*seen)[2];
+static size_t seen_cap, seen_n;
 static volatile int timed; /* some thread is inside a timed section */
 
-static uint64_t known_in(uint64_t lo, uint64_t hi)
+static size_t slot(uint64_t site, uint64_t lo, size_t cap)
 {
-    uint64_t k = 0;
-    size_t a = 0, z = n_ranges;
-    while (a < z) { /* the first range ending after lo */
-        size_t mid = (a + z) / 2;
-        if (ranges[mid][1] <= lo)
-            a = mid + 1;
-        else
-            z = mid;
+    uint64_t h = (site * 0x9E3779B97F4A7C15u) ^ (lo * 0xC2B2AE3D27D4EB4Fu);
+    size_t i = (h ^ (h >> 29)) & (cap - 1);
+    while (seen[i][1] && (seen[i][0] != site || seen[i][1] != lo))
+        i = (i + 1) & (cap - 1);
+    return i;
+}
+
+static int was_seen(uint64_t site, uint64_t lo)
+{
+    return seen_cap && seen[slot(site, lo, seen_cap)][1] == lo;
+}
+
+static void note_seen(uint64_t site, uint64_t lo)
+{
+    if (was_seen(site, lo))
+        return;
+    pthread_mutex_lock(&lock);
+    if (2 * (seen_n + 1) > seen_cap) {
+        size_t cap = seen_cap ? 2 * seen_cap : 1 << 20;
+        uint64_t(*old)[2] = seen;
+        size_t old_cap = seen_cap;
+        seen = calloc(cap, sizeof *seen);
+        seen_cap = cap;
+        for (size_t i = 0; i < old_cap; i++)
+            if (old[i][1]) {
+                size_t j = slot(old[i][0], old[i][1], cap);
+                seen[j][0] = old[i][0];
+                seen[j][1] = old[i][1];
+            }
+        free(old);
     }
-    for (size_t i = a; i < n_ranges && ranges[i][0] < hi; i++)
-        k += ((ranges[i][1] < hi ? ranges[i][1] : hi) - (ranges[i][0] > lo ? ranges[i][0] : lo)) / 4;
-    return k; /* aarch64: 4 bytes an instruction */
+    size_t i = slot(site, lo, seen_cap);
+    if (!seen[i][1]) {
+        seen[i][0] = site;
+        seen[i][1] = lo;
+        seen_n++;
+    }
+    pthread_mutex_unlock(&lock);
 }
 
 static void tb_exec(unsigned int vcpu_index, void *udata)
 {
     struct block *b = udata;
-    if (timed)
-        b->timed = 1;
-    if (!counting)
+    if (!timed && !counting)
         return;
-    count += b->n;
-    if (b->known < 0) {
-        uint64_t k = known_in(b->lo, b->hi);
-        b->known = k < b->n ? k : b->n;
-        b->last_known = known_in(b->hi - 4, b->hi) == 1;
+    uint64_t site = sp > 0 && sp <= STACK ? stack[sp - 1] : 0;
+    int known = 1;
+    if (timed)
+        note_seen(site, b->lo);
+    if (counting) {
+        count += b->n;
+        known = was_seen(site, b->lo);
+        if (!profiler_call && known)
+            own += b->n;
     }
-    if (!profiler_call)
-        own += b->known;
     if (b->ends == CALL) {
-        depth++;
-        if (!profiler_call && !b->last_known) /* the profiler's code calls: all of that call is its work */
-            profiler_call = depth;
-    } else if (b->ends == RETURN) {
-        if (profiler_call == depth)
+        if (sp >= 0 && sp < STACK)
+            stack[sp] = b->hi;
+        sp++;
+        if (counting && !profiler_call && !known) /* the profiler's code calls: all of that call is its work */
+            profiler_call = sp;
+    } else if (b->ends == RETURN && sp > 0) {
+        if (profiler_call == sp)
             profiler_call = 0;
-        depth--;
+        sp--;
     }
 }
 
@@ -142,51 +174,8 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     b->lo = qemu_plugin_tb_vaddr(tb);
     b->hi = qemu_plugin_insn_vaddr(last) + qemu_plugin_insn_size(last);
     b->n = n;
-    b->known = -1;
     b->ends = qemu_plugin_insn_size(last) == 4 ? ends(insn) : PLAIN;
-    pthread_mutex_lock(&lock);
-    if (n_blocks == cap_blocks) {
-        cap_blocks = cap_blocks ? 2 * cap_blocks : 65536;
-        blocks = realloc(blocks, cap_blocks * sizeof *blocks);
-    }
-    blocks[n_blocks++] = b;
-    pthread_mutex_unlock(&lock);
     qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec, QEMU_PLUGIN_CB_NO_REGS, b);
-}
-
-static int by_start(const void *x, const void *y)
-{
-    const uint64_t *a = x, *b = y;
-    return a[0] < b[0] ? -1 : a[0] > b[0];
-}
-
-/* The ranges of the blocks run in timed sections, merged: what the runtime executes without its profiler. */
-static void merge_timed(void)
-{
-    pthread_mutex_lock(&lock);
-    free(ranges);
-    ranges = malloc((n_blocks + 1) * sizeof *ranges);
-    n_ranges = 0;
-    for (size_t i = 0; i < n_blocks; i++)
-        if (blocks[i]->timed) {
-            ranges[n_ranges][0] = blocks[i]->lo;
-            ranges[n_ranges++][1] = blocks[i]->hi;
-        }
-    qsort(ranges, n_ranges, sizeof *ranges, by_start);
-    size_t m = 0;
-    for (size_t i = 0; i < n_ranges; i++) {
-        if (m && ranges[i][0] <= ranges[m - 1][1]) {
-            if (ranges[i][1] > ranges[m - 1][1])
-                ranges[m - 1][1] = ranges[i][1];
-        } else {
-            ranges[m][0] = ranges[i][0];
-            ranges[m++][1] = ranges[i][1];
-        }
-    }
-    n_ranges = m;
-    for (size_t i = 0; i < n_blocks; i++)
-        blocks[i]->known = -1;
-    pthread_mutex_unlock(&lock);
 }
 
 static uint64_t ns(clockid_t c)
@@ -238,6 +227,7 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num
     if (num != NR_LSEEK || (int64_t)a1 != -1)
         return;
     if (a2 == MAGIC_TIMED_START) {
+        sp = 0;
         timed = 1;
     } else if (a2 == MAGIC_TIMED_STOP) {
         timed = 0;
@@ -251,9 +241,7 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num
             perror(out_path);
             return;
         }
-        merge_timed();
-        count = own = profiler_call = 0;
-        depth = 1 << 30; /* returns from frames entered before the marker stay above 0 */
+        count = own = sp = profiler_call = 0;
         counting = 1;
     } else if (a2 == MAGIC_CALL && counting) {
         point('c', 0);
