@@ -35,6 +35,8 @@ def test_every_profiled_row_has_ops_whose_shares_sum_to_one_and_a_summary_by_typ
         assert shares == sorted(shares, reverse=True) and sum(shares) == pytest.approx(1.0)
         assert r["peak_rss_mb"] > 10 and r["file_bytes"] >= r["bytes"] > 0
     assert {o["exec_type"] for o in by_target["openvino-int8"]["profile"]}  # the kernel OpenVINO chose
+    # onnxruntime's profiler reports the bytes its CPU arena holds; OpenVINO's Python API reports no arena
+    assert by_target["onnx-fp32"]["arena_bytes"] > 0 and by_target["openvino-fp32"]["arena_bytes"] is None
     # LiteRT's Python Interpreter has no op profiler: said, not invented
     assert "no op profiler" in by_target["tflite-int8"]["profile_error"]
 
