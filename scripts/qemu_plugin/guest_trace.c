@@ -79,10 +79,11 @@ struct block {
     int ends;
 };
 
-/* The (caller's call site, block) pairs executed inside timed sections: an open-addressing hash set. */
+/* The (caller's call site, block) pairs the marking thread executed inside timed sections, an open-addressing
+   hash set. Only that thread notes and counts (an instruction count is of one thread), so it needs no lock. */
 static uint64_t (*seen)[2];
 static size_t seen_cap, seen_n;
-static volatile int timed; /* some thread is inside a timed section */
+static __thread int timed;
 
 static size_t slot(uint64_t site, uint64_t lo, size_t cap)
 {
@@ -102,7 +103,6 @@ static void note_seen(uint64_t site, uint64_t lo)
 {
     if (was_seen(site, lo))
         return;
-    pthread_mutex_lock(&lock);
     if (2 * (seen_n + 1) > seen_cap) {
         size_t cap = seen_cap ? 2 * seen_cap : 1 << 20;
         uint64_t(*old)[2] = seen;
@@ -123,7 +123,6 @@ static void note_seen(uint64_t site, uint64_t lo)
         seen[i][1] = lo;
         seen_n++;
     }
-    pthread_mutex_unlock(&lock);
 }
 
 static void tb_exec(unsigned int vcpu_index, void *udata)
