@@ -39,16 +39,19 @@ the clock); calls and returns are the blocks' last instructions. Nothing is scal
 model: each instruction left out is one the profiler's code executed. The call site matters: onnxruntime
 frees a node's name and shape strings after the span, in KernelScope's destructor, through the same
 out-of-line std::string destructor it calls unprofiled; by code address alone ~24 frees an inference of
-the tiny digits model stayed in (+1.05 % of its row), by call site none do.
+the tiny digits model stayed in (+1.05 % of its row); by call site it comes to -0.02 %.
 
 onnxruntime's ops take their OWN counts: the Squeeze above keeps 2,505. `profile_vs_row` is the check, the
-whole profiled inferences' OWN against the row, less 1 (python runner, emu:rpi4): fer onnx-fp32 +0.03 %,
-onnx-int8 -0.04 %, the tiny digits onnx-int8 -0.02 %, one Relu on 16x32x32 +0.3 % (its row: 68,569).
-`profile_profiler_instructions` is what was left out per inference (fer fp32: 1.31 M). The Python runner
-times its profiled inferences in the timed loop's harness (clock reads, gc paused), so the two compare.
-OpenVINO's performance counters only read the clock inside a node's span, and OpenVINO generates code per
-compiled model (the profiled session's jit kernels are at addresses the timed inferences never ran), so
-its ops keep the plain count: its whole profiled inference is +0.17 % of the row (openvino-fp32, fer).
+whole profiled inferences' OWN against the row, less 1; `profile_profiler_instructions` what was left out
+per inference. Python runner (benchmarks/results/profile_int8.md): fer onnx-fp32 -0.03 % on emu:rpi4 and
++0.02 % on emu:rpi5 (1.32 M left out an inference), onnx-int8 -0.02 % / -0.01 % (1.69 M); the tiny digits
+onnx-int8 -0.02 %; one Relu on 16x32x32, whose row is 68,569, +0.3 %. The Python runner times its profiled
+inferences in the timed loop's harness (clock reads, gc paused), so the two compare. OpenVINO's performance
+counters only read the clock inside a node's span, and OpenVINO generates code per compiled model (the
+profiled session's jit kernels are at addresses the timed inferences never ran), so its ops keep the plain
+count (fer openvino-fp32 on emu:rpi4, one run: the profiled inference +0.62 % of the row plain, -0.25 %
+OWN); its counts vary from one counted section to the next (the tiny digits files: 1.1 % int8, 5.9 %
+fp32) and so does its `profile_vs_row` (+1.1 %, -0.6 % there).
 """
 
 from __future__ import annotations
