@@ -21,8 +21,10 @@
  *    profiler is on, and so does every instruction of a call made from it (the profiler's calls into
  *    malloc, std::string, the clock, until they return). The call site matters: onnxruntime frees a node's
  *    name and shape strings through the same out-of-line std::string destructor it uses unprofiled, but
- *    from KernelScope's destructor its freeing path runs only when profiling. OWN counts the rest: what
- *    the runtime also executes unprofiled, from the same call sites.
+ *    from KernelScope's destructor its freeing path runs only when profiling. The frame that marks
+ *    (depth 0 from the marker: the runner's own loop, one for timing, another for profiling) is the
+ *    harness: its blocks count, and its call sites are no context. OWN counts the rest: what the runtime
+ *    also executes unprofiled, from the same call sites.
  *
  * 2. The guest's peak resident memory. qemu's own figure (its VmHWM) adds its translated code and its
  *    own heap; the guest's memory is what qemu mapped inside the guest address space, which starts at
@@ -130,13 +132,15 @@ static void tb_exec(unsigned int vcpu_index, void *udata)
     struct block *b = udata;
     if (!timed && !counting)
         return;
-    uint64_t site = sp > 0 && sp <= STACK ? stack[sp - 1] : 0;
+    /* The marking frame (depth 0: the runner's loop, a different one for timing and for profiling) is the
+       harness, not the profiler, and the call sites in it are no context of the functions they call. */
+    uint64_t site = sp > 1 && sp <= STACK ? stack[sp - 1] : 0;
     int known = 1;
     if (timed)
         note_seen(site, b->lo);
     if (counting) {
         count += b->n;
-        known = was_seen(site, b->lo);
+        known = sp == 0 || was_seen(site, b->lo);
         if (!profiler_call && known)
             own += b->n;
     }
