@@ -39,14 +39,16 @@ the clock); calls and returns are the blocks' last instructions. Nothing is scal
 model: each instruction left out is one the profiler's code executed. The call site matters: onnxruntime
 frees a node's name and shape strings after the span, in KernelScope's destructor, through the same
 out-of-line std::string destructor it calls unprofiled; by code address alone ~24 frees an inference of
-the tiny digits model stayed in (+1.05 % of its row); by call site it comes to -0.02 %.
+the tiny digits model stayed in (+1.05 % of its row); by call site it comes to -0.10 %.
 
 onnxruntime's ops take their OWN counts: the Squeeze above keeps 2,505. `profile_vs_row` is the check, the
 whole profiled inferences' OWN against the row, less 1; `profile_profiler_instructions` what was left out
 per inference. Python runner (benchmarks/results/profile_int8.md): fer onnx-fp32 -0.03 % on emu:rpi4 and
-+0.02 % on emu:rpi5 (1.32 M left out an inference), onnx-int8 -0.02 % / -0.01 % (1.69 M); the tiny digits
-onnx-int8 -0.02 %; one Relu on 16x32x32, whose row is 68,569, +0.3 %. The Python runner times its profiled
-inferences in the timed loop's harness (clock reads, gc paused), so the two compare. OpenVINO's performance
++0.02 % on emu:rpi5 (1.32 M left out an inference), onnx-int8 -0.01 % / -0.04 % (1.69 M); the tiny digits
+onnx-fp32 -0.18 %, onnx-int8 -0.10 % (its profiled section: 767,214 an inference for a row of 242,966);
+one Relu on 16x32x32, whose row is 68,569, +0.4 %. Native runner, fer on emu:rpi4: +0.01 % / -0.00 %, its
+ops within 0.3 % of the Python runner's. The Python runner times its profiled inferences in the timed
+loop's harness (clock reads, gc paused), so the two compare. OpenVINO's performance
 counters only read the clock inside a node's span, and OpenVINO generates code per compiled model (the
 profiled session's jit kernels are at addresses the timed inferences never ran), so its ops keep the plain
 count (fer openvino-fp32 on emu:rpi4, one run: the profiled inference +0.62 % of the row plain, -0.25 %
