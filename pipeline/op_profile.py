@@ -18,14 +18,15 @@ binding, the copy of inputs and outputs) is one more entry, op_type `(outside op
 instructions per inference less the ops', so the entries add up to the row.
 
 The profiled inferences must do the row's work, and an op's span must hold only its own. Where the two
-clock reads come from (onnxruntime 1.32, core/framework/session_scope.cc, KernelScope; measured on the fer
-mini-Xception under emu:rpi4, 35 nodes, 2 reads a node: 1.32 records no fence events any more):
+clock reads come from (onnxruntime's core/framework/session_scope.cc, KernelScope, as its repository has it;
+the 1.32 trace measured here, fer mini-Xception under emu:rpi4, has 2 reads a node for its 35 nodes, no
+fence events any more, and `mem_*` allocator figures in every node event):
 
 - its constructor reads the clock (`kernel_begin_time_ = profiler.Start()`), then, inside the span,
-  formats the node's input shapes and types (`CalculateTotalInputSizes`, a std::stringstream) and reads
-  the allocator's statistics; the kernel's `Compute` runs; its destructor formats the output shapes
-  (`CalculateTotalOutputSizes`), builds the event's ~17 string arguments (sizes, shapes, memory figures,
-  `thread_scheduling_stats`) and only then reads the clock again (`EndTimeAndRecordEvent`). No pair of
+  formats the node's input shapes and types (`CalculateTotalInputSizes`, a std::stringstream); the
+  kernel's `Compute` runs; its destructor formats the output shapes (`CalculateTotalOutputSizes`), builds
+  the event's string arguments (sizes, shapes, `thread_scheduling_stats`; in 1.32 ~17 of them, the
+  allocator's figures too) and only then reads the clock again (`EndTimeAndRecordEvent`). No pair of
   reads brackets `Compute` alone.
 - Measured: a Squeeze node's span is 28,915 guest instructions, 26,410 of them the profiler's; the
   spans of one inference held 9,377,339 where the unprofiled row counts 8,450,874 for the whole

@@ -12,8 +12,8 @@
  *      p KIND CLOCKID REALTIME_NS MONOTONIC_NS COUNT OWN   KIND k: clock read, c: inference start
  *      e COUNT OWN                                         the stop marker
  *    OWN leaves out the profiler's own work: a runtime's profiler may do more than read the clock inside an
- *    op's span (onnxruntime 1.32 formats every node's input and output shapes and reads its allocator's
- *    statistics there, ~26,000 aarch64 instructions a node). Its work is told apart by a measurement made
+ *    op's span (onnxruntime 1.32 formats every node's input and output shapes and its allocator's figures
+ *    there, ~26,000 aarch64 instructions a node). Its work is told apart by a measurement made
  *    in the same process: the runner's unprofiled timed inferences (insn_count.c's markers, lseek(-1,
  *    0x51454D55 / 0x51454D56, 0)) run before the profiled ones, and every block executed inside them is
  *    noted with the call site its function was called from (a shadow stack kept from the blocks' last
