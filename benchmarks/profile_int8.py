@@ -137,16 +137,21 @@ def markdown(res: dict) -> str:
         "Rows: the Python runners, 1 thread. Local: each runtime's own profiler, ms per inference. Emulated "
         "boards: guest instructions per inference, per op, counted by the qemu plugin between the profiler's "
         "clock reads at each op's start and end; `(outside ops)` is the rest of the row's instructions "
-        "(binding, dispatch, input and output copies). LiteRT: its Python Interpreter has no op profiler, so "
-        "the profiled session is a CompiledModel of the wheel's libLiteRt.so with LiteRT's own profiler "
-        "(XNNPACK's operators, whole microseconds locally; under qemu the instructions between XNNPACK's clock "
-        "reads).",
+        "(binding, dispatch, input and output copies). onnxruntime's ops count only the runtime's own "
+        "instructions: the plugin leaves out its profiler's work inside each span (formatting shapes, memory "
+        "figures), measured as code the unprofiled timed inferences never ran from the same call site "
+        "(pipeline/op_profile.py). 'profiled vs row': the profiled inferences' instructions so counted against "
+        "the row's. 'arena bytes': what onnxruntime's profiler reports its CPU arena holding "
+        "(`mem_arena_held`); OpenVINO's and LiteRT's Python APIs report no arena. LiteRT: its Python Interpreter "
+        "has no op profiler, so the profiled session is a CompiledModel of the wheel's libLiteRt.so with "
+        "LiteRT's own profiler (XNNPACK's operators, whole microseconds locally; under qemu the instructions "
+        "between XNNPACK's clock reads).",
         "",
         "## Totals",
         "",
         "| target | device | p50 ms / instructions per inference | estimated p50 ms | guest or process peak RSS MB "
-        "| file bytes | profile |",
-        "|---|---|---|---|---|---|---|",
+        "| arena bytes | file bytes | profiled vs row | profile |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         cost = f"{r['instructions_per_inference']:,}" if r.get("instructions_per_inference") else r.get("p50_ms")
@@ -159,9 +164,11 @@ def markdown(res: dict) -> str:
         )
         if r.get("profile_note"):
             prof += f" (note: {r['profile_note']})"
+        vs = r.get("profile_vs_row")
         lines.append(
             f"| {r['target']} | {r['device']} | {cost if cost is not None else r.get('error')} "
-            f"| {f'{est:.3g}' if est else '-'} | {f'{rss:.1f}' if rss else '-'} | {r.get('file_bytes')} | {prof} |"
+            f"| {f'{est:.3g}' if est else '-'} | {f'{rss:.1f}' if rss else '-'} | {r.get('arena_bytes') or '-'} "
+            f"| {r.get('file_bytes')} | {f'{vs:+.2%}' if vs is not None else '-'} | {prof} |"
         )
     if res.get("agreement"):
         lines += [

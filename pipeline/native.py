@@ -187,6 +187,9 @@ def read_profile(res: dict) -> dict:
         res["profile_error"] = "onnxruntime wrote no profiler trace"
         return res
     res["profile"] = trace_ops(str(traces[0]), res.get("profile_calls") or 1, res.pop("profile_start_ns_before"))
+    held = [o.pop("arena_bytes") for o in res["profile"] if o.get("arena_bytes") is not None]
+    if held:
+        res["arena_bytes"] = max(held)
     res["profile_total_ms"] = sum(o["ms"] for o in res["profile"])
     res["profile_spans_approximate"] = True
     return res
