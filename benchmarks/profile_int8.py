@@ -75,20 +75,20 @@ rng = np.random.default_rng(0)
 feed = [rng.normal(size=e["shape"]).astype(np.float32) for e in model.inputs]
 model.infer(feed)
 shares = []
-for chunk in range(3):
+for chunk in range(5):
     model.start()
     for _ in range(100):
         model.infer(feed)
     shares.append(litert_profiler.summary_by_type(model.summary()))
 types = {t for s in shares for t in s}
-print(json.dumps({t: sorted(s.get(t, 0.0) for s in shares)[1] for t in types}))
+print(json.dumps({t: sorted(s.get(t, 0.0) for s in shares)[2] for t in types}))
 """
 
 
 def litert_summary_by_type(tflite: str) -> dict[str, float]:
     """LiteRT's own tool: the profile summary LiteRT writes itself (LiteRtGetProfileSummary, the tables of
     benchmark_model --enable_op_profiling; no benchmark_model binary ships in the wheel), "Summary by node type"
-    avg %, the median of 3 sessions of 100 inferences (a preempted inference shows in a mean)."""
+    avg %, the median of 5 sessions of 100 inferences (a preempted inference shows in a mean)."""
     cmd = [sys.executable, "-c", LITERT_SUMMARY, tflite]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
@@ -174,7 +174,7 @@ def markdown(res: dict) -> str:
         lines += [
             "",
             "## The local profiles against the runtime's own tool (OpenVINO `benchmark_app -pc`, 300 iterations; "
-            "LiteRT's own profile summary, the median of 3 x 100 inferences)",
+            "LiteRT's own profile summary, the median of 5 x 100 inferences)",
             "",
             "| target | tool | op type | share here | tool's share | points apart |",
             "|---|---|---|---|---|---|",
