@@ -59,14 +59,15 @@ fp32) and so does its `profile_vs_row` (+1.1 %, -0.6 % there).
 LiteRT's ops keep the plain count too, explicitly (_litert_instructions reads COUNT; its records carry
 `xnnpack_block` or `monotonic_spans`, never `spans`, so they never take OWN), in both harnesses. The Python
 runner times its row in the Interpreter (libpywrap_litert_common.so) but profiles a CompiledModel of
-libLiteRt.so: two builds of TFLite and XNNPACK at other addresses, so OWN, keyed by the code the timed inferences ran, would leave out the
-profiled session's kernels whole (fer tflite-fp32 on emu:rpi4: OWN 0 of the ops' 6,012,441 instructions, the
-profiled inference 9,487 of 6,251,420). Nor is there much to leave out: inside a span LiteRT's profiler does
-only XNNPACK's clock read after each operator. Its `profile_vs_row` compares two bindings: the profiled
-inferences count ~219,000 more instructions than the row, a constant of the CompiledModel's ctypes binding
-(fer: +3.6 % fp32, +3.3 % int8 on emu:rpi4; +3.7 %, +5.3 % on emu:rpi5), all outside the ops (~239,000 an
-inference there against the row's ~18,000), and its `profile_note` says so. The ops themselves fit the row
-(the row's `(outside ops)` 17,000-19,500, fp32 and int8, Pi 4 and Pi 5).
+libLiteRt.so: two builds of TFLite and XNNPACK at other addresses, so OWN, keyed by the code the timed
+inferences ran, would leave out the profiled session's kernels whole (fer tflite-fp32 on emu:rpi4: OWN 0 of
+the ops' 6,012,441 instructions, the profiled inference 9,487 of 6,251,672). Nor is there much to leave out:
+inside a span LiteRT's profiler does only XNNPACK's clock read after each operator. Its `profile_vs_row`
+compares two bindings: the profiled inferences count ~219,000 more instructions than the row, a constant of
+the CompiledModel's ctypes binding (fer: +3.6 % fp32, +3.3 % int8 on emu:rpi4; +3.7 %, +5.3 % on emu:rpi5),
+all outside the ops (235,000-239,000 an inference there against the row's ~18,000), and its `profile_note`
+says so. The ops themselves fit the row (the row's `(outside ops)` 17,000-19,500, fp32 and int8, Pi 4 and Pi
+5).
 """
 
 from __future__ import annotations
