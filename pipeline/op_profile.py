@@ -61,13 +61,15 @@ LiteRT's ops keep the plain count too, explicitly (_litert_instructions reads CO
 runner times its row in the Interpreter (libpywrap_litert_common.so) but profiles a CompiledModel of
 libLiteRt.so: two builds of TFLite and XNNPACK at other addresses, so OWN, keyed by the code the timed
 inferences ran, would leave out the profiled session's kernels whole (fer tflite-fp32 on emu:rpi4: OWN 0 of
-the ops' 6,012,441 instructions, the profiled inference 9,487 of 6,251,672). Nor is there much to leave out:
-inside a span LiteRT's profiler does only XNNPACK's clock read after each operator. Its `profile_vs_row`
-compares two bindings: the profiled inferences count ~219,000 more instructions than the row, a constant of
-the CompiledModel's ctypes binding (fer: +3.6 % fp32, +3.3 % int8 on emu:rpi4; +3.7 %, +5.3 % on emu:rpi5),
-all outside the ops (235,000-239,000 an inference there against the row's ~18,000), and its `profile_note`
-says so. The ops themselves fit the row (the row's `(outside ops)` 17,000-19,500, fp32 and int8, Pi 4 and Pi
-5).
+the ops' 6,012,441 instructions, the profiled inference 9,487 of 6,251,672). Inside a span LiteRT's profiler
+does no more than XNNPACK's clock read after each operator; its own work comes outside the ops, so the
+profiled inferences count more than the row and `profile_vs_row` says by how much, all outside the ops
+(`profile_note`): fer on the Python runner +3.6 % fp32, +3.3 % int8 on emu:rpi4, +3.7 %, +5.3 % on emu:rpi5
+(235,000-239,000 instructions an inference outside the ops against the row's 17,000-19,500); on the native
+runner, whose timed session is a CompiledModel too, +3.2 %, +2.9 % on emu:rpi4 (201,000-203,000 against
+6,900-9,000): ~194,000 the profiler's in both, the Python runner's ~25,000 more its ctypes binding. The ops
+themselves are the same to the instruction in both harnesses (fer tflite-fp32's Convolution 3,430,581 on
+emu:rpi4).
 """
 
 from __future__ import annotations
@@ -280,10 +282,10 @@ def emulated_fields(
         out["profile_note"] = f"the profiled ops took {inside / total:.2f}x the row's instructions"
     elif out["profile_vs_row"] is not None and abs(out["profile_vs_row"]) > max(0.01, spread or 0.0):
         out["profile_note"] = f"the profiled inferences counted {out['profile_vs_row']:+.1%} of the row's instructions"
-        if litert:  # the Python runner's row is an Interpreter, its profiled session a CompiledModel
+        if litert:  # the profiler's own work is outside the ops (and the Python runner's row an Interpreter)
             out["profile_note"] += (
                 f", outside the ops: {profiled - inside:,.0f} an inference in the profiled session (LiteRT's "
-                f"CompiledModel) against the row's {total - inside:,.0f}"
+                f"CompiledModel, its profiler on) against the row's {total - inside:,.0f}"
             )
     ops.append({"op_type": OUTSIDE, "name": OUTSIDE, "calls": 1, "instructions": max(total - inside, 0)})
     for o in ops:

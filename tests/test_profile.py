@@ -148,7 +148,7 @@ def test_on_the_emulated_pi_each_op_gets_instructions_that_add_up_and_the_guest_
     # LiteRT: XNNPACK's operators between its clock reads, TFLite's own ops between the profiler's, plain counts
     assert litert["profile_by_type"][0]["op_type"] == "Convolution"
     assert litert["profile_profiler_instructions"] is None
-    # its profiled session is a CompiledModel, the row an Interpreter: the ops fit the row, the note names the binding
+    # its profiler's own work is outside the ops: the ops fit the row, and the note says where the rest went
     assert "ops took" not in litert.get("profile_note", "")
     if abs(litert["profile_vs_row"]) > 0.01:
         assert "LiteRT's CompiledModel" in litert["profile_note"]
