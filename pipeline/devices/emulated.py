@@ -183,7 +183,11 @@ class EmuDevice:
         if res.get("profile") or res.get("profile_error"):
             out.update(
                 op_profile.emulated_fields(
-                    res, points, fields.get("instructions_per_inference"), fields.get("estimated_p50_ms")
+                    res,
+                    points,
+                    fields.get("instructions_per_inference"),
+                    fields.get("estimated_p50_ms"),
+                    fields.get("instructions_spread"),
                 )
             )
         return out

@@ -616,14 +616,14 @@ def trace_plugin_path() -> Path:
 
 def read_trace(trace_file: Path) -> tuple[list[list], int | None]:
     """guest_trace.c's file: (the points of the last profiled section, each [kind, clockid, realtime_ns,
-    monotonic_ns, count], ending with ["e", ..., count]; the guest's peak resident KiB or None)."""
+    monotonic_ns, count, own], ending with ["e", 0, 0, 0, count, own]; the guest's peak resident KiB or None)."""
     points, section, peak = [], [], None
     for line in Path(trace_file).read_text().splitlines():
         w = line.split()
         if w[0] == "p":
             section.append([w[1], *map(int, w[2:])])
         elif w[0] == "e":
-            points, section = [*section, ["e", 0, 0, 0, int(w[1])]], []
+            points, section = [*section, ["e", 0, 0, 0, *map(int, w[1:])]], []
         elif w[0] == "rss_peak_kb":
             peak = int(w[1])
     return points, peak

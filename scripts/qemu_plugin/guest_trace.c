@@ -7,9 +7,24 @@
  *    has executed since the start marker. A runtime's profiler reads the clock at each op's start and end
  *    (QEMU 7.2 gives an aarch64 guest no vDSO, so each read is a real syscall the plugin sees), so the
  *    instructions of an op are the count between the points of its two reads (pipeline/op_profile.py).
- *    lseek(-1, 0x51454D59, 0) marks the start of each profiled inference. Appended to out=PATH:
- *      p KIND CLOCKID REALTIME_NS MONOTONIC_NS COUNT     KIND k: clock read, c: inference start
- *      e COUNT                                           the stop marker
+ *    lseek(-1, 0x51454D59, 0) marks the start of a profiled inference (the Python runner marks only the
+ *    last, the native runner each). Appended to out=PATH:
+ *      p KIND CLOCKID REALTIME_NS MONOTONIC_NS COUNT OWN   KIND k: clock read, c: inference start
+ *      e COUNT OWN                                         the stop marker
+ *    OWN leaves out the profiler's own work: a runtime's profiler may do more than read the clock inside an
+ *    op's span (onnxruntime 1.32 formats every node's input and output shapes and its allocator's figures
+ *    there, ~26,000 aarch64 instructions a node). Its work is told apart by a measurement made
+ *    in the same process: the runner's unprofiled timed inferences (insn_count.c's markers, lseek(-1,
+ *    0x51454D55 / 0x51454D56, 0)) run before the profiled ones, and every block executed inside them is
+ *    noted with the call site its function was called from (a shadow stack kept from the blocks' last
+ *    instructions: BL/BLR calls, RET returns). A profiled block not noted so runs only because the
+ *    profiler is on, and so does every instruction of a call made from it (the profiler's calls into
+ *    malloc, std::string, the clock, until they return). The call site matters: onnxruntime frees a node's
+ *    name and shape strings through the same out-of-line std::string destructor it uses unprofiled, but
+ *    from KernelScope's destructor its freeing path runs only when profiling. The frame that marks
+ *    (depth 0 from the marker: the runner's own loop, one for timing, another for profiling) is the
+ *    harness: its blocks count, and its call sites are no context. OWN counts the rest: what the runtime
+ *    also executes unprofiled, from the same call sites.
  *
  * 2. The guest's peak resident memory. qemu's own figure (its VmHWM) adds its translated code and its
  *    own heap; the guest's memory is what qemu mapped inside the guest address space, which starts at
@@ -38,6 +53,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 #define NR_MADVISE 233
 #define NR_CLOCK_GETTIME 113
 #define NR_LSEEK 62
+#define MAGIC_TIMED_START 0x51454D55u
+#define MAGIC_TIMED_STOP 0x51454D56u
 #define MAGIC_START 0x51454D57u
 #define MAGIC_STOP 0x51454D58u
 #define MAGIC_CALL 0x51454D59u
@@ -46,20 +63,122 @@ static const char *out_path;
 static uint64_t base, size, peak_kb;
 static int frozen; /* the profiled session (a second one, --profile) is not the row's memory */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static __thread uint64_t count;
+static __thread uint64_t count, own;
 static __thread int counting;
 static __thread FILE *trace;
 
+/* The call sites of the open calls (a shadow stack, from the blocks' last instructions), and the depth of the
+   open call the profiler's code made (0: none). */
+#define STACK 4096
+static __thread uint64_t stack[STACK];
+static __thread int64_t sp, profiler_call;
+
+enum { PLAIN, CALL, RETURN };
+
+struct block {
+    uint64_t lo, hi;
+    uint32_t n;
+    int ends;
+};
+
+/* The (caller's call site, block) pairs the marking thread executed inside timed sections, an open-addressing
+   hash set. Only that thread notes and counts (an instruction count is of one thread), so it needs no lock. */
+static uint64_t (*seen)[2];
+static size_t seen_cap, seen_n;
+static __thread int timed;
+
+static size_t slot(uint64_t site, uint64_t lo, size_t cap)
+{
+    uint64_t h = (site * 0x9E3779B97F4A7C15u) ^ (lo * 0xC2B2AE3D27D4EB4Fu);
+    size_t i = (h ^ (h >> 29)) & (cap - 1);
+    while (seen[i][1] && (seen[i][0] != site || seen[i][1] != lo))
+        i = (i + 1) & (cap - 1);
+    return i;
+}
+
+static int was_seen(uint64_t site, uint64_t lo)
+{
+    return seen_cap && seen[slot(site, lo, seen_cap)][1] == lo;
+}
+
+static void note_seen(uint64_t site, uint64_t lo)
+{
+    if (was_seen(site, lo))
+        return;
+    if (2 * (seen_n + 1) > seen_cap) {
+        size_t cap = seen_cap ? 2 * seen_cap : 1 << 20;
+        uint64_t(*old)[2] = seen;
+        size_t old_cap = seen_cap;
+        seen = calloc(cap, sizeof *seen);
+        seen_cap = cap;
+        for (size_t i = 0; i < old_cap; i++)
+            if (old[i][1]) {
+                size_t j = slot(old[i][0], old[i][1], cap);
+                seen[j][0] = old[i][0];
+                seen[j][1] = old[i][1];
+            }
+        free(old);
+    }
+    size_t i = slot(site, lo, seen_cap);
+    if (!seen[i][1]) {
+        seen[i][0] = site;
+        seen[i][1] = lo;
+        seen_n++;
+    }
+}
+
 static void tb_exec(unsigned int vcpu_index, void *udata)
 {
-    if (counting)
-        count += (uintptr_t)udata;
+    struct block *b = udata;
+    if (!timed && !counting)
+        return;
+    /* The marking frame (depth 0: the runner's loop, a different one for timing and for profiling) is the
+       harness, not the profiler, and the call sites in it are no context of the functions they call. */
+    uint64_t site = sp > 1 && sp <= STACK ? stack[sp - 1] : 0;
+    int known = 1;
+    if (timed)
+        note_seen(site, b->lo);
+    if (counting) {
+        count += b->n;
+        known = sp == 0 || was_seen(site, b->lo);
+        if (!profiler_call && known)
+            own += b->n;
+    }
+    if (b->ends == CALL) {
+        if (sp >= 0 && sp < STACK)
+            stack[sp] = b->hi;
+        sp++;
+        if (counting && !profiler_call && !known) /* the profiler's code calls: all of that call is its work */
+            profiler_call = sp;
+    } else if (b->ends == RETURN && sp > 0) {
+        if (profiler_call == sp)
+            profiler_call = 0;
+        sp--;
+    }
+}
+
+/* How a block's last instruction leaves it: a call (BL, BLR, BLRAA...), a return (RET, RETAA/AB), or else. */
+static int ends(uint32_t insn)
+{
+    if ((insn & 0xFC000000u) == 0x94000000u || (insn & 0xFEFFF000u) == 0xD63F0000u)
+        return CALL;
+    if ((insn & 0xFFFFFC1Fu) == 0xD65F0000u || insn == 0xD65F0BFFu || insn == 0xD65F0FFFu)
+        return RETURN;
+    return PLAIN;
 }
 
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
-    uintptr_t n = qemu_plugin_tb_n_insns(tb);
-    qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec, QEMU_PLUGIN_CB_NO_REGS, (void *)n);
+    size_t n = qemu_plugin_tb_n_insns(tb);
+    struct qemu_plugin_insn *last = qemu_plugin_tb_get_insn(tb, n - 1);
+    struct block *b = calloc(1, sizeof *b);
+    uint32_t insn;
+    memcpy(&insn, qemu_plugin_insn_data(last), sizeof insn);
+    b->lo = qemu_plugin_tb_vaddr(tb);
+    b->hi = qemu_plugin_insn_vaddr(last) + qemu_plugin_insn_size(last);
+    b->n = n;
+    b->ends = qemu_plugin_insn_size(last) == 4 ? ends(insn) : PLAIN;
+    qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec, QEMU_PLUGIN_CB_NO_REGS, b);
 }
 
 static uint64_t ns(clockid_t c)
@@ -71,8 +190,8 @@ static uint64_t ns(clockid_t c)
 
 static void point(char kind, uint64_t clockid)
 {
-    fprintf(trace, "p %c %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", kind, clockid, ns(CLOCK_REALTIME),
-            ns(CLOCK_MONOTONIC), count);
+    fprintf(trace, "p %c %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", kind, clockid,
+            ns(CLOCK_REALTIME), ns(CLOCK_MONOTONIC), count, own);
 }
 
 static void guest_rss(void)
@@ -110,7 +229,12 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num
     }
     if (num != NR_LSEEK || (int64_t)a1 != -1)
         return;
-    if (a2 == MAGIC_START && !counting) {
+    if (a2 == MAGIC_TIMED_START) {
+        sp = 0;
+        timed = 1;
+    } else if (a2 == MAGIC_TIMED_STOP) {
+        timed = 0;
+    } else if (a2 == MAGIC_START && !counting) {
         if (size) {
             guest_rss();
             frozen = 1;
@@ -120,13 +244,13 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num
             perror(out_path);
             return;
         }
-        count = 0;
+        count = own = sp = profiler_call = 0;
         counting = 1;
     } else if (a2 == MAGIC_CALL && counting) {
         point('c', 0);
     } else if (a2 == MAGIC_STOP && counting) {
         counting = 0;
-        fprintf(trace, "e %" PRIu64 "\n", count);
+        fprintf(trace, "e %" PRIu64 " %" PRIu64 "\n", count, own);
         fclose(trace);
         trace = NULL;
     }

@@ -79,7 +79,41 @@ class TFLiteRuntime:
         return [get(i) for i in self._out] if len(self._out) > 1 else [get(self._out[0])]
 
 
-RUNTIME = TFLiteRuntime("litert", "ai_edge_litert.interpreter", "ai-edge-litert")
+class LiteRtRuntime(TFLiteRuntime):
+    """ai-edge-litert, whose libLiteRt.so has the op profiler its Python Interpreter lacks (litert_profiler.py)."""
+
+    def load(self, path, args):
+        if not getattr(args, "profiling", False):
+            return super().load(path, args)
+        import litert_profiler
+
+        self.delegate = args.delegate or "xnnpack"
+        if self.delegate != "xnnpack":  # LiteRT's CompiledModel, which has the profiler, runs XNNPACK only
+            raise ValueError(f"LiteRT's op profiler runs XNNPACK only, not the delegate {self.delegate!r}")
+        model = litert_profiler.ProfiledModel(path, args.threads)
+        # --profile's second session, after timing: from here on describe() and infer() are the profiled model's
+        self.describe = lambda m: {
+            "inputs": m.details("inputs"),
+            "outputs": m.details("outputs"),
+            "delegate": self.delegate,
+        }
+        self.infer = lambda m, x: m.infer(x)
+        return model
+
+    @staticmethod
+    def profile_start(model):
+        """After the profiled session's first inference (setup): LiteRT's profiler records from here."""
+        model.start()
+
+    @staticmethod
+    def profile(model, calls):
+        """LiteRT's profiler events of the `calls` inferences, per op (litert_profiler.op_records)."""
+        import litert_profiler
+
+        return litert_profiler.op_records(model.events(), calls)
+
+
+RUNTIME = LiteRtRuntime("litert", "ai_edge_litert.interpreter", "ai-edge-litert")
 
 if __name__ == "__main__":
     sys.exit(runner_common.main(RUNTIME))

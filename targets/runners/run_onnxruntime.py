@@ -77,7 +77,11 @@ class OnnxRuntime:
 def trace_ops(path, calls, start_ns):
     """The op records of onnxruntime's profiler trace at `path` (removed with its folder): each node's kernel time
     (`NAME_kernel_time` events) in the last `calls` runs (the first run of a session is setup), and its spans
-    in CLOCK_REALTIME ns, `start_ns` being the profiler's start. Also the native runner's (pipeline/native.py)."""
+    in CLOCK_REALTIME ns, `start_ns` being the profiler's start. Also the native runner's (pipeline/native.py).
+
+    Each record also has `arena_bytes`: the most bytes the session's CPU arena held while the node ran, as the
+    profiler reports it (the event's `mem_arena_held`, in onnxruntime 1.32; the Python package has no other
+    way to it); runner_common takes the largest as the row's `arena_bytes`."""
     import json
     import shutil
 
@@ -95,6 +99,8 @@ def trace_ops(path, calls, start_ns):
             continue
         name = e["name"][: -len("_kernel_time")]
         op = ops.setdefault(name, {"op_type": e["args"].get("op_name", "?"), "name": name, "us": [], "spans": []})
+        if "mem_arena_held" in e["args"]:
+            op["arena"] = max(op.get("arena", 0), int(e["args"]["mem_arena_held"]))
         op["us"].append(e["dur"])
         op["spans"].append([start_ns + e["ts"] * 1000, start_ns + (e["ts"] + e["dur"]) * 1000])
     # The median call, not the mean: one preempted call of a 2 us op would outweigh the rest.
@@ -105,6 +111,7 @@ def trace_ops(path, calls, start_ns):
             "calls": len(o["us"]) / calls,
             "ms": sorted(o["us"])[len(o["us"]) // 2] / 1e3 * len(o["us"]) / calls,
             "spans": o["spans"],
+            **({"arena_bytes": o["arena"]} if "arena" in o else {}),
         }
         for o in ops.values()
     ]
