@@ -12,6 +12,6 @@ scripts/fetch_test_assets.sh
 # Two workers, each taking whole files (a file's module fixtures and its Ray cluster stay in one process), the
 # longest first: tests/conftest.py orders the files by benchmarks/results/test_durations.txt and
 # --no-loadscope-reorder keeps that order (xdist's own puts the files with most tests first, and a long file
-# started last is a tail one worker runs alone). Measured: 382 tests in 7 min 59 s on an idle machine (about
-# 830 s of CPU); refresh the record with `scripts/test.sh --durations=0` when tests are added.
+# started last is a tail one worker runs alone). Measured: 387 tests in 8 min 19 s on an idle machine (about
+# 890 s of CPU); refresh the record with `scripts/test.sh --durations=0` when tests are added.
 exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 "$@"
