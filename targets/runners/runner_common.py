@@ -10,6 +10,7 @@ one JSON object on the last line of stdout and exits 0 if `ok` is true, 1 otherw
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -32,6 +33,19 @@ def _mark(offset: int) -> None:
         os.lseek(-1, offset, 0)
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Python's garbage collector off inside a timed or counted window (as timeit does): a collection pause is
+    the harness's cost, not the runtime's."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def stats_ms(samples_s) -> dict:
@@ -241,9 +255,7 @@ def _profile(runtime, desc, x, args, result):
     # marked: a mark is a failing syscall, and the OSError costs ~2,900 guest instructions of Python.
     clock, infer, n = time.perf_counter, runtime.infer, len(feeds)
     spent = []
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc_paused():
         _mark(QEMU_MARK_PROFILE_START)
         for i in range(calls):
             if i == calls - 1:
@@ -252,9 +264,6 @@ def _profile(runtime, desc, x, args, result):
             infer(session, feeds[i % n])
             spent.append(clock() - t)
         _mark(QEMU_MARK_PROFILE_STOP)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     ops = hook(session, calls)
     held = [o.pop("arena_bytes") for o in ops if o.get("arena_bytes") is not None]
     if held:  # the runtime's own figure for its arena, where its profiler reports one (onnxruntime)
@@ -353,9 +362,7 @@ def _bench(runtime, session, desc, x, args, result):
     # not under an instruction counter (emulated boards set EDGE_EXPORT_NO_OWN_TIMER), which counts it too.
     own = None if os.environ.get("EDGE_EXPORT_NO_OWN_TIMER") else getattr(runtime, "own_latency_ms", None)
     record_own = own_samples.append
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc_paused():
         start = clock()
         _mark(QEMU_MARK_START)
         i = 0
@@ -368,9 +375,6 @@ def _bench(runtime, session, desc, x, args, result):
                 record_own(own() * 1e-3)
             i += 1
         _mark(QEMU_MARK_STOP)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     result["latency"] = stats_ms(samples)
     if own_samples:
         result["runtime_latency"] = stats_ms(own_samples)
@@ -413,18 +417,13 @@ def _postprocess(runtime, session, desc, x, args, result):
     counted = os.environ.get("EDGE_EXPORT_NO_OWN_TIMER")
     decodes = len(heads) if counted else max(args.runs, len(heads))
     clock, samples = time.perf_counter, []
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc_paused():
         _mark(QEMU_MARK_START)
         for i in range(decodes):
             t = clock()
             decode(heads[i % len(heads)])
             samples.append(clock() - t)
         _mark(QEMU_MARK_STOP)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     result["postprocess"] = {
         "what": f"decode + NMS of a {layout} head (targets/detect.py, numpy {np.__version__})",
         "p50_ms": stats_ms(samples)["p50_ms"],
